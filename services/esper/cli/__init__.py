@@ -1,0 +1,1 @@
+"""The `esper` command line: one entry point, one module per subcommand."""

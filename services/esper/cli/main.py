@@ -1,0 +1,46 @@
+"""`esper` entry point. Each subcommand lives in its own module under esper.cli and
+exposes `register(subparsers)`, which adds its parser and sets `func` (returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `esper --help` lists them. A module that fails to import
+# is a bug, not an optional feature: the error propagates.
+SUBCOMMAND_MODULES = (
+    "esper.cli.serve",
+)
+
+
+class UsageError(Exception):
+    """A bad CLI input; printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esper", description="Esper: morphogenetic training platform"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"esper {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

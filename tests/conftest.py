@@ -1,0 +1,3 @@
+"""Shared pytest configuration. Fixtures live in tests/fixtures/ as plugins."""
+
+pytest_plugins: list[str] = []
