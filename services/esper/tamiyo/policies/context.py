@@ -1,0 +1,115 @@
+"""What a policy sees when it decides: the run's latest snapshot, the host graph, what the
+process can host and afford, the seed states, the history it needs and a candidate provider.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from esper.leyline.lifecycle import LIVE_STAGES
+from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
+from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph, SlotInfo, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
+from esper.tamiyo.policies.candidates import CandidateProvider, NoCandidateProvider
+
+# Validation losses kept per run: plateau detection looks back a handful of epochs, and a
+# bounded list keeps a long run's state small.
+MAX_VAL_LOSS_HISTORY = 256
+
+
+@dataclass
+class RunHistory:
+    """The part of a run's past the policies need: one validation loss per finished epoch."""
+
+    val_losses: list[float] = field(default_factory=list)
+    last_epoch: int = -1
+
+    def record(self, snapshot: TrainingSnapshot) -> bool:
+        """Fold in an epoch-end snapshot's validation loss; non-finite values and repeated
+        epochs are ignored. Returns whether it was recorded."""
+        val_loss = snapshot.metrics.val_loss
+        if not snapshot.epoch_end or not math.isfinite(val_loss) or snapshot.epoch <= self.last_epoch:
+            return False
+        self.val_losses.append(val_loss)
+        del self.val_losses[:-MAX_VAL_LOSS_HISTORY]
+        self.last_epoch = snapshot.epoch
+        return True
+
+
+@dataclass
+class PolicyContext:
+    """Everything one decision is made from. Build it with `PolicyContext.build`."""
+
+    run_id: str
+    snapshot: TrainingSnapshot
+    graph: ModelGraph
+    capabilities: Capabilities
+    budget: ResourceBudget
+    seeds: dict[str, SeedState]
+    history: RunHistory
+    candidates: CandidateProvider
+    # Slot ids named by seed states that the graph does not know (hostile or stale input).
+    ignored_slot_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        snapshot: TrainingSnapshot,
+        graph: ModelGraph,
+        *,
+        capabilities: Capabilities | None = None,
+        budget: ResourceBudget | None = None,
+        seeds: Mapping[str, SeedState] | None = None,
+        history: RunHistory | None = None,
+        candidates: CandidateProvider | None = None,
+        run_id: str | None = None,
+    ) -> PolicyContext:
+        """A context from a snapshot. Seeds default to the snapshot's; seeds naming slots the
+        graph does not have are dropped and listed in `ignored_slot_ids`."""
+        known = {s.slot_id for s in graph.slots}
+        source = seeds.values() if seeds is not None else snapshot.seeds
+        kept: dict[str, SeedState] = {}
+        ignored: list[str] = []
+        for seed in source:
+            (kept.__setitem__(seed.slot_id, seed) if seed.slot_id in known else ignored.append(seed.slot_id))
+        return cls(
+            run_id=run_id if run_id is not None else snapshot.run_id,
+            snapshot=snapshot,
+            graph=graph,
+            capabilities=capabilities or Capabilities(),
+            budget=budget or ResourceBudget(),
+            seeds=kept,
+            history=history or RunHistory(),
+            candidates=candidates or NoCandidateProvider(),
+            ignored_slot_ids=tuple(ignored),
+        )
+
+    @property
+    def step(self) -> int:
+        return self.snapshot.step
+
+    @property
+    def slots(self) -> list[SlotInfo]:
+        return list(self.graph.slots)
+
+    def stage_of(self, slot_id: str) -> int:
+        """The slot's seed stage; a slot without a reported seed is DORMANT."""
+        seed = self.seeds.get(slot_id)
+        return seed.stage if seed is not None else SeedStage.SEED_STAGE_DORMANT
+
+    def live_seed_count(self) -> int:
+        return sum(1 for s in self.seeds.values() if s.stage in LIVE_STAGES)
+
+    def is_embargoed(self, slot_id: str) -> bool:
+        """Whether the slot refuses germination now (embargo stage or embargo window)."""
+        seed = self.seeds.get(slot_id)
+        if seed is None:
+            return False
+        return seed.stage == SeedStage.SEED_STAGE_EMBARGOED or seed.embargo_until_step > self.step
+
+    def health_of(self, slot: SlotInfo) -> LayerHealth | None:
+        """The LayerHealth reported for a slot (by slot id, else by the node it follows)."""
+        by_id = {h.layer_id: h for h in self.snapshot.layers}
+        return by_id.get(slot.slot_id) or by_id.get(slot.node_id)

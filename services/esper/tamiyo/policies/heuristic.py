@@ -1,0 +1,307 @@
+"""HeuristicPolicy: the default policy, and Tolaria's in-process local policy.
+
+One decision per call, in this order of priority:
+1. cull a live seed that produced NaN/Inf (INSTABILITY) or whose validation loss regressed
+   beyond `regression_tolerance` while blended in (REGRESSION), or that stalled (NO_GAIN);
+2. fossilize a probationary seed whose probation is over;
+3. advance a seed whose next gate would pass (the runtime's gates decide for real);
+4. on a validation-loss plateau, germinate the best benefit-per-cost kernel in the dormant
+   slot with the worst health (see `esper.tamiyo.policies.health`);
+5. otherwise wait, saying why.
+Every decision goes through `safety.violation` before it leaves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from esper.leyline.lifecycle import BLENDED_STAGES, LIVE_STAGES, gate_for, next_stage
+from esper.leyline.v1.control_pb2 import (
+    AdaptationDecision,
+    AdvanceAction,
+    BlendCurve,
+    BlendSchedule,
+    CullAction,
+    CullReason,
+    FossilizeAction,
+    GerminateAction,
+    WaitAction,
+)
+from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
+from esper.leyline.v1.signals_pb2 import SlotInfo
+from esper.leyline.v1.urza_pb2 import KernelCandidate
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.decisions import Action, make_decision
+from esper.tamiyo.policies.health import health_score
+from esper.tamiyo.policies.plateau import is_plateau
+from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
+
+S = SeedStage
+POLICY_NAME = "heuristic"
+POLICY_VERSION = "1.0.0"
+
+# Confidence the heuristic attaches to each kind of decision: a NaN is certain, a
+# regression is measured but noisy, a plateau-triggered germination is a bet.
+CONFIDENCE_INSTABILITY = 0.95
+CONFIDENCE_REGRESSION = 0.8
+CONFIDENCE_NO_GAIN = 0.7
+CONFIDENCE_FOSSILIZE = 0.8
+CONFIDENCE_ADVANCE = 0.9
+CONFIDENCE_GERMINATE = 0.6
+CONFIDENCE_WAIT = 1.0
+# alpha at or above this counts as fully blended (float ramps rarely land on exactly 1.0).
+ALPHA_COMPLETE = 0.999
+
+
+@dataclass(frozen=True)
+class HeuristicConfig:
+    """The heuristic's thresholds, each with its reason."""
+
+    # Epochs without a `plateau_min_delta` improvement before growing: fewer reacts to noise.
+    plateau_patience: int = 3
+    # Relative improvement of the best validation loss that still counts as progress (1%).
+    plateau_min_delta: float = 0.01
+    # Live seeds at once (the process's max_live_seeds applies too): one at a time keeps each
+    # seed's effect on the validation loss attributable.
+    max_live_seeds: int = 1
+    # Steps after a germination before another one: let the last seed show its effect.
+    germination_cooldown_steps: int = 0
+    # Minimum TRAINING steps before asking for BLENDING (the schedule's training_steps too).
+    training_steps: int = 100
+    # Steps of the alpha ramp 0 -> 1.
+    blend_steps: int = 100
+    # Minimum SHADOWING steps before asking for PROBATIONARY.
+    shadow_steps: int = 50
+    # PROBATIONARY steps before fossilizing.
+    probation_steps: int = 100
+    # Seed learning rate (0: the host's).
+    seed_learning_rate: float = 0.0
+    # Cosine ramps start and end gently, so the host sees no jump in its input.
+    blend_curve: int = BlendCurve.BLEND_CURVE_COSINE
+    # Relative increase of the validation loss over its stage-start value tolerated while
+    # the seed is blended in; beyond it the seed is culled for REGRESSION.
+    regression_tolerance: float = 0.02
+    # Steps a live seed may sit in one stage (probation excluded) before it is culled for
+    # NO_GAIN: a seed that never passes its gate only costs compute.
+    stall_steps: int = 5000
+    # Blueprint risk limit when the budget sets none.
+    max_risk: float = budgeting.DEFAULT_MAX_RISK
+    # Steps a decision stays valid: a decision based on an old snapshot is stale.
+    decision_horizon_steps: int = 50
+    # Steps to wait after a failed gate before asking for the same advance again.
+    gate_retry_steps: int = 20
+    # Suggested steps until the next decision when waiting.
+    wait_steps: int = 10
+    # Benefit assumed for a blueprint without field reports (validation-accuracy gain).
+    prior_gain: float = 0.01
+    # Parameter count that costs as much as the fixed cost of any germination.
+    reference_params: int = 100_000
+    # Latency (ms, p99) that costs as much as the fixed cost of any germination.
+    reference_latency_ms: float = 1.0
+
+
+def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig) -> float:
+    """(prior_gain + max(0, past gain)) * (1 - risk) / (1 + params/ref + latency/ref)."""
+    meta, stats = candidate.blueprint.metadata, candidate.kernel.stats
+    gain = meta.past_accuracy_gain_estimate if math.isfinite(meta.past_accuracy_gain_estimate) else 0.0
+    benefit = (config.prior_gain + max(0.0, gain)) * (1.0 - min(1.0, max(0.0, meta.risk_score)))
+    latency = stats.latency_p99_ms if math.isfinite(stats.latency_p99_ms) else 0.0
+    cost = 1.0 + stats.params / config.reference_params + max(0.0, latency) / config.reference_latency_ms
+    return benefit / cost
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+class HeuristicPolicy:
+    """The documented rules above; stateless, so one instance serves many runs."""
+
+    name = POLICY_NAME
+
+    def __init__(self, config: HeuristicConfig | None = None) -> None:
+        self.config = config or HeuristicConfig()
+
+    @property
+    def version(self) -> str:
+        return f"{POLICY_NAME}@{POLICY_VERSION}"
+
+    def decide(self, ctx: PolicyContext) -> AdaptationDecision:
+        action, confidence, rationale = self._choose(ctx)
+        decision = self._make(ctx, action, confidence, rationale)
+        problem = violation(decision, ctx, self._risk(ctx), self._max_live(ctx))
+        if problem:
+            return self._make(ctx, self._wait(), CONFIDENCE_WAIT, f"withheld {rationale!r}: {problem}")
+        return decision
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _make(self, ctx: PolicyContext, action: Action, confidence: float, rationale: str) -> AdaptationDecision:
+        return make_decision(
+            ctx, action, policy_version=self.version, horizon_steps=self.config.decision_horizon_steps,
+            confidence=confidence, rationale=rationale,
+        )
+
+    def _wait(self) -> WaitAction:
+        return WaitAction(steps=self.config.wait_steps)
+
+    def _risk(self, ctx: PolicyContext) -> float:
+        return budgeting.max_risk(ctx, self.config.max_risk)
+
+    def _max_live(self, ctx: PolicyContext) -> int:
+        return live_seed_limit(ctx, self.config.max_live_seeds)
+
+    def _choose(self, ctx: PolicyContext) -> tuple[Action, float, str]:
+        seeds = [ctx.seeds[s.slot_id] for s in ctx.graph.slots if s.slot_id in ctx.seeds]
+        for rule in (self._cull, self._fossilize, self._advance):
+            for seed in seeds:
+                chosen = rule(ctx, seed)
+                if chosen is not None:
+                    return chosen
+        return self._germinate(ctx)
+
+    # -- rules on existing seeds ----------------------------------------------------------
+
+    def _cull(self, ctx: PolicyContext, seed: SeedState) -> tuple[Action, float, str] | None:
+        if seed.stage not in LIVE_STAGES:
+            return None
+        m = seed.metrics
+        if m.non_finite_count:
+            why = f"seed {seed.seed_id} in {seed.slot_id} produced non-finite values"
+            return self._cull_action(seed, CullReason.CULL_REASON_INSTABILITY, why), CONFIDENCE_INSTABILITY, why
+        regression = self._regression(seed)
+        if regression is not None:
+            return self._cull_action(seed, CullReason.CULL_REASON_REGRESSION, regression), CONFIDENCE_REGRESSION, regression
+        if seed.stage != S.SEED_STAGE_PROBATIONARY and seed.steps_in_stage > self.config.stall_steps:
+            why = (f"seed {seed.seed_id} in {seed.slot_id} stalled {seed.steps_in_stage} steps in "
+                   f"{SeedStage.Name(seed.stage)} (limit {self.config.stall_steps})")
+            return self._cull_action(seed, CullReason.CULL_REASON_NO_GAIN, why), CONFIDENCE_NO_GAIN, why
+        return None
+
+    def _regression(self, seed: SeedState) -> str | None:
+        start, now = seed.metrics.val_loss_at_stage_start, seed.metrics.val_loss
+        if seed.stage not in BLENDED_STAGES or not _finite(start, now) or start <= 0:
+            return None
+        limit = start * (1.0 + self.config.regression_tolerance)
+        if now <= limit:
+            return None
+        return (f"validation loss {now:.4f} with seed {seed.seed_id} in {seed.slot_id} exceeds "
+                f"{start:.4f} x (1 + {self.config.regression_tolerance}) = {limit:.4f}")
+
+    @staticmethod
+    def _cull_action(seed: SeedState, reason: int, detail: str) -> CullAction:
+        return CullAction(slot_id=seed.slot_id, reason=reason, detail=detail)
+
+    def _gate_recently_failed(self, ctx: PolicyContext, seed: SeedState, target: int) -> bool:
+        gate = gate_for(seed.stage, target)
+        last = seed.last_gate
+        return (
+            gate is not None and last.level == gate and not last.passed
+            and ctx.step < last.step + self.config.gate_retry_steps
+        )
+
+    def _fossilize(self, ctx: PolicyContext, seed: SeedState) -> tuple[Action, float, str] | None:
+        if seed.stage != S.SEED_STAGE_PROBATIONARY or seed.steps_in_stage < self.config.probation_steps:
+            return None
+        if self._gate_recently_failed(ctx, seed, S.SEED_STAGE_FOSSILIZED):
+            return None
+        why = f"seed {seed.seed_id} in {seed.slot_id} held its gain through {seed.steps_in_stage} probation steps"
+        return FossilizeAction(slot_id=seed.slot_id), CONFIDENCE_FOSSILIZE, why
+
+    def _ready(self, seed: SeedState) -> str | None:
+        """Why the seed looks ready for its next stage, or None."""
+        c, stage = self.config, seed.stage
+        if stage == S.SEED_STAGE_GERMINATED:
+            return "germinated seed runs finite"
+        if stage == S.SEED_STAGE_TRAINING and seed.steps_in_stage >= c.training_steps:
+            return f"{seed.steps_in_stage} training steps >= {c.training_steps}"
+        if stage == S.SEED_STAGE_BLENDING and seed.alpha >= ALPHA_COMPLETE:
+            return f"alpha {seed.alpha:.3f} reached 1"
+        if stage == S.SEED_STAGE_SHADOWING and seed.steps_in_stage >= c.shadow_steps:
+            return f"{seed.steps_in_stage} shadow steps >= {c.shadow_steps}"
+        return None
+
+    def _advance(self, ctx: PolicyContext, seed: SeedState) -> tuple[Action, float, str] | None:
+        if seed.stage not in ADVANCEABLE_STAGES:
+            return None
+        target = next_stage(seed.stage)
+        reason = self._ready(seed)
+        if target is None or reason is None or self._gate_recently_failed(ctx, seed, target):
+            return None
+        why = f"advance seed {seed.seed_id} in {seed.slot_id} to {SeedStage.Name(target)}: {reason}"
+        return AdvanceAction(slot_id=seed.slot_id, target_stage=target), CONFIDENCE_ADVANCE, why
+
+    # -- growth ---------------------------------------------------------------------------
+
+    def _germinate(self, ctx: PolicyContext) -> tuple[Action, float, str]:
+        blocked = self._growth_blocker(ctx)
+        if blocked:
+            return self._wait(), CONFIDENCE_WAIT, blocked
+        slots = self._open_slots(ctx)
+        if not slots:
+            return self._wait(), CONFIDENCE_WAIT, "plateau, but no dormant slot outside embargo"
+        unavailable = ctx.candidates.unavailable_reason
+        if unavailable:
+            return self._wait(), CONFIDENCE_WAIT, f"plateau, but no germination: {unavailable}"
+        refusals: list[str] = []
+        for score, slot in sorted(((health_score(ctx.health_of(s)), s) for s in slots), key=lambda t: t[0]):
+            pick = self._best_candidate(ctx, slot, refusals)
+            if pick is not None:
+                return self._germination(ctx, slot, score, pick)
+        detail = "; ".join(refusals[:5]) or "the library offered no kernel for any open slot"
+        return self._wait(), CONFIDENCE_WAIT, f"plateau, but no affordable candidate: {detail}"
+
+    def _growth_blocker(self, ctx: PolicyContext) -> str | None:
+        c = self.config
+        max_live = self._max_live(ctx)
+        if max_live and ctx.live_seed_count() >= max_live:
+            return f"{ctx.live_seed_count()} live seeds, limit {max_live}"
+        metrics = ctx.snapshot.metrics
+        if not is_plateau(ctx.history.val_losses, c.plateau_patience, c.plateau_min_delta, metrics.plateau_epochs):
+            return "validation loss still improving (no plateau)"
+        last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)
+        if last is not None and c.germination_cooldown_steps and ctx.step < last + c.germination_cooldown_steps:
+            return f"germination cooldown until step {last + c.germination_cooldown_steps}"
+        left = budgeting.params_left(ctx)
+        if left == 0:
+            return "plateau, but the parameter budget is spent"
+        return None
+
+    @staticmethod
+    def _open_slots(ctx: PolicyContext) -> list[SlotInfo]:
+        return [
+            s for s in ctx.graph.slots
+            if ctx.stage_of(s.slot_id) == S.SEED_STAGE_DORMANT and not ctx.is_embargoed(s.slot_id)
+        ]
+
+    def _best_candidate(self, ctx: PolicyContext, slot: SlotInfo, refusals: list[str]) -> KernelCandidate | None:
+        offered = ctx.candidates.candidates(slot, ctx.budget)
+        if not offered:
+            refusals.append(f"no kernel offered for slot {slot.slot_id}")
+            return None
+        ok, refused = budgeting.affordable(offered, slot, ctx, self._risk(ctx))
+        refusals.extend(refused)
+        if not ok:
+            return None
+        return max(ok, key=lambda c: (benefit_per_cost(c, self.config), c.score))
+
+    def _germination(
+        self, ctx: PolicyContext, slot: SlotInfo, health: float, pick: KernelCandidate
+    ) -> tuple[Action, float, str]:
+        c = self.config
+        schedule = BlendSchedule(
+            curve=c.blend_curve, blend_steps=c.blend_steps, training_steps=c.training_steps,
+            learning_rate=c.seed_learning_rate, shadow_steps=c.shadow_steps,
+            probation_steps=c.probation_steps,
+        )
+        ref = pick.kernel.blueprint_ref or budgeting.blueprint_ref(pick.blueprint)
+        action = GerminateAction(
+            slot_id=slot.slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
+            kernel_sha256=pick.kernel.sha256, schedule=schedule,
+        )
+        why = (f"validation loss plateaued; slot {slot.slot_id} has the worst health {health:.2f}; "
+               f"kernel {pick.kernel.kernel_id} ({ref}) has the best benefit per cost "
+               f"{benefit_per_cost(pick, c):.4g}")
+        return action, CONFIDENCE_GERMINATE, why

@@ -1,0 +1,172 @@
+"""HeuristicPolicy on scripted run states."""
+
+from __future__ import annotations
+
+import uuid
+
+from esper.leyline.v1.control_pb2 import CullReason
+from esper.leyline.v1.lifecycle_pb2 import GateLevel, GateResult, SeedStage
+from esper.tamiyo.policies import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
+from esper.tamiyo.policies.health import health_score
+from esper.tamiyo.policies.plateau import is_plateau
+
+from tests.unit.test_tamiyo_support import (
+    IMPROVING,
+    candidate,
+    context,
+    graph,
+    health,
+    seed,
+    snapshot,
+)
+
+S = SeedStage
+policy = HeuristicPolicy(HeuristicConfig(max_live_seeds=2))
+
+
+def test_decision_envelope() -> None:
+    d = policy.decide(context(val_history=IMPROVING))
+    uuid.UUID(d.decision_id)
+    assert d.run_id == "run-1" and d.issued_at_step == 1000
+    assert d.expires_at_step == 1000 + policy.config.decision_horizon_steps
+    assert d.policy_version == "heuristic@1.0.0"
+    assert d.WhichOneof("action") == "wait" and "no plateau" in d.rationale
+
+
+def test_plateau_germinates_worst_slot_with_best_candidate() -> None:
+    layers = [health("s0", dead=0.1), health("s2", dead=0.9, grad=1e-6), health("s1", saturated=0.3)]
+    cheap_good = candidate("BP-LORA", params=500, gain=0.05)
+    pricey = candidate("BP-MLP-GELU", params=90_000, gain=0.05)
+    risky = candidate("BP-MOE", params=100, gain=0.5, risk=0.9)
+    d = policy.decide(context(layers=layers, candidates=[pricey, cheap_good, risky]))
+    assert d.WhichOneof("action") == "germinate", d.rationale
+    assert d.germinate.slot_id == "s2"
+    assert d.germinate.kernel_id == cheap_good.kernel.kernel_id
+    assert d.germinate.kernel_sha256 == cheap_good.kernel.sha256
+    assert d.germinate.blueprint_ref == "BP-LORA@1.0.0"
+    assert d.germinate.schedule.blend_steps > 0
+    assert "plateau" in d.rationale and "s2" in d.rationale
+
+
+def test_no_candidates_means_no_germinate_with_reason() -> None:
+    d = policy.decide(context(candidates=[]))
+    assert d.WhichOneof("action") == "wait"
+    assert "no kernel offered" in d.rationale
+    d = policy.decide(context(provider=NoCandidateProvider("Urza at 127.0.0.1:1 is unreachable")))
+    assert d.WhichOneof("action") == "wait" and "Urza" in d.rationale
+
+
+def test_over_budget_means_no_germinate() -> None:
+    d = policy.decide(context(candidates=[candidate(params=5000)], max_params=4000))
+    assert d.WhichOneof("action") == "wait" and "budget" in d.rationale
+    # Budget partly used by a fossilized seed: 3000 + 2000 > 4000.
+    used = [seed("s0", S.SEED_STAGE_FOSSILIZED, params=3000)]
+    d = policy.decide(context(seeds=used, candidates=[candidate(params=2000)], max_params=4000))
+    assert d.WhichOneof("action") == "wait" and "left in budget" in d.rationale
+    d = policy.decide(context(seeds=used, candidates=[candidate(params=2000)], max_params=3000))
+    assert d.WhichOneof("action") == "wait" and "spent" in d.rationale
+
+
+def test_risk_limit_from_budget() -> None:
+    d = policy.decide(context(candidates=[candidate(risk=0.4)], max_risk=0.3))
+    assert d.WhichOneof("action") == "wait" and "risk" in d.rationale
+
+
+def test_regression_culls() -> None:
+    s = seed("s1", S.SEED_STAGE_BLENDING, alpha=0.5, val_start=1.0, val_now=1.1)
+    d = policy.decide(context(seeds=[s]))
+    assert d.WhichOneof("action") == "cull"
+    assert d.cull.slot_id == "s1" and d.cull.reason == CullReason.CULL_REASON_REGRESSION
+
+
+def test_within_tolerance_is_not_culled() -> None:
+    s = seed("s1", S.SEED_STAGE_BLENDING, alpha=0.5, val_start=1.0, val_now=1.01)
+    assert policy.decide(context(seeds=[s])).WhichOneof("action") != "cull"
+
+
+def test_non_finite_seed_culled_for_instability() -> None:
+    s = seed("s1", S.SEED_STAGE_TRAINING, non_finite=3)
+    d = policy.decide(context(seeds=[s]))
+    assert d.cull.reason == CullReason.CULL_REASON_INSTABILITY
+
+
+def test_probation_fossilizes() -> None:
+    s = seed("s0", S.SEED_STAGE_PROBATIONARY, steps=policy.config.probation_steps, alpha=1.0)
+    d = policy.decide(context(seeds=[s]))
+    assert d.WhichOneof("action") == "fossilize" and d.fossilize.slot_id == "s0"
+    early = seed("s0", S.SEED_STAGE_PROBATIONARY, steps=1, alpha=1.0)
+    assert policy.decide(context(seeds=[early])).WhichOneof("action") != "fossilize"
+
+
+def test_advances_when_gate_would_pass() -> None:
+    cases = [
+        (seed("s0", S.SEED_STAGE_GERMINATED), S.SEED_STAGE_TRAINING),
+        (seed("s0", S.SEED_STAGE_TRAINING, steps=policy.config.training_steps), S.SEED_STAGE_BLENDING),
+        (seed("s0", S.SEED_STAGE_BLENDING, alpha=1.0), S.SEED_STAGE_SHADOWING),
+        (seed("s0", S.SEED_STAGE_SHADOWING, steps=policy.config.shadow_steps, alpha=1.0), S.SEED_STAGE_PROBATIONARY),
+    ]
+    for s, target in cases:
+        d = policy.decide(context(seeds=[s], val_history=IMPROVING))
+        assert d.WhichOneof("action") == "advance", d.rationale
+        assert d.advance.target_stage == target
+
+
+def test_recently_failed_gate_is_not_asked_again() -> None:
+    s = seed("s0", S.SEED_STAGE_TRAINING, steps=500)
+    s.last_gate.CopyFrom(GateResult(level=GateLevel.GATE_LEVEL_G2, passed=False, step=995))
+    d = policy.decide(context(seeds=[s], val_history=IMPROVING))
+    assert d.WhichOneof("action") == "wait"
+
+
+def test_max_live_seeds_respected() -> None:
+    live = [seed("s0", S.SEED_STAGE_TRAINING, steps=1), seed("s1", S.SEED_STAGE_TRAINING, steps=1)]
+    d = policy.decide(context(seeds=live, max_live=2))
+    assert d.WhichOneof("action") == "wait" and "live seeds" in d.rationale
+    d = HeuristicPolicy(HeuristicConfig(max_live_seeds=1)).decide(context(seeds=live[:1], max_live=8))
+    assert d.WhichOneof("action") == "wait" and "limit 1" in d.rationale
+
+
+def test_embargoed_slot_skipped() -> None:
+    layers = [health("s0", dead=0.9), health("s1"), health("s2"), health("s3")]
+    seeds = [seed("s0", S.SEED_STAGE_EMBARGOED)]
+    d = policy.decide(context(seeds=seeds, layers=layers))
+    assert d.germinate.slot_id != "s0"
+    # An embargo window still open on a slot reported dormant also counts.
+    seeds = [seed("s0", S.SEED_STAGE_DORMANT, embargo_until=5000)]
+    d = policy.decide(context(seeds=seeds, layers=layers))
+    assert d.WhichOneof("action") == "germinate" and d.germinate.slot_id != "s0"
+    all_embargoed = [seed(f"s{i}", S.SEED_STAGE_EMBARGOED) for i in range(4)]
+    d = policy.decide(context(seeds=all_embargoed))
+    assert d.WhichOneof("action") == "wait" and "embargo" in d.rationale
+
+
+def test_hostile_inputs_do_not_raise() -> None:
+    nan = float("nan")
+    layers = [health("s0", dead=nan, grad=nan), health("ghost", dead=2.0)]
+    seeds = [seed("ghost-slot", S.SEED_STAGE_TRAINING), seed("s1", S.SEED_STAGE_BLENDING, val_start=nan, val_now=nan)]
+    ctx = context(seeds=seeds, layers=layers, val_history=[nan, nan, 1.0])
+    assert ctx.ignored_slot_ids == ("ghost-slot",)
+    assert policy.decide(ctx).WhichOneof("action") in {"wait", "germinate", "advance"}
+    empty = context(g=graph(0))
+    assert policy.decide(empty).WhichOneof("action") == "wait"
+    assert health_score(layers[0]) < 0.5  # NaN health counts as sick, not as healthy
+
+
+def test_plateau_detection() -> None:
+    assert is_plateau([1.0, 0.9, 0.9, 0.9, 0.9], patience=3, min_delta=0.01)
+    assert not is_plateau([1.0, 0.9, 0.9, 0.85, 0.9], patience=3, min_delta=0.01)
+    assert not is_plateau([1.0, 0.9], patience=3, min_delta=0.01, counter=1)
+    assert is_plateau([1.0, 0.9], patience=3, min_delta=0.01, counter=3)
+
+
+def test_run_history_records_epoch_ends_once() -> None:
+    h = RunHistory()
+    assert h.record(snapshot(epoch=1, val_loss=1.0))
+    assert not h.record(snapshot(epoch=1, val_loss=0.5))
+    assert not h.record(snapshot(epoch=2, val_loss=float("nan")))
+    assert h.val_losses == [1.0]
+
+
+def test_health_score_orders_sick_below_healthy() -> None:
+    assert health_score(health("a", dead=0.8, grad=1e-6)) < health_score(health("a", dead=0.1)) < 1.0
+    assert health_score(None) == 1.0
