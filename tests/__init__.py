@@ -1,0 +1,1 @@
+"""Test suite (a package so `tests.fixtures.*` plugins import by name)."""
