@@ -1,0 +1,51 @@
+# Esper: every target sets itself up (scripts/bootstrap.sh is idempotent and cheap when done).
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: help install gen check-gen test test-unit demo up down status bench lint
+
+help:
+	@echo "make demo       install everything, start the local stack, run the demo"
+	@echo "make test       install everything, run the whole test suite"
+	@echo "make up/down    start/stop the local stack (state in .esper/)"
+	@echo "make status     health of the local stack"
+	@echo "make gen        regenerate gen/ from proto/"
+	@echo "make bench      run every benchmark (JSON in benchmarks/results/)"
+	@echo "make lint       buf lint + ruff"
+
+install:
+	@bash scripts/bootstrap.sh
+
+gen: install
+	bash scripts/gen.sh
+
+check-gen: install
+	bash scripts/check_gen.sh
+
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit tests/contract $(PYTEST_ARGS)
+
+up: install
+	$(BIN)/esper up
+
+down: install
+	$(BIN)/esper down
+
+status: install
+	$(BIN)/esper status
+
+demo: install
+	bash scripts/demo.sh
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: install
+	cd proto && ../$(BIN)/buf lint
+	$(BIN)/ruff check services clients tests benchmarks
