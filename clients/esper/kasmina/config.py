@@ -1,0 +1,51 @@
+"""Thresholds of the seed runtime, each with the reason for its value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Culled slots cool down this long before they may germinate again, when the cull
+# decision does not say: long enough that the policy sees fresh health for the slot.
+DEFAULT_EMBARGO_STEPS = 100
+
+# A seed in TRAINING must learn for at least this many steps before G2 when the
+# decision's schedule does not say: fewer steps give no trend to judge.
+DEFAULT_TRAINING_STEPS = 50
+
+# Default blend ramp length when the schedule does not give one.
+DEFAULT_BLEND_STEPS = 100
+
+# Default SHADOWING / PROBATIONARY minimum lengths (G4 / G5).
+DEFAULT_SHADOW_STEPS = 20
+DEFAULT_PROBATION_STEPS = 20
+
+
+@dataclass(frozen=True)
+class KasminaConfig:
+    """Gate thresholds and safety limits. Every field says why it has its default."""
+
+    # G2: the seed's linearised loss delta <g, seed_out> (averaged over the second half
+    # of TRAINING) must be below -this: the seed would lower the real loss to first order.
+    # Zero would accept pure noise; a tiny margin keeps float noise out.
+    min_seed_improvement: float = 1e-9
+    # G3: validation loss may be at most this fraction worse than when blending began;
+    # 2% absorbs epoch-to-epoch noise on small validation sets without hiding damage.
+    val_regression_tolerance: float = 0.02
+    # G4: relative spread (max-min)/mean of the train loss over the shadow window must stay
+    # below this: a fully blended seed that makes the loss swing is not stable yet.
+    shadow_loss_spread: float = 0.5
+    # G5: validation gain over probation (loss at germination - latest) must be >= this.
+    # Zero means "no worse than before the seed"; raise it to demand a real gain.
+    min_val_gain: float = 0.0
+    # Circuit breaker: a train loss above this multiple of the loss when the seed started
+    # blending counts as an explosion (normal noise stays well below 3x).
+    loss_explosion_factor: float = 3.0
+    # Budget: at most this many seeds live (GERMINATED..PROBATIONARY) at once; each live
+    # seed costs memory and optimizer state, and overlapping seeds confound attribution.
+    max_live_seeds: int = 4
+    # Budget: parameters all live and fossilized seeds may add, as a fraction of the host's.
+    max_seed_param_fraction: float = 0.5
+    # Default embargo after a cull (see DEFAULT_EMBARGO_STEPS).
+    default_embargo_steps: int = DEFAULT_EMBARGO_STEPS
+    # G0/G1: a function-preserving seed's output on the probe must be within this of 0.
+    function_preserving_atol: float = 1e-6

@@ -1,0 +1,354 @@
+"""SeedSlot: one place in the host model where a seed can grow, running the Leyline
+lifecycle (never its own table) with every advance guarded by its gate."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from esper.leyline import lifecycle
+from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
+from esper.leyline.v1.lifecycle_pb2 import GateResult, SeedMetrics, SeedStage, SeedState
+from esper.leyline.v1.telemetry_pb2 import SeedTransition
+
+from esper.kasmina import gates, hooks
+from esper.kasmina.blending import alpha_at, with_defaults
+from esper.kasmina.config import KasminaConfig
+from esper.kasmina.record import SeedRecord
+from esper.kasmina.shapes import SlotSite, probe_shape
+
+S = SeedStage
+# Fixed seed of the probe generator: G0/G1 probes must not consume the training RNG
+# (a germination would otherwise change the data order of the rest of the run).
+PROBE_SEED = 0x5EED
+
+
+class GateRefused(RuntimeError):
+    """An advance whose gate did not pass; carries the GateResult."""
+
+    def __init__(self, result: GateResult, slot_id: str) -> None:
+        self.result = result
+        failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
+        super().__init__(
+            f"slot {slot_id}: gate {result.level} refused: " + "; ".join(failed)
+        )
+
+
+class SlotEvents(Protocol):
+    """Where a slot reports what happened (implemented by MorphableModel)."""
+
+    def transition(self, event: SeedTransition) -> None: ...
+    def seed_added(self, slot: SeedSlot, params: list[nn.Parameter]) -> None: ...
+    def seed_removed(self, slot: SeedSlot, params: list[nn.Parameter]) -> None: ...
+
+
+class SeedSlot(nn.Module):
+    """A slot after one host module. Its seed (if any) is the `seed` submodule, so its
+    weights appear in state_dict as `esper_slots.<key>.seed.*`."""
+
+    def __init__(self, slot_id: str, site: SlotSite, cfg: KasminaConfig,
+                 events: SlotEvents) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.node_id = site.node_id
+        self.shape = site.shape
+        self.device = site.device
+        self.dtype = site.dtype
+        self.cfg = cfg
+        self.seed: nn.Module | None = None
+        self.record = SeedRecord()
+        # The host module is not a submodule of the slot (its weights keep their keys).
+        self.__dict__["host_module"] = site.module
+        self.__dict__["_events"] = events
+        self._handle = None
+        self.register_buffer("alpha_t", torch.zeros((), device=site.device), persistent=False)
+        self.register_buffer("non_finite_acc", torch.zeros((), dtype=torch.int64,
+                                                           device=site.device), persistent=False)
+        self.register_buffer("delta_acc", torch.zeros((), device=site.device), persistent=False)
+        self.register_buffer("delta_count", torch.zeros((), dtype=torch.int64,
+                                                        device=site.device), persistent=False)
+        self.register_buffer("grad_norm_t", torch.zeros((), device=site.device),
+                             persistent=False)
+
+    # ---- reading -------------------------------------------------------------------
+    @property
+    def stage(self) -> int:
+        return self.record.stage
+
+    def is_live(self) -> bool:
+        return self.stage in lifecycle.LIVE_STAGES
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        """The seed's trainable parameters (for its own optimizer param group)."""
+        return [] if self.seed is None else [p for p in self.seed.parameters() if p.requires_grad]
+
+    def seed_param_count(self) -> int:
+        return sum(p.numel() for p in self.seed_parameters())
+
+    def seed_state(self) -> SeedState:
+        """The Leyline SeedState of this slot."""
+        r = self.record
+        state = SeedState(
+            seed_id=r.seed_id, slot_id=self.slot_id, stage=r.stage,
+            blueprint_ref=r.blueprint_ref, kernel_id=r.kernel_id, kernel_digest=r.kernel_digest,
+            alpha=r.alpha, steps_in_stage=r.steps_in_stage, epochs_in_stage=r.epochs_in_stage,
+            germinated_at_step=r.germinated_at_step, cull_reason=r.cull_reason,
+            embargo_until_step=r.embargo_until_step,
+            metrics=SeedMetrics(
+                seed_loss=_finite_or_zero(r.seed_improvement),
+                val_loss_at_stage_start=_finite_or_zero(r.loss_at_stage_start),
+                val_loss=_finite_or_zero(r.loss_now),
+                accuracy_delta=0.0,
+                params=self.seed_param_count(), grad_norm=r.grad_norm,
+                non_finite_count=r.non_finite_count,
+            ),
+        )
+        state.slot_shape.CopyFrom(self.shape)
+        if r.last_gate:
+            state.last_gate.ParseFromString(r.last_gate)
+        if r.stage_changed_at:
+            state.stage_changed_at.FromNanoseconds(int(r.stage_changed_at * 1e9))
+        return state
+
+    # ---- per step (no host sync) -----------------------------------------------------
+    def on_step(self) -> None:
+        """One training step happened (call after backward/optimizer step, before
+        zero_grad): count it, ramp alpha, fold the seed's gradient health into device
+        accumulators."""
+        if not self.is_live():
+            return
+        self.record.steps_in_stage += 1
+        if self.stage == S.SEED_STAGE_BLENDING:
+            self._set_alpha_step(self.record.blend_step + 1)
+        grads = [p.grad for p in self.seed_parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            self.grad_norm_t.copy_(norm)
+            self.non_finite_acc.add_((~torch.isfinite(norm)).to(torch.int64))
+
+    def on_epoch(self) -> None:
+        if self.is_live():
+            self.record.epochs_in_stage += 1
+
+    def _set_alpha_step(self, blend_step: int) -> None:
+        sched = self.record.blend_schedule()
+        self.record.blend_step = blend_step
+        self.record.alpha = alpha_at(sched.curve, blend_step, sched.blend_steps)
+        self.alpha_t.fill_(self.record.alpha)
+
+    # ---- safe point (may sync) -----------------------------------------------------------
+    def flush(self) -> None:
+        """Read the device accumulators into the record (one sync)."""
+        if not self.is_live() or self.seed is None:
+            return
+        values = torch.stack([self.non_finite_acc.double(), self.delta_acc.double(),
+                              self.delta_count.double(), self.grad_norm_t.double()]).tolist()
+        non_finite, delta, count, grad_norm = values
+        self.record.non_finite_count = int(non_finite)
+        if count > 0:
+            self.record.seed_improvement = delta / count
+        self.record.grad_norm = grad_norm if math.isfinite(grad_norm) else 0.0
+        self.delta_acc.zero_()
+        self.delta_count.zero_()
+
+    def tripped(self, loss: float | None) -> str | None:
+        """Why the circuit breaker trips for this seed now, or None."""
+        if not self.is_live():
+            return None
+        if self.record.non_finite_count > 0:
+            return f"{self.record.non_finite_count} NaN/Inf values in the seed's output or grads"
+        blended = self.stage in lifecycle.BLENDED_STAGES
+        base = self.record.loss_at_germination
+        if loss is not None and blended and not math.isfinite(loss):
+            return f"loss became {loss} while the seed is blended"
+        if loss is not None and blended and math.isfinite(base) and base > 0 \
+                and loss > self.cfg.loss_explosion_factor * base:
+            return f"loss {loss:.4g} exceeds {self.cfg.loss_explosion_factor}x {base:.4g}"
+        return None
+
+    # ---- transitions -----------------------------------------------------------------
+    def germinate(self, seed: nn.Module, *, step: int, blueprint_ref: str = "",
+                  kernel_id: str = "", kernel_digest: str = "",
+                  schedule: BlendSchedule | None = None, function_preserving: bool = True,
+                  seed_id: str | None = None, loss: float | None = None) -> GateResult:
+        """DORMANT -> GERMINATED with `seed` (already on the slot's device/dtype), if G0
+        passes; raises IllegalTransition or GateRefused otherwise."""
+        lifecycle.check_transition(self.stage, S.SEED_STAGE_GERMINATED)
+        inputs = self._probe(seed, backward=False, step=step)
+        inputs.function_preserving_required = function_preserving
+        result = gates.g0_germinate(inputs, self.cfg)
+        if not result.passed:
+            raise GateRefused(result, self.slot_id)
+        self.record = SeedRecord(
+            seed_id=seed_id or f"seed-{uuid.uuid4().hex[:12]}", blueprint_ref=blueprint_ref,
+            kernel_id=kernel_id, kernel_digest=kernel_digest,
+            schedule=with_defaults(schedule).SerializeToString(), germinated_at_step=step,
+        )
+        self.seed = seed
+        self._reset_accumulators()
+        self._move(S.SEED_STAGE_GERMINATED, step, "germinated", result, loss)
+        self._events.seed_added(self, self.seed_parameters())
+        return result
+
+    def advance(self, step: int, target: int | None = None, loss: float | None = None) -> GateResult:
+        """Move to the next stage (or `target`, checked against the table) if its gate
+        passes. Returns the GateResult; raises GateRefused / IllegalTransition."""
+        nxt = lifecycle.next_stage(self.stage) if target is None else target
+        if nxt is None:
+            raise lifecycle.IllegalTransition(self.stage, S.SEED_STAGE_UNSPECIFIED)
+        lifecycle.check_transition(self.stage, nxt)
+        level = lifecycle.gate_for(self.stage, nxt)
+        if level is None or level == gates.GateLevel.GATE_LEVEL_G0:
+            raise lifecycle.IllegalTransition(self.stage, nxt)
+        self.flush()
+        inputs = self._gate_inputs(step)
+        if level == gates.GateLevel.GATE_LEVEL_G1:
+            inputs = self._probe(self.seed, backward=True, step=step)
+        result = gates.evaluate(level, inputs, self.cfg)
+        self.record.last_gate = result.SerializeToString()
+        if not result.passed:
+            raise GateRefused(result, self.slot_id)
+        self._move(nxt, step, f"gate {gates.GateLevel.Name(level)} passed", result, loss)
+        return result
+
+    def cull(self, step: int, reason: int = CullReason.CULL_REASON_MANUAL, detail: str = "",
+             embargo_steps: int = 0) -> None:
+        """Remove the seed at once (any live stage), then embargo the slot."""
+        lifecycle.check_transition(self.stage, S.SEED_STAGE_CULLED)
+        why = CullReason.Name(reason).removeprefix("CULL_REASON_") + (f": {detail}" if detail else "")
+        self.record.cull_reason = why
+        self._move(S.SEED_STAGE_CULLED, step, why, None, None)
+        self._drop_seed()
+        embargo = embargo_steps or self.cfg.default_embargo_steps
+        self.record.embargo_until_step = step + embargo
+        self._move(S.SEED_STAGE_EMBARGOED, step, f"embargo {embargo} steps", None, None)
+
+    def tick_embargo(self, step: int) -> None:
+        """EMBARGOED -> RESETTING -> DORMANT once the embargo has elapsed."""
+        if self.stage == S.SEED_STAGE_EMBARGOED and step >= self.record.embargo_until_step:
+            self._move(S.SEED_STAGE_RESETTING, step, "embargo elapsed", None, None)
+        if self.stage == S.SEED_STAGE_RESETTING:
+            self._move(S.SEED_STAGE_DORMANT, step, "reset", None, None)
+            self.record = SeedRecord(stage=S.SEED_STAGE_DORMANT)
+
+    # ---- internals ---------------------------------------------------------------------
+    def _move(self, target: int, step: int, reason: str, gate: GateResult | None,
+              loss: float | None) -> None:
+        lifecycle.check_transition(self.stage, target)
+        before = self.stage
+        event = SeedTransition(
+            seed_id=self.record.seed_id, slot_id=self.slot_id, from_stage=before,
+            to_stage=target, step=step, reason=reason, blueprint_ref=self.record.blueprint_ref,
+            seed_params=self.seed_param_count(),
+        )
+        if gate is not None:
+            event.gate.CopyFrom(gate)
+        r = self.record
+        r.stage = target
+        r.steps_in_stage = r.epochs_in_stage = 0
+        r.stage_losses = []
+        r.loss_at_stage_start = float("nan")
+        r.stage_changed_at = time.time()
+        if loss is not None:
+            r.observe_loss(loss)
+        if target == S.SEED_STAGE_BLENDING:
+            self._set_alpha_step(0)
+        elif target not in lifecycle.BLENDED_STAGES:
+            r.alpha = 0.0 if target != S.SEED_STAGE_FOSSILIZED else 1.0
+            self.alpha_t.fill_(r.alpha)
+        else:
+            r.alpha = 1.0
+            self.alpha_t.fill_(1.0)
+        if target == S.SEED_STAGE_FOSSILIZED:
+            self._fossilize()
+        else:
+            self.install_hook()
+        self._events.transition(event)
+
+    def install_hook(self) -> None:
+        """(Re)install the forward hook the current stage needs (none when dormant)."""
+        self.remove_hook()
+        factory = _HOOK_BY_STAGE.get(self.stage)
+        if self.stage == S.SEED_STAGE_FOSSILIZED and not self.record.merged:
+            factory = hooks.fossil_hook
+        if factory is not None and self.seed is not None:
+            self._handle = self.host_module.register_forward_hook(factory(self))
+
+    def remove_hook(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _fossilize(self) -> None:
+        from esper.kasmina.merge import try_merge  # merge imports slot-free helpers only
+
+        if try_merge(self.host_module, self.seed, self.shape, self.device, self.dtype):
+            params = self.seed_parameters()
+            self.record.merged = True
+            self.seed = None
+            self._events.seed_removed(self, params)
+        self.install_hook()
+
+    def _drop_seed(self) -> None:
+        self.remove_hook()
+        params = self.seed_parameters()
+        self.seed = None
+        self._events.seed_removed(self, params)
+        self._reset_accumulators()
+
+    def _reset_accumulators(self) -> None:
+        for buf in (self.non_finite_acc, self.delta_acc, self.delta_count, self.grad_norm_t):
+            buf.zero_()
+
+    def _gate_inputs(self, step: int) -> gates.GateInputs:
+        r = self.record
+        sched = r.blend_schedule()
+        return gates.GateInputs(
+            step=step, steps_in_stage=r.steps_in_stage,
+            min_training_steps=sched.training_steps, min_shadow_steps=sched.shadow_steps,
+            min_probation_steps=sched.probation_steps, seed_improvement=r.seed_improvement,
+            non_finite_count=r.non_finite_count, alpha=r.alpha,
+            loss_at_stage_start=r.loss_at_stage_start, loss_now=r.loss_now,
+            loss_at_germination=r.loss_at_germination, stage_losses=list(r.stage_losses),
+        )
+
+    def _probe(self, seed: nn.Module, *, backward: bool, step: int) -> gates.GateInputs:
+        """Run the seed on a fixed random probe of the slot's shape."""
+        inputs = gates.GateInputs(step=step)
+        gen = torch.Generator(device=self.device).manual_seed(PROBE_SEED)
+        x = torch.randn(probe_shape(self.shape), generator=gen, device=self.device).to(self.dtype)
+        try:
+            with torch.set_grad_enabled(backward):
+                out = seed(x)
+        except Exception as exc:  # a seed that cannot run is refused, never raised into training
+            inputs.shape_detail = f"seed forward failed: {type(exc).__name__}: {exc}"
+            return inputs
+        inputs.shape_ok = tuple(out.shape) == tuple(x.shape)
+        inputs.shape_detail = f"seed output {tuple(out.shape)} for input {tuple(x.shape)}"
+        inputs.forward_finite = bool(torch.isfinite(out).all())
+        inputs.probe_abs_max = float(out.detach().abs().max()) if out.numel() else 0.0
+        if backward and out.requires_grad:
+            params = [p for p in seed.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(out.float().square().sum() + out.float().sum(), params,
+                                        allow_unused=True)
+            inputs.backward_finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+        else:
+            inputs.backward_finite = backward  # no parameters: nothing can go wrong
+        return inputs
+
+
+_HOOK_BY_STAGE: dict[int, Callable] = {
+    S.SEED_STAGE_TRAINING: hooks.training_hook,
+    S.SEED_STAGE_BLENDING: hooks.blending_hook,
+    S.SEED_STAGE_SHADOWING: hooks.blending_hook,
+    S.SEED_STAGE_PROBATIONARY: hooks.blending_hook,
+}
+
+
+def _finite_or_zero(x: float) -> float:
+    return x if math.isfinite(x) else 0.0

@@ -1,0 +1,239 @@
+"""wrap(): put seed slots into any PyTorch model without changing what it computes.
+
+State-dict scheme: the host's keys are unchanged (`fc1.weight` stays `fc1.weight`),
+and each seed's weights are added under `esper_slots.<key>.seed.*`, where `<key>` is the
+slot id with '.' replaced by '__' (module dicts cannot hold dots). A wrapped model with
+only dormant slots therefore has exactly the original state_dict.
+
+Slots follow their host module through forward hooks, installed only while a seed needs
+one: a DORMANT slot installs no hook, so the wrapped model runs the original code path.
+Each stage change swaps the hook; under torch.compile that is a guard change and
+triggers one recompile (correct results, never a silent fallback).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from esper.leyline import lifecycle
+from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
+from esper.leyline.v1.signals_pb2 import GraphEdge, GraphNode, ModelGraph, SlotInfo
+from esper.leyline.v1.telemetry_pb2 import SeedTransition
+
+from esper.kasmina.config import KasminaConfig
+from esper.kasmina.merge import residual_module
+from esper.kasmina.shapes import (
+    SlotSite, channels_of, default_kind, fused_descendants, is_eligible, module_device_dtype,
+    observe_shapes,
+)
+from esper.kasmina.slot import SeedSlot
+from esper.leyline.v1.common_pb2 import SlotShape
+
+HOST_PREFIX = "host."
+SLOTS_ATTR = "esper_slots"
+SlotChoice = None | Iterable[str] | Callable[[str, nn.Module], bool]
+SeedListener = Callable[[SeedSlot, list[nn.Parameter]], None]
+
+
+def slot_key(slot_id: str) -> str:
+    """The ModuleDict key of a slot id (dots are not allowed in module names)."""
+    return slot_id.replace(".", "__")
+
+
+class MorphableModel(nn.Module):
+    """A host model with seed slots. Calls, attributes and state_dict keys pass through
+    to the host; `slots` maps slot id -> SeedSlot."""
+
+    def __init__(self, host: nn.Module, sites: list[SlotSite], cfg: KasminaConfig) -> None:
+        super().__init__()
+        self.host = host
+        self.cfg = cfg
+        self.esper_slots = nn.ModuleDict()
+        self.transitions: list[SeedTransition] = []
+        self.transition_listeners: list[Callable[[SeedTransition], None]] = []
+        self.seed_added_listeners: list[SeedListener] = []
+        self.seed_removed_listeners: list[SeedListener] = []
+        self.global_step = 0
+        self.epoch = 0
+        for site in sites:
+            self.esper_slots[slot_key(site.node_id)] = SeedSlot(site.node_id, site, cfg, self)
+        self._register_state_dict_hook(_strip_host_prefix)
+        self._register_load_state_dict_pre_hook(_add_host_prefix)
+
+    def forward(self, *args, **kwargs):
+        return self.host(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("host"), name)
+
+    @property
+    def slots(self) -> dict[str, SeedSlot]:
+        return {slot.slot_id: slot for slot in self.esper_slots.values()}
+
+    def slot(self, slot_id: str) -> SeedSlot:
+        key = slot_key(slot_id)
+        if key not in self.esper_slots or self.esper_slots[key].slot_id != slot_id:
+            raise KeyError(f"unknown slot {slot_id!r}; slots: {sorted(self.slots)}")
+        return self.esper_slots[key]
+
+    # ---- SlotEvents ------------------------------------------------------------------
+    def transition(self, event: SeedTransition) -> None:
+        event.epoch = self.epoch
+        self.transitions.append(event)
+        for listener in self.transition_listeners:
+            listener(event)
+
+    def seed_added(self, slot: SeedSlot, params: list[nn.Parameter]) -> None:
+        for listener in self.seed_added_listeners:
+            listener(slot, params)
+
+    def seed_removed(self, slot: SeedSlot, params: list[nn.Parameter]) -> None:
+        for listener in self.seed_removed_listeners:
+            listener(slot, params)
+
+    # ---- training-loop calls ---------------------------------------------------------
+    def seed_step(self) -> None:
+        """Call once per training step after backward (before zero_grad). No host sync."""
+        self.global_step += 1
+        for slot in self.esper_slots.values():
+            slot.on_step()
+
+    def seed_epoch(self) -> None:
+        self.epoch += 1
+        for slot in self.esper_slots.values():
+            slot.on_epoch()
+
+    def safe_point(self, loss: float | None = None) -> list[SeedTransition]:
+        """Between steps: read device accumulators, feed `loss` (validation loss when the
+        caller has one, else a train-loss window mean) to live seeds, trip circuit
+        breakers (cull at once), end elapsed embargoes. Returns the transitions made."""
+        from esper.leyline.v1.control_pb2 import CullReason
+
+        start = len(self.transitions)
+        for slot in self.esper_slots.values():
+            slot.flush()
+            if loss is not None and slot.is_live():
+                slot.record.observe_loss(float(loss))
+            why = slot.tripped(loss)
+            if why is not None:
+                slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
+            slot.tick_embargo(self.global_step)
+        return self.transitions[start:]
+
+    # ---- reporting -----------------------------------------------------------------------
+    def seed_states(self) -> list[SeedState]:
+        return [slot.seed_state() for slot in self.esper_slots.values()]
+
+    def live_seed_count(self) -> int:
+        return sum(slot.is_live() for slot in self.esper_slots.values())
+
+    def seed_param_count(self) -> int:
+        return sum(slot.seed_param_count() for slot in self.esper_slots.values())
+
+    def host_param_count(self) -> int:
+        return sum(p.numel() for p in self.host.parameters())
+
+    def model_graph(self) -> ModelGraph:
+        from esper.kasmina.graph import build_model_graph
+
+        return build_model_graph(self)
+
+    # ---- unwrap ------------------------------------------------------------------------
+    def unwrap(self) -> nn.Module:
+        """A plain nn.Module (torch classes only) computing what this model computes with
+        its fossilized seeds; culled and still-live seeds are left out (a warning names
+        live ones). Merged fossils are already in the host weights; unmerged ones become
+        traced residual modules at their host's place."""
+        live = [s.slot_id for s in self.esper_slots.values() if s.is_live()]
+        if live:
+            warnings.warn(f"unwrap() leaves out seeds that are not fossilized: {live}",
+                          stacklevel=2)
+        with self._hooks_detached():
+            plain = copy.deepcopy(self.host)
+        for slot in self.esper_slots.values():
+            if slot.stage == SeedStage.SEED_STAGE_FOSSILIZED and slot.seed is not None:
+                host_copy = plain.get_submodule(slot.node_id)
+                fossil = residual_module(host_copy, copy.deepcopy(slot.seed))
+                _replace_submodule(plain, slot.node_id, fossil)
+        return plain
+
+    @contextmanager
+    def _hooks_detached(self):
+        for slot in self.esper_slots.values():
+            slot.remove_hook()
+        try:
+            yield
+        finally:
+            for slot in self.esper_slots.values():
+                slot.install_hook()
+
+
+def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _strip_host_prefix(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + HOST_PREFIX)]:
+        state_dict[prefix + key[len(prefix) + len(HOST_PREFIX):]] = state_dict.pop(key)
+    return state_dict
+
+
+def _add_host_prefix(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    own = prefix + SLOTS_ATTR + "."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
+        state_dict[prefix + HOST_PREFIX + key[len(prefix):]] = state_dict.pop(key)
+
+
+def _choose(model: nn.Module, slots: SlotChoice) -> list[str]:
+    modules = dict(model.named_modules())
+    banned = fused_descendants(model)
+    if slots is None:
+        return [n for n, m in modules.items() if n and is_eligible(m) and n not in banned]
+    if callable(slots):
+        return [n for n, m in modules.items()
+                if n and is_eligible(m) and n not in banned and slots(n, m)]
+    names = list(slots)
+    for name in names:
+        if name not in modules or not name:
+            raise ValueError(f"slot {name!r}: no such module in the model")
+        if not is_eligible(modules[name]):
+            raise ValueError(f"slot {name!r}: {type(modules[name]).__name__} cannot host a seed")
+        if name in banned:
+            raise ValueError(f"slot {name!r} is inside a fused block whose fast path bypasses "
+                             "it; place the slot after the block instead")
+    return names
+
+
+def wrap(model: nn.Module, slots: SlotChoice = None, *, example_input: object = None,
+         config: KasminaConfig | None = None) -> MorphableModel:
+    """Wrap `model` with seed slots after the chosen modules: all eligible ones (None),
+    the named ones (list of module names) or those a predicate(name, module) accepts.
+    With `example_input` (a tensor or a tuple of positional args), one no-grad forward
+    reads each slot's real activation shape; otherwise the shape comes from the type."""
+    if isinstance(model, MorphableModel):
+        raise TypeError("model is already wrapped")
+    names = _choose(model, slots)
+    if len({slot_key(n) for n in names}) != len(names):
+        raise ValueError("two slot ids collide after replacing '.' with '__'")
+    seen = observe_shapes(model, names, example_input) if example_input is not None else {}
+    sites = []
+    for name in names:
+        module = model.get_submodule(name)
+        device, dtype = module_device_dtype(module, model)
+        shape = seen.get(name) or SlotShape(kind=default_kind(module), channels=channels_of(module))
+        sites.append(SlotSite(node_id=name, module=module, shape=shape, device=device, dtype=dtype))
+    return MorphableModel(model, sites, config or KasminaConfig())
+
+
+__all__ = ["MorphableModel", "wrap", "slot_key", "lifecycle"]
