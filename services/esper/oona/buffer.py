@@ -1,0 +1,63 @@
+"""A bounded, thread-safe outbound buffer: O(1) offer that never waits, drops counted
+when full. Pure logic, shared by the async and the threaded producer."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    """One encoded event waiting to be sent."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class OutboundBuffer:
+    """Bounded FIFO. `offer` never blocks: when the buffer is full the record is dropped
+    and counted. `on_ready` is called (outside the lock) when the buffer goes from empty
+    to non-empty, so a sender can sleep while there is nothing to send."""
+
+    def __init__(self, capacity: int, on_ready: Callable[[], None] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._items: deque[OutboundRecord] = deque()
+        self._lock = threading.Lock()
+        self._on_ready = on_ready
+        self.accepted = 0
+        self.dropped = 0
+
+    def set_on_ready(self, on_ready: Callable[[], None] | None) -> None:
+        self._on_ready = on_ready
+
+    def offer(self, record: OutboundRecord) -> bool:
+        with self._lock:
+            if len(self._items) >= self.capacity:
+                self.dropped += 1
+                return False
+            self._items.append(record)
+            self.accepted += 1
+            became_ready = len(self._items) == 1
+        if became_ready and self._on_ready is not None:
+            self._on_ready()
+        return True
+
+    def take(self, max_items: int) -> list[OutboundRecord]:
+        with self._lock:
+            count = min(max_items, len(self._items))
+            return [self._items.popleft() for _ in range(count)]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def fill_ratio(self) -> float:
+        """Back-pressure: 0 when empty, 1 when the next offer will be dropped."""
+        return len(self._items) / self.capacity

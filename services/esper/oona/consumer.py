@@ -1,0 +1,164 @@
+"""OonaConsumer: a typed consumer of TelemetryEvents with manual commits.
+
+Offsets are committed only after the caller's handler succeeded, so a consumer that dies
+mid-batch has the batch redelivered to the group. Records that do not decode are counted
+and skipped (their offsets are committed with the batch: they can never succeed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import context as otel_context
+from prometheus_client import Counter
+
+from esper.leyline.v1 import telemetry_pb2
+from esper.oona.envelope import DecodeError, decode_event, trace_context_of
+
+log = logging.getLogger(__name__)
+
+# INFRA.md: with aiokafka's defaults a group join against tansu takes 5 s and a rejoin
+# after a restart 18 s; these make both about 1 s (500 ms session timeout fails).
+SESSION_TIMEOUT_MS = 1_000
+HEARTBEAT_INTERVAL_MS = 200
+REBALANCE_TIMEOUT_MS = 1_000
+# Records handed to the handler at most per batch (one DB transaction in Nissa).
+DEFAULT_MAX_RECORDS = 2_000
+# How long one poll waits for records before returning an empty batch.
+DEFAULT_POLL_TIMEOUT_MS = 500
+
+DECODE_ERRORS = Counter("esper_oona_decode_errors_total",
+                        "Records that were not valid TelemetryEvents", ["topic"])
+CONSUMED = Counter("esper_oona_events_consumed_total", "Events decoded by consumers",
+                   ["group", "topic"])
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """A decoded event with where it came from."""
+
+    event: telemetry_pb2.TelemetryEvent
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+
+    def trace_context(self) -> otel_context.Context:
+        """The context to continue the producer's trace in."""
+        return trace_context_of(self.event, self.headers)
+
+
+Handler = Callable[[list[ConsumedEvent]], Awaitable[None]]
+
+
+class OonaConsumer:
+    """Consumes TelemetryEvents from `topics`. With a `group_id` partitions are shared
+    within the group and offsets are committed by `commit()` / `run()`; without one the
+    consumer reads every partition and commits nothing (for tails)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        group_id: str | None,
+        from_beginning: bool = True,
+        client_id: str = "esper-oona-consumer",
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        if not topics:
+            raise ValueError("topics: at least one topic is required")
+        self.topics = tuple(topics)
+        self.group_id = group_id
+        self.max_records = max_records
+        self.decode_errors = 0
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+            metadata_max_age_ms=5_000,  # notice topics created after start quickly
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def __aenter__(self) -> OonaConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def poll(self, timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS) -> tuple[
+            list[ConsumedEvent], dict[TopicPartition, int]]:
+        """One batch of decoded events, plus the offsets to commit once it is handled
+        (next offset per partition, covering records that failed to decode)."""
+        records = await self._consumer.getmany(timeout_ms=timeout_ms,
+                                               max_records=self.max_records)
+        events: list[ConsumedEvent] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, batch in records.items():
+            for record in batch:
+                offsets[tp] = record.offset + 1
+                consumed = self._decode(record)
+                if consumed is not None:
+                    events.append(consumed)
+        return events, offsets
+
+    def _decode(self, record: ConsumerRecord) -> ConsumedEvent | None:
+        headers = tuple(record.headers or ())
+        try:
+            event = decode_event(record.value, headers)
+        except DecodeError as exc:
+            self.decode_errors += 1
+            DECODE_ERRORS.labels(record.topic).inc()
+            log.warning("oona: undecodable record %s[%d]@%d: %s", record.topic,
+                        record.partition, record.offset, exc)
+            return None
+        CONSUMED.labels(self.group_id or "", record.topic).inc()
+        return ConsumedEvent(
+            event=event,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            timestamp_ms=record.timestamp,
+            headers=headers,
+        )
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit handled offsets (no-op without a group or with nothing to commit)."""
+        if self.group_id is not None and offsets:
+            await self._consumer.commit(offsets)
+
+    async def run(self, handler: Handler, *, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
+                  ) -> None:
+        """Forever: poll a batch, await `handler(batch)`, then commit. A handler that
+        raises propagates without a commit, so the batch is redelivered."""
+        while True:
+            events, offsets = await self.poll(poll_timeout_ms)
+            if events:
+                await handler(events)
+            await self.commit(offsets)
+
+    async def events(self, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
+                     ) -> AsyncIterator[ConsumedEvent]:
+        """Iterate decoded events one by one (commits nothing; for tails)."""
+        while True:
+            batch, _ = await self.poll(poll_timeout_ms)
+            for consumed in batch:
+                yield consumed

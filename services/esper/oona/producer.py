@@ -1,0 +1,357 @@
+"""OonaProducer: publish TelemetryEvents without ever blocking the caller.
+
+`publish()` encodes the event and offers it to a bounded buffer (O(1), never waits; a
+full buffer drops and counts). A background task takes batches, sends them with gzip
+compression through aiokafka, and reconnects by itself when the broker is down or slow.
+`ThreadedOonaProducer` runs the same producer on its own event loop in a daemon thread
+for the (synchronous) training process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+
+from esper.leyline.v1 import telemetry_pb2
+from esper.oona.buffer import OutboundBuffer, OutboundRecord
+from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
+from esper.oona.topics import ensure_topics, event_key, topic_for
+
+log = logging.getLogger(__name__)
+
+# Events held while the broker is slow or down: at one snapshot per step this is minutes
+# of a fast run, and at a few KiB per snapshot it stays well under 100 MiB.
+DEFAULT_QUEUE_CAPACITY = 10_000
+# Records taken from the buffer per send round: large enough to amortise the round, small
+# enough that one failed round loses little.
+DEFAULT_BATCH_MAX = 500
+# aiokafka waits this long to fill a batch; telemetry tolerates a few ms of latency.
+LINGER_MS = 5
+# A request (or a metadata wait) taking longer means the broker is down or overloaded.
+REQUEST_TIMEOUT_MS = 5_000
+# Upper bound on one send round, so a wedged client is recycled rather than waited on.
+SEND_ROUND_TIMEOUT_S = 10.0
+# Reconnect backoff: quick first retry, capped so recovery is noticed within seconds.
+RECONNECT_BACKOFF_MIN_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 5.0
+# How often an idle sender refreshes the Prometheus metrics.
+METRICS_INTERVAL_S = 1.0
+# gzip works with every broker without extra libraries (snappy/lz4/zstd need them).
+COMPRESSION = "gzip"
+
+PUBLISHED = Counter("esper_oona_events_published_total",
+                    "Events accepted into the producer's buffer", ["client_id"])
+SENT = Counter("esper_oona_events_sent_total", "Events acknowledged by the broker",
+               ["client_id"])
+DROPPED = Counter("esper_oona_events_dropped_total",
+                  "Events dropped (queue_full: back-pressure; send_failed: broker error)",
+                  ["client_id", "reason"])
+QUEUE_DEPTH = Gauge("esper_oona_queue_depth", "Events waiting to be sent", ["client_id"])
+BACKPRESSURE = Gauge("esper_oona_backpressure_ratio",
+                     "Fill ratio of the producer buffer (1 means new events are dropped)",
+                     ["client_id"])
+CONNECTED = Gauge("esper_oona_broker_connected", "1 while the producer has a broker session",
+                  ["client_id"])
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    """Counters of one producer."""
+
+    published: int
+    sent: int
+    dropped_queue_full: int
+    dropped_send_failed: int
+    queue_depth: int
+    backpressure: float
+    connected: bool
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_queue_full + self.dropped_send_failed
+
+
+class OonaProducer:
+    """Non-blocking TelemetryEvent producer. Call `publish` from the event loop's thread or
+    any other thread; `start`/`stop` from the loop that runs the sender."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "esper",
+        queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+        batch_max: int = DEFAULT_BATCH_MAX,
+        create_topics: bool = True,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self._batch_max = batch_max
+        self._create_topics = create_topics
+        self._buffer = OutboundBuffer(queue_capacity, on_ready=self._wake)
+        self._kafka: AIOKafkaProducer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._sent = 0
+        self._send_failed = 0
+        self._exported = {"published": 0, "sent": 0, "queue_full": 0, "send_failed": 0}
+        self._connected = asyncio.Event()
+
+    # ---- the caller's side -------------------------------------------------------------
+
+    def publish(
+        self,
+        event: telemetry_pb2.TelemetryEvent,
+        *,
+        topic: str | None = None,
+        key: bytes | None = None,
+    ) -> bool:
+        """Queue an event; never waits. Returns False when it was dropped (buffer full or
+        producer stopped). The topic defaults to the payload kind's, the key to the run id
+        (or blueprint ref)."""
+        if not event.trace.traceparent:
+            stamp_trace(event)
+        record = OutboundRecord(
+            topic=topic or topic_for(event),
+            key=key if key is not None else event_key(event),
+            value=encode_event(event),
+            headers=kafka_headers(event),
+        )
+        if self._closing:
+            self._buffer.dropped += 1
+            return False
+        return self._buffer.offer(record)
+
+    def stats(self) -> ProducerStats:
+        return ProducerStats(
+            published=self._buffer.accepted,
+            sent=self._sent,
+            dropped_queue_full=self._buffer.dropped,
+            dropped_send_failed=self._send_failed,
+            queue_depth=len(self._buffer),
+            backpressure=self._buffer.fill_ratio,
+            connected=self._kafka is not None,
+        )
+
+    def _wake(self) -> None:
+        if self._loop is None or self._ready is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._ready.set()
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:
+                pass  # the loop is closed: the producer was stopped
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background sender. Does not wait for the broker: when it is down the
+        producer keeps accepting (and, once full, dropping) events and connects later."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._ready = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"oona-producer-{self.client_id}")
+        if len(self._buffer):
+            self._ready.set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until the producer has a broker session (for CLIs and tests)."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until the buffer is empty; True when it emptied in time."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self._buffer) or self._in_flight:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Send what is buffered (up to `flush_timeout`), then close. What is left is
+        counted as dropped."""
+        await self.flush(flush_timeout)
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        left = self._buffer.take(len(self._buffer))
+        self._send_failed += len(left)
+        await self._disconnect()
+        self._export_metrics()
+
+    # ---- the sender --------------------------------------------------------------------
+
+    _in_flight = False
+
+    async def _run(self) -> None:
+        """Connect (and reconnect) eagerly; send whenever there is something buffered."""
+        backoff = RECONNECT_BACKOFF_MIN_S
+        assert self._ready is not None
+        while True:
+            if self._kafka is None and not await self._connect():
+                self._export_metrics()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
+            backoff = RECONNECT_BACKOFF_MIN_S
+            if not len(self._buffer):
+                self._export_metrics()
+                try:
+                    await asyncio.wait_for(self._ready.wait(), METRICS_INTERVAL_S)
+                except TimeoutError:
+                    pass
+                self._ready.clear()
+                continue
+            await self._send_round(self._buffer.take(self._batch_max))
+
+    async def _connect(self) -> bool:
+        kafka = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            compression_type=COMPRESSION,
+            linger_ms=LINGER_MS,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+            enable_idempotence=False,  # tansu rejects InitProducerId (see INFRA.md)
+        )
+        try:
+            await asyncio.wait_for(kafka.start(), REQUEST_TIMEOUT_MS / 1000)
+            if self._create_topics:
+                await asyncio.wait_for(ensure_topics(self.bootstrap), REQUEST_TIMEOUT_MS / 1000)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("oona producer %s: broker %s unavailable: %s",
+                        self.client_id, self.bootstrap, exc)
+            await self._close_quietly(kafka)
+            return False
+        log.info("oona producer %s: connected to %s", self.client_id, self.bootstrap)
+        self._kafka = kafka
+        self._connected.set()
+        return True
+
+    async def _send_round(self, batch: list[OutboundRecord]) -> None:
+        kafka = self._kafka
+        assert kafka is not None
+        self._in_flight = True
+        sent = 0
+        try:
+            sent = await asyncio.wait_for(self._send_all(kafka, batch), SEND_ROUND_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("oona producer %s: send failed, reconnecting: %s", self.client_id, exc)
+        finally:
+            self._in_flight = False
+        self._sent += sent
+        if sent < len(batch):
+            self._send_failed += len(batch) - sent
+            await self._disconnect()
+
+    @staticmethod
+    async def _send_all(kafka: AIOKafkaProducer, batch: list[OutboundRecord]) -> int:
+        futures = [
+            await kafka.send(r.topic, r.value, key=r.key, headers=r.headers) for r in batch
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    async def _disconnect(self) -> None:
+        kafka, self._kafka = self._kafka, None
+        self._connected.clear()
+        if kafka is not None:
+            await self._close_quietly(kafka)
+
+    @staticmethod
+    async def _close_quietly(kafka: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(kafka.stop(), REQUEST_TIMEOUT_MS / 1000)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("oona producer: close failed: %s", exc)
+
+    def _export_metrics(self) -> None:
+        stats = self.stats()
+        now = {"published": stats.published, "sent": stats.sent,
+               "queue_full": stats.dropped_queue_full, "send_failed": stats.dropped_send_failed}
+        delta = {k: now[k] - self._exported[k] for k in now}
+        self._exported = now
+        PUBLISHED.labels(self.client_id).inc(delta["published"])
+        SENT.labels(self.client_id).inc(delta["sent"])
+        DROPPED.labels(self.client_id, "queue_full").inc(delta["queue_full"])
+        DROPPED.labels(self.client_id, "send_failed").inc(delta["send_failed"])
+        QUEUE_DEPTH.labels(self.client_id).set(stats.queue_depth)
+        BACKPRESSURE.labels(self.client_id).set(stats.backpressure)
+        CONNECTED.labels(self.client_id).set(1 if stats.connected else 0)
+
+
+class ThreadedOonaProducer:
+    """OonaProducer for synchronous code (the training loop): it owns an event loop in a
+    daemon thread. `publish` is O(1), thread-safe and never blocks the calling thread."""
+
+    def __init__(self, bootstrap: str, **kwargs: object) -> None:
+        self._producer = OonaProducer(bootstrap, **kwargs)  # type: ignore[arg-type]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="oona-producer", daemon=True
+        )
+
+    @property
+    def producer(self) -> OonaProducer:
+        return self._producer
+
+    def start(self, timeout: float = 10.0) -> ThreadedOonaProducer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._producer.start(), self._loop).result(timeout)
+        return self
+
+    def publish(
+        self,
+        event: telemetry_pb2.TelemetryEvent,
+        *,
+        topic: str | None = None,
+        key: bytes | None = None,
+    ) -> bool:
+        return self._producer.publish(event, topic=topic, key=key)
+
+    def stats(self) -> ProducerStats:
+        return self._producer.stats()
+
+    def wait_connected(self, timeout: float) -> bool:
+        coro = self._producer.wait_connected(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout + 1)
+
+    def flush(self, timeout: float) -> bool:
+        coro = self._producer.flush(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout + 1)
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
+        coro = self._producer.stop(flush_timeout)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self._loop).result(
+                flush_timeout + SEND_ROUND_TIMEOUT_S)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=flush_timeout)
+
+    def __enter__(self) -> ThreadedOonaProducer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
