@@ -1,0 +1,126 @@
+"""Applying AdaptationDecisions with defence in depth: whatever sent a decision, it is
+re-checked here (id, expiry, slot, blueprint/kernel, lifecycle table, gates, budget)
+and answered with exactly one DecisionAck. A rejected decision never raises into the
+training loop."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from esper.leyline import lifecycle
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+
+from esper.kasmina.seeds import SeedBuildError, SeedBuilder
+from esper.kasmina.slot import GateRefused, SeedSlot
+from esper.kasmina.wrap import MorphableModel
+
+S = SeedStage
+
+
+class Rejected(Exception):
+    """A decision refused, with the reason for its ack."""
+
+
+class DecisionApplier:
+    """Applies decisions to one MorphableModel; remembers every decision id it answered."""
+
+    def __init__(self, model: MorphableModel, build_seed: SeedBuilder | None = None, *,
+                 run_id: str = "", is_function_preserving: Callable[[str], bool] | None = None):
+        self.model = model
+        self.build_seed = build_seed
+        self.run_id = run_id
+        self._function_preserving = is_function_preserving or getattr(
+            build_seed, "is_function_preserving", lambda ref: True)
+        self.answered: set[str] = set()
+
+    def apply(self, decision: AdaptationDecision, loss: float | None = None) -> DecisionAck:
+        """Apply one decision at a safe point; returns its (single) ack."""
+        step = self.model.global_step
+        ack = DecisionAck(decision_id=decision.decision_id, run_id=decision.run_id or self.run_id,
+                          step=step)
+        if not decision.decision_id:
+            return _rejected(ack, "decision_id is empty")
+        if decision.decision_id in self.answered:
+            return _rejected(ack, f"duplicate decision id {decision.decision_id!r}: already answered")
+        self.answered.add(decision.decision_id)
+        if decision.expires_at_step and decision.expires_at_step < step:
+            ack.status = AckStatus.ACK_STATUS_EXPIRED
+            ack.reason = f"expired at step {decision.expires_at_step}, now step {step}"
+            return ack
+        try:
+            ack.reason = self._dispatch(decision, ack, loss)
+            ack.status = AckStatus.ACK_STATUS_APPLIED
+        except Rejected as exc:
+            _rejected(ack, str(exc))
+        except GateRefused as exc:
+            ack.gate.CopyFrom(exc.result)
+            _rejected(ack, str(exc))
+        except lifecycle.IllegalTransition as exc:
+            _rejected(ack, str(exc))
+        return ack
+
+    def _dispatch(self, d: AdaptationDecision, ack: DecisionAck, loss: float | None) -> str:
+        kind = d.WhichOneof("action")
+        if kind is None:
+            raise Rejected("decision has no action")
+        if kind == "wait":
+            return f"waiting {d.wait.steps} steps"
+        slot = self._slot(getattr(d, kind).slot_id)
+        step = self.model.global_step
+        if kind == "germinate":
+            return self._germinate(d, slot, ack, loss)
+        if kind == "cull":
+            if not slot.is_live():
+                raise lifecycle.IllegalTransition(slot.stage, S.SEED_STAGE_CULLED)
+            slot.cull(step, d.cull.reason, d.cull.detail, d.cull.embargo_steps)
+            return f"culled ({slot.record.cull_reason})"
+        if kind == "fossilize":
+            target = S.SEED_STAGE_FOSSILIZED
+        else:
+            target = d.advance.target_stage or lifecycle.next_stage(slot.stage)
+            if target is None:
+                raise lifecycle.IllegalTransition(slot.stage, S.SEED_STAGE_UNSPECIFIED)
+        lifecycle.check_transition(slot.stage, target)
+        ack.gate.CopyFrom(slot.advance(step, target, loss))
+        return f"{lifecycle.stage_name(target)}: gate passed"
+
+    def _slot(self, slot_id: str) -> SeedSlot:
+        try:
+            return self.model.slot(slot_id)
+        except KeyError as exc:
+            raise Rejected(f"unknown slot {slot_id!r}") from exc
+
+    def _germinate(self, d: AdaptationDecision, slot: SeedSlot, ack: DecisionAck,
+                   loss: float | None) -> str:
+        g = d.germinate
+        lifecycle.check_transition(slot.stage, S.SEED_STAGE_GERMINATED)
+        cfg = self.model.cfg
+        if self.model.live_seed_count() >= cfg.max_live_seeds:
+            raise Rejected(f"budget: {cfg.max_live_seeds} live seeds already (max_live_seeds)")
+        if self.build_seed is None:
+            raise Rejected("no seed builder configured")
+        try:
+            seed = self.build_seed(g, slot.shape, slot.device, slot.dtype)
+        except SeedBuildError as exc:
+            raise Rejected(str(exc)) from exc
+        added = sum(p.numel() for p in seed.parameters() if p.requires_grad)
+        limit = cfg.max_seed_param_fraction * self.model.host_param_count()
+        if self.model.seed_param_count() + added > limit:
+            raise Rejected(f"budget: seed params {self.model.seed_param_count()} + {added} "
+                           f"> {limit:.0f} (max_seed_param_fraction "
+                           f"{cfg.max_seed_param_fraction})")
+        result = slot.germinate(
+            seed, step=self.model.global_step, blueprint_ref=g.blueprint_ref,
+            kernel_id=g.kernel_id, kernel_digest=g.kernel_sha256.lower(), schedule=g.schedule,
+            function_preserving=self._function_preserving(g.blueprint_ref), loss=loss,
+        )
+        ack.gate.CopyFrom(result)
+        ack.seed_id = slot.record.seed_id
+        return f"germinated {g.blueprint_ref} in {slot.slot_id} ({added} params)"
+
+
+def _rejected(ack: DecisionAck, reason: str) -> DecisionAck:
+    ack.status = AckStatus.ACK_STATUS_REJECTED
+    ack.reason = reason
+    return ack

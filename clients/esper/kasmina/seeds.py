@@ -1,0 +1,84 @@
+"""Turning a germinate action into a seed module: blueprint lookup, kernel bytes from
+the KernelCache (verified, never blocking), and the shared blueprint builder."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from esper.leyline.v1.blueprint_pb2 import BlueprintSpec
+from esper.leyline.v1.common_pb2 import SlotShape
+from esper.leyline.v1.control_pb2 import GerminateAction
+
+from esper.kasmina.cache import KernelCache, KernelDigestMismatch, KernelFetchError
+
+
+class SeedBuildError(ValueError):
+    """The seed for a germination cannot be built; the message says why."""
+
+
+SeedBuilder = Callable[[GerminateAction, SlotShape, torch.device, torch.dtype], nn.Module]
+
+
+class BlueprintSeedBuilder:
+    """Builds seeds from a blueprint catalogue (ref -> BlueprintSpec) and, when the action
+    names a kernel, from verified kernel bytes in a KernelCache."""
+
+    def __init__(self, catalog: Mapping[str, BlueprintSpec] | None = None,
+                 cache: KernelCache | None = None) -> None:
+        if catalog is None:
+            from esper.blueprints.catalog import builtin_blueprints
+
+            catalog = {f"{s.name}@{s.version}": s for s in builtin_blueprints()}
+        self.catalog = dict(catalog)
+        self.cache = cache
+
+    def spec(self, ref: str) -> BlueprintSpec:
+        if ref not in self.catalog:
+            raise SeedBuildError(f"unknown blueprint {ref!r}")
+        return self.catalog[ref]
+
+    def is_function_preserving(self, ref: str) -> bool:
+        return ref in self.catalog and self.catalog[ref].metadata.function_preserving
+
+    def __call__(self, action: GerminateAction, shape: SlotShape, device: torch.device,
+                 dtype: torch.dtype) -> nn.Module:
+        spec = self.spec(action.blueprint_ref)
+        if shape.kind not in spec.slot_kinds:
+            raise SeedBuildError(f"blueprint {action.blueprint_ref} does not support slot kind "
+                                 f"{shape.kind}")
+        data = self._kernel_bytes(action) if action.kernel_id else None
+        try:
+            if data is not None:
+                return _from_kernel(spec, shape, data, action.kernel_sha256, device, dtype)
+            from esper.blueprints.builder import build_seed
+
+            return build_seed(spec, shape, device=device, dtype=dtype)
+        except SeedBuildError:
+            raise
+        except Exception as exc:  # BlueprintError, KernelFormatError, torch errors
+            raise SeedBuildError(f"blueprint {action.blueprint_ref}: {exc}") from exc
+
+    def _kernel_bytes(self, action: GerminateAction) -> bytes:
+        if self.cache is None:
+            raise SeedBuildError(f"kernel {action.kernel_id}: no kernel cache configured")
+        if not action.kernel_sha256:
+            raise SeedBuildError(f"kernel {action.kernel_id}: kernel_sha256 is required")
+        try:
+            data = self.cache.get_ready(action.kernel_id, action.kernel_sha256)
+        except (KernelDigestMismatch, KernelFetchError) as exc:
+            raise SeedBuildError(str(exc)) from exc
+        if data is None:
+            self.cache.prefetch(action.kernel_id, action.kernel_sha256)
+            raise SeedBuildError(f"kernel {action.kernel_id} is not ready yet (prefetch "
+                                 "started; resend the decision later)")
+        return data
+
+
+def _from_kernel(spec, shape, data, sha256, device, dtype) -> nn.Module:
+    """Rebuild the seed from kernel bytes (verified again by the artifact loader)."""
+    from esper.blueprints import artifact  # the shared, pickle-free artifact format
+
+    return artifact.load_seed(spec, shape, data, sha256, device=device, dtype=dtype)
