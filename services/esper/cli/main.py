@@ -12,6 +12,7 @@ import sys
 # is a bug, not an optional feature: the error propagates.
 SUBCOMMAND_MODULES = (
     "esper.cli.serve",
+    "esper.cli.stack",
 )
 
 

@@ -20,7 +20,8 @@ from esper.runtime.infra.process import ManagedProcess, ProcessSpec
 from minio import Minio
 
 NAME = "objectstore"
-DEFAULT_BUCKET = "esper"
+# The bucket kernels live in (the same default as the services' `s3_bucket` setting).
+DEFAULT_BUCKET = "esper-kernels"
 # localbucket accepts any credentials; these only make the minio client's signing happy.
 ACCESS_KEY = "esper-local"
 SECRET_KEY = "esper-local-secret"

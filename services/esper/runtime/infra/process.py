@@ -212,6 +212,7 @@ class ManagedProcess:
     def _reap(self, block: bool = True) -> None:
         """Collect our own child's exit status so it does not linger as a zombie."""
         if self._popen is None:
+            _reap_if_our_child(self.record())
             return
         if block:
             try:
@@ -220,6 +221,17 @@ class ManagedProcess:
                 return
         else:
             self._popen.poll()
+
+
+def _reap_if_our_child(record: PidRecord | None) -> None:
+    """Reap a process this interpreter started through another handle (e.g. `up` then
+    `down` in one test process); for anyone else's process this does nothing."""
+    if record is None or record.is_running():
+        return
+    try:
+        os.waitpid(record.pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 # prctl(2) option that asks for a signal when the parent exits.
