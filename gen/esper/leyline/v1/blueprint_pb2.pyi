@@ -84,13 +84,14 @@ class _OpTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpType.ValueTy
     OP_TYPE_CONV2D: _OpType.ValueType  # 2
     """2-D convolution over CONV2D inputs. attrs: out_channels (dim), kernel_size (int),
     groups (dim, default 1), padding ("same"), bias (bool), init ("default" | "zeros").
+    kernel_size is odd, 1..15; groups divides both the input and output channels.
     """
     OP_TYPE_CONV1D: _OpType.ValueType  # 3
     """1-D convolution over CONV1D inputs. attrs as CONV2D."""
     OP_TYPE_LAYER_NORM: _OpType.ValueType  # 4
     """Layer normalisation over the channel dim. attrs: eps (float), init ("default" | "zeros")."""
     OP_TYPE_RMS_NORM: _OpType.ValueType  # 5
-    """Root-mean-square normalisation over the channel dim. attrs: eps (float)."""
+    """Root-mean-square normalisation over the channel dim. attrs: eps (float, default 1e-6)."""
     OP_TYPE_GELU: _OpType.ValueType  # 6
     """GELU activation. No attrs."""
     OP_TYPE_SILU: _OpType.ValueType  # 7
@@ -102,7 +103,9 @@ class _OpTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpType.ValueTy
     OP_TYPE_ADD: _OpType.ValueType  # 10
     """Element-wise sum of two or more inputs of the same shape."""
     OP_TYPE_MUL: _OpType.ValueType  # 11
-    """Element-wise (broadcasting) product of exactly two inputs."""
+    """Element-wise (broadcasting) product of exactly two inputs: equal widths, or one of
+    width 1; a pooled input broadcasts over tokens/space.
+    """
     OP_TYPE_CHANNEL_SCALE: _OpType.ValueType  # 12
     """Learned per-channel scale. attrs: init_value (float, default 1.0)."""
     OP_TYPE_GLOBAL_AVG_POOL: _OpType.ValueType  # 13
@@ -110,29 +113,43 @@ class _OpTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpType.ValueTy
     OP_TYPE_SELF_ATTENTION: _OpType.ValueType  # 14
     """Multi-head self-attention over SEQUENCE inputs. attrs: num_heads (int), init
     ("default" | "zeros" for a zero output projection).
+    Also causal (bool, default false). num_heads divides C.
     """
     OP_TYPE_GQA_ROPE: _OpType.ValueType  # 15
     """Grouped-query self-attention with rotary position embeddings. attrs: num_heads (int),
     num_kv_heads (int), init.
+    Also causal (bool, default false). num_kv_heads divides num_heads; C / num_heads is even.
     """
     OP_TYPE_MOE: _OpType.ValueType  # 16
     """Top-k routed mixture of MLP experts. attrs: num_experts (int), top_k (int),
     hidden (dim), init.
+    Experts are GELU MLPs C -> hidden -> C; routing is dropless with softmax weights over the
+    top_k router logits; num_experts is 2..64 and top_k <= num_experts.
     """
     OP_TYPE_ACTIVATION_MONITOR: _OpType.ValueType  # 17
-    """Identity that records activation statistics (mean, std, dead fraction) as buffers."""
+    """Identity that records activation statistics (mean, std, dead fraction) as buffers.
+    attrs: momentum (float in (0, 1], default 0.1) of the running averages.
+    """
     OP_TYPE_GRAD_NORM_CLAMP: _OpType.ValueType  # 18
     """Identity forward; clamps the gradient's L2 norm in backward. attrs: max_norm (float)."""
     OP_TYPE_DROPOUT: _OpType.ValueType  # 19
-    """Dropout. attrs: p (float in [0, 1))."""
+    """Dropout. attrs: p (float in [0, 1), default 0.1)."""
     OP_TYPE_SCALAR_GATE: _OpType.ValueType  # 20
-    """Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0)."""
+    """Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0).
+    Also trainable (bool, default true): false makes the gate a fixed constant (e.g. 0 to
+    mute a diagnostic, -1 to negate).
+    """
 
 class OpType(_OpType, metaclass=_OpTypeEnumTypeWrapper):
     """The op vocabulary of blueprint graphs. Every op reads the outputs of the nodes named in
     OpNode.inputs ("input" is the slot activation) and writes one tensor. Attributes are
     listed per op; dimension attributes accept an integer or a dimension expression in C
     (the slot's channel width), e.g. "C", "4*C", "C/16", "max(C/16,4)".
+    Every tensor keeps the slot's layout: FEATURES (B, C), SEQUENCE (B, T, C), CONV1D
+    (B, C, L), CONV2D (B, C, H, W); channel ops act on the channel dim of any layout.
+    A seed computes a delta that is added to the host activation (host + alpha * seed), so
+    function-preserving blueprints output exactly zero at initialisation. Unknown attributes
+    are rejected; "init" = "zeros" zero-initialises the op's (output) weights and biases.
     """
 
 OP_TYPE_UNSPECIFIED: OpType.ValueType  # 0
@@ -144,13 +161,14 @@ init ("default" | "zeros").
 OP_TYPE_CONV2D: OpType.ValueType  # 2
 """2-D convolution over CONV2D inputs. attrs: out_channels (dim), kernel_size (int),
 groups (dim, default 1), padding ("same"), bias (bool), init ("default" | "zeros").
+kernel_size is odd, 1..15; groups divides both the input and output channels.
 """
 OP_TYPE_CONV1D: OpType.ValueType  # 3
 """1-D convolution over CONV1D inputs. attrs as CONV2D."""
 OP_TYPE_LAYER_NORM: OpType.ValueType  # 4
 """Layer normalisation over the channel dim. attrs: eps (float), init ("default" | "zeros")."""
 OP_TYPE_RMS_NORM: OpType.ValueType  # 5
-"""Root-mean-square normalisation over the channel dim. attrs: eps (float)."""
+"""Root-mean-square normalisation over the channel dim. attrs: eps (float, default 1e-6)."""
 OP_TYPE_GELU: OpType.ValueType  # 6
 """GELU activation. No attrs."""
 OP_TYPE_SILU: OpType.ValueType  # 7
@@ -162,7 +180,9 @@ OP_TYPE_SIGMOID: OpType.ValueType  # 9
 OP_TYPE_ADD: OpType.ValueType  # 10
 """Element-wise sum of two or more inputs of the same shape."""
 OP_TYPE_MUL: OpType.ValueType  # 11
-"""Element-wise (broadcasting) product of exactly two inputs."""
+"""Element-wise (broadcasting) product of exactly two inputs: equal widths, or one of
+width 1; a pooled input broadcasts over tokens/space.
+"""
 OP_TYPE_CHANNEL_SCALE: OpType.ValueType  # 12
 """Learned per-channel scale. attrs: init_value (float, default 1.0)."""
 OP_TYPE_GLOBAL_AVG_POOL: OpType.ValueType  # 13
@@ -170,23 +190,32 @@ OP_TYPE_GLOBAL_AVG_POOL: OpType.ValueType  # 13
 OP_TYPE_SELF_ATTENTION: OpType.ValueType  # 14
 """Multi-head self-attention over SEQUENCE inputs. attrs: num_heads (int), init
 ("default" | "zeros" for a zero output projection).
+Also causal (bool, default false). num_heads divides C.
 """
 OP_TYPE_GQA_ROPE: OpType.ValueType  # 15
 """Grouped-query self-attention with rotary position embeddings. attrs: num_heads (int),
 num_kv_heads (int), init.
+Also causal (bool, default false). num_kv_heads divides num_heads; C / num_heads is even.
 """
 OP_TYPE_MOE: OpType.ValueType  # 16
 """Top-k routed mixture of MLP experts. attrs: num_experts (int), top_k (int),
 hidden (dim), init.
+Experts are GELU MLPs C -> hidden -> C; routing is dropless with softmax weights over the
+top_k router logits; num_experts is 2..64 and top_k <= num_experts.
 """
 OP_TYPE_ACTIVATION_MONITOR: OpType.ValueType  # 17
-"""Identity that records activation statistics (mean, std, dead fraction) as buffers."""
+"""Identity that records activation statistics (mean, std, dead fraction) as buffers.
+attrs: momentum (float in (0, 1], default 0.1) of the running averages.
+"""
 OP_TYPE_GRAD_NORM_CLAMP: OpType.ValueType  # 18
 """Identity forward; clamps the gradient's L2 norm in backward. attrs: max_norm (float)."""
 OP_TYPE_DROPOUT: OpType.ValueType  # 19
-"""Dropout. attrs: p (float in [0, 1))."""
+"""Dropout. attrs: p (float in [0, 1), default 0.1)."""
 OP_TYPE_SCALAR_GATE: OpType.ValueType  # 20
-"""Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0)."""
+"""Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0).
+Also trainable (bool, default true): false makes the gate a fixed constant (e.g. 0 to
+mute a diagnostic, -1 to negate).
+"""
 Global___OpType: _TypeAlias = OpType  # noqa: Y015
 
 class _BlueprintState:
