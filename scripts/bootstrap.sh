@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything Esper needs on a fresh Debian machine: the apt packages
-# (PostgreSQL server binaries, the Fashion-MNIST data set), a virtual environment in .venv,
+# (PostgreSQL server binaries, the Fashion-MNIST data set, docker-compose to validate deploy/), a virtual environment in .venv,
 # and the project installed editable with its dev tools. Re-running is cheap: each step is
 # skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15 dataset-fashion-mnist)
+APT_PACKAGES=(postgresql-15 dataset-fashion-mnist docker-compose)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.esper-installed
