@@ -1,0 +1,50 @@
+"""Tezzeret's domain errors; the servicer maps each to one gRPC status."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+
+class TezzeretError(Exception):
+    """Base of Tezzeret's domain errors."""
+
+
+class InvalidSubmission(TezzeretError):
+    """A SubmitCompile field is malformed; `field` names it in proto terms."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+
+
+class DependencyUnavailable(TezzeretError):
+    """PostgreSQL, Urza, the broker or the object store cannot be reached right now."""
+
+
+class ValidationFailed(TezzeretError):
+    """A built kernel failed a validation check; `check` is the check's stable name."""
+
+    def __init__(self, check: str, detail: str, report=None) -> None:
+        super().__init__(f"validation check {check} failed: {detail}")
+        self.check = check
+        self.detail = detail
+        self.report = report
+
+
+class JobAbandoned(TezzeretError):
+    """The worker no longer holds its job (cancelled, or taken over after its lease)."""
+
+
+# What a lost or refused database connection looks like from asyncpg.
+DB_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.CrashShutdownError,
+)
