@@ -78,7 +78,16 @@ class BlueprintSeedBuilder:
 
 
 def _from_kernel(spec, shape, data, sha256, device, dtype) -> nn.Module:
-    """Rebuild the seed from kernel bytes (verified again by the artifact loader)."""
-    from esper.blueprints import artifact  # the shared, pickle-free artifact format
+    """Rebuild the seed from kernel bytes; the artifact loader verifies the digest again
+    and never unpickles. The kernel must be for this blueprint and this slot's shape."""
+    from esper.blueprints.artifact import unpack_kernel
 
-    return artifact.load_seed(spec, shape, data, sha256, device=device, dtype=dtype)
+    k_spec, k_shape, module = unpack_kernel(data, sha256.lower(), device=device)
+    ref, k_ref = f"{spec.name}@{spec.version}", f"{k_spec.name}@{k_spec.version}"
+    if k_ref != ref:
+        raise SeedBuildError(f"kernel is for blueprint {k_ref}, decision names {ref}")
+    if (k_shape.kind, k_shape.channels) != (shape.kind, shape.channels):
+        raise SeedBuildError(f"kernel built for slot kind {k_shape.kind} with "
+                             f"{k_shape.channels} channels; slot is kind {shape.kind} with "
+                             f"{shape.channels}")
+    return module.to(dtype=dtype)

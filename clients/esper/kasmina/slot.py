@@ -206,6 +206,8 @@ class SeedSlot(nn.Module):
         if level is None or level == gates.GateLevel.GATE_LEVEL_G0:
             raise lifecycle.IllegalTransition(self.stage, nxt)
         self.flush()
+        if loss is not None:
+            self.record.observe_loss(float(loss))
         inputs = self._gate_inputs(step)
         if level == gates.GateLevel.GATE_LEVEL_G1:
             inputs = self._probe(self.seed, backward=True, step=step)
