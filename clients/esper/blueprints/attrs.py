@@ -93,8 +93,9 @@ def _bounded_float(value: float, spec: AttrSpec, field: str) -> float:
         raise BlueprintError(field, f"{value} is not finite")
     if spec.low is not None and value < spec.low:
         raise BlueprintError(field, f"{value} is below the minimum {spec.low}")
-    if spec.high is not None:
-        if value > spec.high or (spec.high_exclusive and value >= spec.high):
-            bound = "below" if spec.high_exclusive else "at most"
-            raise BlueprintError(field, f"{value} must be {bound} {spec.high}")
+    too_high = spec.high is not None and (
+        value > spec.high or (spec.high_exclusive and value >= spec.high))
+    if too_high:
+        bound = "below" if spec.high_exclusive else "at most"
+        raise BlueprintError(field, f"{value} must be {bound} {spec.high}")
     return value

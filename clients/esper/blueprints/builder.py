@@ -22,12 +22,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
-
 from esper.blueprints.graph import INPUT_ID, ResolvedGraph, resolve_for_shape
 from esper.blueprints.ops import make_op
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
+from torch import nn
 
 
 class SeedModule(nn.Module):
@@ -75,3 +74,26 @@ def build_seed(spec: bp.BlueprintSpec, shape: common.SlotShape, *,
     if dtype is not None:
         module = module.to(dtype=dtype)
     return module
+
+
+# Sequence/spatial size used for example inputs when the slot shape leaves it 0: small,
+# but > 1 so token/space mixing ops (attention, pooling, 3x3 convs) are exercised.
+DEFAULT_EXAMPLE_EXTENT = 4
+
+
+def example_input(shape: common.SlotShape, *, batch: int = 2, device=None, dtype=None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random activation in the slot's layout (for validation, tests and benchmarks)."""
+    c, kind = shape.channels, shape.kind
+
+    def extent(v: int) -> int:
+        return v or DEFAULT_EXAMPLE_EXTENT
+
+    dims = {
+        common.SLOT_KIND_FEATURES: (batch, c),
+        common.SLOT_KIND_SEQUENCE: (batch, extent(shape.length), c),
+        common.SLOT_KIND_CONV1D: (batch, c, extent(shape.length)),
+        common.SLOT_KIND_CONV2D: (batch, c, extent(shape.height), extent(shape.width)),
+    }[kind]
+    x = torch.randn(dims, generator=generator, dtype=torch.float32)
+    return x.to(device=device, dtype=dtype or torch.float32)

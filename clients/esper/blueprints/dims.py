@@ -187,7 +187,7 @@ def _eval(node: _Node, c: int, expr: str) -> int:
 def parse_dim(expr: str) -> DimExpr:
     """Parse ``expr``; ``ValueError`` naming the expression and position on bad input."""
     if not isinstance(expr, str):
-        raise ValueError(f"dimension expression must be a string, got {type(expr).__name__}")
+        raise TypeError(f"dimension expression must be a string, got {type(expr).__name__}")
     if len(expr) > MAX_EXPR_LENGTH:
         raise _error(expr[:40] + "...", MAX_EXPR_LENGTH, f"longer than {MAX_EXPR_LENGTH} chars")
     if not expr.strip():

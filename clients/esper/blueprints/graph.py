@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-
 from esper.blueprints.attrs import MAX_DIM, read_attrs
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.metadata import check_metadata
@@ -37,7 +36,7 @@ NODE_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # The reserved id of the slot activation.
 INPUT_ID = "input"
 # Ids that would shadow nn.ModuleDict attributes when used as module names.
-_RESERVED_IDS = frozenset(dir(torch.nn.ModuleDict)) | {INPUT_ID}
+_RESERVED_IDS = frozenset(dir(torch.nn.ModuleDict())) | {INPUT_ID}
 _SPATIAL_DIMS = {bp.OP_TYPE_CONV2D: 2, bp.OP_TYPE_CONV1D: 1}
 
 
