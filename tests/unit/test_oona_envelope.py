@@ -3,9 +3,6 @@
 import random
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-
 from esper.leyline.v1 import control_pb2, signals_pb2, telemetry_pb2
 from esper.oona.envelope import (
     CONTENT_TYPE,
@@ -19,6 +16,8 @@ from esper.oona.envelope import (
     payload_kind,
     trace_context_of,
 )
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 
 def _snapshot_event(**kw):
@@ -43,8 +42,9 @@ def test_new_event_requires_exactly_one_known_payload():
     with pytest.raises(ValueError, match="unknown payload kind"):
         new_event(source="x", bogus=signals_pb2.TrainingSnapshot())
     with pytest.raises(ValueError):
-        new_event(source="x", snapshot=signals_pb2.TrainingSnapshot(),
-                  ack=control_pb2.DecisionAck())
+        new_event(
+            source="x", snapshot=signals_pb2.TrainingSnapshot(), ack=control_pb2.DecisionAck()
+        )
 
 
 def test_round_trip_with_headers():
@@ -78,18 +78,29 @@ def test_untraced_event_has_no_traceparent_header():
 
 def test_every_payload_kind_is_known():
     assert set(PAYLOAD_KINDS) == {
-        "snapshot", "seed_transition", "decision", "ack", "field_report",
-        "compile_event", "catalog_event", "alert", "heartbeat"}
+        "snapshot",
+        "seed_transition",
+        "decision",
+        "ack",
+        "field_report",
+        "compile_event",
+        "catalog_event",
+        "alert",
+        "heartbeat",
+    }
 
 
-@pytest.mark.parametrize("value", [
-    None,
-    b"",
-    b"\xff\xff\xff\xff",
-    b"\x0a\x10abc",                      # truncated string field
-    b"not a protobuf at all, just text",
-    b"\x0a\x02\xc3\x28",                 # event_id with invalid UTF-8
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"\xff\xff\xff\xff",
+        b"\x0a\x10abc",  # truncated string field
+        b"not a protobuf at all, just text",
+        b"\x0a\x02\xc3\x28",  # event_id with invalid UTF-8
+    ],
+)
 def test_garbage_bytes_raise_decode_error(value):
     with pytest.raises(DecodeError):
         decode_event(value)

@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 from esper.leyline.v1 import signals_pb2, telemetry_pb2
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import PAYLOAD_KINDS, new_event
@@ -94,8 +93,9 @@ def test_every_payload_kind_has_a_topic_and_topics_are_unique():
 
 
 def test_keys_fall_back_to_blueprint_and_service():
-    compile_event = new_event(source="tezzeret", compile_event=telemetry_pb2.CompileEvent(
-        blueprint_ref="BP-MLP@1.0.0"))
+    compile_event = new_event(
+        source="tezzeret", compile_event=telemetry_pb2.CompileEvent(blueprint_ref="BP-MLP@1.0.0")
+    )
     assert event_key(compile_event) == b"BP-MLP@1.0.0"
     beat = new_event(source="tamiyo", heartbeat=telemetry_pb2.ServiceHeartbeat(service="tamiyo"))
     assert event_key(beat) == b"tamiyo"

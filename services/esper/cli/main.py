@@ -13,6 +13,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "esper.cli.serve",
     "esper.cli.stack",
+    "esper.cli.oona",
 )
 
 

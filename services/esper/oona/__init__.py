@@ -17,12 +17,12 @@ from esper.oona.topics import TOPICS, ensure_topics, event_key, topic_for
 
 __all__ = [
     "CONTENT_TYPE",
+    "TOPICS",
     "ConsumedEvent",
     "DecodeError",
     "OonaConsumer",
     "OonaProducer",
     "ProducerStats",
-    "TOPICS",
     "ThreadedOonaProducer",
     "decode_event",
     "encode_event",

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from opentelemetry import context as otel_context
-from prometheus_client import Counter
-
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
+from opentelemetry import context as otel_context
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,12 @@ DEFAULT_MAX_RECORDS = 2_000
 # How long one poll waits for records before returning an empty batch.
 DEFAULT_POLL_TIMEOUT_MS = 500
 
-DECODE_ERRORS = Counter("esper_oona_decode_errors_total",
-                        "Records that were not valid TelemetryEvents", ["topic"])
-CONSUMED = Counter("esper_oona_events_consumed_total", "Events decoded by consumers",
-                   ["group", "topic"])
+DECODE_ERRORS = Counter(
+    "esper_oona_decode_errors_total", "Records that were not valid TelemetryEvents", ["topic"]
+)
+CONSUMED = Counter(
+    "esper_oona_events_consumed_total", "Events decoded by consumers", ["group", "topic"]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +98,19 @@ class OonaConsumer:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def __aenter__(self) -> OonaConsumer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def poll(self, timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS) -> tuple[
-            list[ConsumedEvent], dict[TopicPartition, int]]:
+    async def poll(
+        self, timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
+    ) -> tuple[list[ConsumedEvent], dict[TopicPartition, int]]:
         """One batch of decoded events, plus the offsets to commit once it is handled
         (next offset per partition, covering records that failed to decode)."""
-        records = await self._consumer.getmany(timeout_ms=timeout_ms,
-                                               max_records=self.max_records)
+        records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
         events: list[ConsumedEvent] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, batch in records.items():
@@ -126,8 +128,13 @@ class OonaConsumer:
         except DecodeError as exc:
             self.decode_errors += 1
             DECODE_ERRORS.labels(record.topic).inc()
-            log.warning("oona: undecodable record %s[%d]@%d: %s", record.topic,
-                        record.partition, record.offset, exc)
+            log.warning(
+                "oona: undecodable record %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
             return None
         CONSUMED.labels(self.group_id or "", record.topic).inc()
         return ConsumedEvent(
@@ -145,8 +152,9 @@ class OonaConsumer:
         if self.group_id is not None and offsets:
             await self._consumer.commit(offsets)
 
-    async def run(self, handler: Handler, *, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
-                  ) -> None:
+    async def run(
+        self, handler: Handler, *, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
+    ) -> None:
         """Forever: poll a batch, await `handler(batch)`, then commit. A handler that
         raises propagates without a commit, so the batch is redelivered."""
         while True:
@@ -155,8 +163,9 @@ class OonaConsumer:
                 await handler(events)
             await self.commit(offsets)
 
-    async def events(self, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
-                     ) -> AsyncIterator[ConsumedEvent]:
+    async def events(
+        self, poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
+    ) -> AsyncIterator[ConsumedEvent]:
         """Iterate decoded events one by one (commits nothing; for tails)."""
         while True:
             batch, _ = await self.poll(poll_timeout_ms)

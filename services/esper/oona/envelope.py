@@ -6,13 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 
+from esper.leyline.v1 import telemetry_pb2
 from google.protobuf import message as pb_message
 from google.protobuf import timestamp_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from esper.leyline.v1 import telemetry_pb2
 
 MESSAGE_TYPE = "esper.leyline.v1.TelemetryEvent"
 CONTENT_TYPE = f"application/x-protobuf; messageType={MESSAGE_TYPE}"
@@ -51,7 +50,7 @@ def new_event(
     run_id=r, snapshot=snap)`."""
     if len(payload) != 1:
         raise ValueError(f"exactly one payload keyword of {PAYLOAD_KINDS} is required")
-    (kind, body), = payload.items()
+    ((kind, body),) = payload.items()
     if kind not in PAYLOAD_KINDS:
         raise ValueError(f"unknown payload kind {kind!r}; expected one of {PAYLOAD_KINDS}")
     event = telemetry_pb2.TelemetryEvent(
@@ -66,7 +65,9 @@ def new_event(
     return event
 
 
-def stamp_trace(event: telemetry_pb2.TelemetryEvent, ctx: otel_context.Context | None = None) -> None:
+def stamp_trace(
+    event: telemetry_pb2.TelemetryEvent, ctx: otel_context.Context | None = None
+) -> None:
     """Write the W3C trace context of `ctx` (default: the current one) into the envelope.
     Leaves the envelope's trace empty when there is no active span."""
     carrier: dict[str, str] = {}
@@ -154,6 +155,8 @@ def trace_context_of(
     except DecodeError:
         carrier = {}
     if HEADER_TRACEPARENT not in carrier and event is not None and event.trace.traceparent:
-        carrier = {HEADER_TRACEPARENT: event.trace.traceparent,
-                   HEADER_TRACESTATE: event.trace.tracestate}
+        carrier = {
+            HEADER_TRACEPARENT: event.trace.traceparent,
+            HEADER_TRACESTATE: event.trace.tracestate,
+        }
     return _PROPAGATOR.extract(carrier)

@@ -12,15 +12,15 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
-
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
 from esper.oona.topics import ensure_topics, event_key, topic_for
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,24 @@ METRICS_INTERVAL_S = 1.0
 # gzip works with every broker without extra libraries (snappy/lz4/zstd need them).
 COMPRESSION = "gzip"
 
-PUBLISHED = Counter("esper_oona_events_published_total",
-                    "Events accepted into the producer's buffer", ["client_id"])
-SENT = Counter("esper_oona_events_sent_total", "Events acknowledged by the broker",
-               ["client_id"])
-DROPPED = Counter("esper_oona_events_dropped_total",
-                  "Events dropped (queue_full: back-pressure; send_failed: broker error)",
-                  ["client_id", "reason"])
+PUBLISHED = Counter(
+    "esper_oona_events_published_total", "Events accepted into the producer's buffer", ["client_id"]
+)
+SENT = Counter("esper_oona_events_sent_total", "Events acknowledged by the broker", ["client_id"])
+DROPPED = Counter(
+    "esper_oona_events_dropped_total",
+    "Events dropped (queue_full: back-pressure; send_failed: broker error)",
+    ["client_id", "reason"],
+)
 QUEUE_DEPTH = Gauge("esper_oona_queue_depth", "Events waiting to be sent", ["client_id"])
-BACKPRESSURE = Gauge("esper_oona_backpressure_ratio",
-                     "Fill ratio of the producer buffer (1 means new events are dropped)",
-                     ["client_id"])
-CONNECTED = Gauge("esper_oona_broker_connected", "1 while the producer has a broker session",
-                  ["client_id"])
+BACKPRESSURE = Gauge(
+    "esper_oona_backpressure_ratio",
+    "Fill ratio of the producer buffer (1 means new events are dropped)",
+    ["client_id"],
+)
+CONNECTED = Gauge(
+    "esper_oona_broker_connected", "1 while the producer has a broker session", ["client_id"]
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class OonaProducer:
         self._send_failed = 0
         self._exported = {"published": 0, "sent": 0, "queue_full": 0, "send_failed": 0}
         self._connected = asyncio.Event()
+        self._sent_topics: set[str] = set()
+        self._topics_lost = False
+        self._broker_session: frozenset[int] | None = None
 
     # ---- the caller's side -------------------------------------------------------------
 
@@ -221,6 +229,8 @@ class OonaProducer:
                     pass
                 self._ready.clear()
                 continue
+            if not await self._check_topics_after_reconnect():
+                continue
             await self._send_round(self._buffer.take(self._batch_max))
 
     async def _connect(self) -> bool:
@@ -238,19 +248,65 @@ class OonaProducer:
             if self._create_topics:
                 await asyncio.wait_for(ensure_topics(self.bootstrap), REQUEST_TIMEOUT_MS / 1000)
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("oona producer %s: broker %s unavailable: %s",
-                        self.client_id, self.bootstrap, exc)
+            log.warning(
+                "oona producer %s: broker %s unavailable: %s", self.client_id, self.bootstrap, exc
+            )
             await self._close_quietly(kafka)
             return False
         log.info("oona producer %s: connected to %s", self.client_id, self.bootstrap)
         self._kafka = kafka
+        self._topics_lost = False
         self._connected.set()
         return True
+
+    async def _check_topics_after_reconnect(self) -> bool:
+        """A broker that restarted without its data (tansu keeps topics in memory) acks
+        produces to topics it no longer has, and loses them. Whenever the client's broker
+        connections changed since the last round, look at the broker's metadata and
+        recreate the topics that vanished before sending more. False: broker trouble."""
+        kafka = self._kafka
+        assert kafka is not None
+        conns = getattr(kafka.client, "_conns", None)  # aiokafka keeps one per node
+        session = frozenset(id(c) for c in conns.values()) if conns is not None else None
+        if session is not None and session == self._broker_session and not self._topics_lost:
+            return True
+        self._broker_session = session
+        try:
+            metadata = await asyncio.wait_for(
+                kafka.client.fetch_all_metadata(), REQUEST_TIMEOUT_MS / 1000
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("oona producer %s: metadata check failed: %s", self.client_id, exc)
+            await self._disconnect()
+            return False
+        if self._create_topics and self._sent_topics - metadata.topics():
+            self._topics_lost = True
+            return await self._recreate_topics()
+        return True
+
+    async def _recreate_topics(self) -> bool:
+        log.warning(
+            "oona producer %s: topics vanished from the broker (restart?); recreating them",
+            self.client_id,
+        )
+        try:
+            await asyncio.wait_for(ensure_topics(self.bootstrap), REQUEST_TIMEOUT_MS / 1000)
+            assert self._kafka is not None
+            self._topics_lost = False
+            await asyncio.wait_for(
+                self._kafka.client.force_metadata_update(), REQUEST_TIMEOUT_MS / 1000
+            )
+            return True
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("oona producer %s: recreating topics failed: %s", self.client_id, exc)
+            await self._disconnect()
+            return False
 
     async def _send_round(self, batch: list[OutboundRecord]) -> None:
         kafka = self._kafka
         assert kafka is not None
         self._in_flight = True
+        self._sent_topics.update(r.topic for r in batch)
         sent = 0
         try:
             sent = await asyncio.wait_for(self._send_all(kafka, batch), SEND_ROUND_TIMEOUT_S)
@@ -265,9 +321,7 @@ class OonaProducer:
 
     @staticmethod
     async def _send_all(kafka: AIOKafkaProducer, batch: list[OutboundRecord]) -> int:
-        futures = [
-            await kafka.send(r.topic, r.value, key=r.key, headers=r.headers) for r in batch
-        ]
+        futures = [await kafka.send(r.topic, r.value, key=r.key, headers=r.headers) for r in batch]
         results = await asyncio.gather(*futures, return_exceptions=True)
         return sum(1 for r in results if not isinstance(r, BaseException))
 
@@ -286,8 +340,12 @@ class OonaProducer:
 
     def _export_metrics(self) -> None:
         stats = self.stats()
-        now = {"published": stats.published, "sent": stats.sent,
-               "queue_full": stats.dropped_queue_full, "send_failed": stats.dropped_send_failed}
+        now = {
+            "published": stats.published,
+            "sent": stats.sent,
+            "queue_full": stats.dropped_queue_full,
+            "send_failed": stats.dropped_send_failed,
+        }
         delta = {k: now[k] - self._exported[k] for k in now}
         self._exported = now
         PUBLISHED.labels(self.client_id).inc(delta["published"])
@@ -314,7 +372,7 @@ class ThreadedOonaProducer:
     def producer(self) -> OonaProducer:
         return self._producer
 
-    def start(self, timeout: float = 10.0) -> ThreadedOonaProducer:
+    def start(self, timeout: float = 10.0) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._producer.start(), self._loop).result(timeout)
         return self
@@ -345,12 +403,13 @@ class ThreadedOonaProducer:
         coro = self._producer.stop(flush_timeout)
         try:
             asyncio.run_coroutine_threadsafe(coro, self._loop).result(
-                flush_timeout + SEND_ROUND_TIMEOUT_S)
+                flush_timeout + SEND_ROUND_TIMEOUT_S
+            )
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=flush_timeout)
 
-    def __enter__(self) -> ThreadedOonaProducer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

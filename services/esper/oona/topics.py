@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-
 from esper.leyline.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -50,25 +49,61 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(TELEMETRY_TRAINING, RUN_TOPIC_PARTITIONS, ("snapshot",),
-              "training snapshots from Tolaria, keyed by run id"),
-    TopicSpec(SEED_TRANSITIONS, RUN_TOPIC_PARTITIONS, ("seed_transition",),
-              "seed stage changes from Kasmina/Tolaria, keyed by run id"),
-    TopicSpec(CONTROL_DECISIONS, CONTROL_TOPIC_PARTITIONS, ("decision",),
-              "adaptation decisions issued by Tamiyo, keyed by run id"),
-    TopicSpec(CONTROL_ACKS, CONTROL_TOPIC_PARTITIONS, ("ack",),
-              "decision acks from Tolaria, keyed by run id"),
-    TopicSpec(COMPILE_REQUESTS, WORKER_TOPIC_PARTITIONS, (),
-              "compile requests for Tezzeret's worker group, keyed by blueprint ref"),
-    TopicSpec(COMPILE_EVENTS, CONTROL_TOPIC_PARTITIONS, ("compile_event",),
-              "compile job progress from Tezzeret, keyed by blueprint ref"),
-    TopicSpec(CATALOG_EVENTS, SINGLE_PARTITION, ("catalog_event",),
-              "Urza catalogue changes, one partition so the revision order holds"),
-    TopicSpec(FIELD_REPORTS, CONTROL_TOPIC_PARTITIONS, ("field_report",),
-              "seed outcomes, the training data of the learned policy"),
+    TopicSpec(
+        TELEMETRY_TRAINING,
+        RUN_TOPIC_PARTITIONS,
+        ("snapshot",),
+        "training snapshots from Tolaria, keyed by run id",
+    ),
+    TopicSpec(
+        SEED_TRANSITIONS,
+        RUN_TOPIC_PARTITIONS,
+        ("seed_transition",),
+        "seed stage changes from Kasmina/Tolaria, keyed by run id",
+    ),
+    TopicSpec(
+        CONTROL_DECISIONS,
+        CONTROL_TOPIC_PARTITIONS,
+        ("decision",),
+        "adaptation decisions issued by Tamiyo, keyed by run id",
+    ),
+    TopicSpec(
+        CONTROL_ACKS,
+        CONTROL_TOPIC_PARTITIONS,
+        ("ack",),
+        "decision acks from Tolaria, keyed by run id",
+    ),
+    TopicSpec(
+        COMPILE_REQUESTS,
+        WORKER_TOPIC_PARTITIONS,
+        (),
+        "compile requests for Tezzeret's worker group, keyed by blueprint ref",
+    ),
+    TopicSpec(
+        COMPILE_EVENTS,
+        CONTROL_TOPIC_PARTITIONS,
+        ("compile_event",),
+        "compile job progress from Tezzeret, keyed by blueprint ref",
+    ),
+    TopicSpec(
+        CATALOG_EVENTS,
+        SINGLE_PARTITION,
+        ("catalog_event",),
+        "Urza catalogue changes, one partition so the revision order holds",
+    ),
+    TopicSpec(
+        FIELD_REPORTS,
+        CONTROL_TOPIC_PARTITIONS,
+        ("field_report",),
+        "seed outcomes, the training data of the learned policy",
+    ),
     TopicSpec(ALERTS, SINGLE_PARTITION, ("alert",), "alerts raised by Nissa's rules"),
-    TopicSpec(HEARTBEATS, SINGLE_PARTITION, ("heartbeat",),
-              "liveness beats of services and training processes"),
+    TopicSpec(
+        HEARTBEATS,
+        SINGLE_PARTITION,
+        ("heartbeat",),
+        "liveness beats of services and training processes",
+    ),
 )
 
 TOPIC_NAMES: tuple[str, ...] = tuple(spec.name for spec in TOPICS)
