@@ -1,0 +1,57 @@
+"""Health values against hand-computed statistics of the same tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from esper.kasmina import HealthMonitor, wrap
+
+
+def test_layer_health_matches_hand_computed_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    wrapped = wrap(model, ["0"])
+    monitor = HealthMonitor.for_slots(wrapped, every=2, saturation=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    xs = [torch.randn(3, 4), torch.randn(3, 4)]
+    acts, norms = [], []
+    w0 = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    out = None
+    for x in xs:
+        acts.append(model[0](x).detach())
+        wrapped(x).sum().backward()
+        monitor.after_backward()
+        norms.append(torch.cat([model[0].weight.grad.flatten(), model[0].bias.grad]).norm())
+        opt.step()
+        opt.zero_grad()
+        out = monitor.step()
+    assert out is not None and len(out) == 1
+    h = out[0]
+    a = torch.cat(acts).double()
+    assert h.layer_id == "0" and h.window_steps == 2
+    assert h.activation_mean == pytest.approx(a.mean().item(), rel=1e-6)
+    assert h.activation_std == pytest.approx(a.std(unbiased=False).item(), rel=1e-5)
+    assert h.saturated_fraction == pytest.approx((a.abs() > 1.0).double().mean().item())
+    assert h.dead_fraction == 0.0 and h.nan_count == 0 and h.inf_count == 0
+    n = torch.stack(norms).double()
+    assert h.gradient_norm == pytest.approx(n.mean().item(), rel=1e-5)
+    assert h.gradient_variance == pytest.approx(n.var(unbiased=False).item(), rel=1e-3, abs=1e-9)
+    w1 = model[0].weight.detach(), model[0].bias.detach()
+    delta = torch.cat([(w1[0] - w0[0]).flatten(), w1[1] - w0[1]]).norm()
+    base = torch.cat([w0[0].flatten(), w0[1]]).norm()
+    assert h.update_ratio == pytest.approx((delta / base).item() / 2, rel=1e-5)
+    monitor.close()
+
+
+def test_dead_and_non_finite_counts():
+    relu = nn.ReLU()
+    monitor = HealthMonitor({"relu": relu}, every=1)
+    relu(torch.tensor([[-1.0, 0.0, 2.0, float("nan"), float("inf"), -float("inf")]]))
+    h = monitor.step()[0]
+    assert h.nan_count == 1 and h.inf_count == 1  # ReLU maps -inf to 0
+    assert h.dead_fraction == pytest.approx(3 / 6)
+    assert math.isfinite(h.activation_mean) and h.activation_mean == pytest.approx(2 / 4)
