@@ -1,7 +1,6 @@
 """Blueprint validation: every error names the offending field."""
 
 import pytest
-
 from esper.blueprints import BlueprintError, estimate_params, resolve_for_shape, validate_blueprint
 from esper.blueprints.dsl import Dim, graph, node
 from esper.blueprints.graph import MAX_BUILD_PARAMS, MAX_NODES
@@ -15,8 +14,8 @@ def mlp_spec(**overrides) -> bp.BlueprintSpec:
     g = graph(node("fc1", bp.OP_TYPE_LINEAR, "input", out_features=Dim("2*C")),
               node("act", bp.OP_TYPE_RELU, "fc1"),
               node("fc2", bp.OP_TYPE_LINEAR, "act", out_features=Dim("C"), init="zeros"))
-    fields = dict(name="BP-TEST", version="1.0.0", family=bp.BLUEPRINT_FAMILY_MLP,
-                  slot_kinds=[FEATURES], graph=g)
+    fields = {"name": "BP-TEST", "version": "1.0.0", "family": bp.BLUEPRINT_FAMILY_MLP,
+                  "slot_kinds": [FEATURES], "graph": g}
     fields.update(overrides)
     return bp.BlueprintSpec(**fields)
 

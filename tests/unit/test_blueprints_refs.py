@@ -1,7 +1,6 @@
 """name@semver references."""
 
 import pytest
-
 from esper.blueprints import BlueprintError, format_ref, parse_ref
 
 
