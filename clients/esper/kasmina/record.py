@@ -43,7 +43,13 @@ class SeedRecord:
         return BlendSchedule.FromString(self.schedule)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain data: serialized protos as hex strings (torch.load(weights_only=True)
+        accepts str, not bytes)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _BYTES_FIELDS:
+            out[name] = out[name].hex()
+        out["stage_losses"] = list(self.stage_losses)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> SeedRecord:
@@ -51,6 +57,10 @@ class SeedRecord:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown seed record fields: {sorted(unknown)}")
+        data = dict(data)
+        for name in _BYTES_FIELDS:
+            if isinstance(data.get(name), str):
+                data[name] = bytes.fromhex(data[name])
         rec = cls(**data)
         rec.stage_losses = list(rec.stage_losses)
         return rec
@@ -65,3 +75,6 @@ class SeedRecord:
             self.loss_at_germination = loss
         self.loss_now = loss
         self.stage_losses.append(loss)
+
+
+_BYTES_FIELDS = ("schedule", "last_gate")
