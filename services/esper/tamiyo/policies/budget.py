@@ -36,34 +36,64 @@ def max_risk(ctx: PolicyContext, policy_default: float = DEFAULT_MAX_RISK) -> fl
     return ctx.budget.max_risk if ctx.budget.max_risk > 0 else policy_default
 
 
+# Plain ints: protobuf enum attribute lookups are slow on hot paths.
+_VALID = int(KernelState.KERNEL_STATE_VALID)
+
+
+class BudgetCheck:
+    """Whether kernels fit the run's budget now; built once per decision (the used budget,
+    risk limit and capabilities are computed once, then each candidate is cheap)."""
+
+    def __init__(self, ctx: PolicyContext, risk_limit: float) -> None:
+        b = ctx.budget
+        self.params_left = params_left(ctx)
+        self.risk_limit = risk_limit
+        self.capabilities = frozenset(ctx.capabilities.tags)
+        self.limits = (
+            (b.max_seed_flops, "flops"),
+            (b.max_seed_latency_ms, "latency p99 ms"),
+            (b.max_seed_memory_bytes, "peak memory bytes"),
+        )
+
+    def reason(self, candidate: KernelCandidate, slot: SlotInfo) -> str | None:
+        """Why `candidate` may not be germinated in `slot` now, or None when it may."""
+        kernel, spec = candidate.kernel, candidate.blueprint
+        stats, meta = kernel.stats, spec.metadata
+        if not kernel.kernel_id or not kernel.sha256:
+            return "kernel has no id or digest"
+        if kernel.state != _VALID:
+            return f"kernel {kernel.kernel_id} is not VALID"
+        if self.params_left is not None and stats.params > self.params_left:
+            return f"kernel {kernel.kernel_id} adds {stats.params} params, {self.params_left} left in budget"
+        values = (stats.flops, stats.latency_p99_ms, stats.peak_memory_bytes)
+        for (limit, name), value in zip(self.limits, values, strict=True):
+            if limit and not value <= limit:  # `not <=` also refuses NaN
+                return f"kernel {kernel.kernel_id} {name} {value} exceeds the budget {limit}"
+        if not meta.risk_score <= self.risk_limit:
+            return f"blueprint {blueprint_ref(spec)} risk {meta.risk_score:.2f} > {self.risk_limit:.2f}"
+        missing = set(meta.requires_capability) - self.capabilities
+        if missing:
+            return f"blueprint {blueprint_ref(spec)} needs capabilities {sorted(missing)}"
+        kind = slot.shape.kind
+        if kind and spec.slot_kinds and kind not in spec.slot_kinds:
+            return f"blueprint {blueprint_ref(spec)} does not fit slot kind {kind}"
+        return None
+
+    def split(self, candidates: list[KernelCandidate], slot: SlotInfo) -> tuple[list[KernelCandidate], list[str]]:
+        """The affordable candidates and the reasons the others were refused."""
+        ok: list[KernelCandidate] = []
+        refused: list[str] = []
+        for candidate in candidates:
+            reason = self.reason(candidate, slot)
+            (refused.append(reason) if reason else ok.append(candidate))
+        return ok, refused
+
+
 def rejection_reason(
     candidate: KernelCandidate, slot: SlotInfo, ctx: PolicyContext, risk_limit: float
 ) -> str | None:
     """Why `candidate` may not be germinated in `slot` now, or None when it may."""
-    kernel, spec, stats, budget = candidate.kernel, candidate.blueprint, candidate.kernel.stats, ctx.budget
-    if not kernel.kernel_id or not kernel.sha256:
-        return "kernel has no id or digest"
-    if kernel.state not in (KernelState.KERNEL_STATE_VALID,):
-        return f"kernel {kernel.kernel_id} is not VALID"
-    left = params_left(ctx)
-    if left is not None and stats.params > left:
-        return f"kernel {kernel.kernel_id} adds {stats.params} params, {left} left in budget"
-    checks = (
-        (budget.max_seed_flops, stats.flops, "flops"),
-        (budget.max_seed_latency_ms, stats.latency_p99_ms, "latency p99 ms"),
-        (budget.max_seed_memory_bytes, stats.peak_memory_bytes, "peak memory bytes"),
-    )
-    for limit, value, name in checks:
-        if limit and value > limit:
-            return f"kernel {kernel.kernel_id} {name} {value} exceeds the budget {limit}"
-    if spec.metadata.risk_score > risk_limit:
-        return f"blueprint {blueprint_ref(spec)} risk {spec.metadata.risk_score:.2f} > {risk_limit:.2f}"
-    missing = set(spec.metadata.requires_capability) - set(ctx.capabilities.tags)
-    if missing:
-        return f"blueprint {blueprint_ref(spec)} needs capabilities {sorted(missing)}"
-    if spec.slot_kinds and slot.shape.kind and slot.shape.kind not in spec.slot_kinds:
-        return f"blueprint {blueprint_ref(spec)} does not fit slot kind {slot.shape.kind}"
-    return None
+    return BudgetCheck(ctx, risk_limit).reason(candidate, slot)
 
 
 def blueprint_ref(spec: BlueprintSpec) -> str:
@@ -74,9 +104,4 @@ def affordable(
     candidates: list[KernelCandidate], slot: SlotInfo, ctx: PolicyContext, risk_limit: float
 ) -> tuple[list[KernelCandidate], list[str]]:
     """Split candidates into the affordable ones and the reasons the others were refused."""
-    ok: list[KernelCandidate] = []
-    refused: list[str] = []
-    for candidate in candidates:
-        reason = rejection_reason(candidate, slot, ctx, risk_limit)
-        (refused.append(reason) if reason else ok.append(candidate))
-    return ok, refused
+    return BudgetCheck(ctx, risk_limit).split(candidates, slot)

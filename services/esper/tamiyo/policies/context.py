@@ -14,6 +14,10 @@ from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph, SlotInfo, Trai
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.tamiyo.policies.candidates import CandidateProvider, NoCandidateProvider
 
+# Plain ints: protobuf enum attribute lookups are slow on hot paths.
+_DORMANT = int(SeedStage.SEED_STAGE_DORMANT)
+_EMBARGOED = int(SeedStage.SEED_STAGE_EMBARGOED)
+
 # Validation losses kept per run: plateau detection looks back a handful of epochs, and a
 # bounded list keeps a long run's state small.
 MAX_VAL_LOSS_HISTORY = 256
@@ -97,7 +101,7 @@ class PolicyContext:
     def stage_of(self, slot_id: str) -> int:
         """The slot's seed stage; a slot without a reported seed is DORMANT."""
         seed = self.seeds.get(slot_id)
-        return seed.stage if seed is not None else SeedStage.SEED_STAGE_DORMANT
+        return seed.stage if seed is not None else _DORMANT
 
     def live_seed_count(self) -> int:
         return sum(1 for s in self.seeds.values() if s.stage in LIVE_STAGES)
@@ -107,7 +111,7 @@ class PolicyContext:
         seed = self.seeds.get(slot_id)
         if seed is None:
             return False
-        return seed.stage == SeedStage.SEED_STAGE_EMBARGOED or seed.embargo_until_step > self.step
+        return seed.stage == _EMBARGOED or seed.embargo_until_step > self.step
 
     def health_of(self, slot: SlotInfo) -> LayerHealth | None:
         """The LayerHealth reported for a slot (by slot id, else by the node it follows)."""

@@ -246,8 +246,9 @@ class HeuristicPolicy:
         if unavailable:
             return self._wait(), CONFIDENCE_WAIT, f"plateau, but no germination: {unavailable}"
         refusals: list[str] = []
+        check = budgeting.BudgetCheck(ctx, self._risk(ctx))
         for score, slot in sorted(((health_score(ctx.health_of(s)), s) for s in slots), key=lambda t: t[0]):
-            pick = self._best_candidate(ctx, slot, refusals)
+            pick = self._best_candidate(ctx, slot, check, refusals)
             if pick is not None:
                 return self._germination(ctx, slot, score, pick)
         detail = "; ".join(refusals[:5]) or "the library offered no kernel for any open slot"
@@ -276,12 +277,14 @@ class HeuristicPolicy:
             if ctx.stage_of(s.slot_id) == S.SEED_STAGE_DORMANT and not ctx.is_embargoed(s.slot_id)
         ]
 
-    def _best_candidate(self, ctx: PolicyContext, slot: SlotInfo, refusals: list[str]) -> KernelCandidate | None:
+    def _best_candidate(
+        self, ctx: PolicyContext, slot: SlotInfo, check: budgeting.BudgetCheck, refusals: list[str]
+    ) -> KernelCandidate | None:
         offered = ctx.candidates.candidates(slot, ctx.budget)
         if not offered:
             refusals.append(f"no kernel offered for slot {slot.slot_id}")
             return None
-        ok, refused = budgeting.affordable(offered, slot, ctx, self._risk(ctx))
+        ok, refused = check.split(offered, slot)
         refusals.extend(refused)
         if not ok:
             return None

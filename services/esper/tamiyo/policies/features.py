@@ -1,0 +1,198 @@
+"""Tensors for the learned policy: a static encoding of the ModelGraph (built once per
+graph and cached) and per-snapshot node and global features.
+
+Node features = static (op type one-hot, log dims, log params, relative depth, has slot)
+              + health (LayerHealth of the node or its slot)
+              + seed (one-hot stage, alpha, log steps in stage, log params, val-loss change,
+                non-finite flag, embargo flag).
+Global features come from TrainingMetrics, the history and the budget. Every value is
+squashed to a bounded range and NaN/Inf become 0, so hostile snapshots cannot poison the net.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from esper.leyline.lifecycle import LIVE_STAGES
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.plateau import is_plateau
+
+# Bumped whenever the layout below changes; saved with the weights and checked on load.
+FEATURE_SCHEMA = "tamiyo-features@1"
+
+# Op families recognised by substring of GraphNode.op_type (lower-cased); anything else is "other".
+OP_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("linear", ("linear",)),
+    ("conv", ("conv",)),
+    ("norm", ("norm",)),
+    ("attention", ("attention", "attn")),
+    ("embedding", ("embedding",)),
+    ("activation", ("relu", "gelu", "silu", "tanh", "sigmoid", "softmax")),
+    ("pool", ("pool",)),
+)
+STATIC_FEATURES = len(OP_FAMILIES) + 1 + 5  # op one-hot (+other), log in/out dims, log params, depth, has slot
+HEALTH_FEATURES = 10
+STAGES = len(SeedStage.values())  # index 0 (UNSPECIFIED) doubles as "no seed"
+SEED_FEATURES = STAGES + 6
+NODE_FEATURES = STATIC_FEATURES + HEALTH_FEATURES + SEED_FEATURES
+GLOBAL_FEATURES = 9
+
+# Squashing scales: log1p of a count divided by these lands near [0, 1] for real models.
+LOG_DIM_SCALE = 10.0  # widths up to ~20k
+LOG_PARAMS_SCALE = 20.0  # parameter counts up to ~5e8
+LOG_STEPS_SCALE = 10.0  # up to ~20k steps in a stage
+FEATURE_CLIP = 10.0  # no feature may exceed this magnitude
+
+
+def _safe(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def _op_family(op_type: str) -> int:
+    low = op_type.lower()
+    for i, (_, keys) in enumerate(OP_FAMILIES):
+        if any(k in low for k in keys):
+            return i
+    return len(OP_FAMILIES)
+
+
+@dataclass(frozen=True)
+class GraphEncoding:
+    """What never changes during a run: node order, GCN-normalised edges, static features."""
+
+    node_ids: tuple[str, ...]
+    node_index: dict[str, int]
+    slot_node: dict[str, int]  # slot id -> node index
+    edge_index: torch.Tensor  # (2, E) with self-loops, both directions
+    edge_weight: torch.Tensor  # (E,) symmetric GCN normalisation
+    adjacency: torch.Tensor  # (N, N) sparse CSR of the same weights, rows = targets
+    static: np.ndarray  # (N, STATIC_FEATURES)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_ids)
+
+
+def graph_key(graph: ModelGraph) -> str:
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def encode_graph(graph: ModelGraph) -> GraphEncoding:
+    """The static encoding; duplicate node ids keep the first, edges to unknown nodes and
+    slots on unknown nodes are dropped."""
+    index: dict[str, int] = {}
+    nodes = []
+    for node in graph.nodes:
+        if node.node_id not in index:
+            index[node.node_id] = len(nodes)
+            nodes.append(node)
+    n = len(nodes)
+    static = np.zeros((n, STATIC_FEATURES), dtype=np.float32)
+    max_depth = max((node.depth for node in nodes), default=0) or 1
+    for i, node in enumerate(nodes):
+        static[i, _op_family(node.op_type)] = 1.0
+        base = len(OP_FAMILIES) + 1
+        static[i, base] = math.log1p(node.in_dim) / LOG_DIM_SCALE
+        static[i, base + 1] = math.log1p(node.out_dim) / LOG_DIM_SCALE
+        static[i, base + 2] = math.log1p(node.params) / LOG_PARAMS_SCALE
+        static[i, base + 3] = min(node.depth / max_depth, 1.0)
+        static[i, base + 4] = 1.0 if node.slot_id else 0.0
+    slot_node = {s.slot_id: index[s.node_id] for s in graph.slots if s.node_id in index}
+    pairs = {(index[e.source], index[e.target]) for e in graph.edges if e.source in index and e.target in index}
+    edge_index, edge_weight = _normalised_edges(pairs, n)
+    coo = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (n, n), check_invariants=True)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is stable
+        warnings.simplefilter("ignore", UserWarning)
+        adjacency = coo.coalesce().to_sparse_csr()
+    ids = tuple(node.node_id for node in nodes)
+    return GraphEncoding(ids, index, slot_node, edge_index, edge_weight, adjacency, static)
+
+
+def _normalised_edges(pairs: set[tuple[int, int]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undirected edges plus self-loops, weighted 1/sqrt(deg_i deg_j) (Kipf & Welling)."""
+    both = {(a, b) for a, b in pairs if a != b} | {(b, a) for a, b in pairs if a != b}
+    both |= {(i, i) for i in range(n)}
+    if not both:
+        return torch.zeros((2, 0), dtype=torch.long), torch.zeros(0)
+    edge_index = torch.tensor(sorted(both), dtype=torch.long).t().contiguous()
+    deg = torch.bincount(edge_index[1], minlength=n).float()
+    inv = deg.pow(-0.5)
+    return edge_index, inv[edge_index[0]] * inv[edge_index[1]]
+
+
+def _health_row(h: LayerHealth) -> list[float]:
+    grad = h.gradient_norm
+    log_grad = math.log10(grad) / 5.0 if math.isfinite(grad) and grad > 0 else -1.0
+    return [
+        1.0,  # reported
+        math.tanh(_safe(h.activation_mean)),
+        math.log1p(max(0.0, _safe(h.activation_std))),
+        _safe(h.dead_fraction),
+        _safe(h.saturated_fraction),
+        log_grad,
+        math.log1p(max(0.0, _safe(h.gradient_variance))),
+        math.tanh(_safe(h.update_ratio) * 100.0),  # typical ratios are ~1e-3
+        1.0 if h.nan_count or h.inf_count else 0.0,
+        math.log1p(max(0.0, _safe(h.latency_ms))),
+    ]
+
+
+def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
+    """(N, NODE_FEATURES) for this snapshot."""
+    x = np.zeros((enc.num_nodes, NODE_FEATURES), dtype=np.float32)
+    x[:, :STATIC_FEATURES] = enc.static
+    h0, s0 = STATIC_FEATURES, STATIC_FEATURES + HEALTH_FEATURES
+    for h in ctx.snapshot.layers:
+        i = enc.slot_node.get(h.layer_id, enc.node_index.get(h.layer_id))
+        if i is not None:
+            x[i, h0:s0] = _health_row(h)
+    for slot_id, seed in ctx.seeds.items():
+        i = enc.slot_node.get(slot_id)
+        if i is None:
+            continue
+        stage = seed.stage if 0 <= seed.stage < STAGES else 0
+        x[i, s0 + stage] = 1.0
+        m = seed.metrics
+        start, now = m.val_loss_at_stage_start, m.val_loss
+        change = (now - start) / start if math.isfinite(start) and math.isfinite(now) and start > 0 else 0.0
+        x[i, s0 + STAGES:s0 + SEED_FEATURES] = [
+            _safe(seed.alpha),
+            math.log1p(seed.steps_in_stage) / LOG_STEPS_SCALE,
+            math.log1p(m.params) / LOG_PARAMS_SCALE,
+            change,
+            1.0 if m.non_finite_count else 0.0,
+            1.0 if ctx.is_embargoed(slot_id) else 0.0,
+        ]
+    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
+
+
+def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.ndarray:
+    """(GLOBAL_FEATURES,) from the metrics, history and budget."""
+    m = ctx.snapshot.metrics
+    limit = ctx.budget.max_added_params
+    used = budgeting.params_used(ctx) / limit if limit else 0.0
+    live_limit = ctx.capabilities.max_live_seeds
+    live = sum(1 for s in ctx.seeds.values() if s.stage in LIVE_STAGES)
+    lr = m.learning_rate
+    g = np.array([
+        math.log1p(max(0.0, _safe(m.train_loss))),
+        math.log1p(max(0.0, _safe(m.val_loss))),
+        _safe(m.val_accuracy),
+        min(m.plateau_epochs, 100) / 10.0,
+        1.0 if is_plateau(ctx.history.val_losses, patience, min_delta, m.plateau_epochs) else 0.0,
+        min(used, 1.0),
+        live / live_limit if live_limit else 0.0,
+        math.log10(lr) / 5.0 if math.isfinite(lr) and lr > 0 else 0.0,
+        1.0 if limit and used >= 1.0 else 0.0,
+    ], dtype=np.float32)
+    np.nan_to_num(g, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(g, -FEATURE_CLIP, FEATURE_CLIP, out=g)

@@ -1,0 +1,231 @@
+"""GnnPolicy: the learned policy. A GCN over the host graph scores actions, slots and
+blueprints; K MC-dropout passes (one batched forward) give mean and spread; the safety mask
+zeroes every illegal choice; a low-confidence or uncertain choice falls back to the heuristic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from esper.leyline.lifecycle import next_stage
+from esper.leyline.v1.control_pb2 import (
+    AdaptationDecision,
+    AdvanceAction,
+    BlendSchedule,
+    CullAction,
+    CullReason,
+    FossilizeAction,
+    GerminateAction,
+    WaitAction,
+)
+from esper.leyline.v1.lifecycle_pb2 import SeedState
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.artifact import PolicyArtifact, load_policy
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.decisions import Action, make_decision
+from esper.tamiyo.policies.features import (
+    GraphEncoding,
+    encode_graph,
+    global_features,
+    graph_key,
+    node_features,
+)
+from esper.tamiyo.policies.heuristic import HeuristicPolicy
+from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
+from esper.tamiyo.policies.network import NetworkShape, PolicyNet
+from esper.tamiyo.policies.safety import live_seed_limit, violation
+from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
+
+POLICY_NAME = "gnn"
+# Graph encodings kept per policy instance: one per live run's graph is plenty.
+GRAPH_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class GnnConfig:
+    """Inference settings of the learned policy."""
+
+    # Stochastic passes for MC-dropout: 8 gives a usable spread estimate at low cost.
+    mc_passes: int = 8
+    # Below this joint probability (action x slot x blueprint) the heuristic decides instead.
+    min_confidence: float = 0.35
+    # Above this MC-dropout std of the chosen action's probability the heuristic decides.
+    max_uncertainty: float = 0.25
+    # Graphs larger than this are not encoded (bounded work per decision); the heuristic decides.
+    max_nodes: int = 4096
+    # Seed for the dropout masks, so a run's decisions are reproducible (replay).
+    dropout_seed: int = 0
+
+
+def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim with illegal entries at exactly 0 probability."""
+    masked = logits.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(masked, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)  # rows with nothing legal
+
+
+class GnnPolicy:
+    """The learned policy; `heuristic` both falls back and supplies schedules and thresholds."""
+
+    name = POLICY_NAME
+
+    def __init__(
+        self,
+        artifact: PolicyArtifact | None = None,
+        *,
+        config: GnnConfig | None = None,
+        heuristic: HeuristicPolicy | None = None,
+        vocabulary: BlueprintVocabulary | None = None,
+        shape: NetworkShape | None = None,
+    ) -> None:
+        """Serve `artifact`'s weights, or an untrained net (for tests and as Simic's start)."""
+        self.config = config or GnnConfig()
+        self.heuristic = heuristic or HeuristicPolicy()
+        if artifact is not None:
+            self.net, self.vocabulary, self._version = artifact.net, artifact.vocabulary, artifact.version
+            self.artifact_path = artifact.path
+        else:
+            self.vocabulary = vocabulary or default_vocabulary()
+            base = shape or NetworkShape()
+            torch.manual_seed(self.config.dropout_seed)
+            self.net = PolicyNet(NetworkShape(**{**base.as_dict(), "vocabulary": len(self.vocabulary)}))
+            self._version, self.artifact_path = f"{POLICY_NAME}@untrained", ""
+        self.net.eval()
+        self._graphs: OrderedDict[str, GraphEncoding] = OrderedDict()
+        self._generator = torch.Generator().manual_seed(self.config.dropout_seed)
+
+    @classmethod
+    def load(cls, path: str, **kwargs: object) -> GnnPolicy:
+        return cls(load_policy(path), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encoding(self, ctx: PolicyContext) -> GraphEncoding:
+        key = graph_key(ctx.graph)
+        enc = self._graphs.get(key)
+        if enc is None:
+            enc = self._graphs[key] = encode_graph(ctx.graph)
+            while len(self._graphs) > GRAPH_CACHE_SIZE:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        return enc
+
+    def mask(self, ctx: PolicyContext, enc: GraphEncoding) -> SafetyMask:
+        hc = self.heuristic.config
+        return build_mask(
+            ctx, enc, self.vocabulary, budgeting.max_risk(ctx, hc.max_risk),
+            live_seed_limit(ctx, hc.max_live_seeds), hc,
+        )
+
+    # -- decision ---------------------------------------------------------------------------
+
+    def decide(self, ctx: PolicyContext) -> AdaptationDecision:
+        if len(ctx.graph.nodes) > self.config.max_nodes:
+            return self._fallback(ctx, f"graph has {len(ctx.graph.nodes)} nodes > {self.config.max_nodes}")
+        enc = self.encoding(ctx)
+        if enc.num_nodes == 0:
+            return self._fallback(ctx, "empty model graph")
+        mask = self.mask(ctx, enc)
+        choice = self._choose(ctx, enc, mask)
+        action_index, node, blueprint, confidence, uncertainty = choice
+        if confidence < self.config.min_confidence or uncertainty > self.config.max_uncertainty:
+            return self._fallback(ctx, f"low confidence {confidence:.2f} / uncertainty {uncertainty:.2f}")
+        action, rationale = self._action(ctx, enc, mask, action_index, node, blueprint)
+        decision = make_decision(
+            ctx, action, policy_version=self.version,
+            horizon_steps=self.heuristic.config.decision_horizon_steps,
+            confidence=confidence, uncertainty=uncertainty,
+            rationale=f"{rationale} (p={confidence:.2f}, mc-std={uncertainty:.2f})",
+        )
+        problem = violation(decision, ctx, budgeting.max_risk(ctx, self.heuristic.config.max_risk),
+                            live_seed_limit(ctx, self.heuristic.config.max_live_seeds))
+        return self._fallback(ctx, f"safety check refused it: {problem}") if problem else decision
+
+    def _fallback(self, ctx: PolicyContext, why: str) -> AdaptationDecision:
+        decision = self.heuristic.decide(ctx)
+        decision.rationale = f"{self.version} fell back to the heuristic ({why}): {decision.rationale}"
+        return decision
+
+    def forward_passes(self, ctx: PolicyContext, enc: GraphEncoding) -> tuple[torch.Tensor, ...]:
+        """K MC-dropout passes in one batched forward: probabilities before masking."""
+        hc, k = self.heuristic.config, max(1, self.config.mc_passes)
+        x = torch.from_numpy(node_features(ctx, enc)).unsqueeze(0)
+        g = torch.from_numpy(global_features(ctx, hc.plateau_patience, hc.plateau_min_delta)).unsqueeze(0)
+        with torch.inference_mode():
+            out = self.net(x, enc.adjacency, g, self._generator if k > 1 else None, passes=k)
+        return out
+
+    def _choose(
+        self, ctx: PolicyContext, enc: GraphEncoding, mask: SafetyMask
+    ) -> tuple[int, int | None, int | None, float, float]:
+        action_logits, slot_logits, bp_logits, _ = self.forward_passes(ctx, enc)
+        a_mask = torch.from_numpy(mask.actions)
+        p_action = _masked_softmax(action_logits, a_mask)  # (K, A)
+        mean = p_action.mean(0)
+        a = int(torch.argmax(mean.masked_fill(~a_mask, -1.0)))
+        confidence, spread = float(mean[a]), float(p_action[:, a].std(unbiased=False))
+        if a == WAIT:
+            return a, None, None, confidence, spread
+        s_mask = torch.from_numpy(mask.slots[a])
+        p_slot = _masked_softmax(slot_logits[..., a], s_mask).mean(0)  # (N,)
+        node = int(torch.argmax(p_slot.masked_fill(~s_mask, -1.0)))
+        confidence *= float(p_slot[node])
+        if a != GERMINATE:
+            return a, node, None, confidence, spread
+        b_mask = torch.from_numpy(mask.blueprints[node])
+        p_bp = _masked_softmax(bp_logits[:, node, :], b_mask).mean(0)
+        bp = int(torch.argmax(p_bp.masked_fill(~b_mask, -1.0)))
+        return a, node, bp, confidence * float(p_bp[bp]), spread
+
+    def _action(
+        self, ctx: PolicyContext, enc: GraphEncoding, mask: SafetyMask, a: int, node: int | None,
+        bp: int | None,
+    ) -> tuple[Action, str]:
+        name = ACTIONS[a]
+        if node is None:
+            notes = f"; {'; '.join(mask.notes)}" if mask.notes else ""
+            return WaitAction(steps=self.heuristic.config.wait_steps), f"gnn chose wait{notes}"
+        slot_id = next(s for s, i in enc.slot_node.items() if i == node)
+        seed = ctx.seeds.get(slot_id, SeedState(slot_id=slot_id))
+        if name == "germinate":
+            return self._germinate(slot_id, mask, node, bp)
+        if name == "advance":
+            target = next_stage(seed.stage)
+            return AdvanceAction(slot_id=slot_id, target_stage=target), f"gnn chose advance of {slot_id}"
+        if name == "cull":
+            reason = _cull_reason(seed)
+            return CullAction(slot_id=slot_id, reason=reason, detail="learned policy"), f"gnn chose cull of {slot_id}"
+        return FossilizeAction(slot_id=slot_id), f"gnn chose fossilize of {slot_id}"
+
+    def _germinate(self, slot_id: str, mask: SafetyMask, node: int, bp: int | None) -> tuple[Action, str]:
+        c = self.heuristic.config
+        pick = mask.kernels[(node, int(bp if bp is not None else -1))]
+        schedule = BlendSchedule(
+            curve=c.blend_curve, blend_steps=c.blend_steps, training_steps=c.training_steps,
+            learning_rate=c.seed_learning_rate, shadow_steps=c.shadow_steps, probation_steps=c.probation_steps,
+        )
+        ref = self.vocabulary.refs[int(bp if bp is not None else -1)]
+        action = GerminateAction(slot_id=slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
+                                 kernel_sha256=pick.kernel.sha256, schedule=schedule)
+        return action, f"gnn chose germinate {ref} (kernel {pick.kernel.kernel_id}) in {slot_id}"
+
+
+def _cull_reason(seed: SeedState) -> int:
+    m = seed.metrics
+    if m.non_finite_count:
+        return CullReason.CULL_REASON_INSTABILITY
+    start, now = m.val_loss_at_stage_start, m.val_loss
+    if math.isfinite(start) and math.isfinite(now) and now > start:
+        return CullReason.CULL_REASON_REGRESSION
+    return CullReason.CULL_REASON_NO_GAIN
+
+
+__all__ = ["GnnConfig", "GnnPolicy", "np"]

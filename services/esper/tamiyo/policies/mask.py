@@ -1,0 +1,106 @@
+"""The learned policy's safety mask: which (action, slot, blueprint) choices are legal now.
+
+Legal means: the lifecycle table allows the transition (`esper.leyline.lifecycle`), the slot
+is known, not embargoed and (for germination) dormant with a free live-seed place, and the
+blueprint has a concrete kernel offered by the candidate provider that fits the budget and
+whose risk is within the limit. Masked choices get probability 0, so the net can never pick
+them; `safety.violation` checks the result once more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from esper.leyline.lifecycle import is_allowed
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.urza_pb2 import KernelCandidate
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.features import GraphEncoding
+from esper.tamiyo.policies.heuristic import HeuristicConfig, benefit_per_cost
+from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES
+from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
+
+S = SeedStage
+# Plain ints: protobuf enum attribute lookups are slow on hot paths.
+DORMANT, CULLED, FOSSILIZED = (int(S.SEED_STAGE_DORMANT), int(S.SEED_STAGE_CULLED), int(S.SEED_STAGE_FOSSILIZED))
+
+# The action head's outputs, in order. The first four act on a slot; wait does not.
+ACTIONS: tuple[str, ...] = ("germinate", "advance", "cull", "fossilize", "wait")
+SLOT_ACTIONS = 4
+GERMINATE, ADVANCE, CULL, FOSSILIZE, WAIT = range(len(ACTIONS))
+
+
+@dataclass
+class SafetyMask:
+    actions: np.ndarray  # (len(ACTIONS),) bool
+    slots: np.ndarray  # (SLOT_ACTIONS, N) bool
+    blueprints: np.ndarray  # (N, V) bool: legal germinations
+    kernels: dict[tuple[int, int], KernelCandidate] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # why germination is impossible, if it is
+
+
+def _stage_legal(stage: int) -> list[bool]:
+    return [
+        False,  # germination is decided with the blueprints below
+        stage in ADVANCEABLE_STAGES,
+        is_allowed(stage, CULLED),
+        is_allowed(stage, FOSSILIZED),
+    ]
+
+
+def build_mask(
+    ctx: PolicyContext,
+    enc: GraphEncoding,
+    vocab: BlueprintVocabulary,
+    risk_limit: float,
+    max_live: int,
+    config: HeuristicConfig,
+) -> SafetyMask:
+    n, v = enc.num_nodes, len(vocab)
+    slots = np.zeros((SLOT_ACTIONS, n), dtype=bool)
+    blueprints = np.zeros((n, v), dtype=bool)
+    mask = SafetyMask(np.zeros(len(ACTIONS), dtype=bool), slots, blueprints)
+    for slot in ctx.graph.slots:
+        i = enc.slot_node.get(slot.slot_id)
+        if i is not None:
+            slots[:, i] = _stage_legal(ctx.stage_of(slot.slot_id))
+    _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
+    slots[GERMINATE] = blueprints.any(axis=1) if v else False
+    mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)
+    mask.actions[WAIT] = True
+    return mask
+
+
+def _mask_germination(
+    ctx: PolicyContext,
+    enc: GraphEncoding,
+    vocab: BlueprintVocabulary,
+    risk_limit: float,
+    max_live: int,
+    config: HeuristicConfig,
+    mask: SafetyMask,
+) -> None:
+    if max_live and ctx.live_seed_count() >= max_live:
+        mask.notes.append(f"{ctx.live_seed_count()} live seeds, limit {max_live}")
+        return
+    if ctx.candidates.unavailable_reason:
+        mask.notes.append(f"no germination: {ctx.candidates.unavailable_reason}")
+        return
+    check = budgeting.BudgetCheck(ctx, risk_limit)
+    for slot in ctx.graph.slots:
+        i = enc.slot_node.get(slot.slot_id)
+        if i is None or ctx.stage_of(slot.slot_id) != DORMANT or ctx.is_embargoed(slot.slot_id):
+            continue
+        ok, _ = check.split(ctx.candidates.candidates(slot, ctx.budget), slot)
+        for candidate in ok:
+            j = vocab.index(candidate.kernel.blueprint_ref or budgeting.blueprint_ref(candidate.blueprint))
+            if j is None:
+                continue
+            best = mask.kernels.get((i, j))
+            if best is None or benefit_per_cost(candidate, config) > benefit_per_cost(best, config):
+                mask.kernels[(i, j)] = candidate
+                mask.blueprints[i, j] = True
+    if not mask.kernels:
+        mask.notes.append("no affordable kernel in the vocabulary is offered for any open slot")

@@ -1,0 +1,224 @@
+"""GnnPolicy: shapes, the safety mask, fallback, artifacts, hostile inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from esper.leyline.lifecycle import next_stage
+from esper.leyline.v1.control_pb2 import AdvanceAction, CullAction, FossilizeAction, GerminateAction
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.signals_pb2 import TrainingMetrics
+from esper.tamiyo.policies import NoCandidateProvider
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.artifact import (
+    PolicyArtifactError,
+    load_policy,
+    save_policy,
+    tensors_digest,
+)
+from esper.tamiyo.policies.decisions import make_decision
+from esper.tamiyo.policies.features import NODE_FEATURES, encode_graph
+from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
+from esper.tamiyo.policies.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
+from esper.tamiyo.policies.network import NetworkShape, PolicyNet, propagate
+from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
+from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
+from safetensors.torch import save_file
+
+from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
+
+S = SeedStage
+VOCAB = BlueprintVocabulary(("BP-LORA@1.0.0", "BP-MLP-GELU@1.0.0", "BP-MOE@1.0.0"))
+ALWAYS = GnnConfig(min_confidence=0.0, max_uncertainty=float("inf"))
+CANDIDATES = [candidate("BP-LORA", params=500), candidate("BP-MLP-GELU", params=3000, gain=0.05),
+              candidate("BP-MOE", params=200, risk=0.9), candidate("BP-UNKNOWN", params=10)]
+
+
+def test_forward_shapes() -> None:
+    net = PolicyNet(NetworkShape(vocabulary=len(VOCAB))).eval()
+    enc = encode_graph(graph(7))
+    x, g = torch.randn(1, 7, NODE_FEATURES), torch.randn(1, net.shape.global_features)
+    with torch.inference_mode():
+        a, s, b, v = net(x, enc.adjacency, g, torch.Generator().manual_seed(1), passes=5)
+    assert a.shape == (5, len(ACTIONS)) and s.shape == (5, 7, 4) and b.shape == (5, 7, 3) and v.shape == (5,)
+    assert a.std(0).sum() > 0  # the passes differ: MC-dropout is on
+    with torch.inference_mode():
+        a1 = net(x, enc.adjacency, g)[0]
+    assert a1.shape == (1, len(ACTIONS))
+
+
+def test_sparse_propagation_equals_gcnconv() -> None:
+    net = PolicyNet(NetworkShape(vocabulary=2))
+    enc = encode_graph(graph(9))
+    h = torch.randn(3, 9, net.shape.hidden)
+    conv = net.convs[0]
+    with torch.no_grad():
+        assert torch.allclose(propagate(conv, h, enc.adjacency), conv(h, enc.edge_index, enc.edge_weight), atol=1e-5)
+
+
+def _random_context(rng: random.Random):
+    n = rng.randint(1, 12)
+    g = graph(n, slot_every=rng.randint(1, 3))
+    stages = [s for s in S.values() if s != S.SEED_STAGE_UNSPECIFIED]
+    seeds = [
+        seed(slot.slot_id, rng.choice(stages), steps=rng.randint(0, 300), alpha=rng.random(),
+             params=rng.randint(0, 5000), val_start=1.0, val_now=rng.uniform(0.8, 1.3),
+             embargo_until=rng.choice([0, 0, 5000]))
+        for slot in g.slots if rng.random() < 0.7
+    ]
+    cands = rng.sample(CANDIDATES, rng.randint(0, len(CANDIDATES)))
+    return context(g=g, seeds=seeds, candidates=cands, max_live=rng.randint(0, 3),
+                   max_params=rng.choice([0, 600, 4000, 20_000]), max_risk=rng.choice([0.0, 0.3, 1.0]),
+                   layers=[health(s.slot_id, dead=rng.random()) for s in g.slots])
+
+
+def _randomise(net: PolicyNet, rng: random.Random) -> None:
+    torch.manual_seed(rng.randint(0, 10**6))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 1.0)
+
+
+def _decision_for(mask, ctx, enc, action: int, node: int, bp: int | None):
+    slot_id = next(s for s, i in enc.slot_node.items() if i == node)
+    stage = ctx.stage_of(slot_id)
+    if ACTIONS[action] == "germinate":
+        k = mask.kernels[(node, bp)]
+        act = GerminateAction(slot_id=slot_id, blueprint_ref=VOCAB.refs[bp], kernel_id=k.kernel.kernel_id,
+                              kernel_sha256=k.kernel.sha256)
+    elif ACTIONS[action] == "advance":
+        act = AdvanceAction(slot_id=slot_id, target_stage=next_stage(stage))
+    elif ACTIONS[action] == "cull":
+        act = CullAction(slot_id=slot_id, reason=1)
+    else:
+        act = FossilizeAction(slot_id=slot_id)
+    return make_decision(ctx, act, policy_version="t", horizon_steps=1, confidence=1, rationale="")
+
+
+def test_mask_never_lets_an_illegal_action_through() -> None:
+    rng = random.Random(1234)
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB, heuristic=HeuristicPolicy(HeuristicConfig(max_live_seeds=0)))
+    checked = {name: 0 for name in ACTIONS}
+    for _ in range(100):
+        ctx = _random_context(rng)
+        _randomise(policy.net, rng)
+        risk = budgeting.max_risk(ctx, policy.heuristic.config.max_risk)
+        max_live = live_seed_limit(ctx, policy.heuristic.config.max_live_seeds)
+        decision = policy.decide(ctx)
+        assert violation(decision, ctx, risk, max_live) is None
+        assert "safety check refused" not in decision.rationale
+        checked[decision.WhichOneof("action")] += 1
+        enc = policy.encoding(ctx)
+        mask = policy.mask(ctx, enc)
+        for a in range(4):
+            for node in mask.slots[a].nonzero()[0]:
+                bps = mask.blueprints[node].nonzero()[0] if a == GERMINATE else [None]
+                for bp in bps:
+                    d = _decision_for(mask, ctx, enc, a, int(node), None if bp is None else int(bp))
+                    assert violation(d, ctx, risk, max_live) is None, (ACTIONS[a], d)
+        # And every slot the mask forbids is really forbidden for advance.
+        for slot_id, node in enc.slot_node.items():
+            if not mask.slots[1][node]:
+                assert ctx.stage_of(slot_id) not in ADVANCEABLE_STAGES
+    assert all(checked[a] for a in ("germinate", "advance", "cull", "wait")), checked
+
+
+def test_low_confidence_falls_back_to_heuristic() -> None:
+    policy = GnnPolicy(config=GnnConfig(min_confidence=0.999), vocabulary=VOCAB)
+    d = policy.decide(context(candidates=CANDIDATES))
+    assert "fell back to the heuristic" in d.rationale and "low confidence" in d.rationale
+    assert d.policy_version == "heuristic@1.0.0"
+    assert d.WhichOneof("action") == "germinate"  # the heuristic's plateau decision
+
+
+def test_no_library_means_no_germinate() -> None:
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    for _ in range(5):
+        _randomise(policy.net, random.Random(_))
+        d = policy.decide(context(provider=NoCandidateProvider("Urza unreachable")))
+        assert d.WhichOneof("action") != "germinate"
+
+
+def test_decisions_replay_with_the_same_seed() -> None:
+    ctx = context(candidates=CANDIDATES)
+    a, b = GnnPolicy(config=ALWAYS, vocabulary=VOCAB), GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    for _ in range(3):
+        da, db = a.decide(ctx), b.decide(ctx)
+        assert (da.WhichOneof("action"), da.confidence, da.uncertainty) == (db.WhichOneof("action"), db.confidence, db.uncertainty)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    _randomise(policy.net, random.Random(7))
+    path = tmp_path / "policy.safetensors"
+    digest = save_policy(path, policy.net, VOCAB, "gnn@3")
+    loaded = load_policy(path, expected_sha256=digest, expected_vocabulary=VOCAB)
+    assert loaded.version == "gnn@3" and loaded.vocabulary == VOCAB and loaded.sha256 == digest
+    for k, v in policy.net.state_dict().items():
+        assert torch.equal(v, loaded.net.state_dict()[k])
+    again = GnnPolicy(loaded, config=ALWAYS)
+    ctx = context(candidates=CANDIDATES)
+    fresh = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    fresh.net.load_state_dict(policy.net.state_dict())
+    d1, d2 = fresh.decide(ctx), again.decide(ctx)
+    assert d1.WhichOneof("action") == d2.WhichOneof("action") and d1.confidence == pytest.approx(d2.confidence)
+    assert d2.policy_version == "gnn@3"
+
+
+def test_load_refuses_tampered_and_mismatched_files(tmp_path) -> None:
+    policy = GnnPolicy(vocabulary=VOCAB)
+    path = tmp_path / "p.safetensors"
+    digest = save_policy(path, policy.net, VOCAB, "gnn@1")
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip a byte of tensor data
+    tampered = tmp_path / "tampered.safetensors"
+    tampered.write_bytes(bytes(raw))
+    with pytest.raises(PolicyArtifactError, match="tampered"):
+        load_policy(tampered)
+    with pytest.raises(PolicyArtifactError, match="digest"):
+        load_policy(path, expected_sha256="0" * 64)
+    with pytest.raises(PolicyArtifactError, match="vocabulary"):
+        load_policy(path, expected_vocabulary=BlueprintVocabulary(("BP-OTHER@1.0.0",) * 1))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 3 + b"not a safetensors file")
+    with pytest.raises(PolicyArtifactError):
+        load_policy(garbage)
+    with pytest.raises(PolicyArtifactError):
+        load_policy(tmp_path / "missing.safetensors")
+    # Consistent digest but tensors of another architecture than the metadata says.
+    small = PolicyNet(NetworkShape(vocabulary=len(VOCAB), hidden=8))
+    tensors = {k: v.contiguous() for k, v in small.state_dict().items()}
+    meta = {"format": "esper-tamiyo-gnn", "format_version": "1", "policy_version": "gnn@x",
+            "feature_schema": "tamiyo-features@1", "vocabulary": json.dumps(list(VOCAB.refs)),
+            "vocabulary_version": VOCAB.version, "tensors_sha256": tensors_digest(tensors),
+            "architecture": json.dumps(NetworkShape(vocabulary=len(VOCAB)).as_dict())}
+    mismatched = tmp_path / "mismatched.safetensors"
+    save_file(tensors, str(mismatched), metadata=meta)
+    with pytest.raises(PolicyArtifactError, match="shapes"):
+        load_policy(mismatched)
+    assert digest
+
+
+def test_hostile_inputs_do_not_raise() -> None:
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    nan = float("nan")
+    ctx = context(candidates=CANDIDATES, seeds=[seed("ghost", S.SEED_STAGE_TRAINING),
+                                                seed("s1", S.SEED_STAGE_BLENDING, val_start=nan, val_now=nan)],
+                  layers=[health("s0", dead=nan, grad=float("inf")), health("nowhere")])
+    ctx.snapshot.metrics.CopyFrom(TrainingMetrics(train_loss=nan, val_loss=float("inf"), learning_rate=-1.0))
+    assert ctx.ignored_slot_ids == ("ghost",)
+    assert policy.decide(ctx).WhichOneof("action")
+    empty = context(g=graph(0))
+    assert "empty model graph" in policy.decide(empty).rationale
+    big = GnnPolicy(config=GnnConfig(max_nodes=10), vocabulary=VOCAB)
+    d = big.decide(context(g=graph(11)))
+    assert "nodes > 10" in d.rationale
+    # A graph whose edges and slots name nodes that do not exist.
+    g = graph(3)
+    g.edges.add(source="n0", target="nope")
+    g.slots.add(slot_id="dangling", node_id="nope")
+    assert policy.decide(context(g=g, candidates=CANDIDATES)).WhichOneof("action")
