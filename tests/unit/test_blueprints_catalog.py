@@ -116,6 +116,22 @@ def test_build_is_deterministic_and_honours_dtype(spec):
     assert all(k.startswith("ops.") for k in a.state_dict())
 
 
+@pytest.mark.parametrize("spec", builtin_blueprints(), ids=lambda s: s.name)
+def test_trains_under_bf16_autocast(spec):
+    shape = common.SlotShape(kind=spec.slot_kinds[-1], channels=8)
+    seed = build_seed(spec, shape, seed=0)
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = example_input(shape).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = seed(x)
+    assert y.shape == x.shape
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in seed.parameters())
+
+
 def test_unsupported_slot_kind_is_refused():
     from esper.blueprints import BlueprintError
 

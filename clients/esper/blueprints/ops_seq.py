@@ -119,6 +119,8 @@ class MixtureOfExperts(nn.Module):
             rows, slot = (top_idx == e).nonzero(as_tuple=True)
             h = F.gelu(F.linear(flat[rows], self.w_in[e], self.b_in[e]))
             y = F.linear(h, self.w_out[e], self.b_out[e])
-            out = out.index_add(0, rows, y * weights[rows, slot].unsqueeze(-1))
+            # Under autocast the experts compute in reduced precision; accumulate in x's dtype.
+            contrib = y * weights[rows, slot].unsqueeze(-1)
+            out = out.index_add(0, rows, contrib.to(out.dtype))
         out = out.view(xl.shape)
         return out if self.cdim == -1 else out.movedim(-1, self.cdim)
