@@ -222,3 +222,13 @@ def test_hostile_inputs_do_not_raise() -> None:
     g.edges.add(source="n0", target="nope")
     g.slots.add(slot_id="dangling", node_id="nope")
     assert policy.decide(context(g=g, candidates=CANDIDATES)).WhichOneof("action")
+
+
+def test_default_vocabulary_covers_the_builtin_catalogue() -> None:
+    from esper.blueprints import builtin_blueprints
+    from esper.tamiyo.policies.vocabulary import default_vocabulary
+
+    vocab = default_vocabulary()
+    builtin = {f"{b.name}@{b.version}" for b in builtin_blueprints()}
+    assert builtin <= set(vocab.refs), sorted(builtin - set(vocab.refs))
+    assert vocab.version == default_vocabulary().version

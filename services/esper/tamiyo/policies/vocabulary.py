@@ -11,23 +11,27 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# The built-in catalogue's refs at the time this vocabulary was fixed. A policy trained on
-# another catalogue carries its own vocabulary in its artifact.
+# The built-in catalogue's refs (esper.blueprints.builtin_blueprints()) when this vocabulary
+# was fixed, sorted. Never reorder: a trained blueprint head indexes into it. A catalogue that
+# grows gets a new vocabulary (new content, new version) and a retrained policy; a unit test
+# flags built-in blueprints missing from it.
 DEFAULT_REFS: tuple[str, ...] = (
+    "BP-ATTN-GQA-ROPE@1.0.0",
+    "BP-ATTN-MHA@1.0.0",
+    "BP-CONV-DWSEP@1.0.0",
+    "BP-CONV-RES3X3@1.0.0",
+    "BP-CONV-SE@1.0.0",
+    "BP-CONV1D-RES3@1.0.0",
+    "BP-DIAG-ACTSTATS@1.0.0",
+    "BP-DIAG-GRADCLAMP@1.0.0",
+    "BP-IA3@1.0.0",
+    "BP-LORA-R64@1.0.0",
+    "BP-LORA-R8@1.0.0",
     "BP-MLP-GELU@1.0.0",
     "BP-MLP-SWIGLU@1.0.0",
-    "BP-LORA@1.0.0",
-    "BP-IA3@1.0.0",
-    "BP-LAYERNORM@1.0.0",
-    "BP-RMSNORM@1.0.0",
-    "BP-CONV-RES3X3@1.0.0",
-    "BP-CONV-DWSEP@1.0.0",
-    "BP-CONV-SE@1.0.0",
-    "BP-ATTN-MHA@1.0.0",
-    "BP-ATTN-GQA-ROPE@1.0.0",
-    "BP-MOE@1.0.0",
-    "BP-DIAG-MONITOR@1.0.0",
-    "BP-DIAG-GRADCLAMP@1.0.0",
+    "BP-MOE-TOP2@1.0.0",
+    "BP-NORM-LAYER@1.0.0",
+    "BP-NORM-RMS@1.0.0",
 )
 
 
@@ -63,10 +67,5 @@ class BlueprintVocabulary:
 
 
 def default_vocabulary() -> BlueprintVocabulary:
-    """The vocabulary of the built-in catalogue when it is importable, else DEFAULT_REFS."""
-    try:
-        from esper.blueprints.catalog import builtin_blueprints  # type: ignore[import-not-found]
-    except ImportError:
-        return BlueprintVocabulary(DEFAULT_REFS)
-    refs = sorted(f"{b.name}@{b.version}" for b in builtin_blueprints())
-    return BlueprintVocabulary(tuple(refs)) if refs else BlueprintVocabulary(DEFAULT_REFS)
+    """The fixed vocabulary an untrained policy starts with."""
+    return BlueprintVocabulary(DEFAULT_REFS)
