@@ -24,7 +24,7 @@ from esper.blueprints.graph import (
     validate_blueprint,
     validate_slot_shape,
 )
-from esper.blueprints.refs import format_ref, parse_ref, spec_ref
+from esper.blueprints.refs import format_ref, graph_digest, parse_ref, spec_ref
 
 __all__ = [
     "REFERENCE_WIDTH",
@@ -40,6 +40,7 @@ __all__ = [
     "example_input",
     "format_ref",
     "get_builtin",
+    "graph_digest",
     "kernel_id_for",
     "pack_kernel",
     "parse_dim",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from esper.blueprints.errors import BlueprintError
@@ -57,3 +58,9 @@ def format_ref(name: str, version: str) -> str:
 def spec_ref(spec) -> str:
     """The ``name@version`` reference of a BlueprintSpec."""
     return format_ref(spec.name, spec.version)
+
+
+def graph_digest(spec) -> str:
+    """SHA-256 hex of the canonical (deterministic) serialisation of ``spec.graph``: the
+    ``BlueprintRecord.graph_digest`` Urza stores to refuse a re-used version with a new graph."""
+    return hashlib.sha256(spec.graph.SerializeToString(deterministic=True)).hexdigest()
