@@ -1,0 +1,229 @@
+"""`esper tezzeret`: the forge from the command line.
+
+    esper tezzeret worker [--count N] [--config FILE] [config flags]   standalone compile workers
+    esper tezzeret submit NAME@VERSION --channels C [--kind K] [--length L]
+                          [--height H --width W] [--device cpu] [--dtype float32] [--wait]
+    esper tezzeret jobs [--blueprint REF] [--stage S] [--limit N]
+
+`worker` joins the consumer group of `esper.compile.requests` with the same settings as
+`esper serve tezzeret` (flags, ESPER_* env vars, the [tezzeret] TOML table). `submit` and
+`jobs` talk to the Tezzeret server: `--tezzeret HOST:PORT`, else $ESPER_TEZZERET_ADDRESS,
+else the local stack's Tezzeret (`esper up`), else 127.0.0.1:50052.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+from esper.blueprints import BlueprintError, parse_ref
+from esper.cli.main import UsageError
+from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
+from esper.runtime.config import ConfigError, add_config_flags, check_address, load_config, overrides_from_args
+
+ADDRESS_ENV = "ESPER_TEZZERET_ADDRESS"
+STATE_DIR_ENV = "ESPER_STATE_DIR"
+DEFAULT_STATE_DIR = ".esper"
+DEFAULT_ADDRESS = "127.0.0.1:50052"
+# Seconds a unary call waits for Tezzeret; job queries answer in milliseconds.
+DEFAULT_TIMEOUT_S = 10.0
+KINDS = {common_pb2.SlotKind.Name(v).removeprefix("SLOT_KIND_").lower(): v
+         for v in common_pb2.SlotKind.values() if v}
+DTYPES = {common_pb2.Dtype.Name(v).removeprefix("DTYPE_").lower(): v
+          for v in common_pb2.Dtype.values() if v}
+STAGES = {telemetry_pb2.CompileStage.Name(v).removeprefix("COMPILE_STAGE_").lower(): v
+          for v in telemetry_pb2.CompileStage.values() if v}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from esper.tezzeret.config import TezzeretConfig
+
+    parser = subparsers.add_parser("tezzeret", help="compile workers, submit compiles, list jobs",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="tezzeret_action", metavar="ACTION")
+    actions.required = True
+
+    worker = actions.add_parser("worker", help="run standalone compile workers until stopped")
+    worker.add_argument("--count", type=_positive_int, default=1, help="workers in this process")
+    worker.add_argument("--config", dest="config_file", default=None, help="TOML config file")
+    add_config_flags(worker, TezzeretConfig)
+    worker.set_defaults(func=run_worker)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--tezzeret", default=None, metavar="HOST:PORT",
+                        help=f"Tezzeret's address (default ${ADDRESS_ENV}, the local stack, "
+                             f"{DEFAULT_ADDRESS})")
+    client.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S)
+
+    submit = actions.add_parser("submit", parents=[client], help="queue a compile job")
+    submit.add_argument("ref", metavar="NAME@VERSION", type=_ref)
+    submit.add_argument("--channels", type=_positive_int, required=True, help="slot width C")
+    submit.add_argument("--kind", choices=sorted(KINDS), default="features")
+    submit.add_argument("--length", type=_positive_int, default=0, help="tokens or length")
+    submit.add_argument("--height", type=_positive_int, default=0)
+    submit.add_argument("--width", type=_positive_int, default=0)
+    submit.add_argument("--device", default="cpu")
+    submit.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.set_defaults(func=run_submit)
+
+    jobs = actions.add_parser("jobs", parents=[client], help="list compile jobs, newest first")
+    jobs.add_argument("--blueprint", default="", metavar="NAME@VERSION")
+    jobs.add_argument("--stage", choices=sorted(STAGES))
+    jobs.add_argument("--limit", type=_positive_int, default=50)
+    jobs.set_defaults(func=run_jobs)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _ref(text: str) -> str:
+    try:
+        parse_ref(text)
+    except BlueprintError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+# ---- worker ------------------------------------------------------------------------------
+
+def run_worker(args: argparse.Namespace) -> int:
+    from esper.runtime.logs import configure_logging
+    from esper.runtime.registry import known_config_tables
+    from esper.runtime.server import StartupError
+    from esper.tezzeret.config import TezzeretConfig
+
+    try:
+        config = load_config(TezzeretConfig, "tezzeret", toml_path=args.config_file,
+                             overrides=overrides_from_args(args, TezzeretConfig),
+                             known_tables=known_config_tables())
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    configure_logging(config.log_format, config.log_level)
+    try:
+        asyncio.run(_work(config, args.count))
+    except StartupError as exc:
+        print(f"esper tezzeret worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _work(config, count: int) -> None:
+    from esper.tezzeret.deps import connect
+
+    deps = await connect(config)
+    try:
+        await deps.start_workers(count)
+        print(f"tezzeret: {count} worker(s) in group {config.consumer_group} on "
+              f"{config.kafka_bootstrap}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await deps.close()
+
+
+# ---- client commands ---------------------------------------------------------------------
+
+def tezzeret_address(flag: str | None) -> str:
+    address = flag or os.environ.get(ADDRESS_ENV) or _stack_address() or DEFAULT_ADDRESS
+    try:
+        check_address("--tezzeret", address)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return address
+
+
+def _stack_address() -> str:
+    from esper.runtime.stack.state import load_state
+
+    try:
+        state = load_state(Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)))
+    except Exception:  # noqa: BLE001 - a broken stack file just means "no local stack"
+        return ""
+    port = state.ports.get("tezzeret") if state else None
+    return f"127.0.0.1:{port}" if port else ""
+
+
+def _call(args: argparse.Namespace, work) -> int:
+    address = tezzeret_address(args.tezzeret)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            work(tezzeret_pb2_grpc.TezzeretServiceStub(channel))
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                print(f"esper tezzeret: Tezzeret at {address} unavailable: {details}", file=sys.stderr)
+                return 1
+            raise UsageError(f"{code.name}: {details}") from None
+    return 0
+
+
+def format_job(job: tezzeret_pb2.CompileJob) -> str:
+    stage = telemetry_pb2.CompileStage.Name(job.stage).removeprefix("COMPILE_STAGE_")
+    kernels = ",".join(job.kernel_ids) or "-"
+    return (f"{job.job_id}  {job.blueprint_ref:28s} {stage:14s} attempts={job.attempts} "
+            f"kernels={kernels}  {job.detail}")
+
+
+def _target(args: argparse.Namespace) -> kernel_pb2.KernelTarget:
+    shape = common_pb2.SlotShape(kind=KINDS[args.kind], channels=args.channels,
+                                 length=args.length, height=args.height, width=args.width)
+    return kernel_pb2.KernelTarget(device=args.device, dtype=DTYPES[args.dtype], shape=shape)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    def work(stub) -> None:
+        job = stub.SubmitCompile(tezzeret_pb2.SubmitCompileRequest(
+            blueprint_ref=args.ref, targets=[_target(args)]), timeout=args.timeout).job
+        print(format_job(job), flush=True)
+        if args.wait:
+            for update in stub.WatchJob(tezzeret_pb2.WatchJobRequest(job_id=job.job_id)):
+                print(format_job(update.job), flush=True)
+
+    return _call(args, work)
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    def work(stub) -> None:
+        token, shown = "", 0
+        while shown < args.limit:
+            page = stub.ListJobs(tezzeret_pb2.ListJobsRequest(
+                blueprint_ref=args.blueprint, stage=STAGES[args.stage] if args.stage else 0,
+                page_size=min(args.limit - shown, 1000), page_token=token), timeout=args.timeout)
+            for job in page.jobs:
+                print(format_job(job))
+            shown += len(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        if not shown:
+            print("no jobs")
+
+    return _call(args, work)
