@@ -1,0 +1,42 @@
+"""Tolaria's settings, each with the reason for its default."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+# Steps between two training snapshots when the policy source does not say (a remote
+# Tamiyo sends its own N in SessionAccept): often enough that a plateau or a sick seed is
+# seen within a fraction of an epoch, rarely enough that the one host sync it costs
+# (reading the device accumulators) is noise.
+DEFAULT_SNAPSHOT_EVERY = 20
+# What to do while a remote Tamiyo is unreachable: keep growing with the in-process
+# heuristic ("local") or only train ("none").
+OUTAGE_MODES = ("local", "none")
+
+
+def new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class TolariaConfig:
+    """How a training session talks to its policy and to telemetry."""
+
+    run_id: str = field(default_factory=new_run_id)
+    # Snapshot (and local-policy decision) period in steps; a remote accept overrides it.
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    # Kafka bootstrap for telemetry through Oona; None publishes nothing.
+    kafka_bootstrap: str | None = None
+    # Show a tqdm bar per epoch (the Trainer only; hook users own their output).
+    progress: bool = True
+    # Remote-policy outage behaviour, one of OUTAGE_MODES.
+    on_outage: str = "local"
+
+    def __post_init__(self) -> None:
+        if not self.run_id or len(self.run_id) > 128:
+            raise ValueError("run_id must be 1..128 characters")
+        if self.snapshot_every <= 0:
+            raise ValueError(f"snapshot_every must be > 0, got {self.snapshot_every}")
+        if self.on_outage not in OUTAGE_MODES:
+            raise ValueError(f"on_outage must be one of {OUTAGE_MODES}, got {self.on_outage!r}")

@@ -1,0 +1,153 @@
+"""Kernels for germination, local or from Urza, always through Kasmina's KernelCache.
+
+- `LocalKernels` builds every built-in blueprint that fits a slot with the shared builder,
+  packs it with `esper.blueprints.artifact` (deterministic bytes, so the same kernel id in
+  every process) and puts the verified bytes in the cache. It is also the candidate
+  provider of the local policy: no server is needed to grow a model.
+- `UrzaKernelFetcher` downloads a kernel over `UrzaService.DownloadKernel`; the cache calls
+  it from its prefetch threads and verifies the SHA-256, so a germination never waits on
+  the network inside a training step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
+from esper.blueprints.builder import build_seed
+from esper.blueprints.catalog import builtin_blueprints
+from esper.blueprints.graph import estimate_flops
+from esper.kasmina import KernelCache
+from esper.leyline.v1 import blueprint_pb2 as bp
+from esper.leyline.v1 import common_pb2, kernel_pb2
+from esper.leyline.v1.signals_pb2 import SlotInfo
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
+from esper.leyline.v1.urza_pb2 import KernelCandidate
+
+# Seed of the builder's private RNG for local kernels: fixed, so a kernel's bytes (and id)
+# are the same in every process and a checkpoint can name it.
+LOCAL_KERNEL_SEED = 0
+# Families left out of the default local catalogue: diagnostic blueprints add no capacity
+# (zero parameters), so a benefit-per-cost ranking would always pick them over real growth.
+NON_GROWTH_FAMILIES = frozenset({bp.BLUEPRINT_FAMILY_DIAGNOSTIC})
+# Chunk size asked of Urza's download stream: large enough for few messages, well under
+# gRPC's default 4 MiB message limit.
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+# Seconds a kernel download may take before the germination waits for a later attempt.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def spec_ref(spec: bp.BlueprintSpec) -> str:
+    return f"{spec.name}@{spec.version}"
+
+
+def _shape_key(shape: common_pb2.SlotShape) -> tuple[int, int]:
+    return shape.kind, shape.channels
+
+
+class LocalKernels:
+    """The built-in catalogue as real kernels in a KernelCache, built lazily per slot shape.
+    A CandidateProvider for the Tamiyo heuristic policy."""
+
+    def __init__(self, cache: KernelCache, specs: list[bp.BlueprintSpec] | None = None,
+                 blueprints: list[str] | None = None) -> None:
+        self.cache = cache
+        specs = list(specs if specs is not None else builtin_blueprints())
+        if blueprints is not None:
+            wanted = set(blueprints)
+            unknown = wanted - {spec_ref(s) for s in specs} - {s.name for s in specs}
+            if unknown:
+                raise ValueError(f"unknown blueprints {sorted(unknown)}; built-in: "
+                                 f"{sorted(spec_ref(s) for s in specs)}")
+            specs = [s for s in specs if spec_ref(s) in wanted or s.name in wanted]
+        else:
+            specs = [s for s in specs if s.family not in NON_GROWTH_FAMILIES]
+        self.specs = specs
+        self.catalog = {spec_ref(s): s for s in specs}
+        self._by_shape: dict[tuple[int, int], list[KernelCandidate]] = {}
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return None if self.specs else "the local blueprint list is empty"
+
+    def candidates(self, slot: SlotInfo, budget: ResourceBudget) -> list[KernelCandidate]:
+        return list(self.kernels_for(slot.shape))
+
+    def kernels_for(self, shape: common_pb2.SlotShape) -> list[KernelCandidate]:
+        """Every built-in kernel for `shape`, building (and caching) them on first use."""
+        key = _shape_key(shape)
+        if key not in self._by_shape:
+            self._by_shape[key] = [c for c in (self._build(s, shape) for s in self.specs
+                                               if shape.kind in s.slot_kinds) if c is not None]
+        return self._by_shape[key]
+
+    def _build(self, spec: bp.BlueprintSpec, shape: common_pb2.SlotShape) -> KernelCandidate | None:
+        try:
+            module = build_seed(spec, shape, seed=LOCAL_KERNEL_SEED)
+            data = pack_kernel(spec, shape, module)
+        except Exception:  # a blueprint that cannot be built for this width is not offered
+            return None
+        digest = sha256_hex(data)
+        kernel_id = kernel_id_for(digest)
+        self.cache.put(kernel_id, data, digest)
+        params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        artifact = kernel_pb2.KernelArtifact(
+            kernel_id=kernel_id, blueprint_ref=spec_ref(spec),
+            format=kernel_pb2.KERNEL_FORMAT_SAFETENSORS, uri=f"local:{kernel_id}",
+            sha256=digest, size_bytes=len(data), state=kernel_pb2.KERNEL_STATE_VALID,
+            stats=kernel_pb2.KernelStats(params=params,
+                                         flops=_flops(spec, shape.channels)),
+            target=kernel_pb2.KernelTarget(device="cpu", dtype=common_pb2.DTYPE_FLOAT32,
+                                           shape=shape, torch_version=torch.__version__),
+        )
+        return KernelCandidate(kernel=artifact, blueprint=spec, score=1.0)
+
+    def find(self, blueprint_ref: str, shape: common_pb2.SlotShape) -> KernelCandidate:
+        """The local kernel of `blueprint_ref` for `shape`; KeyError when none."""
+        for cand in self.kernels_for(shape):
+            if cand.kernel.blueprint_ref == blueprint_ref:
+                return cand
+        raise KeyError(f"no local kernel of {blueprint_ref!r} for slot kind {shape.kind} "
+                       f"with {shape.channels} channels")
+
+
+def _flops(spec: bp.BlueprintSpec, channels: int) -> int:
+    try:
+        return int(estimate_flops(spec, channels))
+    except Exception:
+        return 0
+
+
+class UrzaKernelFetcher:
+    """`fetch(kernel_id) -> bytes` over UrzaService.DownloadKernel (blocking; the
+    KernelCache runs it in its prefetch threads, never on the training thread)."""
+
+    def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
+        import grpc
+
+        from esper.leyline.v1 import urza_pb2_grpc
+
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = urza_pb2_grpc.UrzaServiceStub(self._channel)
+
+    def __call__(self, kernel_id: str) -> bytes:
+        from esper.leyline.v1.urza_pb2 import DownloadKernelRequest
+
+        chunks, expected = [], None
+        request = DownloadKernelRequest(kernel_id=kernel_id, chunk_size=DOWNLOAD_CHUNK_BYTES)
+        for part in self._stub.DownloadKernel(request, timeout=self.timeout_s):
+            if part.offset != sum(len(c) for c in chunks):
+                raise ValueError(f"kernel {kernel_id}: chunk at offset {part.offset} out of order")
+            chunks.append(part.data)
+            expected = part.sha256 or expected
+            if part.last:
+                break
+        data = b"".join(chunks)
+        if expected and sha256_hex(data) != expected.lower():
+            raise ValueError(f"kernel {kernel_id}: downloaded bytes do not match Urza's digest")
+        return data
+
+    def close(self) -> None:
+        self._channel.close()

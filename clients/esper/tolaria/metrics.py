@@ -1,0 +1,114 @@
+"""The training-metrics window between two snapshots, accumulated on the loss's device
+(no host sync per step) and read out at safe points, plus the validation history
+(best loss, plateau counter) kept across epochs."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from esper.leyline.v1.signals_pb2 import TrainingMetrics
+
+NAN = float("nan")
+# Relative improvement of the validation loss that resets the plateau counter: smaller
+# changes are epoch-to-epoch noise on small validation sets.
+PLATEAU_MIN_DELTA = 0.01
+
+
+class MetricsWindow:
+    """Train loss/accuracy and throughput since the last read, plus validation state."""
+
+    def __init__(self) -> None:
+        self._loss: torch.Tensor | None = None
+        self._correct: torch.Tensor | None = None
+        self._steps = 0
+        self._samples = 0
+        self._labelled = 0
+        self._started = time.perf_counter()
+        self.last_train_loss = NAN
+        self.last_train_accuracy = NAN
+        self.val_loss = NAN
+        self.val_accuracy = NAN
+        self.best_val_loss = NAN
+        self.plateau_epochs = 0
+        self.grad_norm = 0.0
+        self.step_time_ms = 0.0
+        self.samples_per_second = 0.0
+
+    def observe(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> None:
+        """One step's loss (and, when given, logits and class targets for accuracy)."""
+        value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        self._loss = value.clone() if self._loss is None else self._loss + value
+        self._steps += 1
+        if outputs is not None and targets is not None:
+            hits = (outputs.detach().argmax(dim=-1) == targets).sum()
+            self._correct = hits if self._correct is None else self._correct + hits
+            self._labelled += int(targets.shape[0])
+            self._samples += int(targets.shape[0])
+
+    def add_samples(self, n: int) -> None:
+        self._samples += n
+
+    @property
+    def pending_steps(self) -> int:
+        return self._steps
+
+    def read(self) -> None:
+        """Close the window (one sync): update last_train_* and throughput."""
+        if self._steps == 0:
+            return
+        now = time.perf_counter()
+        elapsed = max(now - self._started, 1e-9)
+        self.last_train_loss = float(self._loss) / self._steps
+        if self._labelled:
+            self.last_train_accuracy = float(self._correct) / self._labelled
+        self.step_time_ms = 1000.0 * elapsed / self._steps
+        self.samples_per_second = self._samples / elapsed
+        self._loss = self._correct = None
+        self._steps = self._samples = self._labelled = 0
+        self._started = now
+
+    def end_epoch(self, val_loss: float, val_accuracy: float) -> None:
+        """Fold in a finished epoch's validation metrics (NaN when not evaluated)."""
+        self.val_loss, self.val_accuracy = val_loss, val_accuracy
+        if not math.isfinite(val_loss):
+            return
+        best = self.best_val_loss
+        if math.isnan(best) or val_loss < best * (1.0 - PLATEAU_MIN_DELTA):
+            self.plateau_epochs = 0
+        else:
+            self.plateau_epochs += 1
+        self.best_val_loss = val_loss if math.isnan(best) else min(best, val_loss)
+
+    def to_proto(self, learning_rate: float) -> TrainingMetrics:
+        return TrainingMetrics(
+            train_loss=self.last_train_loss, val_loss=self.val_loss,
+            train_accuracy=_or_zero(self.last_train_accuracy), val_accuracy=_or_zero(self.val_accuracy),
+            learning_rate=learning_rate, grad_norm=self.grad_norm,
+            samples_per_second=self.samples_per_second, plateau_epochs=self.plateau_epochs,
+            best_val_loss=self.best_val_loss,
+        )
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("last_train_loss", "last_train_accuracy", "val_loss",
+                                              "val_accuracy", "best_val_loss", "plateau_epochs")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def _or_zero(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def global_grad_norm(parameters) -> float:
+    """L2 norm of every gradient (one sync; called only at snapshot steps)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+    return norm if math.isfinite(norm) else float("inf")

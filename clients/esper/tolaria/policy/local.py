@@ -1,0 +1,79 @@
+"""LocalPolicy: Tamiyo's HeuristicPolicy run in-process on every snapshot, with candidates
+from the built-in catalogue as real local kernels (esper.tolaria.kernels.LocalKernels), so
+a model grows with no server at all."""
+
+from __future__ import annotations
+
+from esper.leyline.v1.control_pb2 import AdaptationDecision, DecisionAck
+from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
+from esper.leyline.v1.telemetry_pb2 import FieldReport
+from esper.tamiyo.policies import CandidateProvider, HeuristicConfig, HeuristicPolicy, Policy
+from esper.tamiyo.policies.context import PolicyContext, RunHistory
+
+# The heuristic's thresholds for in-process runs, scaled to the short runs of the example
+# tasks (a few hundred steps per epoch, tens of epochs): two flat epochs count as a
+# plateau, and a seed goes from germination to fossilization in about 200 steps, so its
+# whole life fits in a short run. Tamiyo's server defaults suit long runs.
+LOCAL_HEURISTIC = HeuristicConfig(
+    plateau_patience=2, training_steps=40, blend_steps=40, shadow_steps=20,
+    probation_steps=40, decision_horizon_steps=60, gate_retry_steps=20,
+)
+
+
+class LocalPolicy:
+    """A PolicySource that decides synchronously (the heuristic is microseconds) from the
+    latest snapshot; `candidates` is where germinations find kernels."""
+
+    name = "local"
+
+    def __init__(self, candidates: CandidateProvider | None = None, *,
+                 policy: Policy | None = None, config: HeuristicConfig | None = None) -> None:
+        self.policy = policy or HeuristicPolicy(config or LOCAL_HEURISTIC)
+        self.candidates = candidates
+        self.history = RunHistory()
+        self._graph = ModelGraph()
+        self._capabilities = Capabilities()
+        self._budget = ResourceBudget()
+        self._run_id = ""
+        self._queue: list[AdaptationDecision] = []
+
+    def start(self, open_message: SessionOpen) -> None:
+        self._run_id = open_message.run_id
+        self._graph = open_message.graph
+        self._capabilities = open_message.capabilities
+        self._budget = open_message.budget
+
+    def snapshot_every(self) -> int | None:
+        return None
+
+    def observe(self, snapshot: TrainingSnapshot) -> None:
+        self.history.record(snapshot)
+        ctx = PolicyContext.build(
+            snapshot, self._graph, capabilities=self._capabilities, budget=self._budget,
+            history=self.history, candidates=self.candidates, run_id=self._run_id,
+        )
+        self._queue.append(self.policy.decide(ctx))
+
+    def decisions(self) -> list[AdaptationDecision]:
+        out, self._queue = self._queue, []
+        return out
+
+    def acked(self, ack: DecisionAck) -> None:
+        pass
+
+    def field_report(self, report: FieldReport) -> None:
+        pass
+
+    def outage(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._queue.clear()
+
+    def state_dict(self) -> dict:
+        return {"val_losses": list(self.history.val_losses), "last_epoch": self.history.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = RunHistory(val_losses=list(state["val_losses"]),
+                                  last_epoch=int(state["last_epoch"]))

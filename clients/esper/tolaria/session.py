@@ -1,0 +1,367 @@
+"""TolariaSession: the training-loop side of a run, driven by two calls from any loop:
+
+    session.step(loss, outputs, targets)   # after optimizer.step(), before zero_grad()
+    session.end_epoch({"val_loss": ..., "val_accuracy": ...})
+
+Every `snapshot_every` steps and at each epoch end the session reaches a *safe point*
+(between two steps): it reads the device accumulators once, lets Kasmina trip circuit
+breakers, builds a TrainingSnapshot, hands it to the policy source, and applies the
+decisions that have arrived, acking each exactly once. Decisions arriving from a remote
+source between snapshots are applied at the next step boundary. Nothing here waits on
+the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+
+from esper.blueprints.artifact import read_kernel_header
+from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
+from esper.kasmina.wrap import MorphableModel
+from esper.leyline.version import contract_version
+from esper.leyline.v1.common_pb2 import Dtype
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
+from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
+from esper.leyline.v1.telemetry_pb2 import SeedTransition
+from esper.tolaria.config import TolariaConfig
+from esper.tolaria.metrics import MetricsWindow, global_grad_norm
+from esper.tolaria.optim import SeedParamGroups, host_learning_rate
+from esper.tolaria.outcomes import SeedOutcomes
+from esper.tolaria.policy.base import PolicySource
+from esper.tolaria.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# Kernel readiness of a pending germinate (anything else is the reason it cannot be had).
+_READY = "ready"
+_WAIT = "wait"
+
+CLIENT_VERSION = "esper-tolaria 0.1.0"
+AckListener = Callable[[DecisionAck], None]
+_DTYPES = {torch.float32: Dtype.DTYPE_FLOAT32, torch.float16: Dtype.DTYPE_FLOAT16,
+           torch.bfloat16: Dtype.DTYPE_BFLOAT16, torch.float64: Dtype.DTYPE_FLOAT64}
+
+
+class TolariaSession:
+    """One run of a wrapped model under a policy source. Build it with `attach()`."""
+
+    def __init__(self, model: MorphableModel, optimizer: torch.optim.Optimizer,
+                 policy: PolicySource | None, *, config: TolariaConfig,
+                 seed_builder: BlueprintSeedBuilder, cache: KernelCache,
+                 fallback: PolicySource | None = None, telemetry: Telemetry | None = None,
+                 budget: ResourceBudget | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.config = config
+        self.run_id = config.run_id
+        self.policy = policy
+        self.fallback = fallback if config.on_outage == "local" else None
+        self.cache = cache
+        self.local_kernels = None  # LocalKernels, when the built-in catalogue is in use
+        self.loop_state: dict = {}  # the training loop's position restored from a checkpoint
+        self.telemetry = telemetry or Telemetry(config.run_id)
+        self.groups = SeedParamGroups(model, optimizer)
+        self.seed_builder = seed_builder
+        self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
+        self.health = HealthMonitor.for_slots(model, every=config.snapshot_every)
+        self.metrics = MetricsWindow()
+        self.outcomes = SeedOutcomes(config.run_id)
+        self.pending: list[AdaptationDecision] = []
+        self.ack_listeners: list[AckListener] = []
+        self.ack_counts = {s: 0 for s in (AckStatus.ACK_STATUS_APPLIED,
+                                          AckStatus.ACK_STATUS_REJECTED,
+                                          AckStatus.ACK_STATUS_EXPIRED)}
+        self.duplicates_dropped = 0
+        self.sequence = 0
+        self.last_applied_decision_id = ""
+        self.outage_reason: str | None = None
+        self.host_params_at_start = model.host_param_count()
+        self._layers: list[LayerHealth] = []
+        self._issuer: dict[str, PolicySource] = {}
+        self._applying = ""
+        self._kernel_errors: dict[str, str] = {}
+        self._closed = False
+        self.graph = model.model_graph()
+        self.budget = budget or ResourceBudget()
+        model.transition_listeners.append(self._on_transition)
+        self.open_message: SessionOpen | None = None
+
+    def start(self) -> TolariaSession:
+        """Open the run with the policy sources (after a checkpoint restore, if any, so a
+        remote Tamiyo sees the restored seeds and acked decisions)."""
+        self.open_message = self._open_message()
+        for source in (self.policy, self.fallback):
+            if source is not None:
+                source.start(self.open_message)
+        return self
+
+    def reset_health(self) -> None:
+        """Start a fresh health window (after the weights were replaced by a restore)."""
+        self.health.close()
+        self.health = HealthMonitor.for_slots(self.model, every=self.snapshot_every)
+
+    # ---- the two calls of the hook API ---------------------------------------------------
+    def step(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
+             targets: torch.Tensor | None = None) -> None:
+        """One training step is done (call after optimizer.step(), before zero_grad())."""
+        self.model.seed_step()
+        self.health.after_backward()
+        self.metrics.observe(loss, outputs, targets)
+        every = self.snapshot_every
+        self.health.every = every
+        layers = self.health.step()
+        if layers is not None:
+            self._layers = layers
+        if self.model.global_step % every == 0:
+            self.metrics.grad_norm = global_grad_norm(self.model.parameters())
+            self._safe_point(epoch_end=False)
+        else:
+            self._apply_arrived(observe=None)
+
+    def end_epoch(self, val_metrics: dict | None = None) -> TrainingSnapshot:
+        """An epoch is done; `val_metrics` may hold val_loss and val_accuracy. Returns the
+        epoch-end snapshot."""
+        self.model.seed_epoch()
+        val = val_metrics or {}
+        val_loss = float(val.get("val_loss", val.get("loss", math.nan)))
+        val_acc = float(val.get("val_accuracy", val.get("accuracy", math.nan)))
+        self.metrics.end_epoch(val_loss, val_acc)
+        return self._safe_point(epoch_end=True)
+
+    # ---- reading -------------------------------------------------------------------------
+    @property
+    def snapshot_every(self) -> int:
+        asked = self.policy.snapshot_every() if self.policy is not None else None
+        return asked if asked and asked > 0 else self.config.snapshot_every
+
+    def live_seed_count(self) -> int:
+        return self.model.live_seed_count()
+
+    def acked_ids(self) -> set[str]:
+        return set(self.applier.answered)
+
+    # ---- safe points -----------------------------------------------------------------------
+    def _safe_point(self, epoch_end: bool) -> TrainingSnapshot:
+        self.metrics.read()
+        self.model.safe_point(self._gate_loss())
+        snapshot = self._snapshot(epoch_end)
+        self.telemetry.publish(snapshot=snapshot)
+        self._apply_arrived(observe=snapshot)
+        return snapshot
+
+    def _gate_loss(self) -> float | None:
+        """The loss Kasmina's gates and breakers see: the train-loss window mean (one
+        consistent signal; validation metrics go to the policy through snapshots)."""
+        loss = self.metrics.last_train_loss
+        return loss if math.isfinite(loss) else None
+
+    def _active_source(self) -> PolicySource | None:
+        if self.policy is None:
+            return self.fallback
+        reason = self.policy.outage()
+        if reason != self.outage_reason:
+            self._report_outage(reason)
+        return self.fallback if reason is not None else self.policy
+
+    def _report_outage(self, reason: str | None) -> None:
+        from esper.leyline.v1 import telemetry_pb2
+
+        if reason is None:
+            self.telemetry.alert("policy_recovered", f"policy {self.policy.name} is back",
+                                 telemetry_pb2.SEVERITY_INFO)
+        else:
+            mode = "local policy" if self.fallback is not None else "no decisions"
+            self.telemetry.alert("policy_outage", f"policy {self.policy.name} unavailable "
+                                 f"({reason}); training continues with {mode}")
+        self.outage_reason = reason
+
+    def _apply_arrived(self, observe: TrainingSnapshot | None) -> None:
+        active = self._active_source()
+        if observe is not None:
+            if self.policy is not None and active is not self.policy:
+                self.policy.observe(observe)  # the remote keeps the latest state for resume
+            if active is not None:
+                active.observe(observe)
+        for source in (self.policy, self.fallback):
+            if source is not None:
+                for decision in source.decisions():
+                    self._accept(decision, source)
+        if self.pending:
+            self._apply_pending()
+
+    def _accept(self, decision: AdaptationDecision, source: PolicySource) -> None:
+        known = decision.decision_id in self.applier.answered or any(
+            d.decision_id == decision.decision_id for d in self.pending)
+        if known and decision.decision_id:
+            self.duplicates_dropped += 1
+            return
+        self._issuer[decision.decision_id] = source
+        self.pending.append(decision)
+        status = self._kernel_status(decision)  # starts the kernel prefetch early
+        if status not in (_READY, _WAIT):
+            self._kernel_errors[decision.decision_id] = status
+
+    def _apply_pending(self) -> None:
+        waiting: list[AdaptationDecision] = []
+        for decision in self.pending:
+            status = _READY
+            if not self._expired(decision):  # an expired one is acked EXPIRED by Kasmina
+                status = self._kernel_errors.pop(decision.decision_id, None) \
+                    or self._kernel_status(decision)
+            if status == _WAIT:
+                waiting.append(decision)
+                continue
+            if status != _READY:
+                self.applier.answered.add(decision.decision_id)
+                ack = DecisionAck(decision_id=decision.decision_id, run_id=self.run_id,
+                                  status=AckStatus.ACK_STATUS_REJECTED, reason=status,
+                                  step=self.model.global_step)
+            else:
+                self._applying = decision.decision_id
+                try:
+                    ack = self.applier.apply(decision, loss=self._gate_loss())
+                finally:
+                    self._applying = ""
+            self._acked(ack)
+        self.pending = waiting
+
+    def _expired(self, decision: AdaptationDecision) -> bool:
+        return bool(decision.expires_at_step) and decision.expires_at_step < self.model.global_step
+
+    def _kernel_status(self, decision: AdaptationDecision) -> str:
+        """_READY, _WAIT (the kernel is still being fetched; a prefetch is started) or why
+        the germinate's kernel cannot be had. Never blocks."""
+        if decision.WhichOneof("action") != "germinate" or not decision.germinate.kernel_id:
+            return _READY
+        g = decision.germinate
+        if not g.kernel_sha256:
+            return f"kernel {g.kernel_id}: kernel_sha256 is required"
+        try:
+            data = self.cache.get_ready(g.kernel_id, g.kernel_sha256)
+        except Exception as exc:  # KernelFetchError / KernelDigestMismatch of a prefetch
+            return str(exc)
+        if data is None:
+            if not self.cache.is_pending(g.kernel_id):
+                self.cache.prefetch(g.kernel_id, g.kernel_sha256)
+            return _WAIT
+        self._learn_blueprint(g.blueprint_ref, data)
+        return _READY
+
+    def _learn_blueprint(self, ref: str, data: bytes) -> None:
+        """A kernel from Urza may implement a blueprint the built-in catalogue lacks: take
+        its spec from the (digest-verified) kernel header, when the names agree."""
+        catalog = self.seed_builder.catalog
+        if ref in catalog:
+            return
+        try:
+            spec, _ = read_kernel_header(data)
+        except Exception:
+            return
+        if f"{spec.name}@{spec.version}" == ref:
+            catalog[ref] = spec
+
+    def _acked(self, ack: DecisionAck) -> None:
+        self.ack_counts[ack.status] = self.ack_counts.get(ack.status, 0) + 1
+        if ack.status == AckStatus.ACK_STATUS_APPLIED:
+            self.last_applied_decision_id = ack.decision_id
+        elif ack.status == AckStatus.ACK_STATUS_REJECTED:
+            log.info("run %s: decision %s rejected: %s", self.run_id, ack.decision_id, ack.reason)
+        self.telemetry.publish(ack=ack)
+        source = self._issuer.pop(ack.decision_id, None)
+        if source is not None:
+            source.acked(ack)
+        for listener in self.ack_listeners:
+            listener(ack)
+
+    # ---- seeds -------------------------------------------------------------------------------
+    def _on_transition(self, event: SeedTransition) -> None:
+        self.telemetry.publish(seed_transition=event)
+        slot = self.model.slot(event.slot_id)
+        report = self.outcomes.on_transition(
+            event, kernel_id=slot.record.kernel_id, decision_id=self._applying,
+            val_loss=self.metrics.val_loss, val_accuracy=self.metrics.val_accuracy)
+        if report is None:
+            return
+        self.telemetry.publish(field_report=report)
+        for source in (self.policy, self.fallback):
+            if source is not None:
+                source.field_report(report)
+
+    # ---- messages --------------------------------------------------------------------------
+    def _snapshot(self, epoch_end: bool) -> TrainingSnapshot:
+        self.sequence += 1
+        snap = TrainingSnapshot(
+            run_id=self.run_id, step=self.model.global_step, epoch=self.model.epoch,
+            sequence=self.sequence, metrics=self.metrics.to_proto(host_learning_rate(self.optimizer)),
+            layers=self._layers, seeds=self.model.seed_states(), resources=self._resources(),
+            epoch_end=epoch_end,
+        )
+        snap.time.GetCurrentTime()
+        return snap
+
+    def _resources(self) -> ResourceState:
+        device = self._device()
+        used = total = 0
+        if device.type == "cuda":
+            used = torch.cuda.memory_allocated(device)
+            total = torch.cuda.get_device_properties(device).total_memory
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return ResourceState(
+            device=device.type, memory_used_bytes=used, memory_total_bytes=total,
+            total_params=trainable, seed_params=self.model.seed_param_count(),
+            step_time_ms=self.metrics.step_time_ms, telemetry_dropped=self.telemetry.dropped(),
+        )
+
+    def _device(self) -> torch.device:
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    def _open_message(self) -> SessionOpen:
+        dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
+        return SessionOpen(
+            run_id=self.run_id, contract_version=contract_version(), client_version=CLIENT_VERSION,
+            graph=self.graph, budget=self.budget, policy="heuristic",
+            capabilities=Capabilities(device=self._device().type,
+                                      dtype=_DTYPES.get(dtype, Dtype.DTYPE_FLOAT32),
+                                      max_live_seeds=self.model.cfg.max_live_seeds),
+            seeds=self.model.seed_states(), last_applied_decision_id=self.last_applied_decision_id,
+            acked_decision_ids=sorted(self.applier.answered),
+        )
+
+    # ---- end -------------------------------------------------------------------------------
+    def close(self, expire_pending: bool = True) -> None:
+        """End the run. Decisions never applied are acked EXPIRED (unless the run is to be
+        resumed from a checkpoint, where they travel as pending decisions)."""
+        if self._closed:
+            return
+        if expire_pending:
+            for decision in self.pending:
+                self.applier.answered.add(decision.decision_id)
+                self._acked(DecisionAck(
+                    decision_id=decision.decision_id, run_id=self.run_id,
+                    status=AckStatus.ACK_STATUS_EXPIRED, step=self.model.global_step,
+                    reason="the run ended before the decision could be applied"))
+            self.pending = []
+        self._closed = True
+        for source in (self.policy, self.fallback):
+            if source is not None:
+                source.close()
+        self.health.close()
+        self.telemetry.close()
+
+    def summary(self) -> dict:
+        return {
+            "run_id": self.run_id, "step": self.model.global_step, "epoch": self.model.epoch,
+            "host_params_before": self.host_params_at_start,
+            "params_after": sum(p.numel() for p in self.model.parameters()),
+            "seed_params": self.model.seed_param_count(),
+            "live_seeds": self.model.live_seed_count(),
+            "seeds_fossilized": self.outcomes.fossilized, "seeds_culled": self.outcomes.culled,
+            "acks": {AckStatus.Name(k).removeprefix("ACK_STATUS_").lower(): v
+                     for k, v in self.ack_counts.items()},
+            "val_loss": self.metrics.val_loss, "val_accuracy": self.metrics.val_accuracy,
+        }

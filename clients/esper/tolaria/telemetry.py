@@ -1,0 +1,62 @@
+"""Telemetry of a run through Oona: snapshots, seed transitions, decision acks, field
+reports and outage alerts, published as TelemetryEvents without ever blocking the step
+(ThreadedOonaProducer: bounded buffer, drop counter). Without a bootstrap nothing is sent."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from esper.leyline.v1 import telemetry_pb2
+
+log = logging.getLogger(__name__)
+
+SOURCE = "tolaria"
+# Seconds to wait for the producer's event loop to come up; the producer connects to the
+# broker in the background and buffers meanwhile, so this never waits on the network.
+START_TIMEOUT_S = 10.0
+# Seconds granted at close to deliver what is buffered.
+CLOSE_FLUSH_S = 5.0
+
+
+class Telemetry:
+    """Publishes a run's events; a no-op (counting nothing) when `bootstrap` is None."""
+
+    def __init__(self, run_id: str, bootstrap: str | None = None, producer=None) -> None:
+        self.run_id = run_id
+        self.published = 0
+        self._producer = producer
+        self._owned = False
+        if producer is None and bootstrap:
+            from esper.oona import ThreadedOonaProducer
+
+            self._producer = ThreadedOonaProducer(bootstrap).start(START_TIMEOUT_S)
+            self._owned = True
+
+    @property
+    def enabled(self) -> bool:
+        return self._producer is not None
+
+    def dropped(self) -> int:
+        return self._producer.stats().dropped if self._producer is not None else 0
+
+    def publish(self, severity: int = telemetry_pb2.SEVERITY_INFO, **payload) -> None:
+        if self._producer is None:
+            return
+        from esper.oona import new_event
+
+        event = new_event(source=SOURCE, run_id=self.run_id, severity=severity, **payload)
+        if self._producer.publish(event):
+            self.published += 1
+
+    def alert(self, rule: str, message: str, severity: int = telemetry_pb2.SEVERITY_WARNING) -> None:
+        log.warning("run %s: %s: %s", self.run_id, rule, message)
+        alert = telemetry_pb2.Alert(alert_id=str(uuid.uuid4()), rule=rule, severity=severity,
+                                    run_id=self.run_id, service=SOURCE, message=message)
+        alert.fired_at.GetCurrentTime()
+        self.publish(severity=severity, alert=alert)
+
+    def close(self) -> None:
+        if self._owned and self._producer is not None:
+            self._producer.stop(CLOSE_FLUSH_S)
+        self._producer = None

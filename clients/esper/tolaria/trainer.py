@@ -1,0 +1,176 @@
+"""Trainer: Tolaria owning the training loop (epochs, steps, evaluation, checkpoints).
+
+    trainer = Trainer(model, lambda params: torch.optim.AdamW(params, lr=1e-3),
+                      train_loader, val_loader, epochs=10)
+    summary = trainer.fit()
+
+The loop is the plain PyTorch one (zero_grad, forward, loss, backward, step), with
+`session.step` after each step and `session.end_epoch` after validation; the optimizer
+is built by the factory from the model's parameters, and seeds get their own groups.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from esper.tolaria.api import attach
+from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
+from esper.tolaria.config import TolariaConfig
+from esper.tolaria.progress import EpochProgress
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Trainer:
+    """Trains `model` for `epochs` on `train_loader` (batches of (inputs, targets)),
+    evaluating on `val_loader` after each epoch. Extra keyword arguments go to `attach`
+    (slots, example_input, urza, blueprints, budget, kasmina...)."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, train_loader,
+                 val_loader=None, *, loss_fn: LossFn = F.cross_entropy, epochs: int = 10,
+                 policy="local", config: TolariaConfig | None = None,
+                 device: str | torch.device = "cpu", checkpoint_path: str | None = None,
+                 resume: str | None = None, classification: bool = True, **attach_kwargs) -> None:
+        if epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {epochs}")
+        if not callable(optimizer):
+            raise TypeError("optimizer must be a factory: params -> torch.optim.Optimizer")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer(self.model.parameters())
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.loss_fn = loss_fn
+        self.epochs = epochs
+        self.config = config or TolariaConfig()
+        self.checkpoint_path = checkpoint_path
+        self.classification = classification
+        state = load_checkpoint(resume) if resume else None
+        self.session = attach(self.model, self.optimizer, policy, config=self.config,
+                              resume=state, **attach_kwargs)
+        loop = self.session.loop_state
+        self.epoch = int(loop.get("epoch", 0))
+        self.batch_index = int(loop.get("batch", 0))
+        self._epoch_rng = loop.get("epoch_rng")
+        if "rng" in loop:
+            self._set_rng(loop["rng"])  # after restore_session set the global RNGs
+        self.history: list[dict] = []  # per epoch: train/val metrics
+
+    # ---- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train the remaining epochs; returns the session summary."""
+        while self.epoch < self.epochs:
+            self.train_epoch()
+        self.session.close()
+        return self.session.summary()
+
+    def train_epoch(self) -> dict:
+        """One epoch (resuming mid-epoch after a checkpoint taken inside one)."""
+        batches = self._batches(self.batch_index)
+        bar = EpochProgress(_len(self.train_loader), self.epoch, self.epochs, self.config.progress)
+        losses, correct, seen = [], 0, 0
+        for inputs, targets in batches:
+            loss, hits = self._train_step(inputs, targets)
+            losses.append(loss.detach())
+            if hits is not None:
+                correct += int(hits)
+                seen += int(targets.shape[0])
+            self.batch_index += 1
+            bar.update(loss, correct if hits is not None else None, seen,
+                       self.session.live_seed_count())
+        val = self.evaluate()
+        self.session.end_epoch(val)
+        bar.finish(val, self.session.live_seed_count())
+        record = {"epoch": self.epoch + 1,
+                  "train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
+                  "train_accuracy": correct / seen if seen else math.nan, **val}
+        self.history.append(record)
+        self.epoch += 1
+        self.batch_index = 0
+        self._epoch_rng = None
+        if self.checkpoint_path:
+            self.save_checkpoint(self.checkpoint_path)
+        return record
+
+    def _batches(self, skip: int):
+        """The epoch's batch iterator, past the first `skip` batches. The loader draws its
+        shuffle from torch's RNG when the iterator is made, so a resumed epoch replays the
+        RNG state of the interrupted epoch's start to get the same order."""
+        if not skip or self._epoch_rng is None:
+            self._epoch_rng = self._rng()
+            return iter(self.train_loader)
+        now = self._rng()
+        self._set_rng(self._epoch_rng)
+        batches = iter(self.train_loader)
+        for _ in range(skip):
+            next(batches)  # the sampler draws its order on the first batch
+        self._set_rng(now)
+        return batches
+
+    def _loader_generator(self) -> torch.Generator | None:
+        return getattr(self.train_loader, "generator", None)
+
+    def _rng(self) -> dict:
+        """The RNG states that decide the data order: torch's and the loader's own."""
+        gen = self._loader_generator()
+        return {"torch": torch.get_rng_state(),
+                "loader": gen.get_state() if gen is not None else torch.empty(0, dtype=torch.uint8)}
+
+    def _set_rng(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        gen = self._loader_generator()
+        if gen is not None and state["loader"].numel():
+            gen.set_state(state["loader"])
+
+    def _train_step(self, inputs, targets):
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = self.model(inputs)
+        loss = self.loss_fn(outputs, targets)
+        loss.backward()
+        self.optimizer.step()
+        self.session.step(loss, outputs if self.classification else None,
+                          targets if self.classification else None)
+        hits = (outputs.detach().argmax(-1) == targets).sum() if self.classification else None
+        return loss, hits
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss (and accuracy for classification); empty without a val loader."""
+        if self.val_loader is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        total, correct, count = 0.0, 0, 0
+        for inputs, targets in self.val_loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            outputs = self.model(inputs)
+            n = int(targets.shape[0])
+            total += float(self.loss_fn(outputs, targets)) * n
+            if self.classification:
+                correct += int((outputs.argmax(-1) == targets).sum())
+            count += n
+        self.model.train(was_training)
+        out = {"val_loss": total / count if count else math.nan}
+        if self.classification:
+            out["val_accuracy"] = correct / count if count else math.nan
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, path: str) -> None:
+        loop = {"epoch": self.epoch, "batch": self.batch_index, "rng": self._rng()}
+        if self._epoch_rng is not None and self.batch_index:
+            loop["epoch_rng"] = self._epoch_rng
+        save_checkpoint(path, self.session, loop)
+
+
+def _len(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
