@@ -36,3 +36,20 @@ def test_compose_runs_every_server_with_health_checks():
                  "prometheus", "grafana", "otel-collector"):
         assert f"\n  {name}:\n" in text
     assert "esper.runtime.healthcheck" in text
+
+
+def test_grafana_dashboard_queries_metrics_the_servers_export():
+    import json
+    import re
+
+    import esper.nissa.metrics  # noqa: F401  (registers Nissa's metrics)
+    import esper.oona.producer  # noqa: F401  (registers Oona's metrics)
+    from esper.runtime.metrics import REGISTRY
+
+    exported = {m.name for m in REGISTRY.collect()}
+    exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported}
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/esper.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = set(re.findall(r"\b(esper_[a-z_]+)", target["expr"]))
+            assert names and names <= exported, (panel["title"], names - exported)
