@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
+from esper.runtime.metrics import REGISTRY
 from opentelemetry import context as otel_context
 from prometheus_client import Counter
 
@@ -31,10 +32,16 @@ DEFAULT_MAX_RECORDS = 2_000
 DEFAULT_POLL_TIMEOUT_MS = 500
 
 DECODE_ERRORS = Counter(
-    "esper_oona_decode_errors_total", "Records that were not valid TelemetryEvents", ["topic"]
+    "esper_oona_decode_errors_total",
+    "Records that were not valid TelemetryEvents",
+    ["topic"],
+    registry=REGISTRY,
 )
 CONSUMED = Counter(
-    "esper_oona_events_consumed_total", "Events decoded by consumers", ["group", "topic"]
+    "esper_oona_events_consumed_total",
+    "Events decoded by consumers",
+    ["group", "topic"],
+    registry=REGISTRY,
 )
 
 
@@ -49,6 +56,8 @@ class ConsumedEvent:
     key: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...]
+    # The record's raw value: the serialized event, for stores that keep it verbatim.
+    value: bytes
 
     def trace_context(self) -> otel_context.Context:
         """The context to continue the producer's trace in."""
@@ -145,6 +154,7 @@ class OonaConsumer:
             key=record.key,
             timestamp_ms=record.timestamp,
             headers=headers,
+            value=record.value,
         )
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:

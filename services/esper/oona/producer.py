@@ -20,6 +20,7 @@ from esper.leyline.v1 import telemetry_pb2
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
 from esper.oona.topics import ensure_topics, event_key, topic_for
+from esper.runtime.metrics import REGISTRY
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,37 @@ METRICS_INTERVAL_S = 1.0
 COMPRESSION = "gzip"
 
 PUBLISHED = Counter(
-    "esper_oona_events_published_total", "Events accepted into the producer's buffer", ["client_id"]
+    "esper_oona_events_published_total",
+    "Events accepted into the producer's buffer",
+    ["client_id"],
+    registry=REGISTRY,
 )
-SENT = Counter("esper_oona_events_sent_total", "Events acknowledged by the broker", ["client_id"])
+SENT = Counter(
+    "esper_oona_events_sent_total",
+    "Events acknowledged by the broker",
+    ["client_id"],
+    registry=REGISTRY,
+)
 DROPPED = Counter(
     "esper_oona_events_dropped_total",
     "Events dropped (queue_full: back-pressure; send_failed: broker error)",
     ["client_id", "reason"],
+    registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge("esper_oona_queue_depth", "Events waiting to be sent", ["client_id"])
+QUEUE_DEPTH = Gauge(
+    "esper_oona_queue_depth", "Events waiting to be sent", ["client_id"], registry=REGISTRY
+)
 BACKPRESSURE = Gauge(
     "esper_oona_backpressure_ratio",
     "Fill ratio of the producer buffer (1 means new events are dropped)",
     ["client_id"],
+    registry=REGISTRY,
 )
 CONNECTED = Gauge(
-    "esper_oona_broker_connected", "1 while the producer has a broker session", ["client_id"]
+    "esper_oona_broker_connected",
+    "1 while the producer has a broker session",
+    ["client_id"],
+    registry=REGISTRY,
 )
 
 

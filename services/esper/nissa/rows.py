@@ -1,0 +1,216 @@
+"""Translate decoded TelemetryEvents into the rows of Nissa's tables. Pure logic."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from esper.leyline.v1 import lifecycle_pb2, telemetry_pb2
+
+UTC = dt.UTC
+# Stages in which a seed is alive in the model (counted as "live seeds").
+LIVE_STAGES = frozenset(
+    {
+        lifecycle_pb2.SEED_STAGE_GERMINATED,
+        lifecycle_pb2.SEED_STAGE_TRAINING,
+        lifecycle_pb2.SEED_STAGE_BLENDING,
+        lifecycle_pb2.SEED_STAGE_SHADOWING,
+        lifecycle_pb2.SEED_STAGE_PROBATIONARY,
+    }
+)
+# PostgreSQL timestamptz covers years 4713 BC..294276 AD; Python datetime 1..9999. Events
+# claiming times outside this sane window are stamped with the ingest time instead.
+MIN_EVENT_TIME = dt.datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = dt.datetime(9000, 1, 1, tzinfo=UTC)
+# bigint is signed: uint64 values above this are clamped so hostile input cannot fail a batch.
+MAX_BIGINT = 2**63 - 1
+
+
+@dataclass
+class IngestRows:
+    """Rows per table for one batch, in the column order of the migration."""
+
+    events: list[tuple] = field(default_factory=list)
+    epochs: list[tuple] = field(default_factory=list)
+    seed_transitions: list[tuple] = field(default_factory=list)
+    decisions: list[tuple] = field(default_factory=list)
+    acks: list[tuple] = field(default_factory=list)
+    field_reports: list[tuple] = field(default_factory=list)
+    heartbeats: list[tuple] = field(default_factory=list)
+    alerts: list[tuple] = field(default_factory=list)
+
+
+def event_time(event: telemetry_pb2.TelemetryEvent, now: dt.datetime) -> dt.datetime:
+    """The event's wall-clock time, or `now` when it is unset or absurd."""
+    if not event.HasField("time"):
+        return now
+    try:
+        when = event.time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return now
+    return when if MIN_EVENT_TIME <= when <= MAX_EVENT_TIME else now
+
+
+def _big(value: int) -> int:
+    return min(value, MAX_BIGINT)
+
+
+def _int32(value: int) -> int:
+    return min(value, 2**31 - 1)
+
+
+def step_and_epoch(event: telemetry_pb2.TelemetryEvent) -> tuple[int | None, int | None]:
+    kind = event.WhichOneof("payload")
+    if kind == "snapshot":
+        return _big(event.snapshot.step), _int32(event.snapshot.epoch)
+    if kind == "seed_transition":
+        return _big(event.seed_transition.step), _int32(event.seed_transition.epoch)
+    if kind == "ack":
+        return _big(event.ack.step), None
+    if kind == "decision":
+        return _big(event.decision.issued_at_step), None
+    return None, None
+
+
+def live_seed_count(snapshot) -> int:
+    return sum(1 for seed in snapshot.seeds if seed.stage in LIVE_STAGES)
+
+
+def rows_for(
+    batch: Sequence[tuple[telemetry_pb2.TelemetryEvent, bytes]], now: dt.datetime | None = None
+) -> IngestRows:
+    """Rows of every table for `batch` of (event, its serialized bytes)."""
+    now = now or dt.datetime.now(UTC)
+    rows = IngestRows()
+    for event, body in batch:
+        when = event_time(event, now)
+        kind = event.WhichOneof("payload") or ""
+        step, epoch = step_and_epoch(event)
+        rows.events.append(
+            (
+                event.event_id,
+                event.run_id,
+                kind,
+                event.source,
+                event.severity,
+                when,
+                step,
+                epoch,
+                now,
+                body,
+            )
+        )
+        _add_payload_rows(rows, event, kind, when, now)
+    return rows
+
+
+def _add_payload_rows(
+    rows: IngestRows, event, kind: str, when: dt.datetime, now: dt.datetime
+) -> None:
+    eid, run = event.event_id, event.run_id
+    if kind == "snapshot" and event.snapshot.epoch_end:
+        s = event.snapshot
+        rows.epochs.append(
+            (
+                eid,
+                run,
+                _int32(s.epoch),
+                _big(s.step),
+                s.metrics.train_loss,
+                s.metrics.val_loss,
+                s.metrics.train_accuracy,
+                s.metrics.val_accuracy,
+                _big(s.resources.total_params),
+                _big(s.resources.seed_params),
+                live_seed_count(s),
+                when,
+            )
+        )
+    elif kind == "seed_transition":
+        t = event.seed_transition
+        rows.seed_transitions.append(
+            (
+                eid,
+                run,
+                t.seed_id,
+                t.slot_id,
+                t.from_stage,
+                t.to_stage,
+                _big(t.step),
+                _int32(t.epoch),
+                t.reason,
+                t.blueprint_ref,
+                when,
+                t.SerializeToString(),
+            )
+        )
+    elif kind == "decision":
+        d = event.decision
+        rows.decisions.append(
+            (
+                eid,
+                d.decision_id,
+                run or d.run_id,
+                d.WhichOneof("action") or "",
+                _big(d.issued_at_step),
+                when,
+                d.SerializeToString(),
+            )
+        )
+    elif kind == "ack":
+        a = event.ack
+        rows.acks.append(
+            (
+                eid,
+                a.decision_id,
+                run or a.run_id,
+                a.status,
+                a.reason,
+                _big(a.step),
+                when,
+                a.SerializeToString(),
+            )
+        )
+    elif kind == "field_report":
+        f = event.field_report
+        rows.field_reports.append(
+            (
+                eid,
+                run or f.run_id,
+                f.seed_id,
+                f.blueprint_ref,
+                f.final_stage,
+                when,
+                f.SerializeToString(),
+            )
+        )
+    elif kind == "alert":
+        rows.alerts.append(alert_row(event.alert, eid, when))
+    elif kind == "heartbeat":
+        h = event.heartbeat
+        rows.heartbeats.append(
+            (h.service or event.source, h.instance_id, _int32(h.interval_seconds), now)
+        )
+
+
+def alert_row(alert: telemetry_pb2.Alert, event_id: str, when: dt.datetime) -> tuple:
+    """A row of nissa.alerts (acknowledged state is Nissa's own, never taken from input)."""
+    fired = when
+    if alert.HasField("fired_at"):
+        try:
+            fired = alert.fired_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            fired = when
+        if not MIN_EVENT_TIME <= fired <= MAX_EVENT_TIME:
+            fired = when
+    return (
+        alert.alert_id or event_id,
+        alert.event_id or event_id,
+        alert.rule,
+        alert.severity,
+        alert.run_id,
+        alert.service,
+        alert.message,
+        fired,
+    )

@@ -1,0 +1,64 @@
+"""Nissa as an Esper server: `esper serve nissa`."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+from aiokafka.errors import KafkaError
+from esper.leyline.v1 import nissa_pb2_grpc
+from esper.nissa.alerts import AlertRules
+from esper.nissa.config import NissaConfig
+from esper.nissa.db import open_database
+from esper.nissa.hub import EventHub
+from esper.nissa.ingest import DB_ERRORS, HeartbeatWatcher, Ingestor
+from esper.nissa.servicer import NissaServicer
+from esper.oona.producer import OonaProducer
+from esper.runtime.server import Closer, ServiceSpec, StartupError
+
+GRPC_SERVICE = "esper.leyline.v1.NissaService"
+
+
+async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type: ignore[override]
+    try:
+        pool = await open_database(config.postgres_dsn, config.postgres_connect_timeout)
+    except (*DB_ERRORS, asyncpg.PostgresError) as exc:
+        raise StartupError(f"postgres_dsn: cannot open the history database: {exc}") from None
+    rules = AlertRules(config.thresholds())
+    hub = EventHub()
+    producer = OonaProducer(config.kafka_bootstrap, client_id="esper-nissa")
+    await producer.start()
+    ingestor = Ingestor(
+        pool,
+        config.kafka_bootstrap,
+        group_id=config.consumer_group,
+        rules=rules,
+        hub=hub,
+        alert_producer=producer,
+        batch_max=config.ingest_batch_max,
+    )
+    try:
+        await ingestor.start()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await producer.stop(0)
+        await pool.close()
+        raise StartupError(f"kafka_bootstrap: cannot start the ingest: {exc}") from None
+    watcher = HeartbeatWatcher(pool, rules, config.heartbeat_check_s, producer)
+    watcher.start()
+    nissa_pb2_grpc.add_NissaServiceServicer_to_server(NissaServicer(pool, hub), server)
+
+    async def close() -> None:
+        await watcher.stop()
+        await ingestor.stop()
+        await producer.stop(flush_timeout=2.0)
+        await pool.close()
+
+    return close
+
+
+SPEC = ServiceSpec(
+    name="nissa",
+    config_cls=NissaConfig,
+    grpc_services=(GRPC_SERVICE,),
+    start=start,  # type: ignore[arg-type]
+    description="observability: ingests Oona into PostgreSQL, run history, alerts, /metrics",
+)

@@ -1,0 +1,199 @@
+"""Writing a batch of events into Nissa's tables: one transaction, bulk COPY into
+per-connection staging tables, then INSERT ... ON CONFLICT DO NOTHING, so an event
+delivered twice is stored, counted and alerted on once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+import asyncpg
+from esper.leyline.v1 import telemetry_pb2
+from esper.nissa.rows import IngestRows, alert_row, rows_for
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (
+        "event_id",
+        "run_id",
+        "kind",
+        "source",
+        "severity",
+        "time",
+        "step",
+        "epoch",
+        "ingested_at",
+        "body",
+    ),
+    "epochs": (
+        "event_id",
+        "run_id",
+        "epoch",
+        "step",
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "total_params",
+        "seed_params",
+        "live_seeds",
+        "time",
+    ),
+    "seed_transitions": (
+        "event_id",
+        "run_id",
+        "seed_id",
+        "slot_id",
+        "from_stage",
+        "to_stage",
+        "step",
+        "epoch",
+        "reason",
+        "blueprint_ref",
+        "time",
+        "body",
+    ),
+    "decisions": ("event_id", "decision_id", "run_id", "action", "issued_at_step", "time", "body"),
+    "acks": ("event_id", "decision_id", "run_id", "status", "reason", "step", "time", "body"),
+    "field_reports": (
+        "event_id",
+        "run_id",
+        "seed_id",
+        "blueprint_ref",
+        "final_stage",
+        "time",
+        "body",
+    ),
+    "alerts": (
+        "alert_id",
+        "event_id",
+        "rule",
+        "severity",
+        "run_id",
+        "service",
+        "message",
+        "fired_at",
+    ),
+}
+DERIVED_TABLES = ("epochs", "seed_transitions", "decisions", "acks", "field_reports")
+
+INSERT_EVENTS = """
+WITH ins AS (
+    INSERT INTO nissa.events SELECT * FROM pg_temp.in_events ON CONFLICT DO NOTHING
+    RETURNING event_id, run_id, time, step, epoch
+), runs AS (
+    INSERT INTO nissa.runs AS r (run_id, started_at, last_event_at, last_step, last_epoch,
+                                 event_count)
+    SELECT run_id, min(time), max(time), coalesce(max(step), 0), coalesce(max(epoch), 0),
+           count(*)
+    FROM ins WHERE run_id <> '' GROUP BY run_id
+    ON CONFLICT (run_id) DO UPDATE SET
+        started_at    = least(r.started_at, excluded.started_at),
+        last_event_at = greatest(r.last_event_at, excluded.last_event_at),
+        last_step     = greatest(r.last_step, excluded.last_step),
+        last_epoch    = greatest(r.last_epoch, excluded.last_epoch),
+        event_count   = r.event_count + excluded.event_count
+)
+SELECT event_id FROM ins
+"""
+
+UPSERT_HEARTBEAT = """
+INSERT INTO nissa.heartbeats AS h (service, instance_id, interval_seconds, last_seen)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (service, instance_id) DO UPDATE SET
+    interval_seconds = excluded.interval_seconds,
+    last_seen = greatest(h.last_seen, excluded.last_seen)
+"""
+
+# Alert rules see the new events of a batch and return the alerts they raise.
+RuleHook = Callable[
+    [list[tuple[telemetry_pb2.TelemetryEvent, dt.datetime]]], list[telemetry_pb2.Alert]
+]
+
+
+async def _ensure_staging(conn: asyncpg.Connection) -> None:
+    """Temporary staging tables of this connection (emptied at every commit)."""
+    for table in ("events", "alerts", *DERIVED_TABLES):
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS in_{table} "
+            f"(LIKE nissa.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+
+
+async def _stage(conn: asyncpg.Connection, table: str, records: list[tuple]) -> None:
+    if records:
+        await conn.copy_records_to_table(
+            f"in_{table}", records=records, columns=list(COLUMNS[table]), schema_name="pg_temp"
+        )
+
+
+async def ingest_batch(
+    conn: asyncpg.Connection,
+    batch: Sequence[tuple[telemetry_pb2.TelemetryEvent, bytes]],
+    rules: RuleHook | None = None,
+) -> tuple[list[telemetry_pb2.TelemetryEvent], list[telemetry_pb2.Alert]]:
+    """Store `batch` in one transaction. Returns the events that were new (not stored
+    before) and the alerts the rules raised on them (stored in the same transaction)."""
+    rows: IngestRows = rows_for(batch)
+    async with conn.transaction():
+        await _ensure_staging(conn)
+        await _stage(conn, "events", rows.events)
+        new_ids = [r["event_id"] for r in await conn.fetch(INSERT_EVENTS)]
+        for table in DERIVED_TABLES:
+            records = getattr(rows, table)
+            if records:
+                await _stage(conn, table, records)
+                await conn.execute(
+                    f"INSERT INTO nissa.{table} SELECT * FROM pg_temp.in_{table} "
+                    "ON CONFLICT DO NOTHING"
+                )
+        new = _in_batch_order(batch, rows, set(new_ids))
+        raised = rules(new) if rules else []
+        alert_rows = rows.alerts + [
+            alert_row(a, a.event_id, a.fired_at.ToDatetime(tzinfo=dt.UTC)) for a in raised
+        ]
+        stored_alerts = await _store_alerts(conn, alert_rows)
+        if rows.heartbeats:
+            await conn.executemany(UPSERT_HEARTBEAT, _latest_beats(rows.heartbeats))
+    return [event for event, _ in new], [a for a in raised if a.alert_id in stored_alerts]
+
+
+async def _store_alerts(conn: asyncpg.Connection, alert_rows: list[tuple]) -> set[str]:
+    if not alert_rows:
+        return set()
+    await _stage(conn, "alerts", alert_rows)
+    stored = await conn.fetch(
+        "INSERT INTO nissa.alerts SELECT * FROM pg_temp.in_alerts "
+        "ON CONFLICT DO NOTHING RETURNING alert_id"
+    )
+    return {r["alert_id"] for r in stored}
+
+
+def _in_batch_order(
+    batch, rows: IngestRows, new_ids: set[str]
+) -> list[tuple[telemetry_pb2.TelemetryEvent, dt.datetime]]:
+    """The new events with their times, in the order they were consumed (Kafka order per
+    partition, so per run), each once."""
+    new = []
+    for (event, _), row in zip(batch, rows.events, strict=True):
+        if event.event_id in new_ids:
+            new_ids.discard(event.event_id)
+            new.append((event, row[5]))
+    return new
+
+
+def _latest_beats(beats: list[tuple]) -> list[tuple]:
+    latest: dict[tuple[str, str], tuple] = {}
+    for beat in beats:
+        latest[(beat[0], beat[1])] = beat
+    return list(latest.values())
+
+
+async def store_alerts(
+    conn: asyncpg.Connection, alerts: list[telemetry_pb2.Alert]
+) -> list[telemetry_pb2.Alert]:
+    """Store alerts raised outside ingest (heartbeats); returns those that were new."""
+    async with conn.transaction():
+        await _ensure_staging(conn)
+        rows = [alert_row(a, a.event_id, a.fired_at.ToDatetime(tzinfo=dt.UTC)) for a in alerts]
+        stored = await _store_alerts(conn, rows)
+    return [a for a in alerts if a.alert_id in stored]

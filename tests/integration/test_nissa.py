@@ -1,0 +1,300 @@
+"""Nissa against the real broker and PostgreSQL: a run's events arrive in order, a
+restarted Nissa (and a full redelivery) loses and double-counts nothing, alerts fire,
+live tail works, and hostile RPC inputs get the right status while Nissa keeps serving."""
+
+import asyncio
+import math
+import time
+import urllib.request
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from esper.leyline.v1 import (
+    control_pb2,
+    lifecycle_pb2,
+    nissa_pb2,
+    nissa_pb2_grpc,
+    signals_pb2,
+    telemetry_pb2,
+)
+from esper.nissa.config import NissaConfig
+from esper.nissa.service import SPEC
+from esper.oona import OonaProducer, new_event
+from esper.runtime.server import start_server
+
+pytestmark = pytest.mark.integration
+STAGE = lifecycle_pb2
+
+
+def _config(dsn: str, bootstrap: str, group: str) -> NissaConfig:
+    config = NissaConfig(
+        port=0,
+        metrics_port=0,
+        postgres_dsn=dsn,
+        kafka_bootstrap=bootstrap,
+        consumer_group=group,
+        heartbeat_check_s=0.5,
+    )
+    config.validate()
+    return config
+
+
+def _snapshot(run: str, step: int, loss: float, epoch_end: bool = False):
+    snap = signals_pb2.TrainingSnapshot(
+        run_id=run, step=step, epoch=step // 10, epoch_end=epoch_end
+    )
+    snap.metrics.train_loss = loss
+    snap.metrics.val_loss = loss
+    snap.metrics.val_accuracy = min(1.0, step / 30)
+    snap.resources.total_params = 1000 + step
+    snap.seeds.add(seed_id="s1", stage=STAGE.SEED_STAGE_TRAINING)
+    return new_event(source="tolaria", run_id=run, snapshot=snap)
+
+
+def _run_events(run: str) -> list[telemetry_pb2.TelemetryEvent]:
+    """One small run: 30 snapshots (3 epochs), a seed's life ending in a breaker cull, a
+    decision with its ack, a field report."""
+    events = [
+        _snapshot(run, step, 1.0 / (step + 1), epoch_end=step % 10 == 9) for step in range(30)
+    ]
+    for step, (a, b, why) in enumerate(
+        [
+            (STAGE.SEED_STAGE_DORMANT, STAGE.SEED_STAGE_GERMINATED, "decision d1"),
+            (STAGE.SEED_STAGE_GERMINATED, STAGE.SEED_STAGE_TRAINING, "G1 passed"),
+            (STAGE.SEED_STAGE_TRAINING, STAGE.SEED_STAGE_CULLED, "INSTABILITY: loss 9x"),
+        ]
+    ):
+        events.append(
+            new_event(
+                source="tolaria",
+                run_id=run,
+                seed_transition=(
+                    telemetry_pb2.SeedTransition(
+                        seed_id="s1",
+                        slot_id="slot0",
+                        from_stage=a,
+                        to_stage=b,
+                        step=5 + step,
+                        reason=why,
+                    )
+                ),
+            )
+        )
+    decision = control_pb2.AdaptationDecision(decision_id=f"d1-{run}", run_id=run, issued_at_step=4)
+    decision.germinate.slot_id = "slot0"
+    events.append(new_event(source="tamiyo", run_id=run, decision=decision))
+    events.append(
+        new_event(
+            source="tolaria",
+            run_id=run,
+            ack=control_pb2.DecisionAck(
+                decision_id=f"d1-{run}", run_id=run, status=control_pb2.ACK_STATUS_APPLIED, step=5
+            ),
+        )
+    )
+    events.append(
+        new_event(
+            source="tamiyo",
+            run_id=run,
+            field_report=telemetry_pb2.FieldReport(
+                run_id=run,
+                seed_id="s1",
+                final_stage=STAGE.SEED_STAGE_CULLED,
+                cull_reason=control_pb2.CULL_REASON_INSTABILITY,
+            ),
+        )
+    )
+    return events
+
+
+async def _publish(bootstrap: str, events) -> None:
+    producer = OonaProducer(bootstrap, client_id="test-nissa")
+    await producer.start()
+    for event in events:
+        assert producer.publish(event)
+    assert await producer.flush(30)
+    await producer.stop()
+    assert producer.stats().dropped == 0
+
+
+async def _wait_for(predicate, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+async def _counts(dsn: str, run: str) -> tuple[int, int]:
+    """(events of the run stored, events the run counts), both without the alert events
+    Nissa itself publishes about the run."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind <> 'alert'", run
+        )
+        alerts = await conn.fetchval(
+            "SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind = 'alert'", run
+        )
+        counted = await conn.fetchval("SELECT event_count FROM nissa.runs WHERE run_id = $1", run)
+        return stored, (counted or 0) - alerts
+    finally:
+        await conn.close()
+
+
+async def _summary(address: str, run: str) -> nissa_pb2.GetRunSummaryResponse | None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = nissa_pb2_grpc.NissaServiceStub(channel)
+        try:
+            return await stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest(run_id=run))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return None
+
+
+async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstrap):
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    group = f"nissa-{uuid.uuid4().hex[:6]}"
+    events = _run_events(run)
+    first_half, rest = events[:20], events[20:]
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group))
+    try:
+        await _publish(kafka_bootstrap, first_half)
+        assert await _wait_for(lambda: _has_count(fresh_database, run, 20))
+    finally:
+        await running.stop(0)
+
+    await _publish(kafka_bootstrap, rest)  # published while Nissa is down
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group))
+    total = len(first_half) + len(rest)
+    try:
+        assert await _wait_for(lambda: _has_count(fresh_database, run, total))
+        summary = await _summary(running.address, run)
+        metrics = await asyncio.to_thread(_scrape, running.metrics_port)
+    finally:
+        await running.stop(0)
+    assert await _counts(fresh_database, run) == (total, total)
+
+    # Events in order per run, a seed timeline with reasons, the decision with its ack.
+    assert [p.epoch for p in summary.epochs] == [0, 1, 2]
+    assert [p.step for p in summary.epochs] == [9, 19, 29]
+    assert [p.total_params for p in summary.epochs] == [1009, 1019, 1029]
+    assert [t.to_stage for t in summary.seed_timeline] == [
+        STAGE.SEED_STAGE_GERMINATED,
+        STAGE.SEED_STAGE_TRAINING,
+        STAGE.SEED_STAGE_CULLED,
+    ]
+    assert summary.seed_timeline[2].reason.startswith("INSTABILITY")
+    assert len(summary.decisions) == 1
+    assert summary.decisions[0].ack.status == control_pb2.ACK_STATUS_APPLIED
+    assert len(summary.field_reports) == 1
+    assert summary.run.culled == 1 and summary.run.last_step == 29
+    assert math.isclose(summary.run.last_val_accuracy, 29 / 30)
+    breaker = [a for a in summary.alerts if a.rule == "seed_culled_by_circuit_breaker"]
+    assert len(breaker) == 1  # the transition and the field report raise one alert
+    assert f'esper_nissa_run_loss{{run_id="{run}",split="train"}}' in metrics
+
+    # A brand-new consumer group re-reads every event: nothing is counted twice. Markers
+    # of the run on each of its topics (same key, same partition) arrive after the replay.
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, f"{group}-replay"))
+    markers = _run_events(run)[27:]  # a snapshot and one event of every other kind
+    try:
+        await _publish(kafka_bootstrap, markers)
+        await _wait_for(lambda: _has_count(fresh_database, run, total + len(markers)))
+    finally:
+        await running.stop(0)
+    assert await _counts(fresh_database, run) == (total + len(markers),) * 2
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+async def _has_count(dsn: str, run: str, want: int) -> bool:
+    return (await _counts(dsn, run))[1] >= want
+
+
+async def test_alerts_live_tail_and_hostile_inputs(fresh_database, kafka_bootstrap):
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    running = await start_server(
+        SPEC, _config(fresh_database, kafka_bootstrap, f"nissa-{uuid.uuid4().hex[:6]}")
+    )
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = nissa_pb2_grpc.NissaServiceStub(channel)
+            await _check_hostile_inputs(stub)
+            stream = stub.StreamEvents(
+                nissa_pb2.StreamEventsRequest(run_id=run, kinds=["snapshot"])
+            )
+            await asyncio.sleep(0.5)  # let the subscription register
+            bad = _snapshot(run, 3, float("nan"))
+            await _publish(kafka_bootstrap, [_snapshot(run, 1, 0.5), bad])
+            got = []
+            async for response in stream:
+                got.append(response.event)
+                if len(got) == 2:
+                    break
+            stream.cancel()
+            assert [e.snapshot.step for e in got] == [1, 3]
+
+            async def nan_alerts():
+                page = await stub.ListAlerts(nissa_pb2.ListAlertsRequest(run_id=run))
+                return [a for a in page.alerts if a.rule == "nan_in_training"]
+
+            alerts = await _wait_for(nan_alerts)
+            assert len(alerts) == 1 and alerts[0].severity == telemetry_pb2.SEVERITY_CRITICAL
+            acked = await stub.AcknowledgeAlert(
+                nissa_pb2.AcknowledgeAlertRequest(alert_id=alerts[0].alert_id)
+            )
+            assert acked.alert.acknowledged
+            assert await nan_alerts() == []  # acknowledged ones are hidden by default
+            runs = await stub.ListRuns(nissa_pb2.ListRunsRequest(page_size=1))
+            assert len(runs.runs) == 1 and runs.next_page_token
+    finally:
+        await running.stop(0)
+
+
+async def _check_hostile_inputs(stub) -> None:
+    cases = [
+        (stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest()), "INVALID_ARGUMENT", "run_id"),
+        (
+            stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest(run_id="x" * 1000)),
+            "INVALID_ARGUMENT",
+            "run_id",
+        ),
+        (stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest(run_id="nope")), "NOT_FOUND", "run_id"),
+        (
+            stub.ListRuns(nissa_pb2.ListRunsRequest(page_token="garbage!")),
+            "INVALID_ARGUMENT",
+            "page_token",
+        ),
+        (
+            stub.ListAlerts(nissa_pb2.ListAlertsRequest(min_severity=99)),
+            "INVALID_ARGUMENT",
+            "min_severity",
+        ),
+        (
+            stub.AcknowledgeAlert(nissa_pb2.AcknowledgeAlertRequest()),
+            "INVALID_ARGUMENT",
+            "alert_id",
+        ),
+        (
+            stub.AcknowledgeAlert(nissa_pb2.AcknowledgeAlertRequest(alert_id="none")),
+            "NOT_FOUND",
+            "alert_id",
+        ),
+    ]
+    for call, code, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code().name == code and field in info.value.details()
+    stream = stub.StreamEvents(nissa_pb2.StreamEventsRequest(kinds=["bogus"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "kinds" in info.value.details()
