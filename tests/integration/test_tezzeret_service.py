@@ -415,3 +415,49 @@ async def test_broker_loss_is_recovered_from_the_database(forge):
     async with workers(forge, 1):
         done = await forge.wait(job.job_id)
     assert done.stage == STAGE.COMPILE_STAGE_REGISTERED
+
+
+async def test_postgres_outage_answers_unavailable_then_recovers(forge):
+    """Tezzeret on a PostgreSQL of its own, stopped and started under it."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from esper.runtime.infra import PostgresServer
+
+    state = Path(tempfile.mkdtemp(prefix="esper-tezzeret-pg-"))  # PostgreSQL runs as nobody
+    os.chmod(state, 0o755)
+    postgres = PostgresServer(state, free_port(), durable=False, die_with_parent=True)
+    postgres.start()
+    config = dataclasses.replace(forge.config, postgres_dsn=postgres.dsn(), port=free_port())
+    server = await start_server(tezzeret_service.SPEC, config)
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = tezzeret_pb2_grpc.TezzeretServiceStub(channel)
+    try:
+        spec = get_builtin("BP-CONV-SE")
+        request = tezzeret_pb2.SubmitCompileRequest(blueprint_ref="BP-CONV-SE@1.0.0",
+                                                    targets=[tiny_target(spec)])
+        job = (await stub.SubmitCompile(request)).job
+        postgres.stop()
+        for call in (stub.GetJob(tezzeret_pb2.GetJobRequest(job_id=job.job_id)),
+                     stub.SubmitCompile(request), stub.ListJobs(tezzeret_pb2.ListJobsRequest())):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "postgres" in err.value.details()
+        postgres.start()
+
+        async def recovered():
+            while True:
+                try:
+                    return (await stub.GetJob(tezzeret_pb2.GetJobRequest(job_id=job.job_id))).job
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.2)
+        assert (await asyncio.wait_for(recovered(), 30)).job_id == job.job_id
+    finally:
+        await channel.close()
+        await server.stop(0)
+        postgres.stop()
+        shutil.rmtree(state, ignore_errors=True)
