@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from esper.cli.main import main
-from esper.runtime.infra import proc
+from esper.runtime.infra import ReadinessError, proc
 from esper.runtime.infra.objectstore import ObjectStore
 from esper.runtime.stack import HEALTHY, STOPPED, down, status, up
 from esper.runtime.stack.servers import health_check
@@ -229,3 +229,20 @@ def test_cli_down_without_a_stack_is_harmless(
 ) -> None:
     assert main(["down", "--state-dir", str(tmp_path / "never-up")]) == 0
     assert "nothing running" in capsys.readouterr().out
+
+
+def test_a_server_that_fails_to_start_is_reported_with_its_log(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every server reads ESPER_CONFIG; a config file with an unknown table makes them exit.
+    bad_config = state_dir / "bad.toml"
+    bad_config.write_text("[no_such_service]\nport = 1\n")
+    monkeypatch.setenv("ESPER_CONFIG", str(bad_config))
+    with pytest.raises(ReadinessError) as caught:
+        up(state_dir)
+    message = str(caught.value)
+    assert "exited before it was SERVING" in message
+    assert "no_such_service" in message  # the server's own error, quoted from its log
+    # Nothing that this `up` started is left running.
+    assert all(s.pid is None for s in status(state_dir))
+    assert _processes_mentioning(str(state_dir)) == []
