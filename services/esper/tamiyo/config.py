@@ -1,0 +1,63 @@
+"""Tamiyo's typed config (flags, ESPER_* env, TOML [tamiyo])."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from esper.runtime.config import ConfigError, ServerConfig, check_choice
+from esper.runtime.settings import UrzaClientSettings
+
+POLICY_NAMES = ("heuristic", "gnn")
+
+
+@dataclass(frozen=True)
+class TamiyoConfig(UrzaClientSettings, ServerConfig):
+    # Policy of a session that names none.
+    default_policy: str = "heuristic"
+    # Learned policy artifact (safetensors) loaded at start; empty: the gnn policy is unloaded.
+    gnn_artifact: str = ""
+    # Expected SHA-256 of gnn_artifact; empty skips the file-digest check (the tensors'
+    # own digest inside the file is always checked).
+    gnn_artifact_sha256: str = ""
+    # ReloadPolicy only reads artifacts inside this directory (empty: <state_dir>/policies),
+    # so a client cannot make the server read arbitrary files.
+    policy_dir: str = ""
+    # Clients send a snapshot every this many steps (told in SessionAccept).
+    snapshot_every_steps: int = 10
+    # Both sides send a heartbeat at least this often (seconds).
+    heartbeat_seconds: int = 5
+    # A session with no client message for this many heartbeat periods is closed.
+    idle_heartbeats: int = 3
+    # Seconds a SearchKernels call to Urza may take before the decision goes on without it.
+    urza_timeout_s: float = 1.0
+    # Seconds Urza's candidates for one slot shape and budget are reused.
+    candidate_cache_s: float = 30.0
+    # Largest model graph accepted (nodes); bigger opens are INVALID_ARGUMENT.
+    max_graph_nodes: int = 4096
+    # Largest number of seed slots accepted.
+    max_slots: int = 512
+    # Runs whose state is kept for resumption; the least recently used is forgotten first.
+    max_runs: int = 1000
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("default_policy", self.default_policy, POLICY_NAMES)
+        checks = (
+            ("snapshot_every_steps", 1 <= self.snapshot_every_steps <= 1_000_000),
+            ("heartbeat_seconds", 1 <= self.heartbeat_seconds <= 3600),
+            ("idle_heartbeats", 1 <= self.idle_heartbeats <= 100),
+            ("urza_timeout_s", 0 < self.urza_timeout_s <= 60),
+            ("candidate_cache_s", 0 <= self.candidate_cache_s <= 3600),
+            ("max_graph_nodes", 1 <= self.max_graph_nodes <= 1_000_000),
+            ("max_slots", 1 <= self.max_slots <= 100_000),
+            ("max_runs", 1 <= self.max_runs <= 1_000_000),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is out of range")
+        if self.gnn_artifact_sha256 and len(self.gnn_artifact_sha256) != 64:
+            raise ConfigError("gnn_artifact_sha256: must be 64 hex digits")
+
+    @property
+    def resolved_policy_dir(self) -> str:
+        return self.policy_dir or f"{self.state_dir}/policies"

@@ -1,0 +1,49 @@
+"""One decision: fetch candidates from Urza, build the policy context, run the policy.
+The heuristic runs inline (microseconds); the learned policy runs on one dedicated thread
+(torch never blocks the event loop, and its RNG and caches are used by one thread only)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from esper.leyline.v1.control_pb2 import AdaptationDecision
+from esper.leyline.v1.lifecycle_pb2 import SeedState
+from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
+from esper.tamiyo.policies import PolicyContext, RunHistory
+from esper.tamiyo.policy_registry import PolicyRegistry
+from esper.tamiyo.urza_candidates import UrzaCandidates
+
+
+class Decider:
+    def __init__(self, policies: PolicyRegistry, urza: UrzaCandidates) -> None:
+        self.policies = policies
+        self.urza = urza
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamiyo-gnn")
+
+    def close(self) -> None:
+        self._torch.shutdown(wait=False, cancel_futures=True)
+
+    async def decide(
+        self,
+        policy_name: str,
+        snapshot: TrainingSnapshot,
+        graph: ModelGraph,
+        capabilities: Capabilities,
+        budget: ResourceBudget,
+        *,
+        seeds: dict[str, SeedState] | None = None,
+        history: RunHistory | None = None,
+        run_id: str | None = None,
+    ) -> AdaptationDecision:
+        """Raises PolicyUnavailable for an unknown or unloaded policy."""
+        policy = self.policies.get(policy_name)
+        provider = await self.urza.fetch(graph, capabilities, budget)
+        ctx = PolicyContext.build(
+            snapshot, graph, capabilities=capabilities, budget=budget, seeds=seeds,
+            history=history, candidates=provider, run_id=run_id,
+        )
+        if policy is self.policies.heuristic:
+            return policy.decide(ctx)
+        return await asyncio.get_running_loop().run_in_executor(self._torch, policy.decide, ctx)

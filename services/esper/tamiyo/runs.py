@@ -1,0 +1,142 @@
+"""Per-run state kept on the server, so a session that reconnects with the same run id
+resumes: the graph, budget, policy, validation history, the client's seed states and the
+decisions issued and acked. The client is the truth for seed states; on resume its view
+replaces ours, and decisions it has not acked are retracted, never re-sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
+from esper.leyline.v1.lifecycle_pb2 import SeedState
+from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
+from esper.leyline.v1.telemetry_pb2 import FieldReport
+from esper.tamiyo.policies import RunHistory
+
+# Decision ids remembered per run (issued and acked): enough to recognise any ack of a live
+# run's recent decisions; older ones are forgotten first.
+MAX_REMEMBERED_DECISIONS = 4096
+# Field reports kept per run for inspection (they also go to Urza/Nissa via Oona elsewhere).
+MAX_FIELD_REPORTS = 256
+
+
+def _bounded_add(d: OrderedDict, key: str, value: object) -> None:
+    d[key] = value
+    d.move_to_end(key)
+    while len(d) > MAX_REMEMBERED_DECISIONS:
+        d.popitem(last=False)
+
+
+@dataclass
+class RunState:
+    run_id: str
+    graph: ModelGraph
+    capabilities: Capabilities
+    budget: ResourceBudget
+    policy: str
+    history: RunHistory = field(default_factory=RunHistory)
+    seeds: dict[str, SeedState] = field(default_factory=dict)
+    last_step: int = -1
+    last_sequence: int = -1
+    issued: OrderedDict[str, AdaptationDecision] = field(default_factory=OrderedDict)
+    acked: OrderedDict[str, int] = field(default_factory=OrderedDict)  # id -> AckStatus
+    outstanding: str | None = None
+    field_reports: list[FieldReport] = field(default_factory=list)
+    warnings: Counter[str] = field(default_factory=Counter)
+    decisions_sent: int = 0
+    session_id: str = ""
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def reconcile(self, open_: SessionOpen, policy: str) -> None:
+        """Adopt the client's view on (re)open."""
+        self.graph, self.capabilities, self.budget, self.policy = (
+            open_.graph, open_.capabilities, open_.budget, policy)
+        known = {s.slot_id for s in open_.graph.slots}
+        self.seeds = {s.slot_id: s for s in open_.seeds if s.slot_id in known}
+        for decision_id in [*open_.acked_decision_ids, open_.last_applied_decision_id]:
+            if decision_id:
+                _bounded_add(self.acked, decision_id, AckStatus.ACK_STATUS_UNSPECIFIED)
+        self.outstanding = None  # unacked decisions are retracted, never re-sent
+
+    def accept_snapshot(self, snapshot: TrainingSnapshot) -> tuple[str, str] | None:
+        """Order check: (code, detail) for a repeated or out-of-order snapshot, else None."""
+        if snapshot.step <= self.last_step and self.last_step >= 0:
+            code = "repeated_snapshot" if snapshot.step == self.last_step else "out_of_order_snapshot"
+            return code, f"snapshot.step {snapshot.step} is not after the last step {self.last_step}"
+        if snapshot.sequence and snapshot.sequence <= self.last_sequence:
+            return "out_of_order_snapshot", (
+                f"snapshot.sequence {snapshot.sequence} is not after the last sequence {self.last_sequence}")
+        self.last_step = snapshot.step
+        self.last_sequence = max(self.last_sequence, snapshot.sequence)
+        return None
+
+    def take_seeds(self, snapshot: TrainingSnapshot) -> list[str]:
+        """Adopt the snapshot's seed states; returns the unknown slot ids it named."""
+        known = {s.slot_id for s in self.graph.slots}
+        unknown = []
+        for seed in snapshot.seeds:
+            if seed.slot_id in known:
+                self.seeds[seed.slot_id] = seed
+            else:
+                unknown.append(seed.slot_id)
+        return unknown
+
+    def pending(self, step: int) -> AdaptationDecision | None:
+        """The decision sent and not yet acked, while it can still be applied."""
+        if self.outstanding is None:
+            return None
+        decision = self.issued.get(self.outstanding)
+        if decision is None or self.outstanding in self.acked or step > decision.expires_at_step:
+            self.outstanding = None
+            return None
+        return decision
+
+    def issue(self, decision: AdaptationDecision) -> None:
+        _bounded_add(self.issued, decision.decision_id, decision)
+        self.outstanding = decision.decision_id
+        self.decisions_sent += 1
+
+    def record_ack(self, ack: DecisionAck) -> tuple[str, str] | None:
+        """Fold in an ack; (code, detail) for an unknown or repeated one."""
+        if ack.decision_id in self.acked and self.acked[ack.decision_id] != AckStatus.ACK_STATUS_UNSPECIFIED:
+            return "duplicate_ack", f"ack.decision_id {ack.decision_id!r} was already acked"
+        if ack.decision_id not in self.issued and ack.decision_id not in self.acked:
+            return "unknown_decision", f"ack.decision_id {ack.decision_id!r} was not issued for this run"
+        if ack.status == AckStatus.ACK_STATUS_UNSPECIFIED:
+            return "invalid_ack", "ack.status must be APPLIED, REJECTED or EXPIRED"
+        _bounded_add(self.acked, ack.decision_id, ack.status)
+        if self.outstanding == ack.decision_id:
+            self.outstanding = None
+        return None
+
+    def add_field_report(self, report: FieldReport) -> None:
+        self.field_reports.append(report)
+        del self.field_reports[:-MAX_FIELD_REPORTS]
+
+
+class RunRegistry:
+    """Run states by id, least recently used forgotten first beyond `max_runs`."""
+
+    def __init__(self, max_runs: int) -> None:
+        self.max_runs = max_runs
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+
+    def get(self, run_id: str) -> RunState | None:
+        return self._runs.get(run_id)
+
+    def put(self, state: RunState) -> None:
+        self._runs[state.run_id] = state
+        self._runs.move_to_end(state.run_id)
+        while len(self._runs) > self.max_runs:
+            self._runs.popitem(last=False)
+
+    def touch(self, run_id: str) -> None:
+        if run_id in self._runs:
+            self._runs.move_to_end(run_id)
+
+    def __len__(self) -> int:
+        return len(self._runs)

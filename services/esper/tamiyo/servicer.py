@@ -1,0 +1,157 @@
+"""TamiyoService over gRPC: thin — it validates, translates and calls SessionProtocol,
+Decider and PolicyRegistry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
+from esper.tamiyo.policies.artifact import PolicyArtifactError
+from esper.tamiyo.policy_registry import PolicyUnavailable
+from esper.tamiyo.session import OpenRefused, SessionContext, SessionProtocol
+from esper.tamiyo.validation import (
+    InvalidInput,
+    check_budget,
+    check_graph,
+    check_run_id,
+    snapshot_problem,
+)
+
+log = logging.getLogger("esper.tamiyo.servicer")
+
+_END = object()
+
+
+class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
+    def __init__(self, shared: SessionContext) -> None:
+        self.shared = shared
+
+    # -- Session --------------------------------------------------------------------------
+
+    async def Session(self, request_iterator, context):
+        protocol = SessionProtocol(self.shared)
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message: the stream ended before open")
+            accept = protocol.open(first)
+        except OpenRefused as exc:
+            await context.abort(exc.code, str(exc))
+        yield accept
+        assert protocol.run is not None
+        superseded = protocol.run.superseded
+        out: asyncio.Queue = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self._read(protocol, request_iterator, out)),
+            asyncio.create_task(self._beat(protocol, out)),
+            asyncio.create_task(self._watch(superseded, out)),
+        ]
+        try:
+            while True:
+                item = await out.get()
+                if item is _END:
+                    return
+                if isinstance(item, tuple):
+                    await context.abort(*item)
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            log.info("session closed", extra={"run_id": protocol.run.run_id, "session_id": protocol.session_id})
+
+    async def _read(self, protocol: SessionProtocol, request_iterator, out: asyncio.Queue) -> None:
+        idle = self.shared.config.heartbeat_seconds * self.shared.config.idle_heartbeats
+        iterator = aiter(request_iterator)
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(iterator), idle)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                await out.put((grpc.StatusCode.DEADLINE_EXCEEDED, f"no message from the client for {idle} s"))
+                return
+            except Exception as exc:  # noqa: BLE001 — garbage bytes end this session only
+                log.warning("unreadable session message", extra={"session_id": protocol.session_id,
+                                                                  "error": repr(exc)})
+                await out.put((grpc.StatusCode.INVALID_ARGUMENT, f"stream: unreadable client message ({exc})"))
+                return
+            try:
+                responses = await protocol.handle(request)
+            except Exception:
+                log.exception("session message failed", extra={"session_id": protocol.session_id})
+                await out.put((grpc.StatusCode.INTERNAL, "session: the server failed on a message; see its log"))
+                return
+            for response in responses:
+                await out.put(response)
+        await out.put(_END)
+
+    async def _beat(self, protocol: SessionProtocol, out: asyncio.Queue) -> None:
+        period = self.shared.config.heartbeat_seconds
+        while True:
+            await asyncio.sleep(period)
+            run = protocol.run
+            await out.put(protocol.heartbeat(run.last_step if run and run.last_step > 0 else 0))
+
+    @staticmethod
+    async def _watch(superseded: asyncio.Event, out: asyncio.Queue) -> None:
+        await superseded.wait()
+        await out.put((grpc.StatusCode.ABORTED, "session: superseded by a newer session of the same run"))
+
+    # -- unary ----------------------------------------------------------------------------
+
+    async def Decide(self, request, context):
+        limits = self.shared.limits
+        try:
+            check_run_id("snapshot.run_id", request.snapshot.run_id)
+            check_graph("graph", request.graph, limits)
+            check_budget("budget", request.budget)
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        problem = snapshot_problem(request.snapshot, limits)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem[1])
+        policy = request.policy or self.shared.config.default_policy
+        try:
+            decision = await self.shared.decider.decide(
+                policy, request.snapshot, request.graph, request.capabilities, request.budget)
+        except PolicyUnavailable as exc:
+            code = grpc.StatusCode.FAILED_PRECONDITION if policy == "gnn" else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, f"policy: {exc}")
+        return tamiyo_pb2.DecideResponse(decision=decision)
+
+    async def ListPolicies(self, request, context):
+        return tamiyo_pb2.ListPoliciesResponse(policies=self.shared.decider.policies.infos())
+
+    async def ReloadPolicy(self, request, context):
+        if request.name != "gnn":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"name: only 'gnn' is reloadable, got {request.name!r}")
+        config = self.shared.config
+        path = request.artifact_path or config.gnn_artifact
+        if not path:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "artifact_path: empty, and no gnn_artifact is configured")
+        if request.artifact_path and not _inside(Path(request.artifact_path), Path(config.resolved_policy_dir)):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"artifact_path: must be inside the policy directory {config.resolved_policy_dir}")
+        expected = config.gnn_artifact_sha256 if path == config.gnn_artifact else ""
+        try:
+            info = await self.shared.decider.policies.load_gnn(path, expected)
+        except PolicyArtifactError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"artifact_path: {exc}")
+        return tamiyo_pb2.ReloadPolicyResponse(policy=info)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True

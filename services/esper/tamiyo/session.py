@@ -1,0 +1,207 @@
+"""One Session stream's protocol, without gRPC: open (version, validation, resume), then
+snapshots -> decisions, acks, field reports and heartbeats. A bad message inside the stream
+is dropped with a SessionWarning and counted; a bad open is refused (`OpenRefused`).
+
+Only actionable decisions travel on the stream (a wait is not sent: it would only cost an
+ack), and at most one is outstanding per run: while a decision is unacked and unexpired,
+snapshots update the state but no new decision is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from esper.leyline.v1.tamiyo_pb2 import (
+    SessionAccept,
+    SessionHeartbeat,
+    SessionOpen,
+    SessionRequest,
+    SessionResponse,
+    SessionWarning,
+)
+from esper.leyline.version import compatibility_error, contract_version
+from esper.runtime.metrics import REGISTRY
+from esper.tamiyo.config import TamiyoConfig
+from esper.tamiyo.decider import Decider
+from esper.tamiyo.policy_registry import PolicyUnavailable
+from esper.tamiyo.runs import RunRegistry, RunState
+from esper.tamiyo.validation import (
+    InvalidInput,
+    Limits,
+    check_budget,
+    check_graph,
+    check_run_id,
+    snapshot_problem,
+)
+from prometheus_client import Counter
+
+log = logging.getLogger("esper.tamiyo.session")
+
+WARNINGS = Counter("esper_tamiyo_session_warnings_total", "Session messages dropped, by warning code",
+                   ["code"], registry=REGISTRY)
+DECISIONS = Counter("esper_tamiyo_decisions_total", "Decisions sent on sessions, by policy and action",
+                    ["policy", "action"], registry=REGISTRY)
+
+
+class OpenRefused(Exception):
+    """The session cannot start; `code` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class SessionContext:
+    config: TamiyoConfig
+    runs: RunRegistry
+    decider: Decider
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.config.max_graph_nodes, self.config.max_slots)
+
+
+def _warning(code: str, detail: str) -> SessionResponse:
+    WARNINGS.labels(code=code).inc()
+    return SessionResponse(warning=SessionWarning(code=code, detail=detail))
+
+
+class SessionProtocol:
+    """The state of one stream. `open` first, then `handle` for every further message."""
+
+    def __init__(self, shared: SessionContext) -> None:
+        self.shared = shared
+        self.session_id = str(uuid.uuid4())
+        self.run: RunState | None = None
+        self._heartbeat_seq = 0
+
+    # -- open -----------------------------------------------------------------------------
+
+    def _validate_open(self, open_: SessionOpen) -> str:
+        problem = compatibility_error(open_.contract_version)
+        if problem:
+            raise OpenRefused(grpc.StatusCode.FAILED_PRECONDITION, f"open.contract_version: {problem}")
+        try:
+            check_run_id("open.run_id", open_.run_id)
+            check_graph("open.graph", open_.graph, self.shared.limits)
+            check_budget("open.budget", open_.budget)
+        except InvalidInput as exc:
+            raise OpenRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        policy = open_.policy or self.shared.config.default_policy
+        try:
+            self.shared.decider.policies.get(policy)
+        except PolicyUnavailable as exc:
+            code = grpc.StatusCode.FAILED_PRECONDITION if policy == "gnn" else grpc.StatusCode.INVALID_ARGUMENT
+            raise OpenRefused(code, f"open.policy: {exc}") from None
+        return policy
+
+    def open(self, request: SessionRequest) -> SessionResponse:
+        """Accept or resume a run; raises OpenRefused."""
+        if request.WhichOneof("message") != "open":
+            raise OpenRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"message: the first session message must be open, got {request.WhichOneof('message')}")
+        open_ = request.open
+        policy = self._validate_open(open_)
+        runs = self.shared.runs
+        run = runs.get(open_.run_id)
+        resumed = run is not None
+        if run is None:
+            run = RunState(open_.run_id, open_.graph, open_.capabilities, open_.budget, policy)
+        else:
+            run.superseded.set()  # an older stream of this run, if any, ends
+            run.superseded = type(run.superseded)()
+        run.reconcile(open_, policy)
+        run.session_id = self.session_id
+        runs.put(run)
+        self.run = run
+        policy_version = self.shared.decider.policies.get(policy).version
+        log.info("session open", extra={"run_id": run.run_id, "session_id": self.session_id,
+                                        "resumed": resumed, "policy": policy_version})
+        c = self.shared.config
+        return SessionResponse(accept=SessionAccept(
+            run_id=run.run_id, session_id=self.session_id, contract_version=contract_version(),
+            snapshot_every_steps=c.snapshot_every_steps, heartbeat_seconds=c.heartbeat_seconds,
+            policy_version=policy_version, resumed=resumed))
+
+    # -- stream ---------------------------------------------------------------------------
+
+    def heartbeat(self, step: int = 0) -> SessionResponse:
+        self._heartbeat_seq += 1
+        return SessionResponse(heartbeat=SessionHeartbeat(sequence=self._heartbeat_seq, step=step))
+
+    async def handle(self, request: SessionRequest) -> list[SessionResponse]:
+        """Responses to one client message after open."""
+        run = self.run
+        assert run is not None, "open first"
+        kind = request.WhichOneof("message")
+        if kind == "snapshot":
+            return await self._snapshot(run, request)
+        if kind == "ack":
+            return self._count(run, run.record_ack(request.ack) if self._same_run(run, request.ack.run_id)
+                               else ("wrong_run", f"ack.run_id {request.ack.run_id!r} is not {run.run_id!r}"))
+        if kind == "field_report":
+            report = request.field_report
+            if not self._same_run(run, report.run_id):
+                return self._count(run, ("wrong_run", f"field_report.run_id {report.run_id!r} is not {run.run_id!r}"))
+            run.add_field_report(report)
+            return []
+        if kind == "heartbeat":
+            return []
+        if kind == "open":
+            return self._count(run, ("repeated_open", "message: open may only be the first message"))
+        return self._count(run, ("empty_message", "message: no field of the oneof is set"))
+
+    @staticmethod
+    def _same_run(run: RunState, run_id: str) -> bool:
+        return not run_id or run_id == run.run_id
+
+    @staticmethod
+    def _count(run: RunState, problem: tuple[str, str] | None) -> list[SessionResponse]:
+        if problem is None:
+            return []
+        run.warnings[problem[0]] += 1
+        return [_warning(*problem)]
+
+    async def _snapshot(self, run: RunState, request: SessionRequest) -> list[SessionResponse]:
+        snapshot = request.snapshot
+        if not self._same_run(run, snapshot.run_id):
+            return self._count(run, ("wrong_run", f"snapshot.run_id {snapshot.run_id!r} is not {run.run_id!r}"))
+        problem = snapshot_problem(snapshot, self.shared.limits)
+        if problem:
+            return self._count(run, problem)
+        async with run.lock:
+            problem = run.accept_snapshot(snapshot)
+            if problem:
+                return self._count(run, problem)
+            out: list[SessionResponse] = []
+            unknown = run.take_seeds(snapshot)
+            if unknown:
+                out += self._count(run, ("unknown_slot", f"snapshot.seeds names unknown slot ids {unknown[:5]}"))
+            run.history.record(snapshot)
+            if run.pending(snapshot.step) is not None:
+                return out
+            decision = await self._decide(run, snapshot)
+            if decision is not None:
+                out.append(SessionResponse(decision=decision))
+            return out
+
+    async def _decide(self, run: RunState, snapshot) -> object | None:
+        try:
+            decision = await self.shared.decider.decide(
+                run.policy, snapshot, run.graph, run.capabilities, run.budget,
+                seeds=run.seeds, history=run.history, run_id=run.run_id)
+        except PolicyUnavailable as exc:  # e.g. the gnn was unloaded under the session
+            log.warning("policy unavailable", extra={"run_id": run.run_id, "error": str(exc)})
+            return None
+        action = decision.WhichOneof("action")
+        if action == "wait":
+            return None
+        run.issue(decision)
+        DECISIONS.labels(policy=decision.policy_version.split("@")[0], action=action).inc()
+        log.info("decision", extra={"run_id": run.run_id, "decision_id": decision.decision_id,
+                                    "action": action, "rationale": decision.rationale})
+        return decision

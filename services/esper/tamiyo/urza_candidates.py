@@ -1,0 +1,98 @@
+"""Kernel candidates from Urza's SearchKernels, fetched before a policy decides (policies
+are synchronous; the provider they get holds the answers). Unreachable or slow Urza gives a
+provider with `unavailable_reason` set, so the policy does not germinate and says why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
+from esper.leyline.v1.urza_pb2 import CostBudget, KernelCandidate, SearchKernelsRequest
+from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
+from esper.runtime.tracing import insecure_channel
+
+log = logging.getLogger("esper.tamiyo.urza")
+
+# Candidates asked per slot shape: policies choose among a handful; Urza ranks them.
+SEARCH_LIMIT = 20
+# Distinct (shape, budget, capabilities) searches cached; past this the cache starts over.
+CACHE_ENTRIES = 1024
+# After a failed search, seconds during which decisions go on without Urza instead of each
+# waiting for another timeout.
+OUTAGE_BACKOFF_S = 5.0
+
+
+class FetchedCandidates:
+    """A CandidateProvider over answers already fetched, keyed by slot id."""
+
+    def __init__(self, per_slot: dict[str, list[KernelCandidate]], unavailable: str | None = None) -> None:
+        self._per_slot = per_slot
+        self._unavailable = unavailable
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._unavailable
+
+    def candidates(self, slot: SlotInfo, budget: ResourceBudget) -> list[KernelCandidate]:
+        return list(self._per_slot.get(slot.slot_id, ()))
+
+
+def _search_request(slot: SlotInfo, caps: Capabilities, budget: ResourceBudget) -> SearchKernelsRequest:
+    return SearchKernelsRequest(
+        shape=slot.shape, device=caps.device or "cpu", capabilities=list(caps.tags), limit=SEARCH_LIMIT,
+        budget=CostBudget(max_flops=budget.max_seed_flops, max_latency_ms=budget.max_seed_latency_ms,
+                          max_memory_bytes=budget.max_seed_memory_bytes, max_risk=budget.max_risk),
+    )
+
+
+class UrzaCandidates:
+    """Searches Urza per distinct slot shape, with a short cache and a deadline."""
+
+    def __init__(self, address: str, timeout_s: float, cache_s: float) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.cache_s = cache_s
+        self._channel = insecure_channel(address) if address else None
+        self._stub = UrzaServiceStub(self._channel) if self._channel else None
+        self._cache: dict[bytes, tuple[float, list[KernelCandidate]]] = {}
+        self._outage: tuple[float, str] | None = None  # (until, reason)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def fetch(self, graph: ModelGraph, caps: Capabilities, budget: ResourceBudget) -> FetchedCandidates:
+        if self._stub is None:
+            return FetchedCandidates({}, "no Urza configured (urza_address is empty), so no kernels are known")
+        if self._outage is not None and time.monotonic() < self._outage[0]:
+            return FetchedCandidates({}, self._outage[1])
+        requests = {s.slot_id: _search_request(s, caps, budget) for s in graph.slots}
+        keys = {sid: r.SerializeToString(deterministic=True) for sid, r in requests.items()}
+        distinct = {keys[sid]: requests[sid] for sid in requests}
+        try:
+            answers = dict(zip(distinct, await asyncio.gather(*(self._search(k, r) for k, r in distinct.items())),
+                               strict=True))
+        except grpc.aio.AioRpcError as exc:
+            reason = f"Urza at {self.address} is unreachable ({exc.code().name}: {exc.details()})"
+            log.warning("kernel search failed", extra={"urza": self.address, "code": exc.code().name})
+            self._outage = (time.monotonic() + OUTAGE_BACKOFF_S, reason)
+            return FetchedCandidates({}, reason)
+        self._outage = None
+        return FetchedCandidates({sid: answers[keys[sid]] for sid in requests})
+
+    async def _search(self, key: bytes, request: SearchKernelsRequest) -> list[KernelCandidate]:
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        assert self._stub is not None
+        response = await self._stub.SearchKernels(request, timeout=self.timeout_s)
+        found = list(response.candidates)
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = (now, found)
+        return found

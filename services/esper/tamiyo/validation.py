@@ -1,0 +1,84 @@
+"""Checks of what clients send Tamiyo. Opens and unary requests that fail are refused
+(INVALID_ARGUMENT naming the field); a bad message inside a running session is dropped
+with a SessionWarning (see `esper.tamiyo.session`)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
+
+# Run ids are log keys and Kafka keys: printable, short.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+# Metrics that may be NaN ("not evaluated yet") but never infinite.
+NAN_ALLOWED_METRICS = frozenset({"val_loss", "best_val_loss", "val_accuracy"})
+
+
+class InvalidInput(ValueError):
+    """A client input that is refused; `field` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_graph_nodes: int
+    max_slots: int
+
+
+def check_run_id(field: str, run_id: str) -> None:
+    if not RUN_ID_RE.match(run_id):
+        raise InvalidInput(field, f"{run_id[:40]!r} is not a run id (1-128 of A-Z a-z 0-9 . _ : -)")
+
+
+def check_graph(field: str, graph: ModelGraph, limits: Limits) -> None:
+    if len(graph.nodes) > limits.max_graph_nodes:
+        raise InvalidInput(f"{field}.nodes", f"{len(graph.nodes)} nodes exceed the limit {limits.max_graph_nodes}")
+    if len(graph.edges) > 16 * limits.max_graph_nodes:
+        raise InvalidInput(f"{field}.edges", f"{len(graph.edges)} edges exceed the limit")
+    if len(graph.slots) > limits.max_slots:
+        raise InvalidInput(f"{field}.slots", f"{len(graph.slots)} slots exceed the limit {limits.max_slots}")
+    node_ids = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.node_id or node.node_id in node_ids:
+            raise InvalidInput(f"{field}.nodes[{i}].node_id", f"{node.node_id!r} is empty or repeated")
+        node_ids.add(node.node_id)
+    slot_ids = set()
+    for i, slot in enumerate(graph.slots):
+        if not slot.slot_id or slot.slot_id in slot_ids:
+            raise InvalidInput(f"{field}.slots[{i}].slot_id", f"{slot.slot_id!r} is empty or repeated")
+        if slot.node_id not in node_ids:
+            raise InvalidInput(f"{field}.slots[{i}].node_id", f"{slot.node_id!r} is not a node of the graph")
+        slot_ids.add(slot.slot_id)
+    for i, edge in enumerate(graph.edges):
+        if edge.source not in node_ids or edge.target not in node_ids:
+            raise InvalidInput(f"{field}.edges[{i}]", f"{edge.source!r} -> {edge.target!r} names an unknown node")
+
+
+def check_budget(field: str, budget: ResourceBudget) -> None:
+    if not math.isfinite(budget.max_seed_latency_ms) or budget.max_seed_latency_ms < 0:
+        raise InvalidInput(f"{field}.max_seed_latency_ms", "must be finite and >= 0")
+    if not math.isfinite(budget.max_risk) or not 0 <= budget.max_risk <= 1:
+        raise InvalidInput(f"{field}.max_risk", "must be within [0, 1]")
+
+
+def snapshot_problem(snapshot: TrainingSnapshot, limits: Limits) -> tuple[str, str] | None:
+    """(warning code, detail naming the field) when a snapshot must be dropped, else None."""
+    if len(snapshot.layers) > limits.max_graph_nodes + limits.max_slots:
+        return "oversized", f"snapshot.layers: {len(snapshot.layers)} entries exceed the limit"
+    if len(snapshot.seeds) > limits.max_slots:
+        return "oversized", f"snapshot.seeds: {len(snapshot.seeds)} entries exceed the limit {limits.max_slots}"
+    for name, value in snapshot.metrics.ListFields():
+        nan_ok = name.name in NAN_ALLOWED_METRICS
+        if isinstance(value, float) and not math.isfinite(value) and not (math.isnan(value) and nan_ok):
+            return "non_finite", f"snapshot.metrics.{name.name} is {value}"
+    for i, layer in enumerate(snapshot.layers):
+        for name, value in layer.ListFields():
+            if isinstance(value, float) and not math.isfinite(value):
+                return "non_finite", f"snapshot.layers[{i}].{name.name} is {value}"
+    return None
