@@ -3,6 +3,8 @@ restarted Nissa (and a full redelivery) loses and double-counts nothing, alerts 
 live tail works, and hostile RPC inputs get the right status while Nissa keeps serving."""
 
 import asyncio
+import contextlib
+import io
 import math
 import time
 import urllib.request
@@ -11,6 +13,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from esper.cli.main import main as esper_main
 from esper.leyline.v1 import (
     control_pb2,
     lifecycle_pb2,
@@ -155,7 +158,7 @@ async def _summary(address: str, run: str) -> nissa_pb2.GetRunSummaryResponse | 
             return None
 
 
-async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstrap):
+async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstrap, tmp_path):
     run = f"run-{uuid.uuid4().hex[:8]}"
     group = f"nissa-{uuid.uuid4().hex[:6]}"
     events = _run_events(run)
@@ -173,6 +176,7 @@ async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstra
     try:
         assert await _wait_for(lambda: _has_count(fresh_database, run, total))
         summary = await _summary(running.address, run)
+        cli = await asyncio.to_thread(_cli_outputs, running.address, run, tmp_path / "run.png")
         metrics = await asyncio.to_thread(_scrape, running.metrics_port)
     finally:
         await running.stop(0)
@@ -196,6 +200,12 @@ async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstra
     breaker = [a for a in summary.alerts if a.rule == "seed_culled_by_circuit_breaker"]
     assert len(breaker) == 1  # the transition and the field report raise one alert
     assert f'esper_nissa_run_loss{{run_id="{run}",split="train"}}' in metrics
+    listing, show, plot = cli
+    assert run in listing
+    assert "GERMINATED -> TRAINING" in show and "INSTABILITY: loss 9x" in show
+    assert "APPLIED" in show and "seed_culled_by_circuit_breaker" in show
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in plot
 
     # A brand-new consumer group re-reads every event: nothing is counted twice. Markers
     # of the run on each of its topics (same key, same partition) arrive after the replay.
@@ -207,6 +217,18 @@ async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstra
     finally:
         await running.stop(0)
     assert await _counts(fresh_database, run) == (total + len(markers),) * 2
+
+
+def _cli_outputs(address: str, run: str, png) -> tuple[str, str, str]:
+    """`esper runs`, `esper runs show RUN`, `esper runs plot RUN -o PNG`, in process (a
+    fresh interpreter per command is slow on a loaded machine)."""
+    outputs = []
+    for args in ([], ["show", run], ["plot", run, "-o", str(png)]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert esper_main(["runs", *args, "--nissa", address]) == 0
+        outputs.append(out.getvalue())
+    return tuple(outputs)
 
 
 def _scrape(port: int) -> str:

@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "esper.cli.serve",
     "esper.cli.stack",
     "esper.cli.oona",
+    "esper.cli.runs",
     "esper.cli.tezzeret",
 )
 

@@ -1,0 +1,177 @@
+"""`esper runs`: run history from Nissa.
+
+    esper runs                      recent runs
+    esper runs show RUN             a run's summary: epochs, seed timeline, decisions, alerts
+    esper runs plot RUN -o out.png  loss/accuracy with seed events marked, params over time
+
+Nissa is `--nissa HOST:PORT`, else $ESPER_NISSA_ADDRESS, else the local stack's Nissa
+(`esper up`, state under $ESPER_STATE_DIR or ./.esper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import grpc
+from esper.cli.main import UsageError
+from esper.leyline.v1 import control_pb2, lifecycle_pb2, nissa_pb2, nissa_pb2_grpc
+
+ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
+STATE_DIR_ENV = "ESPER_STATE_DIR"
+DEFAULT_STATE_DIR = ".esper"
+# An RPC to Nissa taking longer than this means it is down or stuck.
+RPC_TIMEOUT_S = 10.0
+# Runs listed by default.
+DEFAULT_LIMIT = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "runs",
+        help="run history from Nissa",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_address(parser)
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="runs to list")
+    parser.set_defaults(func=run_list)
+    actions = parser.add_subparsers(dest="runs_action", metavar="ACTION")
+    show = actions.add_parser("show", help="a run's summary, including its seed timeline")
+    _add_address(show)
+    show.add_argument("run_id", metavar="RUN")
+    show.set_defaults(func=run_show)
+    plot = actions.add_parser("plot", help="write a PNG of a run's curves and seed events")
+    _add_address(plot)
+    plot.add_argument("run_id", metavar="RUN")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.set_defaults(func=run_plot)
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nissa",
+        default=argparse.SUPPRESS,
+        help=f"Nissa HOST:PORT (default: ${ADDRESS_ENV} or the local stack)",
+    )
+
+
+def resolve_address(args: argparse.Namespace) -> str:
+    if getattr(args, "nissa", None):
+        return args.nissa
+    if os.environ.get(ADDRESS_ENV):
+        return os.environ[ADDRESS_ENV]
+    stack_file = Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)) / "stack.json"
+    try:
+        return f"127.0.0.1:{int(json.loads(stack_file.read_text())['ports']['nissa'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"no Nissa address: pass --nissa, set ${ADDRESS_ENV} or run `esper up`"
+        ) from None
+
+
+def _call(args: argparse.Namespace, method: str, request):
+    address = resolve_address(args)
+    with grpc.insecure_channel(address) as channel:
+        stub = nissa_pb2_grpc.NissaServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                raise UsageError(exc.details()) from None
+            raise UsageError(f"Nissa at {address}: {exc.code().name}: {exc.details()}") from None
+
+
+def _stage(value: int) -> str:
+    try:
+        return lifecycle_pb2.SeedStage.Name(value).removeprefix("SEED_STAGE_")
+    except ValueError:
+        return str(value)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise UsageError("--limit: must be within [1, 1000]")
+    response = _call(args, "ListRuns", nissa_pb2.ListRunsRequest(page_size=args.limit))
+    print(
+        f"{'RUN':<28} {'LAST EVENT':<20} {'STEP':>8} {'EPOCH':>5} {'VAL ACC':>7} "
+        f"{'EVENTS':>8} {'FOSSIL':>6} {'CULLED':>6}"
+    )
+    for run in response.runs:
+        when = run.last_event_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{run.run_id[:28]:<28} {when:<20} {run.last_step:>8} {run.last_epoch:>5} "
+            f"{run.last_val_accuracy:>7.3f} {run.event_count:>8} {run.fossilized:>6} "
+            f"{run.culled:>6}"
+        )
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    s = _call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=args.run_id))
+    run = s.run
+    print(
+        f"run {run.run_id}: {run.event_count} events, step {run.last_step}, epoch "
+        f"{run.last_epoch}, val accuracy {run.last_val_accuracy:.4f}, "
+        f"{run.fossilized} fossilized, {run.culled} culled"
+    )
+    print("\nepochs:")
+    print(
+        f"  {'EPOCH':>5} {'STEP':>8} {'TRAIN LOSS':>10} {'VAL LOSS':>10} {'VAL ACC':>7} "
+        f"{'PARAMS':>10} {'SEED P':>8} {'LIVE':>4}"
+    )
+    for p in s.epochs:
+        print(
+            f"  {p.epoch:>5} {p.step:>8} {p.train_loss:>10.4f} {p.val_loss:>10.4f} "
+            f"{p.val_accuracy:>7.4f} {p.total_params:>10} {p.seed_params:>8} "
+            f"{p.live_seeds:>4}"
+        )
+    print("\nseed timeline:")
+    for t in s.seed_timeline:
+        print(
+            f"  step {t.step:>8}  {t.seed_id or '?'} @ {t.slot_id or '?'}: "
+            f"{_stage(t.from_stage)} -> {_stage(t.to_stage)}  ({t.reason or 'no reason'})"
+            f"{'  ' + t.blueprint_ref if t.blueprint_ref else ''}"
+        )
+    print("\ndecisions:")
+    for record in s.decisions:
+        d = record.decision
+        ack = (
+            control_pb2.AckStatus.Name(record.ack.status).removeprefix("ACK_STATUS_")
+            + (f" ({record.ack.reason})" if record.ack.reason else "")
+            if record.HasField("ack")
+            else "no ack"
+        )
+        print(
+            f"  step {d.issued_at_step:>8}  {d.WhichOneof('action') or '?'} {d.decision_id}: {ack}"
+        )
+    print("\nfield reports:")
+    for f in s.field_reports:
+        print(
+            f"  {f.seed_id} {f.blueprint_ref}: {_stage(f.final_stage)}, val acc "
+            f"{f.val_accuracy_before:.4f} -> {f.val_accuracy_after:.4f}, "
+            f"+{f.params_added} params"
+        )
+    print("\nalerts:")
+    for a in s.alerts:
+        print(
+            f"  {a.fired_at.ToJsonString()} {a.rule}: {a.message}"
+            f"{' (acknowledged)' if a.acknowledged else ''}"
+        )
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise UsageError("--output: must name a .png file")
+    if not output.parent.exists():
+        raise UsageError(f"--output: directory {output.parent} does not exist")
+    summary = _call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=args.run_id))
+    from esper.nissa.plot import plot_run  # matplotlib is slow to import: only here
+
+    plot_run(summary, output)
+    print(f"wrote {output}")
+    return 0
