@@ -3,5 +3,6 @@ session (RemotePolicy)."""
 
 from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
+from esper.tolaria.policy.replay import ReplayPolicy
 
-__all__ = ["LOCAL_HEURISTIC", "LocalPolicy", "PolicySource"]
+__all__ = ["LOCAL_HEURISTIC", "LocalPolicy", "PolicySource", "ReplayPolicy"]
