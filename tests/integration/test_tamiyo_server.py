@@ -397,6 +397,24 @@ async def test_germination_names_a_kernel_from_urza_search(urza):
         assert d.germinate.kernel_id in by_id
         assert d.germinate.kernel_sha256 == by_id[d.germinate.kernel_id].sha256
         assert d.germinate.blueprint_ref == by_id[d.germinate.kernel_id].blueprint_ref
+        # The seed's outcome reaches Tamiyo, which folds it into Urza's blueprint aggregates.
+        await client.send(field_report=FieldReport(
+            run_id="run-urza", seed_id="seed-1", slot_id=d.germinate.slot_id,
+            blueprint_ref=d.germinate.blueprint_ref, kernel_id=d.germinate.kernel_id,
+            germinate_decision_id=d.decision_id, final_stage=S.SEED_STAGE_FOSSILIZED,
+            val_loss_before=1.0, val_loss_after=0.9, val_accuracy_before=0.5, val_accuracy_after=0.6,
+            params_added=500, lifetime_steps=300, germinated_at_step=100, ended_at_step=400))
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            urza_stub = urza_pb2_grpc.UrzaServiceStub(channel)
+
+            async def used() -> int:
+                while True:
+                    record = (await urza_stub.GetBlueprint(urza_pb2.GetBlueprintRequest(
+                        blueprint_ref=d.germinate.blueprint_ref))).blueprint
+                    if record.times_used:
+                        return record.fossilized_count
+                    await asyncio.sleep(0.1)
+            assert await asyncio.wait_for(used(), WAIT_S) == 1
         await client.close()
         # Over budget: every registered kernel is bigger than what is left.
         response = await stub.Decide(tamiyo_pb2.DecideRequest(

@@ -148,6 +148,7 @@ class SessionProtocol:
             if not self._same_run(run, report.run_id):
                 return self._count(run, ("wrong_run", f"field_report.run_id {report.run_id!r} is not {run.run_id!r}"))
             run.add_field_report(report)
+            self.shared.decider.urza.forward_field_report(report)
             return []
         if kind == "heartbeat":
             return []

@@ -11,7 +11,13 @@ import time
 import grpc
 from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
-from esper.leyline.v1.urza_pb2 import CostBudget, KernelCandidate, SearchKernelsRequest
+from esper.leyline.v1.telemetry_pb2 import FieldReport
+from esper.leyline.v1.urza_pb2 import (
+    CostBudget,
+    KernelCandidate,
+    RecordFieldReportRequest,
+    SearchKernelsRequest,
+)
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
 from esper.runtime.tracing import insecure_channel
 
@@ -24,6 +30,8 @@ CACHE_ENTRIES = 1024
 # After a failed search, seconds during which decisions go on without Urza instead of each
 # waiting for another timeout.
 OUTAGE_BACKOFF_S = 5.0
+# Field reports in flight to Urza at once; beyond it they are only kept in the run state.
+MAX_FORWARDS = 256
 
 
 class FetchedCandidates:
@@ -60,8 +68,29 @@ class UrzaCandidates:
         self._stub = UrzaServiceStub(self._channel) if self._channel else None
         self._cache: dict[bytes, tuple[float, list[KernelCandidate]]] = {}
         self._outage: tuple[float, str] | None = None  # (until, reason)
+        self._forwards: set[asyncio.Task] = set()
+
+    def forward_field_report(self, report: FieldReport) -> None:
+        """Send a seed's outcome to Urza's blueprint aggregates in the background (the
+        session never waits on it; a failure is logged)."""
+        if self._stub is None or not report.blueprint_ref or len(self._forwards) >= MAX_FORWARDS:
+            return
+        task = asyncio.create_task(self._forward(report))
+        self._forwards.add(task)
+        task.add_done_callback(self._forwards.discard)
+
+    async def _forward(self, report: FieldReport) -> None:
+        assert self._stub is not None
+        try:
+            await self._stub.RecordFieldReport(RecordFieldReportRequest(report=report), timeout=self.timeout_s * 5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("field report not recorded in Urza", extra={
+                "run_id": report.run_id, "seed_id": report.seed_id, "code": exc.code().name,
+                "detail": exc.details()})
 
     async def close(self) -> None:
+        for task in list(self._forwards):
+            task.cancel()
         if self._channel is not None:
             await self._channel.close()
 
