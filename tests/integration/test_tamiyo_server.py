@@ -421,3 +421,15 @@ async def test_germination_names_a_kernel_from_urza_search(urza):
             snapshot=snap(100, "run-urza-poor", plateau_epochs=10), graph=graph(4, width=WIDTH),
             budget=tamiyo_pb2.ResourceBudget(max_added_params=100)))
         assert response.decision.WhichOneof("action") == "wait" and "budget" in response.decision.rationale
+
+
+async def test_heartbeats_keep_a_session_alive_and_silence_ends_it():
+    async with tamiyo(heartbeat_seconds=1, idle_heartbeats=2) as (_, stub, _c):
+        client, _ = await open_session(stub, "run-idle")
+        for i in range(6):  # 3 s of client heartbeats, longer than the 2 s idle limit
+            await client.send(heartbeat=tamiyo_pb2.SessionHeartbeat(sequence=i))
+            await asyncio.sleep(0.5)
+        await client.send(snapshot=snap(10, "run-idle", [seed("s0", S.SEED_STAGE_GERMINATED)]))
+        assert (await client.next("decision")).decision.advance.slot_id == "s0"
+        await expect_abort(client, grpc.StatusCode.DEADLINE_EXCEEDED, "no message from the client")
+        await client.close()

@@ -1,0 +1,112 @@
+"""Per-run session state: ordering, acks, outstanding decisions, resume; input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
+from esper.tamiyo.runs import RunRegistry, RunState
+from esper.tamiyo.validation import InvalidInput, Limits, check_budget, check_graph, check_run_id, snapshot_problem
+from tests.unit.test_tamiyo_support import graph, seed, snapshot
+
+S = SeedStage
+LIMITS = Limits(max_graph_nodes=10, max_slots=5)
+
+
+def run() -> RunState:
+    return RunState("r", graph(4), Capabilities(), ResourceBudget(), "heuristic")
+
+
+def test_snapshot_order() -> None:
+    r = run()
+    assert r.accept_snapshot(snapshot(10)) is None
+    assert r.accept_snapshot(snapshot(10))[0] == "repeated_snapshot"
+    assert r.accept_snapshot(snapshot(5))[0] == "out_of_order_snapshot"
+    later = snapshot(11)
+    later.sequence = 3  # sequence went backwards though the step moved on
+    assert r.accept_snapshot(later)[0] == "out_of_order_snapshot"
+    assert r.accept_snapshot(snapshot(12)) is None and r.last_step == 12
+
+
+def test_acks_and_outstanding_decision() -> None:
+    r = run()
+    d = AdaptationDecision(decision_id="d1", run_id="r", issued_at_step=10, expires_at_step=20)
+    r.issue(d)
+    assert r.pending(15) is d
+    assert r.record_ack(DecisionAck(decision_id="zz", status=AckStatus.ACK_STATUS_APPLIED))[0] == "unknown_decision"
+    assert r.record_ack(DecisionAck(decision_id="d1"))[0] == "invalid_ack"
+    assert r.record_ack(DecisionAck(decision_id="d1", status=AckStatus.ACK_STATUS_REJECTED)) is None
+    assert r.pending(15) is None
+    assert r.record_ack(DecisionAck(decision_id="d1", status=AckStatus.ACK_STATUS_APPLIED))[0] == "duplicate_ack"
+    r.issue(AdaptationDecision(decision_id="d2", expires_at_step=30))
+    assert r.pending(31) is None  # expired: no longer blocks new decisions
+
+
+def test_resume_adopts_client_view_and_retracts_unacked() -> None:
+    r = run()
+    r.issue(AdaptationDecision(decision_id="d1", expires_at_step=100))
+    open_ = SessionOpen(run_id="r", graph=graph(4), seeds=[seed("s1", S.SEED_STAGE_TRAINING), seed("ghost", 3)],
+                        last_applied_decision_id="d0", acked_decision_ids=["d-1"])
+    r.reconcile(open_, "heuristic")
+    assert set(r.seeds) == {"s1"} and r.pending(0) is None
+    assert {"d0", "d-1"} <= set(r.acked)
+    # A late ack of the retracted decision is still accepted once.
+    assert r.record_ack(DecisionAck(decision_id="d1", status=AckStatus.ACK_STATUS_APPLIED)) is None
+
+
+def test_unknown_slot_ids_are_reported() -> None:
+    r = run()
+    assert r.take_seeds(snapshot(1, seeds=[seed("s0", 3), seed("nope", 3)])) == ["nope"]
+    assert set(r.seeds) == {"s0"}
+
+
+def test_registry_forgets_least_recently_used() -> None:
+    reg = RunRegistry(max_runs=2)
+    for name in ("a", "b"):
+        reg.put(RunState(name, graph(1), Capabilities(), ResourceBudget(), "heuristic"))
+    reg.touch("a")
+    reg.put(RunState("c", graph(1), Capabilities(), ResourceBudget(), "heuristic"))
+    assert reg.get("b") is None and reg.get("a") and reg.get("c") and len(reg) == 2
+
+
+@pytest.mark.parametrize("run_id", ["", "a b", "x" * 200, "é"])
+def test_bad_run_ids(run_id: str) -> None:
+    with pytest.raises(InvalidInput, match="open.run_id"):
+        check_run_id("open.run_id", run_id)
+
+
+def test_graph_and_budget_checks_name_the_field() -> None:
+    with pytest.raises(InvalidInput, match="g.nodes"):
+        check_graph("g", graph(11), LIMITS)
+    with pytest.raises(InvalidInput, match="g.slots"):
+        check_graph("g", graph(6), LIMITS)
+    g = graph(3)
+    g.nodes.add(node_id="n0")
+    with pytest.raises(InvalidInput, match=r"g.nodes\[3\].node_id"):
+        check_graph("g", g, LIMITS)
+    g = graph(3)
+    g.edges.add(source="n0", target="zz")
+    with pytest.raises(InvalidInput, match=r"g.edges\[2\]"):
+        check_graph("g", g, LIMITS)
+    with pytest.raises(InvalidInput, match="b.max_risk"):
+        check_budget("b", ResourceBudget(max_risk=2.0))
+    with pytest.raises(InvalidInput, match="b.max_seed_latency_ms"):
+        check_budget("b", ResourceBudget(max_seed_latency_ms=math.inf))
+
+
+def test_snapshot_problems() -> None:
+    ok = snapshot(1)
+    ok.metrics.val_loss = math.nan  # "not evaluated yet" is allowed
+    assert snapshot_problem(ok, LIMITS) is None
+    bad = snapshot(1)
+    bad.metrics.val_loss = math.inf
+    assert snapshot_problem(bad, LIMITS) == ("non_finite", "snapshot.metrics.val_loss is inf")
+    bad = snapshot(1)
+    bad.metrics.train_loss = math.nan
+    assert snapshot_problem(bad, LIMITS)[0] == "non_finite"
+    big = snapshot(1, seeds=[seed(f"s{i}", 1) for i in range(6)])
+    assert snapshot_problem(big, LIMITS)[0] == "oversized"
