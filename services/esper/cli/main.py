@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "esper.cli.stack",
     "esper.cli.oona",
     "esper.cli.runs",
+    "esper.cli.catalog",
     "esper.cli.tezzeret",
 )
 

@@ -1,0 +1,321 @@
+"""`esper catalog`: browse Urza's blueprint catalogue and kernel library.
+
+    esper catalog list [--family F] [--state S] [--tag T]...     blueprints
+    esper catalog show NAME@VERSION                              one blueprint and its kernels
+    esper catalog kernels [--blueprint REF] [--device D]         kernels
+    esper catalog search --channels C [--kind features] [--max-params N] ...
+                                                                 kernels that fit, best first
+
+Urza is `--urza HOST:PORT`, else $ESPER_URZA_ADDRESS, else the local stack's Urza
+(`esper up`, state under $ESPER_STATE_DIR or ./.esper), else 127.0.0.1:50051.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from esper.cli.main import UsageError
+from esper.leyline.v1 import blueprint_pb2 as bp
+from esper.leyline.v1 import common_pb2 as common
+from esper.leyline.v1 import kernel_pb2 as kp
+from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.runtime.config import ConfigError, check_address
+
+ADDRESS_ENV = "ESPER_URZA_ADDRESS"
+STATE_DIR_ENV = "ESPER_STATE_DIR"
+DEFAULT_STATE_DIR = ".esper"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Seconds a call waits for Urza; a catalogue query answers in milliseconds.
+DEFAULT_TIMEOUT_S = 10.0
+# Items per ListBlueprints/ListKernels call while paging through everything.
+PAGE_SIZE = 200
+FAMILIES = {bp.BlueprintFamily.Name(v).removeprefix("BLUEPRINT_FAMILY_").lower(): v
+            for v in bp.BlueprintFamily.values() if v}
+STATES = {bp.BlueprintState.Name(v).removeprefix("BLUEPRINT_STATE_").lower(): v
+          for v in bp.BlueprintState.values() if v}
+KERNEL_STATES = {kp.KernelState.Name(v).removeprefix("KERNEL_STATE_").lower(): v
+                 for v in kp.KernelState.values() if v}
+KINDS = {common.SlotKind.Name(v).removeprefix("SLOT_KIND_").lower(): v
+         for v in common.SlotKind.values() if v}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("catalog", help="browse Urza's blueprints and kernels",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="catalog_action", metavar="ACTION")
+    actions.required = True
+    common_args = argparse.ArgumentParser(add_help=False)
+    common_args.add_argument("--urza", default=None, metavar="HOST:PORT",
+                             help=f"Urza's address (default ${ADDRESS_ENV}, the local stack, "
+                                  f"{DEFAULT_ADDRESS})")
+    common_args.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+                             help="seconds to wait for Urza")
+
+    listing = actions.add_parser("list", parents=[common_args], help="list blueprints")
+    listing.add_argument("--family", choices=sorted(FAMILIES))
+    listing.add_argument("--state", choices=sorted(STATES))
+    listing.add_argument("--tag", action="append", default=[], help="only with this tag (repeatable)")
+    listing.set_defaults(func=run_list)
+
+    show = actions.add_parser("show", parents=[common_args], help="one blueprint in detail")
+    show.add_argument("ref", metavar="NAME@VERSION")
+    show.set_defaults(func=run_show)
+
+    kernels = actions.add_parser("kernels", parents=[common_args], help="list kernels")
+    kernels.add_argument("--blueprint", default="", metavar="NAME@VERSION")
+    kernels.add_argument("--device", default="")
+    kernels.add_argument("--state", choices=sorted(KERNEL_STATES))
+    kernels.set_defaults(func=run_kernels)
+
+    search = actions.add_parser("search", parents=[common_args],
+                                help="kernels that fit a slot and a budget, best first")
+    search.add_argument("--channels", type=_positive_int, required=True, help="slot width C")
+    search.add_argument("--kind", choices=sorted(KINDS), default="features", help="slot kind")
+    search.add_argument("--device", default="cpu")
+    search.add_argument("--max-params", type=_non_negative_int, default=0)
+    search.add_argument("--max-flops", type=_non_negative_int, default=0)
+    search.add_argument("--max-latency-ms", type=_non_negative_float, default=0.0)
+    search.add_argument("--max-memory", type=_non_negative_int, default=0, help="bytes")
+    search.add_argument("--max-risk", type=_non_negative_float, default=0.0, help="in [0, 1]")
+    search.add_argument("--family", action="append", choices=sorted(FAMILIES), default=[])
+    search.add_argument("--capability", action="append", default=[],
+                        help="a capability of the training process (repeatable)")
+    search.add_argument("--limit", type=_non_negative_int, default=10)
+    search.set_defaults(func=run_search)
+
+
+# -- argument types ------------------------------------------------------------------------
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _ref(text: str) -> str:
+    # Imported here: esper.blueprints pulls in torch, which `esper --help` should not wait for.
+    from esper.blueprints.errors import BlueprintError
+    from esper.blueprints.refs import parse_ref
+
+    try:
+        parse_ref(text)
+    except BlueprintError as exc:
+        raise UsageError(f"NAME@VERSION: {exc.message}") from None
+    return text
+
+
+def urza_address(flag: str | None) -> str:
+    address = flag or os.environ.get(ADDRESS_ENV) or _stack_address() or DEFAULT_ADDRESS
+    try:
+        check_address("--urza", address)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return address
+
+
+def _stack_address() -> str:
+    from esper.runtime.stack.state import load_state
+
+    try:
+        state = load_state(Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)))
+    except Exception:  # noqa: BLE001 - a broken stack file just means "no local stack"
+        return ""
+    port = state.ports.get("urza") if state else None
+    return f"127.0.0.1:{port}" if port else ""
+
+
+# -- calls ---------------------------------------------------------------------------------
+def _call(args: argparse.Namespace, work) -> int:
+    address = urza_address(args.urza)
+    with grpc.insecure_channel(address) as channel:
+        stub = urza_pb2_grpc.UrzaServiceStub(channel)
+        try:
+            work(stub, args.timeout)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = f"cannot reach Urza at {address}: {details}"
+            print(f"esper catalog: error: {code.name}: {details}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _pages(fetch, items_of) -> Iterator:
+    token = ""
+    while True:
+        response = fetch(token)
+        yield from items_of(response)
+        token = response.next_page_token
+        if not token:
+            return
+
+
+def run_list(args: argparse.Namespace) -> int:
+    request = urza_pb2.ListBlueprintsRequest(
+        family=FAMILIES[args.family] if args.family else 0,
+        state=STATES[args.state] if args.state else 0, tags=args.tag, page_size=PAGE_SIZE)
+
+    def work(stub, timeout):
+        def fetch(token):
+            request.page_token = token
+            return stub.ListBlueprints(request, timeout=timeout)
+        records = list(_pages(fetch, lambda r: r.blueprints))
+        print(table(("BLUEPRINT", "FAMILY", "STATE", "SLOTS", "RISK", "GAIN", "USED", "NEEDS"),
+                    [_blueprint_cells(r) for r in records]))
+        print(f"{len(records)} blueprint(s)")
+    return _call(args, work)
+
+
+def _blueprint_cells(record: bp.BlueprintRecord) -> tuple:
+    spec, md = record.spec, record.spec.metadata
+    return (f"{spec.name}@{spec.version}", _short(bp.BlueprintFamily, spec.family),
+            _short(bp.BlueprintState, record.state),
+            ",".join(_short(common.SlotKind, k) for k in spec.slot_kinds),
+            f"{md.risk_score:.2f}", f"{md.past_accuracy_gain_estimate:+.4f}", record.times_used,
+            ",".join(md.requires_capability) or "-")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    ref = _ref(args.ref)
+
+    def work(stub, timeout):
+        record = stub.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=ref), timeout=timeout).blueprint
+        kernels = stub.ListKernels(urza_pb2.ListKernelsRequest(blueprint_ref=ref, page_size=PAGE_SIZE),
+                                   timeout=timeout).kernels
+        print(describe_blueprint(record))
+        print()
+        print(table(KERNEL_HEADER, [_kernel_cells(k) for k in kernels]) if kernels else "no kernels yet")
+    return _call(args, work)
+
+
+def describe_blueprint(record: bp.BlueprintRecord) -> str:
+    spec, md = record.spec, record.spec.metadata
+    lines = [
+        f"blueprint     {spec.name}@{spec.version}",
+        f"family        {_short(bp.BlueprintFamily, spec.family)}",
+        f"state         {_short(bp.BlueprintState, record.state)}"
+        + (f" ({record.reason})" if record.reason else ""),
+        f"slot kinds    {', '.join(_short(common.SlotKind, k) for k in spec.slot_kinds)}",
+        f"params        {md.params_formula or '-'}",
+        f"flops/pos     {md.flops_formula or '-'}",
+        f"risk          {md.risk_score:.2f}   safe: {md.is_safe_action}   mergeable: {md.mergeable}",
+        f"needs         {', '.join(md.requires_capability) or '-'}",
+        f"tags          {', '.join(md.tags) or '-'}",
+        f"field reports used {record.times_used}, fossilized {record.fossilized_count}, "
+        f"culled {record.culled_count}, gain estimate {md.past_accuracy_gain_estimate:+.4f}",
+        f"graph digest  {record.graph_digest}",
+        "graph:",
+    ]
+    for node in spec.graph.nodes:
+        attrs = ", ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items()))
+        op = bp.OpType.Name(node.op).removeprefix("OP_TYPE_")
+        lines.append(f"  {node.id:<12} {op:<18} <- {', '.join(node.inputs):<16} {attrs}")
+    lines.append(f"  output: {spec.graph.output}")
+    if md.description:
+        lines.append(f"description   {md.description}")
+    return "\n".join(lines)
+
+
+def _attr(value: bp.AttrValue) -> str:
+    kind = value.WhichOneof("value")
+    return str(getattr(value, kind)) if kind else "?"
+
+
+KERNEL_HEADER = ("KERNEL", "BLUEPRINT", "DEVICE", "DTYPE", "SHAPE", "PARAMS", "P99 MS", "BYTES", "STATE")
+
+
+def _kernel_cells(kernel: kp.KernelArtifact) -> tuple:
+    shape = kernel.target.shape
+    dims = [shape.channels] + [d for d in (shape.length, shape.height, shape.width) if d]
+    return (kernel.kernel_id, kernel.blueprint_ref, kernel.target.device,
+            _short(common.Dtype, kernel.target.dtype),
+            f"{_short(common.SlotKind, shape.kind)}[{'x'.join(map(str, dims))}]",
+            kernel.stats.params, f"{kernel.stats.latency_p99_ms:.3f}", kernel.size_bytes,
+            _short(kp.KernelState, kernel.state))
+
+
+def run_kernels(args: argparse.Namespace) -> int:
+    ref = _ref(args.blueprint) if args.blueprint else ""
+    request = urza_pb2.ListKernelsRequest(blueprint_ref=ref, device=args.device, page_size=PAGE_SIZE,
+                                          state=KERNEL_STATES[args.state] if args.state else 0)
+
+    def work(stub, timeout):
+        def fetch(token):
+            request.page_token = token
+            return stub.ListKernels(request, timeout=timeout)
+        kernels = list(_pages(fetch, lambda r: r.kernels))
+        print(table(KERNEL_HEADER, [_kernel_cells(k) for k in kernels]))
+        print(f"{len(kernels)} kernel(s)")
+    return _call(args, work)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    if args.max_risk > 1:
+        raise UsageError(f"--max-risk: {args.max_risk} is not in [0, 1]")
+    request = urza_pb2.SearchKernelsRequest(
+        shape=common.SlotShape(kind=KINDS[args.kind], channels=args.channels),
+        device=args.device,
+        budget=urza_pb2.CostBudget(max_params=args.max_params, max_flops=args.max_flops,
+                                   max_latency_ms=args.max_latency_ms,
+                                   max_memory_bytes=args.max_memory, max_risk=args.max_risk),
+        families=[FAMILIES[f] for f in args.family], capabilities=args.capability, limit=args.limit)
+
+    def work(stub, timeout):
+        candidates = stub.SearchKernels(request, timeout=timeout).candidates
+        rows = [(i, f"{c.score:.5f}", c.kernel.kernel_id, c.kernel.blueprint_ref,
+                 _short(bp.BlueprintFamily, c.blueprint.family), c.kernel.stats.params,
+                 c.kernel.stats.flops, f"{c.kernel.stats.latency_p99_ms:.3f}",
+                 f"{c.blueprint.metadata.risk_score:.2f}")
+                for i, c in enumerate(candidates, start=1)]
+        print(table(("#", "SCORE", "KERNEL", "BLUEPRINT", "FAMILY", "PARAMS", "FLOPS", "P99 MS", "RISK"),
+                    rows))
+        print(f"{len(rows)} candidate(s)")
+    return _call(args, work)
+
+
+# -- output --------------------------------------------------------------------------------
+def _short(wrapper, value: int) -> str:
+    name = wrapper.Name(value) if value in wrapper.values() else str(value)
+    prefix = wrapper.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
+    return name.removeprefix(prefix)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """Left-aligned text columns, two spaces apart."""
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)

@@ -1,0 +1,166 @@
+"""The catalogue change log: every change is a row of `catalog_events` written in the
+same transaction as the change (the record), then published on Oona topic
+`esper.catalog.events` (the transport) and announced to WatchCatalog streams.
+
+Revisions are assigned under a transaction-level advisory lock, so they commit in
+revision order and a watcher reading `revision > cursor` never skips a late commit.
+A broker outage never fails the RPC: the producer buffers, drops and counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+
+from esper.leyline.v1 import telemetry_pb2 as tm
+from esper.oona import new_event
+from esper.urza import records
+from esper.urza.db import CATALOG_EVENT_LOCK_KEY, CONNECTION_ERRORS, Database
+from esper.urza.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+# NOTIFY channel that wakes watchers of every Urza process sharing the database.
+NOTIFY_CHANNEL = "urza_catalog"
+# Watchers re-check the log at least this often, so a lost NOTIFY (listener reconnecting)
+# delays a change by at most this much.
+POLL_INTERVAL_S = 1.0
+# Events read per query while replaying: bounds memory on a long replay.
+REPLAY_BATCH = 500
+# Backoff of the LISTEN connection after it is lost.
+LISTEN_RETRY_S = 1.0
+SOURCE = "urza"
+
+Subscribed = Callable[[int], Awaitable[None]]
+
+_INSERT = """
+INSERT INTO catalog_events (change, blueprint_ref, kernel_id, blueprint_state, kernel_state, detail)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *
+"""
+
+
+async def record_event(
+    conn: asyncpg.Connection,
+    change: int,
+    *,
+    blueprint_ref: str = "",
+    kernel_id: str = "",
+    blueprint_state: int = 0,
+    kernel_state: int = 0,
+    detail: str = "",
+) -> tm.CatalogEvent:
+    """Append a change inside the caller's transaction; NOTIFY is delivered at commit."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_EVENT_LOCK_KEY)
+    row = await conn.fetchrow(
+        _INSERT,
+        records.short_name(records.CATALOG_CHANGE, change),
+        blueprint_ref,
+        kernel_id,
+        records.short_name(records.BLUEPRINT_STATE, blueprint_state) if blueprint_state else "",
+        records.short_name(records.KERNEL_STATE, kernel_state) if kernel_state else "",
+        detail,
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(row["revision"]))
+    return records.catalog_event(row)
+
+
+class CatalogFeed:
+    """Publishes committed changes (Oona + local watchers) and serves WatchCatalog."""
+
+    def __init__(self, db: Database, dsn: str, producer=None, connect_timeout_s: float = 5.0) -> None:
+        self.db = db
+        self.dsn = dsn
+        self.producer = producer
+        self.connect_timeout_s = connect_timeout_s
+        self._changed = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- publishing --------------------------------------------------------------------------
+    def published(self, *events: tm.CatalogEvent) -> None:
+        """Call after the transaction that recorded `events` committed."""
+        for event in events:
+            self._send(event)
+        self.poke()
+
+    def _send(self, event: tm.CatalogEvent) -> None:
+        if self.producer is None:
+            return
+        try:
+            if not self.producer.publish(new_event(source=SOURCE, catalog_event=event)):
+                log.warning("catalog event dropped by the Oona producer",
+                            extra={"revision": event.revision})
+        except Exception:  # noqa: BLE001 - the DB is the record; Kafka must never fail an RPC
+            log.exception("cannot publish catalog event", extra={"revision": event.revision})
+
+    def poke(self) -> None:
+        """Wake every watcher of this process."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- cross-process wake-ups ------------------------------------------------------------
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="urza-catalog-listen")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+
+    async def _listen(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self.poke())
+                self.poke()  # changes made while we were not listening
+                while not conn.is_closed():
+                    await asyncio.sleep(POLL_INTERVAL_S)
+            except CONNECTION_ERRORS as exc:
+                log.debug("catalog LISTEN connection lost: %s", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(LISTEN_RETRY_S)
+
+    # -- WatchCatalog ------------------------------------------------------------------------
+    async def latest_revision(self) -> int:
+        async with self.db.acquire() as conn:
+            return int(await conn.fetchval("SELECT coalesce(max(revision), 0) FROM catalog_events"))
+
+    async def watch(self, after_revision: int, subscribed: Subscribed | None = None
+                    ) -> AsyncIterator[tm.CatalogEvent]:
+        """Changes after `after_revision` (0: from now on): the log replayed, then live.
+        `subscribed(cursor)` is awaited once the starting revision is fixed: every change
+        committed after that call is delivered."""
+        latest = await self.latest_revision()
+        if after_revision > latest:
+            raise InvalidArgument("after_revision", f"{after_revision} is beyond the latest "
+                                  f"revision {latest}; pass 0 to follow from now on")
+        cursor = after_revision or latest
+        if subscribed is not None:
+            await subscribed(cursor)
+        while True:
+            changed = self._changed
+            batch = await self._after(cursor)
+            for event in batch:
+                cursor = event.revision
+                yield event
+            if len(batch) < REPLAY_BATCH:
+                try:
+                    await asyncio.wait_for(changed.wait(), POLL_INTERVAL_S)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _after(self, cursor: int) -> list[tm.CatalogEvent]:
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM catalog_events WHERE revision > $1 ORDER BY revision LIMIT $2",
+                cursor, REPLAY_BATCH)
+        return [records.catalog_event(row) for row in rows]
