@@ -98,7 +98,8 @@ def run_up(args: argparse.Namespace) -> int:
     print(format_table(result.statuses))
     kept = len(result.statuses) - len(result.started)
     print(
-        f"\nstack up in {result.elapsed_s:.1f} s under {state_dir} "
+        f"\nstack up in {result.elapsed_s:.1f} s (infrastructure {result.infra_s:.1f} s) "
+        f"under {state_dir} "
         f"({len(result.started)} started, {kept} already running); logs in {state_dir}/logs"
     )
     if any(s.health != HEALTHY for s in result.statuses):

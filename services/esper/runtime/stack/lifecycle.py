@@ -50,6 +50,7 @@ class UpResult:
     statuses: list[ComponentStatus]
     started: list[str]  # components this call started (the rest were already running)
     elapsed_s: float
+    infra_s: float = 0.0  # until PostgreSQL, the broker and the object store were ready
 
 
 def up(state_dir: Path, ports: Mapping[str, object] | None = None) -> UpResult:
@@ -69,12 +70,13 @@ def up(state_dir: Path, ports: Mapping[str, object] | None = None) -> UpResult:
             _start_group(stack, INFRA_COMPONENTS, started)
             stack.postgres.ensure_database(state.database)
             stack.objectstore.ensure_bucket(state.bucket)
+            infra_s = time.monotonic() - began
             _start_group(stack, SERVER_NAMES, started)
         except BaseException:
             for name in reversed(started):
                 stack.components[name].stop()
             raise
-        return UpResult(_statuses(stack), started, time.monotonic() - began)
+        return UpResult(_statuses(stack), started, time.monotonic() - began, infra_s)
 
 
 def down(state_dir: Path) -> list[str]:
