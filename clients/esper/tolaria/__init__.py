@@ -14,11 +14,11 @@ optimizer param groups, and `save_checkpoint` / `resume=` make runs resumable.
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
-from esper.tolaria.policy import LOCAL_HEURISTIC, LocalPolicy, PolicySource
+from esper.tolaria.policy import LOCAL_HEURISTIC, LocalPolicy, PolicySource, ReplayPolicy
 from esper.tolaria.session import TolariaSession
 from esper.tolaria.trainer import Trainer
 
 __all__ = [
-    "CheckpointError", "LOCAL_HEURISTIC", "LocalPolicy", "PolicySource", "TolariaConfig",
+    "CheckpointError", "LOCAL_HEURISTIC", "LocalPolicy", "PolicySource", "ReplayPolicy", "TolariaConfig",
     "TolariaSession", "Trainer", "attach", "load_checkpoint", "save_checkpoint",
 ]

@@ -18,6 +18,8 @@ original model runs them; `session.model` is the wrapped (MorphableModel) view.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
 from esper.kasmina import BlueprintSeedBuilder, KasminaConfig, KernelCache, wrap
@@ -37,14 +39,16 @@ POLICY_CHOICES = ("local", "none")
 def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "local", *,
            slots: SlotChoice = None, example_input: object = None,
            kasmina: KasminaConfig | None = None, config: TolariaConfig | None = None,
-           urza: str | None = None, blueprints: list[str] | None = None,
+           urza: str | None = None, kernel_fetch: Callable[[str], bytes] | None = None,
+           blueprints: list[str] | None = None,
            budget: ResourceBudget | None = None, resume: str | dict | None = None,
            telemetry: Telemetry | None = None) -> TolariaSession:
     """Attach a Tolaria session to `model` (wrapped with seed slots unless it already is)
     and `optimizer` (seed param groups are added to it).
 
     policy: "local" (in-process heuristic), "none" (never decides), or a PolicySource such
-    as RemotePolicy. urza: address of Urza for remote kernels. blueprints: restrict the
+    as RemotePolicy. urza: address of Urza for remote kernels (or kernel_fetch: any
+    `kernel_id -> bytes` function; the cache verifies the digest). blueprints: restrict the
     local catalogue to these refs or names. resume: a checkpoint path (or loaded dict);
     the run id comes from it."""
     config = config or TolariaConfig()
@@ -53,7 +57,9 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
         config.run_id = state["run_id"]
     morph = model if isinstance(model, MorphableModel) else wrap(
         model, slots, example_input=example_input, config=kasmina)
-    cache = KernelCache(fetch=UrzaKernelFetcher(urza) if urza else None)
+    if urza and kernel_fetch:
+        raise ValueError("give urza or kernel_fetch, not both")
+    cache = KernelCache(fetch=UrzaKernelFetcher(urza) if urza else kernel_fetch)
     local_kernels = LocalKernels(cache, blueprints=blueprints)
     source, fallback = _policies(policy, local_kernels, config)
     session = TolariaSession(
