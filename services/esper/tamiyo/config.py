@@ -36,6 +36,9 @@ class TamiyoConfig(UrzaClientSettings, ServerConfig):
     max_graph_nodes: int = 4096
     # Largest number of seed slots accepted.
     max_slots: int = 512
+    # torch intra-op threads for the learned policy: its matrices are tiny, so one thread is
+    # fastest and leaves the other cores to the event loop and other sessions.
+    torch_threads: int = 1
     # Runs whose state is kept for resumption; the least recently used is forgotten first.
     max_runs: int = 1000
 
@@ -51,6 +54,7 @@ class TamiyoConfig(UrzaClientSettings, ServerConfig):
             ("max_graph_nodes", 1 <= self.max_graph_nodes <= 1_000_000),
             ("max_slots", 1 <= self.max_slots <= 100_000),
             ("max_runs", 1 <= self.max_runs <= 1_000_000),
+            ("torch_threads", 1 <= self.torch_threads <= 256),
         )
         for name, ok in checks:
             if not ok:

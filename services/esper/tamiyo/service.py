@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import torch
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 from esper.tamiyo.config import TamiyoConfig
@@ -18,6 +19,7 @@ __all__ = ["SPEC", "TamiyoConfig", "start"]
 
 
 async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
+    torch.set_num_threads(config.torch_threads)
     policies = PolicyRegistry()
     if config.gnn_artifact:
         try:
