@@ -167,5 +167,7 @@ class Database:
 def translate_errors() -> Iterator[None]:
     try:
         yield
+    except asyncpg.DataError:
+        raise  # a value asyncpg cannot encode: a bug or an unchecked input, not an outage
     except CONNECTION_ERRORS as exc:
         raise Unavailable(f"postgres: database unavailable: {type(exc).__name__}: {exc}") from exc

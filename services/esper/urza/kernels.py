@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from esper.blueprints.attrs import MAX_DIM
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.graph import validate_slot_shape
 from esper.leyline.v1 import common_pb2 as common
@@ -194,6 +195,8 @@ class KernelRegistry:
         if query.device and not validate.DEVICE_RE.match(query.device):
             raise InvalidArgument("device", f"{query.device[:40]!r} is not a device type like 'cpu'")
         validate.enum_member(query.state, kp.KernelState, "state", allow_unspecified=True)
+        if query.channels > MAX_DIM:
+            raise InvalidArgument("channels", f"{query.channels} is larger than {MAX_DIM}")
         filters = query.as_filters()
         after = pagination.decode_token(token, filters, arity=1) or [None]
         limit = pagination.page_size(size)
