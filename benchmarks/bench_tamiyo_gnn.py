@@ -18,17 +18,27 @@ import time
 from pathlib import Path
 
 import torch
-
 from esper.leyline.v1.blueprint_pb2 import BlueprintMetadata, BlueprintSpec
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.kernel_pb2 import KernelArtifact, KernelState, KernelStats, KernelTarget
 from esper.leyline.v1.lifecycle_pb2 import SeedMetrics, SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import (
-    GraphEdge, GraphNode, LayerHealth, ModelGraph, SlotInfo, TrainingMetrics, TrainingSnapshot,
+    GraphEdge,
+    GraphNode,
+    LayerHealth,
+    ModelGraph,
+    SlotInfo,
+    TrainingMetrics,
+    TrainingSnapshot,
 )
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import HeuristicPolicy, PolicyContext, RunHistory, StaticCandidateProvider
+from esper.tamiyo.policies import (
+    HeuristicPolicy,
+    PolicyContext,
+    RunHistory,
+    StaticCandidateProvider,
+)
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.vocabulary import default_vocabulary
 

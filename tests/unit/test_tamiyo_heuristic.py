@@ -170,3 +170,14 @@ def test_run_history_records_epoch_ends_once() -> None:
 def test_health_score_orders_sick_below_healthy() -> None:
     assert health_score(health("a", dead=0.8, grad=1e-6)) < health_score(health("a", dead=0.1)) < 1.0
     assert health_score(None) == 1.0
+
+
+def test_heuristic_imports_without_torch_or_grpc() -> None:
+    """Tolaria imports the heuristic in-process as its local policy: it must stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from esper.tamiyo.policies import HeuristicPolicy; "
+            "print('torch' in sys.modules, 'grpc' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

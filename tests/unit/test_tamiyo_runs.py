@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.tamiyo.runs import RunRegistry, RunState
-from esper.tamiyo.validation import InvalidInput, Limits, check_budget, check_graph, check_run_id, snapshot_problem
+from esper.tamiyo.validation import (
+    InvalidInput,
+    Limits,
+    check_budget,
+    check_graph,
+    check_run_id,
+    snapshot_problem,
+)
+
 from tests.unit.test_tamiyo_support import graph, seed, snapshot
 
 S = SeedStage

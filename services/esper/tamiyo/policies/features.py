@@ -70,7 +70,7 @@ class GraphEncoding:
 
     node_ids: tuple[str, ...]
     node_index: dict[str, int]
-    slot_node: dict[str, int]  # slot id -> node index
+    slot_node: dict[str, int]  # slot id -> node index (one slot per node)
     edge_index: torch.Tensor  # (2, E) with self-loops, both directions
     edge_weight: torch.Tensor  # (E,) symmetric GCN normalisation
     adjacency: torch.Tensor  # (N, N) sparse CSR of the same weights, rows = targets
@@ -105,7 +105,10 @@ def encode_graph(graph: ModelGraph) -> GraphEncoding:
         static[i, base + 2] = math.log1p(node.params) / LOG_PARAMS_SCALE
         static[i, base + 3] = min(node.depth / max_depth, 1.0)
         static[i, base + 4] = 1.0 if node.slot_id else 0.0
-    slot_node = {s.slot_id: index[s.node_id] for s in graph.slots if s.node_id in index}
+    slot_node: dict[str, int] = {}
+    for slot in graph.slots:  # one slot per node is visible to the net; the first wins
+        if slot.node_id in index and index[slot.node_id] not in slot_node.values():
+            slot_node[slot.slot_id] = index[slot.node_id]
     pairs = {(index[e.source], index[e.target]) for e in graph.edges if e.source in index and e.target in index}
     edge_index, edge_weight = _normalised_edges(pairs, n)
     coo = torch.sparse_coo_tensor(edge_index.flip(0), edge_weight, (n, n), check_invariants=True)

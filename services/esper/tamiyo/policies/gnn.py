@@ -9,13 +9,11 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     AdvanceAction,
-    BlendSchedule,
     CullAction,
     CullReason,
     FossilizeAction,
@@ -34,7 +32,7 @@ from esper.tamiyo.policies.features import (
     graph_key,
     node_features,
 )
-from esper.tamiyo.policies.heuristic import HeuristicPolicy
+from esper.tamiyo.policies.heuristic import HeuristicPolicy, blend_schedule
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.safety import live_seed_limit, violation
@@ -206,12 +204,8 @@ class GnnPolicy:
         return FossilizeAction(slot_id=slot_id), f"gnn chose fossilize of {slot_id}"
 
     def _germinate(self, slot_id: str, mask: SafetyMask, node: int, bp: int | None) -> tuple[Action, str]:
-        c = self.heuristic.config
         pick = mask.kernels[(node, int(bp if bp is not None else -1))]
-        schedule = BlendSchedule(
-            curve=c.blend_curve, blend_steps=c.blend_steps, training_steps=c.training_steps,
-            learning_rate=c.seed_learning_rate, shadow_steps=c.shadow_steps, probation_steps=c.probation_steps,
-        )
+        schedule = blend_schedule(self.heuristic.config)
         ref = self.vocabulary.refs[int(bp if bp is not None else -1)]
         action = GerminateAction(slot_id=slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
                                  kernel_sha256=pick.kernel.sha256, schedule=schedule)
@@ -228,4 +222,4 @@ def _cull_reason(seed: SeedState) -> int:
     return CullReason.CULL_REASON_NO_GAIN
 
 
-__all__ = ["GnnConfig", "GnnPolicy", "np"]
+__all__ = ["GnnConfig", "GnnPolicy"]

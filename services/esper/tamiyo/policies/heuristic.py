@@ -112,6 +112,15 @@ def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig) -> flo
     return benefit / cost
 
 
+def blend_schedule(config: HeuristicConfig) -> BlendSchedule:
+    """The training and blending schedule germinations carry."""
+    return BlendSchedule(
+        curve=config.blend_curve, blend_steps=config.blend_steps, training_steps=config.training_steps,
+        learning_rate=config.seed_learning_rate, shadow_steps=config.shadow_steps,
+        probation_steps=config.probation_steps,
+    )
+
+
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
@@ -294,11 +303,7 @@ class HeuristicPolicy:
         self, ctx: PolicyContext, slot: SlotInfo, health: float, pick: KernelCandidate
     ) -> tuple[Action, float, str]:
         c = self.config
-        schedule = BlendSchedule(
-            curve=c.blend_curve, blend_steps=c.blend_steps, training_steps=c.training_steps,
-            learning_rate=c.seed_learning_rate, shadow_steps=c.shadow_steps,
-            probation_steps=c.probation_steps,
-        )
+        schedule = blend_schedule(c)
         ref = pick.kernel.blueprint_ref or budgeting.blueprint_ref(pick.blueprint)
         action = GerminateAction(
             slot_id=slot.slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
