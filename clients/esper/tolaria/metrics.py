@@ -93,12 +93,27 @@ class MetricsWindow:
         )
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("last_train_loss", "last_train_accuracy", "val_loss",
-                                              "val_accuracy", "best_val_loss", "plateau_epochs")}
+        """Plain numbers, the open window's partial sums included (so a resumed run sees
+        the same window means as an uninterrupted one)."""
+        state = {k: getattr(self, k) for k in _SAVED}
+        state["window"] = {
+            "loss": float(self._loss) if self._loss is not None else None,
+            "correct": int(self._correct) if self._correct is not None else None,
+            "steps": self._steps, "samples": self._samples, "labelled": self._labelled,
+        }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        for key in _SAVED:
+            setattr(self, key, state[key])
+        w = state["window"]
+        self._loss = torch.tensor(w["loss"], dtype=torch.float32) if w["loss"] is not None else None
+        self._correct = torch.tensor(w["correct"]) if w["correct"] is not None else None
+        self._steps, self._samples, self._labelled = w["steps"], w["samples"], w["labelled"]
+
+
+_SAVED = ("last_train_loss", "last_train_accuracy", "val_loss", "val_accuracy", "best_val_loss",
+          "plateau_epochs", "grad_norm")
 
 
 def _or_zero(x: float) -> float:

@@ -36,9 +36,18 @@ class Trainer:
                  val_loader=None, *, loss_fn: LossFn = F.cross_entropy, epochs: int = 10,
                  policy="local", config: TolariaConfig | None = None,
                  device: str | torch.device = "cpu", checkpoint_path: str | None = None,
-                 resume: str | None = None, classification: bool = True, **attach_kwargs) -> None:
+                 checkpoint_every: int | None = None, resume: str | None = None,
+                 classification: bool = True, **attach_kwargs) -> None:
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
+        self.config = config or TolariaConfig()
+        if checkpoint_every is not None and (
+                checkpoint_every <= 0 or checkpoint_every % self.config.snapshot_every):
+            raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a positive multiple "
+                             f"of snapshot_every ({self.config.snapshot_every}): checkpoints "
+                             "are exact at safe points")
+        if checkpoint_every and not checkpoint_path:
+            raise ValueError("checkpoint_every needs a checkpoint_path")
         if not callable(optimizer):
             raise TypeError("optimizer must be a factory: params -> torch.optim.Optimizer")
         self.device = torch.device(device)
@@ -47,8 +56,8 @@ class Trainer:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.loss_fn = loss_fn
         self.epochs = epochs
-        self.config = config or TolariaConfig()
         self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
         self.classification = classification
         state = load_checkpoint(resume) if resume else None
         self.session = attach(self.model, self.optimizer, policy, config=self.config,
@@ -81,6 +90,8 @@ class Trainer:
                 correct += int(hits)
                 seen += int(targets.shape[0])
             self.batch_index += 1
+            if self.checkpoint_every and self.session.model.global_step % self.checkpoint_every == 0:
+                self.save_checkpoint(self.checkpoint_path)
             bar.update(loss, correct if hits is not None else None, seen,
                        self.session.live_seed_count())
         val = self.evaluate()
@@ -163,6 +174,9 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, path: str) -> None:
+        """Save the session and the loop position; `path` may contain {step} and {epoch}.
+        Exact (same losses on resume) at safe points: epoch ends and snapshot steps."""
+        path = path.format(step=self.session.model.global_step, epoch=self.epoch)
         loop = {"epoch": self.epoch, "batch": self.batch_index, "rng": self._rng()}
         if self._epoch_rng is not None and self.batch_index:
             loop["epoch_rng"] = self._epoch_rng
