@@ -21,13 +21,18 @@ class OutboundRecord:
 
 class OutboundBuffer:
     """Bounded FIFO. `offer` never blocks: when the buffer is full the record is dropped
-    and counted. `on_ready` is called (outside the lock) when the buffer goes from empty
-    to non-empty, so a sender can sleep while there is nothing to send."""
+    and counted. `on_ready` is called (outside the lock) when the buffer grows to
+    `wake_at` records, so a sender can sleep until there is enough to send."""
 
-    def __init__(self, capacity: int, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, capacity: int, on_ready: Callable[[], None] | None = None, wake_at: int = 1
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if not 1 <= wake_at <= capacity:
+            raise ValueError("wake_at must be within [1, capacity]")
         self.capacity = capacity
+        self.wake_at = wake_at
         self._items: deque[OutboundRecord] = deque()
         self._lock = threading.Lock()
         self._on_ready = on_ready
@@ -44,7 +49,7 @@ class OutboundBuffer:
                 return False
             self._items.append(record)
             self.accepted += 1
-            became_ready = len(self._items) == 1
+            became_ready = len(self._items) == self.wake_at
         if became_ready and self._on_ready is not None:
             self._on_ready()
         return True

@@ -40,6 +40,11 @@ SEND_ROUND_TIMEOUT_S = 10.0
 # Reconnect backoff: quick first retry, capped so recovery is noticed within seconds.
 RECONNECT_BACKOFF_MIN_S = 0.2
 RECONNECT_BACKOFF_MAX_S = 5.0
+# The threaded (training-process) producer lets events gather this long, or until half a
+# batch is waiting, before its sender runs: every wake-up of the sender thread takes the
+# GIL from the training thread (up to a 5 ms switch interval), so one wake-up per step
+# would cost far more than the sending itself.
+THREADED_LINGER_S = 0.1
 # How often an idle sender refreshes the Prometheus metrics.
 METRICS_INTERVAL_S = 1.0
 # gzip works with every broker without extra libraries (snappy/lz4/zstd need them).
@@ -109,12 +114,20 @@ class OonaProducer:
         queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
         batch_max: int = DEFAULT_BATCH_MAX,
         create_topics: bool = True,
+        linger_s: float = 0.0,
+        wake_at: int = 1,
     ) -> None:
+        """`linger_s`/`wake_at`: with a linger, the sender waits up to `linger_s` for
+        `wake_at` events before sending what it has (fewer, bigger rounds)."""
         self.bootstrap = bootstrap
+        self._linger_s = linger_s
+        self._idle_wait_s = linger_s if linger_s > 0 else METRICS_INTERVAL_S
         self.client_id = client_id
         self._batch_max = batch_max
         self._create_topics = create_topics
-        self._buffer = OutboundBuffer(queue_capacity, on_ready=self._wake)
+        self._buffer = OutboundBuffer(
+            queue_capacity, on_ready=self._wake, wake_at=min(wake_at, queue_capacity)
+        )
         self._kafka: AIOKafkaProducer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -240,14 +253,24 @@ class OonaProducer:
             if not len(self._buffer):
                 self._export_metrics()
                 try:
-                    await asyncio.wait_for(self._ready.wait(), METRICS_INTERVAL_S)
+                    await asyncio.wait_for(self._ready.wait(), self._idle_wait_s)
                 except TimeoutError:
                     pass
                 self._ready.clear()
                 continue
+            if self._linger_s > 0 and len(self._buffer) < self._buffer.wake_at:
+                await self._linger()
             if not await self._check_topics_after_reconnect():
                 continue
             await self._send_round(self._buffer.take(self._batch_max))
+
+    async def _linger(self) -> None:
+        assert self._ready is not None
+        try:
+            await asyncio.wait_for(self._ready.wait(), self._linger_s)
+        except TimeoutError:
+            pass
+        self._ready.clear()
 
     async def _connect(self) -> bool:
         kafka = AIOKafkaProducer(
@@ -378,6 +401,9 @@ class ThreadedOonaProducer:
     daemon thread. `publish` is O(1), thread-safe and never blocks the calling thread."""
 
     def __init__(self, bootstrap: str, **kwargs: object) -> None:
+        batch_max = int(kwargs.get("batch_max", DEFAULT_BATCH_MAX))  # type: ignore[call-overload]
+        kwargs.setdefault("linger_s", THREADED_LINGER_S)
+        kwargs.setdefault("wake_at", max(1, batch_max // 2))
         self._producer = OonaProducer(bootstrap, **kwargs)  # type: ignore[arg-type]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
