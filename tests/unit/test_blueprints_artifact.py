@@ -176,3 +176,17 @@ def test_oversized_header_length_is_refused_before_parsing():
     data = struct.pack("<Q", 2**40) + b"{}"
     with pytest.raises(KernelFormatError, match="header length"):
         unpack_kernel(data, sha256_hex(data))
+
+
+def test_targets_give_distinct_artifacts():
+    from esper.leyline.v1 import kernel_pb2
+
+    spec, shape, module, _ = packed()
+    cpu = kernel_pb2.KernelTarget(device="cpu", dtype=1, shape=shape, torch_version="2.13.0")
+    cuda = kernel_pb2.KernelTarget(device="cuda", dtype=1, shape=shape, torch_version="2.13.0")
+    a = pack_kernel(spec, shape, module, target=cpu)
+    b = pack_kernel(spec, shape, module, target=cuda)
+    assert sha256_hex(a) != sha256_hex(b)
+    assert pack_kernel(spec, shape, module, target=cpu) == a
+    _, _, rebuilt = unpack_kernel(b, sha256_hex(b))
+    assert rebuilt.state_dict().keys() == module.state_dict().keys()

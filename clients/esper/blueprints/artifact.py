@@ -24,6 +24,7 @@ from esper.blueprints.errors import BlueprintError, KernelFormatError, KernelInt
 from esper.blueprints.graph import resolve_for_shape
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
+from esper.leyline.v1 import kernel_pb2
 from google.protobuf.message import DecodeError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -57,8 +58,12 @@ def kernel_id_for(digest: str) -> str:
     return "k-" + digest[:KERNEL_ID_DIGEST_CHARS]
 
 
-def pack_kernel(spec: bp.BlueprintSpec, shape: common.SlotShape, module: torch.nn.Module) -> bytes:
-    """Serialise ``module``'s state_dict with ``spec`` and ``shape`` in the header."""
+def pack_kernel(spec: bp.BlueprintSpec, shape: common.SlotShape, module: torch.nn.Module,
+                *, target: kernel_pb2.KernelTarget | None = None) -> bytes:
+    """Serialise ``module``'s state_dict with ``spec`` and ``shape`` in the header.
+
+    ``target`` (device, dtype, torch version) goes into the header too, so builds of one
+    blueprint for different targets are different artifacts with different kernel ids."""
     resolve_for_shape(spec, shape)  # refuse to pack what could never be unpacked
     metadata = {
         "format": FORMAT_TAG,
@@ -66,6 +71,8 @@ def pack_kernel(spec: bp.BlueprintSpec, shape: common.SlotShape, module: torch.n
         "blueprint_ref": f"{spec.name}@{spec.version}",
         "slot_shape": _b64(shape.SerializeToString(deterministic=True)),
     }
+    if target is not None:
+        metadata["target"] = _b64(target.SerializeToString(deterministic=True))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     return _serialise(tensors, metadata)
 

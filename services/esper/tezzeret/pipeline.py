@@ -84,7 +84,7 @@ def build(spec, target) -> tuple[nn.Module, bytes]:
     """The seed module and its artifact bytes, packed before any forward touches buffers."""
     module = build_seed(spec, target.shape, device=target.device, dtype=DTYPES[target.dtype],
                         seed=init_seed(spec, target))
-    return module, pack_kernel(spec, target.shape, module)
+    return module, pack_kernel(spec, target.shape, module, target=target)
 
 
 def check(module: nn.Module, spec, target, settings: PipelineSettings
