@@ -3,7 +3,7 @@ next decision's snapshot.
 
     reward = ACCURACY_GAIN   * (val_accuracy' - val_accuracy)
            - PARAM_COST      * (seed_params' - seed_params) / host_params
-           - LATENCY_COST    * clip((step_time' - step_time) / step_time, 0, LATENCY_CLIP)
+           - LATENCY_COST    * clip(rise of step time beyond LATENCY_NOISE, 0, LATENCY_CLIP)
            - CULL_PENALTY    * (seeds culled in between)
            - INSTABILITY_PENALTY  if the next state shows NaN/Inf (loss or any seed)
            - REJECTED_PENALTY     if the runtime rejected the decision
@@ -38,6 +38,8 @@ class RewardConfig:
     latency_cost: float = 0.05
     # A relative step-time increase above this is clipped (one slow step is not a seed's fault).
     latency_clip: float = 1.0
+    # Relative step-time rises below this are timing noise of a shared machine, not cost.
+    latency_noise: float = 0.25
     # Each culled seed: the compute spent growing it is lost and the host was disturbed.
     cull_penalty: float = 0.05
     # NaN/Inf in the loss or a seed: the worst outcome short of a crash.
@@ -71,7 +73,7 @@ def _delta(after: float, before: float) -> float:
 
 def _unstable(snapshot: TrainingSnapshot) -> bool:
     m = snapshot.metrics
-    if not math.isfinite(m.train_loss) and m.train_loss != 0.0:
+    if not math.isfinite(m.train_loss):
         return True
     return any(s.metrics.non_finite_count for s in snapshot.seeds)
 
@@ -97,7 +99,7 @@ def reward_terms(
         params = -config.param_cost * added / max(1, host_params)
         before, after = state.resources.step_time_ms, next_state.resources.step_time_ms
         if math.isfinite(before) and math.isfinite(after) and before > 0:
-            rise = min(config.latency_clip, max(0.0, (after - before) / before))
+            rise = min(config.latency_clip, max(0.0, (after - before) / before - config.latency_noise))
             latency = -config.latency_cost * rise
         instability = _unstable(next_state)
     return RewardTerms(

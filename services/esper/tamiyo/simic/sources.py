@@ -14,7 +14,12 @@ from pathlib import Path
 from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.simic.dataset import EPISODE_EVENT_KINDS, Dataset, DatasetError, episodes_from_events
+from esper.tamiyo.simic.dataset import (
+    EPISODE_EVENT_KINDS,
+    Dataset,
+    DatasetError,
+    episodes_from_events,
+)
 from esper.tamiyo.simic.records import ReadProblems
 
 DUMP_FRAMINGS = ("kcat", "base64")

@@ -1,0 +1,215 @@
+"""Short, real training episodes on the built-in example task, recorded for Simic.
+
+One episode: the digits CNN (Tolaria's `load_task("digits")`, CPU) trains for a few epochs
+under a policy run in-process (Tolaria's LocalPolicy, real local kernels from the built-in
+catalogue, real Kasmina seeds). Everything the run tells the world is recorded as Leyline
+messages: its SessionOpen, the kernels it could germinate, and every snapshot, decision, ack,
+seed transition and field report as TelemetryEvents (what Oona would carry).
+
+For diverse actions the collector varies the data order and initialisation (seed), the
+heuristic's thresholds (`sample_heuristic`) and explores: with probability epsilon a decision
+is a uniformly random legal choice under the safety mask instead of the heuristic's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+
+import torch
+from esper.leyline.v1.control_pb2 import AdaptationDecision
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget, SessionOpen
+from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
+from esper.leyline.v1.urza_pb2 import KernelCandidate
+from esper.tamiyo.policies.base import Policy
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.features import encode_graph, graph_key
+from esper.tamiyo.policies.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.tamiyo.policies.mask import build_mask
+from esper.tamiyo.policies import budget as budgeting
+from esper.tamiyo.policies.safety import live_seed_limit, violation
+from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
+from esper.tamiyo.simic.actions import decision_for, random_choice
+from esper.tamiyo.simic.dataset import Episode
+
+TASK = "digits"
+EXPLORE_VERSION = "simic-explore@1"
+
+# The heuristic's thresholds for episodes of a few epochs of digits (23 steps per epoch at
+# batch 64): one flat epoch is a plateau, and a seed lives germination -> fossil in about 60
+# steps, so growth, blending and probation all happen inside a short run. The learned policy
+# is evaluated with the same schedule (its germinations carry these stage lengths).
+EPISODE_HEURISTIC = HeuristicConfig(
+    plateau_patience=1, plateau_min_delta=0.02, max_live_seeds=1, training_steps=15, blend_steps=15,
+    shadow_steps=5, probation_steps=15, decision_horizon_steps=30, gate_retry_steps=10, wait_steps=5,
+    stall_steps=150,
+)
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """One episode's setup, each value with its reason."""
+
+    # Few epochs: enough for a plateau and one or two seed lifetimes, fast on one CPU core.
+    epochs: int = 8
+    # A snapshot (and a decision) every 5 steps: ~5 decisions per epoch of 23 steps.
+    snapshot_every: int = 5
+    batch_size: int = 64
+    # Adam at 3e-3 brings the CNN to ~90% in a few epochs, then it plateaus.
+    learning_rate: float = 3e-3
+    # Growth budget: about half the host's ~9.8k parameters, so some kernels do not fit.
+    max_added_params: int = 5000
+    # One torch thread: episodes are tiny and the machine is shared (threads only contend).
+    torch_threads: int = 1
+
+
+class EventRecorder:
+    """A Telemetry producer that keeps the events in memory (the episode's event log)."""
+
+    @dataclass
+    class Stats:
+        dropped: int = 0
+
+    def __init__(self) -> None:
+        self.events: list[TelemetryEvent] = []
+
+    def publish(self, event: TelemetryEvent) -> bool:
+        self.events.append(event)
+        return True
+
+    def stats(self) -> EventRecorder.Stats:
+        return EventRecorder.Stats()
+
+    def record_decision(self, decision: AdaptationDecision) -> None:
+        from esper.oona.envelope import new_event
+
+        self.events.append(new_event(source="tamiyo", run_id=decision.run_id, decision=decision))
+
+
+class ExploringHeuristic:
+    """The heuristic, except that with probability `epsilon` it takes a random legal choice."""
+
+    name = "simic-explore"
+
+    def __init__(self, config: HeuristicConfig, epsilon: float, rng: random.Random,
+                 vocabulary: BlueprintVocabulary | None = None) -> None:
+        self.heuristic = HeuristicPolicy(config)
+        self.epsilon = epsilon
+        self.rng = rng
+        self.vocabulary = vocabulary or default_vocabulary()
+        self._encodings: dict[str, object] = {}
+
+    @property
+    def version(self) -> str:
+        return self.heuristic.version
+
+    def decide(self, ctx: PolicyContext) -> AdaptationDecision:
+        if self.rng.random() >= self.epsilon:
+            return self.heuristic.decide(ctx)
+        key = graph_key(ctx.graph)
+        enc = self._encodings.setdefault(key, encode_graph(ctx.graph))
+        c = self.heuristic.config
+        risk, live = budgeting.max_risk(ctx, c.max_risk), live_seed_limit(ctx, c.max_live_seeds)
+        mask = build_mask(ctx, enc, self.vocabulary, risk, live, c)  # type: ignore[arg-type]
+        choice = random_choice(mask, self.rng)
+        decision = decision_for(ctx, enc, mask, choice, self.vocabulary, c,  # type: ignore[arg-type]
+                                policy_version=EXPLORE_VERSION, confidence=0.0,
+                                rationale=f"epsilon-exploration (epsilon={self.epsilon:.2f})")
+        return self.heuristic.decide(ctx) if violation(decision, ctx, risk, live) else decision
+
+
+class RecordingPolicy:
+    """Wraps a policy; every decision it makes goes to the recorder, as Tamiyo would publish it."""
+
+    def __init__(self, policy: Policy, recorder: EventRecorder) -> None:
+        self.policy, self.recorder = policy, recorder
+        self.name = policy.name
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+    def decide(self, ctx: PolicyContext) -> AdaptationDecision:
+        decision = self.policy.decide(ctx)
+        self.recorder.record_decision(decision)
+        return decision
+
+
+def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURISTIC) -> HeuristicConfig:
+    """Randomized thresholds around `base`, so the recorded heuristic is not one fixed rule."""
+    return dataclasses.replace(
+        base,
+        plateau_patience=rng.choice((1, 1, 2)),
+        plateau_min_delta=rng.choice((0.005, 0.01, 0.02, 0.05, 0.1)),
+        training_steps=rng.choice((10, 15, 25)),
+        blend_steps=rng.choice((10, 15, 25)),
+        probation_steps=rng.choice((10, 15, 25)),
+        regression_tolerance=rng.choice((0.01, 0.02, 0.05)),
+    )
+
+
+@dataclass
+class EpisodeResult:
+    episode: Episode
+    summary: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def task_context(config: EpisodeConfig | None = None) -> tuple[SessionOpen, list[KernelCandidate]]:
+    """The SessionOpen and the local kernels of the example task's runs (what telemetry from
+    Oona or Nissa lacks); built by attaching a session to a fresh model, with no training."""
+    from esper.tolaria import TolariaConfig, attach
+    from esper.tolaria.tasks import load_task
+
+    cfg = config or EpisodeConfig()
+    task = load_task(TASK, batch_size=cfg.batch_size, seed=0)
+    session = attach(task.model, torch.optim.Adam(task.model.parameters()), "none",
+                     example_input=task.example_input, config=TolariaConfig(progress=False),
+                     budget=ResourceBudget(max_added_params=cfg.max_added_params))
+    try:
+        return session.open_message, _candidates(session)
+    finally:
+        session.close()
+
+
+def _candidates(session) -> list[KernelCandidate]:
+    seen: dict[str, KernelCandidate] = {}
+    for slot in session.graph.slots:
+        for cand in session.local_kernels.kernels_for(slot.shape):
+            seen.setdefault(f"{cand.kernel.kernel_id}/{cand.kernel.target.shape.SerializeToString()}", cand)
+    return list(seen.values())
+
+
+def run_episode(policy: Policy, seed: int, config: EpisodeConfig | None = None,
+                run_id: str | None = None) -> EpisodeResult:
+    """Train the example task once under `policy` (deterministic for a seed and policy) and
+    return the recorded episode with Tolaria's summary."""
+    from esper.tolaria import LocalPolicy, TolariaConfig, Trainer
+    from esper.tolaria.tasks import load_task
+    from esper.tolaria.telemetry import Telemetry
+
+    cfg = config or EpisodeConfig()
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(seed)
+    task = load_task(TASK, batch_size=cfg.batch_size, seed=seed)
+    recorder = EventRecorder()
+    tconf = TolariaConfig(run_id=run_id or f"simic-{seed}", snapshot_every=cfg.snapshot_every, progress=False)
+    local = LocalPolicy(policy=RecordingPolicy(policy, recorder))
+    trainer = Trainer(
+        task.model, lambda params: torch.optim.Adam(params, lr=cfg.learning_rate),
+        task.train_loader, task.val_loader, epochs=cfg.epochs, policy=local, config=tconf,
+        example_input=task.example_input, telemetry=Telemetry(tconf.run_id, producer=recorder),
+        budget=ResourceBudget(max_added_params=cfg.max_added_params),
+    )
+    session = trainer.session
+    summary = trainer.fit()
+    episode = Episode(session.open_message, _candidates(session), list(recorder.events))
+    return EpisodeResult(episode, summary, trainer.history)
+
+
+def collection_policy(index: int, seed: int, epsilon_range: tuple[float, float]) -> ExploringHeuristic:
+    """The policy of the `index`-th collected episode: sampled thresholds and epsilon."""
+    rng = random.Random(seed * 100_003 + index)
+    low, high = epsilon_range
+    return ExploringHeuristic(sample_heuristic(rng), rng.uniform(low, high), rng)
