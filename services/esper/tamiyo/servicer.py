@@ -46,7 +46,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
         superseded = protocol.run.superseded
         out: asyncio.Queue = asyncio.Queue()
         tasks = [
-            asyncio.create_task(self._read(protocol, request_iterator, out)),
+            asyncio.create_task(self._read(protocol, request_iterator, out, superseded)),
             asyncio.create_task(self._beat(protocol, out)),
             asyncio.create_task(self._watch(superseded, out)),
         ]
@@ -66,7 +66,9 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                     await task
             log.info("session closed", extra={"run_id": protocol.run.run_id, "session_id": protocol.session_id})
 
-    async def _read(self, protocol: SessionProtocol, request_iterator, out: asyncio.Queue) -> None:
+    async def _read(
+        self, protocol: SessionProtocol, request_iterator, out: asyncio.Queue, superseded: asyncio.Event
+    ) -> None:
         idle = self.shared.config.heartbeat_seconds * self.shared.config.idle_heartbeats
         iterator = aiter(request_iterator)
         while True:
@@ -81,6 +83,8 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 log.warning("unreadable session message", extra={"session_id": protocol.session_id,
                                                                   "error": repr(exc)})
                 await out.put((grpc.StatusCode.INVALID_ARGUMENT, f"stream: unreadable client message ({exc})"))
+                return
+            if superseded.is_set():  # a newer session owns the run now; touch nothing
                 return
             try:
                 responses = await protocol.handle(request)
