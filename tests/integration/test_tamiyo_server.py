@@ -433,3 +433,29 @@ async def test_heartbeats_keep_a_session_alive_and_silence_ends_it():
         assert (await client.next("decision")).decision.advance.slot_id == "s0"
         await expect_abort(client, grpc.StatusCode.DEADLINE_EXCEEDED, "no message from the client")
         await client.close()
+
+
+async def test_a_restarted_server_takes_the_clients_view():
+    port = free_port()
+    async with tamiyo(port=port) as (_, stub, _c):
+        client, _ = await open_session(stub, "run-restart")
+        await client.send(snapshot=snap(10, "run-restart", [seed("s1", S.SEED_STAGE_GERMINATED)]))
+        first = (await client.next("decision")).decision
+        await client.close()
+    # The server died and came back empty: the client re-opens with its truth.
+    async with tamiyo(port=port) as (_, stub, _c):
+        client, accept = await open_session(
+            stub, "run-restart", seeds=[seed("s1", S.SEED_STAGE_TRAINING, steps=1)],
+            last_applied_decision_id=first.decision_id, acked_decision_ids=[first.decision_id])
+        assert not accept.resumed
+        await client.send(snapshot=snap(11, "run-restart", [seed("s1", S.SEED_STAGE_TRAINING, steps=500)]))
+        d = (await client.next("decision")).decision
+        assert d.decision_id != first.decision_id and d.advance.target_stage == S.SEED_STAGE_BLENDING
+        # A late ack of the decision applied before the restart is accepted, not warned about.
+        await client.send(ack=DecisionAck(decision_id=first.decision_id, run_id="run-restart",
+                                          status=AckStatus.ACK_STATUS_APPLIED))
+        await client.send(ack=DecisionAck(decision_id=d.decision_id, run_id="run-restart",
+                                          status=AckStatus.ACK_STATUS_APPLIED))
+        await client.send(snapshot=snap(12, "run-restart", [seed("s1", S.SEED_STAGE_BLENDING, alpha=1.0)]))
+        assert (await client.next()).decision.advance.target_stage == S.SEED_STAGE_SHADOWING
+        await client.close()
