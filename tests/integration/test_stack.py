@@ -142,6 +142,11 @@ def test_cli_up_status_down(state_dir: Path) -> None:
     result = _esper("status", "--state-dir", str(state_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("healthy") == len(COMPONENTS)
+    result = _esper("status", "--state-dir", str(state_dir), "--address", "tamiyo")
+    tamiyo = next(s for s in status(state_dir) if s.name == "tamiyo")
+    assert result.returncode == 0 and result.stdout.strip() == tamiyo.address
+    result = _esper("status", "--state-dir", str(state_dir), "--address", "nosuch")
+    assert result.returncode == 2 and "--address" in result.stderr
     pids = [s.pid for s in status(state_dir) if s.pid is not None]
     result = _esper("down", "--state-dir", str(state_dir))
     assert result.returncode == 0, result.stderr

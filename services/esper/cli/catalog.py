@@ -296,7 +296,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     def work(stub, timeout):
         candidates = stub.SearchKernels(request, timeout=timeout).candidates
-        rows = [(i, f"{c.score:.5f}", c.kernel.kernel_id, c.kernel.blueprint_ref,
+        rows = [(i, f"{c.score:.4g}", c.kernel.kernel_id, c.kernel.blueprint_ref,
                  _short(bp.BlueprintFamily, c.blueprint.family), c.kernel.stats.params,
                  c.kernel.stats.flops, f"{c.kernel.stats.latency_p99_ms:.3f}",
                  f"{c.blueprint.metadata.risk_score:.2f}")

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from esper.cli.errors import UsageError
+
 # Subcommand modules, in the order `esper --help` lists them. A module that fails to import
 # is a bug, not an optional feature: the error propagates.
 SUBCOMMAND_MODULES = (
@@ -17,11 +19,9 @@ SUBCOMMAND_MODULES = (
     "esper.cli.runs",
     "esper.cli.catalog",
     "esper.cli.tezzeret",
+    "esper.cli.train",
+    "esper.cli.tamiyo",
 )
-
-
-class UsageError(Exception):
-    """A bad CLI input; printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

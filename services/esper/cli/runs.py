@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import grpc
-from esper.cli.main import UsageError
+from esper.cli.errors import UsageError
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, nissa_pb2, nissa_pb2_grpc
 
 ADDRESS_ENV = "ESPER_NISSA_ADDRESS"

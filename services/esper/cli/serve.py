@@ -1,4 +1,8 @@
-"""`esper serve NAME`: run one Esper server in the foreground."""
+"""`esper serve NAME [settings]`: run one Esper server in the foreground.
+
+The service's implementation (and its config class, which defines the flags) is imported
+only when that service is served, so other `esper` commands start without importing every
+server and torch."""
 
 from __future__ import annotations
 
@@ -12,23 +16,41 @@ from esper.runtime.server import StartupError, serve_forever
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("serve", help="run one server (urza, tezzeret, tamiyo, nissa)")
-    names = parser.add_subparsers(dest="service", metavar="SERVICE")
-    names.required = True
-    for name in SERVICE_NAMES:
-        spec = load_spec(name)
-        sub = names.add_parser(name, help=spec.description or name)
-        sub.add_argument("--config", dest="config_file", default=None, help="TOML config file")
-        add_config_flags(sub, spec.config_cls)
-        sub.set_defaults(func=run)
+    parser = subparsers.add_parser(
+        "serve", help="run one server (urza, tezzeret, tamiyo, nissa)", add_help=False,
+        description="Run one server. `esper serve NAME --help` lists NAME's settings.",
+    )
+    parser.add_argument("service", nargs="?", metavar="SERVICE", help=", ".join(SERVICE_NAMES))
+    parser.add_argument("settings", nargs=argparse.REMAINDER, help="--config FILE and --setting VALUE flags")
+    parser.set_defaults(func=run, serve_parser=parser)
+
+
+def service_parser(name: str) -> argparse.ArgumentParser:
+    spec = load_spec(name)
+    parser = argparse.ArgumentParser(
+        prog=f"esper serve {name}", description=spec.description or name,
+        epilog="Each setting is also an ESPER_<SETTING> environment variable and a key of the "
+        f"[{name}] (or [defaults]) table of the TOML file.",
+    )
+    parser.add_argument("--config", dest="config_file", default=None, help="TOML config file")
+    add_config_flags(parser, spec.config_cls)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.service in (None, "-h", "--help"):
+        args.serve_parser.print_help()
+        return 0 if args.service else 2
+    if args.service not in SERVICE_NAMES:
+        print(f"esper serve: error: unknown service {args.service!r} "
+              f"(choose from {', '.join(SERVICE_NAMES)})", file=sys.stderr)
+        return 2
     spec = load_spec(args.service)
+    settings = service_parser(spec.name).parse_args(args.settings)
     try:
         config = load_config(
-            spec.config_cls, spec.name, toml_path=args.config_file,
-            overrides=overrides_from_args(args, spec.config_cls),
+            spec.config_cls, spec.name, toml_path=settings.config_file,
+            overrides=overrides_from_args(settings, spec.config_cls),
             known_tables=known_config_tables(),
         )
         asyncio.run(serve_forever(spec, config))

@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     down_parser.set_defaults(func=_guarded("down", run_down))
     status_parser = subparsers.add_parser("status", help="show each component's health")
     _add_state_dir(status_parser)
+    status_parser.add_argument(
+        "--address", metavar="COMPONENT", default=None,
+        help="print only COMPONENT's address (for scripts: grpcurl $(esper status --address urza) …)",
+    )
     status_parser.set_defaults(func=_guarded("status", run_status))
 
 
@@ -151,5 +155,17 @@ def run_status(args: argparse.Namespace) -> int:
     if not statuses:
         print(f"no stack under {state_dir} (start one with `esper up`)")
         return EXIT_FAILURE
+    if args.address is not None:
+        return _print_address(statuses, args.address)
     print(format_table(statuses))
     return 0 if all(s.health == HEALTHY for s in statuses) else EXIT_FAILURE
+
+
+def _print_address(statuses: list, name: str) -> int:
+    by_name = {s.name: s for s in statuses}
+    if name not in by_name:
+        print(f"esper status: error: --address: unknown component {name!r} "
+              f"(choose from {', '.join(by_name)})", file=sys.stderr)
+        return EXIT_USAGE
+    print(by_name[name].address)
+    return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from esper.blueprints import BlueprintError, parse_ref
-from esper.cli.main import UsageError
+from esper.cli.errors import UsageError
 from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
 from esper.runtime.config import ConfigError, add_config_flags, check_address, load_config, overrides_from_args
 

@@ -1,0 +1,159 @@
+"""`esper train`: train a model that grows seeds while it trains.
+
+By default a built-in task (a small CNN on scikit-learn's digits, or Fashion-MNIST) with
+the in-process heuristic policy; `--tamiyo` uses a remote Tamiyo session instead (with the
+local policy while Tamiyo is unreachable), `--urza` fetches kernels from Urza, `--kafka`
+publishes telemetry through Oona. `--entry module:function` trains your own model: the
+function takes no arguments and returns (model, train_loader, val_loader, loss_fn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import re
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from esper.cli.main import UsageError
+
+# host:port (a name, an IPv4 address or a bracketed IPv6 address).
+ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+DEFAULT_EPOCHS = 15
+DEFAULT_BATCH_SIZE = 64
+# Adam's step size for the small example CNNs: converges on digits in a few epochs.
+DEFAULT_LR = 1e-2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model that grows seeds (built-in task or yours)",
+                              description=__doc__)
+    p.add_argument("--task", choices=("digits", "fashion-mnist"), default=None,
+                   help="built-in task (default: digits)")
+    p.add_argument("--entry", default=None, metavar="MODULE:FUNCTION",
+                   help="your own model and data: FUNCTION() -> (model, train_loader, "
+                        "val_loader, loss_fn)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate of the host")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order)")
+    p.add_argument("--tamiyo", default=None, metavar="ADDRESS", help="remote policy host:port")
+    p.add_argument("--on-outage", choices=("local", "none"), default="local",
+                   help="while Tamiyo is unreachable: local policy or no decisions")
+    p.add_argument("--urza", default=None, metavar="ADDRESS", help="Urza host:port for kernels")
+    p.add_argument("--kafka", default=None, metavar="BOOTSTRAP", help="Kafka bootstrap for telemetry")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--snapshot-every", type=int, default=None, metavar="STEPS")
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="save after every epoch")
+    p.add_argument("--resume", default=None, metavar="PATH", help="continue a checkpointed run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.snapshot_every is not None and args.snapshot_every <= 0:
+        raise UsageError(f"--snapshot-every must be > 0, got {args.snapshot_every}")
+    for name in ("tamiyo", "urza"):
+        value = getattr(args, name)
+        if value is not None and not _valid_address(value):
+            raise UsageError(f"--{name} must be HOST:PORT, got {value!r}")
+    if args.kafka is not None and not all(_valid_address(a) for a in args.kafka.split(",")):
+        raise UsageError(f"--kafka must be HOST:PORT[,HOST:PORT...], got {args.kafka!r}")
+    if args.entry is not None and args.task is not None:
+        raise UsageError("give --task or --entry, not both")
+    if args.run_id is not None and not (0 < len(args.run_id) <= 128):
+        raise UsageError("--run-id must be 1..128 characters")
+
+
+def _valid_address(value: str) -> bool:
+    m = ADDRESS_RE.match(value)
+    return bool(m) and 0 < int(m.group(2)) < 65536
+
+
+def _entry(spec: str):
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"--entry must be MODULE:FUNCTION, got {spec!r}")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except ImportError as exc:
+        raise UsageError(f"--entry: cannot import {module_name!r}: {exc}") from exc
+    except AttributeError:
+        raise UsageError(f"--entry: module {module_name!r} has no {func_name!r}") from None
+    result = func()
+    if not (isinstance(result, tuple) and len(result) == 4):
+        raise UsageError(f"--entry: {spec}() must return (model, train_loader, val_loader, "
+                         f"loss_fn), got {type(result).__name__}")
+    model, train_loader, val_loader, loss_fn = result
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--entry: the model must be a torch.nn.Module, got {type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageError("--entry: loss_fn must be callable or None")
+    inputs, _ = next(iter(train_loader))
+    return model, train_loader, val_loader, loss_fn or F.cross_entropy, inputs[:2]
+
+
+def _workload(args: argparse.Namespace):
+    from esper.tolaria.tasks import DatasetMissing, load_task
+
+    torch.manual_seed(args.seed)
+    if args.entry:
+        return _entry(args.entry)
+    try:
+        task = load_task(args.task or "digits", batch_size=args.batch_size, seed=args.seed)
+    except DatasetMissing as exc:
+        raise UsageError(str(exc)) from exc
+    return task.model, task.train_loader, task.val_loader, F.cross_entropy, task.example_input
+
+
+def run(args: argparse.Namespace) -> int:
+    from esper.tolaria import CheckpointError, TolariaConfig, Trainer
+
+    _check(args)
+    model, train_loader, val_loader, loss_fn, example = _workload(args)
+    config = TolariaConfig(progress=not args.no_progress, kafka_bootstrap=args.kafka,
+                           on_outage=args.on_outage)
+    if args.run_id:
+        config.run_id = args.run_id
+    if args.snapshot_every:
+        config.snapshot_every = args.snapshot_every
+    policy = "local"
+    if args.tamiyo:
+        from esper.tolaria.policy.remote import RemotePolicy
+
+        policy = RemotePolicy(args.tamiyo)
+    lr = args.lr
+    try:
+        trainer = Trainer(model, lambda params: torch.optim.Adam(params, lr=lr), train_loader,
+                          val_loader, loss_fn=loss_fn, epochs=args.epochs, policy=policy,
+                          config=config, checkpoint_path=args.checkpoint, resume=args.resume,
+                          example_input=example, urza=args.urza)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    before = sum(p.numel() for p in trainer.session.model.host.parameters())
+    summary = trainer.fit()
+    _print_summary(summary, before)
+    return 0
+
+
+def _print_summary(s: dict, params_before: int) -> None:
+    acc = s.get("val_accuracy", math.nan)
+    print(f"run {s['run_id']}: {s['epoch']} epochs, {s['step']} steps")
+    print(f"  final validation accuracy {100 * acc:.2f}%  loss {s.get('val_loss', math.nan):.4f}")
+    print(f"  parameters {params_before} before -> {s['params_after']} after "
+          f"({s['seed_params']} in seeds)")
+    print(f"  seeds fossilized {s['seeds_fossilized']}, culled {s['seeds_culled']}, "
+          f"live {s['live_seeds']}")
+    acks = s["acks"]
+    print(f"  decisions applied {acks['applied']}, rejected {acks['rejected']}, "
+          f"expired {acks['expired']}")
