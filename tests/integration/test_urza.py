@@ -712,11 +712,11 @@ async def test_migrations_are_idempotent_under_concurrency(fresh_database) -> No
     try:
         applied = await asyncio.gather(*(apply_migrations(c) for c in conns))
         assert sorted(v for versions in applied for v in versions) == [m.version for m in load_migrations()]
-        rows = await conns[0].fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+        rows = await conns[0].fetch("SELECT version, name FROM urza.schema_migrations ORDER BY version")
         assert [r["version"] for r in rows] == [m.version for m in load_migrations()]
         assert await apply_migrations(conns[0]) == []
         tables = {r["tablename"] for r in await conns[0].fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'urza'")}
         assert {"blueprints", "kernels", "blueprint_outcomes", "catalog_events",
                 "schema_migrations"} <= tables
     finally:

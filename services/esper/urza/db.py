@@ -1,8 +1,10 @@
 """PostgreSQL access for Urza: the asyncpg pool, versioned migrations and the
 translation of connection failures into `Unavailable`.
 
+Urza's tables live in the PostgreSQL schema `urza` (the local stack shares one database
+between services; Nissa has its own schema), found through the connections' search_path.
 Migrations are the files `migrations/NNNN_name.sql`, applied in order at start, each in
-its own transaction together with its row in `schema_migrations`, all under a session
+its own transaction together with its row in `urza.schema_migrations`, all under a session
 advisory lock so two Urza processes starting at once never race. An applied migration
 whose file changed since is an error: migrations are append-only.
 """
@@ -25,6 +27,7 @@ from esper.urza.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+SCHEMA = "urza"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Arbitrary but fixed advisory-lock keys ("URZA" in ASCII, then a sub-key per purpose).
@@ -36,8 +39,9 @@ CATALOG_EVENT_LOCK_KEY = 0x55525A41_0003
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
 
-SCHEMA_MIGRATIONS_DDL = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+SCHEMA_MIGRATIONS_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
     version    integer     PRIMARY KEY,
     name       text        NOT NULL,
     checksum   text        NOT NULL,
@@ -96,7 +100,7 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
     try:
         await conn.execute(SCHEMA_MIGRATIONS_DDL)
         recorded = {r["version"]: r["checksum"] for r in
-                    await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+                    await conn.fetch(f"SELECT version, checksum FROM {SCHEMA}.schema_migrations")}
         applied: list[int] = []
         for migration in migrations:
             if migration.version in recorded:
@@ -106,9 +110,11 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
                         "was applied; add a new migration instead")
                 continue
             async with conn.transaction():
+                await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum) "
+                    "VALUES ($1, $2, $3)",
                     migration.version, migration.name, migration.checksum)
             log.info("applied migration", extra={"migration": f"{migration.version:04d}_{migration.name}"})
             applied.append(migration.version)
@@ -132,6 +138,7 @@ async def create_pool(dsn: str, timeout_s: float, command_timeout_s: float) -> a
         timeout=timeout_s,
         command_timeout=command_timeout_s,
         init=_init_connection,
+        server_settings={"search_path": SCHEMA},
     )
 
 

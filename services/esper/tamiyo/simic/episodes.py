@@ -36,12 +36,13 @@ from esper.tamiyo.simic.dataset import Episode
 TASK = "digits"
 EXPLORE_VERSION = "simic-explore@1"
 
-# The heuristic's thresholds for episodes of a few epochs of digits (23 steps per epoch at
-# batch 64): one flat epoch is a plateau, and a seed lives germination -> fossil in about 60
-# steps, so growth, blending and probation all happen inside a short run. The learned policy
+# The heuristic's thresholds for episodes of a dozen epochs of digits (23 steps per epoch at
+# batch 64): one epoch improving the validation loss by less than 5% is a plateau (the CNN
+# gets there around epoch 5-8), and a seed lives germination -> fossil in about 60 steps, so
+# growth, blending and probation all happen inside a short run. The learned policy
 # is evaluated with the same schedule (its germinations carry these stage lengths).
 EPISODE_HEURISTIC = HeuristicConfig(
-    plateau_patience=1, plateau_min_delta=0.02, max_live_seeds=1, training_steps=15, blend_steps=15,
+    plateau_patience=1, plateau_min_delta=0.05, max_live_seeds=1, training_steps=15, blend_steps=15,
     shadow_steps=5, probation_steps=15, decision_horizon_steps=30, gate_retry_steps=10, wait_steps=5,
     stall_steps=150,
 )
@@ -51,8 +52,9 @@ EPISODE_HEURISTIC = HeuristicConfig(
 class EpisodeConfig:
     """One episode's setup, each value with its reason."""
 
-    # Few epochs: enough for a plateau and one or two seed lifetimes, fast on one CPU core.
-    epochs: int = 8
+    # Twelve epochs: the CNN plateaus around epoch 5-8, leaving room for a seed lifetime or
+    # two; an episode takes about 2 s on one CPU core.
+    epochs: int = 12
     # A snapshot (and a decision) every 5 steps: ~5 decisions per epoch of 23 steps.
     snapshot_every: int = 5
     batch_size: int = 64
@@ -141,7 +143,7 @@ def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURIST
     return dataclasses.replace(
         base,
         plateau_patience=rng.choice((1, 1, 2)),
-        plateau_min_delta=rng.choice((0.005, 0.01, 0.02, 0.05, 0.1)),
+        plateau_min_delta=rng.choice((0.02, 0.05, 0.1, 0.2)),
         training_steps=rng.choice((10, 15, 25)),
         blend_steps=rng.choice((10, 15, 25)),
         probation_steps=rng.choice((10, 15, 25)),
@@ -213,3 +215,35 @@ def collection_policy(index: int, seed: int, epsilon_range: tuple[float, float])
     rng = random.Random(seed * 100_003 + index)
     low, high = epsilon_range
     return ExploringHeuristic(sample_heuristic(rng), rng.uniform(low, high), rng)
+
+
+# Episode seeds of collection start here; held-out evaluation seeds start at
+# HELD_OUT_SEED_BASE, far away, so no evaluation run shares data order or initialisation
+# with a training episode.
+COLLECT_SEED_BASE = 0
+HELD_OUT_SEED_BASE = 1_000_000
+# Exploration rate range; each episode draws its own epsilon from it.
+DEFAULT_EPSILON = (0.05, 0.3)
+
+
+def collect(out_dir: str, episodes: int, *, seed: int = 0, config: EpisodeConfig | None = None,
+            epsilon: tuple[float, float] = DEFAULT_EPSILON, progress=None) -> list[EpisodeResult]:
+    """Run and record `episodes` episodes into `out_dir` (one file each); deterministic for a
+    seed. `progress(i, result)` is called after each."""
+    from esper.tamiyo.simic.dataset import write_episode
+
+    if episodes <= 0:
+        raise ValueError(f"episodes must be > 0, got {episodes}")
+    low, high = epsilon
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"epsilon range must satisfy 0 <= low <= high <= 1, got {epsilon}")
+    results = []
+    for i in range(episodes):
+        episode_seed = COLLECT_SEED_BASE + seed * 10_000 + i
+        policy = collection_policy(i, seed, epsilon)
+        result = run_episode(policy, episode_seed, config, run_id=f"simic-s{seed}-e{i:04d}")
+        write_episode(out_dir, result.episode)
+        results.append(result)
+        if progress is not None:
+            progress(i, result)
+    return results
