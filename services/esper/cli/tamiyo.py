@@ -23,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from esper.cli.main import UsageError
+from esper.cli.errors import UsageError
 
 # Upper bounds that keep a typo from starting a day-long job.
 MAX_EPISODES = 10_000
