@@ -82,9 +82,11 @@ class LocalKernels:
         return self._by_shape[key]
 
     def _build(self, spec: bp.BlueprintSpec, shape: common_pb2.SlotShape) -> KernelCandidate | None:
+        target = kernel_pb2.KernelTarget(device="cpu", dtype=common_pb2.DTYPE_FLOAT32,
+                                         shape=shape, torch_version=torch.__version__)
         try:
             module = build_seed(spec, shape, seed=LOCAL_KERNEL_SEED)
-            data = pack_kernel(spec, shape, module)
+            data = pack_kernel(spec, shape, module, target=target)
         except Exception:  # a blueprint that cannot be built for this width is not offered
             return None
         digest = sha256_hex(data)
@@ -97,8 +99,7 @@ class LocalKernels:
             sha256=digest, size_bytes=len(data), state=kernel_pb2.KERNEL_STATE_VALID,
             stats=kernel_pb2.KernelStats(params=params,
                                          flops=_flops(spec, shape.channels)),
-            target=kernel_pb2.KernelTarget(device="cpu", dtype=common_pb2.DTYPE_FLOAT32,
-                                           shape=shape, torch_version=torch.__version__),
+            target=target,
         )
         return KernelCandidate(kernel=artifact, blueprint=spec, score=1.0)
 
