@@ -12,8 +12,13 @@ from dataclasses import dataclass, replace
 
 import grpc
 import pytest
-
-from esper.blueprints import builtin_blueprints, build_seed, kernel_id_for, pack_kernel, unpack_kernel
+from esper.blueprints import (
+    build_seed,
+    builtin_blueprints,
+    kernel_id_for,
+    pack_kernel,
+    unpack_kernel,
+)
 from esper.blueprints.dsl import Dim, graph, node
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
@@ -430,7 +435,7 @@ async def test_download_streams_chunks_with_the_digest(urza: Urza) -> None:
     assert [c.offset for c in chunks] == [i * 4096 for i in range(len(chunks))]
     body = b"".join(c.data for c in chunks)
     assert body == data and hashlib.sha256(body).hexdigest() == kernel.sha256
-    spec, shape, module = await asyncio.to_thread(unpack_kernel, body, kernel.sha256)
+    spec, shape, _module = await asyncio.to_thread(unpack_kernel, body, kernel.sha256)
     assert spec.name == "BP-MLP-GELU" and shape.channels == 64
     # Default chunk size: one chunk for a small kernel; a huge request is capped, not refused.
     assert len(await download(urza, kernel.kernel_id)) == 1
@@ -478,7 +483,7 @@ async def replay(urza: Urza, after: int) -> list[tm.CatalogEvent]:
     while True:
         try:
             response = await asyncio.wait_for(stream.read(), REPLAY_QUIET_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         events.append(response.event)
     stream.cancel()
@@ -517,7 +522,6 @@ async def test_watch_catalog_replays_then_follows(urza: Urza) -> None:
 async def test_catalog_events_are_published_on_oona(urza: Urza, kafka_bootstrap: str) -> None:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
-
     from esper.oona import decode_event
     from esper.oona.topics import CATALOG_EVENTS
 
@@ -705,7 +709,6 @@ async def test_unreachable_store_fails_start(fresh_database, fresh_bucket, kafka
 
 async def test_migrations_are_idempotent_under_concurrency(fresh_database) -> None:
     import asyncpg
-
     from esper.urza.db import apply_migrations, load_migrations
 
     conns = [await asyncpg.connect(fresh_database) for _ in range(3)]

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
-
 from esper.cli.main import main
-from tests.integration.test_urza import Urza, store_and_register, urza  # noqa: F401 - fixture
+
+from tests.integration.test_urza import Urza, close_urza, open_urza, store_and_register, urza_config
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def urza(fresh_database, fresh_bucket, kafka_bootstrap) -> AsyncIterator[Urza]:
+    started = await open_urza(urza_config(fresh_database, fresh_bucket, kafka_bootstrap))
+    try:
+        yield started
+    finally:
+        await close_urza(started)
 
 
 async def esper(capsys, *argv: str) -> tuple[int, str, str]:

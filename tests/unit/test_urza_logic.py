@@ -7,7 +7,6 @@ import datetime as dt
 import itertools
 
 import pytest
-
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
@@ -124,7 +123,7 @@ def test_kernel_rows_round_trip() -> None:
         state=kp.KERNEL_STATE_VALID)
     row = records.kernel_row(kernel, "BP-IA3", "1.0.0")
     assert row["slot_kind"] == "CONV2D" and row["dtype"] == "FLOAT32" and row["format"] == "SAFETENSORS"
-    now = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     back = records.kernel_artifact({**row, "state": "VALID", "state_reason": "", "created_at": now})
     kernel.created_at.FromDatetime(now)
     assert back == kernel

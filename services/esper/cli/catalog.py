@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
-
 from esper.cli.main import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
@@ -235,8 +234,8 @@ def describe_blueprint(record: bp.BlueprintRecord) -> str:
         f"risk          {md.risk_score:.2f}   safe: {md.is_safe_action}   mergeable: {md.mergeable}",
         f"needs         {', '.join(md.requires_capability) or '-'}",
         f"tags          {', '.join(md.tags) or '-'}",
-        f"field reports used {record.times_used}, fossilized {record.fossilized_count}, "
-        f"culled {record.culled_count}, gain estimate {md.past_accuracy_gain_estimate:+.4f}",
+        (f"field reports used {record.times_used}, fossilized {record.fossilized_count}, "
+         f"culled {record.culled_count}, gain estimate {md.past_accuracy_gain_estimate:+.4f}"),
         f"graph digest  {record.graph_digest}",
         "graph:",
     ]

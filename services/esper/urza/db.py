@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-
 from esper.urza.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -159,14 +158,13 @@ class Database:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         with translate_errors():
-            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-                async with conn.transaction():
-                    yield conn
+            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
+                yield conn
 
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), self.acquire_timeout_s)
-        except (asyncio.TimeoutError, *CONNECTION_ERRORS):
+        except (TimeoutError, *CONNECTION_ERRORS):
             self.pool.terminate()
 
 

@@ -17,6 +17,7 @@ from esper.leyline.v1 import urza_pb2
 from esper.urza import validate
 from esper.urza.errors import DataLoss, FailedPrecondition, Unavailable
 from esper.urza.kernels import KernelRegistry
+from esper.urza.metrics import KERNEL_BYTES_SERVED
 from esper.urza.store import ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ async def _chunks(registry: KernelRegistry, kernel: kp.KernelArtifact, reader, s
         if last and (end != kernel.size_bytes or hasher.hexdigest() != kernel.sha256):
             await _invalidate(registry, kernel, f"stored bytes hash to {hasher.hexdigest()} ({end} "
                               f"bytes), registered {kernel.sha256} ({kernel.size_bytes} bytes)")
+        KERNEL_BYTES_SERVED.inc(len(block))
         yield _response(kernel, offset, block, first=offset == 0, last=last)
         if last:
             return

@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
-
 from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.oona import new_event
 from esper.urza import records
@@ -93,7 +92,7 @@ class CatalogFeed:
             if not self.producer.publish(new_event(source=SOURCE, catalog_event=event)):
                 log.warning("catalog event dropped by the Oona producer",
                             extra={"revision": event.revision})
-        except Exception:  # noqa: BLE001 - the DB is the record; Kafka must never fail an RPC
+        except Exception:
             log.exception("cannot publish catalog event", extra={"revision": event.revision})
 
     def poke(self) -> None:
@@ -155,7 +154,7 @@ class CatalogFeed:
             if len(batch) < REPLAY_BATCH:
                 try:
                     await asyncio.wait_for(changed.wait(), POLL_INTERVAL_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _after(self, cursor: int) -> list[tm.CatalogEvent]:

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import asyncpg
-
 from esper.blueprints.attrs import MAX_DIM
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.graph import validate_slot_shape
@@ -19,6 +18,7 @@ from esper.urza import pagination, records, validate
 from esper.urza.db import Database
 from esper.urza.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from esper.urza.events import CatalogFeed, record_event
+from esper.urza.metrics import KERNELS_INVALIDATED
 from esper.urza.store import KernelStore, ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class KernelRegistry:
                 conn, tm.CATALOG_CHANGE_KERNEL_INVALIDATED,
                 blueprint_ref=f"{row['blueprint_name']}@{row['blueprint_version']}",
                 kernel_id=kernel_id, kernel_state=kp.KERNEL_STATE_INVALID, detail=reason)
+        KERNELS_INVALIDATED.inc()
         log.error("kernel invalidated", extra={"kernel_id": kernel_id, "reason": reason})
         self.feed.published(event)
 

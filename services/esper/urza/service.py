@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-
 from esper.leyline.v1 import urza_pb2_grpc
 from esper.oona import OonaProducer
 from esper.runtime.config import ConfigError, ServerConfig
@@ -53,10 +52,10 @@ async def connect_database(config: UrzaConfig) -> dbmod.Database:
         pool = await asyncio.wait_for(
             dbmod.create_pool(config.postgres_dsn, config.postgres_connect_timeout, config.db_timeout),
             config.postgres_connect_timeout * 2)
-    except (*dbmod.CONNECTION_ERRORS, asyncio.TimeoutError) as exc:
+    except (TimeoutError, *dbmod.CONNECTION_ERRORS) as exc:
         raise StartupError(f"postgres_dsn: cannot reach PostgreSQL at {_redact(config.postgres_dsn)}: "
                            f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # e.g. the database does not exist, authentication failed
+    except Exception as exc:  # noqa: BLE001 - e.g. no such database, authentication failed
         raise StartupError(f"postgres_dsn: cannot use PostgreSQL at {_redact(config.postgres_dsn)}: "
                            f"{type(exc).__name__}: {exc}") from None
     database = dbmod.Database(pool, config.db_timeout)
@@ -121,7 +120,7 @@ async def _close_all(closers: list) -> None:
     for closer in reversed(closers):
         try:
             await closer()
-        except Exception:  # noqa: BLE001 - shutdown goes on whatever one closer does
+        except Exception:
             log.exception("error while closing")
 
 

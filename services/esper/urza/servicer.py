@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
 from esper.urza import download, outcomes, search
 from esper.urza.catalog import BlueprintQuery, Catalog
@@ -23,6 +22,7 @@ from esper.urza.errors import (
 )
 from esper.urza.events import CatalogFeed
 from esper.urza.kernels import KernelQuery, KernelRegistry
+from esper.urza.metrics import DEPENDENCY_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def streaming(method: Callable) -> Callable:
 
 async def _abort(context: grpc.aio.ServicerContext, rpc: str, error: UrzaError) -> None:
     code = status_of(error)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        DEPENDENCY_UNAVAILABLE.labels(rpc).inc()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS):
         log.warning("%s failed: %s", rpc, error, extra={"rpc": rpc, "code": code.name})
     await context.abort(code, str(error))

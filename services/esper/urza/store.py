@@ -17,16 +17,16 @@ import concurrent.futures
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
+from esper.urza.errors import DataLoss, Unavailable
 from minio import Minio
 from minio.error import MinioException, S3Error
-
-from esper.urza.errors import DataLoss, Unavailable
 
 T = TypeVar("T")
 
