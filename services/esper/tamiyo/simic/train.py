@@ -62,6 +62,9 @@ class SimicConfig:
     # Gradient-norm clip: a few large-reward epochs must not blow up the small net.
     grad_clip: float = 1.0
     seed: int = 0
+    # Torch threads while training: the net is tiny and batches small, so more threads only
+    # add synchronisation (on a shared 2-core machine 4+ threads ran ~30x slower than 1).
+    torch_threads: int = 1
     reward: RewardConfig = field(default_factory=RewardConfig)
     # Thresholds used for the plateau feature and the safety mask (the evaluation's too).
     heuristic: HeuristicConfig = EPISODE_HEURISTIC
@@ -165,6 +168,14 @@ class SimicTrainer:
         return bc.item(), awr.item(), value_loss.item(), critic_loss.item()
 
     def run(self, epochs: int | None = None) -> list[EpochStats]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.torch_threads)
+        try:
+            return self._run(epochs)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, epochs: int | None) -> list[EpochStats]:
         history = []
         self.actor.train()
         self.critic.train()

@@ -1,0 +1,34 @@
+"""`esper tamiyo` input validation: bad flags get exit code 2 and a message naming the flag."""
+
+from __future__ import annotations
+
+import pytest
+from esper.cli.main import main
+
+from tests.unit.test_simic_dataset import synthetic_episode
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["tamiyo", "collect", "--episodes", "0", "--out", "{tmp}/d"], "--episodes"),
+    (["tamiyo", "collect", "--episodes", "2", "--out", "{tmp}/d", "--epsilon", "0.5", "0.1"], "--epsilon"),
+    (["tamiyo", "train", "--data", "{tmp}/missing", "--out", "{tmp}/p.safetensors"], "no dataset directory"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--bc-weight", "-1"], "--bc-weight"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--awr-weight", "nan"], "--awr-weight"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/nodir/p.safetensors"], "does not exist"),
+    (["tamiyo", "evaluate", "--policy", "{tmp}/none.safetensors"], "--policy"),
+])
+def test_bad_input_is_a_usage_error(tmp_path, capsys, argv, needle) -> None:
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_train_from_a_directory(tmp_path, capsys) -> None:
+    from esper.tamiyo.simic.dataset import write_episode
+
+    write_episode(tmp_path / "data", synthetic_episode(decisions=20))
+    out = tmp_path / "p.safetensors"
+    assert main(["tamiyo", "train", "--data", str(tmp_path / "data"), "--out", str(out), "--epochs", "2",
+                 "--version", "gnn@test-1"]) == 0
+    assert "gnn@test-1" in capsys.readouterr().out
+    assert out.is_file()

@@ -1,0 +1,35 @@
+"""End to end on real episodes: collect two tiny episodes of the digits task, train on them,
+load the artifact into GnnPolicy and let it decide on a recorded state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from esper.tamiyo.policies.gnn import GnnPolicy
+from esper.tamiyo.policies.heuristic import HeuristicPolicy
+from esper.tamiyo.policies.safety import violation
+from esper.tamiyo.simic.dataset import load_dataset
+from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC, EpisodeConfig, collect
+from esper.tamiyo.simic.train import SimicConfig, train_policy
+
+
+@pytest.mark.slow
+def test_collect_two_real_episodes_and_train(tmp_path) -> None:
+    data = tmp_path / "episodes"
+    results = collect(str(data), 2, seed=7, config=EpisodeConfig(epochs=3), epsilon=(0.3, 0.5))
+    dataset = load_dataset(data)
+    assert len(dataset.episodes) == 2 and dataset.problems.count == 0
+    kinds = {e.WhichOneof("payload") for e in dataset.episodes[0].events}
+    assert {"snapshot", "decision", "ack"} <= kinds
+    decisions = sum(len(r.episode.of_kind("decision")) for r in results)
+    transitions = dataset.transitions()
+    assert len(transitions) == decisions
+    result = train_policy(dataset, dataclasses.replace(SimicConfig(), epochs=2))
+    assert result.samples == decisions - result.tensors.dropped_illegal - result.tensors.dropped_unexpressible
+    assert result.samples > 0.9 * decisions
+    path = tmp_path / "policy.safetensors"
+    result.save(path)
+    policy = GnnPolicy.load(str(path), heuristic=HeuristicPolicy(EPISODE_HEURISTIC))
+    ctx = transitions[-1].context()
+    assert violation(policy.decide(ctx), ctx, 0.5, 1) is None
