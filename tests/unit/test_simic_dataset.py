@@ -4,19 +4,19 @@ are derived in run order, and Oona dumps / event streams give the same episodes.
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import zlib
 
 import pytest
-from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import ResourceState, TrainingMetrics, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.oona.envelope import new_event
-from esper.tamiyo.policies.context import PolicyContext, RunHistory
 from esper.tamiyo.policies.candidates import StaticCandidateProvider
+from esper.tamiyo.policies.context import PolicyContext, RunHistory
 from esper.tamiyo.simic.dataset import (
     DatasetError,
     Episode,
@@ -114,7 +114,7 @@ def test_transitions_chain_states_and_end_done(tmp_path) -> None:
     transitions = load_dataset(_write(tmp_path, episode)).transitions()
     assert len(transitions) == 12
     assert [t.done for t in transitions] == [False] * 11 + [True]
-    for a, b in zip(transitions, transitions[1:]):
+    for a, b in itertools.pairwise(transitions):
         assert a.next_state is b.state
         assert a.ack is not None and a.ack.decision_id == a.decision.decision_id
     assert transitions[-1].next_state is None

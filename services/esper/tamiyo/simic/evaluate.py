@@ -9,6 +9,7 @@ policy how many of its decisions were its own rather than heuristic fallbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
@@ -18,7 +19,12 @@ from esper.tamiyo.policies.context import PolicyContext
 from esper.tamiyo.policies.decisions import make_decision
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.heuristic import HeuristicPolicy
-from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC, HELD_OUT_SEED_BASE, EpisodeConfig, run_episode
+from esper.tamiyo.simic.episodes import (
+    EPISODE_HEURISTIC,
+    HELD_OUT_SEED_BASE,
+    EpisodeConfig,
+    run_episode,
+)
 
 FALLBACK_MARK = "fell back to the heuristic"
 
@@ -100,7 +106,6 @@ def evaluate(artifact_path: str, episodes: int, *, config: EpisodeConfig | None 
         "artifact": artifact_path,
         "policy_version": learned.version,
         "held_out_seeds": [seed_base + i for i in range(episodes)],
-        "episode_config": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else {
-            k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "episode_config": dataclasses.asdict(cfg),
         "arms": {name: {"aggregate": arm.aggregate(), "runs": arm.runs} for name, arm in results.items()},
     }

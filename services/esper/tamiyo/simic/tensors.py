@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from esper.tamiyo.policies import budget as budgeting
-from esper.tamiyo.policies.features import GraphEncoding, encode_graph, global_features, graph_key, node_features
+from esper.tamiyo.policies.features import (
+    GraphEncoding,
+    encode_graph,
+    global_features,
+    graph_key,
+    node_features,
+)
 from esper.tamiyo.policies.heuristic import HeuristicConfig
 from esper.tamiyo.policies.mask import build_mask
 from esper.tamiyo.policies.safety import live_seed_limit

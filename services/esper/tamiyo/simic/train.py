@@ -70,9 +70,7 @@ class SimicConfig:
     heuristic: HeuristicConfig = EPISODE_HEURISTIC
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["heuristic"] = {k: v for k, v in d["heuristic"].items()}
-        return d
+        return asdict(self)
 
 
 @dataclass
