@@ -678,15 +678,43 @@ async def test_database_outage_answers_unavailable_then_recovers(
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-async def test_object_store_outage_answers_unavailable(urza: Urza, fresh_bucket) -> None:
+async def test_missing_object_is_data_loss(urza: Urza) -> None:
     kernel = await store_and_register(urza, "BP-IA3@1.0.0")
-    # Point a second Urza at a store address nobody listens on... after start: simulate by
-    # starting it against the real store, then swapping its endpoint is not possible, so
-    # a store that vanishes is exercised through a bucket that is removed under it.
-    client = urza.store.client
-    for obj in await asyncio.to_thread(lambda: list(client.list_objects(urza.config.s3_bucket, recursive=True))):
-        await asyncio.to_thread(client.remove_object, urza.config.s3_bucket, obj.object_name)
+    await urza.store.remove(kernel.uri)
     await expect_error(download(urza, kernel.kernel_id), grpc.StatusCode.DATA_LOSS, "missing")
+    got = await urza.stub.GetKernel(urza_pb2.GetKernelRequest(kernel_id=kernel.kernel_id))
+    assert got.kernel.state == kp.KERNEL_STATE_INVALID
+
+
+async def test_object_store_outage_answers_unavailable_then_recovers(
+        fresh_database, kafka_bootstrap) -> None:
+    import shutil
+    import tempfile
+
+    from esper.runtime.infra import ObjectStore, free_port
+
+    # A store of its own (disk-backed, so objects survive its restart).
+    state_dir = tempfile.mkdtemp(prefix="esper-urza-store-outage-")
+    server = ObjectStore(state_dir, free_port(), "urza-outage", die_with_parent=True)
+    endpoint = await asyncio.to_thread(server.start)
+    urza = await open_urza(urza_config(fresh_database, endpoint, kafka_bootstrap, s3_timeout=1.0))
+    try:
+        kernel = await store_and_register(urza, "BP-IA3@1.0.0")
+        await asyncio.to_thread(server.stop)
+        await expect_error(download(urza, kernel.kernel_id), grpc.StatusCode.UNAVAILABLE, "object store")
+        other = b"bytes registered while the store is down"
+        await expect_error(urza.stub.RegisterKernel(urza_pb2.RegisterKernelRequest(
+            kernel=artifact("BP-IA3@1.0.0", other, urza.store))), grpc.StatusCode.UNAVAILABLE)
+        # The catalogue itself does not need the store.
+        assert (await urza.stub.GetKernel(urza_pb2.GetKernelRequest(kernel_id=kernel.kernel_id))
+                ).kernel.state == kp.KERNEL_STATE_VALID
+        await asyncio.to_thread(server.start)
+        chunks = await download(urza, kernel.kernel_id)
+        assert hashlib.sha256(b"".join(c.data for c in chunks)).hexdigest() == kernel.sha256
+    finally:
+        await close_urza(urza)
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 async def test_unreachable_dependencies_fail_start_naming_the_setting(fresh_bucket, kafka_bootstrap) -> None:

@@ -35,7 +35,9 @@ SEED_LOCK_KEY = 0x55525A41_0002
 # Catalogue events take this transaction lock so revisions commit in revision order.
 CATALOG_EVENT_LOCK_KEY = 0x55525A41_0003
 # Pool bounds: a catalogue server does short queries; a few connections keep up on 2 cores.
-POOL_MIN_SIZE = 1
+# No floor: connections are opened on demand, so during an outage the pool does not keep
+# retrying (and logging tracebacks) in the background; the next RPC reconnects.
+POOL_MIN_SIZE = 0
 POOL_MAX_SIZE = 10
 
 SCHEMA_MIGRATIONS_DDL = f"""

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 from esper.leyline.v1 import urza_pb2_grpc
 from esper.oona import OonaProducer
@@ -48,23 +49,25 @@ class UrzaConfig(PostgresSettings, KafkaSettings, ObjectStoreSettings, ServerCon
 
 async def connect_database(config: UrzaConfig) -> dbmod.Database:
     """Pool + migrations; StartupError naming postgres_dsn when unreachable."""
+    where = _redact(config.postgres_dsn)
     try:
         pool = await asyncio.wait_for(
             dbmod.create_pool(config.postgres_dsn, config.postgres_connect_timeout, config.db_timeout),
             config.postgres_connect_timeout * 2)
-    except (TimeoutError, *dbmod.CONNECTION_ERRORS) as exc:
-        raise StartupError(f"postgres_dsn: cannot reach PostgreSQL at {_redact(config.postgres_dsn)}: "
-                           f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - e.g. no such database, authentication failed
-        raise StartupError(f"postgres_dsn: cannot use PostgreSQL at {_redact(config.postgres_dsn)}: "
+    except Exception as exc:  # noqa: BLE001 - bad DSN, no such database, auth: all fatal here
+        raise StartupError(f"postgres_dsn: cannot use PostgreSQL at {where}: "
                            f"{type(exc).__name__}: {exc}") from None
     database = dbmod.Database(pool, config.db_timeout)
     try:
         async with pool.acquire(timeout=config.postgres_connect_timeout) as conn:
             await dbmod.apply_migrations(conn)
-    except BaseException:
+    except dbmod.MigrationError as exc:
         await database.close()
-        raise
+        raise StartupError(f"postgres_dsn: cannot migrate Urza's schema at {where}: {exc}") from None
+    except (*dbmod.CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        await database.close()
+        raise StartupError(f"postgres_dsn: cannot reach PostgreSQL at {where}: "
+                           f"{type(exc).__name__}: {exc}") from None
     return database
 
 
