@@ -10,12 +10,11 @@ import threading
 
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from esper.runtime.infra import free_port
 from esper.tolaria import TolariaConfig, attach
 from esper.tolaria.policy.remote import RemotePolicy
+from torch import nn
+from torch.nn import functional as F
 
 from tests.integration.test_tamiyo_server import tamiyo
 
@@ -52,9 +51,10 @@ class Loop:
             loss = F.cross_entropy(out, y)
             loss.backward()
             self.optimizer.step()
-            self.session.step(loss, out, y)
+            last = (self.steps + 1) % 50 == 0
+            self.session.step(loss, out, y, last_in_epoch=last)
             self.steps += 1
-            if self.steps % 50 == 0:
+            if last:
                 self.session.end_epoch({"val_loss": loss.item()})
 
     async def until(self, predicate, what: str) -> None:

@@ -9,19 +9,23 @@ from collections import Counter
 
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
-from esper.leyline.v1.control_pb2 import (
-    AckStatus, AdaptationDecision, AdvanceAction, BlendSchedule, FossilizeAction,
-    GerminateAction, WaitAction,
-)
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
+from esper.leyline.v1.control_pb2 import (
+    AckStatus,
+    AdaptationDecision,
+    AdvanceAction,
+    BlendSchedule,
+    FossilizeAction,
+    GerminateAction,
+    WaitAction,
+)
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import ReplayPolicy, TolariaConfig, attach
+from torch import nn
+from torch.nn import functional as F
 
 S = SeedStage
 A = AckStatus
@@ -78,8 +82,8 @@ def _session(policy, **kwargs):
 
 def _germinate(session, did: str, step: int, ref: str = IA3, **overrides) -> AdaptationDecision:
     cand = session.local_kernels.find(ref, session.model.slot("0").shape)
-    fields = dict(slot_id="0", blueprint_ref=ref, kernel_id=cand.kernel.kernel_id,
-                  kernel_sha256=cand.kernel.sha256, schedule=SCHEDULE)
+    fields = {"slot_id": "0", "blueprint_ref": ref, "kernel_id": cand.kernel.kernel_id,
+              "kernel_sha256": cand.kernel.sha256, "schedule": SCHEDULE}
     fields.update(overrides)
     return _decision(did, step, germinate=GerminateAction(**fields))
 
@@ -129,7 +133,10 @@ def test_bad_decisions_rejected_with_reason_and_training_continues() -> None:
     session.close()
 
 
-def _ia3_kernel(shape=SlotShape(kind=SlotKind.SLOT_KIND_FEATURES, channels=32)):
+SLOT_SHAPE = SlotShape(kind=SlotKind.SLOT_KIND_FEATURES, channels=32)  # after Linear(16, 32)
+
+
+def _ia3_kernel(shape=SLOT_SHAPE):
     """An IA3 kernel that is not one of the local catalogue's (another build seed)."""
     spec = get_builtin(IA3)
     data = pack_kernel(spec, shape, build_seed(spec, shape, seed=7))

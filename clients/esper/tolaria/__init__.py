@@ -19,6 +19,15 @@ from esper.tolaria.session import TolariaSession
 from esper.tolaria.trainer import Trainer
 
 __all__ = [
-    "CheckpointError", "LOCAL_HEURISTIC", "LocalPolicy", "PolicySource", "ReplayPolicy", "TolariaConfig",
-    "TolariaSession", "Trainer", "attach", "load_checkpoint", "save_checkpoint",
+    "LOCAL_HEURISTIC",
+    "CheckpointError",
+    "LocalPolicy",
+    "PolicySource",
+    "ReplayPolicy",
+    "TolariaConfig",
+    "TolariaSession",
+    "Trainer",
+    "attach",
+    "load_checkpoint",
+    "save_checkpoint",
 ]

@@ -18,9 +18,7 @@ original model runs them; `session.model` is the wrapped (MorphableModel) view.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import nn
+from collections.abc import Callable
 
 from esper.kasmina import BlueprintSeedBuilder, KasminaConfig, KernelCache, wrap
 from esper.kasmina.wrap import MorphableModel, SlotChoice
@@ -32,6 +30,7 @@ from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.policy.local import LocalPolicy
 from esper.tolaria.session import TolariaSession
 from esper.tolaria.telemetry import Telemetry
+from torch import nn
 
 POLICY_CHOICES = ("local", "none")
 
@@ -79,7 +78,8 @@ def _policies(policy, local_kernels: LocalKernels, config: TolariaConfig):
     if policy == "local":
         return LocalPolicy(local_kernels), None
     if isinstance(policy, str):
-        raise ValueError(f"policy must be one of {POLICY_CHOICES} or a PolicySource, got {policy!r}")
+        raise ValueError(  # noqa: TRY004 - a string, just not a known one
+            f"policy must be one of {POLICY_CHOICES} or a PolicySource, got {policy!r}")
     if isinstance(policy, LocalPolicy):
         if policy.candidates is None:
             policy.candidates = local_kernels

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import torch
-
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import builtin_blueprints
@@ -87,7 +86,7 @@ class LocalKernels:
         try:
             module = build_seed(spec, shape, seed=LOCAL_KERNEL_SEED)
             data = pack_kernel(spec, shape, module, target=target)
-        except Exception:  # a blueprint that cannot be built for this width is not offered
+        except Exception:  # noqa: BLE001 - a blueprint that cannot be built here is not offered
             return None
         digest = sha256_hex(data)
         kernel_id = kernel_id_for(digest)
@@ -115,7 +114,7 @@ class LocalKernels:
 def _flops(spec: bp.BlueprintSpec, channels: int) -> int:
     try:
         return int(estimate_flops(spec, channels))
-    except Exception:
+    except Exception:  # noqa: BLE001 - unknown cost is reported as 0, never fatal
         return 0
 
 
@@ -125,7 +124,6 @@ class UrzaKernelFetcher:
 
     def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
         import grpc
-
         from esper.leyline.v1 import urza_pb2_grpc
 
         self.address = address

@@ -26,7 +26,8 @@ class EpochProgress:
             return
         self._bar.update(1)
         if self._steps % REFRESH_EVERY == 0:
-            self._bar.set_postfix(loss=f"{float(loss.detach() if hasattr(loss, 'detach') else loss):.4f}", acc=_pct(correct, seen),
+            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+            self._bar.set_postfix(loss=f"{value:.4f}", acc=_pct(correct, seen),
                                   seeds=live_seeds, refresh=False)
 
     def finish(self, val: dict, live_seeds: int) -> None:

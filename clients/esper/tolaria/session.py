@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
 from esper.kasmina.wrap import MorphableModel
-from esper.leyline.version import contract_version
 from esper.leyline.v1.common_pb2 import Dtype
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
+from esper.leyline.version import contract_version
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.metrics import MetricsWindow, global_grad_norm
 from esper.tolaria.optim import SeedParamGroups, host_learning_rate
@@ -107,8 +106,10 @@ class TolariaSession:
 
     # ---- the two calls of the hook API ---------------------------------------------------
     def step(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
-             targets: torch.Tensor | None = None) -> None:
-        """One training step is done (call after optimizer.step(), before zero_grad())."""
+             targets: torch.Tensor | None = None, *, last_in_epoch: bool = False) -> None:
+        """One training step is done (call after optimizer.step(), before zero_grad()).
+        `last_in_epoch=True` on an epoch's last step skips a periodic snapshot there: the
+        epoch-end snapshot follows at the same step (snapshot steps must increase)."""
         self.model.seed_step()
         self.health.after_backward()
         self.metrics.observe(loss, outputs, targets)
@@ -117,7 +118,7 @@ class TolariaSession:
         layers = self.health.step()
         if layers is not None:
             self._layers = layers
-        if self.model.global_step % every == 0:
+        if self.model.global_step % every == 0 and not last_in_epoch:
             self.metrics.grad_norm = global_grad_norm(self.model.parameters())
             self._safe_point(epoch_end=False)
         else:
@@ -164,8 +165,9 @@ class TolariaSession:
         if self.policy is None:
             return self.fallback
         reason = self.policy.outage()
-        if reason != self.outage_reason:
+        if (reason is None) != (self.outage_reason is None):
             self._report_outage(reason)
+        self.outage_reason = reason
         return self.fallback if reason is not None else self.policy
 
     def _report_outage(self, reason: str | None) -> None:
@@ -178,7 +180,6 @@ class TolariaSession:
             mode = "local policy" if self.fallback is not None else "no decisions"
             self.telemetry.alert("policy_outage", f"policy {self.policy.name} unavailable "
                                  f"({reason}); training continues with {mode}")
-        self.outage_reason = reason
 
     def _apply_arrived(self, observe: TrainingSnapshot | None) -> None:
         active = self._active_source()
@@ -243,7 +244,7 @@ class TolariaSession:
             return f"kernel {g.kernel_id}: kernel_sha256 is required"
         try:
             data = self.cache.get_ready(g.kernel_id, g.kernel_sha256)
-        except Exception as exc:  # KernelFetchError / KernelDigestMismatch of a prefetch
+        except Exception as exc:  # noqa: BLE001 - fetch/digest errors of a prefetch, as a reason
             return str(exc)
         if data is None:
             if not self.cache.is_pending(g.kernel_id):
@@ -260,7 +261,7 @@ class TolariaSession:
             return
         try:
             spec, _ = read_kernel_header(data)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unreadable header: the builder will say why
             return
         if f"{spec.name}@{spec.version}" == ref:
             catalog[ref] = spec

@@ -12,16 +12,15 @@ is built by the factory from the model's parameters, and seeds get their own gro
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.progress import EpochProgress
+from torch import nn
+from torch.nn import functional as F
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,14 +82,17 @@ class Trainer:
         batches = self._batches(self.batch_index)
         bar = EpochProgress(_len(self.train_loader), self.epoch, self.epochs, self.config.progress)
         losses, correct, seen = [], 0, 0
+        total = _len(self.train_loader)
         for inputs, targets in batches:
-            loss, hits = self._train_step(inputs, targets)
+            last = total is not None and self.batch_index + 1 == total
+            loss, hits = self._train_step(inputs, targets, last)
             losses.append(loss.detach())
             if hits is not None:
                 correct += int(hits)
                 seen += int(targets.shape[0])
             self.batch_index += 1
-            if self.checkpoint_every and self.session.model.global_step % self.checkpoint_every == 0:
+            if self.checkpoint_every and not last \
+                    and self.session.model.global_step % self.checkpoint_every == 0:
                 self.save_checkpoint(self.checkpoint_path)
             bar.update(loss, correct if hits is not None else None, seen,
                        self.session.live_seed_count())
@@ -138,7 +140,7 @@ class Trainer:
         if gen is not None and state["loader"].numel():
             gen.set_state(state["loader"])
 
-    def _train_step(self, inputs, targets):
+    def _train_step(self, inputs, targets, last_in_epoch: bool = False):
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.model(inputs)
@@ -146,7 +148,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.session.step(loss, outputs if self.classification else None,
-                          targets if self.classification else None)
+                          targets if self.classification else None, last_in_epoch=last_in_epoch)
         hits = (outputs.detach().argmax(-1) == targets).sum() if self.classification else None
         return loss, hits
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from esper.leyline.v1.control_pb2 import AdaptationDecision, DecisionAck
-from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 
 

@@ -23,7 +23,6 @@ import threading
 import time
 
 import grpc
-
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
@@ -183,7 +182,7 @@ class RemotePolicy:
                 await self._session_once()
             except grpc.aio.AioRpcError as exc:
                 self._outage = f"Tamiyo at {self.address}: {exc.code().name}: {exc.details()}"
-            except Exception as exc:  # never let the stream thread die
+            except Exception as exc:  # noqa: BLE001 - never let the stream thread die
                 self._outage = f"Tamiyo at {self.address}: {type(exc).__name__}: {exc}"
             if self._stopping:
                 break
@@ -196,7 +195,7 @@ class RemotePolicy:
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wait_stop(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _wait_stop(self) -> None:
@@ -239,7 +238,7 @@ class RemotePolicy:
             except StopAsyncIteration:
                 self._outage = f"Tamiyo at {self.address} ended the session"
                 return self._accepted_flag
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._outage = f"Tamiyo at {self.address} silent for {limit:.0f}s"
                 return self._accepted_flag
             kind = response.WhichOneof("message")
@@ -284,5 +283,5 @@ class RemotePolicy:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
