@@ -51,3 +51,11 @@ def test_examples_run(script, monkeypatch, capsys) -> None:
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     out = capsys.readouterr().out
     assert "'epoch': 2" in out and "seeds_fossilized" in out
+
+
+def test_readme_wrap_example_runs(capsys) -> None:
+    readme = (EXAMPLES.parent / "clients" / "esper" / "tolaria" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+    assert "'epoch': 30" in capsys.readouterr().out
