@@ -11,9 +11,6 @@ import threading
 import grpc
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from esper.blueprints.artifact import pack_kernel
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
@@ -25,6 +22,8 @@ from esper.tolaria.kernels import UrzaKernelFetcher
 from esper.tolaria.policy.remote import RemotePolicy
 from esper.urza import service as urza_service
 from esper.urza.store import KernelStore
+from torch import nn
+from torch.nn import functional as F
 
 from tests.integration.test_tamiyo_server import WIDTH, _artifact, tamiyo
 
@@ -68,7 +67,8 @@ async def test_fetcher_downloads_and_verifies(urza_with_kernel) -> None:
         fetch.close()
 
 
-def _train(tamiyo_address: str, urza_address: str, stop: threading.Event, acks: list) -> int:
+def _train(tamiyo_address: str, urza_address: str, stop: threading.Event, acks: list) -> str:
+    """Trains until stopped; returns the kernel id of the seed in slot "0" at the end."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -92,11 +92,11 @@ def _train(tamiyo_address: str, urza_address: str, stop: threading.Event, acks: 
         if last:  # a flat validation loss: Tamiyo sees a plateau and germinates
             session.end_epoch({"val_loss": 1.0, "val_accuracy": 0.5})
     session.close()
-    return steps
+    return session.model.slot("0").record.kernel_id
 
 
 async def test_remote_germination_with_an_urza_kernel(urza_with_kernel) -> None:
-    running, kernel, _ = urza_with_kernel
+    running, kernel, _data = urza_with_kernel
     async with tamiyo(urza_address=running.address, urza_timeout_s=5.0) as (t_running, _s, _c):
         stop, acks = threading.Event(), []
         worker = asyncio.ensure_future(asyncio.to_thread(
@@ -108,8 +108,9 @@ async def test_remote_germination_with_an_urza_kernel(urza_with_kernel) -> None:
                 await asyncio.sleep(0.1)
         finally:
             stop.set()
-            await worker
+            kernel_in_slot = await worker
     germinated = [a for a in acks if a.reason.startswith("germinated")]
     assert germinated, [(a.status, a.reason) for a in acks]
     assert germinated[0].status == AckStatus.ACK_STATUS_APPLIED and germinated[0].seed_id
     assert REF in germinated[0].reason
+    assert kernel_in_slot == kernel.kernel_id
