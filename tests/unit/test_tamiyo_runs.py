@@ -39,6 +39,26 @@ def test_snapshot_order() -> None:
     assert r.accept_snapshot(snapshot(12)) is None and r.last_step == 12
 
 
+def test_epoch_end_snapshot_may_follow_a_periodic_one_at_the_same_step_once() -> None:
+    r = run()
+    periodic = snapshot(20)
+    periodic.sequence, periodic.epoch_end = 4, False
+    assert r.accept_snapshot(periodic) is None
+    closing = snapshot(20)
+    closing.sequence, closing.epoch_end = 5, True
+    assert r.accept_snapshot(closing) is None  # carries the fresh validation metrics
+    again = snapshot(20)
+    again.sequence, again.epoch_end = 6, True
+    assert r.accept_snapshot(again)[0] == "repeated_snapshot"
+    stale = snapshot(21)
+    stale.sequence = 5
+    assert r.accept_snapshot(stale)[0] == "out_of_order_snapshot"
+    first_at_step = snapshot(30)
+    first_at_step.sequence = 2  # sequence must still grow even for an epoch end
+    first_at_step.epoch_end = True
+    assert r.accept_snapshot(first_at_step)[0] == "out_of_order_snapshot"
+
+
 def test_acks_and_outstanding_decision() -> None:
     r = run()
     d = AdaptationDecision(decision_id="d1", run_id="r", issued_at_step=10, expires_at_step=20)

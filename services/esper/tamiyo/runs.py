@@ -41,6 +41,9 @@ class RunState:
     seeds: dict[str, SeedState] = field(default_factory=dict)
     last_step: int = -1
     last_sequence: int = -1
+    # Whether the snapshot at last_step closed an epoch: the epoch-end snapshot may follow a
+    # periodic one at the same step (it carries the fresh validation metrics), once.
+    last_was_epoch_end: bool = False
     issued: OrderedDict[str, AdaptationDecision] = field(default_factory=OrderedDict)
     acked: OrderedDict[str, int] = field(default_factory=OrderedDict)  # id -> AckStatus
     outstanding: str | None = None
@@ -64,12 +67,17 @@ class RunState:
 
     def accept_snapshot(self, snapshot: TrainingSnapshot) -> tuple[str, str] | None:
         """Order check: (code, detail) for a repeated or out-of-order snapshot, else None."""
-        if snapshot.step <= self.last_step and self.last_step >= 0:
+        closes_epoch_at_same_step = (
+            snapshot.step == self.last_step and snapshot.epoch_end and not self.last_was_epoch_end
+            and snapshot.sequence > self.last_sequence
+        )
+        if snapshot.step <= self.last_step and self.last_step >= 0 and not closes_epoch_at_same_step:
             code = "repeated_snapshot" if snapshot.step == self.last_step else "out_of_order_snapshot"
             return code, f"snapshot.step {snapshot.step} is not after the last step {self.last_step}"
         if snapshot.sequence and snapshot.sequence <= self.last_sequence:
             return "out_of_order_snapshot", (
                 f"snapshot.sequence {snapshot.sequence} is not after the last sequence {self.last_sequence}")
+        self.last_was_epoch_end = snapshot.epoch_end
         self.last_step = snapshot.step
         self.last_sequence = max(self.last_sequence, snapshot.sequence)
         return None
