@@ -55,3 +55,22 @@ def test_dead_and_non_finite_counts():
     assert h.nan_count == 1 and h.inf_count == 1  # ReLU maps -inf to 0
     assert h.dead_fraction == pytest.approx(3 / 6)
     assert math.isfinite(h.activation_mean) and h.activation_mean == pytest.approx(2 / 4)
+
+
+def test_sampling_observes_one_training_step_in_k_and_never_eval():
+    relu = nn.ReLU()
+    monitor = HealthMonitor({"relu": relu}, every=4, sample_every=2)
+    batches = [torch.full((1, 4), float(v)) for v in (1.0, 10.0, 3.0, 20.0)]
+    for i, x in enumerate(batches):
+        relu(x)
+        relu.eval()
+        relu(torch.full((1, 4), -100.0))  # a validation forward: never observed
+        relu.train()
+        out = monitor.step()
+    h = out[0]
+    # Steps 0 and 2 were sampled (values 1 and 3); steps 1 and 3 and every eval pass were not.
+    assert h.activation_mean == pytest.approx(2.0)
+    assert h.dead_fraction == 0.0
+    monitor.close()
+    with pytest.raises(ValueError):
+        HealthMonitor({"relu": relu}, sample_every=0)

@@ -3,7 +3,9 @@
 Forward hooks add each activation's statistics into a small tensor on the activation's
 device, and `after_backward()` folds the layer's gradient norm in the same way: nothing
 leaves the device during a step. `step()` returns LayerHealth protos every `every`
-steps (the only sync), then starts a new window.
+steps (the only sync), then starts a new window. Only training-mode forwards are observed
+(validation passes are not training health), and with `sample_every = k` only one training
+step in k, so the counts (NaN/Inf included) are those of the sampled steps.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from esper.kasmina.shapes import primary_output
 # and tanh/GELU tails are flat, so units there pass almost no gradient.
 SATURATION_THRESHOLD = 6.0
 DEFAULT_EVERY = 50
+# Observe 1 training step in this many (1 = every step). Statistics of a window are means
+# over many steps of whole-batch reductions, so sampling barely changes them, while the
+# per-step cost of the reductions is what a small model notices (see Tolaria's default).
+DEFAULT_SAMPLE_EVERY = 1
 # Activation accumulator layout.
 _N, _SUM, _SUMSQ, _ZERO, _SAT, _NAN, _INF = range(7)
 # Gradient accumulator layout: sum of norms, sum of squared norms, steps with grads.
@@ -46,12 +52,18 @@ class HealthMonitor:
     """Collect LayerHealth for named modules (e.g. every slot's host module)."""
 
     def __init__(self, layers: dict[str, nn.Module], *, every: int = DEFAULT_EVERY,
-                 saturation: float = SATURATION_THRESHOLD) -> None:
+                 saturation: float = SATURATION_THRESHOLD,
+                 sample_every: int = DEFAULT_SAMPLE_EVERY) -> None:
         if every <= 0:
             raise ValueError("every must be > 0")
+        if sample_every <= 0:
+            raise ValueError("sample_every must be > 0")
         self.every = every
         self.saturation = saturation
+        self.sample_every = sample_every
         self.steps = 0
+        # Whether the current step is observed; eval-mode forwards (validation) never are.
+        self._sampling = True
         self._layers = [_LayerStats(n, m, _device_of(m)) for n, m in layers.items()]
         self._handles = [self._attach(s) for s in self._layers]
 
@@ -62,7 +74,8 @@ class HealthMonitor:
 
     def _attach(self, stats: _LayerStats):
         def hook(module, args, output):
-            self._observe(stats, primary_output(output))
+            if self._sampling and module.training:
+                self._observe(stats, primary_output(output))
 
         return stats.module.register_forward_hook(hook)
 
@@ -78,6 +91,8 @@ class HealthMonitor:
 
     def after_backward(self) -> None:
         """Fold this step's gradient norms in (call after backward, before zero_grad)."""
+        if not self._sampling:
+            return
         for stats in self._layers:
             grads = [p.grad for p in stats.params if p.grad is not None]
             if not grads:
@@ -89,6 +104,7 @@ class HealthMonitor:
     def step(self) -> list[LayerHealth] | None:
         """Count a step; every `every` steps return the window's LayerHealth list."""
         self.steps += 1
+        self._sampling = self.steps % self.sample_every == 0
         return self.read() if self.steps % self.every == 0 else None
 
     def read(self) -> list[LayerHealth]:

@@ -13,6 +13,10 @@ DEFAULT_SNAPSHOT_EVERY = 20
 # What to do while a remote Tamiyo is unreachable: keep growing with the in-process
 # heuristic ("local") or only train ("none").
 OUTAGE_MODES = ("local", "none")
+# Layer health observes 1 training step in this many: a 20-step snapshot window still gets
+# 5 samples of whole-batch statistics, and the per-step reductions (which cost more than
+# the forward of a small CNN) run on a quarter of the steps.
+DEFAULT_HEALTH_SAMPLE_EVERY = 4
 
 
 def new_run_id() -> str:
@@ -32,11 +36,15 @@ class TolariaConfig:
     progress: bool = True
     # Remote-policy outage behaviour, one of OUTAGE_MODES.
     on_outage: str = "local"
+    # Layer-health sampling period in training steps (1 = observe every step).
+    health_sample_every: int = DEFAULT_HEALTH_SAMPLE_EVERY
 
     def __post_init__(self) -> None:
         if not self.run_id or len(self.run_id) > 128:
             raise ValueError("run_id must be 1..128 characters")
         if self.snapshot_every <= 0:
             raise ValueError(f"snapshot_every must be > 0, got {self.snapshot_every}")
+        if self.health_sample_every <= 0:
+            raise ValueError(f"health_sample_every must be > 0, got {self.health_sample_every}")
         if self.on_outage not in OUTAGE_MODES:
             raise ValueError(f"on_outage must be one of {OUTAGE_MODES}, got {self.on_outage!r}")

@@ -67,7 +67,8 @@ class TolariaSession:
         self.groups = SeedParamGroups(model, optimizer)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
-        self.health = HealthMonitor.for_slots(model, every=config.snapshot_every)
+        self.health = HealthMonitor.for_slots(
+            model, every=config.snapshot_every, sample_every=config.health_sample_every)
         self.metrics = MetricsWindow()
         self.outcomes = SeedOutcomes(config.run_id)
         self.pending: list[AdaptationDecision] = []
@@ -102,7 +103,8 @@ class TolariaSession:
     def reset_health(self) -> None:
         """Start a fresh health window (after the weights were replaced by a restore)."""
         self.health.close()
-        self.health = HealthMonitor.for_slots(self.model, every=self.snapshot_every)
+        self.health = HealthMonitor.for_slots(
+            self.model, every=self.snapshot_every, sample_every=self.config.health_sample_every)
 
     # ---- the two calls of the hook API ---------------------------------------------------
     def step(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
