@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esper.runtime.config import ConfigError, ServerConfig, check_choice
-from esper.runtime.settings import UrzaClientSettings
+from esper.runtime.config import ConfigError, ServerConfig, check_address, check_choice
+from esper.runtime.settings import KafkaSettings, UrzaClientSettings
 
 POLICY_NAMES = ("heuristic", "gnn")
 
 
 @dataclass(frozen=True)
-class TamiyoConfig(UrzaClientSettings, ServerConfig):
+class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
+    # Publish every decision on Oona (esper.control.decisions) for Nissa's run history.
+    publish_events: bool = True
     # Policy of a session that names none.
     default_policy: str = "heuristic"
     # Learned policy artifact (safetensors) loaded at start; empty: the gnn policy is unloaded.
@@ -30,8 +32,18 @@ class TamiyoConfig(UrzaClientSettings, ServerConfig):
     idle_heartbeats: int = 3
     # Seconds a SearchKernels call to Urza may take before the decision goes on without it.
     urza_timeout_s: float = 1.0
-    # Seconds Urza's candidates for one slot shape and budget are reused.
+    # Seconds Urza's candidates for one slot shape and budget are reused (dropped earlier
+    # on any catalogue change).
     candidate_cache_s: float = 30.0
+    # HOST:PORT of Tezzeret, asked to compile the built-in blueprints a session's slots need
+    # when Urza has no kernel for them (see kernel_supply.py); empty: never ask.
+    tezzeret_address: str = "127.0.0.1:50052"
+    # Seconds a SubmitCompile (or the ListKernels before it) may take; runs in the
+    # background, never in a decision.
+    compile_request_timeout_s: float = 5.0
+    # TOML file of heuristic thresholds (keys: the fields of HeuristicConfig); empty: the
+    # defaults, which suit long runs.
+    heuristic_config: str = ""
     # Largest model graph accepted (nodes); bigger opens are INVALID_ARGUMENT.
     max_graph_nodes: int = 4096
     # Largest number of seed slots accepted.
@@ -51,6 +63,7 @@ class TamiyoConfig(UrzaClientSettings, ServerConfig):
             ("idle_heartbeats", 1 <= self.idle_heartbeats <= 100),
             ("urza_timeout_s", 0 < self.urza_timeout_s <= 60),
             ("candidate_cache_s", 0 <= self.candidate_cache_s <= 3600),
+            ("compile_request_timeout_s", 0 < self.compile_request_timeout_s <= 300),
             ("max_graph_nodes", 1 <= self.max_graph_nodes <= 1_000_000),
             ("max_slots", 1 <= self.max_slots <= 100_000),
             ("max_runs", 1 <= self.max_runs <= 1_000_000),
@@ -59,6 +72,12 @@ class TamiyoConfig(UrzaClientSettings, ServerConfig):
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is out of range")
+        if self.heuristic_config:
+            from esper.tamiyo.heuristic_file import load_heuristic_config
+
+            load_heuristic_config(self.heuristic_config)
+        if self.tezzeret_address:
+            check_address("tezzeret_address", self.tezzeret_address)
         if self.gnn_artifact_sha256 and len(self.gnn_artifact_sha256) != 64:
             raise ConfigError("gnn_artifact_sha256: must be 64 hex digits")
 

@@ -1,6 +1,10 @@
 """One decision: fetch candidates from Urza, build the policy context, run the policy.
 The heuristic runs inline (microseconds); the learned policy runs on one dedicated thread
-(torch never blocks the event loop, and its RNG and caches are used by one thread only)."""
+(torch never blocks the event loop, and its RNG and caches are used by one thread only).
+
+When Urza offers no kernel for a slot, the kernel supply is asked (in the background) to
+have Tezzeret compile the suitable built-in blueprints; when no slot has any kernel, the
+policy is told why (compiles pending, or Tezzeret unreachable), so it waits and says so."""
 
 from __future__ import annotations
 
@@ -11,15 +15,17 @@ from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
+from esper.tamiyo.kernel_supply import KernelSupply
 from esper.tamiyo.policies import PolicyContext, RunHistory
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.urza_candidates import UrzaCandidates
 
 
 class Decider:
-    def __init__(self, policies: PolicyRegistry, urza: UrzaCandidates) -> None:
+    def __init__(self, policies: PolicyRegistry, urza: UrzaCandidates, supply: KernelSupply | None = None) -> None:
         self.policies = policies
         self.urza = urza
+        self.supply = supply or KernelSupply("", "", 1.0)
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamiyo-gnn")
 
     def close(self) -> None:
@@ -40,6 +46,11 @@ class Decider:
         """Raises PolicyUnavailable for an unknown or unloaded policy."""
         policy = self.policies.get(policy_name)
         provider = await self.urza.fetch(graph, capabilities, budget)
+        if provider.unavailable_reason is None and provider.empty_slots(graph):
+            self.supply.ensure(graph, capabilities)
+            if len(provider.empty_slots(graph)) == len(graph.slots):
+                provider = provider.without_kernels(
+                    f"Urza has no kernel for this run's slots yet; {self.supply.reason()}")
         ctx = PolicyContext.build(
             snapshot, graph, capabilities=capabilities, budget=budget, seeds=seeds,
             history=history, candidates=provider, run_id=run_id,

@@ -5,9 +5,14 @@ from __future__ import annotations
 import grpc
 import torch
 from esper.leyline.v1 import tamiyo_pb2_grpc
+from esper.oona import OonaProducer
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
+from esper.tamiyo.events import DecisionEvents
+from esper.tamiyo.heuristic_file import load_heuristic_config
+from esper.tamiyo.kernel_supply import KernelSupply
+from esper.tamiyo.policies import HeuristicPolicy
 from esper.tamiyo.policies.artifact import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.runs import RunRegistry
@@ -17,23 +22,37 @@ from esper.tamiyo.urza_candidates import UrzaCandidates
 
 __all__ = ["SPEC", "TamiyoConfig", "start"]
 
+# Seconds the decision producer may take at shutdown to send what it buffered: decisions
+# are history, not control (the session already delivered them), so a dead broker must
+# not hold the shutdown up long.
+PRODUCER_FLUSH_S = 2.0
+
 
 async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
     torch.set_num_threads(config.torch_threads)
-    policies = PolicyRegistry()
+    heuristic = HeuristicPolicy(load_heuristic_config(config.heuristic_config)) if config.heuristic_config else None
+    policies = PolicyRegistry(heuristic)
     if config.gnn_artifact:
         try:
             await policies.load_gnn(config.gnn_artifact, config.gnn_artifact_sha256)
         except PolicyArtifactError as exc:
             raise StartupError(f"gnn_artifact: {exc}") from None
     urza = UrzaCandidates(config.urza_address, config.urza_timeout_s, config.candidate_cache_s)
-    decider = Decider(policies, urza)
-    shared = SessionContext(config, RunRegistry(config.max_runs), decider)
+    urza.start_watch()
+    supply = KernelSupply(config.tezzeret_address, config.urza_address, config.compile_request_timeout_s)
+    decider = Decider(policies, urza, supply)
+    producer = OonaProducer(config.kafka_bootstrap, client_id="esper-tamiyo") if config.publish_events else None
+    if producer is not None:
+        await producer.start()
+    shared = SessionContext(config, RunRegistry(config.max_runs), decider, DecisionEvents(producer))
     tamiyo_pb2_grpc.add_TamiyoServiceServicer_to_server(TamiyoServicer(shared), server)
 
     async def close() -> None:
         decider.close()
+        await supply.close()
         await urza.close()
+        if producer is not None:
+            await producer.stop(flush_timeout=PRODUCER_FLUSH_S)
 
     return close
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from esper.leyline.v1.tamiyo_pb2 import (
@@ -26,6 +26,7 @@ from esper.leyline.version import compatibility_error, contract_version
 from esper.runtime.metrics import REGISTRY
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
+from esper.tamiyo.events import DecisionEvents
 from esper.tamiyo.policy_registry import PolicyUnavailable
 from esper.tamiyo.runs import RunRegistry, RunState
 from esper.tamiyo.validation import (
@@ -59,6 +60,7 @@ class SessionContext:
     config: TamiyoConfig
     runs: RunRegistry
     decider: Decider
+    events: DecisionEvents = field(default_factory=lambda: DecisionEvents(None))
 
     @property
     def limits(self) -> Limits:
@@ -118,6 +120,8 @@ class SessionProtocol:
         run.session_id = self.session_id
         runs.put(run)
         self.run = run
+        # Kernels for this run's slots: compiled in the background if Urza has none yet.
+        self.shared.decider.supply.ensure(run.graph, run.capabilities)
         policy_version = self.shared.decider.policies.get(policy).version
         log.info("session open", extra={"run_id": run.run_id, "session_id": self.session_id,
                                         "resumed": resumed, "policy": policy_version})
@@ -202,6 +206,7 @@ class SessionProtocol:
         if action == "wait":
             return None
         run.issue(decision)
+        self.shared.events.decision(run.run_id, decision)
         DECISIONS.labels(policy=decision.policy_version.split("@")[0], action=action).inc()
         log.info("decision", extra={"run_id": run.run_id, "decision_id": decision.decision_id,
                                     "action": action, "rationale": decision.rationale})

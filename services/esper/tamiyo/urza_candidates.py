@@ -1,6 +1,11 @@
 """Kernel candidates from Urza's SearchKernels, fetched before a policy decides (policies
 are synchronous; the provider they get holds the answers). Unreachable or slow Urza gives a
-provider with `unavailable_reason` set, so the policy does not germinate and says why."""
+provider with `unavailable_reason` set, so the policy does not germinate and says why.
+
+Answers are cached per (shape, budget, capabilities) for `cache_s`; the cache is dropped
+whenever Urza's catalogue changes (a background WatchCatalog stream, re-opened after
+failures), so kernels Tezzeret registers mid-run are offered at the next decision. Empty
+answers are kept only `EMPTY_CACHE_S` in case the watch stream is down."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from esper.leyline.v1.urza_pb2 import (
     KernelCandidate,
     RecordFieldReportRequest,
     SearchKernelsRequest,
+    WatchCatalogRequest,
 )
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
 from esper.runtime.tracing import insecure_channel
@@ -32,6 +38,11 @@ CACHE_ENTRIES = 1024
 OUTAGE_BACKOFF_S = 5.0
 # Field reports in flight to Urza at once; beyond it they are only kept in the run state.
 MAX_FORWARDS = 256
+# Seconds an empty search answer is reused: kernels may be registered any moment (compiles
+# Tamiyo requested), and the catalogue watch that drops the cache may be down.
+EMPTY_CACHE_S = 2.0
+# Backoff of the catalogue watch stream after a failure: first and longest wait (seconds).
+WATCH_BACKOFF_S = (0.5, 10.0)
 
 
 class FetchedCandidates:
@@ -47,6 +58,14 @@ class FetchedCandidates:
 
     def candidates(self, slot: SlotInfo, budget: ResourceBudget) -> list[KernelCandidate]:
         return list(self._per_slot.get(slot.slot_id, ()))
+
+    def empty_slots(self, graph: ModelGraph) -> list[str]:
+        """Slot ids of `graph` for which Urza offered no kernel."""
+        return [s.slot_id for s in graph.slots if not self._per_slot.get(s.slot_id)]
+
+    def without_kernels(self, reason: str) -> FetchedCandidates:
+        """The same (empty) answers, with `reason` as why nothing can be germinated."""
+        return FetchedCandidates(self._per_slot, reason)
 
 
 def _search_request(slot: SlotInfo, caps: Capabilities, budget: ResourceBudget) -> SearchKernelsRequest:
@@ -69,6 +88,28 @@ class UrzaCandidates:
         self._cache: dict[bytes, tuple[float, list[KernelCandidate]]] = {}
         self._outage: tuple[float, str] | None = None  # (until, reason)
         self._forwards: set[asyncio.Task] = set()
+        self._watch: asyncio.Task | None = None
+        self.catalog_changes = 0  # catalogue events seen (each one dropped the cache)
+
+    def start_watch(self) -> None:
+        """Start the background catalogue watch (needs a running event loop)."""
+        if self._stub is not None and self._watch is None:
+            self._watch = asyncio.create_task(self._watch_catalog())
+
+    async def _watch_catalog(self) -> None:
+        assert self._stub is not None
+        backoff = WATCH_BACKOFF_S[0]
+        while True:
+            try:
+                async for _ in self._stub.WatchCatalog(WatchCatalogRequest()):
+                    self._cache.clear()
+                    self.catalog_changes += 1
+                    backoff = WATCH_BACKOFF_S[0]
+            except grpc.aio.AioRpcError as exc:
+                log.debug("catalogue watch interrupted", extra={"urza": self.address, "code": exc.code().name})
+            self._cache.clear()  # changes may have been missed while the stream was down
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, WATCH_BACKOFF_S[1])
 
     def forward_field_report(self, report: FieldReport) -> None:
         """Send a seed's outcome to Urza's blueprint aggregates in the background (the
@@ -89,7 +130,7 @@ class UrzaCandidates:
                 "detail": exc.details()})
 
     async def close(self) -> None:
-        for task in list(self._forwards):
+        for task in [*self._forwards, *([self._watch] if self._watch else [])]:
             task.cancel()
         if self._channel is not None:
             await self._channel.close()
@@ -116,7 +157,7 @@ class UrzaCandidates:
     async def _search(self, key: bytes, request: SearchKernelsRequest) -> list[KernelCandidate]:
         hit = self._cache.get(key)
         now = time.monotonic()
-        if hit is not None and now - hit[0] < self.cache_s:
+        if hit is not None and now - hit[0] < (self.cache_s if hit[1] else min(self.cache_s, EMPTY_CACHE_S)):
             return hit[1]
         assert self._stub is not None
         response = await self._stub.SearchKernels(request, timeout=self.timeout_s)

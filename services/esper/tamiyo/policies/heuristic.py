@@ -94,7 +94,9 @@ class HeuristicConfig:
     gate_retry_steps: int = 20
     # Suggested steps until the next decision when waiting.
     wait_steps: int = 10
-    # Benefit assumed for a blueprint without field reports (validation-accuracy gain).
+    # Benefit assumed for a blueprint without field reports (validation-accuracy gain), per
+    # unit of `capacity_factor` (a growth kernel of a few hundred params per channel gets
+    # ~7x the prior of a mergeable adapter).
     prior_gain: float = 0.01
     # Parameter count that costs as much as the fixed cost of any germination.
     reference_params: int = 100_000
@@ -102,11 +104,29 @@ class HeuristicConfig:
     reference_latency_ms: float = 1.0
 
 
+def capacity_factor(candidate: KernelCandidate) -> float:
+    """How much function capacity a kernel adds to its slot: 1 + ln(1 + params / width),
+    and 1 (no more than any other) for a blueprint that merges into the host layer or has
+    no parameters. A mergeable adapter (IA3, LoRA) only reparameterises the host layer: the
+    model can represent nothing new, so a capacity-bound host gains nothing from it; a
+    residual branch (MLP, conv block) adds depth and units. The log keeps a large kernel
+    from winning on size alone (its cost term grows linearly)."""
+    params = candidate.kernel.stats.params
+    if candidate.blueprint.metadata.mergeable or params <= 0:
+        return 1.0
+    width = max(1, candidate.kernel.target.shape.channels)
+    return 1.0 + math.log1p(params / width)
+
+
 def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig) -> float:
-    """(prior_gain + max(0, past gain)) * (1 - risk) / (1 + params/ref + latency/ref)."""
+    """(prior_gain * capacity + max(0, past gain)) * (1 - risk) / (1 + params/ref +
+    latency/ref). Without field reports every blueprint gets the same prior, so the
+    capacity factor is what tells a growth kernel from a cheap rescaling (without it the
+    cheapest, lowest-risk kernel always won: IA3, which cannot add capacity)."""
     meta, stats = candidate.blueprint.metadata, candidate.kernel.stats
     gain = meta.past_accuracy_gain_estimate if math.isfinite(meta.past_accuracy_gain_estimate) else 0.0
-    benefit = (config.prior_gain + max(0.0, gain)) * (1.0 - min(1.0, max(0.0, meta.risk_score)))
+    prior = config.prior_gain * capacity_factor(candidate)
+    benefit = (prior + max(0.0, gain)) * (1.0 - min(1.0, max(0.0, meta.risk_score)))
     latency = stats.latency_p99_ms if math.isfinite(stats.latency_p99_ms) else 0.0
     cost = 1.0 + stats.params / config.reference_params + max(0.0, latency) / config.reference_latency_ms
     return benefit / cost
