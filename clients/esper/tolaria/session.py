@@ -21,7 +21,7 @@ import torch
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
 from esper.kasmina.wrap import MorphableModel
-from esper.leyline.v1.common_pb2 import Dtype
+from esper.leyline.v1.common_pb2 import Dtype, SlotKind
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
@@ -42,6 +42,11 @@ _WAIT = "wait"
 
 CLIENT_VERSION = "esper-tolaria 0.1.0"
 AckListener = Callable[[DecisionAck], None]
+# Capability tags the session advertises: Kasmina hosts seeds in every slot kind it places,
+# so a model with slots of a kind can run the blueprints that require that kind (Urza's
+# SearchKernels only offers blueprints whose requires_capability the session has).
+_KIND_TAGS = {SlotKind.SLOT_KIND_FEATURES: "features", SlotKind.SLOT_KIND_SEQUENCE: "sequence",
+              SlotKind.SLOT_KIND_CONV1D: "conv1d", SlotKind.SLOT_KIND_CONV2D: "conv2d"}
 _DTYPES = {torch.float32: Dtype.DTYPE_FLOAT32, torch.float16: Dtype.DTYPE_FLOAT16,
            torch.bfloat16: Dtype.DTYPE_BFLOAT16, torch.float64: Dtype.DTYPE_FLOAT64}
 
@@ -330,7 +335,9 @@ class TolariaSession:
             graph=self.graph, budget=self.budget, policy="heuristic",
             capabilities=Capabilities(device=self._device().type,
                                       dtype=_DTYPES.get(dtype, Dtype.DTYPE_FLOAT32),
-                                      max_live_seeds=self.model.cfg.max_live_seeds),
+                                      max_live_seeds=self.model.cfg.max_live_seeds,
+                                      tags=sorted({_KIND_TAGS[s.shape.kind] for s in self.graph.slots
+                                                   if s.shape.kind in _KIND_TAGS})),
             seeds=self.model.seed_states(), last_applied_decision_id=self.last_applied_decision_id,
             acked_decision_ids=sorted(self.applier.answered),
         )
