@@ -112,10 +112,12 @@ class MorphableModel(nn.Module):
         for slot in self.esper_slots.values():
             slot.on_epoch()
 
-    def safe_point(self, loss: float | None = None) -> list[SeedTransition]:
+    def safe_point(self, loss: float | None = None,
+                   breaker_loss: float | None = None) -> list[SeedTransition]:
         """Between steps: read device accumulators, feed `loss` (validation loss when the
-        caller has one, else a train-loss window mean) to live seeds, trip circuit
-        breakers (cull at once), end elapsed embargoes. Returns the transitions made."""
+        caller has one, else a smoothed train loss) to live seeds, trip circuit breakers
+        (cull at once) on `breaker_loss` (the latest unsmoothed loss; `loss` when not
+        given), end elapsed embargoes. Returns the transitions made."""
         from esper.leyline.v1.control_pb2 import CullReason
 
         start = len(self.transitions)
@@ -123,7 +125,7 @@ class MorphableModel(nn.Module):
             slot.flush()
             if loss is not None and slot.is_live():
                 slot.record.observe_loss(float(loss))
-            why = slot.tripped(loss)
+            why = slot.tripped(loss if breaker_loss is None else breaker_loss)
             if why is not None:
                 slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
             slot.tick_embargo(self.global_step)

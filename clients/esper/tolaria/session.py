@@ -156,16 +156,19 @@ class TolariaSession:
     # ---- safe points -----------------------------------------------------------------------
     def _safe_point(self, epoch_end: bool) -> TrainingSnapshot:
         self.metrics.read()
-        self.model.safe_point(self._gate_loss())
+        raw = self.metrics.last_train_loss
+        self.model.safe_point(self._gate_loss(), breaker_loss=raw if math.isfinite(raw) else None)
         snapshot = self._snapshot(epoch_end)
         self.telemetry.publish(snapshot=snapshot)
         self._apply_arrived(observe=snapshot)
         return snapshot
 
     def _gate_loss(self) -> float | None:
-        """The loss Kasmina's gates and breakers see: the train-loss window mean (one
-        consistent signal; validation metrics go to the policy through snapshots)."""
-        loss = self.metrics.last_train_loss
+        """The loss Kasmina's gates (and the seed metrics the policy reads) see: the
+        smoothed train loss (one consistent signal, over ~LOSS_SMOOTHING_STEPS steps, so
+        a seed is not judged on one window's batch noise). The circuit breaker sees the
+        raw window mean, so an explosion trips it at once."""
+        loss = self.metrics.smoothed_train_loss
         return loss if math.isfinite(loss) else None
 
     def _active_source(self) -> PolicySource | None:
