@@ -27,6 +27,7 @@ from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSna
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 from esper.leyline.version import contract_version
+from esper.tolaria.budget import runtime_budget
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.metrics import MetricsWindow, global_grad_norm
 from esper.tolaria.optim import SeedParamGroups, host_learning_rate
@@ -92,7 +93,8 @@ class TolariaSession:
         self._kernel_errors: dict[str, str] = {}
         self._closed = False
         self.graph = model.model_graph()
-        self.budget = budget or ResourceBudget()
+        self.budget = runtime_budget(budget, self.host_params_at_start,
+                                     model.cfg.max_seed_param_fraction)
         model.transition_listeners.append(self._on_transition)
         self.open_message: SessionOpen | None = None
 

@@ -1,0 +1,31 @@
+"""The budget a session sends its policy includes Kasmina's seed-parameter cap."""
+
+from __future__ import annotations
+
+import torch
+from esper.kasmina import KasminaConfig
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
+from esper.tolaria import TolariaConfig, attach
+from esper.tolaria.budget import runtime_budget
+
+
+def test_unlimited_budget_becomes_the_kasmina_cap() -> None:
+    assert runtime_budget(None, 1000, 0.5).max_added_params == 500
+
+
+def test_caller_budget_is_tightened_never_loosened() -> None:
+    assert runtime_budget(ResourceBudget(max_added_params=300), 1000, 0.5).max_added_params == 300
+    out = runtime_budget(ResourceBudget(max_added_params=900, max_risk=0.2), 1000, 0.5)
+    assert out.max_added_params == 500 and abs(out.max_risk - 0.2) < 1e-9
+
+
+def test_session_open_carries_the_runtime_budget() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    session = attach(model, torch.optim.SGD(model.parameters(), lr=0.1), "none",
+                     kasmina=KasminaConfig(max_seed_param_fraction=0.25),
+                     config=TolariaConfig(progress=False))
+    try:
+        host = sum(p.numel() for p in model.parameters())
+        assert session.open_message.budget.max_added_params == int(0.25 * host)
+    finally:
+        session.close()
