@@ -1,6 +1,11 @@
 """Nissa's ingest: a consumer group on every Oona topic that writes each batch to
 PostgreSQL in one transaction and commits the Kafka offsets only after it. A crash
-between the two redelivers the batch, which the event-id keys make harmless."""
+between the two redelivers the batch, which the event-id keys make harmless.
+
+Two stages run at once: the fetcher polls and decodes the next batch (and builds its
+rows) while the writer stores the current one, so Kafka, Python and PostgreSQL work in
+parallel. The writer handles batches strictly in order, one transaction each, and
+commits a batch's offsets only after its transaction committed."""
 
 from __future__ import annotations
 
@@ -8,12 +13,16 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from esper.leyline.v1 import telemetry_pb2
 from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules
 from esper.nissa.hub import EventHub
+from esper.nissa.rows import IngestRows, rows_for
 from esper.nissa.store import ingest_batch, store_alerts
 from esper.oona.consumer import ConsumedEvent, OonaConsumer
 from esper.oona.envelope import new_event
@@ -35,6 +44,18 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
 )
 SOURCE = "nissa"
+# Decoded batches waiting for the writer: one is enough to keep the fetcher busy while a
+# batch is written; more would only hold memory (and more work redelivered after a crash).
+PIPELINE_DEPTH = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A polled batch, decoded, with its rows and the offsets to commit once stored."""
+
+    batch: list[tuple[telemetry_pb2.TelemetryEvent, bytes]]
+    rows: IngestRows
+    offsets: dict[TopicPartition, int]
 
 
 class Ingestor:
@@ -84,22 +105,48 @@ class Ingestor:
         await self.consumer.stop()
 
     async def _run(self) -> None:
+        prepared: asyncio.Queue[_Prepared] = asyncio.Queue(PIPELINE_DEPTH)
+        async with asyncio.TaskGroup() as stages:  # one failing cancels the other
+            stages.create_task(self._fetch(prepared), name="nissa-ingest-fetch")
+            stages.create_task(self._write(prepared), name="nissa-ingest-write")
+
+    async def _fetch(self, prepared: asyncio.Queue[_Prepared]) -> None:
+        """Poll, decode and build rows; hand the batches to the writer in order."""
         while True:
             consumed, offsets = await self.consumer.poll()
-            if consumed:
-                new, alerts = await self._store_with_retry(consumed)
-                await self.consumer.commit(offsets)
-                self._after_commit(new, len(consumed), alerts)
-            elif offsets:
-                await self.consumer.commit(offsets)  # only undecodable records
+            if not offsets:
+                continue
+            batch = _pairs(consumed)
+            await prepared.put(_Prepared(batch, rows_for(batch), offsets))
 
-    async def _store_with_retry(self, consumed: list[ConsumedEvent]):
-        batch = [(c.event, c.value) for c in consumed]
+    async def _write(self, prepared: asyncio.Queue[_Prepared]) -> None:
+        """Store each batch (one transaction), then commit its offsets, then fan out."""
+        while True:
+            item = await prepared.get()
+            if item.batch:
+                new, alerts = await self._store_with_retry(item.batch, item.rows)
+                await self._commit(item.offsets)
+                self._after_commit(new, len(item.batch), alerts)
+            else:
+                await self._commit(item.offsets)  # only undecodable records
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit offsets of a stored batch. A failed commit (a rebalance took the
+        partitions, the broker went away) only means the batch is delivered again, which
+        its event ids make harmless: log it and go on rather than stop ingesting."""
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("nissa ingest: offset commit failed, batch will be redelivered: %s", exc)
+
+    async def _store_with_retry(
+        self, batch: list[tuple[telemetry_pb2.TelemetryEvent, bytes]], rows: IngestRows
+    ):
         backoff = DB_RETRY_MIN_S
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    return await ingest_batch(conn, batch, self._evaluate)
+                    return await ingest_batch(conn, batch, self._evaluate, rows)
             except DB_ERRORS as exc:
                 log.warning("nissa ingest: database unavailable, retrying: %s", exc)
                 await asyncio.sleep(backoff)
@@ -125,6 +172,10 @@ class Ingestor:
         if self.hub is not None and new:
             self.hub.publish(new)
         publish_alerts(self.alert_producer, alerts)
+
+
+def _pairs(consumed: list[ConsumedEvent]) -> list[tuple[telemetry_pb2.TelemetryEvent, bytes]]:
+    return [(c.event, c.value) for c in consumed]
 
 
 def publish_alerts(producer: OonaProducer | None, alerts: list[telemetry_pb2.Alert]) -> None:

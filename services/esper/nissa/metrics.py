@@ -65,9 +65,21 @@ def observe(
     DUPLICATES.inc(received - len(events))
     for alert in alerts:
         ALERTS.labels(alert.rule).inc()
+    for event in _latest_snapshots(events):
+        _observe_snapshot(event, now)
+
+
+def _latest_snapshots(
+    events: list[telemetry_pb2.TelemetryEvent],
+) -> list[telemetry_pb2.TelemetryEvent]:
+    """The last snapshot of each run in `events` (consumed order is per-run order): the
+    run gauges hold the latest values, so setting them once per run and batch ends in the
+    same state as setting them for every snapshot, at a fraction of the cost."""
+    latest: dict[str, telemetry_pb2.TelemetryEvent] = {}
     for event in events:
-        if event.WhichOneof("payload") == "snapshot" and event.run_id:
-            _observe_snapshot(event, now)
+        if event.run_id and event.HasField("snapshot"):
+            latest[event.run_id] = event
+    return list(latest.values())
 
 
 def _observe_snapshot(event: telemetry_pb2.TelemetryEvent, now: dt.datetime) -> None:

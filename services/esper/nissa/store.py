@@ -110,13 +110,17 @@ RuleHook = Callable[
 ]
 
 
+# Temporary staging tables of a connection (emptied at every commit), created in one
+# round trip: a script without parameters runs as one simple query.
+ENSURE_STAGING = ";\n".join(
+    f"CREATE TEMP TABLE IF NOT EXISTS in_{table} "
+    f"(LIKE nissa.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    for table in ("events", "alerts", *DERIVED_TABLES)
+)
+
+
 async def _ensure_staging(conn: asyncpg.Connection) -> None:
-    """Temporary staging tables of this connection (emptied at every commit)."""
-    for table in ("events", "alerts", *DERIVED_TABLES):
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS in_{table} "
-            f"(LIKE nissa.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+    await conn.execute(ENSURE_STAGING)
 
 
 async def _stage(conn: asyncpg.Connection, table: str, records: list[tuple]) -> None:
@@ -130,10 +134,13 @@ async def ingest_batch(
     conn: asyncpg.Connection,
     batch: Sequence[tuple[telemetry_pb2.TelemetryEvent, bytes]],
     rules: RuleHook | None = None,
+    rows: IngestRows | None = None,
 ) -> tuple[list[telemetry_pb2.TelemetryEvent], list[telemetry_pb2.Alert]]:
     """Store `batch` in one transaction. Returns the events that were new (not stored
-    before) and the alerts the rules raised on them (stored in the same transaction)."""
-    rows: IngestRows = rows_for(batch)
+    before) and the alerts the rules raised on them (stored in the same transaction).
+    `rows`: the batch's rows when the caller built them already (rows_for(batch))."""
+    if rows is None:
+        rows = rows_for(batch)
     async with conn.transaction():
         await _ensure_staging(conn)
         await _stage(conn, "events", rows.events)
