@@ -181,3 +181,15 @@ def test_heuristic_imports_without_torch_or_grpc() -> None:
             "print('torch' in sys.modules, 'grpc' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_growth_kernel_beats_a_mergeable_adapter_without_field_reports() -> None:
+    from esper.tamiyo.policies.heuristic import benefit_per_cost, capacity_factor
+
+    adapter = candidate("BP-IA3", params=16, risk=0.05)
+    adapter.blueprint.metadata.mergeable = True  # folds into the host layer: no new capacity
+    growth = candidate("BP-MLP-GELU", params=2128, risk=0.25)
+    assert capacity_factor(adapter) == 1.0 and capacity_factor(growth) > 5.0
+    assert benefit_per_cost(growth, policy.config) > benefit_per_cost(adapter, policy.config)
+    d = policy.decide(context(candidates=[adapter, growth]))
+    assert d.WhichOneof("action") == "germinate" and d.germinate.blueprint_ref == "BP-MLP-GELU@1.0.0"
