@@ -50,7 +50,7 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "run cli-run: 1 epochs" in out and "final validation accuracy" in out
-    assert "parameters 9802 before" in out and "seeds fossilized" in out
+    assert "parameters 2570 before" in out and "seeds fossilized" in out
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(ckpt)]) == 0
     assert "run cli-run: 2 epochs" in capsys.readouterr().out
 

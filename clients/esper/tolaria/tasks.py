@@ -25,6 +25,14 @@ IDX_LABELS_MAGIC = 0x00000801
 # Fraction of the digits set held out for validation (sklearn ships no split).
 DIGITS_VAL_FRACTION = 0.2
 TASKS = ("digits", "fashion-mnist")
+# Host sizes of the example CNN (SmallCNN widths c1, c2, hidden). The example task is meant
+# to show growth paying off, so its default host is "narrow": it has a real capacity
+# bottleneck (digits, 30 epochs, 4 seeds: 0.955 val accuracy with 2,570 params, against
+# 0.976 for "wide", 9,802 params), and residual seeds can close part of that gap (a conv
+# block trained from scratch in conv2 gives 0.968). "wide" is the static comparison host
+# (and the example CNN of earlier versions).
+HOSTS = {"narrow": {"c1": 4, "c2": 8, "hidden": 16}, "wide": {"c1": 8, "c2": 16, "hidden": 32}}
+DEFAULT_HOST = "narrow"
 
 
 class DatasetMissing(FileNotFoundError):
@@ -110,8 +118,11 @@ def _loaders(xtr, ytr, xva, yva, batch_size: int, seed: int):
             DataLoader(val, batch_size=max(batch_size, 256)))
 
 
-def load_task(name: str, *, batch_size: int = 64, seed: int = 0) -> Task:
-    """The built-in task `name` (one of TASKS) with a freshly initialised model."""
+def load_task(name: str, *, batch_size: int = 64, seed: int = 0, host: str = DEFAULT_HOST) -> Task:
+    """The built-in task `name` (one of TASKS) with a freshly initialised `host` model (one
+    of HOSTS)."""
+    if host not in HOSTS:
+        raise ValueError(f"unknown host {host!r}; choose one of {tuple(HOSTS)}")
     if name == "digits":
         arrays, side = digits_arrays(seed), 8
     elif name == "fashion-mnist":
@@ -119,6 +130,6 @@ def load_task(name: str, *, batch_size: int = 64, seed: int = 0) -> Task:
     else:
         raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
     torch.manual_seed(seed)
-    model = SmallCNN(side)
+    model = SmallCNN(side, **HOSTS[host])
     train, val = _loaders(*arrays, batch_size=batch_size, seed=seed)
     return Task(name, model, train, val, torch.zeros(2, 1, side, side))
