@@ -24,8 +24,13 @@ DEFAULT_PROBATION_STEPS = 20
 class KasminaConfig:
     """Gate thresholds and safety limits. Every field says why it has its default."""
 
-    # G2: the seed's linearised loss delta <g, seed_out> (averaged over the second half
-    # of TRAINING) must be below -this: the seed would lower the real loss to first order.
+    # G2: the seed's linearised loss delta <g, seed_out> (mean per step over the latest
+    # snapshot window: the slot's accumulator is read and reset at every safe point) must
+    # be below -this: the seed would lower the real loss to first order. The seed trains in
+    # TRAINING on exactly this linear objective, so a healthy seed passes almost surely;
+    # G2 refuses a seed that cannot find a descent direction at all (dead or NaN-free but
+    # gradient-free), not a seed that would overshoot; G3's regression check and the
+    # policy's REGRESSION rule judge the real effect once it is blended in.
     # Zero would accept pure noise; a tiny margin keeps float noise out.
     min_seed_improvement: float = 1e-9
     # G3: the loss fed to the gates (Tolaria: a train loss smoothed over ~50 steps) may be
