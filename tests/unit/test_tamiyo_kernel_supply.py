@@ -90,3 +90,12 @@ def test_heuristic_file_errors_name_the_key(tmp_path, text, named):
 def test_missing_heuristic_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="heuristic_config"):
         load_heuristic_config(str(tmp_path / "nope.toml"))
+
+
+def test_tamiyo_config_refuses_a_bad_heuristic_file(tmp_path):
+    from esper.tamiyo.config import TamiyoConfig
+
+    path = tmp_path / "h.toml"
+    path.write_text("training_stepz = 3\n")
+    with pytest.raises(ConfigError, match="heuristic_config.*training_stepz"):
+        TamiyoConfig(port=0, heuristic_config=str(path)).validate()
