@@ -39,6 +39,14 @@ def test_loss_divergence_fires_once_per_episode():
     assert fired == [False, False, False, True, False, False, True]
 
 
+def test_loss_noise_near_convergence_is_not_divergence():
+    rules = AlertRules(AlertThresholds(loss_divergence_min_snapshots=3))
+    losses = [0.05, 0.01, 0.004, 0.03, 0.02, 0.004, 0.6]
+    fired = [bool(rules.evaluate(_snap(step=i, loss=x), NOW)) for i, x in enumerate(losses)]
+    # 0.004 -> 0.03 is 7x the best but a rise of 0.026: noise. 0.6 is a real climb.
+    assert fired == [False, False, False, False, False, False, True]
+
+
 def test_breaker_cull_from_transition_and_report_share_an_id():
     rules = AlertRules()
     t = new_event(

@@ -34,6 +34,10 @@ class AlertThresholds:
     loss_divergence_factor: float = 3.0
     # Snapshots a run needs before divergence is judged (early losses are noisy).
     loss_divergence_min_snapshots: int = 5
+    # ...and the loss must also have risen this much above the best, in loss units: near
+    # convergence a window's loss swings by multiples of a tiny best (0.004 -> 0.02 on an
+    # easy batch) while a diverging classifier climbs by whole nats.
+    loss_divergence_min_rise: float = 0.5
     # Acks per run considered for the rejection rate.
     rejection_window: int = 20
     # Fraction of rejected acks in the window that raises an alert.
@@ -152,6 +156,7 @@ class AlertRules:
             state.snapshots >= t.loss_divergence_min_snapshots
             and state.best_loss > 0
             and loss > t.loss_divergence_factor * state.best_loss
+            and loss - state.best_loss >= t.loss_divergence_min_rise
         )
         fire = diverging and not state.diverged
         state.diverged = diverging

@@ -25,6 +25,8 @@ class NissaConfig(PostgresSettings, KafkaSettings, ServerConfig):
     alert_loss_divergence_factor: float = 3.0
     # Alert: snapshots a run needs before divergence is judged.
     alert_loss_divergence_min_snapshots: int = 5
+    # Alert: minimum rise of the train loss above its best (loss units) for divergence.
+    alert_loss_divergence_min_rise: float = 0.5
     # Alert: acks per run in the rejection-rate window.
     alert_rejection_window: int = 20
     # Alert: rejected fraction of the window that raises an alert.
@@ -48,6 +50,8 @@ class NissaConfig(PostgresSettings, KafkaSettings, ServerConfig):
             raise ConfigError("alert_loss_divergence_factor: must be > 1")
         if self.alert_loss_divergence_min_snapshots < 1:
             raise ConfigError("alert_loss_divergence_min_snapshots: must be >= 1")
+        if not self.alert_loss_divergence_min_rise >= 0:
+            raise ConfigError("alert_loss_divergence_min_rise: must be >= 0")
         if not 1 <= self.alert_rejection_window <= 10_000:
             raise ConfigError("alert_rejection_window: must be within [1, 10000]")
         if not 0 <= self.alert_rejection_rate < 1:
@@ -65,6 +69,7 @@ class NissaConfig(PostgresSettings, KafkaSettings, ServerConfig):
         return AlertThresholds(
             loss_divergence_factor=self.alert_loss_divergence_factor,
             loss_divergence_min_snapshots=self.alert_loss_divergence_min_snapshots,
+            loss_divergence_min_rise=self.alert_loss_divergence_min_rise,
             rejection_window=self.alert_rejection_window,
             rejection_rate=self.alert_rejection_rate,
             rejection_min_acks=self.alert_rejection_min_acks,
