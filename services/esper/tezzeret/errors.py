@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import asyncpg
+from esper.runtime.postgres import CONNECTION_ERRORS
 
 
 class TezzeretError(Exception):
@@ -38,13 +36,4 @@ class JobAbandoned(TezzeretError):
 
 
 # What a lost or refused database connection looks like from asyncpg.
-DB_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.CrashShutdownError,
-)
+DB_CONNECTION_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS

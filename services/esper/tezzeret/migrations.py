@@ -2,25 +2,22 @@
 
 Each migration runs once, in order, inside a transaction, and is recorded in
 `tezzeret_schema_migrations`; an advisory lock makes concurrent starts (a server and
-standalone workers) safe. Never edit an applied migration: add a new one.
+standalone workers) safe (`esper.runtime.postgres` runs them). Never edit an applied
+migration: add a new one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
+from esper.runtime import postgres
+from esper.runtime.postgres import Migration, MigrationLedger
 
 # Arbitrary but fixed key of the advisory lock serialising migrations across processes.
 MIGRATION_LOCK_KEY = 0x7E2_2E7
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
+# Tezzeret's ledger: a table in the search_path without checksums (what existing databases
+# hold; its migrations are in this file, reviewed as code).
+MIGRATION_LEDGER = MigrationLedger(table="tezzeret_schema_migrations", lock_key=MIGRATION_LOCK_KEY,
+                                   checksums=False)
 
 _STAGES = "('QUEUED','BUILDING','VALIDATING','CHARACTERISING','STORING','REGISTERED','FAILED','CANCELLED')"
 
@@ -67,25 +64,4 @@ CREATE INDEX compile_job_events_job ON compile_job_events (job_id, event_id);
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
     """Apply the migrations not applied yet; returns the versions applied now."""
-    applied_now: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS tezzeret_schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM tezzeret_schema_migrations")}
-        for migration in MIGRATIONS:
-            if migration.version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO tezzeret_schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version, migration.name,
-                )
-            applied_now.append(migration.version)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-    return applied_now
+    return await postgres.apply_migrations(conn, MIGRATIONS, MIGRATION_LEDGER)

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import logging
-import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from esper.runtime import postgres
+from esper.runtime.postgres import CONNECTION_ERRORS, Migration, MigrationError, MigrationLedger
 from esper.urza.errors import Unavailable
 
-log = logging.getLogger(__name__)
+__all__ = ["CONNECTION_ERRORS", "Database", "Migration", "MigrationError", "apply_migrations",
+           "create_pool", "load_migrations", "translate_errors"]
 
 SCHEMA = "urza"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Arbitrary but fixed advisory-lock keys ("URZA" in ASCII, then a sub-key per purpose).
 MIGRATION_LOCK_KEY = 0x55525A41_0001
 SEED_LOCK_KEY = 0x55525A41_0002
@@ -40,88 +38,20 @@ CATALOG_EVENT_LOCK_KEY = 0x55525A41_0003
 POOL_MIN_SIZE = 0
 POOL_MAX_SIZE = 10
 
-SCHEMA_MIGRATIONS_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    checksum   text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-# What a lost or refused database connection looks like from asyncpg.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.CrashShutdownError,
-)
-
-
-class MigrationError(RuntimeError):
-    """The migration files or the recorded history are inconsistent."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+# Urza's ledger of applied migrations (its name and columns are what existing databases hold).
+MIGRATION_LEDGER = MigrationLedger(table=f"{SCHEMA}.schema_migrations", lock_key=MIGRATION_LOCK_KEY,
+                                   schema=SCHEMA, search_path=SCHEMA)
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """The migration files of `directory`, in version order; refuses gaps and strays."""
-    found: list[Migration] = []
-    for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql":
-            continue
-        match = MIGRATION_FILE.match(path.name)
-        if not match:
-            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise MigrationError(f"migration {expected:04d} is missing (found {migration.version:04d})")
-    return found
+    return postgres.load_migrations(directory)
 
 
 async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply the pending migrations on `conn`; returns the versions applied now."""
     migrations = load_migrations() if migrations is None else migrations
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-    try:
-        await conn.execute(SCHEMA_MIGRATIONS_DDL)
-        recorded = {r["version"]: r["checksum"] for r in
-                    await conn.fetch(f"SELECT version, checksum FROM {SCHEMA}.schema_migrations")}
-        applied: list[int] = []
-        for migration in migrations:
-            if migration.version in recorded:
-                if recorded[migration.version] != migration.checksum:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} changed after it "
-                        "was applied; add a new migration instead")
-                continue
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum) "
-                    "VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum)
-            log.info("applied migration", extra={"migration": f"{migration.version:04d}_{migration.name}"})
-            applied.append(migration.version)
-        return applied
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    return await postgres.apply_migrations(conn, migrations, MIGRATION_LEDGER)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
