@@ -13,22 +13,18 @@ Urza is `--urza HOST:PORT`, else $ESPER_URZA_ADDRESS, else the local stack's Urz
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import grpc
+from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.main import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
-from esper.runtime.config import ConfigError, check_address
 
 ADDRESS_ENV = "ESPER_URZA_ADDRESS"
-STATE_DIR_ENV = "ESPER_STATE_DIR"
-DEFAULT_STATE_DIR = ".esper"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # Seconds a call waits for Urza; a catalogue query answers in milliseconds.
 DEFAULT_TIMEOUT_S = 10.0
@@ -138,23 +134,7 @@ def _ref(text: str) -> str:
 
 
 def urza_address(flag: str | None) -> str:
-    address = flag or os.environ.get(ADDRESS_ENV) or _stack_address() or DEFAULT_ADDRESS
-    try:
-        check_address("--urza", address)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return address
-
-
-def _stack_address() -> str:
-    from esper.runtime.stack.state import load_state
-
-    try:
-        state = load_state(Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)))
-    except Exception:  # noqa: BLE001 - a broken stack file just means "no local stack"
-        return ""
-    port = state.ports.get("urza") if state else None
-    return f"127.0.0.1:{port}" if port else ""
+    return checked_address("--urza", resolve_address(flag, ADDRESS_ENV, "urza") or DEFAULT_ADDRESS)
 
 
 # -- calls ---------------------------------------------------------------------------------

@@ -24,13 +24,12 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
 from aiokafka.errors import KafkaError
+from esper.cli.addresses import resolve_address
 from esper.cli.main import UsageError
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.consumer import OonaConsumer
@@ -39,8 +38,6 @@ from esper.oona.topics import TOPICS_BY_NAME, describe_topics, ensure_topics
 from google.protobuf import json_format, text_format
 
 BOOTSTRAP_ENV = "ESPER_KAFKA_BOOTSTRAP"
-STATE_DIR_ENV = "ESPER_STATE_DIR"
-DEFAULT_STATE_DIR = ".esper"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 # A kcat length prefix longer than this many digits is not a length (corrupt input).
 MAX_LENGTH_DIGITS = 10
@@ -103,16 +100,7 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_bootstrap(flag: str | None) -> str:
-    if flag:
-        return flag
-    if os.environ.get(BOOTSTRAP_ENV):
-        return os.environ[BOOTSTRAP_ENV]
-    stack_file = Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)) / "stack.json"
-    try:
-        port = json.loads(stack_file.read_text())["ports"]["broker"]
-        return f"127.0.0.1:{int(port)}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_BOOTSTRAP
+    return resolve_address(flag, BOOTSTRAP_ENV, "broker") or DEFAULT_BOOTSTRAP
 
 
 def format_event(event: telemetry_pb2.TelemetryEvent, *, as_json: bool) -> str:

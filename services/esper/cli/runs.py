@@ -11,17 +11,14 @@ Nissa is `--nissa HOST:PORT`, else $ESPER_NISSA_ADDRESS, else the local stack's 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import grpc
+from esper.cli import addresses
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, nissa_pb2, nissa_pb2_grpc
 
 ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
-STATE_DIR_ENV = "ESPER_STATE_DIR"
-DEFAULT_STATE_DIR = ".esper"
 # An RPC to Nissa taking longer than this means it is down or stuck.
 RPC_TIMEOUT_S = 10.0
 # Runs listed by default.
@@ -59,17 +56,10 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_address(args: argparse.Namespace) -> str:
-    if getattr(args, "nissa", None):
-        return args.nissa
-    if os.environ.get(ADDRESS_ENV):
-        return os.environ[ADDRESS_ENV]
-    stack_file = Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)) / "stack.json"
-    try:
-        return f"127.0.0.1:{int(json.loads(stack_file.read_text())['ports']['nissa'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(
-            f"no Nissa address: pass --nissa, set ${ADDRESS_ENV} or run `esper up`"
-        ) from None
+    address = addresses.resolve_address(getattr(args, "nissa", None), ADDRESS_ENV, "nissa")
+    if not address:
+        raise UsageError(f"no Nissa address: pass --nissa, set ${ADDRESS_ENV} or run `esper up`")
+    return address
 
 
 def _call(args: argparse.Namespace, method: str, request):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from esper.cli.addresses import DEFAULT_STATE_DIR, STATE_DIR_ENV
 from esper.runtime.infra.errors import InfraConfigError, InfraError
 from esper.runtime.infra.paths import log_path
 from esper.runtime.infra.process import tail
@@ -18,8 +19,6 @@ from esper.runtime.stack import HEALTHY, down, format_table, status, up
 from esper.runtime.stack.lifecycle import exited
 from esper.runtime.stack.state import port_names
 
-DEFAULT_STATE_DIR = ".esper"
-STATE_DIR_ENV = "ESPER_STATE_DIR"
 # How often `esper up --foreground` checks that every component is still alive.
 WATCH_INTERVAL_S = 1.0
 # Exit codes: 2 for bad input (argparse's convention), 1 for a failure to start or a

@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
-from pathlib import Path
 
 import grpc
 
 from esper.blueprints import BlueprintError, parse_ref
+from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
-from esper.runtime.config import ConfigError, add_config_flags, check_address, load_config, overrides_from_args
+from esper.runtime.config import ConfigError, add_config_flags, load_config, overrides_from_args
 
 ADDRESS_ENV = "ESPER_TEZZERET_ADDRESS"
-STATE_DIR_ENV = "ESPER_STATE_DIR"
-DEFAULT_STATE_DIR = ".esper"
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 # Seconds a unary call waits for Tezzeret; job queries answer in milliseconds.
 DEFAULT_TIMEOUT_S = 10.0
@@ -152,23 +149,7 @@ async def _work(config, count: int) -> None:
 # ---- client commands ---------------------------------------------------------------------
 
 def tezzeret_address(flag: str | None) -> str:
-    address = flag or os.environ.get(ADDRESS_ENV) or _stack_address() or DEFAULT_ADDRESS
-    try:
-        check_address("--tezzeret", address)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return address
-
-
-def _stack_address() -> str:
-    from esper.runtime.stack.state import load_state
-
-    try:
-        state = load_state(Path(os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)))
-    except Exception:  # noqa: BLE001 - a broken stack file just means "no local stack"
-        return ""
-    port = state.ports.get("tezzeret") if state else None
-    return f"127.0.0.1:{port}" if port else ""
+    return checked_address("--tezzeret", resolve_address(flag, ADDRESS_ENV, "tezzeret") or DEFAULT_ADDRESS)
 
 
 def _call(args: argparse.Namespace, work) -> int:
