@@ -5,13 +5,13 @@
 # serves them (digest-verified by the training process), Nissa records the run. Ends with
 # the run's history from Nissa and a plot. `make down` stops everything.
 #
-# Settings (environment): ESPER_DEMO_EPOCHS (default 10), ESPER_DEMO_PLOT (default
+# Settings (environment): ESPER_DEMO_EPOCHS (default 20), ESPER_DEMO_PLOT (default
 # demo.png). Tamiyo runs with scripts/demo_heuristic.toml: its default thresholds suit
 # long runs, the demo's stages are shortened so a seed's whole life fits in a few epochs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-EPOCHS="${ESPER_DEMO_EPOCHS:-10}"
+EPOCHS="${ESPER_DEMO_EPOCHS:-20}"
 PLOT="${ESPER_DEMO_PLOT:-demo.png}"
 # Seconds to wait for Nissa to have ingested the run's last epoch.
 NISSA_WAIT_S=30

@@ -28,6 +28,11 @@ S = SeedStage
 PROBE_SEED = 0x5EED
 
 
+def gate_name(level: int) -> str:
+    """'G2' for GATE_LEVEL_G2, as people write it."""
+    return gates.GateLevel.Name(level).removeprefix("GATE_LEVEL_")
+
+
 class GateRefused(RuntimeError):
     """An advance whose gate did not pass; carries the GateResult."""
 
@@ -35,7 +40,7 @@ class GateRefused(RuntimeError):
         self.result = result
         failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
         super().__init__(
-            f"slot {slot_id}: gate {result.level} refused: " + "; ".join(failed)
+            f"slot {slot_id}: gate {gate_name(result.level)} refused: " + "; ".join(failed)
         )
 
 
@@ -215,7 +220,7 @@ class SeedSlot(nn.Module):
         self.record.last_gate = result.SerializeToString()
         if not result.passed:
             raise GateRefused(result, self.slot_id)
-        self._move(nxt, step, f"gate {gates.GateLevel.Name(level)} passed", result, loss)
+        self._move(nxt, step, f"gate {gate_name(level)} passed", result, loss)
         return result
 
     def cull(self, step: int, reason: int = CullReason.CULL_REASON_MANUAL, detail: str = "",
