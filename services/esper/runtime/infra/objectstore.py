@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
-from esper.runtime.infra.errors import InfraConfigError, InfraError
+from esper.runtime.infra.errors import InfraConfigError
+from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free, tcp_accepts
 from esper.runtime.infra.process import ManagedProcess, ProcessSpec
@@ -72,8 +73,11 @@ def validate_bucket_name(name: str) -> str:
     return name
 
 
-class ObjectStore:
+class ObjectStore(LoopbackProcess):
     """A localbucket server on 127.0.0.1:`port` with its data under `state_dir`."""
+
+    ready_what = "answering S3 requests"
+    ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(
         self,
@@ -108,18 +112,12 @@ class ObjectStore:
             )
         )
 
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
     def endpoint(self, bucket: str | None = None) -> ObjectStoreEndpoint:
         return ObjectStoreEndpoint(self.address, ACCESS_KEY, SECRET_KEY, bucket or self.bucket)
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> ObjectStoreEndpoint:
         """Start (unless running), wait for a real list_buckets call, ensure the bucket."""
-        if not self.process.is_running():
-            self.launch()
-            self.wait_ready(timeout_s)
+        self.ensure_running(timeout_s)
         self.ensure_bucket(self.bucket)
         return self.endpoint()
 
@@ -127,16 +125,6 @@ class ObjectStore:
         ensure_port_free(self.port, NAME)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process.start()
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        try:
-            self.process.wait_ready(self.is_ready, timeout_s, "answering S3 requests")
-        except InfraError:
-            self.stop()
-            raise
-
-    def stop(self) -> bool:
-        return self.process.stop()
 
     def is_ready(self) -> bool:
         """A real S3 call through the minio client: ListBuckets."""

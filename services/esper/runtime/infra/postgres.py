@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 from esper.runtime.infra.blocking import run_sync
 from esper.runtime.infra.errors import InfraConfigError, InfraError, MissingBinaryError
+from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free, tcp_accepts
 from esper.runtime.infra.privilege import ensure_reachable, service_user
@@ -75,8 +76,11 @@ def validate_database_name(name: str) -> str:
     return name
 
 
-class PostgresServer:
+class PostgresServer(LoopbackProcess):
     """One PostgreSQL cluster under `<state_dir>/postgres`, served on 127.0.0.1:`port`."""
+
+    ready_what = "accepting connections"
+    ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(
         self,
@@ -113,17 +117,11 @@ class PostgresServer:
     def dsn(self, database: str | None = None) -> str:
         return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database or self.database}"
 
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> str:
         """Initialise on first use, start, wait until it accepts queries, create the
         database; return its DSN. Already running: just ensure the database."""
-        if not self.process.is_running():
-            self.launch()
-            self.wait_ready(timeout_s)
+        self.ensure_running(timeout_s)
         self.ensure_database(self.database)
         return self.dsn()
 
@@ -135,16 +133,6 @@ class PostgresServer:
             self._initdb()
         self.process.spec.argv = self._server_argv()
         self.process.start()
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        try:
-            self.process.wait_ready(self.is_ready, timeout_s, "accepting connections")
-        except InfraError:
-            self.stop()
-            raise
-
-    def stop(self) -> bool:
-        return self.process.stop()
 
     def is_ready(self) -> bool:
         """A real round trip: connect over TCP and run `SELECT 1`."""

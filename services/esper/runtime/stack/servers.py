@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
-from esper.runtime.infra.errors import InfraError
+from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free
 from esper.runtime.infra.process import ManagedProcess, ProcessSpec
@@ -34,8 +34,11 @@ def health_check(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-class ServerProcess:
+class ServerProcess(LoopbackProcess):
     """One Esper server on 127.0.0.1:`port`, its log and pid file under `state_dir`."""
+
+    ready_what = "SERVING on its health check"
+    ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(
         self,
@@ -73,10 +76,6 @@ class ServerProcess:
         )
 
     @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
     def metrics_url(self) -> str:
         return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
 
@@ -85,15 +84,5 @@ class ServerProcess:
         ensure_port_free(self.metrics_port, f"{self.name} metrics")
         self.process.start()
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        try:
-            self.process.wait_ready(self.is_ready, timeout_s, "SERVING on its health check")
-        except InfraError:
-            self.stop()
-            raise
-
     def is_ready(self) -> bool:
         return health_check(self.address)
-
-    def stop(self) -> bool:
-        return self.process.stop()
