@@ -115,3 +115,15 @@ def test_unknown_toml_key_fails_fast(tmp_path, service_env):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "tamiyo.porrt" in err
+
+
+@pytest.mark.parametrize("name", ["urza", "nissa", "tezzeret"])
+def test_unreachable_database_fails_fast_naming_it(name, service_env):
+    env = dict(service_env)
+    env["ESPER_POSTGRES_DSN"] = f"postgresql://postgres@127.0.0.1:{free_port()}/esper"
+    env["ESPER_POSTGRES_CONNECT_TIMEOUT"] = "2"
+    env.setdefault("ESPER_URZA_ADDRESS", f"127.0.0.1:{free_port()}")
+    proc = _serve(name, env)
+    _, err = proc.communicate(timeout=120)  # exits by itself: it never waits forever
+    assert proc.returncode == 2, err
+    assert "postgres_dsn" in err
