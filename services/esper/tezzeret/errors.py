@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from esper.runtime.errors import FieldError
 from esper.runtime.postgres import CONNECTION_ERRORS
 
 
@@ -9,12 +10,8 @@ class TezzeretError(Exception):
     """Base of Tezzeret's domain errors."""
 
 
-class InvalidSubmission(TezzeretError):
+class InvalidSubmission(FieldError, TezzeretError):
     """A SubmitCompile field is malformed; `field` names it in proto terms."""
-
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
 
 
 class DependencyUnavailable(TezzeretError):

@@ -3,17 +3,15 @@ names the offending field or dependency so a client knows what to fix."""
 
 from __future__ import annotations
 
+from esper.runtime.errors import FieldError
+
 
 class UrzaError(Exception):
     """Base of Urza's domain errors."""
 
 
-class InvalidArgument(UrzaError):
+class InvalidArgument(FieldError, UrzaError):
     """A request field is malformed; the message starts with the field's name."""
-
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
 
 
 class NotFound(UrzaError):
