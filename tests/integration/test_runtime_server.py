@@ -69,7 +69,8 @@ async def test_health_reflection_metrics_and_graceful_shutdown():
         assert await call == b"done:x"
         await stopping
 
-    body = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics").read().decode()
+    url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
     assert 'esper_rpc_total{code="OK",method="Sleep",service="Slow"} 1.0' in body
 
 

@@ -18,12 +18,11 @@ import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
-import torch
 from torch import nn
 
 from esper.leyline import lifecycle
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
-from esper.leyline.v1.signals_pb2 import GraphEdge, GraphNode, ModelGraph, SlotInfo
+from esper.leyline.v1.signals_pb2 import ModelGraph
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 from esper.kasmina.config import KasminaConfig
