@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from esper.leyline.v1.control_pb2 import AckStatus
 from esper.tolaria import TolariaConfig, Trainer
 from esper.tolaria.tasks import HOSTS, SmallCNN, load_task

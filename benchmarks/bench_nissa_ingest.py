@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, signals_pb2, telemetry_pb2
 from esper.nissa.alerts import AlertRules
 from esper.nissa.db import open_database

@@ -43,6 +43,7 @@ import uuid
 from pathlib import Path
 
 import torch
+
 from esper.leyline.v1 import lifecycle_pb2, signals_pb2
 from esper.oona import ThreadedOonaProducer, new_event
 from esper.runtime.infra import Broker, free_port

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from esper.leyline.v1.blueprint_pb2 import BlueprintMetadata, BlueprintSpec
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.kernel_pb2 import KernelArtifact, KernelState, KernelStats, KernelTarget

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import grpc
+
 from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck

@@ -33,7 +33,14 @@ import grpc
 import torch
 
 from esper.blueprints import builtin_blueprints
-from esper.leyline.v1 import blueprint_pb2, common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
+from esper.leyline.v1 import (
+    blueprint_pb2,
+    common_pb2,
+    kernel_pb2,
+    telemetry_pb2,
+    tezzeret_pb2,
+    tezzeret_pb2_grpc,
+)
 from esper.runtime.infra import Broker, ObjectStore, PostgresServer, free_port
 from esper.runtime.server import start_server
 from esper.tezzeret import service as tezzeret_service

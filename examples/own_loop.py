@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 
-import esper.tolaria
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
+
+import esper.tolaria
 
 
 def data(batch_size: int = 64):

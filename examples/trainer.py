@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+
 from esper.tolaria import TolariaConfig, Trainer
 from esper.tolaria.tasks import load_task
 

@@ -11,7 +11,13 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from tests.contract.leyline_descriptors import (
-    GENERATED_SET, PACKAGE, ROOT, all_enums, all_messages, files, load_set,
+    GENERATED_SET,
+    PACKAGE,
+    ROOT,
+    all_enums,
+    all_messages,
+    files,
+    load_set,
 )
 
 UPPER_CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]*$")

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+
 from esper.leyline.v1 import (
     nissa_pb2,
     nissa_pb2_grpc,

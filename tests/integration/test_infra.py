@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from esper.runtime.infra import (
     Broker,
     ObjectStore,

@@ -76,10 +76,14 @@ def test_serve_lists_and_describes_full_api(name, service_env):
         service = grpc_service_name(name)
         assert service in listed and "grpc.health.v1.Health" in listed
         described = _grpcurl(address, "describe", service)
-        from esper.leyline.v1 import (  # noqa: F401  (descriptors of every service)
-            nissa_pb2, tamiyo_pb2, tezzeret_pb2, urza_pb2,
-        )
         from google.protobuf import descriptor_pool
+
+        from esper.leyline.v1 import (  # noqa: F401  (descriptors of every service)
+            nissa_pb2,
+            tamiyo_pb2,
+            tezzeret_pb2,
+            urza_pb2,
+        )
 
         desc = descriptor_pool.Default().FindServiceByName(service)
         for method in desc.methods:

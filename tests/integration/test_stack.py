@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from esper.cli.main import main
 from esper.runtime.infra import ReadinessError, proc
 from esper.runtime.infra.objectstore import ObjectStore

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from esper.leyline.v1 import tamiyo_pb2
 from esper.runtime.infra import free_port
 from esper.runtime.server import start_server
 from esper.urza import service as urza_service
-
 from tests.integration.test_tamiyo_server import WIDTH, open_session, snap, tamiyo
 from tests.unit.test_tamiyo_support import graph
 

@@ -13,6 +13,7 @@ import uuid
 
 import grpc
 import pytest
+
 from esper.blueprints import builtin_blueprints, kernel_id_for
 from esper.leyline.v1 import (
     common_pb2,
@@ -35,7 +36,6 @@ from esper.tamiyo.policies.artifact import save_policy
 from esper.tamiyo.policies.gnn import GnnPolicy
 from esper.urza import service as urza_service
 from esper.urza.store import KernelStore
-
 from tests.unit.test_tamiyo_support import graph, seed, snapshot
 
 pytestmark = pytest.mark.integration

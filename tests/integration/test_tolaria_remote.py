@@ -10,12 +10,12 @@ import threading
 
 import pytest
 import torch
-from esper.runtime.infra import free_port
-from esper.tolaria import TolariaConfig, attach
-from esper.tolaria.policy.remote import RemotePolicy
 from torch import nn
 from torch.nn import functional as F
 
+from esper.runtime.infra import free_port
+from esper.tolaria import TolariaConfig, attach
+from esper.tolaria.policy.remote import RemotePolicy
 from tests.integration.test_tamiyo_server import tamiyo
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,9 @@ import time
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     CullAction,
@@ -18,8 +21,6 @@ from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.oona import OonaConsumer
 from esper.oona.topics import CONTROL_ACKS, FIELD_REPORTS, SEED_TRANSITIONS, TELEMETRY_TRAINING
 from esper.tolaria import ReplayPolicy, TolariaConfig, attach
-from torch import nn
-from torch.nn import functional as F
 
 pytestmark = pytest.mark.integration
 RUN_ID = "run-telemetry-1"

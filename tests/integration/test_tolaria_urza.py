@@ -11,6 +11,9 @@ import threading
 import grpc
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from esper.blueprints.artifact import pack_kernel
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
@@ -22,9 +25,6 @@ from esper.tolaria.kernels import UrzaKernelFetcher
 from esper.tolaria.policy.remote import RemotePolicy
 from esper.urza import service as urza_service
 from esper.urza.store import KernelStore
-from torch import nn
-from torch.nn import functional as F
-
 from tests.integration.test_tamiyo_server import WIDTH, _artifact, tamiyo
 
 pytestmark = pytest.mark.integration

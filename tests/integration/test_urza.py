@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 import pytest
+
 from esper.blueprints import (
     build_seed,
     builtin_blueprints,
@@ -522,6 +523,7 @@ async def test_watch_catalog_replays_then_follows(urza: Urza) -> None:
 async def test_catalog_events_are_published_on_oona(urza: Urza, kafka_bootstrap: str) -> None:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
+
     from esper.oona import decode_event
     from esper.oona.topics import CATALOG_EVENTS
 
@@ -737,6 +739,7 @@ async def test_unreachable_store_fails_start(fresh_database, fresh_bucket, kafka
 
 async def test_migrations_are_idempotent_under_concurrency(fresh_database) -> None:
     import asyncpg
+
     from esper.urza.db import apply_migrations, load_migrations
 
     conns = [await asyncpg.connect(fresh_database) for _ in range(3)]

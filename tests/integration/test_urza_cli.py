@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from esper.cli.main import main
 
+from esper.cli.main import main
 from tests.integration.test_urza import Urza, close_urza, open_urza, store_and_register, urza_config
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,8 @@ import struct
 
 import pytest
 import torch
+from safetensors.torch import load as st_load
+
 from esper.blueprints import (
     KernelFormatError,
     KernelIntegrityError,
@@ -23,7 +25,6 @@ from esper.blueprints import (
 )
 from esper.blueprints.artifact import FORMAT_TAG
 from esper.leyline.v1 import common_pb2 as common
-from safetensors.torch import load as st_load
 
 
 def packed(name="BP-MLP-GELU", kind=common.SLOT_KIND_FEATURES, c=8, **build):

@@ -4,6 +4,7 @@ metadata formulas match the built module."""
 
 import pytest
 import torch
+
 from esper.blueprints import (
     build_seed,
     builtin_blueprints,

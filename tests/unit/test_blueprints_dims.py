@@ -1,6 +1,7 @@
 """Dimension expressions in C: good, bad and hostile input."""
 
 import pytest
+
 from esper.blueprints.dims import MAX_ABS_VALUE, MAX_DEPTH, MAX_EXPR_LENGTH, eval_dim, parse_dim
 
 

@@ -1,6 +1,7 @@
 """Blueprint validation: every error names the offending field."""
 
 import pytest
+
 from esper.blueprints import BlueprintError, estimate_params, resolve_for_shape, validate_blueprint
 from esper.blueprints.dsl import Dim, graph, node
 from esper.blueprints.graph import MAX_BUILD_PARAMS, MAX_NODES

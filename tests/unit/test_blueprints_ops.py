@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from esper.blueprints import build_seed, example_input, get_builtin
 from esper.blueprints.dsl import Dim, graph, node
 from esper.leyline.v1 import blueprint_pb2 as bp

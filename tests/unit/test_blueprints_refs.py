@@ -1,6 +1,7 @@
 """name@semver references."""
 
 import pytest
+
 from esper.blueprints import BlueprintError, format_ref, get_builtin, graph_digest, parse_ref
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from esper.cli.addresses import checked_address, resolve_address, stack_address
 from esper.cli.errors import UsageError
 from esper.cli.runs import resolve_address as nissa_address

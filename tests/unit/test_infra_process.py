@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from esper.runtime.infra import proc
 from esper.runtime.infra.errors import InfraError, PortInUseError, ReadinessError
 from esper.runtime.infra.ports import ensure_port_free, free_port, port_is_free, tcp_accepts

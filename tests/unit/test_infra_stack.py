@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from esper.cli.stack import parse_port_pins
 from esper.runtime.infra.errors import InfraConfigError
 from esper.runtime.stack import ComponentStatus, format_table

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from esper.runtime.infra import postgres
 from esper.runtime.infra.errors import InfraConfigError, MissingBinaryError
 from esper.runtime.infra.objectstore import validate_bucket_name

@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from esper.leyline.v1.control_pb2 import BlendCurve, BlendSchedule
-
 from esper.kasmina.blending import alpha_at, with_defaults
+from esper.leyline.v1.control_pb2 import BlendCurve, BlendSchedule
 
 
 def test_linear_ramp():

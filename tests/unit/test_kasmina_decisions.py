@@ -10,13 +10,18 @@ from torch import nn
 from esper.blueprints.artifact import pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
+from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, KasminaConfig, KernelCache, wrap
 from esper.leyline.v1.control_pb2 import (
-    AckStatus, AdaptationDecision, AdvanceAction, BlendSchedule, CullAction, FossilizeAction,
-    GerminateAction, WaitAction,
+    AckStatus,
+    AdaptationDecision,
+    AdvanceAction,
+    BlendSchedule,
+    CullAction,
+    FossilizeAction,
+    GerminateAction,
+    WaitAction,
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-
-from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, KasminaConfig, KernelCache, wrap
 
 A = AckStatus
 X = torch.randn(8, 6)

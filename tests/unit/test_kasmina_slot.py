@@ -11,11 +11,10 @@ from torch import nn
 
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
+from esper.kasmina import GateRefused, KasminaConfig, drop_from_optimizer, wrap
 from esper.leyline import lifecycle
 from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-
-from esper.kasmina import GateRefused, KasminaConfig, drop_from_optimizer, wrap
 
 S = SeedStage
 SCHED = BlendSchedule(blend_steps=4, training_steps=3, shadow_steps=2, probation_steps=2)

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from esper.leyline.v1.control_pb2 import (
-    AdaptationDecision, AdvanceAction, BlendSchedule, GerminateAction,
-)
-
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, KasminaConfig, wrap
 from esper.kasmina.state import builder_rebuilder
+from esper.leyline.v1.control_pb2 import (
+    AdaptationDecision,
+    AdvanceAction,
+    BlendSchedule,
+    GerminateAction,
+)
 
 X = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
 Y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(4))

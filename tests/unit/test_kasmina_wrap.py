@@ -10,9 +10,8 @@ from torch import nn
 
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
-from esper.leyline.v1.common_pb2 import SlotKind
-
 from esper.kasmina import wrap
+from esper.leyline.v1.common_pb2 import SlotKind
 
 
 def mlp():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from esper.nissa import db as nissa_db
 from esper.runtime.postgres import Migration, MigrationError, MigrationLedger, load_migrations
 from esper.tezzeret import migrations as tezzeret_migrations

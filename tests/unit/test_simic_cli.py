@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from esper.cli.main import main
 
+from esper.cli.main import main
 from tests.unit.test_simic_dataset import synthetic_episode
 
 

@@ -9,6 +9,7 @@ import random
 import zlib
 
 import pytest
+
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import ResourceState, TrainingMetrics, TrainingSnapshot
@@ -27,7 +28,6 @@ from esper.tamiyo.simic.dataset import (
 from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC, ExploringHeuristic
 from esper.tamiyo.simic.records import MAGIC, ReadProblems, read_records
 from esper.tamiyo.simic.sources import read_oona_dump
-
 from tests.unit.test_tamiyo_support import candidate, graph, seed
 
 S = SeedStage

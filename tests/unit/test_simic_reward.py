@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck, WaitAction
 from esper.leyline.v1.lifecycle_pb2 import SeedMetrics, SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import ResourceState, TrainingMetrics, TrainingSnapshot

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from esper.tamiyo.policies.gnn import GnnPolicy
 from esper.tamiyo.policies.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.safety import violation

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from esper.tamiyo.policies.artifact import PolicyArtifactError, load_policy, tensors_digest
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.heuristic import HeuristicPolicy
@@ -19,7 +20,6 @@ from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC
 from esper.tamiyo.simic.losses import masked_log_softmax
 from esper.tamiyo.simic.tensors import build_tensors
 from esper.tamiyo.simic.train import SimicConfig, SimicTrainer, train_policy
-
 from tests.unit.test_simic_dataset import synthetic_episode
 
 SMALL = NetworkShape(hidden=16)

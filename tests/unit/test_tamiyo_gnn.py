@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import AdvanceAction, CullAction, FossilizeAction, GerminateAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
@@ -27,8 +29,6 @@ from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet, propagate
 from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
-from safetensors.torch import save_file
-
 from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
 
 S = SeedStage

@@ -9,7 +9,6 @@ from esper.leyline.v1.lifecycle_pb2 import GateLevel, GateResult, SeedStage
 from esper.tamiyo.policies import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
 from esper.tamiyo.policies.health import health_score
 from esper.tamiyo.policies.plateau import is_plateau
-
 from tests.unit.test_tamiyo_support import (
     IMPROVING,
     candidate,

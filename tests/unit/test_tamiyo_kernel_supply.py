@@ -4,6 +4,7 @@ thresholds file."""
 from __future__ import annotations
 
 import pytest
+
 from esper.blueprints import builtin_blueprints
 from esper.leyline.v1 import common_pb2
 from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
@@ -17,7 +18,6 @@ from esper.tamiyo.validation import (
     check_run_id,
     snapshot_problem,
 )
-
 from tests.unit.test_tamiyo_support import graph, seed, snapshot
 
 S = SeedStage

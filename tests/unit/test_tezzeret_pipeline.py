@@ -4,7 +4,7 @@ characterisation maths and the pipeline's determinism (tiny shapes, CPU)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -72,7 +72,7 @@ def test_request_key_is_stable_and_distinguishes_targets():
 
 
 def test_page_tokens_round_trip_and_reject_garbage():
-    when = datetime(2024, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc)
+    when = datetime(2024, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
     job_id = "j-" + "a" * 32
     assert decode_page_token(encode_page_token(when, job_id)) == (when, job_id)
     for bad in ("garbage", "e30=", "x" * 1000):

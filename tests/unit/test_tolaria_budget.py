@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from esper.kasmina import KasminaConfig
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.tolaria import TolariaConfig, attach

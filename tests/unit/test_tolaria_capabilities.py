@@ -2,6 +2,7 @@
 blueprints that require them (conv blueprints need "conv2d")."""
 
 import torch
+
 from esper.tolaria import attach
 from esper.tolaria.tasks import SmallCNN
 

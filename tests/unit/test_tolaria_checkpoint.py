@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+
 from esper.leyline.v1.control_pb2 import (
     AckStatus,
     AdaptationDecision,
@@ -44,7 +45,8 @@ def _log(kernels) -> list[AdaptationDecision]:
     def d(i, step, **action):
         return AdaptationDecision(decision_id=f"d{i}", issued_at_step=step,
                                   expires_at_step=step + 40, **action)
-    adv = lambda target: AdvanceAction(slot_id="conv2", target_stage=target)
+    def adv(target):
+        return AdvanceAction(slot_id="conv2", target_stage=target)
     return [
         d(0, 5, germinate=GerminateAction(
             slot_id="conv2", blueprint_ref="BP-CONV-SE@1.0.0", kernel_id=cand.kernel.kernel_id,

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+
 from esper.cli.main import main
 
 

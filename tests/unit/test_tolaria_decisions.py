@@ -9,6 +9,9 @@ from collections import Counter
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
@@ -24,8 +27,6 @@ from esper.leyline.v1.control_pb2 import (
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import ReplayPolicy, TolariaConfig, attach
-from torch import nn
-from torch.nn import functional as F
 
 S = SeedStage
 A = AckStatus

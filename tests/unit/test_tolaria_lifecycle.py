@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.nn import functional as F
+
 from esper.leyline.lifecycle import TRANSITIONS, next_stage
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
@@ -24,7 +26,6 @@ from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.tolaria import TolariaConfig, attach
 from esper.tolaria.optim import SEED_GROUP_KEY
 from esper.tolaria.tasks import load_task
-from torch.nn import functional as F
 
 S = SeedStage
 SEED_LR = 0.02

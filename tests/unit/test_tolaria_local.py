@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from esper.leyline.v1.control_pb2 import AckStatus
 from esper.tolaria import TolariaConfig, Trainer
 from esper.tolaria.optim import SEED_GROUP_KEY

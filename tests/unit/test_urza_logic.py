@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 
 import pytest
+
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp

@@ -19,15 +19,16 @@ import re
 import struct
 
 import torch
+from google.protobuf.message import DecodeError
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
 from esper.blueprints.builder import build_seed
 from esper.blueprints.errors import BlueprintError, KernelFormatError, KernelIntegrityError
 from esper.blueprints.graph import resolve_for_shape
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2
-from google.protobuf.message import DecodeError
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 
 # Marks an Esper kernel (and its layout version) in the safetensors metadata.
 FORMAT_TAG = "esper.kernel.v1"

@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
+
 from esper.blueprints.graph import INPUT_ID, ResolvedGraph, resolve_for_shape
 from esper.blueprints.ops import make_op
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
-from torch import nn
 
 
 class SeedModule(nn.Module):

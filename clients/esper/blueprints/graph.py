@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+
 from esper.blueprints.attrs import MAX_DIM, read_attrs
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.metadata import check_metadata

@@ -8,12 +8,13 @@ CONV2D (B, C, H, W). Parameter names are fixed per op, so state_dicts are stable
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from esper.blueprints.graph import ResolvedNode
 from esper.blueprints.ops_diag import ActivationMonitor, GradNormClamp, ScalarGate
 from esper.blueprints.ops_seq import GQARoPEAttention, MixtureOfExperts, SelfAttention
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
-from torch import nn
 
 _CONV_KINDS = (common.SLOT_KIND_CONV1D, common.SLOT_KIND_CONV2D)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-from esper.leyline.v1.control_pb2 import BlendCurve, BlendSchedule
-
 from esper.kasmina.config import (
     DEFAULT_BLEND_STEPS,
     DEFAULT_PROBATION_STEPS,
     DEFAULT_SHADOW_STEPS,
     DEFAULT_TRAINING_STEPS,
 )
+from esper.leyline.v1.control_pb2 import BlendCurve, BlendSchedule
 
 
 def alpha_at(curve: int, step: int, blend_steps: int) -> float:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 # Default cache bound: a few hundred small seed kernels; callers size it to their memory.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

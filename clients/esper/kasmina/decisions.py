@@ -5,15 +5,14 @@ training loop."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+from esper.kasmina.seeds import SeedBuilder, SeedBuildError
+from esper.kasmina.slot import GateRefused, SeedSlot
+from esper.kasmina.wrap import MorphableModel
 from esper.leyline import lifecycle
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-
-from esper.kasmina.seeds import SeedBuildError, SeedBuilder
-from esper.kasmina.slot import GateRefused, SeedSlot
-from esper.kasmina.wrap import MorphableModel
 
 S = SeedStage
 

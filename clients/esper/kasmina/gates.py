@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from esper.leyline.v1.lifecycle_pb2 import GateCheck, GateLevel, GateResult
-
 from esper.kasmina.config import KasminaConfig
+from esper.leyline.v1.lifecycle_pb2 import GateCheck, GateLevel, GateResult
 
 NAN = float("nan")
 

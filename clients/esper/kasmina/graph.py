@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from esper.leyline.v1.signals_pb2 import GraphEdge, GraphNode, ModelGraph, SlotInfo
-
 from esper.kasmina.shapes import is_eligible
+from esper.leyline.v1.signals_pb2 import GraphEdge, GraphNode, ModelGraph, SlotInfo
 
 if TYPE_CHECKING:
     from esper.kasmina.wrap import MorphableModel

@@ -15,9 +15,8 @@ import math
 import torch
 from torch import nn
 
-from esper.leyline.v1.signals_pb2 import LayerHealth
-
 from esper.kasmina.shapes import primary_output
+from esper.leyline.v1.signals_pb2 import LayerHealth
 
 # |activation| above this counts as saturated: beyond +-6 a sigmoid's slope is < 0.003
 # and tanh/GELU tails are flat, so units there pass almost no gradient.

@@ -18,9 +18,8 @@ import copy
 import torch
 from torch import fx, nn
 
-from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
-
 from esper.kasmina.shapes import probe_shape
+from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 
 # Relative tolerance of the affine check in float64: a truly affine seed agrees to
 # ~1e-12; anything nonlinear is off by orders of magnitude more.

@@ -3,16 +3,15 @@ the KernelCache (verified, never blocking), and the shared blueprint builder."""
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
+from esper.kasmina.cache import KernelCache, KernelDigestMismatch, KernelFetchError
 from esper.leyline.v1.blueprint_pb2 import BlueprintSpec
 from esper.leyline.v1.common_pb2 import SlotShape
 from esper.leyline.v1.control_pb2 import GerminateAction
-
-from esper.kasmina.cache import KernelCache, KernelDigestMismatch, KernelFetchError
 
 
 class SeedBuildError(ValueError):

@@ -6,21 +6,21 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
-
-from esper.leyline import lifecycle
-from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
-from esper.leyline.v1.lifecycle_pb2 import GateResult, SeedMetrics, SeedStage, SeedState
-from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 from esper.kasmina import gates, hooks
 from esper.kasmina.blending import alpha_at, with_defaults
 from esper.kasmina.config import KasminaConfig
 from esper.kasmina.record import SeedRecord
 from esper.kasmina.shapes import SlotSite, probe_shape
+from esper.leyline import lifecycle
+from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
+from esper.leyline.v1.lifecycle_pb2 import GateResult, SeedMetrics, SeedStage, SeedState
+from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 S = SeedStage
 # Fixed seed of the probe generator: G0/G1 probes must not consume the training RNG

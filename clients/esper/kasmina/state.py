@@ -3,16 +3,15 @@ tensors; loadable with torch.load(weights_only=True), never pickling custom clas
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from esper.leyline.v1.control_pb2 import GerminateAction
-
 from esper.kasmina.record import SeedRecord
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.wrap import MorphableModel
+from esper.leyline.v1.control_pb2 import GerminateAction
 
 STATE_VERSION = 1
 # Rebuilds an empty seed of the right structure for a slot from its record.

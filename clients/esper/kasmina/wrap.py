@@ -15,24 +15,28 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 from torch import nn
-
-from esper.leyline import lifecycle
-from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
-from esper.leyline.v1.signals_pb2 import ModelGraph
-from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 from esper.kasmina.config import KasminaConfig
 from esper.kasmina.merge import residual_module
 from esper.kasmina.shapes import (
-    SlotSite, channels_of, default_kind, fused_descendants, is_eligible, module_device_dtype,
+    SlotSite,
+    channels_of,
+    default_kind,
+    fused_descendants,
+    is_eligible,
+    module_device_dtype,
     observe_shapes,
 )
 from esper.kasmina.slot import SeedSlot
+from esper.leyline import lifecycle
 from esper.leyline.v1.common_pb2 import SlotShape
+from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
+from esper.leyline.v1.signals_pb2 import ModelGraph
+from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 HOST_PREFIX = "host."
 SLOTS_ATTR = "esper_slots"

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from esper.kasmina import BlueprintSeedBuilder, KasminaConfig, KernelCache, wrap
 from esper.kasmina.wrap import MorphableModel, SlotChoice
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
@@ -30,7 +32,6 @@ from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.policy.local import LocalPolicy
 from esper.tolaria.session import TolariaSession
 from esper.tolaria.telemetry import Telemetry
-from torch import nn
 
 POLICY_CHOICES = ("local", "none")
 

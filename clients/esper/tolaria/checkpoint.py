@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from esper.kasmina import kasmina_state, load_kasmina_state
 from esper.kasmina.state import builder_rebuilder
 from esper.leyline.v1.control_pb2 import AdaptationDecision

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import torch
+
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import builtin_blueprints
@@ -124,6 +125,7 @@ class UrzaKernelFetcher:
 
     def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
         import grpc
+
         from esper.leyline.v1 import urza_pb2_grpc
 
         self.address = address

@@ -8,6 +8,7 @@ import math
 import time
 
 import torch
+
 from esper.leyline.v1.signals_pb2 import TrainingMetrics
 
 NAN = float("nan")

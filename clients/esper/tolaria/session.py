@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
+
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
 from esper.kasmina.wrap import MorphableModel

@@ -105,7 +105,8 @@ def fashion_arrays(root: Path = FASHION_DIR):
                     f"Fashion-MNIST file {path} not found; install it with "
                     f"`apt-get install {FASHION_PACKAGE}` (or use --task digits)")
             files[(split, kind)] = read_idx(path, magic)
-    to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]
+    def to_x(a):
+        return (a.astype(np.float32) / 255.0)[:, None]
     return (to_x(files[("train", "images-idx3")]), files[("train", "labels-idx1")].astype(np.int64),
             to_x(files[("t10k", "images-idx3")]), files[("t10k", "labels-idx1")].astype(np.int64))
 

@@ -15,12 +15,13 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.progress import EpochProgress
-from torch import nn
-from torch.nn import functional as F
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

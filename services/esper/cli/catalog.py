@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import grpc
+
 from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.main import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp

@@ -29,13 +29,14 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from aiokafka.errors import KafkaError
+from google.protobuf import json_format, text_format
+
 from esper.cli.addresses import resolve_address
 from esper.cli.main import UsageError
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.consumer import OonaConsumer
 from esper.oona.envelope import DecodeError, decode_event, payload_kind
 from esper.oona.topics import TOPICS_BY_NAME, describe_topics, ensure_topics
-from google.protobuf import json_format, text_format
 
 BOOTSTRAP_ENV = "ESPER_KAFKA_BOOTSTRAP"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import grpc
+
 from esper.cli import addresses
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, nissa_pb2, nissa_pb2_grpc

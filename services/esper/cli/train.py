@@ -15,9 +15,10 @@ import math
 import re
 
 import torch
-from esper.cli.main import UsageError
 from torch import nn
 from torch.nn import functional as F
+
+from esper.cli.main import UsageError
 
 # host:port (a name, an IPv4 address or a bracketed IPv6 address).
 ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")

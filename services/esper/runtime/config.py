@@ -15,9 +15,10 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 ENV_PREFIX = "ESPER_"
 DEFAULTS_TABLE = "defaults"

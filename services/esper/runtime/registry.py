@@ -5,8 +5,9 @@ generated base servicer, which answers every RPC with UNIMPLEMENTED (it never pr
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import Counter
+
 from esper.blueprints import BlueprintError, builtin_blueprints, resolve_for_shape
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2, kernel_pb2, urza_pb2
@@ -43,7 +45,6 @@ from esper.leyline.v1.tezzeret_pb2_grpc import TezzeretServiceStub
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
 from esper.runtime.metrics import REGISTRY
 from esper.runtime.tracing import insecure_channel
-from prometheus_client import Counter
 
 log = logging.getLogger("esper.tamiyo.kernel_supply")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import torch
+
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.oona import OonaProducer
 from esper.runtime.server import Closer, ServiceSpec, StartupError

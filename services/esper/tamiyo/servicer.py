@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import grpc
+
 from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
 from esper.tamiyo.policies.artifact import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyUnavailable

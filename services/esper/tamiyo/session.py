@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import Counter
+
 from esper.leyline.v1.tamiyo_pb2 import (
     SessionAccept,
     SessionHeartbeat,
@@ -37,7 +39,6 @@ from esper.tamiyo.validation import (
     check_run_id,
     snapshot_problem,
 )
-from prometheus_client import Counter
 
 log = logging.getLogger("esper.tamiyo.session")
 

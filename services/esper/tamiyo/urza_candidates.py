@@ -14,6 +14,7 @@ import logging
 import time
 
 import grpc
+
 from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.telemetry_pb2 import FieldReport

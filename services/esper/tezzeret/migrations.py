@@ -9,6 +9,7 @@ migration: add a new one.
 from __future__ import annotations
 
 import asyncpg
+
 from esper.runtime import postgres
 from esper.runtime.postgres import Migration, MigrationLedger
 

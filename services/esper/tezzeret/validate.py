@@ -12,7 +12,7 @@ check whose detail is the error. The checks:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

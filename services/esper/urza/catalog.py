@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 import asyncpg
+
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.graph import validate_blueprint
 from esper.blueprints.refs import spec_ref

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+
 from esper.runtime import postgres
 from esper.runtime.postgres import CONNECTION_ERRORS, Migration, MigrationError, MigrationLedger
 from esper.urza.errors import Unavailable

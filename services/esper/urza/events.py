@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
+
 from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.oona import new_event
 from esper.urza import records

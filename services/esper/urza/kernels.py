@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 import asyncpg
+
 from esper.blueprints.attrs import MAX_DIM
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.graph import validate_slot_shape

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from esper.runtime.metrics import REGISTRY
 from prometheus_client import Counter
+
+from esper.runtime.metrics import REGISTRY
 
 KERNEL_BYTES_SERVED = Counter(
     "esper_urza_kernel_bytes_served_total", "Kernel bytes streamed by DownloadKernel",

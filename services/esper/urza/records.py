@@ -11,12 +11,13 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import telemetry_pb2 as tm
-from google.protobuf import json_format
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 FAMILY = (bp.BlueprintFamily, "BLUEPRINT_FAMILY_")
 BLUEPRINT_STATE = (bp.BlueprintState, "BLUEPRINT_STATE_")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import grpc
+
 from esper.leyline.v1 import urza_pb2_grpc
 from esper.oona import OonaProducer
 from esper.runtime.config import ConfigError, ServerConfig

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
 from esper.urza import download, outcomes, search
 from esper.urza.catalog import BlueprintQuery, Catalog

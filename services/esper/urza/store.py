@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
-from esper.urza.errors import DataLoss, Unavailable
 from minio import Minio
 from minio.error import MinioException, S3Error
+
+from esper.urza.errors import DataLoss, Unavailable
 
 T = TypeVar("T")
 

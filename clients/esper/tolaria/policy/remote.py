@@ -23,6 +23,7 @@ import threading
 import time
 
 import grpc
+
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiokafka import AIOKafkaClient
+
 from esper.runtime.infra.blocking import run_sync
 from esper.runtime.infra.errors import MissingBinaryError
 from esper.runtime.infra.launcher import LoopbackProcess

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
+from minio import Minio
+
 from esper.runtime.infra.errors import InfraConfigError
 from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free, tcp_accepts
 from esper.runtime.infra.process import ManagedProcess, ProcessSpec
-from minio import Minio
 
 NAME = "objectstore"
 # The bucket kernels live in (the same default as the services' `s3_bucket` setting).

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+
 from esper.runtime.infra.blocking import run_sync
 from esper.runtime.infra.errors import InfraConfigError, InfraError, MissingBinaryError
 from esper.runtime.infra.launcher import LoopbackProcess

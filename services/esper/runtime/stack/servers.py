@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free
 from esper.runtime.infra.process import ManagedProcess, ProcessSpec
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # A server imports grpc, protobuf and (some) torch before it binds; four of them start at
 # once on a 2-core machine, so allow well over the expected few seconds.

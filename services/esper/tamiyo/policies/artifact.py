@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from esper.tamiyo.policies.features import FEATURE_SCHEMA, GLOBAL_FEATURES, NODE_FEATURES
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 ARTIFACT_FORMAT = "esper-tamiyo-gnn"
 ARTIFACT_FORMAT_VERSION = "1"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import uuid
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     AdvanceAction,
@@ -14,7 +16,6 @@ from esper.leyline.v1.control_pb2 import (
     WaitAction,
 )
 from esper.tamiyo.policies.context import PolicyContext
-from google.protobuf.timestamp_pb2 import Timestamp
 
 Action = GerminateAction | AdvanceAction | CullAction | FossilizeAction | WaitAction
 

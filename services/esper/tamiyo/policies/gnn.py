@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
 from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from esper.leyline.lifecycle import is_allowed
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.urza_pb2 import KernelCandidate

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from esper.tamiyo.policies.features import GLOBAL_FEATURES, NODE_FEATURES
-from esper.tamiyo.policies.mask import ACTIONS, SLOT_ACTIONS
 from torch import nn
 from torch_geometric.nn import GCNConv
+
+from esper.tamiyo.policies.features import GLOBAL_FEATURES, NODE_FEATURES
+from esper.tamiyo.policies.mask import ACTIONS, SLOT_ACTIONS
 
 
 @dataclass(frozen=True)

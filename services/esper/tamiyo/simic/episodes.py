@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+
 from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import TelemetryEvent

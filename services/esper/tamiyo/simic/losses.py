@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from esper.tamiyo.policies.mask import GERMINATE, WAIT
 from esper.tamiyo.simic.tensors import GraphBatch
 

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import DecodeError, Message
+
 from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
 from esper.leyline.v1.urza_pb2 import SearchKernelsResponse
-from google.protobuf.message import DecodeError, Message
 
 MAGIC = b"ESPER-SIMIC-EPISODE v1\n"
 # Record kinds and the Leyline type each payload is parsed as.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from esper.tamiyo.policies import budget as budgeting
 from esper.tamiyo.policies.features import (
     GraphEncoding,

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
 from esper.tamiyo.policies.artifact import save_policy, tensors_digest
 from esper.tamiyo.policies.gnn import POLICY_NAME
 from esper.tamiyo.policies.heuristic import HeuristicConfig
