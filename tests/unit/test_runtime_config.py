@@ -91,3 +91,14 @@ def test_missing_file_and_unknown_flag(tmp_path):
         load(toml_path=tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="unknown setting 'bogus'"):
         load(overrides={"bogus": 1})
+
+
+def test_every_registered_service_serves_its_leyline_service():
+    from esper.runtime.registry import SERVICE_NAMES, grpc_service_name, load_spec
+
+    for name in SERVICE_NAMES:
+        spec = load_spec(name)
+        assert spec.name == name
+        assert grpc_service_name(name) in spec.grpc_services
+    with pytest.raises(KeyError):
+        load_spec("mystery")
