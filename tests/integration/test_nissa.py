@@ -115,10 +115,12 @@ def _run_events(run: str) -> list[telemetry_pb2.TelemetryEvent]:
 async def _publish(bootstrap: str, events) -> None:
     producer = OonaProducer(bootstrap, client_id="test-nissa")
     await producer.start()
-    for event in events:
-        assert producer.publish(event)
-    assert await producer.flush(30)
-    await producer.stop()
+    try:
+        for event in events:
+            assert producer.publish(event)
+        assert await producer.flush(30)
+    finally:
+        await producer.stop()
     assert producer.stats().dropped == 0
 
 

@@ -118,10 +118,12 @@ async def test_cli_lists_topics_and_tails_events(broker):
     topic = f"esper.test.tail-{uuid.uuid4().hex[:6]}"
     producer = OonaProducer(broker.bootstrap, client_id="cli", create_topics=False)
     await producer.start()
-    for step in range(3):
-        producer.publish(_snapshot_event(run_id, step), topic=topic)
-    assert await producer.flush(20)
-    await producer.stop()
+    try:
+        for step in range(3):
+            producer.publish(_snapshot_event(run_id, step), topic=topic)
+        assert await producer.flush(20)
+    finally:
+        await producer.stop()
     esper = [sys.executable, "-m", "esper.cli.main", "oona"]
     topics = await asyncio.to_thread(
         subprocess.run,
@@ -150,13 +152,15 @@ async def test_round_trip_keeps_order_per_run_and_continues_the_trace(broker):
     await producer.start()
     tracer = TracerProvider().get_tracer("test")
     runs = [f"run-{uuid.uuid4().hex[:6]}" for _ in range(3)]
-    with tracer.start_as_current_span("training") as span:
-        trace_id = span.get_span_context().trace_id
-        for step in range(40):
-            for run in runs:
-                assert producer.publish(_snapshot_event(run, step))
-    assert await producer.flush(20)
-    await producer.stop()
+    try:
+        with tracer.start_as_current_span("training") as span:
+            trace_id = span.get_span_context().trace_id
+            for step in range(40):
+                for run in runs:
+                    assert producer.publish(_snapshot_event(run, step))
+        assert await producer.flush(20)
+    finally:
+        await producer.stop()
     assert producer.stats().sent == 120 and producer.stats().dropped == 0
 
     consumer = OonaConsumer(broker.bootstrap, [TELEMETRY_TRAINING], group_id=None)
@@ -180,46 +184,57 @@ async def test_uncommitted_batch_is_redelivered_and_garbage_is_counted(broker):
     topic = f"esper.test.redeliver-{uuid.uuid4().hex[:6]}"
     raw = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await raw.start()
-    await raw.send_and_wait(topic, b"\xff\x00garbage", key=b"r")
-    await raw.send_and_wait(topic, b"x", headers=[("content-type", b"text/plain")])
-    for step in range(5):
-        await raw.send_and_wait(topic, _snapshot_event("r", step).SerializeToString(), key=b"r")
-    await raw.stop()
+    try:
+        await raw.send_and_wait(topic, b"\xff\x00garbage", key=b"r")
+        await raw.send_and_wait(topic, b"x", headers=[("content-type", b"text/plain")])
+        for step in range(5):
+            value = _snapshot_event("r", step).SerializeToString()
+            await raw.send_and_wait(topic, value, key=b"r")
+    finally:
+        await raw.stop()
 
     group = f"g-{uuid.uuid4().hex[:6]}"
     first = OonaConsumer(broker.bootstrap, [topic], group_id=group)
     await first.start()
-    got = await _collect(first, lambda ev: len(ev) >= 5)
+    try:
+        got = await _collect(first, lambda ev: len(ev) >= 5)
+    finally:
+        await first.stop()  # dies without committing: "crash" mid-batch
     assert [e.event.snapshot.step for e in got] == list(range(5))
     assert first.decode_errors == 2
-    await first.stop()  # dies without committing: "crash" mid-batch
 
     second = OonaConsumer(broker.bootstrap, [topic], group_id=group)
     await second.start()
     handled = []
-
-    async def handler(batch):
-        handled.extend(batch)
-
-    events, offsets = [], {}
-    deadline = time.monotonic() + 20
-    while len(handled) < 5 and time.monotonic() < deadline:
-        events, offsets = await second.poll(200)
-        await handler(events)
-        await second.commit(offsets)
-    await second.stop()
+    try:
+        deadline = time.monotonic() + 20
+        while len(handled) < 5 and time.monotonic() < deadline:
+            events, offsets = await second.poll(200)
+            handled.extend(events)
+            await second.commit(offsets)
+    finally:
+        await second.stop()
     assert [e.event.snapshot.step for e in handled] == list(range(5))
 
     third = OonaConsumer(broker.bootstrap, [topic], group_id=group)
     await third.start()
-    again = await _collect(third, lambda ev: False, timeout_s=2.0)
-    await third.stop()
+    try:
+        again = await _collect(third, lambda ev: False, timeout_s=2.0)
+    finally:
+        await third.stop()
     assert again == []  # committed: nothing redelivered
 
 
 def test_broker_outage_never_blocks_publish_and_events_after_recovery_arrive():
     tansu = Tansu()
     tansu.start()
+    try:
+        _outage_and_recovery(tansu)
+    finally:
+        tansu.stop()
+
+
+def _outage_and_recovery(tansu: Tansu) -> None:
     producer = ThreadedOonaProducer(tansu.bootstrap, client_id="outage", queue_capacity=50)
     producer.start()
     try:
@@ -255,9 +270,6 @@ def test_broker_outage_never_blocks_publish_and_events_after_recovery_arrive():
         finally:
             await consumer.stop()
 
-    try:
-        events = asyncio.run(read_back())
-    finally:
-        tansu.stop()
+    events = asyncio.run(read_back())
     after_ids = {e.event_id for e in after}
     assert after_ids <= {e.event.event_id for e in events}

@@ -24,6 +24,7 @@ from esper.nissa.alerts import AlertRules
 from esper.nissa.hub import EventHub
 from esper.nissa.rows import IngestRows, rows_for
 from esper.nissa.store import ingest_batch, store_alerts
+from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import ConsumedEvent, OonaConsumer
 from esper.oona.envelope import new_event
 from esper.oona.producer import OonaProducer
@@ -91,18 +92,23 @@ class Ingestor:
 
     async def start(self) -> None:
         await ensure_topics(self.bootstrap)
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.consumer.stop()  # a half-started client leaves no connections behind
+            raise
         self._task = asyncio.create_task(self._run(), name="nissa-ingest")
+        self._task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
-        """Stop at once; a batch stored but not yet committed is redelivered later."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self.consumer.stop()
+        """Stop at once; a batch stored but not yet committed is redelivered later. The
+        consumer always leaves its group, also when the ingest task had failed (a member
+        that never leaves makes the next join wait for its session to time out)."""
+        task, self._task = self._task, None
+        try:
+            await cancel_and_join(task, log)
+        finally:
+            await self.consumer.stop()
 
     async def _run(self) -> None:
         prepared: asyncio.Queue[_Prepared] = asyncio.Queue(PIPELINE_DEPTH)
@@ -174,6 +180,12 @@ class Ingestor:
         publish_alerts(self.alert_producer, alerts)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task that ended on its own (not cancelled) stopped ingesting: say so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
 def _pairs(consumed: list[ConsumedEvent]) -> list[tuple[telemetry_pb2.TelemetryEvent, bytes]]:
     return [(c.event, c.value) for c in consumed]
 
@@ -211,14 +223,11 @@ class HeartbeatWatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="nissa-heartbeats")
+        self._task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        task, self._task = self._task, None
+        await cancel_and_join(task, log)
 
     async def check(self) -> list[telemetry_pb2.Alert]:
         async with self.pool.acquire() as conn:

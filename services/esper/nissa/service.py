@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 import grpc
 from aiokafka.errors import KafkaError
@@ -38,19 +40,24 @@ async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type
     )
     try:
         await ingestor.start()
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except BaseException as exc:
         await producer.stop(0)
         await pool.close()
-        raise StartupError(f"kafka_bootstrap: cannot start the ingest: {exc}") from None
+        if isinstance(exc, (KafkaError, OSError, TimeoutError)):
+            raise StartupError(f"kafka_bootstrap: cannot start the ingest: {exc}") from None
+        raise
     watcher = HeartbeatWatcher(pool, rules, config.heartbeat_check_s, producer)
     watcher.start()
     nissa_pb2_grpc.add_NissaServiceServicer_to_server(NissaServicer(pool, hub), server)
 
     async def close() -> None:
-        await watcher.stop()
-        await ingestor.stop()
-        await producer.stop(flush_timeout=2.0)
-        await pool.close()
+        # Last pushed runs first: watcher, ingest, producer, pool. Every step runs even
+        # when one before it failed, so nothing started is left running.
+        async with contextlib.AsyncExitStack() as steps:
+            steps.push_async_callback(pool.close)
+            steps.push_async_callback(producer.stop, 2.0)
+            steps.push_async_callback(ingestor.stop)
+            steps.push_async_callback(watcher.stop)
 
     return close
 

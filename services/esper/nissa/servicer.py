@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -14,6 +13,7 @@ from esper.nissa import queries, validate
 from esper.nissa.hub import EventFilter, EventHub
 from esper.nissa.ingest import DB_ERRORS
 from esper.nissa.validate import InvalidArgument
+from esper.oona.aio import within
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,7 +73,7 @@ class NissaServicer(nissa_pb2_grpc.NissaServiceServicer):
         try:
             while not context.done():
                 try:
-                    event = await asyncio.wait_for(subscription.queue.get(), STREAM_POLL_S)
+                    event = await within(STREAM_POLL_S, subscription.queue.get())
                 except TimeoutError:
                     continue
                 yield nissa_pb2.StreamEventsResponse(event=event)

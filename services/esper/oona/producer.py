@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from esper.leyline.v1 import telemetry_pb2
+from esper.oona.aio import cancel_and_join, within
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
 from esper.oona.topics import ensure_topics, event_key, topic_for
@@ -218,7 +219,7 @@ class OonaProducer:
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the producer has a broker session (for CLIs and tests)."""
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await within(timeout, self._connected.wait())
             return True
         except TimeoutError:
             return False
@@ -236,17 +237,20 @@ class OonaProducer:
         """Send what is buffered (up to `flush_timeout`), then close. What is left is
         counted as dropped."""
         await self.flush(flush_timeout)
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        left = self._buffer.take(len(self._buffer))
-        self._send_failed += len(left)
-        await self._disconnect()
-        self._export_metrics()
+        self._closing = True  # the sender's loop ends here even if a cancel went astray
+        try:
+            await self._stop_sender()
+        finally:
+            left = self._buffer.take(len(self._buffer))
+            self._send_failed += len(left)
+            await self._disconnect()
+            self._export_metrics()
+
+    async def _stop_sender(self) -> None:
+        task, self._task = self._task, None
+        if self._ready is not None:
+            self._ready.set()  # an idle sender wakes, sees _closing and returns
+        await cancel_and_join(task, log)
 
     # ---- the sender --------------------------------------------------------------------
 
@@ -256,7 +260,7 @@ class OonaProducer:
         """Connect (and reconnect) eagerly; send whenever there is something buffered."""
         backoff = RECONNECT_BACKOFF_MIN_S
         assert self._ready is not None
-        while True:
+        while not self._closing:
             if self._kafka is None and not await self._connect():
                 self._export_metrics()
                 await asyncio.sleep(backoff)
@@ -266,7 +270,7 @@ class OonaProducer:
             if not len(self._buffer):
                 self._export_metrics()
                 try:
-                    await asyncio.wait_for(self._ready.wait(), self._idle_wait_s)
+                    await within(self._idle_wait_s, self._ready.wait())
                 except TimeoutError:
                     pass
                 self._ready.clear()
@@ -280,7 +284,7 @@ class OonaProducer:
     async def _linger(self) -> None:
         assert self._ready is not None
         try:
-            await asyncio.wait_for(self._ready.wait(), self._linger_s)
+            await within(self._linger_s, self._ready.wait())
         except TimeoutError:
             pass
         self._ready.clear()
@@ -297,15 +301,18 @@ class OonaProducer:
             enable_idempotence=False,  # tansu rejects InitProducerId (see INFRA.md)
         )
         try:
-            await asyncio.wait_for(kafka.start(), REQUEST_TIMEOUT_MS / 1000)
+            await within(REQUEST_TIMEOUT_MS / 1000, kafka.start())
             if self._create_topics:
-                await asyncio.wait_for(ensure_topics(self.bootstrap), REQUEST_TIMEOUT_MS / 1000)
+                await within(REQUEST_TIMEOUT_MS / 1000, ensure_topics(self.bootstrap))
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning(
                 "oona producer %s: broker %s unavailable: %s", self.client_id, self.bootstrap, exc
             )
             await self._close_quietly(kafka)
             return False
+        except asyncio.CancelledError:  # stopped while connecting: leave no client behind
+            await self._close_quietly(kafka)
+            raise
         log.info("oona producer %s: connected to %s", self.client_id, self.bootstrap)
         self._kafka = kafka
         self._topics_lost = False
@@ -325,9 +332,7 @@ class OonaProducer:
             return True
         self._broker_session = session
         try:
-            metadata = await asyncio.wait_for(
-                kafka.client.fetch_all_metadata(), REQUEST_TIMEOUT_MS / 1000
-            )
+            metadata = await within(REQUEST_TIMEOUT_MS / 1000, kafka.client.fetch_all_metadata())
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("oona producer %s: metadata check failed: %s", self.client_id, exc)
             await self._disconnect()
@@ -343,12 +348,10 @@ class OonaProducer:
             self.client_id,
         )
         try:
-            await asyncio.wait_for(ensure_topics(self.bootstrap), REQUEST_TIMEOUT_MS / 1000)
+            await within(REQUEST_TIMEOUT_MS / 1000, ensure_topics(self.bootstrap))
             assert self._kafka is not None
             self._topics_lost = False
-            await asyncio.wait_for(
-                self._kafka.client.force_metadata_update(), REQUEST_TIMEOUT_MS / 1000
-            )
+            await within(REQUEST_TIMEOUT_MS / 1000, self._kafka.client.force_metadata_update())
             return True
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("oona producer %s: recreating topics failed: %s", self.client_id, exc)
@@ -362,7 +365,7 @@ class OonaProducer:
         self._sent_topics.update(r.topic for r in batch)
         sent = 0
         try:
-            sent = await asyncio.wait_for(self._send_all(kafka, batch), SEND_ROUND_TIMEOUT_S)
+            sent = await within(SEND_ROUND_TIMEOUT_S, self._send_all(kafka, batch))
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("oona producer %s: send failed, reconnecting: %s", self.client_id, exc)
         finally:
@@ -421,7 +424,7 @@ class OonaProducer:
     @staticmethod
     async def _close_quietly(kafka: AIOKafkaProducer) -> None:
         try:
-            await asyncio.wait_for(kafka.stop(), REQUEST_TIMEOUT_MS / 1000)
+            await within(REQUEST_TIMEOUT_MS / 1000, kafka.stop())
         except (KafkaError, OSError, TimeoutError) as exc:
             log.debug("oona producer: close failed: %s", exc)
 
