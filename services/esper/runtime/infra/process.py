@@ -9,9 +9,9 @@ it, and a pid file left by a process that died is recognised as stale.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -133,15 +133,14 @@ class ManagedProcess:
             log.flush()
             try:
                 self._popen = subprocess.Popen(
-                    list(spec.argv),
+                    _with_death_signal(spec.argv, spec.stop_signal) if spec.die_with_parent
+                    else list(spec.argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=dict(spec.env) if spec.env is not None else None,
                     cwd=spec.cwd,
                     start_new_session=True,
-                    # The hook only calls prctl through a libc handle loaded before fork.
-                    preexec_fn=_death_signal(spec.stop_signal) if spec.die_with_parent else None,  # noqa: PLW1509
                     **(spec.user.popen_kwargs() if spec.user else {}),  # type: ignore[arg-type]
                 )
             except OSError as exc:
@@ -234,21 +233,18 @@ def _reap_if_our_child(record: PidRecord | None) -> None:
         pass
 
 
-# prctl(2) option that asks for a signal when the parent exits.
-PR_SET_PDEATHSIG = 1
+# util-linux's setpriv sets the parent-death signal (prctl PR_SET_PDEATHSIG) and execs the
+# command: the same process, armed after Popen's user switch (which would clear it). No
+# Python runs between fork and exec: a preexec_fn in a process with gRPC threads (pytest)
+# occasionally aborted the child.
+SETPRIV = "setpriv"
 
 
-def _death_signal(signum: int) -> Callable[[], None]:
-    """A preexec hook (runs in the child after the user switch, which would clear it)."""
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: no dlopen in the child
-    parent = os.getpid()
-
-    def arm() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signum)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signum)
-
-    return arm
+def _with_death_signal(argv: Sequence[str], signum: int) -> list[str]:
+    """`argv` wrapped so the process gets `signum` when its parent dies."""
+    if shutil.which(SETPRIV) is None:
+        raise InfraError(f"{SETPRIV} not found (Debian package util-linux); it arms die_with_parent")
+    return [SETPRIV, f"--pdeathsig={signal.Signals(signum).name.removeprefix('SIG')}", "--", *argv]
 
 
 def _probe_quietly(probe: Probe) -> bool:
