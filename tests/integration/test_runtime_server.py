@@ -82,3 +82,24 @@ async def test_port_in_use_fails_fast_naming_port():
             await start_server(_slow_spec(release, started), ServerConfig(port=first.port, metrics_port=-1))
     finally:
         await first.stop(0)
+
+
+async def test_failed_start_closes_what_the_service_started():
+    import socket
+
+    closed = []
+
+    async def start(config, server):
+        async def close():
+            closed.append(True)
+
+        return close
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        spec = ServiceSpec("probe", ServerConfig, ("test.Probe",), start)
+        with pytest.raises(StartupError, match="metrics_port"):
+            await start_server(spec, ServerConfig(port=0, metrics_port=busy))
+    assert closed == [True]

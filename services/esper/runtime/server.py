@@ -113,10 +113,19 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
         raise StartupError(f"port: cannot bind {config.host}:{config.port} (in use?)")
     names = [*spec.grpc_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    await server.start()
-    metrics_port = -1
-    if config.metrics_port != -1:
-        metrics_port = start_metrics_server(config.host, config.metrics_port)
+    try:
+        await server.start()
+        metrics_port = -1
+        if config.metrics_port != -1:
+            metrics_port = start_metrics_server(config.host, config.metrics_port)
+    except BaseException as exc:
+        # Whatever the service connected or started must not outlive a failed start.
+        await server.stop(0)
+        await closer()
+        if isinstance(exc, OSError):
+            raise StartupError(f"metrics_port: cannot serve /metrics on "
+                               f"{config.host}:{config.metrics_port}: {exc}") from None
+        raise
     for name in ("", *spec.grpc_services):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

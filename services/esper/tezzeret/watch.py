@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from esper.oona.aio import within
 from esper.tezzeret.errors import DB_CONNECTION_ERRORS
 from esper.tezzeret.jobs import NOTIFY_CHANNEL, JobEvent, JobStore
 
@@ -78,7 +79,7 @@ class JobWatchHub:
                     if event.stage in ("REGISTERED", "FAILED", "CANCELLED"):
                         return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_FALLBACK_S)
+                    await within(POLL_FALLBACK_S, wake.wait())
         finally:
             self._waiters[job_id].discard(wake)
             if not self._waiters[job_id]:

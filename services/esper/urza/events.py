@@ -17,6 +17,7 @@ import asyncpg
 
 from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.oona import new_event
+from esper.oona.aio import within
 from esper.urza import records
 from esper.urza.db import CATALOG_EVENT_LOCK_KEY, CONNECTION_ERRORS, Database
 from esper.urza.errors import InvalidArgument
@@ -154,7 +155,7 @@ class CatalogFeed:
                 yield event
             if len(batch) < REPLAY_BATCH:
                 try:
-                    await asyncio.wait_for(changed.wait(), POLL_INTERVAL_S)
+                    await within(POLL_INTERVAL_S, changed.wait())
                 except TimeoutError:
                     pass
 

@@ -34,6 +34,7 @@ from esper.leyline.v1.tamiyo_pb2 import (
     SessionResponse,
 )
 from esper.leyline.v1.telemetry_pb2 import FieldReport
+from esper.oona.aio import within
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,6 @@ class RemotePolicy:
                 continue
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
+                await within(self.heartbeat_s, self._wake.wait())
             except TimeoutError:
                 pass
