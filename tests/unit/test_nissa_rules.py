@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, signals_pb2, telemetry_pb2
 from esper.nissa import validate
 from esper.nissa.alerts import AlertRules, AlertThresholds

@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 import pytest
+
 from esper.oona.aio import cancel_and_join, within
 
 # Generous bound on how long a cancelled loop may take to end (it should end at once).

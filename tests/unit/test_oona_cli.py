@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from esper.cli.oona import (
     FramingError,
     format_event,

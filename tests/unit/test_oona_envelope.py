@@ -3,6 +3,9 @@
 import random
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from esper.leyline.v1 import control_pb2, signals_pb2, telemetry_pb2
 from esper.oona.envelope import (
     CONTENT_TYPE,
@@ -16,8 +19,6 @@ from esper.oona.envelope import (
     payload_kind,
     trace_context_of,
 )
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 
 def _snapshot_event(**kw):

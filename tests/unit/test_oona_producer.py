@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+
 from esper.leyline.v1 import signals_pb2, telemetry_pb2
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import PAYLOAD_KINDS, new_event

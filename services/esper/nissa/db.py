@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+
 from esper.runtime import postgres
 from esper.runtime.postgres import Migration, MigrationError, MigrationLedger
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+
 from esper.leyline.v1 import telemetry_pb2
 from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules

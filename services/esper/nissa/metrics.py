@@ -6,10 +6,11 @@ import datetime as dt
 import math
 from collections import Counter as Tally
 
+from prometheus_client import Counter, Gauge
+
 from esper.leyline.v1 import lifecycle_pb2, telemetry_pb2
 from esper.nissa.rows import LIVE_STAGES, event_time
 from esper.runtime.metrics import REGISTRY
-from prometheus_client import Counter, Gauge
 
 INGESTED = Counter(
     "esper_nissa_events_ingested_total",

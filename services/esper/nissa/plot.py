@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2
 
 # Colours of the seed events drawn on the curves.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2, telemetry_pb2
 
 RUN_COLUMNS = """

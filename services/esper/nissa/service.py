@@ -7,6 +7,7 @@ import contextlib
 import asyncpg
 import grpc
 from aiokafka.errors import KafkaError
+
 from esper.leyline.v1 import nissa_pb2_grpc
 from esper.nissa.alerts import AlertRules
 from esper.nissa.config import NissaConfig

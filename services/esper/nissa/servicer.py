@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import asyncpg
 import grpc
+
 from esper.leyline.v1 import nissa_pb2, nissa_pb2_grpc
 from esper.nissa import queries, validate
 from esper.nissa.hub import EventFilter, EventHub

@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 
 import asyncpg
+
 from esper.leyline.v1 import telemetry_pb2
 from esper.nissa.rows import IngestRows, alert_row, rows_for
 

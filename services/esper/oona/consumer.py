@@ -13,11 +13,12 @@ from typing import Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from opentelemetry import context as otel_context
+from prometheus_client import Counter
+
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
 from esper.runtime.metrics import REGISTRY
-from opentelemetry import context as otel_context
-from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,13 @@ import random
 import time as _time
 from collections.abc import Iterable, Mapping
 
-from esper.leyline.v1 import telemetry_pb2
 from google.protobuf import message as pb_message
 from google.protobuf import timestamp_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from esper.leyline.v1 import telemetry_pb2
 
 MESSAGE_TYPE = "esper.leyline.v1.TelemetryEvent"
 CONTENT_TYPE = f"application/x-protobuf; messageType={MESSAGE_TYPE}"

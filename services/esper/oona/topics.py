@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
 from esper.leyline.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
