@@ -48,4 +48,4 @@ bench: install
 
 lint: install
 	cd proto && ../$(BIN)/buf lint
-	$(BIN)/ruff check services clients tests benchmarks
+	$(BIN)/ruff check services clients tests benchmarks examples scripts
