@@ -226,6 +226,35 @@ async def test_uncommitted_batch_is_redelivered_and_garbage_is_counted(broker):
     assert again == []  # committed: nothing redelivered
 
 
+async def test_consumer_reports_its_lag_per_partition(broker):
+    from esper.runtime.metrics import REGISTRY
+
+    topic = f"esper.test.lag-{uuid.uuid4().hex[:6]}"
+    raw = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await raw.start()
+    try:
+        for step in range(6):  # one key: every record on one partition
+            await raw.send_and_wait(topic, _snapshot_event("r", step).SerializeToString(), key=b"r")
+    finally:
+        await raw.stop()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = OonaConsumer(broker.bootstrap, [topic], group_id=group, max_records=2)
+    await consumer.start()
+    try:
+        events: list = []
+        deadline = time.monotonic() + 20
+        while not events and time.monotonic() < deadline:
+            events, offsets = await consumer.poll(200)
+    finally:
+        await consumer.stop()
+    assert len(events) == 2
+    (tp, next_offset), = offsets.items()
+    lag = REGISTRY.get_sample_value(
+        "esper_oona_consumer_lag_records",
+        {"group": group, "topic": topic, "partition": str(tp.partition)})
+    assert lag == 6 - next_offset == 4
+
+
 def test_broker_outage_never_blocks_publish_and_events_after_recovery_arrive():
     tansu = Tansu()
     tansu.start()

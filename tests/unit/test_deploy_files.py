@@ -43,7 +43,8 @@ def test_grafana_dashboard_queries_metrics_the_servers_export():
     import re
 
     import esper.nissa.metrics  # noqa: F401  (registers Nissa's metrics)
-    import esper.oona.producer  # noqa: F401  (registers Oona's metrics)
+    import esper.oona.consumer  # noqa: F401  (registers Oona's consumer metrics)
+    import esper.oona.producer  # noqa: F401  (registers Oona's producer metrics)
     from esper.runtime.metrics import REGISTRY
 
     exported = {m.name for m in REGISTRY.collect()}

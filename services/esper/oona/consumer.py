@@ -14,7 +14,7 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
@@ -46,6 +46,12 @@ CONSUMED = Counter(
     "esper_oona_events_consumed_total",
     "Events decoded by consumers",
     ["group", "topic"],
+    registry=REGISTRY,
+)
+LAG = Gauge(
+    "esper_oona_consumer_lag_records",
+    "Records behind the partition's high watermark after the last batch (the consumer's lag)",
+    ["group", "topic", "partition"],
     registry=REGISTRY,
 )
 
@@ -140,7 +146,14 @@ class OonaConsumer:
             # One counter update per partition batch: a labelled inc per event costs more
             # than decoding the event.
             CONSUMED.labels(self.group_id or "", tp.topic).inc(len(events) - before)
+            self._observe_lag(tp, offsets[tp])
         return events, offsets
+
+    def _observe_lag(self, tp: TopicPartition, next_offset: int) -> None:
+        highwater = self._consumer.highwater(tp)
+        if highwater is not None:
+            LAG.labels(self.group_id or "", tp.topic, str(tp.partition)).set(
+                max(0, highwater - next_offset))
 
     def _decode(self, record: ConsumerRecord) -> ConsumedEvent | None:
         headers = tuple(record.headers or ())
