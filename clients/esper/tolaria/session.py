@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from opentelemetry import trace
 
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
@@ -37,6 +38,7 @@ from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("esper.tolaria")
 
 # Kernel readiness of a pending germinate (anything else is the reason it cannot be had).
 _READY = "ready"
@@ -158,6 +160,16 @@ class TolariaSession:
 
     # ---- safe points -----------------------------------------------------------------------
     def _safe_point(self, epoch_end: bool) -> TrainingSnapshot:
+        # One span per safe point: the snapshot, acks and transitions published under it
+        # carry its traceparent through Kafka into Nissa.
+        with _tracer.start_as_current_span(
+            "tolaria.safe_point",
+            attributes={"esper.run_id": self.config.run_id, "esper.step": self.model.global_step,
+                        "esper.epoch_end": epoch_end},
+        ):
+            return self._safe_point_inner(epoch_end)
+
+    def _safe_point_inner(self, epoch_end: bool) -> TrainingSnapshot:
         self.metrics.read()
         raw = self.metrics.last_train_loss
         self.model.safe_point(self._gate_loss(), breaker_loss=raw if math.isfinite(raw) else None)

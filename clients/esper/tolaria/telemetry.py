@@ -30,6 +30,7 @@ class Telemetry:
         if producer is None and bootstrap:
             from esper.oona import ThreadedOonaProducer
 
+            _configure_tracing()
             self._producer = ThreadedOonaProducer(bootstrap).start(START_TIMEOUT_S)
             self._owned = True
 
@@ -60,3 +61,15 @@ class Telemetry:
         if self._owned and self._producer is not None:
             self._producer.stop(CLOSE_FLUSH_S)
         self._producer = None
+
+
+def _configure_tracing() -> None:
+    """Record real spans in the training process so its events carry a traceparent that
+    Nissa continues (exporter from ESPER_OTEL_EXPORTER: none | console | otlp, at
+    ESPER_OTLP_ENDPOINT). A tracer provider the application set up itself is kept."""
+    import os
+
+    from esper.runtime.tracing import configure_tracing
+
+    configure_tracing("tolaria", os.environ.get("ESPER_OTEL_EXPORTER", "none"),
+                      os.environ.get("ESPER_OTLP_ENDPOINT", "http://127.0.0.1:4317"))

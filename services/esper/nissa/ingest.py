@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from esper.nissa.alerts import AlertRules
 from esper.nissa.hub import EventHub
 from esper.nissa.rows import IngestRows, rows_for
 from esper.nissa.store import ingest_batch, store_alerts
+from esper.nissa.tracing import record_ingest_spans
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import ConsumedEvent, OonaConsumer
 from esper.oona.envelope import new_event
@@ -58,6 +60,8 @@ class _Prepared:
     batch: list[tuple[telemetry_pb2.TelemetryEvent, bytes]]
     rows: IngestRows
     offsets: dict[TopicPartition, int]
+    # Wall-clock time the batch was polled (ns): where its ingest spans start.
+    fetched_ns: int = 0
 
 
 class Ingestor:
@@ -123,8 +127,9 @@ class Ingestor:
             consumed, offsets = await self.consumer.poll()
             if not offsets:
                 continue
+            fetched_ns = time.time_ns()
             batch = _pairs(consumed)
-            await prepared.put(_Prepared(batch, rows_for(batch), offsets))
+            await prepared.put(_Prepared(batch, rows_for(batch), offsets, fetched_ns))
 
     async def _write(self, prepared: asyncio.Queue[_Prepared]) -> None:
         """Store each batch (one transaction), then commit its offsets, then fan out."""
@@ -132,6 +137,7 @@ class Ingestor:
             item = await prepared.get()
             if item.batch:
                 new, alerts = await self._store_with_retry(item.batch, item.rows)
+                record_ingest_spans(new, item.fetched_ns, time.time_ns())
                 await self._commit(item.offsets)
                 self._after_commit(new, len(item.batch), alerts)
             else:

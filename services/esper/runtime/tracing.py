@@ -18,8 +18,8 @@ def configure_tracing(service: str, exporter: str, otlp_endpoint: str) -> None:
     """Install the global tracer provider once. "none" still creates real spans (so trace
     context propagates through gRPC and Kafka) but exports them nowhere."""
     global _configured
-    if _configured:
-        return
+    if _configured or isinstance(trace.get_tracer_provider(), TracerProvider):
+        return  # ours already, or the application installed its own SDK provider: keep it
     provider = TracerProvider(resource=Resource.create({"service.name": f"esper-{service}"}))
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))

@@ -1,0 +1,84 @@
+"""A trace started in Tolaria continues through Kafka into Nissa: every `nissa.ingest` span
+is a child of the `tolaria.safe_point` span its events were published under."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import torch
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import esper.tolaria
+from esper.nissa import service as nissa_service
+from esper.nissa.config import NissaConfig
+from esper.runtime.server import start_server
+from esper.tolaria.config import TolariaConfig
+
+pytestmark = pytest.mark.integration
+
+STEPS = 6
+
+
+def _exporter() -> InMemorySpanExporter:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def _train(run_id: str, bootstrap: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    config = TolariaConfig(run_id=run_id, snapshot_every=2, kafka_bootstrap=bootstrap,
+                           progress=False)
+    session = esper.tolaria.attach(model, optimizer, policy="none", config=config)
+    try:
+        x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out, y)
+            loss.backward()
+            optimizer.step()
+            session.step(loss, out, y)
+    finally:
+        session.close()
+
+
+async def test_tolaria_trace_continues_into_nissa(fresh_database, kafka_bootstrap):
+    exporter = _exporter()
+    config = NissaConfig(port=0, metrics_port=-1, postgres_dsn=fresh_database,
+                         kafka_bootstrap=kafka_bootstrap, consumer_group=f"g-{uuid.uuid4().hex[:6]}")
+    config.validate()
+    nissa = await start_server(nissa_service.SPEC, config)
+    run_id = f"run-trace-{uuid.uuid4().hex[:8]}"
+    try:
+        await asyncio.to_thread(_train, run_id, kafka_bootstrap)
+        deadline = time.monotonic() + 30
+        ingest: list = []
+        while time.monotonic() < deadline:
+            ingest = [s for s in exporter.get_finished_spans()
+                      if s.name == "nissa.ingest" and s.attributes.get("esper.run_id") == run_id]
+            if sum(s.attributes["esper.events"] for s in ingest) >= STEPS // 2:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await nissa.stop(0)
+    safe_points = {s.context.span_id: s for s in exporter.get_finished_spans()
+                   if s.name == "tolaria.safe_point" and s.attributes.get("esper.run_id") == run_id}
+    assert len(safe_points) == STEPS // 2
+    assert ingest, "Nissa recorded no span for the run's events"
+    for span in ingest:
+        parent = safe_points.get(span.parent.span_id)
+        assert parent is not None, "a nissa.ingest span without its Tolaria parent"
+        assert span.context.trace_id == parent.context.trace_id
+    assert sum(s.attributes["esper.events"] for s in ingest) >= STEPS // 2
