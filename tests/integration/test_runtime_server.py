@@ -24,10 +24,21 @@ def _slow_spec(release: asyncio.Event, started: asyncio.Event) -> ServiceSpec:
         await release.wait()
         return b"done:" + request
 
+    async def count(request: bytes, context):
+        for i in range(int(request)):
+            yield str(i).encode()
+
+    async def echo(requests, context):
+        async for request in requests:
+            yield request
+
     async def start(config, server):
+        same = (lambda b: b, lambda b: b)
         handler = grpc.method_handlers_generic_handler(
             SLOW_SERVICE,
-            {"Sleep": grpc.unary_unary_rpc_method_handler(sleep, lambda b: b, lambda b: b)},
+            {"Sleep": grpc.unary_unary_rpc_method_handler(sleep, *same),
+             "Count": grpc.unary_stream_rpc_method_handler(count, *same),
+             "Echo": grpc.stream_stream_rpc_method_handler(echo, *same)},
         )
         server.add_generic_rpc_handlers((handler,))
 
@@ -59,6 +70,16 @@ async def test_health_reflection_metrics_and_graceful_shutdown():
             names |= {s.name for s in reply.list_services_response.service}
         assert {SLOW_SERVICE, "grpc.health.v1.Health"} <= names
 
+        counted = [m async for m in channel.unary_stream(f"/{SLOW_SERVICE}/Count")(b"3")]
+        assert counted == [b"0", b"1", b"2"]
+
+        async def requests():
+            for m in (b"a", b"b"):
+                yield m
+
+        echoed = [m async for m in channel.stream_stream(f"/{SLOW_SERVICE}/Echo")(requests())]
+        assert echoed == [b"a", b"b"]
+
         call = channel.unary_unary(f"/{SLOW_SERVICE}/Sleep")(b"x", timeout=10)
         await started.wait()
         stopping = asyncio.create_task(running.stop(grace=5))
@@ -71,7 +92,8 @@ async def test_health_reflection_metrics_and_graceful_shutdown():
 
     url = f"http://127.0.0.1:{running.metrics_port}/metrics"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
-    assert 'esper_rpc_total{code="OK",method="Sleep",service="Slow"} 1.0' in body
+    for method in ("Sleep", "Count", "Echo"):
+        assert f'esper_rpc_total{{code="OK",method="{method}",service="Slow"}} 1.0' in body
 
 
 async def test_port_in_use_fails_fast_naming_port():

@@ -82,32 +82,23 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, service: str, method: str) -> 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
         )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request, context):
-            start = time.perf_counter()
-            try:
-                async for item in _aiter(inner_us(request, context)):
-                    yield item
-            finally:
-                _record(service, method, start, context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_stream:
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(request_iterator, context):
-            start = time.perf_counter()
-            try:
-                async for item in _aiter(inner_ss(request_iterator, context)):
-                    yield item
-            finally:
-                _record(service, method, start, context)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
-        )
+    # Server-streaming and bidirectional handlers differ only in their first argument (a
+    # request or the request iterator): one timed generator serves both.
+    for inner, make in ((handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+                        (handler.stream_stream, grpc.stream_stream_rpc_method_handler)):
+        if inner:
+            return make(_timed_stream(inner, service, method),
+                        handler.request_deserializer, handler.response_serializer)
     return handler
+
+
+def _timed_stream(inner: Callable[..., Any], service: str, method: str):
+    async def stream(request_or_iterator, context):
+        start = time.perf_counter()
+        try:
+            async for item in _aiter(inner(request_or_iterator, context)):
+                yield item
+        finally:
+            _record(service, method, start, context)
+
+    return stream
