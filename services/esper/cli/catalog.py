@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from esper.cli.addresses import checked_address, resolve_address
-from esper.cli.main import UsageError
+from esper.cli.errors import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp

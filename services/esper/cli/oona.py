@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from google.protobuf import json_format, text_format
 
 from esper.cli.addresses import resolve_address
-from esper.cli.main import UsageError
+from esper.cli.errors import UsageError
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.consumer import OonaConsumer
 from esper.oona.envelope import DecodeError, decode_event, payload_kind
