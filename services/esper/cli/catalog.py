@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from esper.cli.addresses import checked_address, resolve_address
+from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
@@ -31,14 +32,10 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
 # Items per ListBlueprints/ListKernels call while paging through everything.
 PAGE_SIZE = 200
-FAMILIES = {bp.BlueprintFamily.Name(v).removeprefix("BLUEPRINT_FAMILY_").lower(): v
-            for v in bp.BlueprintFamily.values() if v}
-STATES = {bp.BlueprintState.Name(v).removeprefix("BLUEPRINT_STATE_").lower(): v
-          for v in bp.BlueprintState.values() if v}
-KERNEL_STATES = {kp.KernelState.Name(v).removeprefix("KERNEL_STATE_").lower(): v
-                 for v in kp.KernelState.values() if v}
-KINDS = {common.SlotKind.Name(v).removeprefix("SLOT_KIND_").lower(): v
-         for v in common.SlotKind.values() if v}
+FAMILIES = enum_choices(bp.BlueprintFamily, "BLUEPRINT_FAMILY_")
+STATES = enum_choices(bp.BlueprintState, "BLUEPRINT_STATE_")
+KERNEL_STATES = enum_choices(kp.KernelState, "KERNEL_STATE_")
+KINDS = enum_choices(common.SlotKind, "SLOT_KIND_")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

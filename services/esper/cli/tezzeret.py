@@ -22,6 +22,7 @@ import grpc
 
 from esper.blueprints import BlueprintError, parse_ref
 from esper.cli.addresses import checked_address, resolve_address
+from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
 from esper.runtime.config import ConfigError, add_config_flags, load_config, overrides_from_args
@@ -30,12 +31,9 @@ ADDRESS_ENV = "ESPER_TEZZERET_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:50052"
 # Seconds a unary call waits for Tezzeret; job queries answer in milliseconds.
 DEFAULT_TIMEOUT_S = 10.0
-KINDS = {common_pb2.SlotKind.Name(v).removeprefix("SLOT_KIND_").lower(): v
-         for v in common_pb2.SlotKind.values() if v}
-DTYPES = {common_pb2.Dtype.Name(v).removeprefix("DTYPE_").lower(): v
-          for v in common_pb2.Dtype.values() if v}
-STAGES = {telemetry_pb2.CompileStage.Name(v).removeprefix("COMPILE_STAGE_").lower(): v
-          for v in telemetry_pb2.CompileStage.values() if v}
+KINDS = enum_choices(common_pb2.SlotKind, "SLOT_KIND_")
+DTYPES = enum_choices(common_pb2.Dtype, "DTYPE_")
+STAGES = enum_choices(telemetry_pb2.CompileStage, "COMPILE_STAGE_")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
