@@ -128,3 +128,21 @@ def test_rows_clamp_hostile_numbers_and_times():
     rows = rows_for([(event, event.SerializeToString())], now=NOW)
     assert rows.events[0][5] == NOW and rows.events[0][6] == MAX_BIGINT
     assert len(rows.epochs) == 1 and rows.epochs[0][3] == MAX_BIGINT
+
+
+def test_run_totals_aggregate_each_run_of_a_batch():
+    from esper.nissa.store import run_totals
+
+    t = [NOW + dt.timedelta(seconds=s) for s in range(4)]
+    rows = [
+        ("e1", "a", "snapshot", "x", 1, t[2], 5, 0, NOW, b""),
+        ("e2", "b", "ack", "x", 1, t[1], 7, None, NOW, b""),
+        ("e3", "a", "snapshot", "x", 1, t[0], 9, 2, NOW, b""),
+        ("e4", "", "heartbeat", "x", 1, t[3], None, None, NOW, b""),  # no run: not counted
+        ("e5", "a", "decision", "x", 1, t[3], 4, None, NOW, b""),
+    ]
+    runs, started, last, steps, epochs, counts = run_totals(rows)
+    assert runs == ["a", "b"]
+    assert started == [t[0], t[1]] and last == [t[3], t[1]]
+    assert steps == [9, 7] and epochs == [2, 0] and counts == [3, 1]
+    assert run_totals([]) == ([], [], [], [], [], [])

@@ -9,6 +9,7 @@ import math
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from math import isfinite
 
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, telemetry_pb2
 
@@ -61,6 +62,13 @@ class _RunState:
     last_drop_alert: dt.datetime | None = None
 
 
+def _layers_non_finite(layers) -> bool:
+    for layer in layers:
+        if layer.nan_count or layer.inf_count:
+            return True
+    return False
+
+
 def alert_id(rule: str, trigger: str) -> str:
     return str(uuid.uuid5(ALERT_NAMESPACE, f"{rule}|{trigger}"))
 
@@ -97,9 +105,11 @@ class AlertRules:
         self._window = self.thresholds.rejection_window
 
     def evaluate(
-        self, event: telemetry_pb2.TelemetryEvent, when: dt.datetime
+        self, event: telemetry_pb2.TelemetryEvent, when: dt.datetime, kind: str | None = None
     ) -> list[telemetry_pb2.Alert]:
-        kind = event.WhichOneof("payload")
+        """Alerts raised by one new event; `kind`: its payload kind, when already known."""
+        if kind is None:
+            kind = event.WhichOneof("payload")
         if kind == "snapshot":
             return self._snapshot(event, when)
         if kind == "seed_transition":
@@ -111,10 +121,18 @@ class AlertRules:
         return []
 
     def _snapshot(self, event, when) -> list[telemetry_pb2.Alert]:
-        snap, state = event.snapshot, self._runs[event.run_id]
+        # Every training snapshot passes here: read each field once, and build the NaN
+        # message only when something is not finite.
+        snap = event.snapshot
+        metrics = snap.metrics
+        loss = metrics.train_loss
         alerts = []
-        nan = self._non_finite(snap)
-        if nan:
+        if not (
+            isfinite(loss)
+            and isfinite(metrics.grad_norm)
+            and (not snap.epoch_end or isfinite(metrics.val_loss))
+            and not _layers_non_finite(snap.layers)
+        ):
             alerts.append(
                 _alert(
                     RULE_NAN,
@@ -122,11 +140,12 @@ class AlertRules:
                     telemetry_pb2.SEVERITY_CRITICAL,
                     event,
                     when,
-                    f"non-finite values in training at step {snap.step}: {nan}",
+                    f"non-finite values in training at step {snap.step}: "
+                    f"{self._non_finite(snap)}",
                 )
             )
-        loss = snap.metrics.train_loss
-        if math.isfinite(loss):
+        state = self._runs[event.run_id]
+        if isfinite(loss):
             alerts.extend(self._divergence(event, state, loss, when))
         dropped = snap.resources.telemetry_dropped
         if dropped > state.dropped:
@@ -135,6 +154,7 @@ class AlertRules:
 
     @staticmethod
     def _non_finite(snap) -> str:
+        """What is not finite in a snapshot, for the alert's message."""
         found = []
         m = snap.metrics
         if not math.isfinite(m.train_loss):

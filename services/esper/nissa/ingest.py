@@ -25,7 +25,7 @@ from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules
 from esper.nissa.hub import EventHub
 from esper.nissa.rows import IngestRows, rows_for
-from esper.nissa.store import ingest_batch, store_alerts
+from esper.nissa.store import NewEvent, ingest_batch, store_alerts
 from esper.nissa.tracing import record_ingest_spans
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import ConsumedEvent, OonaConsumer
@@ -165,13 +165,14 @@ class Ingestor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, DB_RETRY_MAX_S)
 
-    def _evaluate(
-        self, new: list[tuple[telemetry_pb2.TelemetryEvent, dt.datetime]]
-    ) -> list[telemetry_pb2.Alert]:
+    def _evaluate(self, new: list[NewEvent]) -> list[telemetry_pb2.Alert]:
         alerts: list[telemetry_pb2.Alert] = []
-        for event, when in new:
-            if event.WhichOneof("payload") != "alert":  # never alert on alerts
-                alerts.extend(self.rules.evaluate(event, when))
+        evaluate = self.rules.evaluate
+        for event, when, kind in new:
+            if kind != "alert":  # never alert on alerts
+                raised = evaluate(event, when, kind)
+                if raised:
+                    alerts.extend(raised)
         return alerts
 
     def _after_commit(

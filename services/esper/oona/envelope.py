@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time as _time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from google.protobuf import message as pb_message
 from google.protobuf import timestamp_pb2
@@ -21,6 +21,7 @@ HEADER_CONTENT_TYPE = "content-type"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
 _CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+_CONTENT_TYPE_NORMALIZED = CONTENT_TYPE.replace(" ", "").lower()
 
 # Kafka's default max.message.bytes is 1 MiB; anything far above it is not an event of
 # ours, and refusing it early keeps a hostile producer from making us parse megabytes.
@@ -128,13 +129,21 @@ def _header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str,
     return out
 
 
-def _check_content_type(headers: Mapping[str, str]) -> None:
-    content_type = headers.get(HEADER_CONTENT_TYPE)
-    if content_type is None:
-        return  # kcat and older producers send no headers: the strict parse decides.
-    normalized = content_type.replace(" ", "").lower()
-    if normalized != CONTENT_TYPE.replace(" ", "").lower():
-        raise DecodeError(f"content-type {content_type!r} is not {CONTENT_TYPE!r}")
+def _check_content_type(headers: Iterable[tuple[str, bytes | None]] | None) -> None:
+    """Only the content-type header decides; other headers (trace context) never make an
+    event undecodable. The exact bytes our producers send are recognised without decoding
+    them: this runs for every record Nissa ingests."""
+    for name, value in headers or ():
+        if name == HEADER_CONTENT_TYPE and value == _CONTENT_TYPE_BYTES:
+            continue
+        if name.lower() != HEADER_CONTENT_TYPE or value is None:
+            continue
+        try:
+            content_type = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"header {name!r} is not UTF-8") from exc
+        if content_type.replace(" ", "").lower() != _CONTENT_TYPE_NORMALIZED:
+            raise DecodeError(f"content-type {content_type!r} is not {CONTENT_TYPE!r}")
 
 
 def decode_event(
@@ -148,7 +157,7 @@ def decode_event(
         raise DecodeError("empty record value (tombstone)")
     if len(value) > MAX_EVENT_BYTES:
         raise DecodeError(f"value of {len(value)} bytes exceeds {MAX_EVENT_BYTES}")
-    _check_content_type(_header_map(headers))
+    _check_content_type(headers)
     event = telemetry_pb2.TelemetryEvent()
     try:
         event.ParseFromString(value)
