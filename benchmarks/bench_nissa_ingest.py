@@ -2,16 +2,22 @@
 
 Starts PostgreSQL and the tansu broker on loopback, publishes N training-like events of
 several runs (snapshots with a few layers, one in ten an epoch end, plus seed transitions,
-decisions and acks) to Oona, then times Nissa's real Ingestor (consumer group, decode,
-batched COPY into PostgreSQL, offset commit) from start until every event is stored.
-The first figure includes joining the group (about 1 s with tansu); the after-join
-figure counts from the moment the group assigned the partitions (the claim: a running
-Nissa's throughput); the steady figure counts from the first stored batch. It also times the database path alone (ingest_batch on pre-decoded batches) and, as the
-baseline of the same run, a bare consume-and-decode of the same topics, so the report
-shows where the time goes. The events/s figures are the claims; the ratios say how much
-of the bare consumer rate the full ingest keeps.
+decisions and acks) to Oona, then times Nissa's real ingest (consumer group, decode,
+batched COPY into PostgreSQL, offset commit, batch reports to the server) until every
+event is stored, in three set-ups, each on a fresh database and consumer group:
 
-    .venv/bin/python benchmarks/bench_nissa_ingest.py [--events 100000] [--batch 5000]
+- in-process: the ingest inside the server process (ingest_workers = 0), timed from the
+  moment the group assigned the partitions;
+- 1 and 2 worker processes (ingest_workers = 1, 2; 2 is Nissa's default), timed from the
+  moment every worker owns partitions (events a worker stored before the last one joined
+  are not counted).
+
+Baselines of the same run: a bare consume-and-decode of the same topics in one process
+(what one process can take from the broker) and the database path alone (ingest_batch on
+pre-decoded batches). The claim is the default set-up's events/s; the ratios say what a
+second worker adds and how much of the bare consumer rate the full ingest keeps.
+
+    .venv/bin/python benchmarks/bench_nissa_ingest.py [--events 200000] [--batch 5000]
 
 Writes benchmarks/results/bench_nissa_ingest.json.
 """
@@ -33,9 +39,12 @@ import asyncpg
 
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, signals_pb2, telemetry_pb2
 from esper.nissa.alerts import AlertRules
+from esper.nissa.config import NissaConfig
 from esper.nissa.db import open_database
+from esper.nissa.fanout import Fanout
 from esper.nissa.ingest import Ingestor
 from esper.nissa.store import ingest_batch
+from esper.nissa.workers import IngestWorkers
 from esper.oona import OonaConsumer, OonaProducer, new_event
 from esper.oona.topics import TOPIC_NAMES
 from esper.runtime.infra import Broker, PostgresServer, free_port
@@ -136,32 +145,55 @@ async def time_bare_consume(bootstrap: str, total: int, batch: int) -> float:
     return elapsed
 
 
-async def time_ingestor(
-    pool, dsn: str, bootstrap: str, total: int, batch: int
-) -> tuple[float, float, int]:
-    """(seconds from start, seconds from the first stored batch, events in that batch,
-    seconds from the moment the group had assigned partitions)."""
+async def time_ingestor(pool, dsn: str, bootstrap: str, total: int, batch: int) -> float:
+    """Seconds the in-process ingest takes from the moment the group assigned it the
+    partitions until every event is stored and reported."""
+    fanout = Fanout()
+
+    async def report(batch_report) -> None:
+        fanout.apply(batch_report)
+
     ingestor = Ingestor(
         pool,
         bootstrap,
         group_id=f"nissa-{uuid.uuid4().hex[:6]}",
         rules=AlertRules(),
         batch_max=batch,
+        on_report=report,
     )
-    start = time.perf_counter()
     await ingestor.start()
     while not ingestor.consumer._consumer.assignment():  # the group join (~1 s on tansu)
         await asyncio.sleep(0.001)
     joined = time.perf_counter()
-    first_at, first_count = None, 0
-    while ingestor.ingested < total:
-        if first_at is None and ingestor.ingested:
-            first_at, first_count = time.perf_counter(), ingestor.ingested
-        await asyncio.sleep(0.01)
+    while fanout.ingested < total:
+        await asyncio.sleep(0.005)
     end = time.perf_counter()
     await ingestor.stop()
     assert await count_events(dsn) >= total
-    return end - start, end - (first_at or start), first_count, end - joined
+    return end - joined
+
+
+async def time_workers(dsn: str, bootstrap: str, total: int, batch: int,
+                       workers: int) -> float:
+    """Events/s of `workers` ingest worker processes, once every worker owns partitions."""
+    config = NissaConfig(port=0, metrics_port=-1, postgres_dsn=dsn, kafka_bootstrap=bootstrap,
+                         consumer_group=f"nissa-{uuid.uuid4().hex[:6]}",
+                         ingest_batch_max=batch, ingest_workers=workers)
+    config.validate()
+    fanout = Fanout()
+    group = IngestWorkers(config, workers, fanout.apply)
+    await group.start()
+    try:
+        while len([n for n in group.partitions.values() if n]) < workers:
+            await asyncio.sleep(0.001)
+        start, before = time.perf_counter(), fanout.ingested
+        while fanout.ingested < total:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - start
+    finally:
+        await group.stop()
+    assert await count_events(dsn) >= total
+    return (total - before) / elapsed
 
 
 async def time_store_only(pool, events, batch: int) -> float:
@@ -181,16 +213,20 @@ async def main(args: argparse.Namespace) -> dict:
     try:
         postgres.start()
         broker.start()
-        postgres.ensure_database("ingest")
-        postgres.ensure_database("store")
+        for name in ("inprocess", "workers1", "workers2", "store"):
+            postgres.ensure_database(name)
         events = make_events(args.events)
         await publish(broker.bootstrap, events)
         bare_s = await time_bare_consume(broker.bootstrap, args.events, args.batch)
-        pool = await open_database(postgres.dsn("ingest"), 10)
-        ingest_s, steady_s, first_batch, joined_s = await time_ingestor(
-            pool, postgres.dsn("ingest"), broker.bootstrap, args.events, args.batch
+        pool = await open_database(postgres.dsn("inprocess"), 10)
+        inprocess_s = await time_ingestor(
+            pool, postgres.dsn("inprocess"), broker.bootstrap, args.events, args.batch
         )
         await pool.close()
+        one = await time_workers(postgres.dsn("workers1"), broker.bootstrap, args.events,
+                                 args.batch, 1)
+        two = await time_workers(postgres.dsn("workers2"), broker.bootstrap, args.events,
+                                 args.batch, 2)
         pool = await open_database(postgres.dsn("store"), 10)
         store_s = await time_store_only(pool, make_events(args.events), args.batch)
         await pool.close()
@@ -199,6 +235,7 @@ async def main(args: argparse.Namespace) -> dict:
         postgres.stop()
         shutil.rmtree(state, ignore_errors=True)
     n = args.events
+    bare = n / bare_s
     return {
         "benchmark": "nissa_ingest",
         "machine": {
@@ -208,20 +245,23 @@ async def main(args: argparse.Namespace) -> dict:
         },
         "events": n,
         "batch": args.batch,
-        "bare_consume_events_per_s": n / bare_s,
-        "ingest_events_per_s": n / ingest_s,
-        "ingest_steady_events_per_s": (n - first_batch) / steady_s,
-        "ingest_after_join_events_per_s": n / joined_s,
+        "bare_consume_events_per_s": bare,
         "store_only_events_per_s": n / store_s,
-        "ingest_vs_bare_consume_ratio": bare_s / ingest_s,
+        "inprocess_events_per_s": n / inprocess_s,
+        "workers_1_events_per_s": one,
+        "workers_2_events_per_s": two,
+        "ingest_events_per_s": two,
+        "workers_2_vs_inprocess_ratio": two / (n / inprocess_s),
+        "workers_2_vs_1_ratio": two / one,
+        "ingest_vs_bare_consume_ratio": two / bare,
         "target_events_per_s": TARGET_EVENTS_PER_S,
-        "meets_target": n / joined_s >= TARGET_EVENTS_PER_S,
+        "meets_target": two >= TARGET_EVENTS_PER_S,
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5_000)
     result = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

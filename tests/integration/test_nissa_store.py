@@ -38,8 +38,8 @@ class _Seen:
         self.seen: list[tuple[str, str]] = []
 
     def __call__(self, new):
-        self.seen.extend((event.event_id, kind) for event, when, kind in new)
-        assert all(isinstance(when, dt.datetime) for _, when, _ in new)
+        self.seen.extend((event.event_id, kind) for event, _, when, kind in new)
+        assert all(isinstance(when, dt.datetime) for _, _, when, _ in new)
         return []
 
 
@@ -61,7 +61,7 @@ async def test_new_redelivered_and_self_duplicated_batches_store_each_event_once
             first += [_ack("r1", 3), _snapshot("r2", 0)]
             seen = _Seen()
             new, _ = await ingest_batch(conn, _pairs(first), seen)
-            assert [e.event_id for e in new] == [e.event_id for e in first]
+            assert [e.event_id for e, *_ in new] == [e.event_id for e in first]
             assert [kind for _, kind in seen.seen][-3:] == ["snapshot", "ack", "snapshot"]
             assert await _counts(conn, "r1") == (21, 2, 1, 21)
             row = await conn.fetchrow("SELECT * FROM nissa.runs WHERE run_id = 'r1'")
@@ -72,7 +72,7 @@ async def test_new_redelivered_and_self_duplicated_batches_store_each_event_once
             later = [_snapshot("r1", s, epoch_end=s == 29) for s in range(20, 30)]
             seen = _Seen()
             new, _ = await ingest_batch(conn, _pairs(first[10:] + later), seen)
-            assert [e.event_id for e in new] == [e.event_id for e in later]
+            assert [e.event_id for e, *_ in new] == [e.event_id for e in later]
             assert [eid for eid, _ in seen.seen] == [e.event_id for e in later]
             assert await _counts(conn, "r1") == (31, 3, 1, 31)
             assert (await conn.fetchrow(
@@ -82,7 +82,7 @@ async def test_new_redelivered_and_self_duplicated_batches_store_each_event_once
             # The same new event twice in one batch (a producer's retry): stored once.
             again = _snapshot("r1", 30)
             new, _ = await ingest_batch(conn, _pairs([again, again]))
-            assert [e.event_id for e in new] == [again.event_id]
+            assert [e.event_id for e, *_ in new] == [again.event_id]
             assert await _counts(conn, "r1") == (32, 3, 1, 32)
 
             # A batch of nothing but old events changes nothing.

@@ -13,7 +13,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -23,15 +24,15 @@ from aiokafka.errors import KafkaError
 from esper.leyline.v1 import telemetry_pb2
 from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules
-from esper.nissa.hub import EventHub
+from esper.nissa.fanout import publish_alerts
+from esper.nissa.report import BatchReport
 from esper.nissa.rows import IngestRows, rows_for
 from esper.nissa.store import NewEvent, ingest_batch, store_alerts
-from esper.nissa.tracing import record_ingest_spans
+from esper.nissa.tracing import trace_parents
 from esper.oona.aio import cancel_and_join
-from esper.oona.consumer import ConsumedEvent, OonaConsumer
-from esper.oona.envelope import new_event
+from esper.oona.consumer import Assignment, ConsumedEvent, OonaConsumer
 from esper.oona.producer import OonaProducer
-from esper.oona.topics import ALERTS, TOPIC_NAMES, ensure_topics
+from esper.oona.topics import TOPIC_NAMES, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
-SOURCE = "nissa"
+# Called with the report of every stored batch, after its offsets were committed.
+ReportSink = Callable[[BatchReport], Awaitable[None]]
 # Decoded batches waiting for the writer: one is enough to keep the fetcher busy while a
 # batch is written; more would only hold memory (and more work redelivered after a crash).
 PIPELINE_DEPTH = 1
@@ -74,16 +76,20 @@ class Ingestor:
         *,
         group_id: str,
         rules: AlertRules,
-        hub: EventHub | None = None,
-        alert_producer: OonaProducer | None = None,
+        on_report: ReportSink | None = None,
         batch_max: int = 5_000,
         topics: Sequence[str] = TOPIC_NAMES,
+        keep_events: bool = True,
+        on_assign: Callable[[Assignment], None] | None = None,
     ) -> None:
+        """`on_report`: where each stored batch's report goes (the server's Fanout, or an
+        ingest worker's pipe). `keep_events`: reports carry the decoded events too (for a
+        sink in this process; a worker's pipe carries only their bytes)."""
         self.pool = pool
         self.bootstrap = bootstrap
         self.rules = rules
-        self.hub = hub
-        self.alert_producer = alert_producer
+        self.on_report = on_report
+        self.keep_events = keep_events
         self.topics = tuple(topics)
         self.consumer = OonaConsumer(
             bootstrap,
@@ -91,6 +97,7 @@ class Ingestor:
             group_id=group_id,
             client_id="esper-nissa-ingest",
             max_records=batch_max,
+            on_assign=on_assign,
         )
         self.ingested = 0
         self._task: asyncio.Task[None] | None = None
@@ -104,6 +111,13 @@ class Ingestor:
             raise
         self._task = asyncio.create_task(self._run(), name="nissa-ingest")
         self._task.add_done_callback(_log_failure)
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The running ingest: done only when stopped or failed (after start())."""
+        if self._task is None:
+            raise RuntimeError("the ingest is not running")
+        return self._task
 
     async def stop(self) -> None:
         """Stop at once; a batch stored but not yet committed is redelivered later. The
@@ -137,9 +151,12 @@ class Ingestor:
             item = await prepared.get()
             if item.batch:
                 new, alerts = await self._store_with_retry(item.batch, item.rows)
-                record_ingest_spans(new, item.fetched_ns, time.time_ns())
+                stored_ns = time.time_ns()
                 await self._commit(item.offsets)
-                self._after_commit(new, len(item.batch), alerts)
+                self.ingested += len(new)
+                if self.on_report is not None:
+                    await self.on_report(
+                        self._report(new, len(item.batch), alerts, item.fetched_ns, stored_ns))
             else:
                 await self._commit(item.offsets)  # only undecodable records
 
@@ -168,24 +185,37 @@ class Ingestor:
     def _evaluate(self, new: list[NewEvent]) -> list[telemetry_pb2.Alert]:
         alerts: list[telemetry_pb2.Alert] = []
         evaluate = self.rules.evaluate
-        for event, when, kind in new:
+        for event, _, when, kind in new:
             if kind != "alert":  # never alert on alerts
                 raised = evaluate(event, when, kind)
                 if raised:
                     alerts.extend(raised)
         return alerts
 
-    def _after_commit(
+    def _report(
         self,
-        new: list[telemetry_pb2.TelemetryEvent],
+        new: list[NewEvent],
         received: int,
         alerts: list[telemetry_pb2.Alert],
-    ) -> None:
-        self.ingested += len(new)
-        metrics.observe(new, received, alerts, dt.datetime.now(dt.UTC))
-        if self.hub is not None and new:
-            self.hub.publish(new)
-        publish_alerts(self.alert_producer, alerts)
+        fetched_ns: int,
+        stored_ns: int,
+    ) -> BatchReport:
+        events = [event for event, _, _, _ in new]
+        latest: dict[str, int] = {}
+        for i, (event, _, _, kind) in enumerate(new):
+            if kind == "snapshot":
+                latest[event.run_id] = i
+        return BatchReport(
+            received=received,
+            bodies=[body for _, body, _, _ in new],
+            kinds=dict(Counter(kind for _, _, _, kind in new)),
+            latest_snapshots=[i for run, i in latest.items() if run],
+            alerts=[alert.SerializeToString() for alert in alerts],
+            spans=trace_parents(events),
+            fetched_ns=fetched_ns,
+            stored_ns=stored_ns,
+            events=events if self.keep_events else None,
+        )
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -196,21 +226,6 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def _pairs(consumed: list[ConsumedEvent]) -> list[tuple[telemetry_pb2.TelemetryEvent, bytes]]:
     return [(c.event, c.value) for c in consumed]
-
-
-def publish_alerts(producer: OonaProducer | None, alerts: list[telemetry_pb2.Alert]) -> None:
-    """Put stored alerts on `esper.alerts` (Nissa ingests them back; their ids dedupe)."""
-    if producer is None:
-        return
-    for alert in alerts:
-        event = new_event(
-            source=SOURCE,
-            run_id=alert.run_id,
-            severity=alert.severity,
-            event_id=f"alert-{alert.alert_id}",
-            alert=alert,
-        )
-        producer.publish(event, topic=ALERTS)
 
 
 class HeartbeatWatcher:
@@ -242,7 +257,7 @@ class HeartbeatWatcher:
             beats = await queries.heartbeats(conn)
             alerts = self.rules.missing_heartbeats(beats, dt.datetime.now(dt.UTC))
             stored = await store_alerts(conn, alerts) if alerts else []
-        metrics.observe([], 0, stored, dt.datetime.now(dt.UTC))
+        metrics.observe({}, 0, [a.rule for a in stored], [], dt.datetime.now(dt.UTC))
         publish_alerts(self.alert_producer, stored)
         return stored
 

@@ -12,9 +12,12 @@ from esper.leyline.v1 import nissa_pb2_grpc
 from esper.nissa.alerts import AlertRules
 from esper.nissa.config import NissaConfig
 from esper.nissa.db import open_database
+from esper.nissa.fanout import Fanout
 from esper.nissa.hub import EventHub
 from esper.nissa.ingest import DB_ERRORS, HeartbeatWatcher, Ingestor
+from esper.nissa.report import BatchReport
 from esper.nissa.servicer import NissaServicer
+from esper.nissa.workers import IngestWorkers, WorkerStartError
 from esper.oona.producer import OonaProducer
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 
@@ -30,22 +33,12 @@ async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type
     hub = EventHub()
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-nissa")
     await producer.start()
-    ingestor = Ingestor(
-        pool,
-        config.kafka_bootstrap,
-        group_id=config.consumer_group,
-        rules=rules,
-        hub=hub,
-        alert_producer=producer,
-        batch_max=config.ingest_batch_max,
-    )
+    fanout = Fanout(hub, producer)
     try:
-        await ingestor.start()
-    except BaseException as exc:
+        ingest = await _start_ingest(config, pool, rules, fanout)
+    except BaseException:
         await producer.stop(0)
         await pool.close()
-        if isinstance(exc, (KafkaError, OSError, TimeoutError)):
-            raise StartupError(f"kafka_bootstrap: cannot start the ingest: {exc}") from None
         raise
     watcher = HeartbeatWatcher(pool, rules, config.heartbeat_check_s, producer)
     watcher.start()
@@ -57,10 +50,40 @@ async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type
         async with contextlib.AsyncExitStack() as steps:
             steps.push_async_callback(pool.close)
             steps.push_async_callback(producer.stop, 2.0)
-            steps.push_async_callback(ingestor.stop)
+            steps.push_async_callback(ingest.stop)
             steps.push_async_callback(watcher.stop)
 
     return close
+
+
+async def _start_ingest(
+    config: NissaConfig, pool: asyncpg.Pool, rules: AlertRules, fanout: Fanout
+) -> Ingestor | IngestWorkers:
+    """The ingest: worker processes, or (ingest_workers = 0) a consumer in this process."""
+    if config.ingest_workers:
+        workers = IngestWorkers(config, config.ingest_workers, fanout.apply)
+        try:
+            await workers.start()
+        except WorkerStartError as exc:
+            raise StartupError(str(exc)) from None
+        return workers
+
+    async def report(batch: BatchReport) -> None:
+        fanout.apply(batch)
+
+    ingestor = Ingestor(
+        pool,
+        config.kafka_bootstrap,
+        group_id=config.consumer_group,
+        rules=rules,
+        on_report=report,
+        batch_max=config.ingest_batch_max,
+    )
+    try:
+        await ingestor.start()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise StartupError(f"kafka_bootstrap: cannot start the ingest: {exc}") from None
+    return ingestor
 
 
 SPEC = ServiceSpec(

@@ -124,8 +124,8 @@ ON CONFLICT (run_id) DO UPDATE SET
     event_count   = r.event_count + excluded.event_count
 """
 
-# A new event as the alert rules see it: the event, its time and its payload kind.
-NewEvent = tuple[telemetry_pb2.TelemetryEvent, dt.datetime, str]
+# A newly stored event: the event, its serialized bytes, its time and its payload kind.
+NewEvent = tuple[telemetry_pb2.TelemetryEvent, bytes, dt.datetime, str]
 # Alert rules see the new events of a batch and return the alerts they raise.
 RuleHook = Callable[[list[NewEvent]], list[telemetry_pb2.Alert]]
 
@@ -155,9 +155,10 @@ async def ingest_batch(
     batch: Sequence[tuple[telemetry_pb2.TelemetryEvent, bytes]],
     rules: RuleHook | None = None,
     rows: IngestRows | None = None,
-) -> tuple[list[telemetry_pb2.TelemetryEvent], list[telemetry_pb2.Alert]]:
+) -> tuple[list[NewEvent], list[telemetry_pb2.Alert]]:
     """Store `batch` in one transaction. Returns the events that were new (not stored
-    before) and the alerts the rules raised on them (stored in the same transaction).
+    before), in batch order, and the alerts the rules raised on them (stored in the same
+    transaction).
     `rows`: the batch's rows when the caller built them already (rows_for(batch))."""
     if rows is None:
         rows = rows_for(batch)
@@ -172,7 +173,7 @@ async def ingest_batch(
         stored_alerts = await _store_alerts(conn, alert_rows)
         if rows.heartbeats:
             await conn.executemany(UPSERT_HEARTBEAT, _latest_beats(rows.heartbeats))
-    return [event for event, _, _ in new], [a for a in raised if a.alert_id in stored_alerts]
+    return new, [a for a in raised if a.alert_id in stored_alerts]
 
 
 async def _store_all_new(
@@ -194,8 +195,8 @@ async def _store_all_new(
     except asyncpg.UniqueViolationError:
         return None
     return [
-        (event, row[5], kind)
-        for (event, _), row, kind in zip(batch, rows.events, rows.kinds, strict=True)
+        (event, body, row[5], kind)
+        for (event, body), row, kind in zip(batch, rows.events, rows.kinds, strict=True)
     ]
 
 
@@ -259,10 +260,10 @@ def _in_batch_order(batch, rows: IngestRows, new_ids: set[str]) -> list[NewEvent
     """The new events with their times and kinds, in the order they were consumed (Kafka
     order per partition, so per run), each once."""
     new = []
-    for (event, _), row, kind in zip(batch, rows.events, rows.kinds, strict=True):
+    for (event, body), row, kind in zip(batch, rows.events, rows.kinds, strict=True):
         if event.event_id in new_ids:
             new_ids.discard(event.event_id)
-            new.append((event, row[5], kind))
+            new.append((event, body, row[5], kind))
     return new
 
 

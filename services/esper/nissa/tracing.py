@@ -20,14 +20,23 @@ tracer = trace.get_tracer("esper.nissa")
 MAX_SPANS_PER_BATCH = 64
 
 
-def record_ingest_spans(
-    events: list[telemetry_pb2.TelemetryEvent], fetched_ns: int, stored_ns: int
-) -> int:
-    """Record the child spans of one stored batch; returns how many."""
+def trace_parents(events: list[telemetry_pb2.TelemetryEvent]) -> list[tuple[str, str, int]]:
+    """(traceparent, run id, events) of the most frequent producer spans among `events`,
+    at most MAX_SPANS_PER_BATCH of them."""
     parents = Counter(e.trace.traceparent for e in events if e.trace.traceparent)
+    if not parents:
+        return []
     runs = {e.trace.traceparent: e.run_id for e in events if e.trace.traceparent}
+    return [(parent, runs[parent], count)
+            for parent, count in parents.most_common(MAX_SPANS_PER_BATCH)]
+
+
+def record_ingest_spans(
+    parents: list[tuple[str, str, int]], fetched_ns: int, stored_ns: int
+) -> int:
+    """Record the child spans of one stored batch (its trace_parents); returns how many."""
     recorded = 0
-    for traceparent, count in parents.most_common(MAX_SPANS_PER_BATCH):
+    for traceparent, run_id, count in parents[:MAX_SPANS_PER_BATCH]:
         probe = telemetry_pb2.TelemetryEvent()
         probe.trace.traceparent = traceparent
         context = trace_context_of(probe)
@@ -35,7 +44,7 @@ def record_ingest_spans(
             continue
         span = tracer.start_span(
             "nissa.ingest", context=context, start_time=fetched_ns,
-            attributes={"esper.run_id": runs[traceparent], "esper.events": count},
+            attributes={"esper.run_id": run_id, "esper.events": count},
         )
         span.end(end_time=stored_ns)
         recorded += 1

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Self
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from prometheus_client import Counter, Gauge
@@ -76,6 +76,21 @@ class ConsumedEvent:
 
 
 Handler = Callable[[list[ConsumedEvent]], Awaitable[None]]
+# The partitions a group member owns after a rebalance.
+Assignment = frozenset[TopicPartition]
+
+
+class _AssignmentListener(ConsumerRebalanceListener):
+    """Tells `on_assign` what the member owns after every rebalance."""
+
+    def __init__(self, on_assign: Callable[[Assignment], None]) -> None:
+        self._on_assign = on_assign
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._on_assign(frozenset(assigned))
 
 
 class OonaConsumer:
@@ -92,15 +107,19 @@ class OonaConsumer:
         from_beginning: bool = True,
         client_id: str = "esper-oona-consumer",
         max_records: int = DEFAULT_MAX_RECORDS,
+        on_assign: Callable[[Assignment], None] | None = None,
     ) -> None:
+        """`on_assign`: called with the member's partitions after every rebalance (only
+        with a `group_id`)."""
         if not topics:
             raise ValueError("topics: at least one topic is required")
         self.topics = tuple(topics)
         self.group_id = group_id
         self.max_records = max_records
         self.decode_errors = 0
+        listened = on_assign is not None and group_id is not None
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
+            *(() if listened else self.topics),  # subscribed in start(), with the listener
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=client_id,
@@ -112,9 +131,12 @@ class OonaConsumer:
             metadata_max_age_ms=5_000,  # notice topics created after start quickly
             max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         )
+        self._listener = _AssignmentListener(on_assign) if listened else None
 
     async def start(self) -> None:
         await self._consumer.start()
+        if self._listener is not None:
+            self._consumer.subscribe(self.topics, listener=self._listener)
 
     async def stop(self) -> None:
         await self._consumer.stop()

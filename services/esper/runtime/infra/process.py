@@ -133,7 +133,7 @@ class ManagedProcess:
             log.flush()
             try:
                 self._popen = subprocess.Popen(
-                    _with_death_signal(spec.argv, spec.stop_signal) if spec.die_with_parent
+                    with_death_signal(spec.argv, spec.stop_signal) if spec.die_with_parent
                     else list(spec.argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -240,7 +240,7 @@ def _reap_if_our_child(record: PidRecord | None) -> None:
 SETPRIV = "setpriv"
 
 
-def _with_death_signal(argv: Sequence[str], signum: int) -> list[str]:
+def with_death_signal(argv: Sequence[str], signum: int) -> list[str]:
     """`argv` wrapped so the process gets `signum` when its parent dies."""
     if shutil.which(SETPRIV) is None:
         raise InfraError(f"{SETPRIV} not found (Debian package util-linux); it arms die_with_parent")

@@ -1,0 +1,119 @@
+"""Nissa's ingest worker processes against the real broker and PostgreSQL: two workers
+share the group; a SIGKILLed worker is replaced and its partitions' events are stored
+exactly once; workers stop with the server, also when the server is SIGKILLed; a broker
+that cannot be reached fails the start naming kafka_bootstrap."""
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import psutil
+import pytest
+
+from esper.nissa.config import NissaConfig
+from esper.nissa.service import SPEC
+from esper.runtime.config import ConfigError
+from esper.runtime.infra import free_port
+from esper.runtime.server import StartupError, start_server
+from tests.integration.test_nissa import _counts, _publish, _run_events, _wait_for
+
+pytestmark = pytest.mark.integration
+WORKER_MODULE = "esper.nissa.worker"
+
+
+def _workers_of(pid: int) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if WORKER_MODULE in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _config(dsn: str, bootstrap: str, **changes) -> NissaConfig:
+    config = NissaConfig(port=0, metrics_port=-1, postgres_dsn=dsn, kafka_bootstrap=bootstrap,
+                         consumer_group=f"g-{uuid.uuid4().hex[:8]}", ingest_workers=2,
+                         **changes)
+    config.validate()
+    return config
+
+
+async def _all_stored(dsn: str, run: str, expected: int) -> bool:
+    stored, counted = await _counts(dsn, run)
+    assert stored <= expected and counted <= expected, "an event was stored twice"
+    return stored == counted == expected
+
+
+async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(
+    fresh_database, kafka_bootstrap
+):
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap))
+    try:
+        workers = _workers_of(os.getpid())
+        assert len(workers) == 2
+        first = f"run-{uuid.uuid4().hex[:8]}"
+        events = [e for _ in range(4) for e in _run_events(first)]
+        for i, event in enumerate(events):  # four times the run, each event its own id
+            event.event_id = f"{first}-{i}"
+        await _publish(kafka_bootstrap, events)
+        assert await _wait_for(lambda: _all_stored(fresh_database, first, len(events)))
+
+        victim = workers[0]
+        victim.send_signal(signal.SIGKILL)
+        second = f"run-{uuid.uuid4().hex[:8]}"
+        later = _run_events(second)
+        await _publish(kafka_bootstrap, later)
+        assert await _wait_for(lambda: _all_stored(fresh_database, second, len(later)), 60)
+
+        async def replaced() -> bool:
+            now = _workers_of(os.getpid())
+            return len(now) == 2 and victim.pid not in {w.pid for w in now}
+
+        assert await _wait_for(replaced, 60)
+        # The first run was not stored again by the replacement (its offsets were committed).
+        assert await _all_stored(fresh_database, first, len(events))
+    finally:
+        await running.stop(0)
+    assert _workers_of(os.getpid()) == []
+
+
+async def test_unreachable_broker_fails_the_start_naming_kafka_bootstrap(fresh_database):
+    config = _config(fresh_database, f"127.0.0.1:{free_port()}")
+    with pytest.raises(StartupError, match="kafka_bootstrap"):
+        await start_server(SPEC, config)
+    assert _workers_of(os.getpid()) == []
+
+
+def test_workers_die_with_a_killed_server(fresh_database, kafka_bootstrap, tmp_path):
+    env = dict(os.environ, ESPER_POSTGRES_DSN=fresh_database,
+               ESPER_KAFKA_BOOTSTRAP=kafka_bootstrap, ESPER_METRICS_PORT="-1",
+               ESPER_STATE_DIR=str(tmp_path), ESPER_CONSUMER_GROUP=f"g-{uuid.uuid4().hex[:8]}")
+    server = subprocess.Popen([sys.executable, "-m", "esper.cli.main", "serve", "nissa"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        for line in server.stdout:  # the banner comes once every worker is ingesting
+            if "serving on" in line:
+                break
+        else:
+            raise AssertionError(f"esper serve nissa exited {server.wait()}")
+        workers = _workers_of(server.pid)
+        assert len(workers) == 2
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert alive == []
+    finally:
+        server.kill()
+        server.wait(30)
+
+
+def test_ingest_workers_setting_is_validated():
+    with pytest.raises(ConfigError, match="ingest_workers"):
+        NissaConfig(ingest_workers=-1).validate()
+    with pytest.raises(ConfigError, match="ingest_workers"):
+        NissaConfig(ingest_workers=17).validate()
