@@ -16,6 +16,7 @@ from esper.nissa.config import NissaConfig
 from esper.nissa.service import SPEC
 from esper.runtime.config import ConfigError
 from esper.runtime.infra import free_port
+from esper.runtime.metrics import REGISTRY
 from esper.runtime.server import StartupError, start_server
 from tests.integration.test_nissa import _counts, _publish, _run_events, _wait_for
 
@@ -51,7 +52,8 @@ async def _all_stored(dsn: str, run: str, expected: int) -> bool:
 async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(
     fresh_database, kafka_bootstrap
 ):
-    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap))
+    config = _config(fresh_database, kafka_bootstrap)
+    running = await start_server(SPEC, config)
     try:
         workers = _workers_of(os.getpid())
         assert len(workers) == 2
@@ -61,6 +63,19 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(
             event.event_id = f"{first}-{i}"
         await _publish(kafka_bootstrap, events)
         assert await _wait_for(lambda: _all_stored(fresh_database, first, len(events)))
+
+        # The workers' consumer metrics reach the server's /metrics.
+        snapshots = sum(1 for e in events if e.HasField("snapshot"))
+        labels = {"group": config.consumer_group, "topic": "esper.telemetry.training"}
+
+        async def forwarded() -> bool:
+            value = REGISTRY.get_sample_value("esper_oona_events_consumed_total", labels)
+            return value == snapshots
+
+        assert await _wait_for(forwarded, 10)
+        lags = [s for m in REGISTRY.collect() if m.name == "esper_oona_consumer_lag_records"
+                for s in m.samples if s.labels["group"] == config.consumer_group]
+        assert lags and all(s.value == 0 for s in lags)
 
         victim = workers[0]
         victim.send_signal(signal.SIGKILL)

@@ -43,6 +43,7 @@ def test_grafana_dashboard_queries_metrics_the_servers_export():
     import re
 
     import esper.nissa.metrics  # noqa: F401  (registers Nissa's metrics)
+    import esper.nissa.workers  # noqa: F401  (registers the ingest workers' metrics)
     import esper.oona.consumer  # noqa: F401  (registers Oona's consumer metrics)
     import esper.oona.producer  # noqa: F401  (registers Oona's producer metrics)
     from esper.runtime.metrics import REGISTRY

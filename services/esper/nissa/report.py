@@ -29,7 +29,8 @@ KIND_READY = "ready"
 KIND_ERROR = "error"
 KIND_ASSIGNED = "assigned"
 KIND_BATCH = "batch"
-FRAME_KINDS = frozenset({KIND_READY, KIND_ERROR, KIND_ASSIGNED, KIND_BATCH})
+KIND_CONSUMER = "consumer"
+FRAME_KINDS = frozenset({KIND_READY, KIND_ERROR, KIND_ASSIGNED, KIND_BATCH, KIND_CONSUMER})
 
 
 class FrameError(ValueError):
@@ -154,3 +155,33 @@ def _split(blobs: memoryview, sizes: list[int]) -> list[bytes]:
     ends = list(accumulate(sizes))
     starts = [0, *ends[:-1]]
     return [bytes(blobs[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+@dataclass
+class ConsumerReport:
+    """A worker's consumer metrics since its previous report: events decoded and records
+    refused per topic (increments), and the lag of each partition it consumed."""
+
+    consumed: dict[str, int]
+    decode_errors: dict[str, int]
+    lag: list[tuple[str, int, int]]
+
+
+def encode_consumer_report(report: ConsumerReport) -> bytes:
+    return encode_frame(KIND_CONSUMER, {"consumed": report.consumed,
+                                        "decode_errors": report.decode_errors,
+                                        "lag": report.lag})
+
+
+def consumer_report_of(header: dict[str, Any]) -> ConsumerReport:
+    try:
+        counts = [{str(t): int(n) for t, n in dict(header[k]).items()}
+                  for k in ("consumed", "decode_errors")]
+        if any(n < 0 for c in counts for n in c.values()):
+            raise FrameError("negative consumer count")
+        lag = [(str(t), int(p), int(n)) for t, p, n in header["lag"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FrameError):
+            raise
+        raise FrameError(f"consumer header is malformed: {exc!r}") from None
+    return ConsumerReport(consumed=counts[0], decode_errors=counts[1], lag=lag)

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -34,10 +35,13 @@ from esper.nissa.report import (
     KIND_ERROR,
     KIND_READY,
     BatchReport,
+    ConsumerReport,
+    encode_consumer_report,
     encode_frame,
     encode_report,
 )
-from esper.oona.consumer import Assignment
+from esper.oona.aio import cancel_and_join
+from esper.oona.consumer import Assignment, OonaConsumer
 from esper.runtime.config import ConfigError
 from esper.runtime.logs import configure_logging
 
@@ -50,6 +54,8 @@ EXIT_STOPPED, EXIT_FAILED, EXIT_STARTUP = 0, 1, 2
 # threshold (700) the cyclic collector runs ~150 times per batch and costs ~10% of ingest.
 # Nothing here builds reference cycles in bulk, so collect far less often.
 GC_THRESHOLDS = (50_000, 20, 100)
+# Seconds between the consumer metrics (lag, decoded, refused) a worker forwards.
+CONSUMER_REPORT_S = 1.0
 
 
 def config_line(config: NissaConfig, worker: int) -> bytes:
@@ -91,6 +97,9 @@ class ReportPipe:
     async def report(self, report: BatchReport) -> None:
         self._writer.write(encode_report(report))
         await self._writer.drain()
+
+    def consumer(self, report: ConsumerReport) -> None:
+        self._writer.write(encode_consumer_report(report))
 
     async def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -139,13 +148,32 @@ async def _ingest(config: NissaConfig, worker: int, pool: asyncpg.Pool, pipe: Re
     pipe.send(KIND_READY, {"pid": os.getpid()})
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     stopped = asyncio.create_task(stop.wait())
+    forwarding = asyncio.create_task(_forward_consumer_metrics(ingestor.consumer, pipe))
     try:
         await asyncio.wait({stopped, ingestor.task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
+        await cancel_and_join(forwarding, log)
         failed = ingestor.task.done() and not stop.is_set()
         await ingestor.stop()
     return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+async def _forward_consumer_metrics(consumer: OonaConsumer, pipe: ReportPipe) -> None:
+    """Every CONSUMER_REPORT_S, what the consumer decoded and refused since the last
+    report and its lag per partition: the server exports them on its /metrics."""
+    consumed: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    while True:
+        await asyncio.sleep(CONSUMER_REPORT_S)
+        now_consumed = consumer.consumed_by_topic.copy()
+        now_refused = consumer.decode_errors_by_topic.copy()
+        pipe.consumer(ConsumerReport(
+            consumed=dict(now_consumed - consumed),
+            decode_errors=dict(now_refused - refused),
+            lag=[(topic, partition, lag) for (topic, partition), lag in consumer.lag.items()],
+        ))
+        consumed, refused = now_consumed, now_refused
 
 
 def main() -> int:

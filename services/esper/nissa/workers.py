@@ -20,16 +20,19 @@ from esper.nissa.config import NissaConfig
 from esper.nissa.report import (
     KIND_ASSIGNED,
     KIND_BATCH,
+    KIND_CONSUMER,
     KIND_ERROR,
     KIND_READY,
     BatchReport,
     FrameError,
+    consumer_report_of,
     decode_frame,
     frame_length,
     report_of,
 )
 from esper.nissa.worker import config_line
 from esper.oona.aio import cancel_and_join
+from esper.oona.consumer import record_forwarded
 from esper.runtime.infra.process import with_death_signal
 from esper.runtime.metrics import REGISTRY
 
@@ -158,6 +161,10 @@ class IngestWorkers:
                 header, blobs = await _read_frame(proc)
                 if header["kind"] == KIND_BATCH:
                     self.on_report(report_of(header, blobs))
+                elif header["kind"] == KIND_CONSUMER:
+                    stats = consumer_report_of(header)
+                    record_forwarded(self.config.consumer_group, stats.consumed,
+                                     stats.decode_errors, stats.lag)
                 elif header["kind"] == KIND_ASSIGNED:
                     self.partitions[index] = int(header.get("partitions", 0))
                     PARTITIONS.labels(str(index)).set(self.partitions[index])

@@ -7,6 +7,7 @@ and skipped (their offsets are committed with the batch: they can never succeed)
 from __future__ import annotations
 
 import logging
+from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Self
@@ -76,6 +77,22 @@ class ConsumedEvent:
 
 
 Handler = Callable[[list[ConsumedEvent]], Awaitable[None]]
+
+
+def record_forwarded(
+    group: str,
+    consumed: dict[str, int],
+    decode_errors: dict[str, int],
+    lag: list[tuple[str, int, int]],
+) -> None:
+    """Count in this process's metrics what a consumer in another process reported:
+    events decoded and records refused per topic (increments), lag per partition."""
+    for topic, count in consumed.items():
+        CONSUMED.labels(group, topic).inc(count)
+    for topic, count in decode_errors.items():
+        DECODE_ERRORS.labels(topic).inc(count)
+    for topic, partition, records in lag:
+        LAG.labels(group, topic, str(partition)).set(records)
 # The partitions a group member owns after a rebalance.
 Assignment = frozenset[TopicPartition]
 
@@ -117,6 +134,12 @@ class OonaConsumer:
         self.group_id = group_id
         self.max_records = max_records
         self.decode_errors = 0
+        # What the Prometheus metrics above record, also kept here so a process without
+        # its own /metrics (a Nissa ingest worker) can forward it: events decoded and
+        # records refused per topic since start, and the lag per (topic, partition).
+        self.consumed_by_topic: Tally[str] = Tally()
+        self.decode_errors_by_topic: Tally[str] = Tally()
+        self.lag: dict[tuple[str, int], int] = {}
         listened = on_assign is not None and group_id is not None
         self._consumer = AIOKafkaConsumer(
             *(() if listened else self.topics),  # subscribed in start(), with the listener
@@ -168,14 +191,15 @@ class OonaConsumer:
             # One counter update per partition batch: a labelled inc per event costs more
             # than decoding the event.
             CONSUMED.labels(self.group_id or "", tp.topic).inc(len(events) - before)
+            self.consumed_by_topic[tp.topic] += len(events) - before
             self._observe_lag(tp, offsets[tp])
         return events, offsets
 
     def _observe_lag(self, tp: TopicPartition, next_offset: int) -> None:
         highwater = self._consumer.highwater(tp)
         if highwater is not None:
-            LAG.labels(self.group_id or "", tp.topic, str(tp.partition)).set(
-                max(0, highwater - next_offset))
+            lag = self.lag[(tp.topic, tp.partition)] = max(0, highwater - next_offset)
+            LAG.labels(self.group_id or "", tp.topic, str(tp.partition)).set(lag)
 
     def _decode(self, record: ConsumerRecord) -> ConsumedEvent | None:
         headers = tuple(record.headers or ())
@@ -183,6 +207,7 @@ class OonaConsumer:
             event = decode_event(record.value, headers)
         except DecodeError as exc:
             self.decode_errors += 1
+            self.decode_errors_by_topic[record.topic] += 1
             DECODE_ERRORS.labels(record.topic).inc()
             log.warning(
                 "oona: undecodable record %s[%d]@%d: %s",
