@@ -9,25 +9,21 @@ broker:
 - `build`: the step, and every `every` steps a TrainingSnapshot built as Tolaria builds
   one (metrics, one LayerHealth per layer, a seed, resources) - Tolaria builds it anyway
   for Tamiyo, so it is not the producer's cost;
-- `publish`: as `build`, then `new_event` + `publish` of it, with the sender sending in
-  the background: in a sidecar process (SidecarOonaProducer, what Tolaria uses) or in a
-  thread of the training process (ThreadedOonaProducer, for comparison). Each producer is
-  measured on its own, one after the other.
+- `publish`: as `build`, then `new_event` + `ThreadedOonaProducer.publish` of it, with
+  the sender thread sending in the background.
 
 For each cadence (`every` = 1, the worst case of a snapshot per step; 10; and Tolaria's
 default `snapshot_every`, 20) a round runs one unit of each arm (a unit: `every` steps,
 at least 10), in an order that rotates from round to round, so drift and the bursts of
 other load on a shared machine hit every arm alike. The claim is the median over rounds
 of wall(publish unit) / wall(build unit) - 1: what the producer adds to a training step.
-The sender's tail can spill into the next unit of another arm, so the report also
+The sender thread's tail can spill into the next unit of another arm, so the report also
 gives a CPU-accounted bound that cannot hide it: (time in new_event + publish per step
-+ the sender's CPU per step (the sidecar's process CPU, or the thread's CPU clock)) /
-step time, as if the sender ran on the training thread's core; the training thread's own
-CPU-time ratio (time.thread_time); and the ratio against the bare step (snapshot building
-included). The claim is the sidecar's overhead.
++ the sender thread's CPU per step (its thread CPU clock)) / step time, as if the
+sender ran on the training thread's core; the training thread's own CPU-time ratio
+(time.thread_time); and the ratio against the bare step (snapshot building included).
 
     .venv/bin/python benchmarks/bench_oona_producer.py [--rounds 150] [--every 1,10,20]
-        [--producers sidecar,threaded]
 
 Writes benchmarks/results/bench_oona_producer.json.
 """
@@ -46,12 +42,10 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import torch
 
 from esper.leyline.v1 import lifecycle_pb2, signals_pb2
 from esper.oona import ThreadedOonaProducer, new_event
-from esper.oona.sidecar import SidecarOonaProducer
 from esper.runtime.infra import Broker, free_port
 from esper.tolaria.config import DEFAULT_SNAPSHOT_EVERY
 from esper.tolaria.tasks import load_task
@@ -126,16 +120,18 @@ def run_block(trainer, arm: str, every: int, steps: int, producer, run_id: str, 
     return time.perf_counter() - wall0, time.thread_time() - cpu0, published, in_publish
 
 
-def sender_cpu_seconds(producer) -> float:
-    """CPU seconds the producer's sender used so far: the sidecar process's, or the sender
-    thread's (its thread CPU clock)."""
-    if isinstance(producer, SidecarOonaProducer):
-        times = psutil.Process(producer.pid).cpu_times()
-        return times.user + times.system
+def thread_cpu_seconds(thread_id: int | None) -> float:
+    """CPU seconds used so far by the thread with this `threading` ident."""
+    if thread_id is None:
+        return 0.0
+    return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+
+
+def sender_thread_id() -> int | None:
     for thread in threading.enumerate():
-        if thread.name == "oona-producer" and thread.ident is not None:
-            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-    return 0.0
+        if thread.name == "oona-producer":
+            return thread.ident
+    return None
 
 
 def measure_cadence(trainer, producer, every: int, rounds: int, run_id: str, step0: int):
@@ -146,7 +142,8 @@ def measure_cadence(trainer, producer, every: int, rounds: int, run_id: str, ste
     wall = {arm: [] for arm in ARMS}
     cpu = {arm: [] for arm in ARMS}
     published, publish_wall, in_publish = 0, 0.0, 0.0
-    sender_before = sender_cpu_seconds(producer)
+    tid = sender_thread_id()
+    sender_before = thread_cpu_seconds(tid)
     for r in range(rounds):
         got = {}
         for arm in ARMS[r % 3 :] + ARMS[: r % 3]:
@@ -160,7 +157,7 @@ def measure_cadence(trainer, producer, every: int, rounds: int, run_id: str, ste
         ratios["wall"].append(got["publish"][0] / got["build"][0])
         ratios["cpu"].append(got["publish"][1] / got["build"][1])
         ratios["wall_vs_base"].append(got["publish"][0] / got["base"][0])
-    sender_cpu = sender_cpu_seconds(producer) - sender_before
+    sender_cpu = thread_cpu_seconds(tid) - sender_before
     build_step = statistics.median(wall["build"])
     train_extra = statistics.median(cpu["publish"]) - statistics.median(cpu["build"])
     publish_per_step = in_publish / (rounds * steps)
@@ -178,60 +175,41 @@ def measure_cadence(trainer, producer, every: int, rounds: int, run_id: str, ste
         "publish_call_us_per_event": in_publish / published * 1e6 if published else 0.0,
         "sender_cpu_us_per_step": sender_per_step * 1e6,
         "sender_cpu_us_per_event": sender_cpu / published * 1e6 if published else 0.0,
-        # The time the training thread spends in new_event + publish, plus the sender's
-        # CPU time as if it were all taken from the training thread (it runs on the other
-        # core most of the time): an upper bound, and far less noisy than wall-clock
-        # ratios on a shared machine.
+        # The time the training thread spends in new_event + publish, plus the sender
+        # thread's CPU time as if it were all taken from the training thread (it runs on
+        # the other core most of the time): an upper bound, and far less noisy than
+        # wall-clock ratios on a shared machine.
         "overhead_cpu_bound": (publish_per_step + sender_per_step) / build_step,
         "events_published": published,
         "meets_target": overhead <= TARGET_OVERHEAD,
     }
 
 
-PRODUCERS = {"sidecar": SidecarOonaProducer, "threaded": ThreadedOonaProducer}
-
-
-def measure_producer(kind: str, bootstrap: str, trainer: Trainer, cadences: list[int],
-                     rounds: int) -> dict:
-    producer = PRODUCERS[kind](bootstrap, client_id=f"bench-{kind}").start()
-    results = []
+def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)  # the sender thread competes for the same two cores
+    state = Path(tempfile.mkdtemp(prefix="esper-bench-oona-"))
+    broker = Broker(state, free_port())
+    broker.start()
+    producer = ThreadedOonaProducer(broker.bootstrap, client_id="bench").start()
+    cadences = []
     try:
         assert producer.wait_connected(30)
+        trainer = Trainer()
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         step0, _ = measure_cadence(trainer, producer, 1, 10, run_id, 0)  # warm-up
-        for every in cadences:
-            step0, result = measure_cadence(trainer, producer, every, rounds, run_id, step0)
-            results.append(result)
-            print(json.dumps({"producer": kind, **result}))
+        for every in args.every:
+            step0, result = measure_cadence(trainer, producer, every, args.rounds, run_id, step0)
+            cadences.append(result)
+            print(json.dumps(result))
         assert producer.flush(60)
         stats = producer.stats()
     finally:
         producer.stop()
-    return {
-        "cadences": results,
-        "meets_target": all(c["meets_target"] for c in results),
-        "events_sent": stats.sent,
-        "events_dropped": stats.dropped,
-    }
-
-
-def main(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(1)  # the sender competes for the same two cores
-    state = Path(tempfile.mkdtemp(prefix="esper-bench-oona-"))
-    broker = Broker(state, free_port())
-    broker.start()
-    try:
-        trainer = Trainer()
-        measured = {kind: measure_producer(kind, broker.bootstrap, trainer, args.every,
-                                           args.rounds) for kind in args.producers}
-    finally:
         broker.stop()
         shutil.rmtree(state, ignore_errors=True)
-    claimed = measured.get("sidecar") or next(iter(measured.values()))
     return {
         "benchmark": "oona_producer_step_cost",
-        "claim": "median over rounds of wall(step+snapshot+publish) / wall(step+snapshot) - 1,"
-                 " with Tolaria's producer (the sidecar)",
+        "claim": "median over rounds of wall(step+snapshot+publish) / wall(step+snapshot) - 1",
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -240,17 +218,12 @@ def main(args: argparse.Namespace) -> dict:
         },
         "model": {"task": "digits", "model": "SmallCNN", "batch": BATCH, "torch_threads": 1},
         "tolaria_default_snapshot_every": DEFAULT_SNAPSHOT_EVERY,
-        "producers": measured,
+        "cadences": cadences,
         "target_overhead": TARGET_OVERHEAD,
-        "meets_target": claimed["meets_target"],
+        "meets_target": all(c["meets_target"] for c in cadences),
+        "events_sent": stats.sent,
+        "events_dropped": stats.dropped,
     }
-
-
-def _producers(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values or any(v not in PRODUCERS for v in values):
-        raise argparse.ArgumentTypeError(f"--producers: comma-separated names of {sorted(PRODUCERS)}")
-    return values
 
 
 def _cadences(text: str) -> list[int]:
@@ -266,7 +239,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--every", type=_cadences, default=sorted({1, 10, DEFAULT_SNAPSHOT_EVERY})
     )
-    parser.add_argument("--producers", type=_producers, default=["sidecar", "threaded"])
     result = main(parser.parse_args())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

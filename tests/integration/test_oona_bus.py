@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from esper.leyline.v1 import signals_pb2
 from esper.oona import OonaConsumer, OonaProducer, ThreadedOonaProducer, new_event
-from esper.oona.sidecar import SidecarOonaProducer
 from esper.oona.topics import (
     TELEMETRY_TRAINING,
     TOPIC_NAMES,
@@ -256,55 +255,38 @@ async def test_consumer_reports_its_lag_per_partition(broker):
     assert lag == 6 - next_offset == 4
 
 
-PRODUCERS = {"threaded": ThreadedOonaProducer, "sidecar": SidecarOonaProducer}
-
-
-@pytest.mark.parametrize("kind", sorted(PRODUCERS))
-def test_broker_outage_never_blocks_publish_and_events_after_recovery_arrive(kind):
+def test_broker_outage_never_blocks_publish_and_events_after_recovery_arrive():
     tansu = Tansu()
     tansu.start()
     try:
-        _outage_and_recovery(tansu, PRODUCERS[kind])
+        _outage_and_recovery(tansu)
     finally:
         tansu.stop()
 
 
-def _settled(producer, done, timeout_s: float = 5.0):
-    """The producer's stats once `done(stats)` holds (a sidecar reports twice a second)."""
-    deadline = time.monotonic() + timeout_s
-    stats = producer.stats()
-    while not done(stats) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stats = producer.stats()
-    return stats
-
-
-def _outage_and_recovery(tansu: Tansu, producer_cls) -> None:
-    producer = producer_cls(tansu.bootstrap, client_id="outage", queue_capacity=50)
+def _outage_and_recovery(tansu: Tansu) -> None:
+    producer = ThreadedOonaProducer(tansu.bootstrap, client_id="outage", queue_capacity=50)
     producer.start()
     try:
         assert producer.wait_connected(20)
         for step in range(10):
             producer.publish(_snapshot_event("before", step))
         assert producer.flush(20)
-        assert _settled(producer, lambda s: s.sent == 10).sent == 10
+        assert producer.stats().sent == 10
 
         tansu.stop()
-        started = time.perf_counter()
         for step in range(500):  # the broker is gone: publish returns at once, drops count
             producer.publish(_snapshot_event("down", step))
-        assert time.perf_counter() - started < 5.0
-        # At most the buffer and one batch in flight are held; the rest is dropped.
-        stats = _settled(producer, lambda s: s.dropped >= 500 - 2 * 50)
+        stats = producer.stats()
         assert stats.published + stats.dropped_queue_full == 510  # every event accounted for
-        assert stats.dropped >= 500 - 2 * 50
+        assert stats.dropped >= 500 - 2 * 50  # at most the buffer and one batch in flight
 
         tansu.start()  # a fresh broker: tansu lost every topic with the restart
         assert producer.flush(60), producer.stats()
         after = [_snapshot_event("after", step) for step in range(20)]
         assert all(producer.publish(event) for event in after)
         assert producer.flush(60), producer.stats()
-        assert _settled(producer, lambda s: s.connected).connected
+        assert producer.stats().connected
     finally:
         producer.stop()
 
@@ -321,60 +303,3 @@ def _outage_and_recovery(tansu: Tansu, producer_cls) -> None:
     events = asyncio.run(read_back())
     after_ids = {e.event_id for e in after}
     assert after_ids <= {e.event.event_id for e in events}
-
-
-def test_a_dead_sidecar_costs_drops_not_errors(broker):
-    producer = SidecarOonaProducer(broker.bootstrap, client_id="victim").start()
-    try:
-        assert producer.publish(_snapshot_event("victim", 0))
-        os.kill(producer.pid, 9)
-        deadline = time.monotonic() + 10
-        while producer.publish(_snapshot_event("victim", 1)) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the socket may take a packet or two before the peer is gone
-        assert not producer.publish(_snapshot_event("victim", 2))
-        assert producer.stats().dropped_queue_full >= 2
-        assert not producer.flush(1)
-    finally:
-        producer.stop(0)
-
-
-def test_the_sidecar_sends_what_it_holds_and_exits_when_its_training_process_dies(broker):
-    run = f"orphan-{uuid.uuid4().hex[:6]}"
-    script = f"""
-import os, sys
-from esper.leyline.v1 import signals_pb2
-from esper.oona import new_event
-from esper.oona.sidecar import SidecarOonaProducer
-producer = SidecarOonaProducer({broker.bootstrap!r}, client_id="orphan").start()
-for step in range(50):
-    snap = signals_pb2.TrainingSnapshot(run_id={run!r}, step=step)
-    assert producer.publish(new_event(source="tolaria", run_id={run!r}, snapshot=snap))
-print(producer.pid, flush=True)
-os.kill(os.getpid(), 9)
-"""
-    trainer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             timeout=60)
-    sidecar_pid = int(trainer.stdout.split()[0])
-    deadline = time.monotonic() + 20
-    while _alive(sidecar_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(sidecar_pid), "the orphaned sidecar did not exit"
-
-    async def read_back():
-        consumer = OonaConsumer(broker.bootstrap, [TELEMETRY_TRAINING], group_id=None)
-        await consumer.start()
-        try:
-            return await _collect(consumer, lambda ev: sum(e.event.run_id == run for e in ev) >= 50)
-        finally:
-            await consumer.stop()
-
-    events = [e for e in asyncio.run(read_back()) if e.event.run_id == run]
-    assert [e.event.snapshot.step for e in events] == list(range(50))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

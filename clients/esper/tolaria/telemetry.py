@@ -1,7 +1,6 @@
 """Telemetry of a run through Oona: snapshots, seed transitions, decision acks, field
 reports and outage alerts, published as TelemetryEvents without ever blocking the step
-(SidecarOonaProducer: the sending runs in a child process, so it never holds the training
-thread's GIL; a full socket drops and counts). Without a bootstrap nothing is sent."""
+(ThreadedOonaProducer: bounded buffer, drop counter). Without a bootstrap nothing is sent."""
 
 from __future__ import annotations
 
@@ -13,10 +12,9 @@ from esper.leyline.v1 import telemetry_pb2
 log = logging.getLogger(__name__)
 
 SOURCE = "tolaria"
-# Seconds to wait for the producer's sidecar process to come up (it imports its libraries
-# first); it connects to the broker in the background and buffers meanwhile, so this never
-# waits on the network.
-START_TIMEOUT_S = 30.0
+# Seconds to wait for the producer's event loop to come up; the producer connects to the
+# broker in the background and buffers meanwhile, so this never waits on the network.
+START_TIMEOUT_S = 10.0
 # Seconds granted at close to deliver what is buffered.
 CLOSE_FLUSH_S = 5.0
 
@@ -30,11 +28,10 @@ class Telemetry:
         self._producer = producer
         self._owned = False
         if producer is None and bootstrap:
-            from esper.oona.sidecar import SidecarOonaProducer
+            from esper.oona import ThreadedOonaProducer
 
             _configure_tracing()
-            self._producer = SidecarOonaProducer(bootstrap, client_id="tolaria").start(
-                START_TIMEOUT_S)
+            self._producer = ThreadedOonaProducer(bootstrap).start(START_TIMEOUT_S)
             self._owned = True
 
     @property

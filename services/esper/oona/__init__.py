@@ -13,7 +13,6 @@ from esper.oona.envelope import (
     trace_context_of,
 )
 from esper.oona.producer import OonaProducer, ProducerStats, ThreadedOonaProducer
-from esper.oona.sidecar import SidecarOonaProducer
 from esper.oona.topics import TOPICS, ensure_topics, event_key, topic_for
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "OonaConsumer",
     "OonaProducer",
     "ProducerStats",
-    "SidecarOonaProducer",
     "ThreadedOonaProducer",
     "decode_event",
     "encode_event",

@@ -99,22 +99,6 @@ CONNECTED = Gauge(
 )
 
 
-def outbound_record(
-    event: telemetry_pb2.TelemetryEvent, *, topic: str | None = None, key: bytes | None = None
-) -> OutboundRecord:
-    """An event encoded for Kafka: its topic (default: the payload kind's), key (default:
-    the run id or blueprint ref), value and headers; the current trace context is stamped
-    into the envelope when it carries none."""
-    if not event.trace.traceparent:
-        stamp_trace(event)
-    return OutboundRecord(
-        topic=topic or topic_for(event),
-        key=key if key is not None else event_key(event),
-        value=encode_event(event),
-        headers=kafka_headers(event),
-    )
-
-
 @dataclass(frozen=True)
 class ProducerStats:
     """Counters of one producer."""
@@ -185,10 +169,14 @@ class OonaProducer:
         """Queue an event; never waits. Returns False when it was dropped (buffer full or
         producer stopped). The topic defaults to the payload kind's, the key to the run id
         (or blueprint ref)."""
-        return self.publish_record(outbound_record(event, topic=topic, key=key))
-
-    def publish_record(self, record: OutboundRecord) -> bool:
-        """Queue an already encoded event (see `outbound_record`); never waits."""
+        if not event.trace.traceparent:
+            stamp_trace(event)
+        record = OutboundRecord(
+            topic=topic or topic_for(event),
+            key=key if key is not None else event_key(event),
+            value=encode_event(event),
+            headers=kafka_headers(event),
+        )
         if self._closing:
             self._buffer.dropped += 1
             return False
