@@ -83,25 +83,34 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DERIVED_TABLES = ("epochs", "seed_transitions", "decisions", "acks", "field_reports")
 
-INSERT_EVENTS = """
-WITH ins AS (
-    INSERT INTO nissa.events SELECT * FROM pg_temp.in_events ON CONFLICT DO NOTHING
-    RETURNING event_id, run_id, time, step, epoch
-), runs AS (
+# Adds a batch's per-run totals (rows of run_id, first time, last time, highest step and
+# epoch, events) to nissa.runs; both write paths use it.
+_ADD_TO_RUNS = """
     INSERT INTO nissa.runs AS r (run_id, started_at, last_event_at, last_step, last_epoch,
                                  event_count)
-    SELECT run_id, min(time), max(time), coalesce(max(step), 0), coalesce(max(epoch), 0),
-           count(*)
-    FROM ins WHERE run_id <> '' GROUP BY run_id
+    {totals}
     ON CONFLICT (run_id) DO UPDATE SET
         started_at    = least(r.started_at, excluded.started_at),
         last_event_at = greatest(r.last_event_at, excluded.last_event_at),
         last_step     = greatest(r.last_step, excluded.last_step),
         last_epoch    = greatest(r.last_epoch, excluded.last_epoch),
         event_count   = r.event_count + excluded.event_count
-)
+"""
+
+INSERT_EVENTS = """
+WITH ins AS (
+    INSERT INTO nissa.events SELECT * FROM pg_temp.in_events ON CONFLICT DO NOTHING
+    RETURNING event_id, run_id, time, step, epoch
+), runs AS (""" + _ADD_TO_RUNS.format(totals="""
+    SELECT run_id, min(time), max(time), coalesce(max(step), 0), coalesce(max(epoch), 0),
+           count(*)
+    FROM ins WHERE run_id <> '' GROUP BY run_id""") + """)
 SELECT event_id FROM ins
 """
+
+ADD_RUN_TOTALS = _ADD_TO_RUNS.format(totals="""
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
+                         $5::integer[], $6::bigint[])""")
 
 UPSERT_HEARTBEAT = """
 INSERT INTO nissa.heartbeats AS h (service, instance_id, interval_seconds, last_seen)
@@ -109,19 +118,6 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (service, instance_id) DO UPDATE SET
     interval_seconds = excluded.interval_seconds,
     last_seen = greatest(h.last_seen, excluded.last_seen)
-"""
-
-ADD_RUN_TOTALS = """
-INSERT INTO nissa.runs AS r (run_id, started_at, last_event_at, last_step, last_epoch,
-                             event_count)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
-                     $5::integer[], $6::bigint[])
-ON CONFLICT (run_id) DO UPDATE SET
-    started_at    = least(r.started_at, excluded.started_at),
-    last_event_at = greatest(r.last_event_at, excluded.last_event_at),
-    last_step     = greatest(r.last_step, excluded.last_step),
-    last_epoch    = greatest(r.last_epoch, excluded.last_epoch),
-    event_count   = r.event_count + excluded.event_count
 """
 
 # A newly stored event: the event, its serialized bytes, its time and its payload kind.
