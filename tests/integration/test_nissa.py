@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 STAGE = lifecycle_pb2
 
 
-def _config(dsn: str, bootstrap: str, group: str) -> NissaConfig:
+def _config(dsn: str, bootstrap: str, group: str, ingest_workers: int = 2) -> NissaConfig:
     config = NissaConfig(
         port=0,
         metrics_port=0,
@@ -40,6 +40,7 @@ def _config(dsn: str, bootstrap: str, group: str) -> NissaConfig:
         kafka_bootstrap=bootstrap,
         consumer_group=group,
         heartbeat_check_s=0.5,
+        ingest_workers=ingest_workers,
     )
     config.validate()
     return config
@@ -161,12 +162,15 @@ async def _summary(address: str, run: str) -> nissa_pb2.GetRunSummaryResponse | 
             return None
 
 
-async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("ingest_workers", [2, 0], ids=["workers", "in-process"])
+async def test_run_history_restart_and_redelivery(
+    fresh_database, kafka_bootstrap, tmp_path, ingest_workers
+):
     run = f"run-{uuid.uuid4().hex[:8]}"
     group = f"nissa-{uuid.uuid4().hex[:6]}"
     events = _run_events(run)
     first_half, rest = events[:20], events[20:]
-    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group))
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group, ingest_workers))
     try:
         await _publish(kafka_bootstrap, first_half)
         assert await _wait_for(lambda: _has_count(fresh_database, run, 20))
@@ -174,7 +178,7 @@ async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstra
         await running.stop(0)
 
     await _publish(kafka_bootstrap, rest)  # published while Nissa is down
-    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group))
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group, ingest_workers))
     total = len(first_half) + len(rest)
     try:
         assert await _wait_for(lambda: _has_count(fresh_database, run, total))
@@ -212,7 +216,7 @@ async def test_run_history_restart_and_redelivery(fresh_database, kafka_bootstra
 
     # A brand-new consumer group re-reads every event: nothing is counted twice. Markers
     # of the run on each of its topics (same key, same partition) arrive after the replay.
-    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, f"{group}-replay"))
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, f"{group}-replay", ingest_workers))
     markers = _run_events(run)[27:]  # a snapshot and one event of every other kind
     try:
         await _publish(kafka_bootstrap, markers)
