@@ -27,6 +27,7 @@ from torch import nn
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
 from esper.kasmina import wrap
+from esper.kasmina.testing import force_fossilize
 
 RESULTS = Path(__file__).parent / "results" / "bench_kasmina_overhead.json"
 
@@ -96,20 +97,6 @@ def dormant(make, trials, n):
     return res
 
 
-def _fossilize(slot, seed):
-    slot.germinate(seed, step=0, function_preserving=False)
-    slot.advance(0)
-    r = slot.record
-    r.seed_improvement, r.steps_in_stage = -1.0, 10**6
-    slot.advance(0)
-    slot._set_alpha_step(10**6)
-    slot.advance(0, loss=1.0)
-    r.steps_in_stage = 10**6
-    slot.advance(0, loss=1.0)
-    r.steps_in_stage = 10**6
-    slot.advance(0, loss=1.0)
-
-
 class Residual(nn.Module):
     def __init__(self, body):
         super().__init__()
@@ -131,7 +118,7 @@ def fossil(trials, n):
             for p in seed.parameters():
                 p.normal_(0, 0.02)
         seeds[sid] = copy.deepcopy(seed)
-        _fossilize(slot, seed)
+        force_fossilize(slot, seed)
     # the equivalent static model: merged first Linear, explicit residual after the 4th
     for slot in wrapped.slots.values():
         slot.remove_hook()

@@ -11,6 +11,7 @@ from torch import nn
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
 from esper.kasmina import wrap
+from esper.kasmina.testing import force_fossilize
 from esper.leyline.v1.common_pb2 import SlotKind
 
 
@@ -113,18 +114,7 @@ def test_unwrap_fossil_in_transformer_matches():
     with torch.no_grad():
         for p in seed.parameters():
             p.normal_(0, 0.1)
-    slot.germinate(seed, step=0, function_preserving=False)
-    # drive to FOSSILIZED through the gates with hand-set measurements
-    slot.advance(0)
-    r = slot.record
-    r.seed_improvement, r.steps_in_stage = -1.0, 10**6
-    slot.advance(0)
-    slot._set_alpha_step(10**6)
-    slot.advance(0, loss=1.0)
-    r.steps_in_stage = 10**6
-    slot.advance(0, loss=1.0)
-    r.steps_in_stage = 10**6
-    slot.advance(0, loss=1.0)
+    force_fossilize(slot, seed)  # through the gates, with hand-set measurements
     model.eval()
     plain = model.unwrap().eval()
     assert not any("esper" in type(m).__module__ for m in plain.modules())
