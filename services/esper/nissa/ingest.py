@@ -110,7 +110,7 @@ class Ingestor:
             await self.consumer.stop()  # a half-started client leaves no connections behind
             raise
         self._task = asyncio.create_task(self._run(), name="nissa-ingest")
-        self._task.add_done_callback(_log_failure)
+        self._task.add_done_callback(log_task_failure)
 
     @property
     def task(self) -> asyncio.Task[None]:
@@ -218,7 +218,7 @@ class Ingestor:
         )
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
+def log_task_failure(task: asyncio.Task[None]) -> None:
     """A background task that ended on its own (not cancelled) stopped ingesting: say so."""
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
@@ -246,7 +246,7 @@ class HeartbeatWatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="nissa-heartbeats")
-        self._task.add_done_callback(_log_failure)
+        self._task.add_done_callback(log_task_failure)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from prometheus_client import Counter, Gauge
 
 from esper.nissa.config import NissaConfig
+from esper.nissa.ingest import log_task_failure
 from esper.nissa.report import (
     KIND_ASSIGNED,
     KIND_BATCH,
@@ -90,6 +91,7 @@ class IngestWorkers:
             raise
         for index, proc in enumerate(readies):
             task = asyncio.create_task(self._supervise(index, proc), name=f"nissa-worker-{index}")
+            task.add_done_callback(log_task_failure)
             self._tasks.append(task)
 
     async def stop(self) -> None:
@@ -160,7 +162,7 @@ class IngestWorkers:
             try:
                 header, blobs = await _read_frame(proc)
                 if header["kind"] == KIND_BATCH:
-                    self.on_report(report_of(header, blobs))
+                    self._apply(index, report_of(header, blobs))
                 elif header["kind"] == KIND_CONSUMER:
                     stats = consumer_report_of(header)
                     record_forwarded(self.config.consumer_group, stats.consumed,
@@ -175,6 +177,14 @@ class IngestWorkers:
                           index, exc)
                 _signal(proc, signal.SIGKILL)
                 return
+
+    def _apply(self, index: int, report: BatchReport) -> None:
+        """Apply a report; a failure here (a bug) is logged, never ends the supervision:
+        the batch is stored either way, only its gauges or live-tail delivery are lost."""
+        try:
+            self.on_report(report)
+        except Exception:
+            log.exception("nissa ingest worker %d: applying a batch report failed", index)
 
     async def _kill_all(self) -> None:
         for proc in self._procs.values():
