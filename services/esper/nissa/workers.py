@@ -73,6 +73,9 @@ class IngestWorkers:
         self.on_report = on_report
         # Partitions per worker index, from their latest "assigned" frames.
         self.partitions: dict[int, int] = {}
+        # New events each worker index has stored (a run's events go to one partition, so
+        # few runs may keep one worker busier than the others).
+        self.ingested: dict[int, int] = {}
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -181,6 +184,7 @@ class IngestWorkers:
     def _apply(self, index: int, report: BatchReport) -> None:
         """Apply a report; a failure here (a bug) is logged, never ends the supervision:
         the batch is stored either way, only its gauges or live-tail delivery are lost."""
+        self.ingested[index] = self.ingested.get(index, 0) + len(report.bodies)
         try:
             self.on_report(report)
         except Exception:
