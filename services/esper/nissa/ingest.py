@@ -102,13 +102,21 @@ class Ingestor:
         self.ingested = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, join: bool = True) -> None:
+        """Connect to Kafka and ingest; with `join=False` only connect, and ingest from
+        `join()` (see OonaConsumer.start)."""
         await ensure_topics(self.bootstrap)
         try:
-            await self.consumer.start()
+            await self.consumer.start(join=False)
         except BaseException:
             await self.consumer.stop()  # a half-started client leaves no connections behind
             raise
+        if join:
+            self.join()
+
+    def join(self) -> None:
+        """Join the consumer group and start ingesting."""
+        self.consumer.join()
         self._task = asyncio.create_task(self._run(), name="nissa-ingest")
         self._task.add_done_callback(log_task_failure)
 

@@ -5,7 +5,9 @@ One Python process decodes, translates and stores about 30-40k events/s; Nissa s
 over the group). The Nissa server starts it as `python -m esper.nissa.worker`, writes one
 JSON line on its stdin ({"config": NissaConfig fields, "worker": index}) and reads frames
 (`esper.nissa.report`) from its stdout: "ready" or "error" once at start, "assigned" after
-every rebalance, and a "batch" report per stored batch. Logs go to stderr. SIGTERM stops it
+every rebalance, and a "batch" report per stored batch. A ready worker joins the consumer
+group when the server writes "go" on its stdin: the server does so once every worker is
+ready, so they share the partitions from the first assignment. Logs go to stderr. SIGTERM stops it
 cleanly (it leaves the group, so its partitions move at once); it also gets SIGTERM when
 the server dies (the server wraps it in setpriv --pdeathsig)."""
 
@@ -54,6 +56,8 @@ EXIT_STOPPED, EXIT_FAILED, EXIT_STARTUP = 0, 1, 2
 # threshold (700) the cyclic collector runs ~150 times per batch and costs ~10% of ingest.
 # Nothing here builds reference cycles in bulk, so collect far less often.
 GC_THRESHOLDS = (50_000, 20, 100)
+# The line on stdin that lets a ready worker join the group.
+GO = b"go"
 # Seconds between the consumer metrics (lag, decoded, refused) a worker forwards.
 CONSUMER_REPORT_S = 1.0
 
@@ -141,13 +145,18 @@ async def _ingest(config: NissaConfig, worker: int, pool: asyncpg.Pool, pipe: Re
         on_assign=assigned,
     )
     try:
-        await ingestor.start()
+        await ingestor.start(join=False)
     except (KafkaError, OSError, TimeoutError) as exc:
         pipe.send(KIND_ERROR, {"message": f"kafka_bootstrap: cannot start the ingest: {exc}"})
         return EXIT_STARTUP
     pipe.send(KIND_READY, {"pid": os.getpid()})
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     stopped = asyncio.create_task(stop.wait())
+    if not await _go_or_stop(stopped):
+        stopped.cancel()
+        await ingestor.stop()
+        return EXIT_STOPPED
+    ingestor.join()
     forwarding = asyncio.create_task(_forward_consumer_metrics(ingestor.consumer, pipe))
     try:
         await asyncio.wait({stopped, ingestor.task}, return_when=asyncio.FIRST_COMPLETED)
@@ -157,6 +166,22 @@ async def _ingest(config: NissaConfig, worker: int, pool: asyncpg.Pool, pipe: Re
         failed = ingestor.task.done() and not stop.is_set()
         await ingestor.stop()
     return EXIT_FAILED if failed else EXIT_STOPPED
+
+
+async def _go_or_stop(stopped: asyncio.Task) -> bool:
+    """Wait for the server's "go" line on stdin (sent once every worker is ready, so all
+    join the group together); False when stopped first or the server went away."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    line = asyncio.ensure_future(reader.readline())
+    try:
+        done, _ = await asyncio.wait({stopped, line}, return_when=asyncio.FIRST_COMPLETED)
+        return line in done and line.result().strip() == GO
+    finally:
+        line.cancel()
+        transport.close()
 
 
 async def _forward_consumer_metrics(consumer: OonaConsumer, pipe: ReportPipe) -> None:

@@ -31,7 +31,7 @@ from esper.nissa.report import (
     frame_length,
     report_of,
 )
-from esper.nissa.worker import config_line
+from esper.nissa.worker import GO, config_line
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import record_forwarded
 from esper.runtime.infra.process import with_death_signal
@@ -89,6 +89,10 @@ class IngestWorkers:
         the first worker's reason) when one cannot start, leaving none running."""
         try:
             readies = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
+            # All join the group together: the first assignment then spreads the partitions,
+            # rather than the first to join taking a backlog the others' joins rebalance.
+            for proc in readies:
+                await _go(proc)
         except BaseException:
             await self._kill_all()
             raise
@@ -118,7 +122,6 @@ class IngestWorkers:
         assert proc.stdin is not None
         proc.stdin.write(config_line(self.config, index))
         await proc.stdin.drain()
-        proc.stdin.close()
         try:
             header, _ = await asyncio.wait_for(_read_frame(proc), START_TIMEOUT_S)
         except (TimeoutError, EOFError, FrameError) as exc:
@@ -155,7 +158,8 @@ class IngestWorkers:
             backoff = min(backoff * 2, RESTART_MAX_S)
             try:
                 proc = await self._spawn(index)
-            except WorkerStartError as exc:
+                await _go(proc)
+            except (WorkerStartError, ConnectionError) as exc:
                 log.error("nissa ingest worker %d: %s", index, exc)
                 proc = self._procs[index]
 
@@ -195,6 +199,14 @@ class IngestWorkers:
             _signal(proc, signal.SIGKILL)
         for proc in self._procs.values():
             await proc.wait()
+
+
+async def _go(proc: asyncio.subprocess.Process) -> None:
+    """Let a ready worker join the group (and close its stdin: nothing more is said)."""
+    assert proc.stdin is not None
+    proc.stdin.write(GO + b"\n")
+    await proc.stdin.drain()
+    proc.stdin.close()
 
 
 async def _read_frame(proc: asyncio.subprocess.Process):

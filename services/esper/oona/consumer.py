@@ -156,9 +156,18 @@ class OonaConsumer:
         )
         self._listener = _AssignmentListener(on_assign) if listened else None
 
-    async def start(self) -> None:
+    async def start(self, *, join: bool = True) -> None:
+        """Connect. A consumer with `on_assign` joins its group here, or, with
+        `join=False`, only at `join()`: members started together that join at the same
+        moment share the partitions from the first assignment, instead of the first one
+        taking everything until the others' joins rebalance the group."""
         await self._consumer.start()
-        if self._listener is not None:
+        if join:
+            self.join()
+
+    def join(self) -> None:
+        """Subscribe (join the group) if start() did not."""
+        if self._listener is not None and not self._consumer.subscription():
             self._consumer.subscribe(self.topics, listener=self._listener)
 
     async def stop(self) -> None:
