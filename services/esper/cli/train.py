@@ -14,11 +14,10 @@ import importlib
 import math
 import re
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
 from esper.cli.errors import UsageError
+
+# torch is imported by the functions that train, not here: every `esper` command imports
+# this module to build its parser, and torch costs a second or more of each one's start.
 
 # host:port (a name, an IPv4 address or a bracketed IPv6 address).
 ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
@@ -83,6 +82,9 @@ def _valid_address(value: str) -> bool:
 
 
 def _entry(spec: str):
+    from torch import nn
+    from torch.nn import functional as F
+
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise UsageError(f"--entry must be MODULE:FUNCTION, got {spec!r}")
@@ -106,6 +108,9 @@ def _entry(spec: str):
 
 
 def _workload(args: argparse.Namespace):
+    import torch
+    from torch.nn import functional as F
+
     from esper.tolaria.tasks import DatasetMissing, load_task
 
     torch.manual_seed(args.seed)
@@ -119,6 +124,8 @@ def _workload(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from esper.tolaria import CheckpointError, TolariaConfig, Trainer
 
     _check(args)
