@@ -241,3 +241,12 @@ def test_slot_shape_checks(shape, field):
     with pytest.raises(BlueprintError) as exc:
         resolve_for_shape(mlp_spec(), shape)
     assert exc.value.field_path == field
+
+
+def test_reserved_node_ids_cover_every_module_dict_attribute_of_this_torch():
+    import torch
+
+    from esper.blueprints.graph import MODULE_DICT_ATTRIBUTES, NODE_ID_RE
+
+    shadowing = {n for n in dir(torch.nn.ModuleDict()) if NODE_ID_RE.match(n)}
+    assert shadowing <= MODULE_DICT_ATTRIBUTES, sorted(shadowing - MODULE_DICT_ATTRIBUTES)

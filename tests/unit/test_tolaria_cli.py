@@ -80,15 +80,3 @@ def test_entry_point_trains_a_users_model(tmp_path, monkeypatch, capsys) -> None
     assert "must return (model, train_loader, val_loader, loss_fn)" in capsys.readouterr().err
     assert main(["train", "--entry", "my_task:missing"]) == 2
     sys.modules.pop("my_task", None)
-
-
-def test_building_the_cli_parser_does_not_import_torch():
-    """Every `esper` command builds the whole parser; torch would add a second to each."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from esper.cli.main import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'torch_geometric') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
-    assert out.strip() == "[]"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
-
 from esper.blueprints.attrs import MAX_DIM, read_attrs
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.metadata import check_metadata
@@ -36,8 +34,24 @@ MAX_BUILD_PARAMS = 500_000_000
 NODE_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # The reserved id of the slot activation.
 INPUT_ID = "input"
-# Ids that would shadow nn.ModuleDict attributes when used as module names.
-_RESERVED_IDS = frozenset(dir(torch.nn.ModuleDict())) | {INPUT_ID}
+# Ids that would shadow nn.ModuleDict attributes when used as module names: those of its
+# attributes that NODE_ID_RE admits. Spelled out rather than read from torch, so validating
+# a blueprint (Urza, Tamiyo, the CLI) does not import torch; a test compares it with the
+# installed torch, so an upgrade that adds attributes fails there first.
+MODULE_DICT_ATTRIBUTES = frozenset({
+    "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
+    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float",
+    "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half",
+    "ipu", "items", "keys", "load_state_dict", "modules", "mtia", "named_buffers",
+    "named_children", "named_modules", "named_parameters", "parameters", "pop",
+    "register_backward_hook", "register_buffer", "register_forward_hook",
+    "register_forward_pre_hook", "register_full_backward_hook",
+    "register_full_backward_pre_hook", "register_module", "register_parameter",
+    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
+    "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty",
+    "train", "training", "type", "update", "values", "xpu", "zero_grad",
+})
+_RESERVED_IDS = MODULE_DICT_ATTRIBUTES | {INPUT_ID}
 _SPATIAL_DIMS = {bp.OP_TYPE_CONV2D: 2, bp.OP_TYPE_CONV1D: 1}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from esper.leyline.v1.tamiyo_pb2 import PolicyInfo
 from esper.tamiyo.policies import HeuristicPolicy, Policy
-from esper.tamiyo.policies.artifact import PolicyArtifactError
+from esper.tamiyo.policies.errors import PolicyArtifactError
 
 log = logging.getLogger("esper.tamiyo.policies")
 
@@ -20,8 +20,12 @@ class PolicyUnavailable(Exception):
 
 
 class PolicyRegistry:
-    def __init__(self, heuristic: HeuristicPolicy | None = None) -> None:
+    def __init__(self, heuristic: HeuristicPolicy | None = None,
+                 torch_threads: int | None = None) -> None:
+        """`torch_threads`: torch's intra-op threads, set when the learned policy is first
+        loaded (torch is imported only then: a heuristic-only Tamiyo starts without it)."""
         self.heuristic = heuristic or HeuristicPolicy()
+        self.torch_threads = torch_threads
         self.gnn: Policy | None = None
         self.gnn_artifact = ""
         self._reload_lock = asyncio.Lock()
@@ -42,8 +46,13 @@ class PolicyRegistry:
 
     async def load_gnn(self, path: str, expected_sha256: str = "") -> PolicyInfo:
         """Load (or reload) the learned policy; PolicyArtifactError when the file is refused."""
+        import torch
+
         from esper.tamiyo.policies.artifact import load_policy  # torch: imported on first use
         from esper.tamiyo.policies.gnn import GnnPolicy
+
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
 
         async with self._reload_lock:
             loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-import torch
 
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.oona import OonaProducer
@@ -14,7 +13,7 @@ from esper.tamiyo.events import DecisionEvents
 from esper.tamiyo.heuristic_file import load_heuristic_config
 from esper.tamiyo.kernel_supply import KernelSupply
 from esper.tamiyo.policies import HeuristicPolicy
-from esper.tamiyo.policies.artifact import PolicyArtifactError
+from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.runs import RunRegistry
 from esper.tamiyo.servicer import TamiyoServicer
@@ -30,9 +29,8 @@ PRODUCER_FLUSH_S = 2.0
 
 
 async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
-    torch.set_num_threads(config.torch_threads)
     heuristic = HeuristicPolicy(load_heuristic_config(config.heuristic_config)) if config.heuristic_config else None
-    policies = PolicyRegistry(heuristic)
+    policies = PolicyRegistry(heuristic, torch_threads=config.torch_threads)
     if config.gnn_artifact:
         try:
             await policies.load_gnn(config.gnn_artifact, config.gnn_artifact_sha256)

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
-from esper.tamiyo.policies.artifact import PolicyArtifactError
+from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyUnavailable
 from esper.tamiyo.session import OpenRefused, SessionContext, SessionProtocol
 from esper.tamiyo.validation import (

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policies.features import FEATURE_SCHEMA, GLOBAL_FEATURES, NODE_FEATURES
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
@@ -24,10 +25,6 @@ ARTIFACT_FORMAT = "esper-tamiyo-gnn"
 ARTIFACT_FORMAT_VERSION = "1"
 # A policy file is a few hundred KB; anything much larger is not one of ours.
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
-
-
-class PolicyArtifactError(ValueError):
-    """A policy file that must not be loaded, with the reason."""
 
 
 @dataclass(frozen=True)
