@@ -154,7 +154,8 @@ class OonaConsumer:
             metadata_max_age_ms=5_000,  # notice topics created after start quickly
             max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         )
-        self._listener = _AssignmentListener(on_assign) if listened else None
+        self._on_assign = on_assign
+        self._listener = _AssignmentListener(self._assigned) if listened else None
 
     async def start(self, *, join: bool = True) -> None:
         """Connect. A consumer with `on_assign` joins its group here, or, with
@@ -164,6 +165,14 @@ class OonaConsumer:
         await self._consumer.start()
         if join:
             self.join()
+
+    def _assigned(self, partitions: Assignment) -> None:
+        # Forget the lag of partitions another member owns now: reported on, it would
+        # contradict what their new owner reports.
+        owned = {(tp.topic, tp.partition) for tp in partitions}
+        self.lag = {key: lag for key, lag in self.lag.items() if key in owned}
+        if self._on_assign is not None:
+            self._on_assign(partitions)
 
     def join(self) -> None:
         """Subscribe (join the group) if start() did not."""
