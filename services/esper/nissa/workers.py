@@ -80,10 +80,6 @@ class IngestWorkers:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for proc in self._procs.values()]
-
     async def start(self) -> None:
         """Start every worker and wait until each is ingesting; WorkerStartError (with
         the first worker's reason) when one cannot start, leaving none running."""
@@ -179,7 +175,7 @@ class IngestWorkers:
                     PARTITIONS.labels(str(index)).set(self.partitions[index])
             except EOFError:
                 return
-            except FrameError as exc:
+            except (ValueError, TypeError) as exc:  # FrameError, or a field of a wrong type
                 log.error("nissa ingest worker %d sent a bad frame (%s): stopping it",
                           index, exc)
                 _signal(proc, signal.SIGKILL)
