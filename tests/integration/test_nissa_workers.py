@@ -162,3 +162,13 @@ async def test_a_report_that_fails_to_apply_does_not_stop_the_supervision(
         assert all(proc.returncode is None for proc in workers._procs.values())
     finally:
         await workers.stop()
+
+
+@pytest.mark.parametrize("setup", [b"", b"not json\n", b'{"config": {"bogus": 1}, "worker": 0}\n',
+                                   b'{"config": {"ingest_workers": -1}, "worker": 0}\n'])
+def test_a_worker_given_a_bad_setup_line_exits_2_naming_it(setup):
+    worker = subprocess.run([sys.executable, "-m", WORKER_MODULE], input=setup,
+                            capture_output=True, timeout=60)
+    assert worker.returncode == 2
+    assert worker.stdout == b""  # no frame: the server reads "did not start"
+    assert b"worker setup" in worker.stderr or b"ingest_workers" in worker.stderr
