@@ -33,6 +33,7 @@ from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import Assignment, ConsumedEvent, OonaConsumer
 from esper.oona.producer import OonaProducer
 from esper.oona.topics import TOPIC_NAMES, ensure_topics
+from esper.runtime.postgres import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,7 @@ log = logging.getLogger(__name__)
 DB_RETRY_MIN_S = 0.2
 DB_RETRY_MAX_S = 5.0
 # Errors that mean "the database is unreachable for now" rather than "this batch is bad".
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
+DB_ERRORS = CONNECTION_ERRORS
 # Called with the report of every stored batch, after its offsets were committed.
 ReportSink = Callable[[BatchReport], Awaitable[None]]
 # Decoded batches waiting for the writer: one is enough to keep the fetcher busy while a
