@@ -13,6 +13,7 @@ from esper.runtime.infra import free_port
 from esper.runtime.server import start_server
 from esper.urza import service as urza_service
 from tests.integration.test_tamiyo_server import WIDTH, open_session, snap, tamiyo
+from tests.integration.test_urza import urza_config
 from tests.unit.test_tamiyo_support import graph
 
 pytestmark = pytest.mark.integration
@@ -22,11 +23,7 @@ WAIT_S = 30.0
 @pytest.fixture
 async def empty_urza(fresh_database, fresh_bucket, kafka_bootstrap):
     """Urza with the built-in blueprints and no kernel, as on a fresh `esper up`."""
-    config = urza_service.UrzaConfig(
-        port=0, metrics_port=-1, postgres_dsn=fresh_database, kafka_bootstrap=kafka_bootstrap,
-        s3_endpoint=f"http://{fresh_bucket.endpoint}", s3_access_key=fresh_bucket.access_key,
-        s3_secret_key=fresh_bucket.secret_key, s3_bucket=fresh_bucket.bucket, s3_region=fresh_bucket.region,
-        postgres_connect_timeout=3.0, db_timeout=2.0)
+    config = urza_config(fresh_database, fresh_bucket, kafka_bootstrap)
     running = await start_server(urza_service.SPEC, config)
     try:
         yield running

@@ -26,6 +26,7 @@ from esper.tolaria.policy.remote import RemotePolicy
 from esper.urza import service as urza_service
 from esper.urza.store import KernelStore
 from tests.integration.test_tamiyo_server import WIDTH, _artifact, tamiyo
+from tests.integration.test_urza import urza_config
 
 pytestmark = pytest.mark.integration
 WAIT_S = 60.0
@@ -34,11 +35,7 @@ REF = "BP-IA3@1.0.0"
 
 @pytest.fixture
 async def urza_with_kernel(fresh_database, fresh_bucket, kafka_bootstrap):
-    config = urza_service.UrzaConfig(
-        port=0, metrics_port=-1, postgres_dsn=fresh_database, kafka_bootstrap=kafka_bootstrap,
-        s3_endpoint=f"http://{fresh_bucket.endpoint}", s3_access_key=fresh_bucket.access_key,
-        s3_secret_key=fresh_bucket.secret_key, s3_bucket=fresh_bucket.bucket,
-        s3_region=fresh_bucket.region, postgres_connect_timeout=3.0, db_timeout=2.0)
+    config = urza_config(fresh_database, fresh_bucket, kafka_bootstrap)
     running = await start_server(urza_service.SPEC, config)
     store = KernelStore(config.s3_endpoint, config.s3_access_key, config.s3_secret_key,
                         config.s3_bucket, region=config.s3_region)
