@@ -17,6 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import esper.tolaria
 from esper.nissa import service as nissa_service
 from esper.nissa.config import NissaConfig
+from esper.nissa.worker import CONSUMER_REPORT_S
+from esper.runtime.metrics import REGISTRY
 from esper.runtime.server import start_server
 from esper.tolaria.config import TolariaConfig
 
@@ -54,6 +56,22 @@ def _train(run_id: str, bootstrap: str) -> None:
         session.close()
 
 
+async def _caught_up(group: str) -> None:
+    """Until Nissa's consumer group has ingested the broker's backlog (the session broker
+    holds every earlier test's events). A backlog batch carries spans of many producers,
+    and Nissa records at most MAX_SPANS_PER_BATCH per batch, the most frequent first: the
+    run's few events must not share a batch with it. Lag is forwarded once a second."""
+    await asyncio.sleep(2 * CONSUMER_REPORT_S)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lags = [s.value for m in REGISTRY.collect() if m.name == "esper_oona_consumer_lag_records"
+                for s in m.samples if s.labels["group"] == group]
+        if not any(lags):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("Nissa did not catch up with the broker's backlog")
+
+
 async def test_tolaria_trace_continues_into_nissa(fresh_database, kafka_bootstrap):
     exporter = _exporter()
     config = NissaConfig(port=0, metrics_port=-1, postgres_dsn=fresh_database,
@@ -62,6 +80,7 @@ async def test_tolaria_trace_continues_into_nissa(fresh_database, kafka_bootstra
     nissa = await start_server(nissa_service.SPEC, config)
     run_id = f"run-trace-{uuid.uuid4().hex[:8]}"
     try:
+        await _caught_up(config.consumer_group)
         await asyncio.to_thread(_train, run_id, kafka_bootstrap)
         deadline = time.monotonic() + 30
         ingest: list = []
