@@ -95,3 +95,29 @@ def test_no_switch_no_reachability_check(tmp_path: Path) -> None:
     me = ServiceUser("me", os.geteuid(), os.getegid(), drop=False)
     assert me.popen_kwargs() == {}
     ensure_reachable(tmp_path, me)
+
+
+def test_namespace_user_wraps_argv_and_keeps_host_ownership() -> None:
+    inside = ServiceUser("nobody", uid=65534, gid=65534, drop=False, namespace=True)
+    assert inside.wrap(["postgres", "-D", "x"]) == [
+        "unshare", "--user", "--map-user=65534", "--map-group=65534", "--", "postgres", "-D", "x"]
+    assert inside.popen_kwargs() == {}
+    assert inside.host_uid == os.geteuid()
+    assert ServiceUser("me", 1, 1, drop=False).wrap(["a"]) == ["a"]
+
+
+def test_namespace_user_cannot_cross_another_users_private_directory() -> None:
+    base = Path(tempfile.mkdtemp())
+    os.chmod(base, 0o755)
+    theirs = base / "theirs"
+    (theirs / "state").mkdir(parents=True)
+    inside = ServiceUser("nobody", uid=65534, gid=65534, drop=False, namespace=True)
+    try:
+        os.chmod(theirs, 0o700)
+        ensure_reachable(theirs / "state", inside)  # ours, private: fine (we own it)
+        if os.geteuid() == 0:
+            os.chown(theirs, 12345, 12345)
+            with pytest.raises(InfraConfigError, match=f"directory {theirs} belongs"):
+                ensure_reachable(theirs / "state", inside)
+    finally:
+        shutil.rmtree(base)

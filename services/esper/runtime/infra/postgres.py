@@ -1,8 +1,8 @@
 """PostgreSQL for the local stack and the test fixtures: the installed Debian server binaries,
 initialised on first use under `<state>/postgres/data`, listening on 127.0.0.1.
 
-As root, initdb and the server run as `nobody` (both refuse root); the data and socket
-directories are given to that user. `fsync=False` is for test fixtures only: `esper up`
+As root, initdb and the server run as an unprivileged id (both refuse root): root itself
+inside a user namespace where it can, else `nobody` (see `privilege`). `fsync=False` is for test fixtures only: `esper up`
 keeps the default durable settings.
 """
 
@@ -155,6 +155,7 @@ class PostgresServer(LoopbackProcess):
 
     # -- internals ---------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
+        self.user.take_tree(self.root)
         for directory in (self.root, self.socket_dir):
             directory.mkdir(parents=True, exist_ok=True)
             self.user.chown(directory)
@@ -173,7 +174,7 @@ class PostgresServer(LoopbackProcess):
         if not self.durable:
             argv.append("--no-sync")
         result = subprocess.run(
-            argv,
+            self.user.wrap(argv),
             check=False,
             stdin=subprocess.DEVNULL,
             capture_output=True,

@@ -133,8 +133,7 @@ class ManagedProcess:
             log.flush()
             try:
                 self._popen = subprocess.Popen(
-                    with_death_signal(spec.argv, spec.stop_signal) if spec.die_with_parent
-                    else list(spec.argv),
+                    self._argv(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -149,6 +148,12 @@ class ManagedProcess:
         ticks = proc.start_ticks(pid)
         write_pid_file(spec.pid_path, PidRecord(pid, ticks if ticks is not None else -1))
         return pid
+
+    def _argv(self) -> list[str]:
+        spec = self.spec
+        argv = with_death_signal(spec.argv, spec.stop_signal) if spec.die_with_parent \
+            else list(spec.argv)
+        return spec.user.wrap(argv) if spec.user else argv
 
     # -- readiness ---------------------------------------------------------------------------
     def wait_ready(self, probe: Probe, timeout_s: float, what: str = "ready") -> None:
