@@ -77,3 +77,31 @@ async def test_unreachable_urza(capsys) -> None:
 
     code, _, err = await esper(capsys, "list", "--urza", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert code == 1 and "cannot reach Urza" in err
+
+
+def _closed_pipe_run(argv: list[str]) -> tuple[int, str]:
+    """Run `esper argv` with stdout a pipe whose reader is already gone (`esper … | head`
+    after head has exited)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "esper.cli.main", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+async def test_a_closed_output_pipe_ends_quietly(urza: Urza) -> None:
+    from esper.cli.main import EXIT_BROKEN_PIPE
+
+    code, err = await asyncio.to_thread(_closed_pipe_run, ["catalog", "list", "--urza",
+                                                           urza.running.address])
+    assert code == EXIT_BROKEN_PIPE and err == "", err
+    # argparse's help leaves the failing write to the interpreter's last flush: still quiet.
+    code, err = await asyncio.to_thread(_closed_pipe_run, ["--help"])
+    assert code in (0, EXIT_BROKEN_PIPE) and err == "", err
