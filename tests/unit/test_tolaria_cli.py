@@ -32,6 +32,7 @@ def _one_thread():
     (["--entry", "no_such_module_xyz:f"], "cannot import"),
     (["--resume", "/nonexistent/ckpt.pt"], "does not exist"),
     (["--snapshot-every", "0"], "--snapshot-every must be > 0"),
+    (["--run-id", "a b"], "--run-id: 'a b' is not a run id"),
 ])
 def test_bad_input_exits_2(argv, words, capsys) -> None:
     assert main(["train", *argv]) == 2

@@ -18,6 +18,7 @@ original model runs them; `session.model` is the wrapped (MorphableModel) view.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from torch import nn
@@ -50,11 +51,13 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
     as RemotePolicy. urza: address of Urza for remote kernels (or kernel_fetch: any
     `kernel_id -> bytes` function; the cache verifies the digest). blueprints: restrict the
     local catalogue to these refs or names. resume: a checkpoint path (or loaded dict);
-    the run id comes from it."""
-    config = config or TolariaConfig()
+    the run id comes from it. The caller's `config` is never changed: the session keeps
+    its own copy (`session.config`)."""
+    config = dataclasses.replace(config) if config is not None else TolariaConfig()
     state = load_checkpoint(resume) if isinstance(resume, str) else resume
     if state is not None:
         config.run_id = state["run_id"]
+    config.validate()
     morph = model if isinstance(model, MorphableModel) else wrap(
         model, slots, example_input=example_input, config=kasmina)
     if urza and kernel_fetch:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from esper.leyline.run_id import validate_run_id
+
 # Steps between two training snapshots when the policy source does not say (a remote
 # Tamiyo sends its own N in SessionAccept): often enough that a plateau or a sick seed is
 # seen within a fraction of an epoch, rarely enough that the one host sync it costs
@@ -40,8 +42,15 @@ class TolariaConfig:
     health_sample_every: int = DEFAULT_HEALTH_SAMPLE_EVERY
 
     def __post_init__(self) -> None:
-        if not self.run_id or len(self.run_id) > 128:
-            raise ValueError("run_id must be 1..128 characters")
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse bad settings with ValueError naming the setting (run at construction and
+        again by attach(), since a dataclass field can be reassigned in between)."""
+        try:
+            validate_run_id(self.run_id)
+        except ValueError as exc:
+            raise ValueError(f"run_id: {exc}") from None
         if self.snapshot_every <= 0:
             raise ValueError(f"snapshot_every must be > 0, got {self.snapshot_every}")
         if self.health_sample_every <= 0:

@@ -15,6 +15,7 @@ import math
 import re
 
 from esper.cli.errors import UsageError
+from esper.leyline.run_id import run_id_problem
 
 # torch is imported by the functions that train, not here: every `esper` command imports
 # this module to build its parser, and torch costs a second or more of each one's start.
@@ -72,8 +73,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--kafka must be HOST:PORT[,HOST:PORT...], got {args.kafka!r}")
     if args.entry is not None and args.task is not None:
         raise UsageError("give --task or --entry, not both")
-    if args.run_id is not None and not (0 < len(args.run_id) <= 128):
-        raise UsageError("--run-id must be 1..128 characters")
+    if args.run_id is not None and (problem := run_id_problem(args.run_id)):
+        raise UsageError(f"--run-id: {problem}")
 
 
 def _valid_address(value: str) -> bool:

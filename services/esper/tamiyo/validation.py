@@ -5,14 +5,12 @@ with a SessionWarning (see `esper.tamiyo.session`)."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from esper.leyline.run_id import run_id_problem
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 
-# Run ids are log keys and Kafka keys: printable, short.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 # Metrics that may be NaN ("not evaluated yet") but never infinite.
 NAN_ALLOWED_METRICS = frozenset({"val_loss", "best_val_loss", "val_accuracy"})
 
@@ -32,8 +30,10 @@ class Limits:
 
 
 def check_run_id(field: str, run_id: str) -> None:
-    if not RUN_ID_RE.match(run_id):
-        raise InvalidInput(field, f"{run_id[:40]!r} is not a run id (1-128 of A-Z a-z 0-9 . _ : -)")
+    """The shared rule of esper.leyline.run_id (Tolaria checks the same one at attach)."""
+    problem = run_id_problem(run_id)
+    if problem is not None:
+        raise InvalidInput(field, problem)
 
 
 def check_graph(field: str, graph: ModelGraph, limits: Limits) -> None:
