@@ -33,6 +33,7 @@ def _one_thread():
     (["--resume", "/nonexistent/ckpt.pt"], "does not exist"),
     (["--snapshot-every", "0"], "--snapshot-every must be > 0"),
     (["--run-id", "a b"], "--run-id: 'a b' is not a run id"),
+    (["--static", "--tamiyo", "127.0.0.1:5"], "--static trains without a policy"),
 ])
 def test_bad_input_exits_2(argv, words, capsys) -> None:
     assert main(["train", *argv]) == 2
@@ -55,6 +56,13 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
     assert "parameters 2570 before" in out and "seeds fossilized" in out
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(ckpt)]) == 0
     assert "run cli-run: 2 epochs" in capsys.readouterr().out
+
+
+def test_static_grows_nothing(capsys) -> None:
+    assert main(["train", "--epochs", "3", "--no-progress", "--static", "--run-id", "flat"]) == 0
+    out = capsys.readouterr().out
+    assert "2570 before -> 2570 after" in out
+    assert "decisions applied 0" in out
 
 
 def test_entry_point_trains_a_users_model(tmp_path, monkeypatch, capsys) -> None:

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate of the host")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order)")
     p.add_argument("--tamiyo", default=None, metavar="ADDRESS", help="remote policy host:port")
+    p.add_argument("--static", action="store_true",
+                   help="no growth: train the host alone (with --seed, the baseline of a grown run)")
     p.add_argument("--on-outage", choices=("local", "none"), default="local",
                    help="while Tamiyo is unreachable: local policy or no decisions")
     p.add_argument("--urza", default=None, metavar="ADDRESS", help="Urza host:port for kernels")
@@ -71,6 +73,8 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name} must be HOST:PORT, got {value!r}")
     if args.kafka is not None and not all(_valid_address(a) for a in args.kafka.split(",")):
         raise UsageError(f"--kafka must be HOST:PORT[,HOST:PORT...], got {args.kafka!r}")
+    if args.static and args.tamiyo:
+        raise UsageError("--static trains without a policy: drop --tamiyo")
     if args.entry is not None and args.task is not None:
         raise UsageError("give --task or --entry, not both")
     if args.run_id is not None and (problem := run_id_problem(args.run_id)):
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         config.run_id = args.run_id
     if args.snapshot_every:
         config.snapshot_every = args.snapshot_every
-    policy = "local"
+    policy = "none" if args.static else "local"
     if args.tamiyo:
         from esper.tolaria.policy.remote import RemotePolicy
 
