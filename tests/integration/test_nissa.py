@@ -207,9 +207,11 @@ async def test_run_history_restart_and_redelivery(
     breaker = [a for a in summary.alerts if a.rule == "seed_culled_by_circuit_breaker"]
     assert len(breaker) == 1  # the transition and the field report raise one alert
     assert f'esper_nissa_run_loss{{run_id="{run}",split="train"}}' in metrics
-    listing, show, plot = cli
+    listing, show, plot, compare = cli
     assert run in listing
-    assert "GERMINATED -> TRAINING" in show and "INSTABILITY: loss 9x" in show
+    assert "GERMINATED@" in show and "-> TRAINING@" in show
+    assert "fate: culled (INSTABILITY: loss 9x" in show
+    assert "+0.00 pp" in compare and compare.count(run) == 2
     assert "APPLIED" in show and "seed_culled_by_circuit_breaker" in show
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in plot
@@ -226,11 +228,13 @@ async def test_run_history_restart_and_redelivery(
     assert await _counts(fresh_database, run) == (total + len(markers),) * 2
 
 
-def _cli_outputs(address: str, run: str, png) -> tuple[str, str, str]:
-    """`esper runs`, `esper runs show RUN`, `esper runs plot RUN -o PNG`, in process (a
-    fresh interpreter per command is slow on a loaded machine)."""
+def _cli_outputs(address: str, run: str, png) -> tuple[str, ...]:
+    """`esper runs`, `esper runs show RUN`, `esper runs plot RUN -o PNG --baseline RUN`,
+    `esper runs compare RUN RUN`, in process (a fresh interpreter per command is slow on a
+    loaded machine)."""
     outputs = []
-    for args in ([], ["show", run], ["plot", run, "-o", str(png)]):
+    for args in ([], ["show", run], ["plot", run, "-o", str(png), "--baseline", run],
+                 ["compare", run, run]):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert esper_main(["runs", *args, "--nissa", address]) == 0

@@ -1,8 +1,10 @@
 """`esper runs`: run history from Nissa.
 
     esper runs                      recent runs
-    esper runs show RUN             a run's summary: epochs, seed timeline, decisions, alerts
-    esper runs plot RUN -o out.png  loss/accuracy with seed events marked, params over time
+    esper runs show RUN             a run's summary: epochs, each seed's life, decisions, alerts
+    esper runs compare RUN OTHER    two runs' epochs side by side (e.g. grown vs static)
+    esper runs plot RUN -o out.png  accuracy and params per epoch with seed events marked
+                                    (--baseline OTHER draws a second run's accuracy)
 
 Nissa is `--nissa HOST:PORT`, else $ESPER_NISSA_ADDRESS, else the local stack's Nissa
 (`esper up`, state under $ESPER_STATE_DIR or ./.esper).
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import grpc
 
-from esper.cli import addresses
+from esper.cli import addresses, run_views
 from esper.cli.errors import UsageError
-from esper.leyline.v1 import control_pb2, lifecycle_pb2, nissa_pb2, nissa_pb2_grpc
+from esper.leyline.v1 import control_pb2, nissa_pb2, nissa_pb2_grpc
 
 ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
 # An RPC to Nissa taking longer than this means it is down or stuck.
@@ -40,11 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="a run's summary, including its seed timeline")
     _add_address(show)
     show.add_argument("run_id", metavar="RUN")
+    show.add_argument("--transitions", action="store_true",
+                      help="also list every seed transition as Nissa recorded it")
     show.set_defaults(func=run_show)
+    compare = actions.add_parser("compare", help="two runs' epochs side by side")
+    _add_address(compare)
+    compare.add_argument("run_id", metavar="RUN")
+    compare.add_argument("other_run_id", metavar="OTHER")
+    compare.set_defaults(func=run_compare)
     plot = actions.add_parser("plot", help="write a PNG of a run's curves and seed events")
     _add_address(plot)
     plot.add_argument("run_id", metavar="RUN")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.add_argument("--baseline", default=None, metavar="OTHER",
+                      help="also draw this run's accuracy and params (e.g. the static host)")
     plot.set_defaults(func=run_plot)
 
 
@@ -75,11 +86,7 @@ def _call(args: argparse.Namespace, method: str, request):
             raise UsageError(f"Nissa at {address}: {exc.code().name}: {exc.details()}") from None
 
 
-def _stage(value: int) -> str:
-    try:
-        return lifecycle_pb2.SeedStage.Name(value).removeprefix("SEED_STAGE_")
-    except ValueError:
-        return str(value)
+_stage = run_views.stage_name
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -119,13 +126,18 @@ def run_show(args: argparse.Namespace) -> int:
             f"{p.val_accuracy:>7.4f} {p.total_params:>10} {p.seed_params:>8} "
             f"{p.live_seeds:>4}"
         )
-    print("\nseed timeline:")
-    for t in s.seed_timeline:
-        print(
-            f"  step {t.step:>8}  {t.seed_id or '?'} @ {t.slot_id or '?'}: "
-            f"{_stage(t.from_stage)} -> {_stage(t.to_stage)}  ({t.reason or 'no reason'})"
-            f"{'  ' + t.blueprint_ref if t.blueprint_ref else ''}"
-        )
+    lives = run_views.seed_lives(list(s.seed_timeline))
+    print(f"\nseeds ({len(lives)} germinated; stage@step it began):")
+    for life in lives:
+        print(f"  {life}")
+    if args.transitions:
+        print("\nseed transitions:")
+        for t in s.seed_timeline:
+            print(
+                f"  step {t.step:>8}  {t.seed_id or '?'} @ {t.slot_id or '?'}: "
+                f"{_stage(t.from_stage)} -> {_stage(t.to_stage)}  ({t.reason or 'no reason'})"
+                f"{'  ' + t.blueprint_ref if t.blueprint_ref else ''}"
+            )
     print("\ndecisions:")
     for record in s.decisions:
         d = record.decision
@@ -154,6 +166,13 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    summaries = [_call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=run_id))
+                 for run_id in (args.run_id, args.other_run_id)]
+    print(run_views.compare_runs(*summaries))
+    return 0
+
+
 def run_plot(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
@@ -161,8 +180,12 @@ def run_plot(args: argparse.Namespace) -> int:
     if not output.parent.exists():
         raise UsageError(f"--output: directory {output.parent} does not exist")
     summary = _call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=args.run_id))
+    baseline = None
+    if args.baseline:
+        baseline = _call(args, "GetRunSummary",
+                         nissa_pb2.GetRunSummaryRequest(run_id=args.baseline))
     from esper.nissa.plot import plot_run  # matplotlib is slow to import: only here
 
-    plot_run(summary, output)
+    plot_run(summary, output, baseline=baseline)
     print(f"wrote {output}")
     return 0

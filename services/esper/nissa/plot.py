@@ -1,4 +1,6 @@
-"""A PNG of one run: loss and accuracy per epoch with seed events marked, params over time."""
+"""A PNG of one run: validation accuracy and parameters per epoch with the seed events
+marked (germinated, fossilized, culled), and optionally a baseline run (e.g. the same host
+trained static) drawn beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+import numpy as np
 
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2
 
@@ -19,15 +22,39 @@ STAGE_COLOURS = {
 }
 
 
-def plot_run(summary: nissa_pb2.GetRunSummaryResponse, output: Path) -> None:
-    steps = [p.step for p in summary.epochs]
-    fig, (loss_ax, acc_ax, params_ax) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    loss_ax.plot(steps, [p.train_loss for p in summary.epochs], label="train loss")
-    loss_ax.plot(steps, [p.val_loss for p in summary.epochs], label="val loss")
-    acc_ax.plot(steps, [p.train_accuracy for p in summary.epochs], label="train accuracy")
-    acc_ax.plot(steps, [p.val_accuracy for p in summary.epochs], label="val accuracy")
-    params_ax.plot(steps, [p.total_params for p in summary.epochs], label="total params")
-    params_ax.plot(steps, [p.seed_params for p in summary.epochs], label="seed params")
+def plot_run(summary: nissa_pb2.GetRunSummaryResponse, output: Path,
+             baseline: nissa_pb2.GetRunSummaryResponse | None = None) -> None:
+    fig, (acc_ax, params_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    run_id = summary.run.run_id
+    epochs = [p.epoch for p in summary.epochs]
+    acc_ax.plot(epochs, [100 * p.val_accuracy for p in summary.epochs], marker="o",
+                label=f"{run_id} (grown)" if baseline is not None else run_id)
+    params_ax.plot(epochs, [p.total_params for p in summary.epochs], marker="o",
+                   label=f"{run_id} total")
+    params_ax.plot(epochs, [p.seed_params for p in summary.epochs], linestyle=":",
+                   label=f"{run_id} in live seeds")
+    if baseline is not None:
+        other = [p.epoch for p in baseline.epochs]
+        acc_ax.plot(other, [100 * p.val_accuracy for p in baseline.epochs], marker="s",
+                    color="tab:gray", label=f"{baseline.run.run_id} (baseline)")
+        params_ax.plot(other, [p.total_params for p in baseline.epochs], marker="s",
+                       color="tab:gray", label=f"{baseline.run.run_id} total")
+    _mark_seed_events(summary, (acc_ax, params_ax))
+    acc_ax.set_ylabel("validation accuracy (%)")
+    params_ax.set_ylabel("parameters")
+    params_ax.set_xlabel("epoch")
+    acc_ax.set_title(f"run {run_id}: seed events marked")
+    for ax in (acc_ax, params_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(output, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _mark_seed_events(summary: nissa_pb2.GetRunSummaryResponse, axes) -> None:
+    """A dashed line per germination, fossilization and cull, at its (fractional) epoch."""
+    to_epoch = _step_to_epoch(summary)
     marked: set[int] = set()
     for t in summary.seed_timeline:
         colour = STAGE_COLOURS.get(t.to_stage)
@@ -37,19 +64,13 @@ def plot_run(summary: nissa_pb2.GetRunSummaryResponse, output: Path) -> None:
         if t.to_stage not in marked:
             label = lifecycle_pb2.SeedStage.Name(t.to_stage).removeprefix("SEED_STAGE_").lower()
             marked.add(t.to_stage)
-        for ax in (loss_ax, acc_ax, params_ax):
-            ax.axvline(
-                t.step,
-                color=colour,
-                linestyle="--",
-                alpha=0.6,
-                label=label if ax is loss_ax else None,
-            )
-    loss_ax.set_title(f"run {summary.run.run_id}")
-    params_ax.set_xlabel("step")
-    for ax in (loss_ax, acc_ax, params_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(output, format="png", dpi=100)
-    plt.close(fig)
+        for ax in axes:
+            ax.axvline(to_epoch(t.step), color=colour, linestyle="--", alpha=0.6,
+                       label=label if ax is axes[0] else None)
+
+
+def _step_to_epoch(summary: nissa_pb2.GetRunSummaryResponse):
+    """Steps to fractional epochs, from the steps at which the recorded epochs ended."""
+    steps = [0.0] + [float(p.step) for p in summary.epochs]
+    epochs = [0.0] + [float(p.epoch) for p in summary.epochs]
+    return lambda step: float(np.interp(float(step), steps, epochs))
