@@ -12,6 +12,7 @@ from torch import nn
 from esper.kasmina.slot import SeedSlot
 from esper.leyline.v1 import lifecycle_pb2
 
+S = lifecycle_pb2.SeedStage
 # Steps in a stage and blend steps large enough for every gate's minimum.
 _LONG_ENOUGH = 10**6
 
@@ -19,16 +20,23 @@ _LONG_ENOUGH = 10**6
 def force_fossilize(slot: SeedSlot, seed: nn.Module) -> None:
     """Germinate `seed` in the dormant `slot` and advance it to FOSSILIZED."""
     slot.germinate(seed, step=0, function_preserving=False)
-    slot.advance(0)  # GERMINATED -> TRAINING
+    advance_to_fossilized(slot, step=0)
+
+
+def advance_to_fossilized(slot: SeedSlot, step: int) -> None:
+    """Advance the live seed in `slot` (GERMINATED or later) to FOSSILIZED at `step`."""
     record = slot.record
-    record.seed_improvement, record.steps_in_stage = -1.0, _LONG_ENOUGH
-    slot.advance(0)  # TRAINING -> BLENDING (G2: the seed lowered the loss)
-    slot._set_alpha_step(_LONG_ENOUGH)  # the blend is complete
-    slot.advance(0, loss=1.0)  # BLENDING -> SHADOWING
-    record.steps_in_stage = _LONG_ENOUGH
-    slot.advance(0, loss=1.0)  # SHADOWING -> PROBATIONARY
-    record.steps_in_stage = _LONG_ENOUGH
-    slot.advance(0, loss=1.0)  # PROBATIONARY -> FOSSILIZED
-    if slot.stage != lifecycle_pb2.SEED_STAGE_FOSSILIZED:
-        stage = lifecycle_pb2.SeedStage.Name(slot.stage)
-        raise RuntimeError(f"force_fossilize: the slot stopped at {stage}")
+    if slot.stage == S.SEED_STAGE_GERMINATED:
+        slot.advance(step)  # GERMINATED -> TRAINING
+    if slot.stage == S.SEED_STAGE_TRAINING:
+        record.seed_improvement, record.steps_in_stage = -1.0, _LONG_ENOUGH
+        slot.advance(step)  # TRAINING -> BLENDING (G2: the seed lowered the loss)
+    if slot.stage == S.SEED_STAGE_BLENDING:
+        slot._set_alpha_step(_LONG_ENOUGH)  # the blend is complete
+        slot.advance(step, loss=1.0)  # BLENDING -> SHADOWING
+    for _ in range(2):  # SHADOWING -> PROBATIONARY -> FOSSILIZED
+        if slot.stage in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
+            record.steps_in_stage = _LONG_ENOUGH
+            slot.advance(step, loss=1.0)
+    if slot.stage != S.SEED_STAGE_FOSSILIZED:
+        raise RuntimeError(f"advance_to_fossilized: the slot stopped at {S.Name(slot.stage)}")

@@ -20,7 +20,6 @@ import torch
 from esper.kasmina import kasmina_state, load_kasmina_state
 from esper.kasmina.state import builder_rebuilder
 from esper.leyline.v1.control_pb2 import AdaptationDecision
-from esper.tolaria.optim import SEED_GROUP_KEY
 
 FORMAT = "esper-tolaria-checkpoint"
 FORMAT_VERSION = 1
@@ -127,7 +126,10 @@ def restore_session(session, state: dict, *, restore_rng: bool = True) -> dict:
         session.model.load_state_dict(state["model"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint does not fit this model: {exc}") from exc
-    _order_seed_groups(session.optimizer, state["seed_groups"])
+    try:  # the checkpoint's group order (the schedulers' entries move along)
+        session.groups.reorder(state["seed_groups"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint: {exc}") from exc
     session.optimizer.load_state_dict(state["optimizer"])
     session.applier.answered = set(answered)
     session.pending = [AdaptationDecision.FromString(raw) for raw in state["pending"]]
@@ -164,11 +166,3 @@ def _make_kernels_available(session, seed_kernels: dict) -> None:
                                       f"{exc}") from exc
             session._learn_blueprint(ref["blueprint_ref"], data)
 
-
-def _order_seed_groups(optimizer: torch.optim.Optimizer, order: list[str]) -> None:
-    host = [g for g in optimizer.param_groups if SEED_GROUP_KEY not in g]
-    seeds = {g[SEED_GROUP_KEY]: g for g in optimizer.param_groups if SEED_GROUP_KEY in g}
-    if set(seeds) != set(order):
-        raise CheckpointError(f"seed param groups {sorted(seeds)} do not match the "
-                              f"checkpoint's {sorted(order)}")
-    optimizer.param_groups[:] = host + [seeds[slot_id] for slot_id in order]

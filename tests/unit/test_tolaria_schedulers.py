@@ -1,0 +1,156 @@
+"""Learning-rate schedulers built before attach keep working while seeds add and remove
+optimizer param groups: LambdaLR, StepLR, CosineAnnealingLR, OneCycleLR and
+ReduceLROnPlateau, each through a germination and then a cull or a fossilization, in a
+real Tolaria session. The host's schedule is the one it has without seeds; a seed group
+follows it, unless its germinate decision sets its own rate, which it then keeps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.optim import lr_scheduler
+
+from esper.kasmina import KasminaConfig
+from esper.kasmina.testing import advance_to_fossilized
+from esper.leyline.v1.control_pb2 import (
+    AckStatus,
+    AdaptationDecision,
+    BlendSchedule,
+    CullAction,
+    CullReason,
+    GerminateAction,
+)
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.tolaria import ReplayPolicy, TolariaConfig, attach
+from esper.tolaria.optim import SEED_GROUP_KEY
+
+S = SeedStage
+LR = 0.05
+STEPS = 24
+GERMINATE_AT, END_AT = 4, 14  # the seed lives between these steps
+BLUEPRINT = "BP-LORA-R8@1.0.0"  # affine: merged into the host on fossilization
+SEED_LR = 0.003
+
+SCHEDULERS = {
+    "LambdaLR": lambda opt: lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step)),
+    "StepLR": lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    "CosineAnnealingLR": lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS,
+                                                                    eta_min=1e-4),
+    "OneCycleLR": lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=STEPS + 1),
+    # min_lr as a list: the form that refuses a param group count it was not built with.
+    "ReduceLROnPlateau": lambda opt: lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=1, min_lr=[1e-4]),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _step_scheduler(scheduler, step: int) -> None:
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(1.0)  # a flat validation loss: the rate is cut every other step
+    else:
+        scheduler.step()
+
+
+def _reference_host_lrs(name: str) -> list[float]:
+    """The host's rate after each step of a run with no seeds at all."""
+    model = torch.nn.Linear(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    scheduler = SCHEDULERS[name](opt)
+    lrs = []
+    for step in range(1, STEPS + 1):
+        opt.step()
+        _step_scheduler(scheduler, step)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def _germinate(schedule: BlendSchedule) -> AdaptationDecision:
+    return AdaptationDecision(
+        decision_id="germinate", issued_at_step=GERMINATE_AT, expires_at_step=STEPS,
+        germinate=GerminateAction(slot_id="0", blueprint_ref=BLUEPRINT, schedule=schedule))
+
+
+def _run(name: str, ending: str, seed_lr: float = 0.0):
+    """Train STEPS steps with the scheduler stepping after each; the seed germinates at
+    GERMINATE_AT and is culled or fossilized at END_AT. Returns what was seen per step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    scheduler = SCHEDULERS[name](optimizer)  # built before attach, as most loops do
+    decisions = [_germinate(BlendSchedule(learning_rate=seed_lr))]
+    if ending == "cull":
+        decisions.append(AdaptationDecision(
+            decision_id="cull", issued_at_step=END_AT, expires_at_step=STEPS,
+            cull=CullAction(slot_id="0", reason=CullReason.CULL_REASON_MANUAL)))
+    policy = ReplayPolicy(decisions)
+    session = attach(model, optimizer, policy, slots=["0"],
+                     kasmina=KasminaConfig(max_seed_param_fraction=10.0),  # a tiny host
+                     config=TolariaConfig(snapshot_every=2, progress=False))
+    stepped_lrs: list[dict] = []  # the rates each optimizer step actually used
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: stepped_lrs.append(
+        {g.get(SEED_GROUP_KEY, "host"): g["lr"] for g in opt.param_groups}))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    host_lrs, stages = [], []
+    for step in range(1, STEPS + 1):
+        optimizer.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        session.step(loss, out, y)
+        if ending == "fossilize" and step == END_AT:
+            advance_to_fossilized(session.model.slot("0"), step)
+        _step_scheduler(scheduler, step)
+        host_lrs.append(optimizer.param_groups[0]["lr"])
+        stages.append(session.model.slot("0").stage)
+        _assert_aligned(scheduler, optimizer)
+    session.close()
+    assert all(a.status == AckStatus.ACK_STATUS_APPLIED for a in policy.acks.values()), \
+        list(policy.acks.values())
+    return host_lrs, stepped_lrs, stages
+
+
+def _assert_aligned(scheduler, optimizer) -> None:
+    groups = len(optimizer.param_groups)
+    for attr in ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs"):
+        if hasattr(scheduler, attr):
+            assert len(getattr(scheduler, attr)) == groups, attr
+
+
+@pytest.mark.parametrize("ending", ["cull", "fossilize"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_seed_group_follows_the_hosts_schedule(name: str, ending: str) -> None:
+    host_lrs, stepped, stages = _run(name, ending)
+    # The seed lived (its own param group) between the germination and its end.
+    live = [i for i, s in enumerate(stages) if s not in (S.SEED_STAGE_DORMANT,
+                                                          S.SEED_STAGE_EMBARGOED,
+                                                          S.SEED_STAGE_FOSSILIZED)]
+    assert live and live[0] == GERMINATE_AT - 1 and live[-1] == END_AT - 2
+    final = S.SEED_STAGE_FOSSILIZED if ending == "fossilize" else S.SEED_STAGE_EMBARGOED
+    assert stages[END_AT - 1] == final
+    with_seed = [lrs for lrs in stepped if "0" in lrs]
+    assert len(with_seed) == END_AT - GERMINATE_AT
+    # Every step with the seed trained it at the host's rate of that step.
+    assert all(lrs["0"] == pytest.approx(lrs["host"]) for lrs in with_seed)
+    # The seed's group left with it (merged on fossilization, dropped on cull) ...
+    assert all(set(lrs) == {"host"} for lrs in stepped[END_AT:])
+    # ... and the host's schedule is exactly the one of a run without seeds.
+    assert host_lrs == pytest.approx(_reference_host_lrs(name))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_seed_with_its_own_rate_keeps_it(name: str) -> None:
+    host_lrs, stepped, _ = _run(name, "cull", seed_lr=SEED_LR)
+    with_seed = [lrs for lrs in stepped if "0" in lrs]
+    assert len(with_seed) == END_AT - GERMINATE_AT
+    assert all(lrs["0"] == pytest.approx(SEED_LR) for lrs in with_seed)
+    assert len({round(lrs["host"], 12) for lrs in with_seed}) > 1  # while the host's moved
+    assert host_lrs == pytest.approx(_reference_host_lrs(name))
