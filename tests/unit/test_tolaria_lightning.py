@@ -1,0 +1,319 @@
+"""EsperCallback: a real PyTorch Lightning Trainer (CPU) on digits grows a seed through
+germination to fossilization, driven by a scripted policy through the callback alone."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+pl = pytest.importorskip("pytorch_lightning")
+
+from esper.kasmina import KasminaConfig  # noqa: E402
+from esper.leyline.lifecycle import next_stage  # noqa: E402
+from esper.leyline.v1.control_pb2 import (  # noqa: E402
+    AdaptationDecision,
+    AdvanceAction,
+    BlendSchedule,
+    FossilizeAction,
+    GerminateAction,
+)
+from esper.leyline.v1.lifecycle_pb2 import SeedStage  # noqa: E402
+from esper.tolaria import TolariaConfig  # noqa: E402
+from esper.tolaria.lightning import EsperCallback  # noqa: E402
+from esper.tolaria.optim import SEED_GROUP_KEY  # noqa: E402
+from esper.tolaria.tasks import load_task  # noqa: E402
+
+S = SeedStage
+# An MLP seed is not affine, so its fossil stays a residual module: unwrap() grows. It is
+# 85% of the host's size, so the seed budget is raised.
+BLUEPRINT = "BP-MLP-GELU@1.0.0"
+KASMINA = KasminaConfig(max_seed_param_fraction=1.0)
+SLOT = "fc1"
+SCHEDULE = BlendSchedule(training_steps=4, blend_steps=4, shadow_steps=2, probation_steps=2,
+                         learning_rate=0.02)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and this machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class GrowOne:
+    """A PolicySource that grows one seed in SLOT to FOSSILIZED: germinate when dormant,
+    then advance (re-issued at each snapshot until the gate passes), then fossilize."""
+
+    name = "grow-one"
+
+    def __init__(self) -> None:
+        self.ids = (f"d-{i}" for i in itertools.count())
+        self.callback: EsperCallback | None = None  # for the session's local kernels
+        self.queue: list[AdaptationDecision] = []
+        self.issued: list[AdaptationDecision] = []
+        self.acks: dict = {}
+        self.snapshot_steps: list[int] = []
+        self.epoch_end_steps: list[int] = []
+
+    def start(self, open_message):
+        self.slot = next(s for s in open_message.graph.slots if s.slot_id == SLOT)
+
+    def snapshot_every(self):
+        return None
+
+    def observe(self, snap):
+        self.snapshot_steps.append(snap.step)
+        if snap.epoch_end:
+            self.epoch_end_steps.append(snap.step)
+        seed = next(s for s in snap.seeds if s.slot_id == SLOT)
+        action = {}
+        if seed.stage == S.SEED_STAGE_DORMANT and not self.issued:
+            cand = self.callback.session.local_kernels.find(BLUEPRINT, self.slot.shape)
+            action["germinate"] = GerminateAction(
+                slot_id=SLOT, blueprint_ref=BLUEPRINT, kernel_id=cand.kernel.kernel_id,
+                kernel_sha256=cand.kernel.sha256, schedule=SCHEDULE)
+        elif seed.stage == S.SEED_STAGE_PROBATIONARY:
+            action["fossilize"] = FossilizeAction(slot_id=SLOT)
+        elif seed.stage not in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
+            action["advance"] = AdvanceAction(slot_id=SLOT, target_stage=next_stage(seed.stage))
+        if action:
+            d = AdaptationDecision(decision_id=next(self.ids), issued_at_step=snap.step,
+                                   expires_at_step=snap.step + 20, **action)
+            self.issued.append(d)
+            self.queue.append(d)
+
+    def decisions(self):
+        out, self.queue = self.queue, []
+        return out
+
+    def acked(self, ack):
+        self.acks[ack.decision_id] = ack
+
+    def field_report(self, report):
+        pass
+
+    def outage(self):
+        return None
+
+    def close(self):
+        pass
+
+
+class DigitsModule(pl.LightningModule):
+    def __init__(self, net: torch.nn.Module, lr: float = 0.05) -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        return {"loss": F.cross_entropy(out, y), "outputs": out.detach(), "targets": y}
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.log("val_loss", F.cross_entropy(out, y))
+        self.log("val_accuracy", (out.argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class Watch(pl.Callback):
+    """Records, after every training batch, the optimizer's seed groups and the seed's
+    parameters as first seen in the optimizer."""
+
+    def __init__(self, esper: EsperCallback) -> None:
+        self.esper = esper
+        self.groups_seen: list[tuple] = []
+        self.seed_params: list[torch.nn.Parameter] = []
+        self.seed_initial: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        opt = trainer.optimizers[0]
+        self.groups_seen.append(tuple(g.get(SEED_GROUP_KEY) for g in opt.param_groups))
+        group = next((g for g in opt.param_groups if g.get(SEED_GROUP_KEY) == SLOT), None)
+        if group is not None and not self.seed_params:
+            self.seed_params = list(group["params"])
+            self.seed_initial = [p.detach().clone() for p in self.seed_params]
+
+
+def _trainer(callbacks, **kw) -> pl.Trainer:
+    settings = dict(accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                    enable_checkpointing=False, enable_model_summary=False,
+                    limit_train_batches=20, max_epochs=6)
+    settings.update(kw)
+    return pl.Trainer(callbacks=callbacks, **settings)
+
+
+def _task():
+    # The wide host, as the lifecycle tests: the scripted gates were tuned on it.
+    return load_task("digits", batch_size=32, seed=0, host="wide")
+
+
+def test_lightning_fit_germinates_trains_and_fossilizes_a_seed() -> None:
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    policy = GrowOne()
+    esper = EsperCallback(policy, module="net", slots=[SLOT], example_input=task.example_input,
+                          kasmina=KASMINA, config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    watch = Watch(esper)
+    lit = DigitsModule(task.model)
+    host_params = sum(p.numel() for p in task.model.parameters())
+    trainer = _trainer([esper, watch])
+    trainer.fit(lit, task.train_loader, task.val_loader)
+
+    session = esper.session
+    slot = session.model.slot(SLOT)
+    # The seed went through germination to fossilization, each decision acked once.
+    stages = [(e.from_stage, e.to_stage) for e in session.model.transitions]
+    assert (S.SEED_STAGE_DORMANT, S.SEED_STAGE_GERMINATED) in stages
+    assert stages[-1] == (S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_FOSSILIZED), stages
+    assert slot.stage == S.SEED_STAGE_FOSSILIZED and not slot.record.merged
+    assert set(policy.acks) == {d.decision_id for d in policy.issued}
+    # Its parameters were in the optimizer Lightning stepped, and training changed them.
+    assert watch.seed_params, "the seed never had a param group in trainer.optimizers[0]"
+    assert {id(p) for p in watch.seed_params} == {id(p) for p in slot.seed.parameters()}
+    assert any(not torch.equal(p.detach(), p0)
+               for p, p0 in zip(watch.seed_params, watch.seed_initial, strict=True))
+    assert any(SLOT in groups for groups in watch.groups_seen)
+    # The fossil is merged into the grown model: a plain module with more parameters.
+    grown = session.model.unwrap()
+    assert sum(p.numel() for p in grown.parameters()) > host_params
+    x, _ = next(iter(task.val_loader))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), lit(x))
+    # The loop calls: one session.step per optimizer step, one end_epoch per epoch (the
+    # sanity-check validation is not one), with the logged validation metrics.
+    assert session.model.global_step == trainer.global_step == 6 * 20
+    assert session.model.epoch == trainer.current_epoch == 6
+    assert policy.epoch_end_steps == [20 * e for e in range(1, 7)]
+    assert policy.snapshot_steps == sorted(set(policy.snapshot_steps))  # steps increase
+    assert session.metrics.val_loss == pytest.approx(float(trainer.callback_metrics["val_loss"]))
+    assert session.metrics.val_accuracy == pytest.approx(
+        float(trainer.callback_metrics["val_accuracy"]))
+    summary = session.summary()
+    assert summary["seeds_fossilized"] == 1 and summary["step"] == trainer.global_step
+    assert session._closed  # on_fit_end closed the session
+
+
+class TwoOptimizers(DigitsModule):
+    """Manual optimization: the convolutions and the classifier have their own optimizers."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        convs, head = self.optimizers()
+        x, y = batch
+        out = self(x)
+        loss = F.cross_entropy(out, y)
+        convs.zero_grad()
+        head.zero_grad()
+        self.manual_backward(loss)
+        convs.step()
+        head.step()
+        return loss
+
+    def configure_optimizers(self):
+        convs = [p for n, p in self.net.named_parameters() if n.startswith("conv")]
+        head = [p for n, p in self.net.named_parameters() if not n.startswith("conv")]
+        return torch.optim.SGD(convs, lr=0.05), torch.optim.Adam(head, lr=1e-3)
+
+
+def test_seed_groups_go_to_the_chosen_optimizer_with_accumulation_counted_once() -> None:
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    policy = GrowOne()
+    esper = EsperCallback(policy, module="net", optimizer=1, slots=[SLOT],
+                          example_input=task.example_input, kasmina=KASMINA,
+                          config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    lit = TwoOptimizers(task.model)
+    trainer = _trainer([esper], max_epochs=1, limit_train_batches=10, limit_val_batches=2)
+    trainer.fit(lit, task.train_loader, task.val_loader)
+    convs, head = trainer.optimizers
+    # Seed groups were added to the second optimizer only.
+    assert esper.session.optimizer is head
+    assert not any(SEED_GROUP_KEY in g for g in convs.param_groups)
+    assert any(d.WhichOneof("action") == "germinate" for d in policy.issued)
+    # Manual optimization with two optimizers: global_step counts both; one session step
+    # per batch.
+    assert esper.session.model.global_step == 10 and trainer.global_step == 20
+    assert esper.session.model.epoch == 1
+
+    # Gradient accumulation: one session step per optimizer step, with that batch's loss.
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    esper = EsperCallback("none", module="net", example_input=task.example_input,
+                          config=TolariaConfig(snapshot_every=2, progress=False))
+    spy = StepSpy(esper)
+    lit = RecordingLosses(task.model)
+    trainer = _trainer([esper, spy], max_epochs=2, limit_train_batches=9, limit_val_batches=2,
+                       accumulate_grad_batches=3)
+    trainer.fit(lit, task.train_loader, task.val_loader)
+    assert esper.session.model.global_step == trainer.global_step == 6
+    stepping = [loss for epoch in lit.losses for i, loss in enumerate(epoch) if i % 3 == 2]
+    assert spy.losses == pytest.approx(stepping)
+    assert spy.last_in_epoch == [False, False, True] * 2
+
+
+class RecordingLosses(DigitsModule):
+    """Keeps every training batch's loss, per epoch."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.losses: list[list[float]] = []
+
+    def on_train_epoch_start(self):
+        self.losses.append([])
+
+    def training_step(self, batch, batch_idx):
+        result = super().training_step(batch, batch_idx)
+        self.losses[-1].append(float(result["loss"]))
+        return result
+
+
+class StepSpy(pl.Callback):
+    """Records the arguments of every session.step the EsperCallback makes."""
+
+    def __init__(self, esper: EsperCallback) -> None:
+        self.esper = esper
+        self.losses: list[float] = []
+        self.last_in_epoch: list[bool] = []
+
+    def on_train_start(self, trainer, pl_module):
+        session = self.esper.session
+        step = session.step
+
+        def spy(loss, outputs=None, targets=None, *, last_in_epoch=False):
+            self.losses.append(float(loss))
+            self.last_in_epoch.append(last_in_epoch)
+            step(loss, outputs, targets, last_in_epoch=last_in_epoch)
+
+        session.step = spy
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="optimizer"):
+        EsperCallback(optimizer=-1)
+    task = _task()
+    esper = EsperCallback("none", module="missing")
+    with pytest.raises(ValueError, match="no submodule"):
+        _trainer([esper], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0).fit(
+            DigitsModule(task.model), task.train_loader)
+    esper = EsperCallback("none", module="net", optimizer=1)
+    with pytest.raises(ValueError, match="gave 1 optimizer"):
+        _trainer([esper], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0).fit(
+            DigitsModule(task.model), task.train_loader)
