@@ -154,3 +154,49 @@ def test_seed_with_its_own_rate_keeps_it(name: str) -> None:
     assert all(lrs["0"] == pytest.approx(SEED_LR) for lrs in with_seed)
     assert len({round(lrs["host"], 12) for lrs in with_seed}) > 1  # while the host's moved
     assert host_lrs == pytest.approx(_reference_host_lrs(name))
+
+
+def test_a_resumed_run_keeps_its_schedulers_in_step(tmp_path) -> None:
+    """A scheduler built before attach(resume=...) gets the restored seed group, which
+    keeps its own rate."""
+    from esper.tolaria import save_checkpoint
+
+    def start(resume=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        scheduler = SCHEDULERS["StepLR"](optimizer)
+        session = attach(model, optimizer, ReplayPolicy([_germinate(BlendSchedule(
+            learning_rate=SEED_LR))]), slots=["0"], resume=resume,
+            kasmina=KasminaConfig(max_seed_param_fraction=10.0),
+            config=TolariaConfig(snapshot_every=2, progress=False))
+        return model, optimizer, scheduler, session
+
+    def train(model, optimizer, scheduler, session, steps):
+        x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+        for step in range(steps):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            session.step(loss)
+            _step_scheduler(scheduler, step)
+            _assert_aligned(scheduler, optimizer)
+
+    model, optimizer, scheduler, session = start()
+    train(model, optimizer, scheduler, session, 6)
+    assert session.groups.seed_slots() == ["0"]
+    save_checkpoint(tmp_path / "run.pt", session)
+    session.close(expire_pending=False)
+
+    model, optimizer, scheduler, session = start(resume=str(tmp_path / "run.pt"))
+    assert session.groups.seed_slots() == ["0"]
+    _assert_aligned(scheduler, optimizer)
+    seed_lrs = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: seed_lrs.append(
+        session.groups.learning_rate("0")))
+    train(model, optimizer, scheduler, session, 8)
+    assert seed_lrs == pytest.approx([SEED_LR] * 8)
+    assert optimizer.param_groups[0]["lr"] < LR  # StepLR moved the host meanwhile
+    session.close()

@@ -65,12 +65,12 @@ def _restore_slot(slot: SeedSlot, saved: dict, rebuild: SeedRebuilder) -> None:
     slot.seed = None
     if old:
         slot._events.seed_removed(slot, old)
+    slot.record = rec  # before seed_added: its listeners read the seed's schedule
     if saved["seed"]:
         seed = rebuild(slot, rec).to(device=slot.device)
         seed.load_state_dict(saved["seed"])
         slot.seed = seed
         slot._events.seed_added(slot, slot.seed_parameters())
-    slot.record = rec
     slot.alpha_t.fill_(rec.alpha)
     slot._reset_accumulators()
     slot.install_hook()
