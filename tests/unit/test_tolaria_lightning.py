@@ -51,7 +51,8 @@ class GrowOne:
 
     name = "grow-one"
 
-    def __init__(self) -> None:
+    def __init__(self, until: int = S.SEED_STAGE_FOSSILIZED) -> None:
+        self.until = until
         self.ids = (f"d-{i}" for i in itertools.count())
         self.callback: EsperCallback | None = None  # for the session's local kernels
         self.queue: list[AdaptationDecision] = []
@@ -77,9 +78,11 @@ class GrowOne:
             action["germinate"] = GerminateAction(
                 slot_id=SLOT, blueprint_ref=BLUEPRINT, kernel_id=cand.kernel.kernel_id,
                 kernel_sha256=cand.kernel.sha256, schedule=SCHEDULE)
+        elif seed.stage in (S.SEED_STAGE_DORMANT, self.until):
+            pass
         elif seed.stage == S.SEED_STAGE_PROBATIONARY:
             action["fossilize"] = FossilizeAction(slot_id=SLOT)
-        elif seed.stage not in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
+        elif seed.stage != S.SEED_STAGE_FOSSILIZED:
             action["advance"] = AdvanceAction(slot_id=SLOT, target_stage=next_stage(seed.stage))
         if action:
             d = AdaptationDecision(decision_id=next(self.ids), issued_at_step=snap.step,
@@ -303,6 +306,75 @@ class StepSpy(pl.Callback):
             step(loss, outputs, targets, last_in_epoch=last_in_epoch)
 
         session.step = spy
+
+
+class AtTrainStart(pl.Callback):
+    """Runs `fn(trainer, pl_module)` once training starts (after a checkpoint restore)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def on_train_start(self, trainer, pl_module):
+        self.fn(trainer, pl_module)
+
+
+def test_lightning_checkpoint_resumes_live_seeds(tmp_path) -> None:
+    """A ModelCheckpoint taken with a seed mid-blend resumes, through ckpt_path and a fresh
+    EsperCallback, with the seed, its optimizer group and state, and the step counts."""
+
+    def run(max_epochs, ckpt_path=None, extra=()):
+        pl.seed_everything(0, workers=True)
+        task = _task()
+        policy = GrowOne(until=S.SEED_STAGE_BLENDING)
+        esper = EsperCallback(policy, module="net", slots=[SLOT], example_input=task.example_input,
+                              kasmina=KASMINA,
+                              config=TolariaConfig(snapshot_every=2, progress=False))
+        policy.callback = esper
+        saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / f"run{max_epochs}", save_last=True)
+        trainer = _trainer([esper, saver, *extra], max_epochs=max_epochs, limit_train_batches=10,
+                           limit_val_batches=2, enable_checkpointing=True)
+        lit = DigitsModule(task.model)
+        trainer.fit(lit, task.train_loader, task.val_loader, ckpt_path=ckpt_path)
+        return esper, lit, trainer, task
+
+    first, lit, _, task = run(2)
+    slot = first.session.model.slot(SLOT)
+    assert slot.stage == S.SEED_STAGE_BLENDING
+    x, _ = next(iter(task.val_loader))
+    with torch.no_grad():
+        saved_out = lit(x)
+    saved_seed = {k: v.clone() for k, v in slot.seed.state_dict().items()}
+    saved_momentum = [first.session.optimizer.state[p]["momentum_buffer"].clone()
+                      for p in slot.seed.parameters()]
+    seen = {}
+
+    def check(trainer, pl_module):
+        session = seen["esper"].session
+        restored = session.model.slot(SLOT)
+        seen["stage"] = restored.stage
+        seen["run_id"] = session.run_id
+        seen["steps"] = (session.model.global_step, trainer.global_step)
+        seen["groups"] = [g.get(SEED_GROUP_KEY) for g in trainer.optimizers[0].param_groups]
+        for k, v in restored.seed.state_dict().items():
+            torch.testing.assert_close(v, saved_seed[k])
+        for p, m in zip(restored.seed.parameters(), saved_momentum, strict=True):
+            torch.testing.assert_close(trainer.optimizers[0].state[p]["momentum_buffer"], m)
+        with torch.no_grad():
+            torch.testing.assert_close(pl_module(x), saved_out)
+        seen["checked"] = True
+
+    class Grab(AtTrainStart):
+        def setup(self, trainer, pl_module, stage):
+            seen["esper"] = next(c for c in trainer.callbacks if isinstance(c, EsperCallback))
+
+    second, _, trainer, _ = run(3, ckpt_path=tmp_path / "run2" / "last.ckpt", extra=[Grab(check)])
+    assert seen.get("checked")
+    assert seen["stage"] == S.SEED_STAGE_BLENDING
+    assert seen["run_id"] == first.session.run_id
+    assert seen["steps"] == (20, 20)
+    assert seen["groups"] == [None, SLOT]
+    assert second.session.model.global_step == trainer.global_step == 30
+    assert second.session.model.epoch == 3
 
 
 def test_bad_settings_are_refused() -> None:
