@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.optim import lr_scheduler
 
 pl = pytest.importorskip("pytorch_lightning")
 
@@ -51,8 +52,9 @@ class GrowOne:
 
     name = "grow-one"
 
-    def __init__(self, until: int = S.SEED_STAGE_FOSSILIZED) -> None:
-        self.until = until
+    def __init__(self, until: int = S.SEED_STAGE_FOSSILIZED, blueprint: str = BLUEPRINT,
+                 schedule: BlendSchedule = SCHEDULE) -> None:
+        self.until, self.blueprint, self.schedule = until, blueprint, schedule
         self.ids = (f"d-{i}" for i in itertools.count())
         self.callback: EsperCallback | None = None  # for the session's local kernels
         self.queue: list[AdaptationDecision] = []
@@ -74,10 +76,10 @@ class GrowOne:
         seed = next(s for s in snap.seeds if s.slot_id == SLOT)
         action = {}
         if seed.stage == S.SEED_STAGE_DORMANT and not self.issued:
-            cand = self.callback.session.local_kernels.find(BLUEPRINT, self.slot.shape)
+            cand = self.callback.session.local_kernels.find(self.blueprint, self.slot.shape)
             action["germinate"] = GerminateAction(
-                slot_id=SLOT, blueprint_ref=BLUEPRINT, kernel_id=cand.kernel.kernel_id,
-                kernel_sha256=cand.kernel.sha256, schedule=SCHEDULE)
+                slot_id=SLOT, blueprint_ref=self.blueprint, kernel_id=cand.kernel.kernel_id,
+                kernel_sha256=cand.kernel.sha256, schedule=self.schedule)
         elif seed.stage in (S.SEED_STAGE_DORMANT, self.until):
             pass
         elif seed.stage == S.SEED_STAGE_PROBATIONARY:
@@ -306,6 +308,62 @@ class StepSpy(pl.Callback):
             step(loss, outputs, targets, last_in_epoch=last_in_epoch)
 
         session.step = spy
+
+
+class Scheduled(DigitsModule):
+    """configure_optimizers returns a learning-rate scheduler, as Lightning users do."""
+
+    def __init__(self, net, kind: str, total_steps: int) -> None:
+        super().__init__(net)
+        self.kind, self.total_steps = kind, total_steps
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if self.kind == "OneCycleLR":
+            scheduler = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=self.total_steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # min_lr as a list: the form that refuses a param group count it was not built with.
+        scheduler = lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, min_lr=[1e-4])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+class Rates(pl.Callback):
+    """After every training batch: (host lr, seed group lr or None)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float | None]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        seed = [g["lr"] for g in groups if g.get(SEED_GROUP_KEY) == SLOT]
+        self.seen.append((groups[0]["lr"], seed[0] if seed else None))
+
+
+@pytest.mark.parametrize("kind", ["OneCycleLR", "ReduceLROnPlateau"])
+def test_lightning_schedulers_follow_seed_groups(kind) -> None:
+    """A scheduler from configure_optimizers keeps stepping while a seed group comes and
+    goes (LoRA: merged, so its group is removed, on fossilization); the seed group, with
+    no rate of its own, follows the host's schedule."""
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    epochs, batches = 4, 20
+    policy = GrowOne(blueprint="BP-LORA-R8@1.0.0", schedule=BlendSchedule(
+        training_steps=4, blend_steps=4, shadow_steps=2, probation_steps=2))
+    esper = EsperCallback(policy, module="net", slots=[SLOT], example_input=task.example_input,
+                          config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    rates = Rates()
+    trainer = _trainer([esper, rates], max_epochs=epochs, limit_train_batches=batches,
+                       limit_val_batches=2)
+    trainer.fit(Scheduled(task.model, kind, epochs * batches + 1),
+                task.train_loader, task.val_loader)
+    slot = esper.session.model.slot(SLOT)
+    assert slot.stage == S.SEED_STAGE_FOSSILIZED and slot.record.merged
+    with_seed = [(host, seed) for host, seed in rates.seen if seed is not None]
+    assert with_seed and rates.seen[-1][1] is None  # the group came, then went on merge
+    assert all(seed == pytest.approx(host) for host, seed in with_seed)
+    assert len({host for host, _ in rates.seen}) > 1  # the scheduler did move the rate
+    assert esper.session.model.global_step == trainer.global_step == epochs * batches
 
 
 class AtTrainStart(pl.Callback):
