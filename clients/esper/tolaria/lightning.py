@@ -43,8 +43,9 @@ weights (use `esper_cb.session.model.unwrap()` for the grown model as a plain mo
 multi-process strategies (DDP, FSDP): seeds are not part of the wrapped module, so their
 gradients would not be synchronised; the callback refuses world sizes above 1.
 
-LR schedulers from `configure_optimizers` step the same optimizer; how a scheduler treats
-seed param groups is Tolaria's (see its README), nothing Lightning-specific.
+LR schedulers from `configure_optimizers` step the same optimizer, and Tolaria keeps every
+scheduler of that optimizer in step with the seed groups (esper.tolaria.schedulers): a seed
+group follows the host's schedule unless its decision set its own rate.
 """
 
 from __future__ import annotations
