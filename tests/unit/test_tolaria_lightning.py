@@ -53,8 +53,9 @@ class GrowOne:
     name = "grow-one"
 
     def __init__(self, until: int = S.SEED_STAGE_FOSSILIZED, blueprint: str = BLUEPRINT,
-                 schedule: BlendSchedule = SCHEDULE) -> None:
+                 schedule: BlendSchedule = SCHEDULE, slot: str = SLOT) -> None:
         self.until, self.blueprint, self.schedule = until, blueprint, schedule
+        self.slot_id = slot
         self.ids = (f"d-{i}" for i in itertools.count())
         self.callback: EsperCallback | None = None  # for the session's local kernels
         self.queue: list[AdaptationDecision] = []
@@ -64,7 +65,7 @@ class GrowOne:
         self.epoch_end_steps: list[int] = []
 
     def start(self, open_message):
-        self.slot = next(s for s in open_message.graph.slots if s.slot_id == SLOT)
+        self.slot = next(s for s in open_message.graph.slots if s.slot_id == self.slot_id)
 
     def snapshot_every(self):
         return None
@@ -73,19 +74,21 @@ class GrowOne:
         self.snapshot_steps.append(snap.step)
         if snap.epoch_end:
             self.epoch_end_steps.append(snap.step)
-        seed = next(s for s in snap.seeds if s.slot_id == SLOT)
+        seed = next(s for s in snap.seeds if s.slot_id == self.slot_id)
         action = {}
         if seed.stage == S.SEED_STAGE_DORMANT and not self.issued:
             cand = self.callback.session.local_kernels.find(self.blueprint, self.slot.shape)
             action["germinate"] = GerminateAction(
-                slot_id=SLOT, blueprint_ref=self.blueprint, kernel_id=cand.kernel.kernel_id,
+                slot_id=self.slot_id, blueprint_ref=self.blueprint,
+                kernel_id=cand.kernel.kernel_id,
                 kernel_sha256=cand.kernel.sha256, schedule=self.schedule)
         elif seed.stage in (S.SEED_STAGE_DORMANT, self.until):
             pass
         elif seed.stage == S.SEED_STAGE_PROBATIONARY:
-            action["fossilize"] = FossilizeAction(slot_id=SLOT)
+            action["fossilize"] = FossilizeAction(slot_id=self.slot_id)
         elif seed.stage != S.SEED_STAGE_FOSSILIZED:
-            action["advance"] = AdvanceAction(slot_id=SLOT, target_stage=next_stage(seed.stage))
+            action["advance"] = AdvanceAction(slot_id=self.slot_id,
+                                              target_stage=next_stage(seed.stage))
         if action:
             d = AdaptationDecision(decision_id=next(self.ids), issued_at_step=snap.step,
                                    expires_at_step=snap.step + 20, **action)
@@ -210,6 +213,31 @@ def test_lightning_fit_germinates_trains_and_fossilizes_a_seed() -> None:
     summary = session.summary()
     assert summary["seeds_fossilized"] == 1 and summary["step"] == trainer.global_step
     assert session._closed  # on_fit_end closed the session
+
+
+def test_the_lightning_module_itself_is_wrapped_with_its_example_input_array() -> None:
+    """module=None: slots are named in the LightningModule, example_input_array gives the
+    activation shapes, and the grown module unwraps to a module computing the same."""
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    lit = DigitsModule(task.model)
+    lit.example_input_array = task.example_input
+    policy = GrowOne(slot="net.fc1")
+    esper = EsperCallback(policy, slots=["net.conv1", "net.fc1"], kasmina=KASMINA,
+                          config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    trainer = _trainer([esper], max_epochs=2)
+    trainer.fit(lit, task.train_loader, task.val_loader)
+    session = esper.session
+    assert session.model.host is lit
+    conv = session.model.slot("net.conv1").shape
+    assert (conv.height, conv.width) == (8, 8)  # read from a forward of example_input_array
+    assert session.model.slot("net.fc1").stage == S.SEED_STAGE_FOSSILIZED
+    grown = session.model.unwrap()
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in lit.parameters())
+    x, _ = next(iter(task.val_loader))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), lit(x))
 
 
 class TwoOptimizers(DigitsModule):

@@ -14,7 +14,8 @@ The callback drives the hook API (`esper.tolaria.attach`) from Lightning's hooks
   (the first by default), which receives the seeds' param groups. Lightning steps that
   same optimizer object, so seeds added mid-fit are trained, gradient clipping and
   AMP's scaler included. Without `example_input=`, the module's `example_input_array`
-  (when `module=None`) gives the real activation shapes.
+  (when `module=None`, and it is a tensor or a tuple of positional arguments) gives the
+  real activation shapes.
 - `on_train_batch_end`: `session.step(loss, outputs, targets)` once per batch in which an
   optimizer stepped (accumulated batches are skipped, so the session's step count is
   `trainer.global_step` with one optimizer). The loss is what `training_step` returned (a
@@ -128,10 +129,10 @@ class EsperCallback(*_callback_bases()):
             raise ValueError(f"optimizer={self.optimizer_index}, but configure_optimizers gave "
                              f"{len(optimizers)} optimizer(s)")
         kwargs = dict(self.attach_kwargs)
+        example = pl_module.example_input_array
         if "example_input" not in kwargs and self.module is None \
-                and pl_module.example_input_array is not None:
-            kwargs["example_input"] = _to_device(pl_module.example_input_array,
-                                                 pl_module.device)
+                and isinstance(example, (torch.Tensor, tuple, list)):
+            kwargs["example_input"] = _to_device(example, pl_module.device)
         if self._resume is not None:
             if kwargs.get("resume") is not None:
                 raise ValueError("resume= and a Lightning ckpt_path both restore the session; "
@@ -224,9 +225,11 @@ class EsperCallback(*_callback_bases()):
 
 
 def _to_device(example: Any, device: torch.device) -> Any:
-    """example_input_array (a tensor or a tuple of positional tensors) on `device`."""
+    """example_input_array (a tensor or a tuple of positional arguments) on `device`."""
     if isinstance(example, torch.Tensor):
         return example.to(device)
-    if isinstance(example, (tuple, list)):
-        return tuple(_to_device(x, device) for x in example)
+    if isinstance(example, list):
+        example = tuple(example)
+    if isinstance(example, tuple):
+        return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in example)
     return example
