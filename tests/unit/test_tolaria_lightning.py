@@ -423,15 +423,26 @@ def test_lightning_checkpoint_resumes_live_seeds(tmp_path) -> None:
         trainer.fit(lit, task.train_loader, task.val_loader, ckpt_path=ckpt_path)
         return esper, lit, trainer, task
 
-    first, lit, _, task = run(2)
-    slot = first.session.model.slot(SLOT)
-    assert slot.stage == S.SEED_STAGE_BLENDING
-    x, _ = next(iter(task.val_loader))
-    with torch.no_grad():
-        saved_out = lit(x)
-    saved_seed = {k: v.clone() for k, v in slot.seed.state_dict().items()}
-    saved_momentum = [first.session.optimizer.state[p]["momentum_buffer"].clone()
-                      for p in slot.seed.parameters()]
+    saved = {}
+
+    class AtSave(pl.Callback):
+        """The state each checkpoint holds (the fit's end settles live seeds afterwards)."""
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            session = next(c for c in trainer.callbacks if isinstance(c, EsperCallback)).session
+            slot = session.model.slot(SLOT)
+            saved["stage"] = slot.stage
+            with torch.no_grad():
+                saved["out"] = pl_module(saved["x"])
+            saved["seed"] = {k: v.clone() for k, v in slot.seed.state_dict().items()}
+            saved["momentum"] = [session.optimizer.state[p]["momentum_buffer"].clone()
+                                 for p in slot.seed.parameters()]
+
+    saved["x"], _ = next(iter(_task().val_loader))
+    first, _, _, _ = run(2, extra=[AtSave()])
+    assert saved["stage"] == S.SEED_STAGE_BLENDING
+    x, saved_out, saved_seed, saved_momentum = (saved[k] for k in ("x", "out", "seed",
+                                                                   "momentum"))
     seen = {}
 
     def check(trainer, pl_module):
