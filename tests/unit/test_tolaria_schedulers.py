@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torch.optim import lr_scheduler
 
 from esper.kasmina import KasminaConfig
-from esper.kasmina.testing import advance_to_fossilized
+from esper.kasmina.testing import force_advance
 from esper.leyline.v1.control_pb2 import (
     AckStatus,
     AdaptationDecision,
@@ -107,7 +107,7 @@ def _run(name: str, ending: str, seed_lr: float = 0.0):
         optimizer.step()
         session.step(loss, out, y)
         if ending == "fossilize" and step == END_AT:
-            advance_to_fossilized(session.model.slot("0"), step)
+            force_advance(session.model.slot("0"), step)
         _step_scheduler(scheduler, step)
         host_lrs.append(optimizer.param_groups[0]["lr"])
         stages.append(session.model.slot("0").stage)

@@ -20,23 +20,26 @@ _LONG_ENOUGH = 10**6
 def force_fossilize(slot: SeedSlot, seed: nn.Module) -> None:
     """Germinate `seed` in the dormant `slot` and advance it to FOSSILIZED."""
     slot.germinate(seed, step=0, function_preserving=False)
-    advance_to_fossilized(slot, step=0)
+    force_advance(slot, step=0)
 
 
-def advance_to_fossilized(slot: SeedSlot, step: int) -> None:
-    """Advance the live seed in `slot` (GERMINATED or later) to FOSSILIZED at `step`."""
+def force_advance(slot: SeedSlot, step: int, until: int = S.SEED_STAGE_FOSSILIZED) -> None:
+    """Advance the live seed in `slot` (GERMINATED or later) at `step`, gate by gate, to
+    the stage `until` (FOSSILIZED by default)."""
     record = slot.record
+    if slot.stage == until:
+        return
     if slot.stage == S.SEED_STAGE_GERMINATED:
         slot.advance(step)  # GERMINATED -> TRAINING
-    if slot.stage == S.SEED_STAGE_TRAINING:
+    if slot.stage == S.SEED_STAGE_TRAINING and until != slot.stage:
         record.seed_improvement, record.steps_in_stage = -1.0, _LONG_ENOUGH
         slot.advance(step)  # TRAINING -> BLENDING (G2: the seed lowered the loss)
-    if slot.stage == S.SEED_STAGE_BLENDING:
+    if slot.stage == S.SEED_STAGE_BLENDING and until != slot.stage:
         slot._set_alpha_step(_LONG_ENOUGH)  # the blend is complete
         slot.advance(step, loss=1.0)  # BLENDING -> SHADOWING
-    for _ in range(2):  # SHADOWING -> PROBATIONARY -> FOSSILIZED
-        if slot.stage in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
-            record.steps_in_stage = _LONG_ENOUGH
-            slot.advance(step, loss=1.0)
-    if slot.stage != S.SEED_STAGE_FOSSILIZED:
-        raise RuntimeError(f"advance_to_fossilized: the slot stopped at {S.Name(slot.stage)}")
+    while slot.stage in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY) \
+            and until != slot.stage:  # -> PROBATIONARY -> FOSSILIZED
+        record.steps_in_stage = _LONG_ENOUGH
+        slot.advance(step, loss=1.0)
+    if slot.stage != until:
+        raise RuntimeError(f"force_advance: the slot stopped at {S.Name(slot.stage)}")

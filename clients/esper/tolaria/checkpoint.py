@@ -79,6 +79,8 @@ def session_state(session, loop: dict | None = None) -> dict:
             "sequence": session.sequence, "last_applied": session.last_applied_decision_id,
             "metrics": session.metrics.state_dict(), "outcomes": session.outcomes.state_dict(),
             "policies": policy_state, "ack_counts": dict(session.ack_counts),
+            "waits": session.waits, "seed_log": session.seed_log.state_dict(),
+            "flops": session.flops.state_dict(model.global_step),
         },
         "rng": rng_state(),
         "loop": dict(loop or {}),
@@ -139,6 +141,11 @@ def restore_session(session, state: dict, *, restore_rng: bool = True) -> dict:
     session.metrics.load_state_dict(saved["metrics"])
     session.outcomes.load_state_dict(saved["outcomes"])
     session.ack_counts.update({int(k): int(v) for k, v in saved["ack_counts"].items()})
+    # Checkpoints written before the typed summary lack these: they start empty.
+    session.waits = int(saved.get("waits", 0))
+    session.seed_log.load_state_dict(saved.get("seed_log", []))
+    if "flops" in saved:
+        session.flops.load_state_dict(saved["flops"])
     for name, policy_state in saved["policies"].items():
         source = getattr(session, name)
         if source is not None and hasattr(source, "load_state_dict"):

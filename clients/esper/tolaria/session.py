@@ -23,6 +23,7 @@ from opentelemetry import trace
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
 from esper.kasmina.wrap import MorphableModel
+from esper.leyline.lifecycle import stage_name
 from esper.leyline.v1.common_pb2 import Dtype, SlotKind
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSnapshot
@@ -31,10 +32,13 @@ from esper.leyline.v1.telemetry_pb2 import SeedTransition
 from esper.leyline.version import contract_version
 from esper.tolaria.budget import runtime_budget
 from esper.tolaria.config import TolariaConfig
+from esper.tolaria.flops import FlopMeter
 from esper.tolaria.metrics import MetricsWindow, global_grad_norm
 from esper.tolaria.optim import SeedParamGroups, host_learning_rate
 from esper.tolaria.outcomes import SeedOutcomes
 from esper.tolaria.policy.base import PolicySource
+from esper.tolaria.settle import settle_seeds
+from esper.tolaria.summary import RunSummary, SeedLog
 from esper.tolaria.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ _READY = "ready"
 _WAIT = "wait"
 
 CLIENT_VERSION = "esper-tolaria 0.1.0"
+# The keys end_epoch accepts (those of the snapshot's validation metrics).
+VAL_METRICS = ("val_loss", "val_accuracy")
 AckListener = Callable[[DecisionAck], None]
 # Capability tags the session advertises: Kasmina hosts seeds in every slot kind it places,
 # so a model with slots of a kind can run the blueprints that require that kind (Urza's
@@ -80,11 +86,15 @@ class TolariaSession:
             model, every=config.snapshot_every, sample_every=config.health_sample_every)
         self.metrics = MetricsWindow()
         self.outcomes = SeedOutcomes(config.run_id)
+        self.seed_log = SeedLog()
+        self.flops = FlopMeter(model)
         self.pending: list[AdaptationDecision] = []
         self.ack_listeners: list[AckListener] = []
         self.ack_counts = {s: 0 for s in (AckStatus.ACK_STATUS_APPLIED,
                                           AckStatus.ACK_STATUS_REJECTED,
                                           AckStatus.ACK_STATUS_EXPIRED)}
+        # WAIT decisions: acked APPLIED on the wire, but nothing was applied.
+        self.waits = 0
         self.duplicates_dropped = 0
         self.sequence = 0
         self.last_applied_decision_id = ""
@@ -92,7 +102,7 @@ class TolariaSession:
         self.host_params_at_start = model.host_param_count()
         self._layers: list[LayerHealth] = []
         self._issuer: dict[str, PolicySource] = {}
-        self._applying = ""
+        self._applying: AdaptationDecision | None = None
         self._kernel_errors: dict[str, str] = {}
         self._closed = False
         self.graph = model.model_graph()
@@ -137,12 +147,18 @@ class TolariaSession:
             self._apply_arrived(observe=None)
 
     def end_epoch(self, val_metrics: dict | None = None) -> TrainingSnapshot:
-        """An epoch is done; `val_metrics` may hold val_loss and val_accuracy. Returns the
-        epoch-end snapshot."""
-        self.model.seed_epoch()
+        """An epoch is done; `val_metrics` may hold val_loss and val_accuracy (numbers or
+        one-element tensors, measured on held-out data; an absent one is unknown). Any
+        other key is refused with ValueError: a misspelt or training metric would
+        otherwise be silently dropped. Returns the epoch-end snapshot."""
         val = val_metrics or {}
-        val_loss = float(val.get("val_loss", val.get("loss", math.nan)))
-        val_acc = float(val.get("val_accuracy", val.get("accuracy", math.nan)))
+        unknown = sorted(set(val) - set(VAL_METRICS))
+        if unknown:
+            raise ValueError(f"end_epoch: unknown metric keys {unknown}; known: "
+                             f"{list(VAL_METRICS)}")
+        self.model.seed_epoch()
+        val_loss = float(val.get("val_loss", math.nan))
+        val_acc = float(val.get("val_accuracy", math.nan))
         self.metrics.end_epoch(val_loss, val_acc)
         return self._safe_point(epoch_end=True)
 
@@ -248,12 +264,12 @@ class TolariaSession:
                                   status=AckStatus.ACK_STATUS_REJECTED, reason=status,
                                   step=self.model.global_step)
             else:
-                self._applying = decision.decision_id
+                self._applying = decision
                 try:
                     ack = self.applier.apply(decision, loss=self._gate_loss())
                 finally:
-                    self._applying = ""
-            self._acked(ack)
+                    self._applying = None
+            self._acked(ack, wait=decision.WhichOneof("action") == "wait")
         self.pending = waiting
 
     def _expired(self, decision: AdaptationDecision) -> bool:
@@ -291,8 +307,11 @@ class TolariaSession:
         if f"{spec.name}@{spec.version}" == ref:
             catalog[ref] = spec
 
-    def _acked(self, ack: DecisionAck) -> None:
-        self.ack_counts[ack.status] = self.ack_counts.get(ack.status, 0) + 1
+    def _acked(self, ack: DecisionAck, wait: bool = False) -> None:
+        if wait and ack.status == AckStatus.ACK_STATUS_APPLIED:
+            self.waits += 1  # acked APPLIED (the wire has no WAIT status) yet nothing done
+        else:
+            self.ack_counts[ack.status] = self.ack_counts.get(ack.status, 0) + 1
         if ack.status == AckStatus.ACK_STATUS_APPLIED:
             self.last_applied_decision_id = ack.decision_id
         elif ack.status == AckStatus.ACK_STATUS_REJECTED:
@@ -306,10 +325,19 @@ class TolariaSession:
 
     # ---- seeds -------------------------------------------------------------------------------
     def _on_transition(self, event: SeedTransition) -> None:
+        decision = self._applying
+        why = decision.rationale if decision is not None else ""
+        log.info("run %s: seed %s in %s (%s): %s -> %s at step %d: %s%s", self.run_id,
+                 event.seed_id, event.slot_id, event.blueprint_ref or "no blueprint",
+                 stage_name(event.from_stage), stage_name(event.to_stage), event.step,
+                 event.reason, f" (decision: {why})" if why else "")
         self.telemetry.publish(seed_transition=event)
+        self.seed_log.on_transition(event, why=why)
+        self.flops.changed(event.step)
         slot = self.model.slot(event.slot_id)
         report = self.outcomes.on_transition(
-            event, kernel_id=slot.record.kernel_id, decision_id=self._applying,
+            event, kernel_id=slot.record.kernel_id,
+            decision_id=decision.decision_id if decision is not None else "",
             val_loss=self.metrics.val_loss, val_accuracy=self.metrics.val_accuracy)
         if report is None:
             return
@@ -361,9 +389,13 @@ class TolariaSession:
         )
 
     # ---- end -------------------------------------------------------------------------------
-    def close(self, expire_pending: bool = True) -> None:
-        """End the run. Decisions never applied are acked EXPIRED (unless the run is to be
-        resumed from a checkpoint, where they travel as pending decisions)."""
+    def close(self, expire_pending: bool = True, *, settle: bool | None = None) -> None:
+        """End the run. Decisions never applied are acked EXPIRED, then the seeds still
+        live are settled (esper.tolaria.settle: fossilized if every remaining gate passes
+        now, culled otherwise), so `model.unwrap()` is the final model.
+        `expire_pending=False` (the run is to be resumed from a checkpoint) keeps both:
+        pending decisions travel in the checkpoint and live seeds stay live; `settle`
+        overrides the latter."""
         if self._closed:
             return
         if expire_pending:
@@ -374,22 +406,32 @@ class TolariaSession:
                     status=AckStatus.ACK_STATUS_EXPIRED, step=self.model.global_step,
                     reason="the run ended before the decision could be applied"))
             self.pending = []
+        if expire_pending if settle is None else settle:
+            self.settle()
         self._closed = True
         for source in (self.policy, self.fallback):
             if source is not None:
                 source.close()
         self.health.close()
+        self.flops.close()
         self.telemetry.close()
 
-    def summary(self) -> dict:
-        return {
-            "run_id": self.run_id, "step": self.model.global_step, "epoch": self.model.epoch,
-            "host_params_before": self.host_params_at_start,
-            "params_after": sum(p.numel() for p in self.model.parameters()),
-            "seed_params": self.model.seed_param_count(),
-            "live_seeds": self.model.live_seed_count(),
-            "seeds_fossilized": self.outcomes.fossilized, "seeds_culled": self.outcomes.culled,
-            "acks": {AckStatus.Name(k).removeprefix("ACK_STATUS_").lower(): v
-                     for k, v in self.ack_counts.items()},
-            "val_loss": self.metrics.val_loss, "val_accuracy": self.metrics.val_accuracy,
-        }
+    def settle(self) -> None:
+        """Fossilize or cull every live seed now (see esper.tolaria.settle); close() does
+        it for a run that ends."""
+        settle_seeds(self.model, self._gate_loss())
+
+    def summary(self) -> RunSummary:
+        """What the run did: a RunSummary (str() is a report; summary["key"] works too)."""
+        acks = {AckStatus.Name(k).removeprefix("ACK_STATUS_").lower(): v
+                for k, v in self.ack_counts.items()}
+        flops = self.flops.totals(self.model.global_step)
+        return RunSummary(
+            run_id=self.run_id, step=self.model.global_step, epoch=self.model.epoch,
+            val_loss=self.metrics.val_loss, val_accuracy=self.metrics.val_accuracy,
+            host_params_before=self.host_params_at_start,
+            params_after=sum(p.numel() for p in self.model.parameters()),
+            seed_params=self.model.seed_param_count(), seeds=list(self.seed_log.seeds),
+            decisions={**acks, "waits": self.waits},
+            host_flops=flops[0] if flops else None, seed_flops=flops[1] if flops else None,
+        )

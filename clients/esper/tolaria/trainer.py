@@ -22,6 +22,7 @@ from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.progress import EpochProgress
+from esper.tolaria.summary import RunSummary
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,8 +72,9 @@ class Trainer:
         self.history: list[dict] = []  # per epoch: train/val metrics
 
     # ---- the loop ------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train the remaining epochs; returns the session summary."""
+    def fit(self) -> RunSummary:
+        """Train the remaining epochs, close the session (settling live seeds); returns
+        its summary."""
         while self.epoch < self.epochs:
             self.train_epoch()
         self.session.close()
