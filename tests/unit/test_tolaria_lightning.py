@@ -474,6 +474,27 @@ def test_lightning_checkpoint_resumes_live_seeds(tmp_path) -> None:
     assert second.session.model.epoch == 3
 
 
+class Crashes(DigitsModule):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 12:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_interrupted_fit_closes_the_session_keeping_live_seeds() -> None:
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    policy = GrowOne(until=S.SEED_STAGE_TRAINING)
+    esper = EsperCallback(policy, module="net", slots=[SLOT], example_input=task.example_input,
+                          kasmina=KASMINA, config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer([esper], max_epochs=1).fit(Crashes(task.model), task.train_loader)
+    assert esper.session._closed
+    assert esper.session.model.slot(SLOT).stage == S.SEED_STAGE_TRAINING  # not settled
+    assert esper.session.model.global_step == 12
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="optimizer"):
         EsperCallback(optimizer=-1)

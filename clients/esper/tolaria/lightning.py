@@ -30,7 +30,9 @@ The callback drives the hook API (`esper.tolaria.attach`) from Lightning's hooks
   `on_train_epoch_end` (a metric not logged is NaN to the session). The sanity-check
   validation is ignored; a mid-epoch validation (`val_check_interval < 1`) only updates
   the metrics the next epoch end reports.
-- `on_fit_end` / `on_exception`: `session.close()`.
+- `on_fit_end`: `session.close()` (pending decisions expire, live seeds are settled: the
+  in-memory model is final; checkpoints taken earlier keep them live). `on_exception`
+  (a crash, Ctrl-C): `session.close(expire_pending=False)`, as for a run to be resumed.
 
 Checkpoints. Lightning's checkpoint keeps the LightningModule's state_dict (host weights,
 with merged fossils folded in) and the optimizer state, whose seed param groups only fit a
@@ -145,15 +147,18 @@ class EsperCallback(*_callback_bases()):
         self._stepped_at = trainer.global_step  # after Lightning restored a checkpoint's loops
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._close()
+        self._close(finished=True)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._close()
+        self._close(finished=False)
 
-    def _close(self) -> None:
+    def _close(self, finished: bool) -> None:
+        """A finished fit expires pending decisions and settles live seeds (the model is
+        final); an interrupted one keeps both, as for a run to be resumed (a checkpoint
+        taken on the exception, e.g. by OnExceptionCheckpoint, then still has them)."""
         self._fitting = False
         if self.session is not None:
-            self.session.close()
+            self.session.close(expire_pending=finished)
 
     def _target(self, pl_module) -> nn.Module:
         if self.module is None:
