@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
+# `make experiment EXPERIMENT_ARGS="--seeds 5 --epochs 20 --hosts mlp"` for a subset
+EXPERIMENT_ARGS ?= --seeds 5 --epochs 30
 
-.PHONY: help install gen check-gen test test-unit demo up down status bench lint
+.PHONY: help install gen check-gen test test-unit demo up down status bench experiment lint
 
 help:
 	@echo "make demo       install everything, start the local stack, run the demo"
@@ -14,6 +16,8 @@ help:
 	@echo "make status     health of the local stack"
 	@echo "make gen        regenerate gen/ from proto/"
 	@echo "make bench      run every benchmark (JSON in benchmarks/results/)"
+	@echo "make experiment does growth pay? every arm on Fashion-MNIST, MLP and CNN hosts"
+	@echo "                (benchmarks/results/morphogenesis.{json,md,png}; EXPERIMENT_ARGS=...)"
 	@echo "make lint       buf lint + ruff"
 
 install:
@@ -45,6 +49,9 @@ demo: install
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+experiment: install
+	$(BIN)/python benchmarks/morphogenesis.py $(EXPERIMENT_ARGS)
 
 lint: install
 	cd proto && ../$(BIN)/buf lint

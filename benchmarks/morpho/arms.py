@@ -1,0 +1,239 @@
+"""The arms of the experiment. Every arm of a seed builds its model right after
+torch.manual_seed(seed) and trains with the same loop, batch order and validation passes;
+the arms that depend on Esper's run (its growth count, final size, architecture and FLOPs)
+run after it, within the same seed."""
+
+from __future__ import annotations
+
+import copy
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import esper.tolaria
+from esper.blueprints.builder import build_seed
+from esper.blueprints.catalog import builtin_blueprints
+from esper.kasmina import wrap
+from esper.kasmina.merge import residual_module
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.tolaria import TolariaConfig
+from esper.tolaria.kernels import LOCAL_KERNEL_SEED
+
+from . import hosts
+from .data import Splits
+from .flops import FlopMeter
+from .growth import Planned, ScheduledGrowth
+from .loop import LEARNING_RATE, train
+
+# Arms in the order they run within a seed (dependents after "esper").
+ARMS = ("static-small", "esper", "random", "schedule", "static-final-size",
+        "esper-arch-static", "gromo", "static-large", "learned")
+# Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
+# reached Esper's total for the seed.
+MATCHED = {"static-final-size@esper-flops": "static-final-size",
+           "esper-arch-static@esper-flops": "esper-arch-static"}
+LABELS = {
+    "static-small": "static small host",
+    "esper": "Esper, heuristic at defaults",
+    "random": "random growth (same seed count, random slots/blueprints/times)",
+    "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
+    "static-final-size": "static, Esper's final parameter count, same epochs",
+    "static-final-size@esper-flops": "  the same, stopped at Esper's FLOPs",
+    "esper-arch-static": "Esper's final architecture, trained static from the start",
+    "esper-arch-static@esper-flops": "  the same, stopped at Esper's FLOPs",
+    "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
+    "static-large": "static large reference",
+    "learned": "Esper, learned policy",
+}
+# Random growth draws its germination times from this leading fraction of the run, so a
+# seed has time to go through its lifecycle.
+RANDOM_TIME_FRACTION = 0.7
+NOT_YET = {"learned": "not yet: the Simic policy has no episodes from tasks other than "
+                      "Fashion-MNIST to be trained on without leakage"}
+
+
+class NotAvailable(Exception):
+    """This arm cannot run here; the message says why (recorded, not fatal)."""
+
+
+@dataclass
+class Context:
+    host: str
+    seed: int
+    epochs: int
+    data: Splits
+    # --quick: the controls grow even when Esper's short run does not, so the harness's
+    # growth paths run (random growth plans at least one germination, GroMo grows ~10%).
+    quick: bool = False
+    done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
+
+    @property
+    def example(self) -> torch.Tensor:
+        return self.data.x_train[:2]
+
+    def esper(self) -> dict:
+        if "esper" not in self.done:
+            raise NotAvailable("needs the esper arm in the same run")
+        return self.done["esper"]
+
+
+def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+
+
+def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None) -> dict:
+    return train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
+                 meter=FlopMeter(), milestones=milestones)
+
+
+def _matched(ctx: Context) -> dict:
+    return {"esper-flops": ctx.esper()["flops"]["total"]}
+
+
+def static_small(ctx: Context) -> dict:
+    torch.manual_seed(ctx.seed)
+    return _static(ctx, hosts.small(ctx.host))
+
+
+def static_large(ctx: Context) -> dict:
+    torch.manual_seed(ctx.seed)
+    return _static(ctx, hosts.large(ctx.host), _matched(ctx) if "esper" in ctx.done else None)
+
+
+def static_final_size(ctx: Context) -> dict:
+    target = ctx.esper()["params"]
+    torch.manual_seed(ctx.seed)
+    model = hosts.sized(ctx.host, target)
+    record = _static(ctx, model, _matched(ctx))
+    record["widths"] = hosts.sized_widths(ctx.host, target)
+    return record
+
+
+def _grown(ctx: Context, policy) -> tuple[dict, object]:
+    """The small host under an Esper session with `policy`, through the user-facing API."""
+    torch.manual_seed(ctx.seed)
+    model = hosts.small(ctx.host)
+    optimizer = _adam(model)
+    config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
+    session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
+                                   config=config)
+    morph = session.model
+    every = config.snapshot_every  # the local policies ask for no other interval
+
+    def state_key():
+        return hosts.params(morph), tuple(s.stage for s in morph.slots.values())
+
+    meter = FlopMeter()
+    record = train(morph, optimizer, ctx.data, seed=ctx.seed, epochs=ctx.epochs, meter=meter,
+                   session=session, state_key=state_key,
+                   safe_point=lambda: (morph.global_step + 1) % every == 0)
+    session.close()
+    with warnings.catch_warnings():  # live seeds are left out, as intended
+        warnings.simplefilter("ignore")
+        function_params = hosts.params(morph.unwrap())
+    germinated = [{"step": t.step, "epoch": t.epoch, "slot": t.slot_id, "blueprint": t.blueprint_ref}
+                  for t in morph.transitions if t.to_stage == SeedStage.SEED_STAGE_GERMINATED]
+    states = morph.seed_states()
+    record.update({
+        "params_with_live_seeds": record["params"],
+        "params": function_params,  # what the final model computes with (fossils merged)
+        "germinations": germinated,
+        # merged: an affine seed folded into its host layer's weights (no module left)
+        "fossilized": [{"slot": s.slot_id, "blueprint": s.blueprint_ref,
+                        "merged": morph.slot(s.slot_id).seed is None} for s in states
+                       if s.stage == SeedStage.SEED_STAGE_FOSSILIZED],
+        "culled": sum(t.to_stage == SeedStage.SEED_STAGE_CULLED for t in morph.transitions),
+        "live_at_end": sum(1 for s in states if s.stage not in (
+            SeedStage.SEED_STAGE_DORMANT, SeedStage.SEED_STAGE_FOSSILIZED,
+            SeedStage.SEED_STAGE_EMBARGOED, SeedStage.SEED_STAGE_RESETTING)),
+    })
+    return record, morph
+
+
+def run_esper(ctx: Context) -> dict:
+    record, _ = _grown(ctx, "local")
+    return record
+
+
+def run_random(ctx: Context) -> dict:
+    count = len(ctx.esper()["germinations"])
+    if ctx.quick:
+        count = max(count, 1)
+    rng = random.Random(ctx.seed)
+    last = max(1, int(RANDOM_TIME_FRACTION * ctx.epochs * ctx.data.steps_per_epoch))
+    plan = [Planned(step=rng.randint(1, last)) for _ in range(count)]
+    source = ScheduledGrowth(plan, rng=rng)
+    record, _ = _grown(ctx, source)
+    record.update({"planned": count, "applied": source.applied, "dropped": source.dropped})
+    return record
+
+
+def schedule_epochs(epochs: int, count: int) -> list[int]:
+    every = max(1, epochs // 10)
+    return [every * (i + 1) for i in range(count)]
+
+
+def run_schedule(ctx: Context) -> dict:
+    fossils = ctx.esper()["fossilized"]
+    order = {g["slot"]: g["step"] for g in ctx.esper()["germinations"]}
+    fossils = sorted(fossils, key=lambda f: order.get(f["slot"], 0))
+    epochs = schedule_epochs(ctx.epochs, len(fossils))
+    plan = [Planned(step=e * ctx.data.steps_per_epoch, slot_id=f["slot"], blueprint_ref=f["blueprint"])
+            for e, f in zip(epochs, fossils, strict=True)]
+    source = ScheduledGrowth(plan)
+    record, _ = _grown(ctx, source)
+    record.update({"schedule_epochs": epochs, "applied": source.applied, "dropped": source.dropped})
+    return record
+
+
+def esper_architecture(ctx: Context) -> torch.nn.Module:
+    """Esper's final architecture for this seed, freshly initialised: the small host (same
+    seed) with each unmerged fossil's blueprint built in its slot (with the local kernels'
+    initialisation, as Esper germinated it) as the residual module `unwrap()` makes of a
+    fossil. Merged fossils (affine seeds folded into the host weights) add no module.
+
+    (Fossilizing freshly built seeds with esper.kasmina.testing.force_fossilize would not
+    do: a function-preserving seed is exactly zero at initialisation, so Kasmina's merge
+    finds it affine and folds it away.)"""
+    catalog = {f"{s.name}@{s.version}": s for s in builtin_blueprints()}
+    torch.manual_seed(ctx.seed)
+    host = hosts.small(ctx.host)
+    shapes = {slot.slot_id: slot.shape
+              for slot in wrap(copy.deepcopy(host), example_input=ctx.example).slots.values()}
+    for fossil in ctx.esper()["fossilized"]:
+        if fossil["merged"]:
+            continue
+        name = fossil["slot"]
+        seed = build_seed(catalog[fossil["blueprint"]], shapes[name], seed=LOCAL_KERNEL_SEED)
+        parent_name, _, child = name.rpartition(".")
+        parent = host.get_submodule(parent_name) if parent_name else host
+        setattr(parent, child, residual_module(host.get_submodule(name), seed))
+    return host
+
+
+def run_esper_arch(ctx: Context) -> dict:
+    model = esper_architecture(ctx)
+    record = _static(ctx, model, _matched(ctx))
+    record["fossils"] = ctx.esper()["fossilized"]
+    return record
+
+
+def run_gromo(ctx: Context) -> dict:
+    from .gromo_arm import run  # imports gromo (optional)
+
+    return run(ctx)
+
+
+def run_learned(ctx: Context) -> dict:
+    raise NotAvailable(NOT_YET["learned"])
+
+
+RUNNERS: dict[str, Callable[[Context], dict]] = {
+    "static-small": static_small, "esper": run_esper, "random": run_random,
+    "schedule": run_schedule, "static-final-size": static_final_size,
+    "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,
+    "learned": run_learned,
+}

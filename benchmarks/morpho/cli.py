@@ -1,0 +1,110 @@
+"""Command line of benchmarks/morphogenesis.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import report
+from .arms import ARMS, RUNNERS, Context, NotAvailable
+from .hosts import HOSTS
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+# Run seeds far from Simic's collection seeds (0..) and from bench_growth's.
+SEED_BASE = 3_000_000
+BATCH_SIZE = 128
+
+
+def _csv(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{bad or text!r}: choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="morphogenesis.py", description=(
+        "Does growth pay? Esper against its alternatives on Fashion-MNIST at matched "
+        "training FLOPs. Writes morphogenesis.json, .md and .png to --out-dir."))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--hosts", type=_csv(HOSTS), default=list(HOSTS))
+    p.add_argument("--arms", type=_csv(ARMS), default=list(ARMS),
+                   help="arms to run (those depending on Esper need esper too)")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed, two epochs, a data subset: proves the harness runs, never the result")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--name", default="morphogenesis", help="output file stem")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render the .md and .png from the existing JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}
+    if args.report_only:
+        _render(json.loads(paths["json"].read_text()), paths)
+        return 0
+    if args.quick:
+        args.seeds, args.epochs = 1, 2
+    if args.seeds < 1 or args.epochs < 1:
+        print("--seeds and --epochs must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only contend
+    splits = data_mod.load(BATCH_SIZE, quick=args.quick)
+    command = "python benchmarks/morphogenesis.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
+                         "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
+                         "seed_base": SEED_BASE, "data": splits.describe(),
+                         "torch": torch.__version__, "threads": torch.get_num_threads()},
+              "hosts": {}}
+    t0 = time.perf_counter()
+    for host in args.hosts:
+        h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
+        for i in range(args.seeds):
+            ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=splits,
+                          quick=args.quick)
+            for arm in [a for a in ARMS if a in args.arms]:
+                if arm in h["unavailable"]:
+                    continue
+                try:
+                    record = RUNNERS[arm](ctx)
+                except NotAvailable as exc:
+                    h["unavailable"][arm] = str(exc)
+                    continue
+                record["seed"] = ctx.seed
+                ctx.done[arm] = record
+                h["runs"].setdefault(arm, []).append(record)
+                print(f"[{time.perf_counter() - t0:7.0f}s] {host} seed {i} {arm:18s} "
+                      f"test {100 * record['test_accuracy']:.2f}% "
+                      f"{record['flops']['total'] / 1e9:7.2f} GFLOP params {record['params']:6d} "
+                      f"{record['wall_s']:.0f}s", flush=True)
+            h["summary"] = report.summarise(h["runs"])
+            result["config"]["seeds_done"] = i + 1
+            result["config"]["wall_s"] = time.perf_counter() - t0
+            _write(result, paths)  # after every seed: a long run is never all-or-nothing
+    _render(result, paths)
+    print(paths["md"].read_text())
+    return 0
+
+
+def _write(result: dict, paths: dict) -> None:
+    paths["json"].write_text(json.dumps(result, indent=1))
+
+
+def _render(result: dict, paths: dict) -> None:
+    paths["md"].write_text(report.markdown(result))
+    report.plot(result, paths["png"])

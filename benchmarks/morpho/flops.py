@@ -1,0 +1,59 @@
+"""Training-compute accounting with torch.utils.flop_counter.FlopCounterMode.
+
+The counter runs on passes actually made, never on a model of them. A training step's
+cost (forward, backward, optimizer step) is measured on the first real step of each
+architecture state and charged per sample from then on; the state's key changes whenever
+the parameter count or a seed's stage changes (a seed in TRAINING or BLENDING runs extra
+computation), so the cost is re-measured after every change. Validation passes are
+measured the same way. Rare extra work (Esper's safe points and gate probes, GroMo's
+statistics and line searches) is counted in full every time it runs.
+
+FlopCounterMode counts matrix products, convolutions and attention (what dominates these
+models); elementwise operations and reductions are not counted, in any arm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from contextlib import contextmanager
+
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class FlopMeter:
+    """Cumulative FLOPs of one run, by kind ("train", "validation", "extra")."""
+
+    def __init__(self) -> None:
+        self.per_sample: dict[tuple[str, Hashable], float] = {}
+        self.by_kind: dict[str, float] = {"train": 0.0, "validation": 0.0, "extra": 0.0}
+        self.measurements = 0
+
+    @property
+    def total(self) -> float:
+        return sum(self.by_kind.values())
+
+    def run(self, kind: str, key: Hashable, samples: int, fn: Callable[[], object]) -> object:
+        """Run `fn` (a pass over `samples` samples) and charge it: measured on the first
+        call for (kind, key), charged at the measured per-sample cost afterwards."""
+        cached = self.per_sample.get((kind, key))
+        if cached is None:
+            with FlopCounterMode(display=False) as counter:
+                out = fn()
+            cached = counter.get_total_flops() / max(samples, 1)
+            self.per_sample[(kind, key)] = cached
+            self.measurements += 1
+        else:
+            out = fn()
+        self.by_kind[kind] += cached * samples
+        return out
+
+    @contextmanager
+    def counted(self, kind: str = "extra"):
+        """Count everything run inside the block in full."""
+        with FlopCounterMode(display=False) as counter:
+            yield
+        self.by_kind[kind] += counter.get_total_flops()
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, **{k: v for k, v in self.by_kind.items()},
+                "measurements": self.measurements}

@@ -1,0 +1,105 @@
+"""Policy sources for the growth controls: germinations planned in advance (at fixed
+times, or at random times into random slots with random blueprints), with every seed's
+later lifecycle (advance, fossilize, cull) decided by Esper's own local heuristic, so the
+controls differ from Esper only in *when, where and what* they grow.
+
+`ScheduledGrowth` is a LocalPolicy (attach() hands it the local kernel catalogue) whose
+heuristic never germinates (no plateau is ever long enough); the planned germinations are
+issued as ordinary GerminateAction decisions through the session, one live seed at a time
+(as the heuristic does), each re-planned on a rejection at most MAX_TRIES times."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import uuid
+from dataclasses import dataclass
+
+from esper.leyline.lifecycle import LIVE_STAGES
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, GerminateAction
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.signals_pb2 import TrainingSnapshot
+from esper.leyline.v1.tamiyo_pb2 import SessionOpen
+from esper.tamiyo.policies.heuristic import blend_schedule
+from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
+
+# The heuristic at Esper's local defaults, except that it never sees a plateau.
+LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9)
+MAX_TRIES = 3
+
+
+@dataclass
+class Planned:
+    """A germination due at `step`: `slot_id` / `blueprint_ref` None = drawn at random
+    (a dormant slot at that time; a blueprint that fits the slot)."""
+
+    step: int
+    slot_id: str | None = None
+    blueprint_ref: str | None = None
+    tries: int = 0
+    chosen: tuple[str, str] | None = None  # (slot, blueprint) of the decision in flight
+
+
+class ScheduledGrowth(LocalPolicy):
+    name = "scheduled"
+
+    def __init__(self, plan: list[Planned], rng: random.Random | None = None) -> None:
+        super().__init__(config=LIFECYCLE_ONLY)
+        self.plan = sorted(plan, key=lambda p: p.step)
+        self.rng = rng or random.Random(0)
+        self.in_flight: dict[str, Planned] = {}
+        self.applied: list[dict] = []
+        self.dropped: list[str] = []
+        self._shapes: dict = {}
+
+    def start(self, open_message: SessionOpen) -> None:
+        super().start(open_message)
+        self._shapes = {s.slot_id: s.shape for s in open_message.graph.slots}
+
+    def observe(self, snapshot: TrainingSnapshot) -> None:
+        super().observe(snapshot)  # the heuristic manages live seeds
+        if self.in_flight or not self.plan or self.plan[0].step > snapshot.step:
+            return
+        if any(s.stage in LIVE_STAGES for s in snapshot.seeds):
+            return  # one live seed at a time, as the heuristic grows
+        item = self.plan.pop(0)
+        dormant = sorted(s.slot_id for s in snapshot.seeds
+                         if s.stage == SeedStage.SEED_STAGE_DORMANT and s.slot_id in self._shapes)
+        slot_id = item.slot_id or (self.rng.choice(dormant) if dormant else None)
+        if slot_id not in dormant:
+            self.dropped.append(f"step {snapshot.step}: slot {slot_id} not dormant")
+            return
+        shape = self._shapes[slot_id]
+        refs = sorted(c.kernel.blueprint_ref for c in self.candidates.kernels_for(shape))
+        ref = item.blueprint_ref or self.rng.choice(refs)
+        try:
+            cand = self.candidates.find(ref, shape)
+        except KeyError as exc:
+            self.dropped.append(str(exc))
+            return
+        decision = AdaptationDecision(
+            decision_id=str(uuid.uuid4()), run_id=self._run_id, issued_at_step=snapshot.step,
+            expires_at_step=snapshot.step + self.policy.config.decision_horizon_steps,
+            policy_version="scheduled-growth", rationale=f"planned germination (step {item.step})",
+            germinate=GerminateAction(slot_id=slot_id, blueprint_ref=ref,
+                                      kernel_id=cand.kernel.kernel_id,
+                                      kernel_sha256=cand.kernel.sha256,
+                                      schedule=blend_schedule(self.policy.config)))
+        self._queue.append(decision)
+        item.chosen = (slot_id, ref)
+        self.in_flight[decision.decision_id] = item
+
+    def acked(self, ack) -> None:
+        item = self.in_flight.pop(ack.decision_id, None)
+        if item is None:
+            return
+        slot_id, ref = item.chosen
+        if ack.status == AckStatus.ACK_STATUS_APPLIED:
+            self.applied.append({"step": ack.step, "slot": slot_id, "blueprint": ref})
+            return
+        item.tries += 1
+        if item.tries < MAX_TRIES:
+            item.step = ack.step
+            self.plan.insert(0, item)  # re-drawn (random parts) at the next snapshot
+        else:
+            self.dropped.append(f"{slot_id} {ref}: {ack.reason}")

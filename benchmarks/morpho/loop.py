@@ -1,0 +1,109 @@
+"""The one training loop every arm runs: Adam, cross-entropy, the seed's batch order, a
+validation pass after every epoch (the signal every decision may use; its FLOPs count as
+training compute), and a test-set evaluation after every epoch for the curves (reporting
+only: never seen by any decision, not counted)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Splits
+from .flops import FlopMeter
+from .hosts import params
+
+LEARNING_RATE = 1e-3
+# Called after each epoch's validation with (epoch, val_loss); may return a new optimizer
+# (GroMo: the model grew) or None.
+AfterEpoch = Callable[[int, float], "torch.optim.Optimizer | None"]
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean loss, accuracy) of `net` in eval mode; the mode is restored."""
+    was_training = net.training
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    for xb, yb in Splits.batches(x, y):
+        out = net(xb)
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    net.train(was_training)
+    return loss_sum / len(y), correct / len(y)
+
+
+def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, seed: int,
+          epochs: int, meter: FlopMeter, session=None, state_key: Callable[[], Hashable] | None = None,
+          after_epoch: AfterEpoch | None = None, milestones: dict[str, float] | None = None,
+          safe_point: Callable[[], bool] | None = None) -> dict:
+    """Train `net` (with an Esper `session`, called the way its README says) and return the
+    run's record: final test accuracy, FLOPs by kind, wall time, per-epoch curve, and the
+    test accuracy at each FLOP milestone the run crosses (name -> budget).
+
+    `safe_point()` says whether the coming `session.step` is a safe point (snapshot,
+    decisions, gate probes): those calls and every `end_epoch` are counted in full. Other
+    `session.step` calls only fold accumulators (norms and sums, which FlopCounterMode does
+    not count in any arm), so they are charged nothing: entering the counter on every step
+    would cost more wall time than the step."""
+    key = state_key or (lambda: params(net))
+    pending = dict(milestones or {})
+    reached: dict[str, dict] = {}
+    curve = []
+    t0 = time.perf_counter()
+    net.train()
+    steps = data.steps_per_epoch
+    for epoch in range(epochs):
+        for i, (x, y) in enumerate(data.train_batches(seed, epoch)):
+            def step(x=x, y=y):
+                optimizer.zero_grad(set_to_none=True)
+                out = net(x)
+                loss = F.cross_entropy(out, y)
+                loss.backward()
+                optimizer.step()
+                return out, loss
+
+            out, loss = meter.run("train", ("train", key()), len(y), step)
+            if session is not None:
+                last = i == steps - 1
+                if safe_point is None or safe_point():
+                    with meter.counted("extra"):
+                        session.step(loss, out, y, last_in_epoch=last)
+                else:
+                    session.step(loss, out, y, last_in_epoch=last)
+            if pending:
+                _milestones(pending, reached, meter, net, data, epoch + (i + 1) / steps)
+        val_loss, val_acc = meter.run("validation", ("validation", key()), len(data.y_val),
+                                      lambda: evaluate(net, data.x_val, data.y_val))
+        if session is not None:
+            with meter.counted("extra"):
+                session.end_epoch({"val_loss": val_loss, "val_accuracy": val_acc})
+        if after_epoch is not None:
+            new = after_epoch(epoch, val_loss)
+            if new is not None:
+                optimizer = new
+        test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
+        curve.append({"epoch": epoch + 1, "flops": meter.total, "val_loss": val_loss,
+                      "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params(net)})
+    test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
+    for name in pending:  # budgets this run never reached: its end is the matched point
+        reached[name] = {"test_accuracy": test_acc, "flops": meter.total, "epoch": float(epochs),
+                         "reached": False}
+    return {"test_accuracy": test_acc, "test_loss": test_loss,
+            "val_accuracy": curve[-1]["val_accuracy"] if curve else math.nan,
+            "params": params(net), "flops": meter.to_dict(),
+            "wall_s": time.perf_counter() - t0, "curve": curve, "milestones": reached}
+
+
+def _milestones(pending: dict[str, float], reached: dict[str, dict], meter: FlopMeter,
+                net: nn.Module, data: Splits, epoch: float) -> None:
+    for name, budget in list(pending.items()):
+        if meter.total >= budget:
+            _, acc = evaluate(net, data.x_test, data.y_test)
+            reached[name] = {"test_accuracy": acc, "flops": meter.total, "epoch": epoch,
+                             "reached": True}
+            del pending[name]

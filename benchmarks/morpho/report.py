@@ -1,0 +1,142 @@
+"""Statistics and outputs: mean +- sd over seeds per arm, paired per-seed differences
+against Esper (wins / losses), the JSON record, the Markdown table and the plot of test
+accuracy against training FLOPs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from .arms import ARMS, LABELS, MATCHED
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def rows(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per-seed rows of every arm, the FLOP-matched rows derived from their source runs
+    included (test accuracy and FLOPs at the point the run reached Esper's FLOPs)."""
+    out = {arm: [{"seed": r["seed"], "test_accuracy": r["test_accuracy"],
+                  "flops": r["flops"]["total"], "params": r["params"], "wall_s": r["wall_s"]}
+                 for r in rs] for arm, rs in runs.items()}
+    for derived, source in MATCHED.items():
+        if source in runs:
+            out[derived] = [{"seed": r["seed"], "test_accuracy": r["milestones"]["esper-flops"]["test_accuracy"],
+                             "flops": r["milestones"]["esper-flops"]["flops"], "params": r["params"],
+                             "wall_s": math.nan}
+                            for r in runs[source] if "esper-flops" in r.get("milestones", {})]
+    return out
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    acc = _mean_sd([r["test_accuracy"] for r in per_seed])
+    flops = _mean_sd([r["flops"] for r in per_seed])
+    return {"seeds": len(per_seed), "test_accuracy_mean": acc[0], "test_accuracy_sd": acc[1],
+            "flops_mean": flops[0], "flops_sd": flops[1],
+            "params_mean": _mean_sd([r["params"] for r in per_seed])[0],
+            "wall_s_mean": _mean_sd([r["wall_s"] for r in per_seed if math.isfinite(r["wall_s"])])[0]}
+
+
+def paired(esper: list[dict], other: list[dict]) -> dict:
+    """Esper minus the arm, per seed (test accuracy, percentage points; FLOP ratio)."""
+    by_seed = {r["seed"]: r for r in other}
+    pairs = [(e, by_seed[e["seed"]]) for e in esper if e["seed"] in by_seed]
+    diffs = [100 * (e["test_accuracy"] - o["test_accuracy"]) for e, o in pairs]
+    ratios = [e["flops"] / o["flops"] for e, o in pairs if o["flops"] > 0]
+    mean, sd = _mean_sd(diffs)
+    return {"pairs": len(pairs), "esper_minus_arm_pp_mean": mean, "esper_minus_arm_pp_sd": sd,
+            "esper_wins": sum(d > 0 for d in diffs), "esper_losses": sum(d < 0 for d in diffs),
+            "ties": sum(d == 0 for d in diffs),
+            "esper_flops_over_arm": _mean_sd(ratios)[0], "diffs_pp": diffs}
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    per = rows(runs)
+    arms = {arm: aggregate(rs) for arm, rs in per.items() if rs}
+    pair = {arm: paired(per["esper"], rs) for arm, rs in per.items()
+            if arm != "esper" and "esper" in per and rs}
+    return {"arms": arms, "paired_vs_esper": pair}
+
+
+def order(names) -> list[str]:
+    seq = []
+    for arm in ARMS:
+        seq.append(arm)
+        seq.extend(d for d, s in MATCHED.items() if s == arm)
+    return [a for a in seq if a in names]
+
+
+def markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = [f"# Does growth pay? Fashion-MNIST, {cfg['seeds']} seed(s), {cfg['epochs']} epochs",
+             "", f"Command: `{cfg['command']}`", "",
+             "Test accuracy on the official 10,000-image test set (mean ± sd over seeds); training "
+             "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
+             "validation passes, Esper's safe points, GroMo's statistics and line searches); "
+             "paired differences are Esper minus the arm, per seed, in percentage points.", ""]
+    if cfg.get("quick"):
+        lines += ["**--quick run: a data subset and a couple of epochs; it proves the harness "
+                  "runs and says nothing about the result.**", ""]
+    for host, h in result["hosts"].items():
+        lines += [f"## {host.upper()} host", "",
+                  "| arm | test accuracy (%) | training GFLOPs | params | wall s | Esper − arm (pp) | Esper wins / losses |",
+                  "|---|---|---|---|---|---|---|"]
+        summary = h["summary"]
+        for arm in order(set(summary["arms"]) | set(h["unavailable"])):
+            label = LABELS.get(arm, arm)
+            if arm in h["unavailable"]:
+                lines.append(f"| {label} | {h['unavailable'][arm]} | | | | | |")
+                continue
+            a = summary["arms"][arm]
+            p = summary["paired_vs_esper"].get(arm)
+            diff = f"{p['esper_minus_arm_pp_mean']:+.2f} ± {p['esper_minus_arm_pp_sd']:.2f}" if p else "—"
+            wl = f"{p['esper_wins']} / {p['esper_losses']}" if p else "—"
+            name = f"**{label}**" if arm == "esper" else label
+            wall = f"{a['wall_s_mean']:.0f}" if math.isfinite(a["wall_s_mean"]) else ""
+            lines.append(f"| {name} | {100 * a['test_accuracy_mean']:.2f} ± {100 * a['test_accuracy_sd']:.2f} "
+                         f"| {a['flops_mean'] / 1e9:.1f} | {a['params_mean']:,.0f} | {wall} | {diff} | {wl} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hosts = list(result["hosts"])
+    fig, axes = plt.subplots(1, len(hosts), figsize=(7 * len(hosts), 5.5), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, host in zip(axes[0], hosts, strict=True):
+        h = result["hosts"][host]
+        names = order(h["summary"]["arms"])
+        for i, arm in enumerate(names):
+            c = colours(i % 10)
+            if arm in h["runs"]:  # the mean curve over seeds, epoch by epoch
+                curves = [r["curve"] for r in h["runs"][arm] if r["curve"]]
+                n = min(len(cv) for cv in curves) if curves else 0
+                if n:
+                    xs = [statistics.fmean(cv[k]["flops"] for cv in curves) / 1e9 for k in range(n)]
+                    ys = [100 * statistics.fmean(cv[k]["test_accuracy"] for cv in curves) for k in range(n)]
+                    ax.plot(xs, ys, color=c, alpha=0.35, linewidth=1)
+            a = h["summary"]["arms"][arm]
+            ax.errorbar(a["flops_mean"] / 1e9, 100 * a["test_accuracy_mean"],
+                        xerr=a["flops_sd"] / 1e9, yerr=100 * a["test_accuracy_sd"], fmt="o" if "@" not in arm else "s",
+                        color=c, capsize=3, label=LABELS.get(arm, arm).strip(),
+                        markersize=9 if arm == "esper" else 6)
+        ax.set_xlabel("training GFLOPs (train + validation + extra passes)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{host.upper()} host, {result['config']['seeds']} seed(s)")
+        ax.grid(alpha=0.3)
+        finals = [100 * h["summary"]["arms"][a]["test_accuracy_mean"] for a in names]
+        if finals:
+            ax.set_ylim(min(finals) - 2.5, max(finals) + 1.0)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,52 @@
+"""`benchmarks/morphogenesis.py --quick` runs every arm on both hosts and writes the JSON,
+the Markdown table and the plot. It proves the harness works; it never checks the result."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper.tolaria.tasks import FASHION_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "morphogenesis.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from morpho.arms import ARMS  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _finite(record: dict) -> bool:
+    numbers = [record["test_accuracy"], record["params"], record["wall_s"], *record["flops"].values()]
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="needs the dataset-fashion-mnist package (scripts/bootstrap.sh)")
+def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=230, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "morphogenesis.json").read_text())
+    assert result["config"]["quick"] and result["config"]["seeds_done"] == 1
+    assert set(result["hosts"]) == {"mlp", "cnn"}
+    for host, h in result["hosts"].items():
+        assert set(h["runs"]) | set(h["unavailable"]) == set(ARMS), host
+        assert set(h["unavailable"]) <= {"learned", "gromo"}, h["unavailable"]
+        for arm, runs in h["runs"].items():
+            assert len(runs) == 1 and _finite(runs[0]), (host, arm, runs)
+            assert runs[0]["flops"]["total"] > 0, (host, arm)
+        summary = h["summary"]["arms"]
+        assert "static-final-size@esper-flops" in summary and "esper-arch-static@esper-flops" in summary
+        for arm, row in summary.items():
+            assert math.isfinite(row["test_accuracy_mean"]) and row["flops_mean"] > 0, (host, arm)
+    assert "gromo" in result["hosts"]["mlp"]["runs"], result["hosts"]["mlp"]["unavailable"]
+    table = (tmp_path / "morphogenesis.md").read_text()
+    assert "| **Esper, heuristic at defaults** |" in table
+    assert (tmp_path / "morphogenesis.png").stat().st_size > 10_000
