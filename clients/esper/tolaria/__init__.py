@@ -14,16 +14,28 @@ optimizer param groups, and `save_checkpoint` / `resume=` make runs resumable.
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
-from esper.tolaria.policy import LOCAL_HEURISTIC, LocalPolicy, PolicySource, ReplayPolicy
+from esper.tolaria.policy import (
+    LOCAL_HEURISTIC,
+    HeuristicConfig,
+    LocalPolicy,
+    PolicySource,
+    RemotePolicy,
+    ReplayPolicy,
+)
 from esper.tolaria.session import TolariaSession
+from esper.tolaria.summary import RunSummary, SeedSummary
 from esper.tolaria.trainer import Trainer
 
 __all__ = [
     "LOCAL_HEURISTIC",
     "CheckpointError",
+    "HeuristicConfig",
     "LocalPolicy",
     "PolicySource",
+    "RemotePolicy",
     "ReplayPolicy",
+    "RunSummary",
+    "SeedSummary",
     "TolariaConfig",
     "TolariaSession",
     "Trainer",

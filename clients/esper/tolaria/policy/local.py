@@ -11,6 +11,11 @@ from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.tamiyo.policies import CandidateProvider, HeuristicConfig, HeuristicPolicy, Policy
 from esper.tamiyo.policies.context import PolicyContext, RunHistory
 
+# HeuristicConfig is re-exported from here (and esper.tolaria) so that a user setting the
+# local policy's thresholds imports client code only; it lives with Tamiyo's heuristic, the
+# one implementation the local policy and the server share. A layering refactor may move it.
+__all__ = ["LOCAL_HEURISTIC", "HeuristicConfig", "LocalPolicy"]
+
 # The heuristic's thresholds for in-process runs, scaled to the short runs of the example
 # tasks (a few hundred steps per epoch, tens of epochs): two flat epochs count as a
 # plateau, and a seed goes from germination to fossilization in about 200 steps, so its
