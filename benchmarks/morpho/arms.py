@@ -129,8 +129,8 @@ def _grown(ctx: Context, policy) -> tuple[dict, object]:
     meter = FlopMeter()
     record = train(morph, optimizer, ctx.data, seed=ctx.seed, epochs=ctx.epochs, meter=meter,
                    session=session, state_key=state_key,
-                   safe_point=lambda: (morph.global_step + 1) % every == 0)
-    session.close()
+                   safe_point=lambda: (morph.global_step + 1) % every == 0,
+                   finish=session.close)
     with warnings.catch_warnings():  # live seeds are left out, as intended
         warnings.simplefilter("ignore")
         function_params = hosts.params(morph.unwrap())

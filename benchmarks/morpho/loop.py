@@ -40,7 +40,8 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, f
 def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, seed: int,
           epochs: int, meter: FlopMeter, session=None, state_key: Callable[[], Hashable] | None = None,
           after_epoch: AfterEpoch | None = None, milestones: dict[str, float] | None = None,
-          safe_point: Callable[[], bool] | None = None) -> dict:
+          safe_point: Callable[[], bool] | None = None,
+          finish: Callable[[], object] | None = None) -> dict:
     """Train `net` (with an Esper `session`, called the way its README says) and return the
     run's record: final test accuracy, FLOPs by kind, wall time, per-epoch curve, and the
     test accuracy at each FLOP milestone the run crosses (name -> budget).
@@ -49,7 +50,10 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
     decisions, gate probes): those calls and every `end_epoch` are counted in full. Other
     `session.step` calls only fold accumulators (norms and sums, which FlopCounterMode does
     not count in any arm), so they are charged nothing: entering the counter on every step
-    would cost more wall time than the step."""
+    would cost more wall time than the step.
+
+    `finish()` (Esper: `session.close()`, which settles seeds still live) runs after the
+    last epoch, counted in full; the final test accuracy is that of the model after it."""
     key = state_key or (lambda: params(net))
     pending = dict(milestones or {})
     reached: dict[str, dict] = {}
@@ -89,6 +93,9 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
         test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
         curve.append({"epoch": epoch + 1, "flops": meter.total, "val_loss": val_loss,
                       "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params(net)})
+    if finish is not None:
+        with meter.counted("extra"):
+            finish()
     test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
     for name in pending:  # budgets this run never reached: its end is the matched point
         reached[name] = {"test_accuracy": test_acc, "flops": meter.total, "epoch": float(epochs),
