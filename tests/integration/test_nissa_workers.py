@@ -11,13 +11,13 @@ import uuid
 
 import psutil
 import pytest
+from prometheus_client import REGISTRY
 
 from esper.nissa.config import NissaConfig
 from esper.nissa.service import SPEC
 from esper.nissa.workers import IngestWorkers
 from esper.runtime.config import ConfigError
 from esper.runtime.infra import free_port
-from esper.runtime.metrics import REGISTRY
 from esper.runtime.server import StartupError, start_server
 from tests.integration.test_nissa import _counts, _publish, _run_events, _wait_for
 

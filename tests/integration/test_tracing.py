@@ -13,12 +13,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
 
 import esper.tolaria
 from esper.nissa import service as nissa_service
 from esper.nissa.config import NissaConfig
 from esper.nissa.worker import CONSUMER_REPORT_S
-from esper.runtime.metrics import REGISTRY
 from esper.runtime.server import start_server
 from esper.tolaria.config import TolariaConfig
 

@@ -42,11 +42,13 @@ def test_grafana_dashboard_queries_metrics_the_servers_export():
     import json
     import re
 
+    from prometheus_client import REGISTRY
+
     import esper.nissa.metrics  # noqa: F401  (registers Nissa's metrics)
     import esper.nissa.workers  # noqa: F401  (registers the ingest workers' metrics)
     import esper.oona.consumer  # noqa: F401  (registers Oona's consumer metrics)
     import esper.oona.producer  # noqa: F401  (registers Oona's producer metrics)
-    from esper.runtime.metrics import REGISTRY
+    import esper.runtime.metrics  # noqa: F401  (registers the RPC metrics)
 
     exported = {m.name for m in REGISTRY.collect()}
     exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported}

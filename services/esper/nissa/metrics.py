@@ -6,11 +6,10 @@ import datetime as dt
 import math
 from collections import Counter as Tally
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.leyline.v1 import lifecycle_pb2, telemetry_pb2
 from esper.nissa.rows import LIVE_STAGES, event_time
-from esper.runtime.metrics import REGISTRY
 
 INGESTED = Counter(
     "esper_nissa_events_ingested_total",

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.nissa.config import NissaConfig
 from esper.nissa.ingest import log_task_failure
@@ -35,7 +35,6 @@ from esper.nissa.worker import GO, config_line
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import record_forwarded
 from esper.runtime.infra.process import with_death_signal
-from esper.runtime.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

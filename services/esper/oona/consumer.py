@@ -15,11 +15,10 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
-from esper.runtime.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,13 @@ from typing import Self
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.aio import cancel_and_join, within
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
 from esper.oona.topics import ensure_topics, event_key, topic_for
-from esper.runtime.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""Prometheus metrics: one registry per process, RPC counts and latencies by method and
-status, and the /metrics HTTP endpoint."""
+"""Prometheus metrics: RPC counts and latencies by method and status, and the /metrics HTTP
+endpoint. Every part registers its metrics in prometheus_client's process-wide REGISTRY (the
+one registry per process: Oona's producer and consumer, which also run in the training
+process, use it without depending on the servers' runtime)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-
-REGISTRY = CollectorRegistry(auto_describe=True)
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 
 RPC_TOTAL = Counter(
     "esper_rpc_total", "RPCs handled, by method and status code",

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter
 
 from esper.blueprints import BlueprintError, builtin_blueprints, resolve_for_shape
 from esper.leyline.v1 import blueprint_pb2 as bp
@@ -43,7 +43,6 @@ from esper.leyline.v1.tamiyo_pb2 import Capabilities
 from esper.leyline.v1.tezzeret_pb2 import SubmitCompileRequest
 from esper.leyline.v1.tezzeret_pb2_grpc import TezzeretServiceStub
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
-from esper.runtime.metrics import REGISTRY
 from esper.runtime.tracing import insecure_channel
 
 log = logging.getLogger("esper.tamiyo.kernel_supply")

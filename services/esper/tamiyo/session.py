@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import grpc
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter
 
 from esper.leyline.v1.tamiyo_pb2 import (
     SessionAccept,
@@ -25,7 +25,6 @@ from esper.leyline.v1.tamiyo_pb2 import (
     SessionWarning,
 )
 from esper.leyline.version import compatibility_error, contract_version
-from esper.runtime.metrics import REGISTRY
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
-
-from esper.runtime.metrics import REGISTRY
+from prometheus_client import REGISTRY, Counter
 
 KERNEL_BYTES_SERVED = Counter(
     "esper_urza_kernel_bytes_served_total", "Kernel bytes streamed by DownloadKernel",
