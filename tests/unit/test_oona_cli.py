@@ -8,15 +8,10 @@ import sys
 
 import pytest
 
-from esper.cli.oona import (
-    FramingError,
-    format_event,
-    read_base64_lines,
-    read_kcat_frames,
-    resolve_bootstrap,
-)
+from esper.cli.oona import format_event, resolve_bootstrap
 from esper.leyline.v1 import signals_pb2
 from esper.oona.envelope import new_event
+from esper.oona.framing import FramingError, read_base64_lines, read_kcat_frames
 
 
 def _value(step: int) -> bytes:

@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
 import sys
-from collections.abc import Iterator
-from typing import BinaryIO
 
 from aiokafka.errors import KafkaError
 from google.protobuf import json_format, text_format
@@ -36,12 +32,11 @@ from esper.cli.errors import UsageError
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona.consumer import OonaConsumer
 from esper.oona.envelope import DecodeError, decode_event, payload_kind
+from esper.oona.framing import FramingError, read_base64_lines, read_kcat_frames
 from esper.oona.topics import TOPICS_BY_NAME, describe_topics, ensure_topics
 
 BOOTSTRAP_ENV = "ESPER_KAFKA_BOOTSTRAP"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-# A kcat length prefix longer than this many digits is not a length (corrupt input).
-MAX_LENGTH_DIGITS = 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -186,48 +181,3 @@ def run_decode(args: argparse.Namespace) -> int:
         print(f"esper oona decode: {exc}", file=sys.stderr)
         return 1
     return 1 if errors else 0
-
-
-class FramingError(ValueError):
-    """stdin does not follow the chosen framing."""
-
-
-def read_kcat_frames(stream: BinaryIO) -> Iterator[bytes]:
-    """Values framed as `<length>:<bytes>[\\n]` (kcat -f '%S:%s\\n')."""
-    while True:
-        digits = b""
-        while True:
-            ch = stream.read(1)
-            if not ch:
-                if digits.strip():
-                    raise FramingError("input ended inside a length prefix")
-                return
-            if ch == b":":
-                break
-            if ch in b"\r\n" and not digits:
-                continue  # the optional newline after a value
-            digits += ch
-            if len(digits) > MAX_LENGTH_DIGITS:
-                raise FramingError(f"bad length prefix {digits[:20]!r}")
-        try:
-            length = int(digits)
-        except ValueError:
-            raise FramingError(f"bad length prefix {digits[:20]!r}") from None
-        if length < 0:
-            continue  # a null value (tombstone)
-        value = stream.read(length)
-        if len(value) != length:
-            raise FramingError(f"input ended {length - len(value)} bytes into a value")
-        yield value
-
-
-def read_base64_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """One base64 value per line."""
-    for number, line in enumerate(stream, start=1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            yield base64.b64decode(line, validate=True)
-        except binascii.Error:
-            raise FramingError(f"line {number} is not base64") from None

@@ -44,7 +44,7 @@ def read_oona_dump(
     """Episodes from dumps of Oona topics (`kcat -f '%S:%s\\n'` framing, or one base64 value
     per line), e.g. of esper.telemetry.training, esper.control.decisions and
     esper.field-reports; the events of several files are merged per run and put in run order."""
-    from esper.cli.oona import FramingError, read_base64_lines, read_kcat_frames
+    from esper.oona.framing import FramingError, read_base64_lines, read_kcat_frames
 
     if framing not in DUMP_FRAMINGS:
         raise DatasetError(f"framing must be one of {DUMP_FRAMINGS}, got {framing!r}")
