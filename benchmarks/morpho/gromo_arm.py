@@ -1,6 +1,7 @@
 """GroMo (PyPI `gromo` 0.1.0, TINY's growth by expressivity bottleneck) growing the same
-small MLP host, by the procedure of its GrowingContainer tutorial: train for some epochs,
-then grow one hidden layer (alternating layers): accumulate the growth statistics with a
+small host (see `_model`), by the procedure of its GrowingContainer tutorial: train for
+some epochs, then grow one layer's input (alternating over GroMo's growable layers):
+accumulate the growth statistics with a
 forward/backward pass over the training set (summed loss), `compute_optimal_updates`,
 line-search the new neurons' scale over (0, 0.1, 0.5, 1) on the training loss with
 `extended_forward`, `apply_change`; repeat. The new neurons per growth are set so that the
@@ -8,7 +9,7 @@ model ends at about Esper's final parameter count for the seed. A fresh Adam is 
 each growth (the parameter tensors are replaced). Every statistics and line-search pass is
 counted as training compute.
 
-The host's initialisation is copied from the small MLP built with the seed, so GroMo
+The host's initialisation is copied from the small host built with the seed, so GroMo
 starts from exactly the weights every other small-host arm starts from.
 """
 
@@ -41,33 +42,54 @@ def growth_epochs(epochs: int) -> list[int]:
 
 
 def _model(ctx: Context):
+    """GroMo's container for the host, with the small host's initial weights copied in.
+
+    MLP: GrowingMLP (two hidden layers; both grow). CNN: GroMo's VGG with cfg [c1, M, c2],
+    no normalisation or dropout and two classifier layers, which is exactly this CNN (the
+    4x4 average pool comes from input_spatial_shape (8, 8) halved by the max-pool); GroMo
+    grows its classifier's hidden layer (it offers no growth of a conv whose input comes
+    through a pooling stage)."""
     try:
         from gromo.containers.growing_mlp import GrowingMLP
+        from gromo.containers.vgg import VGG
     except ImportError as exc:
         raise NotAvailable(f"gromo is not installed ({exc}); pip install gromo==0.1.0") from exc
     torch.manual_seed(ctx.seed)
-    host = hosts.small("mlp")
-    model = GrowingMLP(hosts.SIDE * hosts.SIDE, hosts.CLASSES, hidden_size=hosts.MLP_SMALL[0],
-                       number_hidden_layers=2, activation=torch.nn.ReLU())
+    host = hosts.small(ctx.host)
+    if ctx.host == "mlp":
+        model = GrowingMLP(hosts.SIDE * hosts.SIDE, hosts.CLASSES, hidden_size=hosts.MLP_SMALL[0],
+                           number_hidden_layers=2, activation=torch.nn.ReLU())
+        pairs = zip(model.layers, (host.fc1, host.fc2, host.fc3), strict=True)
+    else:
+        c = hosts.CNN_SMALL
+        model = VGG([c["c1"], "M", c["c2"]], in_features=1, activation=torch.nn.ReLU(),
+                    normalization=None, num_classes=hosts.CLASSES, dropout=0.0,
+                    number_of_fc_layers=2, fc_layer_width=4 * c["hidden"],
+                    initial_fc_layer_width=c["hidden"], input_spatial_shape=(8, 8))
+        pairs = zip((model.features[0].convs[0], model.features[2].convs[0],
+                     model.classifier[0], model.classifier[2]),
+                    (host.conv1, host.conv2, host.fc1, host.fc2), strict=True)
     with torch.no_grad():
-        for layer, linear in zip(model.layers, (host.fc1, host.fc2, host.fc3), strict=True):
-            layer.layer.weight.copy_(linear.weight)
-            layer.layer.bias.copy_(linear.bias)
+        for growing, plain in pairs:
+            growing.layer.weight.copy_(plain.weight)
+            growing.layer.bias.copy_(plain.bias)
+    if hosts.params(model) != hosts.params(host):
+        raise RuntimeError("the GroMo model does not match the host")
     return model
 
 
 def _neuron_cost(model, index: int) -> int:
-    """Parameters one new neuron adds between layers[index] and layers[index + 1]."""
-    before, after = model.layers[index], model.layers[index + 1]
-    return before.in_features + 1 + after.out_features
+    """Parameters one new neuron adds when growable layer `index` grows its input."""
+    layer = model._growable_layers[index]
+    return layer.previous_module.in_features + 1 + layer.out_features
 
 
 def grow(model, data: Splits, meter: FlopMeter, layer: int, neurons: int) -> dict:
-    """One growth of hidden layer `layer` (0-based) by up to `neurons` neurons."""
+    """One growth of the input of growable layer `layer` by up to `neurons` neurons."""
     before = hosts.params(model)
     with meter.counted("extra"):
         model.eval()
-        model.set_growing_layers(index=layer)  # growable layer `layer` = layers[layer + 1]
+        model.set_growing_layers(index=layer)
         model.init_computation()
         for x, y in Splits.batches(data.x_train, data.y_train, data.batch_size):
             model.zero_grad()
@@ -93,9 +115,6 @@ def grow(model, data: Splits, meter: FlopMeter, layer: int, neurons: int) -> dic
 
 
 def run(ctx: Context) -> dict:
-    if ctx.host != "mlp":
-        raise NotAvailable("not yet: the GroMo arm grows the MLP host only (its CNN needs a "
-                           "GroMo container for this host's conv/pool/fc layout)")
     model = _model(ctx)
     target = ctx.esper()["params"]
     if ctx.quick:
@@ -108,7 +127,7 @@ def run(ctx: Context) -> dict:
         if epoch not in when:
             return None
         left = len([e for e in when if e >= epoch])
-        layer = len(growths) % 2
+        layer = len(growths) % len(model._growable_layers)  # alternating, as the tutorial
         budget = (target - hosts.params(model)) / left
         neurons = round(budget / _neuron_cost(model, layer))
         if neurons < 1:
