@@ -4,6 +4,7 @@ germination to fossilization, driven by a scripted policy through the callback a
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -238,6 +239,30 @@ def test_the_lightning_module_itself_is_wrapped_with_its_example_input_array() -
     x, _ = next(iter(task.val_loader))
     with torch.no_grad():
         torch.testing.assert_close(grown(x), lit(x))
+
+
+def test_mixed_precision_and_gradient_clipping() -> None:
+    """bf16 autocast (the CPU's mixed precision) and Lightning's gradient clipping, which
+    clips the optimizer's groups, seed group included, through a fossilization."""
+    pl.seed_everything(0, workers=True)
+    task = _task()
+    policy = GrowOne()
+    esper = EsperCallback(policy, module="net", slots=[SLOT], example_input=task.example_input,
+                          kasmina=KASMINA, config=TolariaConfig(snapshot_every=2, progress=False))
+    policy.callback = esper
+    trainer = _trainer([esper], max_epochs=2, precision="bf16-mixed", gradient_clip_val=0.01)
+    trainer.fit(DigitsModule(task.model), task.train_loader, task.val_loader)
+    session = esper.session
+    assert session.model.slot(SLOT).stage == S.SEED_STAGE_FOSSILIZED
+    assert math.isfinite(session.metrics.val_loss)
+    assert session.model.global_step == trainer.global_step == 40
+    # The last step's gradients, clipped together: the seed group's are among them.
+    groups = trainer.optimizers[0].param_groups
+    seed_grads = [p.grad for g in groups if g.get(SEED_GROUP_KEY) == SLOT for p in g["params"]]
+    assert seed_grads and all(grad is not None for grad in seed_grads)
+    total = torch.stack([p.grad.norm() for g in groups for p in g["params"]
+                         if p.grad is not None]).norm()
+    assert total <= 0.01 * 1.001
 
 
 class TwoOptimizers(DigitsModule):

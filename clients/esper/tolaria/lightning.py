@@ -12,8 +12,8 @@ The callback drives the hook API (`esper.tolaria.attach`) from Lightning's hooks
   session to the LightningModule (`module=None`) or to one of its submodules
   (`module="net"`: slot names are then relative to it) and to `trainer.optimizers[optimizer]`
   (the first by default), which receives the seeds' param groups. Lightning steps that
-  same optimizer object, so seeds added mid-fit are trained, gradient clipping and
-  AMP's scaler included. Without `example_input=`, the module's `example_input_array`
+  same optimizer object, so seeds added mid-fit are trained (gradient clipping and mixed
+  precision see their groups too). Without `example_input=`, the module's `example_input_array`
   (when `module=None`, and it is a tensor or a tuple of positional arguments) gives the
   real activation shapes.
 - `on_train_batch_end`: `session.step(loss, outputs, targets)` once per batch in which an
