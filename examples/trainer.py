@@ -13,11 +13,11 @@ import argparse
 
 import torch
 
-from esper.tolaria import TolariaConfig, Trainer
+from esper.tolaria import RunSummary, TolariaConfig, Trainer
 from esper.tolaria.tasks import load_task
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> RunSummary:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--checkpoint", default=None)
