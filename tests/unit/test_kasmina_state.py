@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, KasminaConfig, wrap
-from esper.kasmina.state import builder_rebuilder
+from esper.kasmina.state import builder_rebuilder, kasmina_state, load_kasmina_state
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     AdvanceAction,
@@ -61,13 +61,13 @@ def start():
 def test_resume_continues_identically():
     model, builder, applier, opt = start()
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "kasmina": model.kasmina_state(applier.answered),
+    torch.save({"model": model.state_dict(), "kasmina": kasmina_state(model, applier.answered),
                 "opt": opt.state_dict()}, buf)
     expected = run(model, opt, 4)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
     fresh = make()
-    applied = fresh.load_kasmina_state(ckpt["kasmina"], builder_rebuilder(builder))
+    applied = load_kasmina_state(fresh, ckpt["kasmina"], builder_rebuilder(builder))
     fresh.load_state_dict(ckpt["model"])
     opt2 = torch.optim.SGD([{"params": fresh.host.parameters()},
                             {"params": fresh.slots["0"].seed_parameters()}], lr=0.1)

@@ -152,18 +152,6 @@ class MorphableModel(nn.Module):
 
         return build_model_graph(self)
 
-    # ---- checkpointing -----------------------------------------------------------------
-    def kasmina_state(self, applied_decisions: set[str] | None = None) -> dict:
-        """Plain-data state of every seed (see esper.kasmina.state)."""
-        from esper.kasmina.state import kasmina_state
-
-        return kasmina_state(self, applied_decisions)
-
-    def load_kasmina_state(self, state: dict, rebuild) -> list[str]:
-        from esper.kasmina.state import load_kasmina_state
-
-        return load_kasmina_state(self, state, rebuild)
-
     # ---- unwrap ------------------------------------------------------------------------
     def unwrap(self) -> nn.Module:
         """A plain nn.Module (torch classes only) computing what this model computes with
