@@ -532,3 +532,25 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="gave 1 optimizer"):
         _trainer([esper], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0).fit(
             DigitsModule(task.model), task.train_loader)
+    # One fit per callback: a second fit would wrap the model again.
+    esper = EsperCallback("none", module="net")
+    lit = DigitsModule(task.model)
+    _trainer([esper], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0).fit(
+        lit, task.train_loader)
+    with pytest.raises(RuntimeError, match="one fit"):
+        _trainer([esper], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0).fit(
+            lit, task.train_loader)
+
+
+class SilentManual(TwoOptimizers):
+    """Steps its optimizers but returns no loss."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+
+
+def test_a_step_without_a_loss_is_refused() -> None:
+    task = _task()
+    with pytest.raises(ValueError, match="needs the training loss"):
+        _trainer([EsperCallback("none", module="net")], max_epochs=1, limit_train_batches=1,
+                 num_sanity_val_steps=0).fit(SilentManual(task.model), task.train_loader)
