@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import random
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -46,13 +48,11 @@ LABELS = {
     "esper-arch-static@esper-flops": "  the same, stopped at Esper's FLOPs",
     "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
     "static-large": "static large reference",
-    "learned": "Esper, learned policy",
+    "learned": "Esper, learned policy (Simic GNN trained on digits episodes)",
 }
 # Random growth draws its germination times from this leading fraction of the run, so a
 # seed has time to go through its lifecycle.
 RANDOM_TIME_FRACTION = 0.7
-NOT_YET = {"learned": "not yet: the Simic policy has no episodes from tasks other than "
-                      "Fashion-MNIST to be trained on without leakage"}
 
 
 class NotAvailable(Exception):
@@ -68,6 +68,7 @@ class Context:
     # --quick: the controls grow even when Esper's short run does not, so the harness's
     # growth paths run (random growth plans at least one germination, GroMo grows ~10%).
     quick: bool = False
+    work_dir: Path = Path(tempfile.gettempdir())  # where the learned policy is cached
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -228,7 +229,14 @@ def run_gromo(ctx: Context) -> dict:
 
 
 def run_learned(ctx: Context) -> dict:
-    raise NotAvailable(NOT_YET["learned"])
+    from .learned import local_policy
+
+    policy, counting, path = local_policy(ctx.work_dir, ctx.quick)
+    record, _ = _grown(ctx, policy)
+    record.update({"policy": path.name, "policy_version": counting.version,
+                   "own_decisions": counting.own, "fallback_decisions": counting.fallbacks,
+                   "own_actions": counting.own_actions})
+    return record
 
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {

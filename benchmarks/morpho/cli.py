@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
         for i in range(args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=splits,
-                          quick=args.quick)
+                          quick=args.quick, work_dir=out)
             for arm in [a for a in ARMS if a in args.arms]:
                 if arm in h["unavailable"]:
                     continue

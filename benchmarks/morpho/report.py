@@ -129,6 +129,9 @@ def plot(result: dict, path: Path) -> None:
                         xerr=a["flops_sd"] / 1e9, yerr=100 * a["test_accuracy_sd"], fmt="o" if "@" not in arm else "s",
                         color=c, capsize=3, label=LABELS.get(arm, arm).strip(),
                         markersize=9 if arm == "esper" else 6)
+        spread = [h["summary"]["arms"][a]["flops_mean"] for a in names]
+        if spread and max(spread) > 4 * min(spread):
+            ax.set_xscale("log")
         ax.set_xlabel("training GFLOPs (train + validation + extra passes)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{host.upper()} host, {result['config']['seeds']} seed(s)")

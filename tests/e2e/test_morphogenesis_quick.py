@@ -38,7 +38,7 @@ def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
     assert set(result["hosts"]) == {"mlp", "cnn"}
     for host, h in result["hosts"].items():
         assert set(h["runs"]) | set(h["unavailable"]) == set(ARMS), host
-        assert set(h["unavailable"]) == {"learned"}, h["unavailable"]
+        assert not h["unavailable"], h["unavailable"]
         for arm, runs in h["runs"].items():
             assert len(runs) == 1 and _finite(runs[0]), (host, arm, runs)
             assert runs[0]["flops"]["total"] > 0, (host, arm)

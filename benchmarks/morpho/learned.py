@@ -1,0 +1,69 @@
+"""The learned-policy arm: Simic's GNN policy, trained offline (behaviour cloning + IQL) on
+episodes Simic records on the digits example task, never on Fashion-MNIST (no leakage),
+then used on Fashion-MNIST through the user-facing API: `attach(model, optimizer,
+policy=LocalPolicy(policy=GnnPolicy))`. Its germinations carry the local heuristic's stage
+lengths (the GNN takes schedules and its fallback from the heuristic it is given, here at
+Esper's local defaults), so it differs from the heuristic arm only in its decisions.
+
+The policy is trained once per output directory and reused (its file name says how it
+was made); the episodes and training are not counted in any arm's FLOPs (a policy is
+trained once, for every later run)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from esper.tamiyo.policies.context import PolicyContext
+from esper.tamiyo.policies.gnn import GnnPolicy
+from esper.tamiyo.policies.heuristic import HeuristicPolicy
+from esper.tamiyo.simic.dataset import load_dataset
+from esper.tamiyo.simic.episodes import EpisodeConfig, collect
+from esper.tamiyo.simic.evaluate import FALLBACK_MARK
+from esper.tamiyo.simic.train import SimicConfig, train_policy
+from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
+
+# Simic's benchmark uses 20 digits episodes of 30 epochs and 30 training epochs.
+EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS = 20, 30, 30
+QUICK = (2, 3, 2)
+
+
+def policy_file(work_dir: Path, quick: bool) -> Path:
+    episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
+    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t.safetensors"
+    if not path.exists():
+        with tempfile.TemporaryDirectory(prefix="morpho-simic-") as tmp:
+            collect(tmp, episodes, seed=0, config=EpisodeConfig(epochs=epochs))
+            result = train_policy(load_dataset(Path(tmp)), SimicConfig(epochs=simic))
+            result.save(path)
+    return path
+
+
+class CountingPolicy:
+    """Passes the GNN's decisions through, counting its own and its heuristic fallbacks."""
+
+    def __init__(self, inner: GnnPolicy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.own = self.fallbacks = 0
+        self.own_actions: dict[str, int] = {}
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    def decide(self, ctx: PolicyContext):
+        decision = self.inner.decide(ctx)
+        if FALLBACK_MARK in decision.rationale:
+            self.fallbacks += 1
+        else:
+            self.own += 1
+            kind = decision.WhichOneof("action") or "none"
+            self.own_actions[kind] = self.own_actions.get(kind, 0) + 1
+        return decision
+
+
+def local_policy(work_dir: Path, quick: bool) -> tuple[LocalPolicy, CountingPolicy, Path]:
+    path = policy_file(work_dir, quick)
+    counting = CountingPolicy(GnnPolicy.load(str(path), heuristic=HeuristicPolicy(LOCAL_HEURISTIC)))
+    return LocalPolicy(policy=counting), counting, path
