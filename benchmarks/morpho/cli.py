@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
                    help="re-render the .md and .png from the existing JSON")
+    p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
+                   help="add the arms of another result (same epochs and data; e.g. an arm run "
+                        "later with --arms X --name other) to --name's JSON, then re-render")
     return p
 
 
@@ -55,8 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}
-    if args.report_only:
-        _render(json.loads(paths["json"].read_text()), paths)
+    if args.report_only or args.merge:
+        result = json.loads(paths["json"].read_text())
+        for other in args.merge:
+            problem = merge(result, json.loads(other.read_text()))
+            if problem:
+                print(f"--merge {other}: {problem}", file=sys.stderr)
+                return 2
+        if args.merge:
+            _write(result, paths)
+        _render(result, paths)
         return 0
     if args.quick:
         args.seeds, args.epochs = 1, 2
@@ -99,6 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     _render(result, paths)
     print(paths["md"].read_text())
     return 0
+
+
+def merge(result: dict, other: dict) -> str | None:
+    """Put `other`'s arms into `result` (replacing those arms); why not, or None."""
+    for key in ("epochs", "quick", "data", "seed_base"):
+        if result["config"].get(key) != other["config"].get(key):
+            return f"config {key} differs: {result['config'].get(key)} vs {other['config'].get(key)}"
+    for host, h in other["hosts"].items():
+        if host not in result["hosts"]:
+            return f"host {host} is not in the result it is merged into"
+        target = result["hosts"][host]
+        for arm, runs in h["runs"].items():
+            target["runs"][arm] = runs
+            target["unavailable"].pop(arm, None)
+        for arm, why in h["unavailable"].items():
+            if arm not in target["runs"]:
+                target["unavailable"][arm] = why
+        target["summary"] = report.summarise(target["runs"])
+    result["config"].setdefault("merged", []).append(other["config"]["command"])
+    return None
 
 
 def _write(result: dict, paths: dict) -> None:

@@ -73,7 +73,9 @@ def order(names) -> list[str]:
 def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = [f"# Does growth pay? Fashion-MNIST, {cfg['seeds']} seed(s), {cfg['epochs']} epochs",
-             "", f"Command: `{cfg['command']}`", "",
+             "", f"Command: `{cfg['command']}`", ""]
+    lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
+    lines += ["",
              "Test accuracy on the official 10,000-image test set (mean ± sd over seeds); training "
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
              "validation passes, Esper's safe points, GroMo's statistics and line searches); "
