@@ -35,7 +35,7 @@ from esper.leyline.v1.signals_pb2 import (
 )
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import (
+from esper.policy import (
     HeuristicPolicy,
     PolicyContext,
     RunHistory,

@@ -16,8 +16,8 @@ from esper.leyline.v1.signals_pb2 import ResourceState, TrainingMetrics, Trainin
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.oona.envelope import new_event
-from esper.tamiyo.policies.candidates import StaticCandidateProvider
-from esper.tamiyo.policies.context import PolicyContext, RunHistory
+from esper.policy.candidates import StaticCandidateProvider
+from esper.policy.context import PolicyContext, RunHistory
 from esper.tamiyo.simic.dataset import (
     DatasetError,
     Episode,

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
+from esper.policy.heuristic import HeuristicPolicy
+from esper.policy.safety import violation
 from esper.tamiyo.policies.gnn import GnnPolicy
-from esper.tamiyo.policies.heuristic import HeuristicPolicy
-from esper.tamiyo.policies.safety import violation
 from esper.tamiyo.simic.dataset import load_dataset
 from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC, EpisodeConfig, collect
 from esper.tamiyo.simic.train import SimicConfig, train_policy

@@ -9,11 +9,11 @@ import dataclasses
 import pytest
 import torch
 
+from esper.policy.heuristic import HeuristicPolicy
+from esper.policy.safety import violation
 from esper.tamiyo.policies.artifact import PolicyArtifactError, load_policy, tensors_digest
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
-from esper.tamiyo.policies.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.network import NetworkShape
-from esper.tamiyo.policies.safety import violation
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.dataset import Dataset
 from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC

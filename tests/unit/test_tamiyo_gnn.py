@@ -13,21 +13,21 @@ from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import AdvanceAction, CullAction, FossilizeAction, GerminateAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import TrainingMetrics
-from esper.tamiyo.policies import NoCandidateProvider
-from esper.tamiyo.policies import budget as budgeting
+from esper.policy import NoCandidateProvider
+from esper.policy import budget as budgeting
+from esper.policy.decisions import make_decision
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 from esper.tamiyo.policies.artifact import (
     PolicyArtifactError,
     load_policy,
     save_policy,
     tensors_digest,
 )
-from esper.tamiyo.policies.decisions import make_decision
 from esper.tamiyo.policies.features import NODE_FEATURES, encode_graph
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
-from esper.tamiyo.policies.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet, propagate
-from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
 

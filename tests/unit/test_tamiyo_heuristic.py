@@ -6,9 +6,9 @@ import uuid
 
 from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import GateLevel, GateResult, SeedStage
-from esper.tamiyo.policies import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
-from esper.tamiyo.policies.health import health_score
-from esper.tamiyo.policies.plateau import is_plateau
+from esper.policy import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
+from esper.policy.health import health_score
+from esper.policy.plateau import is_plateau
 from tests.unit.test_tamiyo_support import (
     IMPROVING,
     candidate,
@@ -176,14 +176,14 @@ def test_heuristic_imports_without_torch_or_grpc() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from esper.tamiyo.policies import HeuristicPolicy; "
+    code = ("import sys; from esper.policy import HeuristicPolicy; "
             "print('torch' in sys.modules, 'grpc' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
 
 def test_growth_kernel_beats_a_mergeable_adapter_without_field_reports() -> None:
-    from esper.tamiyo.policies.heuristic import benefit_per_cost, capacity_factor
+    from esper.policy.heuristic import benefit_per_cost, capacity_factor
 
     adapter = candidate("BP-IA3", params=16, risk=0.05)
     adapter.blueprint.metadata.mergeable = True  # folds into the host layer: no new capacity

@@ -17,7 +17,7 @@ from esper.leyline.v1.signals_pb2 import (
 )
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import PolicyContext, RunHistory, StaticCandidateProvider
+from esper.policy import PolicyContext, RunHistory, StaticCandidateProvider
 
 WIDTH = 16
 

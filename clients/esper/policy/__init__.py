@@ -1,18 +1,17 @@
-"""Tamiyo's policies: pure decision logic over Leyline messages, no server dependencies.
-
-The heuristic policy is light (protobuf only) and is what Tolaria imports in-process as its
-local policy. The learned policy lives in `esper.tamiyo.policies.gnn` and pulls in
-torch-geometric; import it explicitly.
+"""The policy core: pure decision logic over Leyline messages, protobuf only. The heuristic
+policy, the context a policy decides from, the budget and safety rules every decision must
+pass, and how decisions are built. Tamiyo serves it; Tolaria runs it in process as its
+local policy. Tamiyo's learned policy (`esper.tamiyo.policies`) builds on it.
 """
 
-from esper.tamiyo.policies.base import Policy
-from esper.tamiyo.policies.candidates import (
+from esper.policy.base import Policy
+from esper.policy.candidates import (
     CandidateProvider,
     NoCandidateProvider,
     StaticCandidateProvider,
 )
-from esper.tamiyo.policies.context import PolicyContext, RunHistory
-from esper.tamiyo.policies.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.policy.context import PolicyContext, RunHistory
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
 
 __all__ = [
     "CandidateProvider",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from esper.leyline.v1.control_pb2 import AdaptationDecision
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy.context import PolicyContext
 
 
 @runtime_checkable

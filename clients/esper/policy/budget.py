@@ -8,7 +8,7 @@ from esper.leyline.v1.kernel_pb2 import KernelState
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import SlotInfo
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy.context import PolicyContext
 
 # Risk limit when neither the budget nor the policy config sets one: blueprints above it
 # are considered too likely to destabilise training to germinate unattended.

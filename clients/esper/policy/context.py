@@ -12,7 +12,7 @@ from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph, SlotInfo, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
-from esper.tamiyo.policies.candidates import CandidateProvider, NoCandidateProvider
+from esper.policy.candidates import CandidateProvider, NoCandidateProvider
 
 # Plain ints: protobuf enum attribute lookups are slow on hot paths.
 _DORMANT = int(SeedStage.SEED_STAGE_DORMANT)

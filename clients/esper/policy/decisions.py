@@ -15,7 +15,7 @@ from esper.leyline.v1.control_pb2 import (
     GerminateAction,
     WaitAction,
 )
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy.context import PolicyContext
 
 Action = GerminateAction | AdvanceAction | CullAction | FossilizeAction | WaitAction
 

@@ -6,7 +6,7 @@ One decision per call, in this order of priority:
 2. fossilize a probationary seed whose probation is over;
 3. advance a seed whose next gate would pass (the runtime's gates decide for real);
 4. on a validation-loss plateau, germinate the best kernel over every dormant slot, by
-   benefit per cost weighted up by the slot's ill health (see `esper.tamiyo.policies.health`);
+   benefit per cost weighted up by the slot's ill health (see `esper.policy.health`);
 5. otherwise wait, saying why.
 Every decision goes through `safety.violation` before it leaves.
 """
@@ -31,12 +31,12 @@ from esper.leyline.v1.control_pb2 import (
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import SlotInfo
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import budget as budgeting
-from esper.tamiyo.policies.context import PolicyContext
-from esper.tamiyo.policies.decisions import Action, make_decision
-from esper.tamiyo.policies.health import health_score
-from esper.tamiyo.policies.plateau import is_plateau
-from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
+from esper.policy import budget as budgeting
+from esper.policy.context import PolicyContext
+from esper.policy.decisions import Action, make_decision
+from esper.policy.health import health_score
+from esper.policy.plateau import is_plateau
+from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 
 S = SeedStage
 POLICY_NAME = "heuristic"

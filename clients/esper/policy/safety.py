@@ -8,8 +8,8 @@ from __future__ import annotations
 from esper.leyline.lifecycle import is_allowed, next_stage
 from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.tamiyo.policies.budget import rejection_reason
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy.budget import rejection_reason
+from esper.policy.context import PolicyContext
 
 S = SeedStage
 

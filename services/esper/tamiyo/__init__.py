@@ -1,5 +1,6 @@
 """Tamiyo: the strategic controller. It turns training snapshots into AdaptationDecisions.
 
-`esper.tamiyo.policies` holds the policies (pure logic, importable in-process by Tolaria);
-the gRPC server lives beside them and is only imported when serving.
+The heuristic policy is the policy core, `esper.policy` (pure logic, run in process by
+Tolaria too); `esper.tamiyo.policies` holds the learned policy; the gRPC server lives
+beside them and is only imported when serving.
 """

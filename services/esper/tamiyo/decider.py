@@ -15,8 +15,8 @@ from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
+from esper.policy import PolicyContext, RunHistory
 from esper.tamiyo.kernel_supply import KernelSupply
-from esper.tamiyo.policies import PolicyContext, RunHistory
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.urza_candidates import UrzaCandidates
 

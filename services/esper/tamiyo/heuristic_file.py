@@ -20,8 +20,8 @@ import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
+from esper.policy import HeuristicConfig
 from esper.runtime.config import ConfigError
-from esper.tamiyo.policies import HeuristicConfig
 
 SETTING = "heuristic_config"
 # Largest step count accepted for a stage or horizon: far beyond any run, small enough to

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from esper.leyline.v1.tamiyo_pb2 import PolicyInfo
-from esper.tamiyo.policies import HeuristicPolicy, Policy
+from esper.policy import HeuristicPolicy, Policy
 from esper.tamiyo.policies.errors import PolicyArtifactError
 
 log = logging.getLogger("esper.tamiyo.policies")

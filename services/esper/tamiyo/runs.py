@@ -14,7 +14,7 @@ from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
-from esper.tamiyo.policies import RunHistory
+from esper.policy import RunHistory
 
 # Decision ids remembered per run (issued and acked): enough to recognise any ack of a live
 # run's recent decisions; older ones are forgotten first.

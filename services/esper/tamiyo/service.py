@@ -6,13 +6,13 @@ import grpc
 
 from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.oona import OonaProducer
+from esper.policy import HeuristicPolicy
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents
 from esper.tamiyo.heuristic_file import load_heuristic_config
 from esper.tamiyo.kernel_supply import KernelSupply
-from esper.tamiyo.policies import HeuristicPolicy
 from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.runs import RunRegistry

@@ -8,12 +8,12 @@ from esper.leyline.v1.control_pb2 import AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
-from esper.tamiyo.policies import CandidateProvider, HeuristicConfig, HeuristicPolicy, Policy
-from esper.tamiyo.policies.context import PolicyContext, RunHistory
+from esper.policy import CandidateProvider, HeuristicConfig, HeuristicPolicy, Policy
+from esper.policy.context import PolicyContext, RunHistory
 
-# HeuristicConfig is re-exported from here (and esper.tolaria) so that a user setting the
-# local policy's thresholds imports client code only; it lives with Tamiyo's heuristic, the
-# one implementation the local policy and the server share. A layering refactor may move it.
+# HeuristicConfig is re-exported from here (and esper.tolaria) for users setting the local
+# policy's thresholds; it lives in the policy core (esper.policy), the one heuristic the
+# local policy and Tamiyo share.
 __all__ = ["LOCAL_HEURISTIC", "HeuristicConfig", "LocalPolicy"]
 
 # The heuristic's thresholds for in-process runs, scaled to the short runs of the example

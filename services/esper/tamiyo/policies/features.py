@@ -22,9 +22,9 @@ import torch
 from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
-from esper.tamiyo.policies import budget as budgeting
-from esper.tamiyo.policies.context import PolicyContext
-from esper.tamiyo.policies.plateau import is_plateau
+from esper.policy import budget as budgeting
+from esper.policy.context import PolicyContext
+from esper.policy.plateau import is_plateau
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
 FEATURE_SCHEMA = "tamiyo-features@1"

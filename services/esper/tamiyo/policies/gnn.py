@@ -22,10 +22,12 @@ from esper.leyline.v1.control_pb2 import (
     WaitAction,
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedState
-from esper.tamiyo.policies import budget as budgeting
+from esper.policy import budget as budgeting
+from esper.policy.context import PolicyContext
+from esper.policy.decisions import Action, make_decision
+from esper.policy.heuristic import HeuristicPolicy, blend_schedule
+from esper.policy.safety import live_seed_limit, violation
 from esper.tamiyo.policies.artifact import PolicyArtifact, load_policy
-from esper.tamiyo.policies.context import PolicyContext
-from esper.tamiyo.policies.decisions import Action, make_decision
 from esper.tamiyo.policies.features import (
     GraphEncoding,
     encode_graph,
@@ -33,10 +35,8 @@ from esper.tamiyo.policies.features import (
     graph_key,
     node_features,
 )
-from esper.tamiyo.policies.heuristic import HeuristicPolicy, blend_schedule
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
-from esper.tamiyo.policies.safety import live_seed_limit, violation
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 
 POLICY_NAME = "gnn"

@@ -16,11 +16,11 @@ import numpy as np
 from esper.leyline.lifecycle import is_allowed
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import budget as budgeting
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy import budget as budgeting
+from esper.policy.context import PolicyContext
+from esper.policy.heuristic import HeuristicConfig, benefit_per_cost
+from esper.policy.safety import ADVANCEABLE_STAGES
 from esper.tamiyo.policies.features import GraphEncoding
-from esper.tamiyo.policies.heuristic import HeuristicConfig, benefit_per_cost
-from esper.tamiyo.policies.safety import ADVANCEABLE_STAGES
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 
 S = SeedStage

@@ -21,10 +21,10 @@ from esper.leyline.v1.control_pb2 import (
     GerminateAction,
     WaitAction,
 )
-from esper.tamiyo.policies.context import PolicyContext
-from esper.tamiyo.policies.decisions import Action, make_decision
+from esper.policy.context import PolicyContext
+from esper.policy.decisions import Action, make_decision
+from esper.policy.heuristic import HeuristicConfig
 from esper.tamiyo.policies.features import GraphEncoding
-from esper.tamiyo.policies.heuristic import HeuristicConfig
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, SLOT_ACTIONS, WAIT, SafetyMask
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 

@@ -27,8 +27,8 @@ from esper.leyline.v1.signals_pb2 import TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport, TelemetryEvent
 from esper.leyline.v1.urza_pb2 import KernelCandidate, SearchKernelsResponse
-from esper.tamiyo.policies.candidates import StaticCandidateProvider
-from esper.tamiyo.policies.context import PolicyContext, RunHistory
+from esper.policy.candidates import StaticCandidateProvider
+from esper.policy.context import PolicyContext, RunHistory
 from esper.tamiyo.simic.records import (
     KIND_CANDIDATES,
     KIND_EVENT,

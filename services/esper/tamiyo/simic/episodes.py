@@ -23,13 +23,13 @@ from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.tamiyo.policies import budget as budgeting
-from esper.tamiyo.policies.base import Policy
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy import budget as budgeting
+from esper.policy.base import Policy
+from esper.policy.context import PolicyContext
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.policy.safety import live_seed_limit, violation
 from esper.tamiyo.policies.features import encode_graph, graph_key
-from esper.tamiyo.policies.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.tamiyo.policies.mask import build_mask
-from esper.tamiyo.policies.safety import live_seed_limit, violation
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.actions import decision_for, random_choice
 from esper.tamiyo.simic.dataset import Episode

@@ -14,11 +14,11 @@ import statistics
 from dataclasses import dataclass, field
 
 from esper.leyline.v1.control_pb2 import AdaptationDecision, WaitAction
-from esper.tamiyo.policies.base import Policy
-from esper.tamiyo.policies.context import PolicyContext
-from esper.tamiyo.policies.decisions import make_decision
+from esper.policy.base import Policy
+from esper.policy.context import PolicyContext
+from esper.policy.decisions import make_decision
+from esper.policy.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
-from esper.tamiyo.policies.heuristic import HeuristicPolicy
 from esper.tamiyo.simic.episodes import (
     EPISODE_HEURISTIC,
     HELD_OUT_SEED_BASE,

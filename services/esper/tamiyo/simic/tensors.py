@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from esper.tamiyo.policies import budget as budgeting
+from esper.policy import budget as budgeting
+from esper.policy.heuristic import HeuristicConfig
+from esper.policy.safety import live_seed_limit
 from esper.tamiyo.policies.features import (
     GraphEncoding,
     encode_graph,
@@ -22,9 +24,7 @@ from esper.tamiyo.policies.features import (
     graph_key,
     node_features,
 )
-from esper.tamiyo.policies.heuristic import HeuristicConfig
 from esper.tamiyo.policies.mask import build_mask
-from esper.tamiyo.policies.safety import live_seed_limit
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from esper.tamiyo.simic.actions import indices, is_legal
 from esper.tamiyo.simic.dataset import State, Transition

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from esper.policy.heuristic import HeuristicConfig
 from esper.tamiyo.policies.artifact import save_policy, tensors_digest
 from esper.tamiyo.policies.gnn import POLICY_NAME
-from esper.tamiyo.policies.heuristic import HeuristicConfig
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.dataset import Dataset
