@@ -339,7 +339,7 @@ class RecordingLosses(DigitsModule):
 
     def training_step(self, batch, batch_idx):
         result = super().training_step(batch, batch_idx)
-        self.losses[-1].append(float(result["loss"]))
+        self.losses[-1].append(float(result["loss"].detach()))
         return result
 
 
