@@ -124,13 +124,12 @@ class UrzaKernelFetcher:
     KernelCache runs it in its prefetch threads, never on the training thread)."""
 
     def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
-        import grpc
-
         from esper.leyline.v1 import urza_pb2_grpc
+        from esper.rpc.channels import open_channel
 
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address, aio=False)
         self._stub = urza_pb2_grpc.UrzaServiceStub(self._channel)
 
     def __call__(self, kernel_id: str) -> bytes:

@@ -69,7 +69,7 @@ def _configure_tracing() -> None:
     ESPER_OTLP_ENDPOINT). A tracer provider the application set up itself is kept."""
     import os
 
-    from esper.runtime.tracing import configure_tracing
+    from esper.rpc.tracing import configure_tracing
 
     configure_tracing("tolaria", os.environ.get("ESPER_OTEL_EXPORTER", "none"),
                       os.environ.get("ESPER_OTLP_ENDPOINT", "http://127.0.0.1:4317"))

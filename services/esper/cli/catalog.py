@@ -25,6 +25,7 @@ from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.rpc.channels import open_channel
 
 ADDRESS_ENV = "ESPER_URZA_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -138,7 +139,7 @@ def urza_address(flag: str | None) -> str:
 # -- calls ---------------------------------------------------------------------------------
 def _call(args: argparse.Namespace, work) -> int:
     address = urza_address(args.urza)
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, aio=False) as channel:
         stub = urza_pb2_grpc.UrzaServiceStub(channel)
         try:
             work(stub, args.timeout)

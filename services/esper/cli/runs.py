@@ -20,6 +20,7 @@ import grpc
 from esper.cli import addresses, run_views
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import control_pb2, nissa_pb2, nissa_pb2_grpc
+from esper.rpc.channels import open_channel
 
 ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
 # An RPC to Nissa taking longer than this means it is down or stuck.
@@ -76,7 +77,7 @@ def resolve_address(args: argparse.Namespace) -> str:
 
 def _call(args: argparse.Namespace, method: str, request):
     address = resolve_address(args)
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, aio=False) as channel:
         stub = nissa_pb2_grpc.NissaServiceStub(channel)
         try:
             return getattr(stub, method)(request, timeout=RPC_TIMEOUT_S)

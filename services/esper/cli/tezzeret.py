@@ -25,6 +25,7 @@ from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
 from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
+from esper.rpc.channels import open_channel
 from esper.runtime.config import ConfigError, add_config_flags, load_config, overrides_from_args
 
 ADDRESS_ENV = "ESPER_TEZZERET_ADDRESS"
@@ -152,7 +153,7 @@ def tezzeret_address(flag: str | None) -> str:
 
 def _call(args: argparse.Namespace, work) -> int:
     address = tezzeret_address(args.tezzeret)
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, aio=False) as channel:
         try:
             work(tezzeret_pb2_grpc.TezzeretServiceStub(channel))
         except grpc.RpcError as exc:

@@ -8,12 +8,14 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from esper.rpc.channels import open_channel
+
 TIMEOUT_S = 3.0
 
 
 def check(address: str, service: str = "", timeout: float = TIMEOUT_S) -> str:
     """The health status name ("SERVING", "NOT_SERVING"…) or "UNREACHABLE"."""
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, aio=False) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

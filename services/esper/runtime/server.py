@@ -19,10 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from esper.rpc.tracing import configure_tracing
 from esper.runtime.config import ServerConfig
 from esper.runtime.logs import configure_logging
 from esper.runtime.metrics import MetricsInterceptor, start_metrics_server
-from esper.runtime.tracing import configure_tracing, server_interceptors
+from esper.runtime.tracing import server_interceptors
 
 log = logging.getLogger("esper.runtime.server")
 

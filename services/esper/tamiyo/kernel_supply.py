@@ -43,7 +43,7 @@ from esper.leyline.v1.tamiyo_pb2 import Capabilities
 from esper.leyline.v1.tezzeret_pb2 import SubmitCompileRequest
 from esper.leyline.v1.tezzeret_pb2_grpc import TezzeretServiceStub
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
-from esper.runtime.tracing import insecure_channel
+from esper.rpc.channels import open_channel
 
 log = logging.getLogger("esper.tamiyo.kernel_supply")
 
@@ -128,8 +128,8 @@ class KernelSupply:
     def __init__(self, tezzeret_address: str, urza_address: str, timeout_s: float) -> None:
         self.address = tezzeret_address
         self.timeout_s = timeout_s
-        self._tezzeret_channel = insecure_channel(tezzeret_address) if tezzeret_address else None
-        self._urza_channel = insecure_channel(urza_address) if urza_address and tezzeret_address else None
+        self._tezzeret_channel = open_channel(tezzeret_address) if tezzeret_address else None
+        self._urza_channel = open_channel(urza_address) if urza_address and tezzeret_address else None
         self._tezzeret = TezzeretServiceStub(self._tezzeret_channel) if self._tezzeret_channel else None
         self._urza = UrzaServiceStub(self._urza_channel) if self._urza_channel else None
         self._done: set[Pair] = set()  # submitted, present already, or refused for good

@@ -26,7 +26,7 @@ from esper.leyline.v1.urza_pb2 import (
     WatchCatalogRequest,
 )
 from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
-from esper.runtime.tracing import insecure_channel
+from esper.rpc.channels import open_channel
 
 log = logging.getLogger("esper.tamiyo.urza")
 
@@ -84,7 +84,7 @@ class UrzaCandidates:
         self.address = address
         self.timeout_s = timeout_s
         self.cache_s = cache_s
-        self._channel = insecure_channel(address) if address else None
+        self._channel = open_channel(address) if address else None
         self._stub = UrzaServiceStub(self._channel) if self._channel else None
         self._cache: dict[bytes, tuple[float, list[KernelCandidate]]] = {}
         self._outage: tuple[float, str] | None = None  # (until, reason)

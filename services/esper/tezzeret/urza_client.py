@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 
 from esper.leyline.v1 import blueprint_pb2, kernel_pb2, urza_pb2, urza_pb2_grpc
-from esper.runtime.tracing import insecure_channel
+from esper.rpc.channels import open_channel
 from esper.tezzeret.errors import DependencyUnavailable
 
 # Statuses that mean "Urza is not there right now", not "Urza refused".
@@ -26,7 +26,7 @@ class UrzaClient:
     def __init__(self, address: str, timeout_s: float) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = insecure_channel(address)
+        self._channel = open_channel(address)
         self._stub = urza_pb2_grpc.UrzaServiceStub(self._channel)
 
     async def close(self) -> None:

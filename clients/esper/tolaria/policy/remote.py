@@ -35,6 +35,7 @@ from esper.leyline.v1.tamiyo_pb2 import (
 )
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.oona.aio import within
+from esper.rpc.channels import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class RemotePolicy:
 
     async def _session_once(self) -> bool:
         """One stream from open to its end; returns whether it was accepted."""
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with open_channel(self.address) as channel:
             self._call = tamiyo_pb2_grpc.TamiyoServiceStub(channel).Session(self._requests())
             accepted = False
             try:

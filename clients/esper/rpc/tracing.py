@@ -1,0 +1,43 @@
+"""OpenTelemetry for clients: a tracer provider per process and the gRPC client interceptors
+that carry the current trace context. Both are no-ops where OpenTelemetry's SDK or its gRPC
+instrumentation is not installed (the light client install), so tracing is never a reason
+for a call to fail."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_configured = False
+
+
+def configure_tracing(service: str, exporter: str, otlp_endpoint: str) -> None:
+    """Install the global tracer provider once. "none" still creates real spans (so trace
+    context propagates through gRPC and Kafka) but exports them nowhere."""
+    global _configured
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        return  # no SDK: spans stay non-recording, nothing to export
+    if _configured or isinstance(trace.get_tracer_provider(), TracerProvider):
+        return  # ours already, or the application installed its own SDK provider: keep it
+    provider = TracerProvider(resource=Resource.create({"service.name": f"esper-{service}"}))
+    if exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    trace.set_tracer_provider(provider)
+    _configured = True
+
+
+def client_interceptors() -> Sequence[object]:
+    """Interceptors for grpc.aio channels so calls carry the current trace context."""
+    try:
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    except ImportError:
+        return []
+    return aio_client_interceptors()
