@@ -18,7 +18,7 @@ help:
 	@echo "make bench      run every benchmark (JSON in benchmarks/results/)"
 	@echo "make experiment does growth pay? every arm on Fashion-MNIST, MLP and CNN hosts"
 	@echo "                (benchmarks/results/morphogenesis.{json,md,png}; EXPERIMENT_ARGS=...)"
-	@echo "make lint       buf lint + ruff"
+	@echo "make lint       buf lint + ruff + import contracts (lint-imports)"
 
 install:
 	@bash scripts/bootstrap.sh
@@ -56,3 +56,4 @@ experiment: install
 lint: install
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/ruff check services clients tests benchmarks examples scripts
+	$(BIN)/lint-imports

@@ -41,3 +41,28 @@ def client_interceptors() -> Sequence[object]:
     except ImportError:
         return []
     return aio_client_interceptors()
+
+
+class _NoSpan:
+    """A span context manager that records nothing (OpenTelemetry not installed)."""
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _NoTracer:
+    def start_as_current_span(self, name: str, **kwargs: object) -> _NoSpan:
+        return _NoSpan()
+
+
+def get_tracer(name: str):
+    """OpenTelemetry's tracer for `name`, or one that records nothing where the
+    OpenTelemetry API is not installed."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return _NoTracer()
+    return trace.get_tracer(name)

@@ -23,9 +23,8 @@ class EpochProgress:
         self._enabled = enabled
         self._label = f"epoch {epoch + 1}/{epochs}"
         self._bar = None
-        if enabled and _is_terminal(self._stream):
-            from tqdm.auto import tqdm
-
+        tqdm = _tqdm() if enabled and _is_terminal(self._stream) else None
+        if tqdm is not None:
             self._bar = tqdm(total=total, desc=self._label, leave=True, dynamic_ncols=True,
                              file=self._stream)
         self._steps = 0
@@ -56,6 +55,15 @@ class EpochProgress:
                   f"  loss {loss}  acc {_pct(self._correct, self._seen)}"
                   f"  val_loss {val_loss}  val_acc {val_acc}  seeds {live_seeds}",
                   file=self._stream, flush=True)
+
+
+def _tqdm():
+    """tqdm's bar class, or None where tqdm is not installed (the epoch line then)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 def _is_terminal(stream: TextIO) -> bool:

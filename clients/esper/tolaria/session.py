@@ -18,7 +18,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from opentelemetry import trace
 
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
@@ -30,6 +29,7 @@ from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSna
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 from esper.leyline.version import contract_version
+from esper.rpc.tracing import get_tracer
 from esper.tolaria.budget import runtime_budget
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.flops import FlopMeter
@@ -42,7 +42,7 @@ from esper.tolaria.summary import RunSummary, SeedLog
 from esper.tolaria.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("esper.tolaria")
+_tracer = get_tracer("esper.tolaria")
 
 # Kernel readiness of a pending germinate (anything else is the reason it cannot be had).
 _READY = "ready"

@@ -28,8 +28,12 @@ class Telemetry:
         self._producer = producer
         self._owned = False
         if producer is None and bootstrap:
-            from esper.oona import ThreadedOonaProducer
-
+            try:
+                from esper.oona import ThreadedOonaProducer
+            except ModuleNotFoundError as exc:
+                raise RuntimeError(
+                    f"telemetry to Kafka ({bootstrap}) needs the kafka extra: pip install "
+                    f"'esper[kafka]' (missing module {exc.name!r})") from exc
             _configure_tracing()
             self._producer = ThreadedOonaProducer(bootstrap).start(START_TIMEOUT_S)
             self._owned = True

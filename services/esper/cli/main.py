@@ -12,8 +12,9 @@ import sys
 
 from esper.cli.errors import UsageError
 
-# Subcommand modules, in the order `esper --help` lists them. A module that fails to import
-# is a bug, not an optional feature: the error propagates.
+# Subcommand modules, in the order `esper --help` lists them. One of ours that fails to import
+# is a bug: the error propagates. A missing third-party module means the light client
+# install (`pip install esper`), which has no servers and no command line.
 SUBCOMMAND_MODULES = (
     "esper.cli.serve",
     "esper.cli.stack",
@@ -53,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "esper":
+            raise  # our own module missing is a bug, not an install choice
+        print(f"esper: the command needs the server extra (missing module {exc.name!r}): "
+              "pip install 'esper[server]'", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
