@@ -52,8 +52,8 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
             "--checkpoint", str(ckpt)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "run cli-run: 1 epochs" in out and "final validation accuracy" in out
-    assert "parameters 2570 before" in out and "seeds fossilized" in out
+    assert "run cli-run: 1 epochs" in out and "validation loss" in out
+    assert "parameters: host 2,570 at attach" in out and "seeds: " in out
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(ckpt)]) == 0
     assert "run cli-run: 2 epochs" in capsys.readouterr().out
 
@@ -61,8 +61,8 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
 def test_static_grows_nothing(capsys) -> None:
     assert main(["train", "--epochs", "3", "--no-progress", "--static", "--run-id", "flat"]) == 0
     out = capsys.readouterr().out
-    assert "2570 before -> 2570 after" in out
-    assert "decisions applied 0" in out
+    assert "host 2,570 at attach -> 2,570 final" in out
+    assert "decisions: 0 applied" in out and "seeds: 0 germinated" in out
 
 
 def test_entry_point_trains_a_users_model(tmp_path, monkeypatch, capsys) -> None:

@@ -154,20 +154,5 @@ def run(args: argparse.Namespace) -> int:
                           example_input=example, urza=args.urza)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
-    before = sum(p.numel() for p in trainer.session.model.host.parameters())
-    summary = trainer.fit()
-    _print_summary(summary, before)
+    print(trainer.fit())  # the run's report: parameters, FLOPs, decisions, each seed's life
     return 0
-
-
-def _print_summary(s: dict, params_before: int) -> None:
-    acc = s.get("val_accuracy", math.nan)
-    print(f"run {s['run_id']}: {s['epoch']} epochs, {s['step']} steps")
-    print(f"  final validation accuracy {100 * acc:.2f}%  loss {s.get('val_loss', math.nan):.4f}")
-    print(f"  parameters {params_before} before -> {s['params_after']} after "
-          f"({s['seed_params']} in seeds)")
-    print(f"  seeds fossilized {s['seeds_fossilized']}, culled {s['seeds_culled']}, "
-          f"live {s['live_seeds']}")
-    acks = s["acks"]
-    print(f"  decisions applied {acks['applied']}, rejected {acks['rejected']}, "
-          f"expired {acks['expired']}")
