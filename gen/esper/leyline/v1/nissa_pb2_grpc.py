@@ -50,6 +50,11 @@ class NissaServiceStub:
                 request_serializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/esper.leyline.v1.NissaService/ListEvents',
+                request_serializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/esper.leyline.v1.NissaService/ListAlerts',
                 request_serializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.ListAlertsRequest.SerializeToString,
@@ -87,6 +92,17 @@ class NissaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """Stored events of one run (or of every run), filtered by kind, in pages: each run's
+        events in event-time order (ties by event id), runs by id. A listing is one consistent
+        view: the pages after the first show the events that were stored when the first page
+        was read, so events arriving meanwhile are neither skipped nor repeated (they belong to
+        the next listing). Simic reads recorded runs through it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAlerts(self, request, context):
         """Alerts, newest first.
         """
@@ -118,6 +134,11 @@ def add_NissaServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsRequest.FromString,
                     response_serializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsRequest.FromString,
+                    response_serializer=esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsResponse.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
@@ -212,6 +233,33 @@ class NissaService:
             '/esper.leyline.v1.NissaService/StreamEvents',
             esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsRequest.SerializeToString,
             esper_dot_leyline_dot_v1_dot_nissa__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/esper.leyline.v1.NissaService/ListEvents',
+            esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsRequest.SerializeToString,
+            esper_dot_leyline_dot_v1_dot_nissa__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,13 @@ class NissaServiceStub:
     """One run's summary: metric history, seed timeline, decisions with acks, params over time."""
     StreamEvents: _grpc.UnaryStreamMultiCallable[_nissa_pb2.StreamEventsRequest, _nissa_pb2.StreamEventsResponse]
     """Tail live events with filters."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_nissa_pb2.ListEventsRequest, _nissa_pb2.ListEventsResponse]
+    """Stored events of one run (or of every run), filtered by kind, in pages: each run's
+    events in event-time order (ties by event id), runs by id. A listing is one consistent
+    view: the pages after the first show the events that were stored when the first page
+    was read, so events arriving meanwhile are neither skipped nor repeated (they belong to
+    the next listing). Simic reads recorded runs through it.
+    """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_nissa_pb2.ListAlertsRequest, _nissa_pb2.ListAlertsResponse]
     """Alerts, newest first."""
     AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_nissa_pb2.AcknowledgeAlertRequest, _nissa_pb2.AcknowledgeAlertResponse]
@@ -55,6 +62,13 @@ class NissaServiceAsyncStub(NissaServiceStub):
     """One run's summary: metric history, seed timeline, decisions with acks, params over time."""
     StreamEvents: _aio.UnaryStreamMultiCallable[_nissa_pb2.StreamEventsRequest, _nissa_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Tail live events with filters."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_nissa_pb2.ListEventsRequest, _nissa_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Stored events of one run (or of every run), filtered by kind, in pages: each run's
+    events in event-time order (ties by event id), runs by id. A listing is one consistent
+    view: the pages after the first show the events that were stored when the first page
+    was read, so events arriving meanwhile are neither skipped nor repeated (they belong to
+    the next listing). Simic reads recorded runs through it.
+    """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_nissa_pb2.ListAlertsRequest, _nissa_pb2.ListAlertsResponse]  # type: ignore[assignment]
     """Alerts, newest first."""
     AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_nissa_pb2.AcknowledgeAlertRequest, _nissa_pb2.AcknowledgeAlertResponse]  # type: ignore[assignment]
@@ -86,6 +100,19 @@ class NissaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_nissa_pb2.StreamEventsResponse], _abc.AsyncIterator[_nissa_pb2.StreamEventsResponse]]:
         """Tail live events with filters."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _nissa_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nissa_pb2.ListEventsResponse, _abc.Awaitable[_nissa_pb2.ListEventsResponse]]:
+        """Stored events of one run (or of every run), filtered by kind, in pages: each run's
+        events in event-time order (ties by event id), runs by id. A listing is one consistent
+        view: the pages after the first show the events that were stored when the first page
+        was read, so events arriving meanwhile are neither skipped nor repeated (they belong to
+        the next listing). Simic reads recorded runs through it.
+        """
 
     @_abc_1.abstractmethod
     def ListAlerts(

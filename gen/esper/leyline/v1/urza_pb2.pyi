@@ -355,6 +355,70 @@ class RegisterKernelResponse(_message.Message):
 Global___RegisterKernelResponse: _TypeAlias = RegisterKernelResponse  # noqa: Y015
 
 @_typing.final
+class UploadKernelRequest(_message.Message):
+    """One message of UploadKernel's request stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Every later message: the next bytes of the artifact (never empty; any size up to the
+    message limit; 1 MiB is a good size).
+    """
+    @_builtins.property
+    def kernel(self) -> _kernel_pb2.KernelArtifact:
+        """First message only: the artifact to register. `kernel_id`, `sha256`, `size_bytes`,
+        `blueprint_ref`, `target`, `format`, `stats` and `validation` as for RegisterKernel;
+        `uri` may be empty (Urza sets its content address) or must be that address; `state`
+        and `created_at` are ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        kernel: _kernel_pb2.KernelArtifact | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "kernel", b"kernel", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "kernel", b"kernel", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["kernel", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadKernelRequest: _TypeAlias = UploadKernelRequest  # noqa: Y015
+
+@_typing.final
+class UploadKernelResponse(_message.Message):
+    """Response of UploadKernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the same kernel was already registered."""
+    @_builtins.property
+    def kernel(self) -> _kernel_pb2.KernelArtifact:
+        """The stored artifact, as GetKernel returns it."""
+
+    def __init__(
+        self,
+        *,
+        kernel: _kernel_pb2.KernelArtifact | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel", b"kernel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "kernel", b"kernel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadKernelResponse: _TypeAlias = UploadKernelResponse  # noqa: Y015
+
+@_typing.final
 class GetKernelRequest(_message.Message):
     """Request of GetKernel."""
 

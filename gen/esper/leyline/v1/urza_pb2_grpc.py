@@ -65,6 +65,11 @@ class UrzaServiceStub:
                 request_serializer=esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelRequest.SerializeToString,
                 response_deserializer=esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelResponse.FromString,
                 _registered_method=True)
+        self.UploadKernel = channel.stream_unary(
+                '/esper.leyline.v1.UrzaService/UploadKernel',
+                request_serializer=esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelRequest.SerializeToString,
+                response_deserializer=esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelResponse.FromString,
+                _registered_method=True)
         self.GetKernel = channel.unary_unary(
                 '/esper.leyline.v1.UrzaService/GetKernel',
                 request_serializer=esper_dot_leyline_dot_v1_dot_urza__pb2.GetKernelRequest.SerializeToString,
@@ -138,7 +143,21 @@ class UrzaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterKernel(self, request, context):
-        """Register a kernel whose bytes are already in the object store (used by Tezzeret).
+        """Register a kernel whose bytes are already in the object store. Tezzeret uses
+        UploadKernel instead, which stores the bytes and registers them in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadKernel(self, request_iterator, context):
+        """Store a kernel's bytes and register it (used by Tezzeret): the first message carries
+        the artifact's metadata, every later one the next bytes, in order. Urza hashes and
+        counts the bytes as they arrive and stores them under their content address only when
+        they match `sha256` and `size_bytes`; a mismatch is INVALID_ARGUMENT naming the field
+        and leaves nothing stored. A declared size above Urza's `max_kernel_bytes` is
+        RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Idempotent on the digest: the same
+        kernel uploaded again returns the stored artifact with `created` false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +237,11 @@ def add_UrzaServiceServicer_to_server(servicer, server):
                     servicer.RegisterKernel,
                     request_deserializer=esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelRequest.FromString,
                     response_serializer=esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelResponse.SerializeToString,
+            ),
+            'UploadKernel': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadKernel,
+                    request_deserializer=esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelRequest.FromString,
+                    response_serializer=esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelResponse.SerializeToString,
             ),
             'GetKernel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKernel,
@@ -413,6 +437,33 @@ class UrzaService:
             '/esper.leyline.v1.UrzaService/RegisterKernel',
             esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelRequest.SerializeToString,
             esper_dot_leyline_dot_v1_dot_urza__pb2.RegisterKernelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadKernel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/esper.leyline.v1.UrzaService/UploadKernel',
+            esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelRequest.SerializeToString,
+            esper_dot_leyline_dot_v1_dot_urza__pb2.UploadKernelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,18 @@ class UrzaServiceStub:
     UpdateBlueprintState: _grpc.UnaryUnaryMultiCallable[_urza_pb2.UpdateBlueprintStateRequest, _urza_pb2.UpdateBlueprintStateResponse]
     """Update a blueprint's state (used by Tezzeret)."""
     RegisterKernel: _grpc.UnaryUnaryMultiCallable[_urza_pb2.RegisterKernelRequest, _urza_pb2.RegisterKernelResponse]
-    """Register a kernel whose bytes are already in the object store (used by Tezzeret)."""
+    """Register a kernel whose bytes are already in the object store. Tezzeret uses
+    UploadKernel instead, which stores the bytes and registers them in one call.
+    """
+    UploadKernel: _grpc.StreamUnaryMultiCallable[_urza_pb2.UploadKernelRequest, _urza_pb2.UploadKernelResponse]
+    """Store a kernel's bytes and register it (used by Tezzeret): the first message carries
+    the artifact's metadata, every later one the next bytes, in order. Urza hashes and
+    counts the bytes as they arrive and stores them under their content address only when
+    they match `sha256` and `size_bytes`; a mismatch is INVALID_ARGUMENT naming the field
+    and leaves nothing stored. A declared size above Urza's `max_kernel_bytes` is
+    RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Idempotent on the digest: the same
+    kernel uploaded again returns the stored artifact with `created` false.
+    """
     GetKernel: _grpc.UnaryUnaryMultiCallable[_urza_pb2.GetKernelRequest, _urza_pb2.GetKernelResponse]
     """One kernel by id."""
     ListKernels: _grpc.UnaryUnaryMultiCallable[_urza_pb2.ListKernelsRequest, _urza_pb2.ListKernelsResponse]
@@ -78,7 +89,18 @@ class UrzaServiceAsyncStub(UrzaServiceStub):
     UpdateBlueprintState: _aio.UnaryUnaryMultiCallable[_urza_pb2.UpdateBlueprintStateRequest, _urza_pb2.UpdateBlueprintStateResponse]  # type: ignore[assignment]
     """Update a blueprint's state (used by Tezzeret)."""
     RegisterKernel: _aio.UnaryUnaryMultiCallable[_urza_pb2.RegisterKernelRequest, _urza_pb2.RegisterKernelResponse]  # type: ignore[assignment]
-    """Register a kernel whose bytes are already in the object store (used by Tezzeret)."""
+    """Register a kernel whose bytes are already in the object store. Tezzeret uses
+    UploadKernel instead, which stores the bytes and registers them in one call.
+    """
+    UploadKernel: _aio.StreamUnaryMultiCallable[_urza_pb2.UploadKernelRequest, _urza_pb2.UploadKernelResponse]  # type: ignore[assignment]
+    """Store a kernel's bytes and register it (used by Tezzeret): the first message carries
+    the artifact's metadata, every later one the next bytes, in order. Urza hashes and
+    counts the bytes as they arrive and stores them under their content address only when
+    they match `sha256` and `size_bytes`; a mismatch is INVALID_ARGUMENT naming the field
+    and leaves nothing stored. A declared size above Urza's `max_kernel_bytes` is
+    RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Idempotent on the digest: the same
+    kernel uploaded again returns the stored artifact with `created` false.
+    """
     GetKernel: _aio.UnaryUnaryMultiCallable[_urza_pb2.GetKernelRequest, _urza_pb2.GetKernelResponse]  # type: ignore[assignment]
     """One kernel by id."""
     ListKernels: _aio.UnaryUnaryMultiCallable[_urza_pb2.ListKernelsRequest, _urza_pb2.ListKernelsResponse]  # type: ignore[assignment]
@@ -143,7 +165,24 @@ class UrzaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _urza_pb2.RegisterKernelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_urza_pb2.RegisterKernelResponse, _abc.Awaitable[_urza_pb2.RegisterKernelResponse]]:
-        """Register a kernel whose bytes are already in the object store (used by Tezzeret)."""
+        """Register a kernel whose bytes are already in the object store. Tezzeret uses
+        UploadKernel instead, which stores the bytes and registers them in one call.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadKernel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_urza_pb2.UploadKernelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_urza_pb2.UploadKernelResponse, _abc.Awaitable[_urza_pb2.UploadKernelResponse]]:
+        """Store a kernel's bytes and register it (used by Tezzeret): the first message carries
+        the artifact's metadata, every later one the next bytes, in order. Urza hashes and
+        counts the bytes as they arrive and stores them under their content address only when
+        they match `sha256` and `size_bytes`; a mismatch is INVALID_ARGUMENT naming the field
+        and leaves nothing stored. A declared size above Urza's `max_kernel_bytes` is
+        RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Idempotent on the digest: the same
+        kernel uploaded again returns the stored artifact with `created` false.
+        """
 
     @_abc_1.abstractmethod
     def GetKernel(
