@@ -1,4 +1,4 @@
-"""Pure logic of Urza: the blueprint state table, page tokens, the search score, version
+"""Pure logic of Urza: the blueprint state table, the search score, version
 ordering, chunk sizes and row <-> message translation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
-from esper.urza import download, pagination, records, search, states
+from esper.urza import download, records, search, states
 from esper.urza.errors import InvalidArgument
 from esper.urza.store import key_for, parse_uri
 
@@ -38,26 +38,6 @@ def test_retired_is_terminal_and_every_state_has_a_row() -> None:
     assert set(states.TRANSITIONS) == set(ALL_STATES)
     assert states.allowed_from(states.RETIRED) == []
     assert not states.is_legal(states.RETIRED, states.COMPILING)
-
-
-def test_page_tokens_round_trip_and_bind_to_filters() -> None:
-    filters = {"family": 1, "tags": ["a"]}
-    token = pagination.encode_token(["BP-A", "0001", "1.0.0"], filters)
-    assert pagination.decode_token(token, filters, arity=3) == ["BP-A", "0001", "1.0.0"]
-    assert pagination.decode_token("", filters, arity=3) is None
-    with pytest.raises(InvalidArgument, match="page_token: was issued for different filters"):
-        pagination.decode_token(token, {"family": 2, "tags": ["a"]}, arity=3)
-    for garbage in ("%%%", "e30", "bnVsbA", "W10", "x" * 3000, token[:-3]):
-        with pytest.raises(InvalidArgument, match="^page_token: "):
-            pagination.decode_token(garbage, filters, arity=3)
-    with pytest.raises(InvalidArgument):
-        pagination.decode_token(token, filters, arity=1)
-
-
-def test_page_size_defaults_and_caps() -> None:
-    assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
-    assert pagination.page_size(7) == 7
-    assert pagination.page_size(2**32 - 1) == pagination.MAX_PAGE_SIZE
 
 
 def test_score_prefers_benefit_and_penalises_cost_and_risk() -> None:

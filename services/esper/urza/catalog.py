@@ -13,7 +13,8 @@ from esper.blueprints.refs import spec_ref
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import telemetry_pb2 as tm
-from esper.urza import pagination, records, states, validate
+from esper.runtime import pagination
+from esper.urza import records, states, validate
 from esper.urza.db import SEED_LOCK_KEY, Database
 from esper.urza.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from esper.urza.events import CatalogFeed, record_event
@@ -127,7 +128,7 @@ class Catalog:
                    ) -> tuple[list[bp.BlueprintRecord], str]:
         query = query.checked()
         filters = query.as_filters()
-        after = pagination.decode_token(token, filters, arity=3) or [None, None, None]
+        after = pagination.decode("ListBlueprints", token, filters, (str, str, str)) or (None, None, None)
         limit = pagination.page_size(size)
         family = records.short_name(records.FAMILY, query.family) if query.family else None
         state = records.short_name(records.BLUEPRINT_STATE, query.state) if query.state else None
@@ -135,11 +136,8 @@ class Catalog:
         async with self.db.acquire() as conn:
             rows = await conn.fetch(_LIST, family, query.tags, state, query.capabilities or None,
                                     kind, *after, limit + 1)
-        page = rows[:limit]
-        next_token = ""
-        if len(rows) > limit:
-            last = page[-1]
-            next_token = pagination.encode_token([last["name"], last["version_key"], last["version"]], filters)
+        page, next_token = pagination.next_token(
+            "ListBlueprints", rows, limit, lambda r: (r["name"], r["version_key"], r["version"]), filters)
         return [records.blueprint_record(r) for r in page], next_token
 
     async def retire(self, ref: str, reason: str) -> bp.BlueprintRecord:

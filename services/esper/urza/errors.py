@@ -1,34 +1,35 @@
-"""Domain errors of Urza. Each maps to one gRPC status in the servicer; the message
-names the offending field or dependency so a client knows what to fix."""
+"""Domain errors of Urza: subclasses of the runtime's shared errors, so the one mapping in
+`esper.runtime.errors` answers each with its gRPC status; the message names the offending
+field or dependency so a client knows what to fix."""
 
 from __future__ import annotations
 
-from esper.runtime.errors import FieldError
+from esper.runtime import errors
 
 
-class UrzaError(Exception):
+class UrzaError(errors.ServiceError):
     """Base of Urza's domain errors."""
 
 
-class InvalidArgument(FieldError, UrzaError):
+class InvalidArgument(errors.InvalidArgument, UrzaError):
     """A request field is malformed; the message starts with the field's name."""
 
 
-class NotFound(UrzaError):
+class NotFound(errors.NotFound, UrzaError):
     """The named blueprint or kernel does not exist."""
 
 
-class AlreadyExists(UrzaError):
+class AlreadyExists(errors.AlreadyExists, UrzaError):
     """A different record already holds this name@version (or kernel id)."""
 
 
-class FailedPrecondition(UrzaError):
+class FailedPrecondition(errors.FailedPrecondition, UrzaError):
     """The request is well formed but the record's state forbids it."""
 
 
-class Unavailable(UrzaError):
+class Unavailable(errors.Unavailable, UrzaError):
     """A dependency (PostgreSQL, the object store) cannot be reached right now."""
 
 
-class DataLoss(UrzaError):
+class DataLoss(errors.DataLoss, UrzaError):
     """Stored bytes do not match their recorded digest or size."""

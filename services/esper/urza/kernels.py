@@ -15,7 +15,8 @@ from esper.blueprints.graph import validate_slot_shape
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import telemetry_pb2 as tm
-from esper.urza import pagination, records, validate
+from esper.runtime import pagination
+from esper.urza import records, validate
 from esper.urza.db import Database
 from esper.urza.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from esper.urza.events import CatalogFeed, record_event
@@ -199,14 +200,13 @@ class KernelRegistry:
         if query.channels > MAX_DIM:
             raise InvalidArgument("channels", f"{query.channels} is larger than {MAX_DIM}")
         filters = query.as_filters()
-        after = pagination.decode_token(token, filters, arity=1) or [None]
+        after = pagination.decode("ListKernels", token, filters, (str,)) or (None,)
         limit = pagination.page_size(size)
         state = records.short_name(records.KERNEL_STATE, query.state) if query.state else None
         async with self.db.acquire() as conn:
             rows = await conn.fetch(_LIST, name, version, query.device or None, state,
                                     query.channels or None, *after, limit + 1)
-        page = rows[:limit]
-        token = pagination.encode_token([page[-1]["kernel_id"]], filters) if len(rows) > limit else ""
+        page, token = pagination.next_token("ListKernels", rows, limit, lambda r: (r["kernel_id"],), filters)
         return [records.kernel_artifact(r) for r in page], token
 
     async def invalidate(self, kernel_id: str, reason: str) -> None:

@@ -1,26 +1,20 @@
-"""The UrzaService servicer: validates requests, calls the domain modules, and maps
-domain errors onto gRPC status codes. No SQL or storage logic lives here."""
+"""The UrzaService servicer: validates requests and calls the domain modules; their domain
+errors become gRPC statuses through the runtime's one mapping (esper.runtime.errors). No SQL
+or storage logic lives here."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.runtime.errors import ServiceError, handle_errors, serves_errors
 from esper.urza import download, outcomes, search
 from esper.urza.catalog import BlueprintQuery, Catalog
-from esper.urza.errors import (
-    AlreadyExists,
-    DataLoss,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    UrzaError,
-)
+from esper.urza.errors import InvalidArgument
 from esper.urza.events import CatalogFeed
 from esper.urza.kernels import KernelQuery, KernelRegistry
 from esper.urza.metrics import DEPENDENCY_UNAVAILABLE
@@ -30,58 +24,20 @@ log = logging.getLogger(__name__)
 # Initial-metadata key of WatchCatalog: the revision the stream starts after.
 REVISION_HEADER = "x-esper-catalog-revision"
 
-STATUS_OF: dict[type[UrzaError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DataLoss: grpc.StatusCode.DATA_LOSS,
-}
-
-
-def status_of(exc: UrzaError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return grpc.StatusCode.INTERNAL
-
-
-def unary(method: Callable) -> Callable:
-    """Turn domain errors of a unary handler into the matching status."""
-    @functools.wraps(method)
-    async def handler(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await method(self, request, context)
-        except UrzaError as exc:
-            error = exc
-        await _abort(context, method.__name__, error)
-    return handler
-
-
-def streaming(method: Callable) -> Callable:
-    """Same for server-streaming handlers (async generators)."""
-    @functools.wraps(method)
-    async def handler(self, request, context: grpc.aio.ServicerContext):
-        try:
-            async for response in method(self, request, context):
-                yield response
-            return
-        except UrzaError as exc:
-            error = exc
-        await _abort(context, method.__name__, error)
-    return handler
-
-
-async def _abort(context: grpc.aio.ServicerContext, rpc: str, error: UrzaError) -> None:
-    code = status_of(error)
+def _observe(rpc: str, error: ServiceError) -> None:
+    """Count and log what says a dependency or the stored bytes failed."""
+    code = error.code
     if code == grpc.StatusCode.UNAVAILABLE:
         DEPENDENCY_UNAVAILABLE.labels(rpc).inc()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.INTERNAL):
         log.warning("%s failed: %s", rpc, error, extra={"rpc": rpc, "code": code.name})
-    await context.abort(code, str(error))
 
 
+# Domain errors of a handler become their status (esper.runtime.errors); anything else INTERNAL.
+unary = streaming = functools.partial(handle_errors, observe=_observe)
+
+
+@serves_errors(observe=_observe)
 class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
     def __init__(self, catalog: Catalog, kernels: KernelRegistry, feed: CatalogFeed) -> None:
         self.catalog = catalog
