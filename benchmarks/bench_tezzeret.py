@@ -143,11 +143,11 @@ async def stack_throughput(channels: int) -> dict:
     try:
         dsn, bootstrap, bucket = postgres.start(), broker.start(), store.start()
         urza_port = free_port()
-        common = dict(metrics_port=-1, kafka_bootstrap=bootstrap,
-                      s3_endpoint=bucket.url, s3_access_key=bucket.access_key,
-                      s3_secret_key=bucket.secret_key, s3_bucket=bucket.bucket)
+        common = dict(metrics_port=-1, kafka_bootstrap=bootstrap)
+        # Only Urza touches the object store; Tezzeret uploads kernels through Urza's API.
         urza = await start_server(urza_service.SPEC, urza_service.UrzaConfig(
-            port=urza_port, postgres_dsn=dsn, **common))
+            port=urza_port, postgres_dsn=dsn, s3_endpoint=bucket.url, s3_access_key=bucket.access_key,
+            s3_secret_key=bucket.secret_key, s3_bucket=bucket.bucket, **common))
         # ABBA order cancels drift (warm caches, neighbours' load); every run has its own
         # job database and group, so the same 16 jobs at the same width are new each time.
         for index, n_workers in enumerate((1, 2, 2, 1)):

@@ -97,8 +97,6 @@ async def forge(fresh_database, kafka_bootstrap, fresh_bucket):
     urza_server = await start_server(urza_service.SPEC, urza_config)
     config = TezzeretConfig(
         port=free_port(), metrics_port=-1, postgres_dsn=fresh_database, kafka_bootstrap=kafka_bootstrap,
-        s3_endpoint=fresh_bucket.url, s3_access_key=fresh_bucket.access_key,
-        s3_secret_key=fresh_bucket.secret_key, s3_bucket=fresh_bucket.bucket,
         urza_address=f"127.0.0.1:{urza_port}", workers=0,
         consumer_group=f"tezzeret-{fresh_database.rsplit('/', 1)[1]}",
         latency_samples=5, warmup_runs=1, job_lease_s=2.0, dependency_timeout_s=2.0)
@@ -164,7 +162,7 @@ async def test_every_builtin_blueprint_compiles_registers_and_loads(forge):
         assert kernel.stats.latency_samples == 5
         assert kernel.stats.latency_p99_ms >= kernel.stats.latency_p50_ms > 0
         assert kernel.stats.peak_memory_bytes > 0
-        assert kernel.uri.startswith(f"s3://{forge.config.s3_bucket}/sha256/{kernel.sha256[:2]}/")
+        assert kernel.uri.startswith(f"s3://{forge.urza_config.s3_bucket}/sha256/{kernel.sha256[:2]}/")
         record = (await forge.urza.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=ref))).blueprint
         assert record.state == blueprint_pb2.BLUEPRINT_STATE_CHARACTERISED
         # The training side's path: download, verify the digest, rebuild without pickle.
@@ -311,9 +309,10 @@ async def test_bad_op_graphs_are_rejected_naming_op_and_attribute(forge, spec, f
         await forge.urza.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=f"{spec.name}@1.0.0"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     from minio import Minio  # noqa: PLC0415 - only this check needs a raw client
-    client = Minio(forge.config.s3_endpoint.split("://")[1], forge.config.s3_access_key,
-                   forge.config.s3_secret_key, secure=False, region="us-east-1")
-    assert not list(client.list_objects(forge.config.s3_bucket, recursive=True))
+    u = forge.urza_config
+    client = Minio(u.s3_endpoint.split("://")[1], u.s3_access_key, u.s3_secret_key, secure=False,
+                   region="us-east-1")
+    assert not list(client.list_objects(u.s3_bucket, recursive=True))
 
 
 @pytest.mark.parametrize("mutate,field", [
@@ -461,3 +460,17 @@ async def test_postgres_outage_answers_unavailable_then_recovers(forge):
         await server.stop(0)
         postgres.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_a_kernel_larger_than_urza_stores_fails_the_job_naming_the_limit(forge):
+    """Tezzeret hands kernels to Urza's UploadKernel; Urza's size limit is Urza's to keep."""
+    await forge.urza_server.stop(0)
+    forge.urza_config = dataclasses.replace(forge.urza_config, max_kernel_bytes=64)
+    await forge.restart_urza()
+    spec = get_builtin("BP-NORM-RMS")
+    async with workers(forge, 1):
+        job = await forge.wait((await forge.submit(ref="BP-NORM-RMS@1.0.0",
+                                                   targets=[tiny_target(spec)])).job_id)
+    assert job.stage == STAGE.COMPILE_STAGE_FAILED
+    assert "RESOURCE_EXHAUSTED" in job.detail and "max_kernel_bytes" in job.detail, job.detail
+    assert await forge.kernels("BP-NORM-RMS@1.0.0") == []

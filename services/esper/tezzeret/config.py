@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esper.runtime.config import ConfigError, ServerConfig
-from esper.runtime.settings import (
-    KafkaSettings,
-    ObjectStoreSettings,
-    PostgresSettings,
-    UrzaClientSettings,
-)
+from esper.runtime.settings import KafkaSettings, PostgresSettings, UrzaClientSettings
 
 # Most in-process workers: each holds a consumer-group membership and a torch job at a
 # time; beyond a handful they only contend for the same CPU cores.
@@ -21,9 +16,8 @@ MAX_LATENCY_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
-class TezzeretConfig(
-    PostgresSettings, KafkaSettings, ObjectStoreSettings, UrzaClientSettings, ServerConfig
-):
+class TezzeretConfig(PostgresSettings, KafkaSettings, UrzaClientSettings, ServerConfig):
+    # No object-store settings: kernel bytes go to Urza through its API (UploadKernel).
     # Compile workers run inside the server process (0: only standalone `esper tezzeret worker`s).
     workers: int = 1
     # Kafka consumer group the workers join; every worker of one deployment shares it.
@@ -44,7 +38,8 @@ class TezzeretConfig(
     try_export: bool = True
     # Also try torch.compile (needs a C++ toolchain on CPU; slow to compile on small hosts).
     try_compile: bool = False
-    # Seconds an RPC waits for PostgreSQL, Urza or the store before answering UNAVAILABLE.
+    # Seconds an RPC waits for PostgreSQL or Urza before answering UNAVAILABLE (an upload
+    # to Urza gets more, by its size).
     dependency_timeout_s: float = 5.0
 
     def validate(self) -> None:

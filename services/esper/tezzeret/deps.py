@@ -1,6 +1,7 @@
-"""Connecting Tezzeret's dependencies (PostgreSQL, the broker, the object store, Urza) and
-making workers; shared by the server (`esper serve tezzeret`) and standalone workers
-(`esper tezzeret worker`)."""
+"""Connecting Tezzeret's dependencies (PostgreSQL, the broker, Urza) and making workers;
+shared by the server (`esper serve tezzeret`) and standalone workers (`esper tezzeret
+worker`). Kernel bytes go to Urza through its API (UploadKernel), so Tezzeret needs no
+object store of its own."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from esper.tezzeret.migrations import apply_migrations
 from esper.tezzeret.pipeline import PipelineSettings
 from esper.tezzeret.urza_client import UrzaClient
 from esper.tezzeret.worker import CompileWorker, ProgressHook, WorkerSettings
-from esper.urza.errors import Unavailable as StoreUnavailable
-from esper.urza.store import KernelStore
 
 # Pool bounds: short job-table queries from RPCs and a few workers fit in a handful.
 POOL_MIN_SIZE = 1
@@ -35,7 +34,6 @@ class Dependencies:
     config: TezzeretConfig
     pool: asyncpg.Pool
     store: JobStore
-    kernels: KernelStore
     urza: UrzaClient
     events: CompileEvents
     producer: OonaProducer
@@ -47,7 +45,7 @@ class Dependencies:
             bootstrap=c.kafka_bootstrap, group=c.consumer_group, lease_s=c.job_lease_s,
             pipeline=PipelineSettings(latency_samples=c.latency_samples, warmup_runs=c.warmup_runs,
                                       try_export=c.try_export, try_compile=c.try_compile))
-        worker = CompileWorker(settings, self.store, self.urza, self.kernels, self.events,
+        worker = CompileWorker(settings, self.store, self.urza, self.events,
                                progress_hook=progress_hook)
         self.workers.append(worker)
         return worker
@@ -61,7 +59,6 @@ class Dependencies:
             await worker.stop()
         await self.producer.stop(flush_timeout=2.0)
         await self.urza.close()
-        self.kernels.close()
         with contextlib.suppress(*DB_CONNECTION_ERRORS):
             await asyncio.wait_for(self.pool.close(), 5.0)
 
@@ -83,22 +80,14 @@ async def _connect_postgres(config: TezzeretConfig) -> asyncpg.Pool:
 async def connect(config: TezzeretConfig) -> Dependencies:
     """Connect everything; StartupError naming the first dependency that is unreachable."""
     pool = await _connect_postgres(config)
-    kernels = KernelStore(config.s3_endpoint, config.s3_access_key, config.s3_secret_key,
-                          config.s3_bucket)
     try:
-        await kernels.ensure_bucket()
         await asyncio.wait_for(ensure_topics(config.kafka_bootstrap), BROKER_START_TIMEOUT_S)
-    except StoreUnavailable as exc:
-        kernels.close()
-        await pool.close()
-        raise StartupError(f"s3_endpoint: {exc}") from None
     except Exception as exc:  # aiokafka raises a zoo of types for an unreachable broker
-        kernels.close()
         await pool.close()
         raise StartupError(f"kafka_bootstrap: cannot reach the broker at {config.kafka_bootstrap}:"
                            f" {type(exc).__name__}: {exc}") from None
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-tezzeret")
     await producer.start()
-    return Dependencies(config=config, pool=pool, store=JobStore(pool), kernels=kernels,
+    return Dependencies(config=config, pool=pool, store=JobStore(pool),
                         urza=UrzaClient(config.urza_address, config.dependency_timeout_s),
                         events=CompileEvents(producer), producer=producer)

@@ -128,8 +128,8 @@ async def build_kernel(spec: blueprint_pb2.BlueprintSpec, target: kernel_pb2.Ker
     return BuiltKernel(artifact, digest, kernel_id_for(digest), target, report, stats)
 
 
-def kernel_record(ref: str, built: BuiltKernel, uri: str) -> kernel_pb2.KernelArtifact:
-    """What Tezzeret registers in Urza for a stored kernel."""
+def kernel_record(ref: str, built: BuiltKernel, uri: str = "") -> kernel_pb2.KernelArtifact:
+    """What Tezzeret hands Urza with a kernel's bytes (Urza sets the uri when empty)."""
     return kernel_pb2.KernelArtifact(
         kernel_id=built.kernel_id, blueprint_ref=ref, target=built.target,
         format=kernel_pb2.KERNEL_FORMAT_SAFETENSORS, uri=uri, sha256=built.sha256,

@@ -1,5 +1,8 @@
 """Tezzeret's calls to Urza over gRPC, with deadlines, and errors translated: an
-unreachable Urza is DependencyUnavailable; Urza's own refusals keep their status."""
+unreachable Urza is DependencyUnavailable; Urza's own refusals keep their status.
+
+Kernel bytes go to Urza through its API (`upload_kernel`, UploadKernel): Tezzeret never
+touches Urza's object store."""
 
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ from esper.tezzeret.errors import DependencyUnavailable
 
 # Statuses that mean "Urza is not there right now", not "Urza refused".
 _OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Bytes per UploadKernel message (well under the channel's message limit).
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+# An upload's deadline grows with its size at this rate beyond the plain RPC timeout.
+UPLOAD_BYTES_PER_S = 8 * 1024 * 1024
 
 
 class UrzaRefused(Exception):
@@ -32,9 +39,9 @@ class UrzaClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method, request):
+    async def _call(self, method, request, timeout_s: float | None = None):
         try:
-            return await method(request, timeout=self.timeout_s)
+            return await method(request, timeout=timeout_s or self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _OUTAGE_CODES:
                 raise DependencyUnavailable(
@@ -62,4 +69,17 @@ class UrzaClient:
                               ) -> tuple[kernel_pb2.KernelArtifact, bool]:
         response = await self._call(self._stub.RegisterKernel,
                                     urza_pb2.RegisterKernelRequest(kernel=kernel))
+        return response.kernel, response.created
+
+    async def upload_kernel(self, kernel: kernel_pb2.KernelArtifact, data: bytes
+                            ) -> tuple[kernel_pb2.KernelArtifact, bool]:
+        """Hand `data`, the bytes `kernel` describes (sha256, size_bytes), to Urza, which
+        verifies, stores and registers them; (the stored artifact, created)."""
+        def messages():
+            yield urza_pb2.UploadKernelRequest(kernel=kernel)
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                yield urza_pb2.UploadKernelRequest(chunk=data[start:start + UPLOAD_CHUNK_BYTES])
+
+        timeout_s = self.timeout_s + len(data) / UPLOAD_BYTES_PER_S
+        response = await self._call(self._stub.UploadKernel, messages(), timeout_s)
         return response.kernel, response.created

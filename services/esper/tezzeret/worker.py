@@ -1,8 +1,8 @@
 """A compile worker: one member of the Kafka consumer group on `esper.compile.requests`.
 
 Per request it claims the job in PostgreSQL (a lease it renews while it works), runs the
-pipeline for every target, stores each artifact under its content address, registers it in
-Urza, and only then commits the record's offset. A worker that dies mid-job commits
+pipeline for every target, hands each artifact to Urza (UploadKernel: Urza verifies, stores
+and registers the bytes), and only then commits the record's offset. A worker that dies mid-job commits
 nothing, so the group redelivers the request to another worker, which takes the job over
 once the dead worker's lease has expired. Redeliveries of finished jobs are skipped;
 kernels are content-addressed, so a job done twice registers the same kernels.
@@ -39,8 +39,6 @@ from esper.tezzeret.jobs import Job, JobNotFound, JobStore
 from esper.tezzeret.pipeline import PipelineSettings, build_kernel, describe_target, kernel_record
 from esper.tezzeret.requests import decode_request
 from esper.tezzeret.urza_client import UrzaClient, UrzaRefused
-from esper.urza.errors import Unavailable as StoreUnavailable
-from esper.urza.store import KernelStore
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +73,11 @@ class _Outage(Exception):
 
 class CompileWorker:
     def __init__(self, settings: WorkerSettings, store: JobStore, urza: UrzaClient,
-                 kernels: KernelStore, events: CompileEvents, *, worker_id: str | None = None,
+                 events: CompileEvents, *, worker_id: str | None = None,
                  progress_hook: ProgressHook | None = None) -> None:
         self.settings = settings
         self.store = store
         self.urza = urza
-        self.kernels = kernels
         self.events = events
         self.worker_id = worker_id or new_worker_id()
         # Called after every stage change this worker records (tests pause workers here).
@@ -182,7 +179,7 @@ class CompileWorker:
                 self._current = None
         except DB_CONNECTION_ERRORS as exc:
             raise _Outage(f"postgres unavailable: {type(exc).__name__}: {exc}") from None
-        except (DependencyUnavailable, StoreUnavailable) as exc:
+        except DependencyUnavailable as exc:
             raise _Outage(str(exc)) from None
 
     async def _claim(self, job_id: str) -> Job | None:
@@ -265,9 +262,8 @@ class CompileWorker:
 
         built = await build_kernel(spec, target, self.settings.pipeline, on_stage)
         await on_stage(jobs.STORING, f"storing {built.kernel_id} ({len(built.artifact)} bytes)")
-        stored = await self.kernels.put(built.artifact)
-        kernel, created = await self.urza.register_kernel(
-            kernel_record(job.blueprint_ref, built, stored.uri))
+        kernel, created = await self.urza.upload_kernel(kernel_record(job.blueprint_ref, built),
+                                                        built.artifact)
         await self._advance(job, jobs.STORING, f"registered {kernel.kernel_id} for "
                             f"{describe_target(built.target)}"
                             + ("" if created else " (already registered)"),

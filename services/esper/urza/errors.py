@@ -27,6 +27,10 @@ class FailedPrecondition(errors.FailedPrecondition, UrzaError):
     """The request is well formed but the record's state forbids it."""
 
 
+class ResourceExhausted(errors.ResourceExhausted, UrzaError):
+    """A request exceeds one of Urza's limits (e.g. the largest kernel it stores)."""
+
+
 class Unavailable(errors.Unavailable, UrzaError):
     """A dependency (PostgreSQL, the object store) cannot be reached right now."""
 

@@ -1,5 +1,6 @@
-"""The kernel registry: register (after verifying the stored bytes), read, list, and
-invalidate kernels whose bytes no longer match their digest."""
+"""The kernel registry: register (after verifying the stored bytes, or right after
+UploadKernel stored them), read, list, and invalidate kernels whose bytes no longer match
+their digest."""
 
 from __future__ import annotations
 
@@ -117,13 +118,16 @@ class KernelRegistry:
         self.store = store
         self.feed = feed
 
-    async def register(self, kernel: kp.KernelArtifact) -> tuple[kp.KernelArtifact, bool]:
-        """Register bytes Tezzeret already stored; idempotent on kernel_id. A kernel that
-        was invalidated is restored to VALID when its bytes verify again."""
+    async def register(self, kernel: kp.KernelArtifact, *, bytes_verified: bool = False
+                       ) -> tuple[kp.KernelArtifact, bool]:
+        """Register bytes already in the store; idempotent on kernel_id. A kernel that was
+        invalidated is restored to VALID when its bytes verify again. `bytes_verified`:
+        the caller (UploadKernel) has just stored exactly these bytes, hashed on the way in,
+        so they are not read back."""
         name, version = check_kernel(kernel, self.store)
-        async with self.db.acquire() as conn:
-            await self._check_blueprint(conn, name, version, kernel)
-        await self._verify_object(kernel)
+        await self.check_blueprint(kernel)
+        if not bytes_verified:
+            await self._verify_object(kernel)
         row = records.kernel_row(kernel, name, version)
         async with self.db.transaction() as conn:
             await self._check_blueprint(conn, name, version, kernel, lock=True)
@@ -156,6 +160,12 @@ class KernelRegistry:
         await conn.execute(f"INSERT INTO kernels ({columns}) VALUES ({values})", *row.values())
         return await record_event(conn, tm.CATALOG_CHANGE_KERNEL_REGISTERED, blueprint_ref=ref,
                                   kernel_id=row["kernel_id"], kernel_state=kp.KERNEL_STATE_VALID), True
+
+    async def check_blueprint(self, kernel: kp.KernelArtifact) -> None:
+        """The kernel's blueprint exists, is not RETIRED and supports its slot kind."""
+        name, version = validate.blueprint_ref(kernel.blueprint_ref, "kernel.blueprint_ref")
+        async with self.db.acquire() as conn:
+            await self._check_blueprint(conn, name, version, kernel)
 
     @staticmethod
     async def _check_blueprint(conn, name: str, version: str, kernel: kp.KernelArtifact,

@@ -19,9 +19,10 @@ from esper.urza import db as dbmod
 from esper.urza.catalog import Catalog
 from esper.urza.errors import Unavailable
 from esper.urza.events import CatalogFeed
-from esper.urza.kernels import KernelRegistry
+from esper.urza.kernels import MAX_KERNEL_BYTES, KernelRegistry
 from esper.urza.servicer import UrzaServicer
 from esper.urza.store import DEFAULT_REGION, KernelStore
+from esper.urza.upload import DEFAULT_MAX_KERNEL_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class UrzaConfig(PostgresSettings, KafkaSettings, ObjectStoreSettings, ServerCon
     publish_events: bool = True
     # Insert the built-in blueprint catalogue on start (idempotent).
     seed_builtin: bool = True
+    # Largest kernel UploadKernel stores, in bytes; a larger one is RESOURCE_EXHAUSTED.
+    max_kernel_bytes: int = DEFAULT_MAX_KERNEL_BYTES
 
     def validate(self) -> None:
         super().validate()
@@ -46,6 +49,8 @@ class UrzaConfig(PostgresSettings, KafkaSettings, ObjectStoreSettings, ServerCon
                 raise ConfigError(f"{name}: must be within (0, 60] seconds")
         if not self.s3_region:
             raise ConfigError("s3_region: must not be empty")
+        if not 1 <= self.max_kernel_bytes <= MAX_KERNEL_BYTES:
+            raise ConfigError(f"max_kernel_bytes: must be within [1, {MAX_KERNEL_BYTES}]")
 
 
 async def connect_database(config: UrzaConfig) -> dbmod.Database:
@@ -111,7 +116,8 @@ async def start(config: UrzaConfig, server: grpc.aio.Server) -> Closer:
     except BaseException:
         await _close_all(closers)
         raise
-    servicer = UrzaServicer(catalog, KernelRegistry(database, store, feed), feed)
+    servicer = UrzaServicer(catalog, KernelRegistry(database, store, feed), feed,
+                            max_kernel_bytes=config.max_kernel_bytes)
     urza_pb2_grpc.add_UrzaServiceServicer_to_server(servicer, server)
 
     async def close() -> None:

@@ -12,7 +12,7 @@ import grpc
 
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
 from esper.runtime.errors import ServiceError, handle_errors, serves_errors
-from esper.urza import download, outcomes, search
+from esper.urza import download, outcomes, search, upload
 from esper.urza.catalog import BlueprintQuery, Catalog
 from esper.urza.errors import InvalidArgument
 from esper.urza.events import CatalogFeed
@@ -39,10 +39,12 @@ unary = streaming = functools.partial(handle_errors, observe=_observe)
 
 @serves_errors(observe=_observe)
 class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
-    def __init__(self, catalog: Catalog, kernels: KernelRegistry, feed: CatalogFeed) -> None:
+    def __init__(self, catalog: Catalog, kernels: KernelRegistry, feed: CatalogFeed, *,
+                 max_kernel_bytes: int = upload.DEFAULT_MAX_KERNEL_BYTES) -> None:
         self.catalog = catalog
         self.kernels = kernels
         self.feed = feed
+        self.max_kernel_bytes = max_kernel_bytes
 
     @unary
     async def CreateBlueprint(self, request, context):
@@ -78,6 +80,11 @@ class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
             raise InvalidArgument("kernel", "is required")
         kernel, created = await self.kernels.register(request.kernel)
         return urza_pb2.RegisterKernelResponse(kernel=kernel, created=created)
+
+    @unary
+    async def UploadKernel(self, request_iterator, context):
+        kernel, created = await upload.upload(self.kernels, request_iterator, self.max_kernel_bytes)
+        return urza_pb2.UploadKernelResponse(kernel=kernel, created=created)
 
     @unary
     async def GetKernel(self, request, context):

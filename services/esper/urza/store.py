@@ -3,7 +3,9 @@ through the `minio` client (blocking, so every call runs in a thread executor).
 
 Keys are derived from the bytes: ``sha256/ab/abcdef…`` (the first two hex digits fan the
 keys out), URIs are ``s3://BUCKET/sha256/ab/abcdef…``. Reads verify the SHA-256 digest.
-Tezzeret writes with `put`; Urza verifies with `digest` and streams with `open_reader`.
+Urza alone uses it: UploadKernel writes with `put_verified` once the uploaded bytes hashed
+to their digest, RegisterKernel verifies with `digest`, DownloadKernel streams with
+`open_reader`.
 
 Failures: an unreachable or failing store raises `ObjectStoreUnavailable` (quickly: short
 timeouts, no retries), a missing object `ObjectMissing`, bytes that do not match their
@@ -20,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -145,6 +147,14 @@ class KernelStore:
         key = key_for(digest)
         await self._run(lambda: self.client.put_object(self.bucket, key, io.BytesIO(data), len(data)))
         return StoredObject(self.uri_for(digest), digest, len(data))
+
+    async def put_verified(self, stream: BinaryIO, sha256: str, size: int) -> StoredObject:
+        """Store `size` bytes read from `stream` (at its start) under the key of `sha256`,
+        which the caller has checked they hash to (UploadKernel hashes them on the way in).
+        Idempotent: the same bytes under the same key."""
+        key = key_for(sha256)
+        await self._run(lambda: self.client.put_object(self.bucket, key, stream, size))
+        return StoredObject(self.uri_for(sha256), sha256, size)
 
     async def size(self, uri: str) -> int:
         """Size of the object at `uri`; ObjectMissing when there is none."""

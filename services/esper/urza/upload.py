@@ -1,0 +1,87 @@
+"""UploadKernel: a kernel's bytes come in over gRPC and are stored only once verified.
+
+The first message of the stream carries the artifact's metadata; it is checked (fields,
+the declared size against `max_kernel_bytes`, the blueprint) before any byte is accepted.
+The bytes that follow are counted and hashed as they arrive and spooled (in memory up to
+`SPOOL_MEMORY_BYTES`, then in a temporary file), never written to the bucket: only when
+their count and SHA-256 equal the declared `size_bytes` and `sha256` are they stored under
+their content address, and the kernel registered. A refused upload leaves nothing behind,
+and since the key is the digest of bytes Urza hashed itself, an object in the bucket is
+never anything but the bytes its key names. The same kernel uploaded twice stores the same
+object and registers it once (`created` false the second time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import AsyncIterable
+
+from esper.leyline.v1 import kernel_pb2 as kp
+from esper.leyline.v1 import urza_pb2
+from esper.urza import validate
+from esper.urza.errors import InvalidArgument, ResourceExhausted
+from esper.urza.kernels import MAX_KERNEL_BYTES, KernelRegistry, check_kernel
+from esper.urza.metrics import KERNEL_BYTES_UPLOADED
+
+# The largest kernel Urza stores by default (`max_kernel_bytes`): seeds are small.
+DEFAULT_MAX_KERNEL_BYTES = 256 * 1024 * 1024
+# An upload is held in memory up to this size, beyond it in a temporary file.
+SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
+
+
+async def upload(registry: KernelRegistry, requests: AsyncIterable[urza_pb2.UploadKernelRequest],
+                 max_bytes: int = DEFAULT_MAX_KERNEL_BYTES) -> tuple[kp.KernelArtifact, bool]:
+    """Receive, verify, store and register one kernel; (the stored artifact, created)."""
+    messages = aiter(requests)
+    first = await anext(messages, None)
+    if first is None or first.WhichOneof("part") != "kernel":
+        raise InvalidArgument("kernel", "the first message must carry the artifact's metadata")
+    kernel = check_metadata(first.kernel, registry, max_bytes)
+    await registry.check_blueprint(kernel)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, prefix="urza-upload-") as spool:
+        hasher, received = hashlib.sha256(), 0
+        async for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument("kernel", "only the first message carries the metadata; "
+                                      "the later ones carry chunks")
+            data = message.chunk
+            if not data:
+                raise InvalidArgument("chunk", "empty; every later message carries bytes")
+            received += len(data)
+            if received > kernel.size_bytes:
+                raise InvalidArgument("kernel.size_bytes", f"{kernel.size_bytes} declared, but more "
+                                      "bytes arrived")
+            hasher.update(data)
+            spool.write(data)
+        if received != kernel.size_bytes:
+            raise InvalidArgument("kernel.size_bytes", f"{kernel.size_bytes} declared, {received} "
+                                  "arrived")
+        digest = hasher.hexdigest()
+        if digest != kernel.sha256:
+            raise InvalidArgument("kernel.sha256", f"{kernel.sha256} declared, the bytes hash to {digest}")
+        spool.seek(0)
+        await registry.store.put_verified(spool, digest, received)
+    KERNEL_BYTES_UPLOADED.inc(received)
+    return await registry.register(kernel, bytes_verified=True)
+
+
+def check_metadata(declared: kp.KernelArtifact, registry: KernelRegistry, max_bytes: int
+                   ) -> kp.KernelArtifact:
+    """The artifact to register: `declared` with Urza's content address as its uri, after
+    the same field checks as RegisterKernel; ResourceExhausted beyond `max_bytes`."""
+    if declared.size_bytes > max_bytes:
+        raise ResourceExhausted(f"kernel.size_bytes: {declared.size_bytes} bytes is more than Urza "
+                                f"stores (max_kernel_bytes {max_bytes})")
+    if not validate.SHA256_RE.match(declared.sha256):
+        raise InvalidArgument("kernel.sha256", "must be 64 lower-case hex digits")
+    kernel = kp.KernelArtifact()
+    kernel.CopyFrom(declared)
+    if not kernel.uri:
+        kernel.uri = registry.store.uri_for(kernel.sha256)
+    kernel.ClearField("created_at")
+    check_kernel(kernel, registry.store)
+    return kernel
+
+
+__all__ = ["DEFAULT_MAX_KERNEL_BYTES", "MAX_KERNEL_BYTES", "check_metadata", "upload"]
