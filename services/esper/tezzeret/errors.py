@@ -1,20 +1,21 @@
-"""Tezzeret's domain errors; the servicer maps each to one gRPC status."""
+"""Tezzeret's domain errors: subclasses of the runtime's shared errors where a client sees
+them, so the one mapping in `esper.runtime.errors` answers each with its gRPC status."""
 
 from __future__ import annotations
 
-from esper.runtime.errors import FieldError
+from esper.runtime import errors
 from esper.runtime.postgres import CONNECTION_ERRORS
 
 
-class TezzeretError(Exception):
+class TezzeretError(errors.ServiceError):
     """Base of Tezzeret's domain errors."""
 
 
-class InvalidSubmission(FieldError, TezzeretError):
+class InvalidSubmission(errors.InvalidArgument, TezzeretError):
     """A SubmitCompile field is malformed; `field` names it in proto terms."""
 
 
-class DependencyUnavailable(TezzeretError):
+class DependencyUnavailable(errors.Unavailable, TezzeretError):
     """PostgreSQL, Urza, the broker or the object store cannot be reached right now."""
 
 

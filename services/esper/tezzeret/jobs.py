@@ -18,6 +18,7 @@ import asyncpg
 from google.protobuf import json_format
 
 from esper.leyline.v1 import kernel_pb2, telemetry_pb2, tezzeret_pb2
+from esper.runtime import errors
 
 # NOTIFY channel announcing "job <id> has a new event" to watchers in any process.
 NOTIFY_CHANNEL = "tezzeret_job_events"
@@ -43,11 +44,15 @@ def stage_from_proto(value: int) -> str:
     return stage
 
 
-class JobNotFound(LookupError):
+class JobNotFound(errors.NotFound, LookupError):
     """No job has this id."""
 
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job_id: no job {job_id}")
+        self.job_id = job_id
 
-class JobFinished(RuntimeError):
+
+class JobFinished(errors.FailedPrecondition, RuntimeError):
     """The job already ended; it cannot be changed any more."""
 
 
