@@ -4,6 +4,7 @@ live tail works, and hostile RPC inputs get the right status while Nissa keeps s
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import math
 import time
@@ -331,3 +332,91 @@ async def _check_hostile_inputs(stub) -> None:
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "kinds" in info.value.details()
+
+
+async def test_list_pages_see_every_existing_row_once_while_rows_arrive(fresh_database, kafka_bootstrap):
+    """Keyset pages (esper.runtime.pagination): runs and alerts that arrive between two
+    pages, and runs that keep reporting, neither skip nor repeat an existing row."""
+    running = await start_server(
+        SPEC, _config(fresh_database, kafka_bootstrap, f"nissa-{uuid.uuid4().hex[:6]}")
+    )
+    conn = await asyncpg.connect(fresh_database)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    counter = iter(range(10_000))
+
+    async def add_runs(n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            i = next(counter)
+            ids.append(f"keyset-{i:04d}")
+            when = base + dt.timedelta(minutes=i)
+            await conn.execute(
+                "INSERT INTO nissa.runs (run_id, started_at, last_event_at) VALUES ($1, $2, $2)",
+                ids[-1], when)
+        return ids
+
+    async def add_alerts(n: int, run: str) -> list[str]:
+        ids = []
+        for _ in range(n):
+            i = next(counter)
+            ids.append(f"alert-{i:04d}")
+            await conn.execute(
+                "INSERT INTO nissa.alerts (alert_id, event_id, rule, severity, run_id, service,"
+                " message, fired_at) VALUES ($1, $1, 'test', 2, $2, 'nissa', 'm', $3)",
+                ids[-1], run, base + dt.timedelta(minutes=i % 7))  # ties on fired_at too
+        return ids
+
+    try:
+        existing = await add_runs(23)
+        existing_alerts = await add_alerts(17, "keyset-0000")
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = nissa_pb2_grpc.NissaServiceStub(channel)
+            seen: list[str] = []
+            token = ""
+            while True:
+                page = await stub.ListRuns(nissa_pb2.ListRunsRequest(page_size=4, page_token=token))
+                assert len(page.runs) <= 4
+                seen += [r.run_id for r in page.runs]
+                token = page.next_page_token
+                if not token:
+                    break
+                await add_runs(3)  # new runs arrive on top of the newest-first list...
+                # ...and existing runs keep reporting.
+                await conn.execute(
+                    "UPDATE nissa.runs SET last_event_at = now() WHERE run_id = ANY($1)", existing[::5])
+            assert sorted(r for r in seen if r in existing) == sorted(existing)
+            assert len(seen) == len(set(seen))
+            listed = [r for r in seen if r in existing]
+            assert listed == sorted(existing, reverse=True)  # newest first
+
+            seen = []
+            token = ""
+            filters = {"run_id": "keyset-0000", "include_acknowledged": True}
+            while True:
+                page = await stub.ListAlerts(
+                    nissa_pb2.ListAlertsRequest(page_size=5, page_token=token, **filters))
+                seen += [a.alert_id for a in page.alerts]
+                fired = [a.fired_at.ToDatetime() for a in page.alerts]
+                assert fired == sorted(fired, reverse=True)
+                token = page.next_page_token
+                if not token:
+                    break
+                await add_alerts(2, "keyset-0000")
+            assert sorted(a for a in seen if a in existing_alerts) == sorted(existing_alerts)
+            assert len(seen) == len(set(seen))
+
+            first = await stub.ListAlerts(nissa_pb2.ListAlertsRequest(page_size=1, **filters))
+            for other in ({"run_id": "keyset-0001"}, {"include_acknowledged": False}):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.ListAlerts(nissa_pb2.ListAlertsRequest(
+                        page_size=1, page_token=first.next_page_token, **{**filters, **other}))
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert err.value.details().startswith("page_token: ")
+            runs_token = (await stub.ListRuns(nissa_pb2.ListRunsRequest(page_size=1))).next_page_token
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # another RPC's token
+                await stub.ListAlerts(nissa_pb2.ListAlertsRequest(page_token=runs_token, **filters))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("page_token: ")
+    finally:
+        await conn.close()
+        await running.stop(0)

@@ -107,11 +107,7 @@ def test_missing_heartbeat():
 
 def test_validation():
     assert validate.page_size(0) == 50 and validate.page_size(10**6) == 1000
-    assert validate.page_offset(validate.encode_page_token(40)) == 40
-    for token in ["garbage!", "bzo=", validate.encode_page_token(-1)]:
-        with pytest.raises(validate.InvalidArgument, match="page_token"):
-            validate.page_offset(token)
-    with pytest.raises(validate.InvalidArgument, match="run_id: required"):
+    with pytest.raises(validate.InvalidArgument, match="^run_id: required"):
         validate.identifier("run_id", "", required=True)
     with pytest.raises(validate.InvalidArgument, match="control"):
         validate.identifier("run_id", "a\x00b", required=True)

@@ -9,7 +9,7 @@ import asyncpg
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2, telemetry_pb2
 
 RUN_COLUMNS = """
-r.run_id, r.started_at, r.last_event_at, r.last_step, r.last_epoch, r.event_count,
+r.run_id, r.listed, r.started_at, r.last_event_at, r.last_step, r.last_epoch, r.event_count,
 (SELECT e.val_accuracy FROM nissa.epochs e WHERE e.run_id = r.run_id
   ORDER BY e.epoch DESC, e.step DESC LIMIT 1) AS last_val_accuracy,
 (SELECT count(*) FROM nissa.seed_transitions t WHERE t.run_id = r.run_id
@@ -40,14 +40,18 @@ def run_info(row: asyncpg.Record) -> nissa_pb2.RunInfo:
     return info
 
 
-async def list_runs(conn: asyncpg.Connection, limit: int, offset: int) -> list[nissa_pb2.RunInfo]:
+async def list_runs(
+    conn: asyncpg.Connection, limit: int, after: tuple[int] | None
+) -> list[tuple[tuple[int], nissa_pb2.RunInfo]]:
+    """Up to `limit` runs, newest first (in the order Nissa first saw them), after the
+    keyset position `after`; each with its own position."""
     rows = await conn.fetch(
-        f"SELECT {RUN_COLUMNS} FROM nissa.runs r ORDER BY r.last_event_at DESC, r.run_id "
-        "LIMIT $1 OFFSET $2",
+        f"SELECT {RUN_COLUMNS} FROM nissa.runs r WHERE ($1::bigint IS NULL OR r.listed < $1) "
+        "ORDER BY r.listed DESC LIMIT $2",
+        after[0] if after else None,
         limit,
-        offset,
     )
-    return [run_info(r) for r in rows]
+    return [((r["listed"],), run_info(r)) for r in rows]
 
 
 async def get_run(conn: asyncpg.Connection, run_id: str) -> nissa_pb2.RunInfo | None:
@@ -86,11 +90,10 @@ async def run_summary(
         "SELECT body FROM nissa.field_reports WHERE run_id = $1 ORDER BY time, event_id", run_id
     ):
         summary.field_reports.add().ParseFromString(r["body"])
-    summary.alerts.extend(
-        await list_alerts(
-            conn, run_id=run_id, min_severity=0, include_acknowledged=True, limit=1000, offset=0
-        )
+    alerts = await list_alerts(
+        conn, run_id=run_id, min_severity=0, include_acknowledged=True, limit=1000, after=None
     )
+    summary.alerts.extend(alert for _, alert in alerts)
     return summary
 
 
@@ -133,19 +136,24 @@ async def list_alerts(
     min_severity: int,
     include_acknowledged: bool,
     limit: int,
-    offset: int,
-) -> list[telemetry_pb2.Alert]:
+    after: tuple[dt.datetime, str] | None,
+) -> list[tuple[tuple[dt.datetime, str], telemetry_pb2.Alert]]:
+    """Up to `limit` alerts, newest first, after the keyset position `after`; each with its
+    own position."""
+    fired_at, alert_id = after if after else (None, None)
     rows = await conn.fetch(
         """SELECT * FROM nissa.alerts
            WHERE ($1 = '' OR run_id = $1) AND severity >= $2 AND ($3 OR NOT acknowledged)
-           ORDER BY fired_at DESC, alert_id LIMIT $4 OFFSET $5""",
+             AND ($4::timestamptz IS NULL OR (fired_at, alert_id) < ($4, $5::text))
+           ORDER BY fired_at DESC, alert_id DESC LIMIT $6""",
         run_id,
         min_severity,
         include_acknowledged,
+        fired_at,
+        alert_id,
         limit,
-        offset,
     )
-    return [alert_message(r) for r in rows]
+    return [((r["fired_at"], r["alert_id"]), alert_message(r)) for r in rows]
 
 
 async def acknowledge_alert(conn: asyncpg.Connection, alert_id: str) -> telemetry_pb2.Alert | None:

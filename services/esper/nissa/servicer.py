@@ -1,7 +1,10 @@
-"""NissaService over gRPC: validates, calls the queries, maps errors to statuses."""
+"""NissaService over gRPC: validates and calls the queries. Errors become statuses through
+the runtime's one mapping (esper.runtime.errors); List RPCs page with the runtime's
+keyset tokens (esper.runtime.pagination)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -10,11 +13,12 @@ import asyncpg
 import grpc
 
 from esper.leyline.v1 import nissa_pb2, nissa_pb2_grpc
-from esper.nissa import queries, validate
+from esper.nissa import listing, queries, validate
 from esper.nissa.hub import EventFilter, EventHub
 from esper.nissa.ingest import DB_ERRORS
-from esper.nissa.validate import InvalidArgument
 from esper.oona.aio import within
+from esper.runtime import pagination
+from esper.runtime.errors import NotFound, ServiceError, Unavailable, serves_errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,6 +26,14 @@ T = TypeVar("T")
 STREAM_POLL_S = 1.0
 
 
+def _translate(exc: BaseException) -> ServiceError | None:
+    if isinstance(exc, DB_ERRORS):
+        log.warning("nissa: database unavailable: %s", exc)
+        return Unavailable("history database unavailable")
+    return None
+
+
+@serves_errors(translate=_translate)
 class NissaServicer(nissa_pb2_grpc.NissaServiceServicer):
     def __init__(self, pool: asyncpg.Pool, hub: EventHub) -> None:
         self.pool = pool
@@ -30,46 +42,30 @@ class NissaServicer(nissa_pb2_grpc.NissaServiceServicer):
     async def _call(
         self, context: grpc.aio.ServicerContext, work: Callable[[asyncpg.Connection], Awaitable[T]]
     ) -> T:
-        try:
-            async with self.pool.acquire() as conn:
-                return await work(conn)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except DB_ERRORS as exc:
-            log.warning("nissa: database unavailable: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "history database unavailable")
-        raise AssertionError("unreachable")
+        """Run `work` on a pooled connection (a lost database answers UNAVAILABLE)."""
+        async with self.pool.acquire() as conn:
+            return await work(conn)
 
     async def ListRuns(self, request, context):
-        try:
-            limit = validate.page_size(request.page_size)
-            offset = validate.page_offset(request.page_token)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        runs = await self._call(context, lambda c: queries.list_runs(c, limit, offset))
-        return nissa_pb2.ListRunsResponse(
-            runs=runs, next_page_token=validate.next_token(offset, limit, len(runs))
-        )
+        limit = validate.page_size(request.page_size)
+        after = pagination.decode("ListRuns", request.page_token, {}, (int,))
+        rows = await self._call(context, lambda c: queries.list_runs(c, limit + 1, after))
+        page, token = pagination.next_token("ListRuns", rows, limit, lambda row: row[0], {})
+        return nissa_pb2.ListRunsResponse(runs=[run for _, run in page], next_page_token=token)
 
     async def GetRunSummary(self, request, context):
-        try:
-            run_id = validate.identifier("run_id", request.run_id, required=True)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        run_id = validate.identifier("run_id", request.run_id, required=True)
         summary = await self._call(context, lambda c: queries.run_summary(c, run_id))
         if summary is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {run_id!r}")
+            raise NotFound(f"run_id: no run {run_id!r}")
         return summary
 
     async def StreamEvents(self, request, context) -> AsyncIterator[nissa_pb2.StreamEventsResponse]:
-        try:
-            event_filter = EventFilter(
-                run_id=validate.identifier("run_id", request.run_id, required=False),
-                kinds=validate.kinds(list(request.kinds)),
-                min_severity=validate.severity("min_severity", request.min_severity),
-            )
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        event_filter = EventFilter(
+            run_id=validate.identifier("run_id", request.run_id, required=False),
+            kinds=validate.kinds(list(request.kinds)),
+            min_severity=validate.severity("min_severity", request.min_severity),
+        )
         subscription = self.hub.subscribe(event_filter)
         try:
             while not context.done():
@@ -82,34 +78,35 @@ class NissaServicer(nissa_pb2_grpc.NissaServiceServicer):
             self.hub.unsubscribe(subscription)
 
     async def ListAlerts(self, request, context):
-        try:
-            run_id = validate.identifier("run_id", request.run_id, required=False)
-            min_severity = validate.severity("min_severity", request.min_severity)
-            limit = validate.page_size(request.page_size)
-            offset = validate.page_offset(request.page_token)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        alerts = await self._call(
+        run_id = validate.identifier("run_id", request.run_id, required=False)
+        min_severity = validate.severity("min_severity", request.min_severity)
+        limit = validate.page_size(request.page_size)
+        filters = {"run_id": run_id, "min_severity": min_severity,
+                   "include_acknowledged": request.include_acknowledged}
+        after = pagination.decode("ListAlerts", request.page_token, filters, (dt.datetime, str))
+        rows = await self._call(
             context,
             lambda c: queries.list_alerts(
                 c,
                 run_id=run_id,
                 min_severity=min_severity,
                 include_acknowledged=request.include_acknowledged,
-                limit=limit,
-                offset=offset,
+                limit=limit + 1,
+                after=after,
             ),
         )
-        return nissa_pb2.ListAlertsResponse(
-            alerts=alerts, next_page_token=validate.next_token(offset, limit, len(alerts))
-        )
+        page, token = pagination.next_token("ListAlerts", rows, limit, lambda row: row[0], filters)
+        return nissa_pb2.ListAlertsResponse(alerts=[a for _, a in page], next_page_token=token)
+
+    async def ListEvents(self, request, context):
+        query = listing.parse_request(request.run_id, request.kinds, request.page_size,
+                                      request.page_token)
+        events, token = await self._call(context, lambda c: listing.list_events(c, query))
+        return nissa_pb2.ListEventsResponse(events=events, next_page_token=token)
 
     async def AcknowledgeAlert(self, request, context):
-        try:
-            alert_id = validate.identifier("alert_id", request.alert_id, required=True)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        alert_id = validate.identifier("alert_id", request.alert_id, required=True)
         alert = await self._call(context, lambda c: queries.acknowledge_alert(c, alert_id))
         if alert is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"alert_id: no alert {alert_id!r}")
+            raise NotFound(f"alert_id: no alert {alert_id!r}")
         return nissa_pb2.AcknowledgeAlertResponse(alert=alert)
