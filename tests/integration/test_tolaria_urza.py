@@ -17,8 +17,10 @@ from torch.nn import functional as F
 from esper.blueprints.artifact import pack_kernel
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
-from esper.leyline.v1 import common_pb2, urza_pb2, urza_pb2_grpc
+from esper.leyline.v1 import common_pb2
 from esper.leyline.v1.control_pb2 import AckStatus
+from esper.rpc.clients import UrzaClient
+from esper.rpc.errors import ServiceError
 from esper.runtime.server import start_server
 from esper.tolaria import TolariaConfig, attach
 from esper.tolaria.kernels import UrzaKernelFetcher
@@ -43,9 +45,8 @@ async def urza_with_kernel(fresh_database, fresh_bucket, kafka_bootstrap):
     spec = get_builtin(REF)
     data = pack_kernel(spec, shape, build_seed(spec, shape, seed=3))
     await store.put(data)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        kernel = (await urza_pb2_grpc.UrzaServiceStub(channel).RegisterKernel(
-            urza_pb2.RegisterKernelRequest(kernel=_artifact(REF, data, store, params=WIDTH)))).kernel
+    async with UrzaClient(running.address) as urza:
+        kernel, _ = await urza.register_kernel(_artifact(REF, data, store, params=WIDTH))
     try:
         yield running, kernel, data
     finally:
@@ -58,8 +59,9 @@ async def test_fetcher_downloads_and_verifies(urza_with_kernel) -> None:
     fetch = UrzaKernelFetcher(running.address)
     try:
         assert await asyncio.to_thread(fetch, kernel.kernel_id) == data
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(ServiceError) as refused:
             await asyncio.to_thread(fetch, "k-0000000000000000")
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND and not refused.value.unreachable
     finally:
         fetch.close()
 

@@ -4,12 +4,14 @@
   packs it with `esper.blueprints.artifact` (deterministic bytes, so the same kernel id in
   every process) and puts the verified bytes in the cache. It is also the candidate
   provider of the local policy: no server is needed to grow a model.
-- `UrzaKernelFetcher` downloads a kernel over `UrzaService.DownloadKernel`; the cache calls
-  it from its prefetch threads and verifies the SHA-256, so a germination never waits on
-  the network inside a training step.
+- `UrzaKernelFetcher` downloads a kernel with `esper.rpc.clients.UrzaClient.download_kernel`;
+  the cache calls it from its prefetch threads and verifies the SHA-256, so a germination
+  never waits on the network inside a training step.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import torch
 
@@ -120,34 +122,30 @@ def _flops(spec: bp.BlueprintSpec, channels: int) -> int:
 
 
 class UrzaKernelFetcher:
-    """`fetch(kernel_id) -> bytes` over UrzaService.DownloadKernel (blocking; the
-    KernelCache runs it in its prefetch threads, never on the training thread)."""
+    """`fetch(kernel_id) -> bytes` with UrzaClient.download_kernel (blocking; the
+    KernelCache runs it in its prefetch threads, never on the training thread). Each fetch
+    runs the async client on its own short event loop in the calling thread: downloads are
+    rare (one per germination) and the threads share no loop. A failed call raises
+    `esper.rpc.errors.ServiceError`; bytes that do not match Urza's digest, ValueError."""
 
     def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
-        from esper.leyline.v1 import urza_pb2_grpc
-        from esper.rpc.channels import open_channel
+        from esper.rpc.channels import ChannelSecurity, open_channel
 
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = open_channel(address, aio=False)
-        self._stub = urza_pb2_grpc.UrzaServiceStub(self._channel)
+        self.security = ChannelSecurity.from_env()
+        # Refuse a bad address or settings here, not at the first germination (a channel
+        # connects lazily: this one never does).
+        open_channel(address, security=self.security, aio=False).close()
 
     def __call__(self, kernel_id: str) -> bytes:
-        from esper.leyline.v1.urza_pb2 import DownloadKernelRequest
+        return asyncio.run(self._download(kernel_id))
 
-        chunks, expected = [], None
-        request = DownloadKernelRequest(kernel_id=kernel_id, chunk_size=DOWNLOAD_CHUNK_BYTES)
-        for part in self._stub.DownloadKernel(request, timeout=self.timeout_s):
-            if part.offset != sum(len(c) for c in chunks):
-                raise ValueError(f"kernel {kernel_id}: chunk at offset {part.offset} out of order")
-            chunks.append(part.data)
-            expected = part.sha256 or expected
-            if part.last:
-                break
-        data = b"".join(chunks)
-        if expected and sha256_hex(data) != expected.lower():
-            raise ValueError(f"kernel {kernel_id}: downloaded bytes do not match Urza's digest")
-        return data
+    async def _download(self, kernel_id: str) -> bytes:
+        from esper.rpc.clients import UrzaClient
+
+        async with UrzaClient(self.address, security=self.security, timeout_s=self.timeout_s) as urza:
+            return await urza.download_kernel(kernel_id, chunk_bytes=DOWNLOAD_CHUNK_BYTES)
 
     def close(self) -> None:
-        self._channel.close()
+        """Nothing held between fetches (kept for callers that close their fetcher)."""

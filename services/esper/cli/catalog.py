@@ -13,10 +13,9 @@ Urza is `--urza HOST:PORT`, else $ESPER_URZA_ADDRESS, else the local stack's Urz
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from collections.abc import Iterator, Sequence
-
-import grpc
+from collections.abc import Sequence
 
 from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.choices import enum_choices
@@ -24,8 +23,9 @@ from esper.cli.errors import UsageError
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
-from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
-from esper.rpc.channels import open_channel
+from esper.leyline.v1 import urza_pb2
+from esper.rpc.clients import UrzaClient
+from esper.rpc.errors import ServiceError
 
 ADDRESS_ENV = "ESPER_URZA_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -138,28 +138,20 @@ def urza_address(flag: str | None) -> str:
 
 # -- calls ---------------------------------------------------------------------------------
 def _call(args: argparse.Namespace, work) -> int:
+    """Run `await work(urza)` with a client of Urza (each call waits --timeout seconds)."""
     address = urza_address(args.urza)
-    with open_channel(address, aio=False) as channel:
-        stub = urza_pb2_grpc.UrzaServiceStub(channel)
-        try:
-            work(stub, args.timeout)
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details = f"cannot reach Urza at {address}: {details}"
-            print(f"esper catalog: error: {code.name}: {details}", file=sys.stderr)
-            return 1
+
+    async def session() -> None:
+        async with UrzaClient(address, timeout_s=args.timeout) as urza:
+            await work(urza)
+
+    try:
+        asyncio.run(session())
+    except ServiceError as exc:
+        details = f"cannot reach Urza at {address}: {exc.details}" if exc.unreachable else exc.details
+        print(f"esper catalog: error: {exc.code.name}: {details}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _pages(fetch, items_of) -> Iterator:
-    token = ""
-    while True:
-        response = fetch(token)
-        yield from items_of(response)
-        token = response.next_page_token
-        if not token:
-            return
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -167,11 +159,8 @@ def run_list(args: argparse.Namespace) -> int:
         family=FAMILIES[args.family] if args.family else 0,
         state=STATES[args.state] if args.state else 0, tags=args.tag, page_size=PAGE_SIZE)
 
-    def work(stub, timeout):
-        def fetch(token):
-            request.page_token = token
-            return stub.ListBlueprints(request, timeout=timeout)
-        records = list(_pages(fetch, lambda r: r.blueprints))
+    async def work(urza: UrzaClient) -> None:
+        records = [r async for r in urza.list_blueprints(request)]
         print(table(("BLUEPRINT", "FAMILY", "STATE", "SLOTS", "RISK", "GAIN", "USED", "NEEDS"),
                     [_blueprint_cells(r) for r in records]))
         print(f"{len(records)} blueprint(s)")
@@ -190,10 +179,10 @@ def _blueprint_cells(record: bp.BlueprintRecord) -> tuple:
 def run_show(args: argparse.Namespace) -> int:
     ref = _ref(args.ref)
 
-    def work(stub, timeout):
-        record = stub.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=ref), timeout=timeout).blueprint
-        kernels = stub.ListKernels(urza_pb2.ListKernelsRequest(blueprint_ref=ref, page_size=PAGE_SIZE),
-                                   timeout=timeout).kernels
+    async def work(urza: UrzaClient) -> None:
+        record = await urza.get_blueprint(ref)
+        kernels = [k async for k in urza.list_kernels(
+            urza_pb2.ListKernelsRequest(blueprint_ref=ref, page_size=PAGE_SIZE))]
         print(describe_blueprint(record))
         print()
         print(table(KERNEL_HEADER, [_kernel_cells(k) for k in kernels]) if kernels else "no kernels yet")
@@ -251,11 +240,8 @@ def run_kernels(args: argparse.Namespace) -> int:
     request = urza_pb2.ListKernelsRequest(blueprint_ref=ref, device=args.device, page_size=PAGE_SIZE,
                                           state=KERNEL_STATES[args.state] if args.state else 0)
 
-    def work(stub, timeout):
-        def fetch(token):
-            request.page_token = token
-            return stub.ListKernels(request, timeout=timeout)
-        kernels = list(_pages(fetch, lambda r: r.kernels))
+    async def work(urza: UrzaClient) -> None:
+        kernels = [k async for k in urza.list_kernels(request)]
         print(table(KERNEL_HEADER, [_kernel_cells(k) for k in kernels]))
         print(f"{len(kernels)} kernel(s)")
     return _call(args, work)
@@ -272,8 +258,8 @@ def run_search(args: argparse.Namespace) -> int:
                                    max_memory_bytes=args.max_memory, max_risk=args.max_risk),
         families=[FAMILIES[f] for f in args.family], capabilities=args.capability, limit=args.limit)
 
-    def work(stub, timeout):
-        candidates = stub.SearchKernels(request, timeout=timeout).candidates
+    async def work(urza: UrzaClient) -> None:
+        candidates = await urza.search_kernels(request)
         rows = [(i, f"{c.score:.4g}", c.kernel.kernel_id, c.kernel.blueprint_ref,
                  _short(bp.BlueprintFamily, c.blueprint.family), c.kernel.stats.params,
                  c.kernel.stats.flops, f"{c.kernel.stats.latency_p99_ms:.3f}",

@@ -13,14 +13,16 @@ Nissa is `--nissa HOST:PORT`, else $ESPER_NISSA_ADDRESS, else the local stack's 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import grpc
 
 from esper.cli import addresses, run_views
 from esper.cli.errors import UsageError
-from esper.leyline.v1 import control_pb2, nissa_pb2, nissa_pb2_grpc
-from esper.rpc.channels import open_channel
+from esper.leyline.v1 import control_pb2, nissa_pb2
+from esper.rpc.clients import NissaClient
+from esper.rpc.errors import ServiceError
 
 ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
 # An RPC to Nissa taking longer than this means it is down or stuck.
@@ -75,16 +77,26 @@ def resolve_address(args: argparse.Namespace) -> str:
     return address
 
 
-def _call(args: argparse.Namespace, method: str, request):
+def _call(args: argparse.Namespace, work):
+    """`await work(nissa)` with a client of Nissa; its failures as usage errors."""
     address = resolve_address(args)
-    with open_channel(address, aio=False) as channel:
-        stub = nissa_pb2_grpc.NissaServiceStub(channel)
-        try:
-            return getattr(stub, method)(request, timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                raise UsageError(exc.details()) from None
-            raise UsageError(f"Nissa at {address}: {exc.code().name}: {exc.details()}") from None
+
+    async def session():
+        async with NissaClient(address, timeout_s=RPC_TIMEOUT_S) as nissa:
+            return await work(nissa)
+
+    try:
+        return asyncio.run(session())
+    except ServiceError as exc:
+        if exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            raise UsageError(exc.details) from None
+        raise UsageError(str(exc)) from None
+
+
+def _summaries(args: argparse.Namespace, *run_ids: str) -> list[nissa_pb2.GetRunSummaryResponse]:
+    async def work(nissa: NissaClient):
+        return [await nissa.get_run_summary(run_id) for run_id in run_ids]
+    return _call(args, work)
 
 
 _stage = run_views.stage_name
@@ -93,12 +105,16 @@ _stage = run_views.stage_name
 def run_list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise UsageError("--limit: must be within [1, 1000]")
-    response = _call(args, "ListRuns", nissa_pb2.ListRunsRequest(page_size=args.limit))
+    async def work(nissa: NissaClient) -> list[nissa_pb2.RunInfo]:
+        return [run async for run in nissa.list_runs(
+            nissa_pb2.ListRunsRequest(page_size=args.limit), limit=args.limit)]
+
+    runs = _call(args, work)
     print(
         f"{'RUN':<28} {'LAST EVENT':<20} {'STEP':>8} {'EPOCH':>5} {'VAL ACC':>7} "
         f"{'EVENTS':>8} {'FOSSIL':>6} {'CULLED':>6}"
     )
-    for run in response.runs:
+    for run in runs:
         when = run.last_event_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         print(
             f"{run.run_id[:28]:<28} {when:<20} {run.last_step:>8} {run.last_epoch:>5} "
@@ -109,7 +125,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    s = _call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=args.run_id))
+    (s,) = _summaries(args, args.run_id)
     run = s.run
     print(
         f"run {run.run_id}: {run.event_count} events, step {run.last_step}, epoch "
@@ -168,8 +184,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    summaries = [_call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=run_id))
-                 for run_id in (args.run_id, args.other_run_id)]
+    summaries = _summaries(args, args.run_id, args.other_run_id)
     print(run_views.compare_runs(*summaries))
     return 0
 
@@ -180,11 +195,8 @@ def run_plot(args: argparse.Namespace) -> int:
         raise UsageError("--output: must name a .png file")
     if not output.parent.exists():
         raise UsageError(f"--output: directory {output.parent} does not exist")
-    summary = _call(args, "GetRunSummary", nissa_pb2.GetRunSummaryRequest(run_id=args.run_id))
-    baseline = None
-    if args.baseline:
-        baseline = _call(args, "GetRunSummary",
-                         nissa_pb2.GetRunSummaryRequest(run_id=args.baseline))
+    summary, *others = _summaries(args, args.run_id, *([args.baseline] if args.baseline else []))
+    baseline = others[0] if others else None
     from esper.nissa.plot import plot_run  # matplotlib is slow to import: only here
 
     plot_run(summary, output, baseline=baseline)

@@ -18,14 +18,13 @@ import asyncio
 import signal
 import sys
 
-import grpc
-
 from esper.blueprints import BlueprintError, parse_ref
 from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
-from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2, tezzeret_pb2_grpc
-from esper.rpc.channels import open_channel
+from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2
+from esper.rpc.clients import TezzeretClient
+from esper.rpc.errors import ServiceError
 from esper.runtime.config import ConfigError, add_config_flags, load_config, overrides_from_args
 
 ADDRESS_ENV = "ESPER_TEZZERET_ADDRESS"
@@ -152,16 +151,20 @@ def tezzeret_address(flag: str | None) -> str:
 
 
 def _call(args: argparse.Namespace, work) -> int:
+    """Run `await work(tezzeret)` with a client of Tezzeret (unary calls wait --timeout)."""
     address = tezzeret_address(args.tezzeret)
-    with open_channel(address, aio=False) as channel:
-        try:
-            work(tezzeret_pb2_grpc.TezzeretServiceStub(channel))
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                print(f"esper tezzeret: Tezzeret at {address} unavailable: {details}", file=sys.stderr)
-                return 1
-            raise UsageError(f"{code.name}: {details}") from None
+
+    async def session() -> None:
+        async with TezzeretClient(address, timeout_s=args.timeout) as tezzeret:
+            await work(tezzeret)
+
+    try:
+        asyncio.run(session())
+    except ServiceError as exc:
+        if exc.unreachable:
+            print(f"esper tezzeret: Tezzeret at {address} unavailable: {exc.details}", file=sys.stderr)
+            return 1
+        raise UsageError(f"{exc.code.name}: {exc.details}") from None
     return 0
 
 
@@ -179,30 +182,24 @@ def _target(args: argparse.Namespace) -> kernel_pb2.KernelTarget:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    def work(stub) -> None:
-        job = stub.SubmitCompile(tezzeret_pb2.SubmitCompileRequest(
-            blueprint_ref=args.ref, targets=[_target(args)]), timeout=args.timeout).job
+    async def work(tezzeret: TezzeretClient) -> None:
+        job = await tezzeret.submit(args.ref, [_target(args)])
         print(format_job(job), flush=True)
         if args.wait:
-            for update in stub.WatchJob(tezzeret_pb2.WatchJobRequest(job_id=job.job_id)):
-                print(format_job(update.job), flush=True)
+            async for update in tezzeret.watch_job(job.job_id):
+                print(format_job(update), flush=True)
 
     return _call(args, work)
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    def work(stub) -> None:
-        token, shown = "", 0
-        while shown < args.limit:
-            page = stub.ListJobs(tezzeret_pb2.ListJobsRequest(
-                blueprint_ref=args.blueprint, stage=STAGES[args.stage] if args.stage else 0,
-                page_size=min(args.limit - shown, 1000), page_token=token), timeout=args.timeout)
-            for job in page.jobs:
-                print(format_job(job))
-            shown += len(page.jobs)
-            token = page.next_page_token
-            if not token:
-                break
+    async def work(tezzeret: TezzeretClient) -> None:
+        shown = 0
+        request = tezzeret_pb2.ListJobsRequest(
+            blueprint_ref=args.blueprint, stage=STAGES[args.stage] if args.stage else 0)
+        async for job in tezzeret.list_jobs(request, limit=args.limit):
+            print(format_job(job))
+            shown += 1
         if not shown:
             print("no jobs")
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import sys
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from esper.rpc.channels import open_channel
-
-TIMEOUT_S = 3.0
+from esper.rpc.health import TIMEOUT_S, check_health
 
 
 def check(address: str, service: str = "", timeout: float = TIMEOUT_S) -> str:
     """The health status name ("SERVING", "NOT_SERVING"…) or "UNREACHABLE"."""
-    with open_channel(address, aio=False) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError:
-            return "UNREACHABLE"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return check_health(address, service, timeout_s=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

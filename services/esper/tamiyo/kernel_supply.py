@@ -40,10 +40,8 @@ from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2, kernel_pb2, urza_pb2
 from esper.leyline.v1.signals_pb2 import ModelGraph
 from esper.leyline.v1.tamiyo_pb2 import Capabilities
-from esper.leyline.v1.tezzeret_pb2 import SubmitCompileRequest
-from esper.leyline.v1.tezzeret_pb2_grpc import TezzeretServiceStub
-from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
-from esper.rpc.channels import open_channel
+from esper.rpc.clients import TezzeretClient, UrzaClient
+from esper.rpc.errors import ServiceError
 
 log = logging.getLogger("esper.tamiyo.kernel_supply")
 
@@ -128,10 +126,9 @@ class KernelSupply:
     def __init__(self, tezzeret_address: str, urza_address: str, timeout_s: float) -> None:
         self.address = tezzeret_address
         self.timeout_s = timeout_s
-        self._tezzeret_channel = open_channel(tezzeret_address) if tezzeret_address else None
-        self._urza_channel = open_channel(urza_address) if urza_address and tezzeret_address else None
-        self._tezzeret = TezzeretServiceStub(self._tezzeret_channel) if self._tezzeret_channel else None
-        self._urza = UrzaServiceStub(self._urza_channel) if self._urza_channel else None
+        self._tezzeret = TezzeretClient(tezzeret_address, timeout_s=timeout_s) if tezzeret_address else None
+        self._urza = (UrzaClient(urza_address, timeout_s=timeout_s)
+                      if urza_address and tezzeret_address else None)
         self._done: set[Pair] = set()  # submitted, present already, or refused for good
         self._failed: dict[Pair, float] = {}  # pair -> monotonic time it may be retried
         self._error: str | None = None  # why the last attempt could not reach Tezzeret/Urza
@@ -185,8 +182,8 @@ class KernelSupply:
     async def _supply(self, pairs: list[Pair], device: str) -> None:
         try:
             present = await self._existing(pairs, device)
-        except grpc.aio.AioRpcError as exc:
-            self._fail(pairs, f"Urza is unreachable to list kernels ({exc.code().name}: {exc.details()})")
+        except ServiceError as exc:
+            self._fail(pairs, f"Urza is unreachable to list kernels ({exc.code.name}: {exc.details})")
             return
         missing = []
         for pair in pairs:
@@ -204,25 +201,19 @@ class KernelSupply:
         assert self._urza is not None
         found: set[tuple[str, str, int, int]] = set()
         for channels in sorted({p.target_proto().shape.channels for p in pairs}):
-            token = ""
-            while True:
-                page = await self._urza.ListKernels(urza_pb2.ListKernelsRequest(
-                    device=device, channels=channels, state=kernel_pb2.KERNEL_STATE_VALID,
-                    page_size=LIST_PAGE_SIZE, page_token=token), timeout=self.timeout_s)
-                found.update(_key(k.blueprint_ref, k.target.device, k.target.shape.kind,
-                                  k.target.shape.channels) for k in page.kernels)
-                token = page.next_page_token
-                if not token:
-                    break
+            request = urza_pb2.ListKernelsRequest(device=device, channels=channels,
+                                                  state=kernel_pb2.KERNEL_STATE_VALID,
+                                                  page_size=LIST_PAGE_SIZE)
+            async for k in self._urza.list_kernels(request):
+                found.add(_key(k.blueprint_ref, k.target.device, k.target.shape.kind, k.target.shape.channels))
         return found
 
     async def _submit(self, pair: Pair) -> None:
         assert self._tezzeret is not None
-        request = SubmitCompileRequest(blueprint_ref=pair.blueprint_ref, targets=[pair.target_proto()])
         async with self._semaphore:
             try:
-                response = await self._tezzeret.SubmitCompile(request, timeout=self.timeout_s)
-            except grpc.aio.AioRpcError as exc:
+                job = await self._tezzeret.submit(pair.blueprint_ref, [pair.target_proto()])
+            except ServiceError as exc:
                 self._answered(pair, exc)
                 return
         self._done.add(pair)
@@ -231,16 +222,16 @@ class KernelSupply:
         self._submitted += 1
         COMPILE_REQUESTS.labels(outcome="submitted").inc()
         log.info("kernel compile requested", extra={"blueprint_ref": pair.blueprint_ref,
-                                                    "job_id": response.job.job_id})
+                                                    "job_id": job.job_id})
 
-    def _answered(self, pair: Pair, exc: grpc.aio.AioRpcError) -> None:
-        if exc.code() in REFUSALS:
+    def _answered(self, pair: Pair, exc: ServiceError) -> None:
+        if exc.code in REFUSALS:
             self._done.add(pair)  # this blueprint cannot be built for this target here
             COMPILE_REQUESTS.labels(outcome="refused").inc()
             log.info("kernel compile refused", extra={"blueprint_ref": pair.blueprint_ref,
-                                                      "code": exc.code().name, "detail": exc.details()})
+                                                      "code": exc.code.name, "detail": exc.details})
             return
-        self._fail([pair], f"Tezzeret at {self.address} is unreachable ({exc.code().name}: {exc.details()})")
+        self._fail([pair], f"Tezzeret at {self.address} is unreachable ({exc.code.name}: {exc.details})")
 
     def _fail(self, pairs: list[Pair], error: str) -> None:
         retry_at = time.monotonic() + RETRY_AFTER_S
@@ -254,6 +245,6 @@ class KernelSupply:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for channel in (self._tezzeret_channel, self._urza_channel):
-            if channel is not None:
-                await channel.close()
+        for client in (self._tezzeret, self._urza):
+            if client is not None:
+                await client.close()

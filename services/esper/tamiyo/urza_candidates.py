@@ -13,20 +13,12 @@ import asyncio
 import logging
 import time
 
-import grpc
-
 from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.telemetry_pb2 import FieldReport
-from esper.leyline.v1.urza_pb2 import (
-    CostBudget,
-    KernelCandidate,
-    RecordFieldReportRequest,
-    SearchKernelsRequest,
-    WatchCatalogRequest,
-)
-from esper.leyline.v1.urza_pb2_grpc import UrzaServiceStub
-from esper.rpc.channels import open_channel
+from esper.leyline.v1.urza_pb2 import CostBudget, KernelCandidate, SearchKernelsRequest
+from esper.rpc.clients import UrzaClient
+from esper.rpc.errors import ServiceError
 
 log = logging.getLogger("esper.tamiyo.urza")
 
@@ -84,8 +76,7 @@ class UrzaCandidates:
         self.address = address
         self.timeout_s = timeout_s
         self.cache_s = cache_s
-        self._channel = open_channel(address) if address else None
-        self._stub = UrzaServiceStub(self._channel) if self._channel else None
+        self._urza = UrzaClient(address, timeout_s=timeout_s) if address else None
         self._cache: dict[bytes, tuple[float, list[KernelCandidate]]] = {}
         self._outage: tuple[float, str] | None = None  # (until, reason)
         self._forwards: set[asyncio.Task] = set()
@@ -94,20 +85,20 @@ class UrzaCandidates:
 
     def start_watch(self) -> None:
         """Start the background catalogue watch (needs a running event loop)."""
-        if self._stub is not None and self._watch is None:
+        if self._urza is not None and self._watch is None:
             self._watch = asyncio.create_task(self._watch_catalog())
 
     async def _watch_catalog(self) -> None:
-        assert self._stub is not None
+        assert self._urza is not None
         backoff = WATCH_BACKOFF_S[0]
         while True:
             try:
-                async for _ in self._stub.WatchCatalog(WatchCatalogRequest()):
+                async for _ in self._urza.watch_catalog():
                     self._cache.clear()
                     self.catalog_changes += 1
                     backoff = WATCH_BACKOFF_S[0]
-            except grpc.aio.AioRpcError as exc:
-                log.debug("catalogue watch interrupted", extra={"urza": self.address, "code": exc.code().name})
+            except ServiceError as exc:
+                log.debug("catalogue watch interrupted", extra={"urza": self.address, "code": exc.code.name})
             self._cache.clear()  # changes may have been missed while the stream was down
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, WATCH_BACKOFF_S[1])
@@ -115,29 +106,29 @@ class UrzaCandidates:
     def forward_field_report(self, report: FieldReport) -> None:
         """Send a seed's outcome to Urza's blueprint aggregates in the background (the
         session never waits on it; a failure is logged)."""
-        if self._stub is None or not report.blueprint_ref or len(self._forwards) >= MAX_FORWARDS:
+        if self._urza is None or not report.blueprint_ref or len(self._forwards) >= MAX_FORWARDS:
             return
         task = asyncio.create_task(self._forward(report))
         self._forwards.add(task)
         task.add_done_callback(self._forwards.discard)
 
     async def _forward(self, report: FieldReport) -> None:
-        assert self._stub is not None
+        assert self._urza is not None
         try:
-            await self._stub.RecordFieldReport(RecordFieldReportRequest(report=report), timeout=self.timeout_s * 5)
-        except grpc.aio.AioRpcError as exc:
+            await self._urza.record_field_report(report, timeout_s=self.timeout_s * 5)
+        except ServiceError as exc:
             log.warning("field report not recorded in Urza", extra={
-                "run_id": report.run_id, "seed_id": report.seed_id, "code": exc.code().name,
-                "detail": exc.details()})
+                "run_id": report.run_id, "seed_id": report.seed_id, "code": exc.code.name,
+                "detail": exc.details})
 
     async def close(self) -> None:
         for task in [*self._forwards, *([self._watch] if self._watch else [])]:
             task.cancel()
-        if self._channel is not None:
-            await self._channel.close()
+        if self._urza is not None:
+            await self._urza.close()
 
     async def fetch(self, graph: ModelGraph, caps: Capabilities, budget: ResourceBudget) -> FetchedCandidates:
-        if self._stub is None:
+        if self._urza is None:
             return FetchedCandidates({}, "no Urza configured (urza_address is empty), so no kernels are known")
         if self._outage is not None and time.monotonic() < self._outage[0]:
             return FetchedCandidates({}, self._outage[1])
@@ -147,9 +138,9 @@ class UrzaCandidates:
         try:
             answers = dict(zip(distinct, await asyncio.gather(*(self._search(k, r) for k, r in distinct.items())),
                                strict=True))
-        except grpc.aio.AioRpcError as exc:
-            reason = f"Urza at {self.address} is unreachable ({exc.code().name}: {exc.details()})"
-            log.warning("kernel search failed", extra={"urza": self.address, "code": exc.code().name})
+        except ServiceError as exc:
+            reason = f"Urza at {self.address} is unreachable ({exc.code.name}: {exc.details})"
+            log.warning("kernel search failed", extra={"urza": self.address, "code": exc.code.name})
             self._outage = (time.monotonic() + OUTAGE_BACKOFF_S, reason)
             return FetchedCandidates({}, reason)
         self._outage = None
@@ -160,9 +151,8 @@ class UrzaCandidates:
         now = time.monotonic()
         if hit is not None and now - hit[0] < (self.cache_s if hit[1] else min(self.cache_s, EMPTY_CACHE_S)):
             return hit[1]
-        assert self._stub is not None
-        response = await self._stub.SearchKernels(request, timeout=self.timeout_s)
-        found = list(response.candidates)
+        assert self._urza is not None
+        found = await self._urza.search_kernels(request)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         self._cache[key] = (now, found)

@@ -22,9 +22,6 @@ import random
 import threading
 import time
 
-import grpc
-
-from esper.leyline.v1 import tamiyo_pb2_grpc
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import (
@@ -35,7 +32,8 @@ from esper.leyline.v1.tamiyo_pb2 import (
 )
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.oona.aio import within
-from esper.rpc.channels import open_channel
+from esper.rpc.clients import TamiyoClient
+from esper.rpc.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +181,8 @@ class RemotePolicy:
             self._accepted_flag = False
             try:
                 await self._session_once()
-            except grpc.aio.AioRpcError as exc:
-                self._outage = f"Tamiyo at {self.address}: {exc.code().name}: {exc.details()}"
+            except ServiceError as exc:
+                self._outage = str(exc)  # "Tamiyo at ADDRESS: CODE: details"
             except Exception as exc:  # noqa: BLE001 - never let the stream thread die
                 self._outage = f"Tamiyo at {self.address}: {type(exc).__name__}: {exc}"
             if self._stopping:
@@ -218,8 +216,8 @@ class RemotePolicy:
 
     async def _session_once(self) -> bool:
         """One stream from open to its end; returns whether it was accepted."""
-        async with open_channel(self.address) as channel:
-            self._call = tamiyo_pb2_grpc.TamiyoServiceStub(channel).Session(self._requests())
+        async with TamiyoClient(self.address) as tamiyo:
+            self._call = tamiyo.session(self._requests())
             accepted = False
             try:
                 accepted = await self._read(self._call)

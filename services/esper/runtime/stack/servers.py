@@ -9,9 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from esper.rpc.channels import open_channel
+from esper.rpc.health import check_health
 from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
 from esper.runtime.infra.ports import LOOPBACK, ensure_port_free
@@ -29,10 +27,7 @@ OVERALL_HEALTH = ""
 
 def health_check(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     """True when `Health/Check` with service "" answers SERVING."""
-    with open_channel(address, aio=False) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=OVERALL_HEALTH), timeout=timeout_s)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return check_health(address, OVERALL_HEALTH, timeout_s=timeout_s) == "SERVING"
 
 
 class ServerProcess(LoopbackProcess):
