@@ -1,5 +1,6 @@
 """TamiyoService over gRPC: thin — it validates, translates and calls SessionProtocol,
-Decider and PolicyRegistry."""
+Decider and PolicyRegistry. Errors become statuses through the runtime's one mapping
+(esper.runtime.errors)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from pathlib import Path
 import grpc
 
 from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
+from esper.runtime.errors import (
+    Aborted,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ServiceError,
+    StatusError,
+    serves_errors,
+)
 from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyUnavailable
-from esper.tamiyo.session import OpenRefused, SessionContext, SessionProtocol
+from esper.tamiyo.session import SessionContext, SessionProtocol
 from esper.tamiyo.validation import (
-    InvalidInput,
     check_budget,
     check_graph,
     check_run_id,
@@ -27,6 +36,14 @@ log = logging.getLogger("esper.tamiyo.servicer")
 _END = object()
 
 
+def _policy_refused(field: str, policy: str, exc: PolicyUnavailable) -> ServiceError:
+    """An unloaded gnn is the server's state; an unknown policy name is the caller's error."""
+    if policy == "gnn":
+        return FailedPrecondition(f"{field}: {exc}")
+    return InvalidArgument(field, str(exc))
+
+
+@serves_errors()
 class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
     def __init__(self, shared: SessionContext) -> None:
         self.shared = shared
@@ -35,13 +52,10 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
 
     async def Session(self, request_iterator, context):
         protocol = SessionProtocol(self.shared)
-        try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message: the stream ended before open")
-            accept = protocol.open(first)
-        except OpenRefused as exc:
-            await context.abort(exc.code, str(exc))
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidArgument("message", "the stream ended before open")
+        accept = protocol.open(first)  # OpenRefused carries its status
         yield accept
         assert protocol.run is not None
         superseded = protocol.run.superseded
@@ -56,8 +70,8 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 item = await out.get()
                 if item is _END:
                     return
-                if isinstance(item, tuple):
-                    await context.abort(*item)
+                if isinstance(item, ServiceError):
+                    raise item
                 yield item
         finally:
             for task in tasks:
@@ -78,12 +92,12 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                await out.put((grpc.StatusCode.DEADLINE_EXCEEDED, f"no message from the client for {idle} s"))
+                await out.put(DeadlineExceeded(f"no message from the client for {idle} s"))
                 return
             except Exception as exc:  # noqa: BLE001 — garbage bytes end this session only
                 log.warning("unreadable session message", extra={"session_id": protocol.session_id,
                                                                   "error": repr(exc)})
-                await out.put((grpc.StatusCode.INVALID_ARGUMENT, f"stream: unreadable client message ({exc})"))
+                await out.put(InvalidArgument("stream", f"unreadable client message ({exc})"))
                 return
             if superseded.is_set():  # a newer session owns the run now; touch nothing
                 return
@@ -91,7 +105,8 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 responses = await protocol.handle(request)
             except Exception:
                 log.exception("session message failed", extra={"session_id": protocol.session_id})
-                await out.put((grpc.StatusCode.INTERNAL, "session: the server failed on a message; see its log"))
+                await out.put(StatusError(grpc.StatusCode.INTERNAL,
+                                          "session: the server failed on a message; see its log"))
                 return
             for response in responses:
                 await out.put(response)
@@ -107,28 +122,24 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
     @staticmethod
     async def _watch(superseded: asyncio.Event, out: asyncio.Queue) -> None:
         await superseded.wait()
-        await out.put((grpc.StatusCode.ABORTED, "session: superseded by a newer session of the same run"))
+        await out.put(Aborted("session: superseded by a newer session of the same run"))
 
     # -- unary ----------------------------------------------------------------------------
 
     async def Decide(self, request, context):
         limits = self.shared.limits
-        try:
-            check_run_id("snapshot.run_id", request.snapshot.run_id)
-            check_graph("graph", request.graph, limits)
-            check_budget("budget", request.budget)
-        except InvalidInput as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        check_run_id("snapshot.run_id", request.snapshot.run_id)
+        check_graph("graph", request.graph, limits)
+        check_budget("budget", request.budget)
         problem = snapshot_problem(request.snapshot, limits)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem[1])
+        if problem:  # (warning code, detail naming the field)
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, problem[1])
         policy = request.policy or self.shared.config.default_policy
         try:
             decision = await self.shared.decider.decide(
                 policy, request.snapshot, request.graph, request.capabilities, request.budget)
         except PolicyUnavailable as exc:
-            code = grpc.StatusCode.FAILED_PRECONDITION if policy == "gnn" else grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, f"policy: {exc}")
+            raise _policy_refused("policy", policy, exc) from None
         return tamiyo_pb2.DecideResponse(decision=decision)
 
     async def ListPolicies(self, request, context):
@@ -136,21 +147,18 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
 
     async def ReloadPolicy(self, request, context):
         if request.name != "gnn":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"name: only 'gnn' is reloadable, got {request.name!r}")
+            raise InvalidArgument("name", f"only 'gnn' is reloadable, got {request.name!r}")
         config = self.shared.config
         path = request.artifact_path or config.gnn_artifact
         if not path:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                "artifact_path: empty, and no gnn_artifact is configured")
+            raise FailedPrecondition("artifact_path: empty, and no gnn_artifact is configured")
         if request.artifact_path and not _inside(Path(request.artifact_path), Path(config.resolved_policy_dir)):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"artifact_path: must be inside the policy directory {config.resolved_policy_dir}")
+            raise InvalidArgument("artifact_path", f"must be inside the policy directory {config.resolved_policy_dir}")
         expected = config.gnn_artifact_sha256 if path == config.gnn_artifact else ""
         try:
             info = await self.shared.decider.policies.load_gnn(path, expected)
         except PolicyArtifactError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"artifact_path: {exc}")
+            raise FailedPrecondition(f"artifact_path: {exc}") from None
         return tamiyo_pb2.ReloadPolicyResponse(policy=info)
 
 

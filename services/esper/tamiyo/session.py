@@ -25,6 +25,7 @@ from esper.leyline.v1.tamiyo_pb2 import (
     SessionWarning,
 )
 from esper.leyline.version import compatibility_error, contract_version
+from esper.runtime.errors import StatusError
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents
@@ -47,12 +48,8 @@ DECISIONS = Counter("esper_tamiyo_decisions_total", "Decisions sent on sessions,
                     ["policy", "action"], registry=REGISTRY)
 
 
-class OpenRefused(Exception):
+class OpenRefused(StatusError):
     """The session cannot start; `code` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass

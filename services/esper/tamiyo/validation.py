@@ -10,17 +10,15 @@ from dataclasses import dataclass
 from esper.leyline.run_id import run_id_problem
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
+from esper.runtime.errors import InvalidArgument
 
 # Metrics that may be NaN ("not evaluated yet") but never infinite.
 NAN_ALLOWED_METRICS = frozenset({"val_loss", "best_val_loss", "val_accuracy"})
 
 
-class InvalidInput(ValueError):
-    """A client input that is refused; `field` names it."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+class InvalidInput(InvalidArgument, ValueError):
+    """A client input that is refused; `field` names it (INVALID_ARGUMENT, through the
+    runtime's one mapping)."""
 
 
 @dataclass(frozen=True)
