@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
-from esper.leyline.v1 import tamiyo_pb2, tamiyo_pb2_grpc
+from esper.leyline.v1 import tamiyo_pb2
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
@@ -39,6 +37,8 @@ from esper.leyline.v1.signals_pb2 import (
     TrainingSnapshot,
 )
 from esper.leyline.version import contract_version
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import TamiyoClient
 
 NODES = 100
 SLOT_EVERY = 4
@@ -78,13 +78,14 @@ def percentiles(ms: list[float]) -> dict[str, float]:
             "samples": len(ms)}
 
 
-async def one_session(stub, run_id: str, policy: str, rounds: int, graph: ModelGraph) -> list[float]:
+async def one_session(tamiyo: TamiyoClient, run_id: str, policy: str, rounds: int,
+                      graph: ModelGraph) -> list[float]:
     queue: asyncio.Queue = asyncio.Queue()
 
     async def requests():
         while (item := await queue.get()) is not None:
             yield item
-    call = stub.Session(requests())
+    call = tamiyo.session(requests())
     await queue.put(tamiyo_pb2.SessionRequest(open=tamiyo_pb2.SessionOpen(
         run_id=run_id, contract_version=contract_version(), graph=graph, policy=policy,
         capabilities=tamiyo_pb2.Capabilities(device="cpu", max_live_seeds=1))))
@@ -108,18 +109,17 @@ async def one_session(stub, run_id: str, policy: str, rounds: int, graph: ModelG
 async def measure(address: str, rounds: int, sessions: int) -> dict:
     graph = model_graph()
     results: dict = {}
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = tamiyo_pb2_grpc.TamiyoServiceStub(channel)
+    async with TamiyoClient(address, security=ChannelSecurity()) as tamiyo:
         base = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            await stub.ListPolicies(tamiyo_pb2.ListPoliciesRequest())
+            await tamiyo.list_policies()
             base.append((time.perf_counter() - t0) * 1e3)
         results["baseline_unary_list_policies"] = percentiles(base)
         for policy in ("heuristic", "gnn"):
-            await one_session(stub, f"warm-{policy}", policy, 20, graph)
-            single = await one_session(stub, f"bench-{policy}", policy, rounds, graph)
-            many = await asyncio.gather(*(one_session(stub, f"bench-{policy}-{i}", policy, max(10, rounds // sessions),
+            await one_session(tamiyo, f"warm-{policy}", policy, 20, graph)
+            single = await one_session(tamiyo, f"bench-{policy}", policy, rounds, graph)
+            many = await asyncio.gather(*(one_session(tamiyo, f"bench-{policy}-{i}", policy, max(10, rounds // sessions),
                                                       graph) for i in range(sessions)))
             results[policy] = {
                 "one_session": percentiles(single),

@@ -29,7 +29,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import grpc
 import torch
 
 from esper.blueprints import builtin_blueprints
@@ -38,9 +37,9 @@ from esper.leyline.v1 import (
     common_pb2,
     kernel_pb2,
     telemetry_pb2,
-    tezzeret_pb2,
-    tezzeret_pb2_grpc,
 )
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import TezzeretClient
 from esper.runtime.infra import Broker, ObjectStore, PostgresServer, free_port
 from esper.runtime.server import start_server
 from esper.tezzeret import service as tezzeret_service
@@ -92,14 +91,14 @@ async def pipeline_latency(channels: int, repeats: int) -> dict:
     return {"per_blueprint": per_blueprint, "per_family": families}
 
 
-async def _wait_all(stub, job_ids: list[str], timeout: float) -> list:
+async def _wait_all(tezzeret: TezzeretClient, job_ids: list[str], timeout: float) -> list:
     deadline = time.monotonic() + timeout
     pending, done = set(job_ids), []
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout}s")
         for job_id in list(pending):
-            job = (await stub.GetJob(tezzeret_pb2.GetJobRequest(job_id=job_id))).job
+            job = await tezzeret.get_job(job_id)
             if job.stage in TERMINAL:
                 pending.discard(job_id)
                 done.append(job)
@@ -107,7 +106,7 @@ async def _wait_all(stub, job_ids: list[str], timeout: float) -> list:
     return done
 
 
-async def throughput(config: TezzeretConfig, stub, n_workers: int, channels: int) -> dict:
+async def throughput(config: TezzeretConfig, tezzeret: TezzeretClient, n_workers: int, channels: int) -> dict:
     deps = await connect(config)
     try:
         group = [deps.new_worker() for _ in range(n_workers)]
@@ -117,10 +116,9 @@ async def throughput(config: TezzeretConfig, stub, n_workers: int, channels: int
             await asyncio.sleep(0.1)
         specs = builtin_blueprints()
         start = time.perf_counter()
-        jobs = [(await stub.SubmitCompile(tezzeret_pb2.SubmitCompileRequest(
-            blueprint_ref=f"{s.name}@{s.version}", targets=[target_for(s, channels)]))).job
-            for s in specs]
-        done = await _wait_all(stub, [j.job_id for j in jobs], timeout=600)
+        jobs = [await tezzeret.submit(f"{s.name}@{s.version}", [target_for(s, channels)])
+                for s in specs]
+        done = await _wait_all(tezzeret, [j.job_id for j in jobs], timeout=600)
         elapsed = time.perf_counter() - start
     finally:
         await deps.close()
@@ -159,9 +157,8 @@ async def stack_throughput(channels: int) -> dict:
                 latency_samples=LATENCY_SAMPLES, **common)
             server = await start_server(tezzeret_service.SPEC, config)
             try:
-                async with grpc.aio.insecure_channel(server.address) as channel:
-                    stub = tezzeret_pb2_grpc.TezzeretServiceStub(channel)
-                    runs[n_workers].append(await throughput(config, stub, n_workers, channels))
+                async with TezzeretClient(server.address, security=ChannelSecurity()) as tezzeret:
+                    runs[n_workers].append(await throughput(config, tezzeret, n_workers, channels))
             finally:
                 await server.stop(0)
     finally:

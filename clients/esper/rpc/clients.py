@@ -286,6 +286,10 @@ class SessionStream:
         except grpc.RpcError as exc:
             raise self._client._error(exc) from None
 
+    async def read(self) -> tamiyo_pb2.SessionResponse:
+        """The next response; StopAsyncIteration once Tamiyo has ended the stream."""
+        return await self.__anext__()
+
     def cancel(self) -> bool:
         return self._call.cancel()
 
