@@ -16,6 +16,9 @@ from tests.unit.test_simic_dataset import synthetic_episode
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--awr-weight", "nan"], "--awr-weight"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/nodir/p.safetensors"], "does not exist"),
     (["tamiyo", "evaluate", "--policy", "{tmp}/none.safetensors"], "--policy"),
+    (["tamiyo", "train", "--nissa-dsn", "postgresql://x@h/db", "--out", "{tmp}/p.safetensors"], "--nissa HOST:PORT"),
+    (["tamiyo", "train", "--nissa", "no-port", "--out", "{tmp}/p.safetensors"], "--nissa"),
+    (["tamiyo", "train", "--data", "{tmp}", "--run", "r1", "--out", "{tmp}/p.safetensors"], "--run: only with --nissa"),
 ])
 def test_bad_input_is_a_usage_error(tmp_path, capsys, argv, needle) -> None:
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])

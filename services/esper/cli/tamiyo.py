@@ -3,7 +3,7 @@
     esper tamiyo collect --episodes N --out DIR [--seed S] [--epochs E] [--epsilon LOW HIGH]
     esper tamiyo train --data DIR --out PATH [--epochs N] [--bc-weight W] [--awr-weight W] [--seed S]
     esper tamiyo train --oona-dump FILE [FILE...] --out PATH     (recorded Oona topics, kcat framing)
-    esper tamiyo train --nissa-dsn DSN --out PATH [--run RUN...] (Nissa's PostgreSQL history)
+    esper tamiyo train --nissa [HOST:PORT] --out PATH [--run RUN...] (runs Nissa recorded)
     esper tamiyo evaluate --policy PATH [--episodes N] [--json OUT]
 
 `collect` runs short real training episodes of the built-in digits task and records every
@@ -11,7 +11,9 @@ snapshot, decision, ack and field report; `train` learns the GNN policy from the
 cloning from the heuristic + IQL) and writes a versioned safetensors artifact that
 `GnnPolicy.load` and Tamiyo's server load; `evaluate` compares it with the heuristic on
 held-out episodes. Runs read from Oona or Nissa must be runs of the built-in task (telemetry
-carries no model graph; the task's graph and kernels are used).
+carries no model graph; the task's graph and kernels are used). Nissa is read through its
+API (ListEvents): `--nissa HOST:PORT`, or `--nissa` alone for $ESPER_NISSA_ADDRESS, else the
+local stack's Nissa (`esper up`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import math
 import sys
 from pathlib import Path
 
+from esper.cli import addresses
 from esper.cli.errors import UsageError
 
+NISSA_ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
 # Upper bounds that keep a typo from starting a day-long job.
 MAX_EPISODES = 10_000
 MAX_EPOCHS = 10_000
@@ -58,9 +62,13 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DIR", help="directory of episode files (esper tamiyo collect)")
     source.add_argument("--oona-dump", nargs="+", metavar="FILE", help="dumps of Oona topics")
-    source.add_argument("--nissa-dsn", metavar="DSN", help="PostgreSQL DSN of Nissa's database")
+    source.add_argument("--nissa", nargs="?", const="", metavar="HOST:PORT",
+                        help=f"runs Nissa recorded, through its API (alone: ${NISSA_ADDRESS_ENV} "
+                             "or the local stack)")
+    # Simic no longer reads Nissa's tables; the old option answers with what to pass instead.
+    source.add_argument("--nissa-dsn", metavar="DSN", help=argparse.SUPPRESS)
     p.add_argument("--framing", choices=("kcat", "base64"), default="kcat", help="framing of --oona-dump")
-    p.add_argument("--run", action="append", default=None, metavar="RUN_ID", help="with --nissa-dsn: only these runs")
+    p.add_argument("--run", action="append", default=None, metavar="RUN_ID", help="with --nissa: only these runs")
     p.add_argument("--out", required=True, metavar="PATH", help="policy artifact to write (.safetensors)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--bc-weight", type=float, default=None, help="behaviour cloning weight (default 1)")
@@ -134,11 +142,27 @@ def _load(args: argparse.Namespace):
         context, candidates = task_context()
         if args.oona_dump:
             return read_oona_dump(args.oona_dump, context, candidates, framing=args.framing)
-        return asyncio.run(read_nissa(args.nissa_dsn, context, candidates, run_ids=args.run))
+        return asyncio.run(read_nissa(_nissa_address(args), context, candidates, run_ids=args.run))
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot read the training data: {exc}") from None
+
+
+def _nissa_address(args: argparse.Namespace) -> str:
+    address = addresses.resolve_address(args.nissa or None, NISSA_ADDRESS_ENV, "nissa")
+    if not address:
+        raise UsageError(f"--nissa: no Nissa address: pass --nissa HOST:PORT, set ${NISSA_ADDRESS_ENV} "
+                         "or run `esper up`")
+    return addresses.checked_address("--nissa", address)
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    if args.nissa_dsn is not None:
+        raise UsageError("--nissa-dsn: Simic reads Nissa's history through Nissa's API now; "
+                         "pass --nissa HOST:PORT (Nissa's gRPC address) instead")
+    if args.run and args.nissa is None:
+        raise UsageError("--run: only with --nissa")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -146,6 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from esper.tamiyo.simic.train import SimicConfig, train_policy
 
+    _check_sources(args)
     _positive("--epochs", args.epochs, MAX_EPOCHS)
     _weight("--bc-weight", args.bc_weight)
     _weight("--awr-weight", args.awr_weight)

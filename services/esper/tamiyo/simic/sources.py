@@ -1,5 +1,5 @@
 """Episodes from where recorded runs live besides Simic's own files: Oona topic dumps and
-Nissa's PostgreSQL history.
+Nissa's history (through Nissa's ListEvents RPC; Simic never reads Nissa's tables).
 
 Telemetry carries no model graph and no kernel list, so both readers take the run's context
 (`SessionOpen` with graph, capabilities, budget; the kernels it could germinate), e.g.
@@ -23,8 +23,10 @@ from esper.tamiyo.simic.dataset import (
 from esper.tamiyo.simic.records import ReadProblems
 
 DUMP_FRAMINGS = ("kcat", "base64")
-# Nissa rows read per query page: bounded memory for long histories.
-NISSA_PAGE_ROWS = 5000
+# Events asked for per ListEvents page (Nissa's maximum; Nissa also ends a page at ~4 MiB).
+NISSA_PAGE_SIZE = 1000
+# Seconds one ListEvents page may take before the read fails.
+NISSA_TIMEOUT_S = 30.0
 
 
 def _decode_all(values: Iterable[bytes], where: str, problems: ReadProblems) -> Iterator[TelemetryEvent]:
@@ -64,31 +66,42 @@ def read_oona_dump(
 
 
 async def read_nissa(
-    dsn: str, context: SessionOpen, candidates: list[KernelCandidate], *, run_ids: list[str] | None = None,
+    address: str, context: SessionOpen, candidates: list[KernelCandidate], *,
+    run_ids: list[str] | None = None, timeout_s: float = NISSA_TIMEOUT_S,
 ) -> Dataset:
-    """Episodes from Nissa's `nissa.events` table (every ingested TelemetryEvent, serialized),
-    for `run_ids` or every run."""
-    import asyncpg
+    """Episodes from the runs Nissa recorded, read through its API (ListEvents at
+    `address`, HOST:PORT; channel security from ESPER_TLS* / ESPER_TOKEN), for `run_ids`
+    or every run. Each run is one consistent listing, paged. DatasetError when Nissa cannot
+    be reached or refuses (the message says which and why)."""
+    import grpc
 
-    problems = ReadProblems()
-    events: list[TelemetryEvent] = []
-    conn = await asyncpg.connect(dsn)
+    from esper.leyline.v1 import nissa_pb2, nissa_pb2_grpc
+    from esper.rpc.channels import ChannelConfigError, open_channel
+
     try:
-        last = ""
-        while True:
-            rows = await conn.fetch(
-                "SELECT event_id, kind, body FROM nissa.events WHERE event_id > $1"
-                " AND ($2::text[] IS NULL OR run_id = ANY($2::text[])) AND kind = ANY($3::text[])"
-                " ORDER BY event_id LIMIT $4",
-                last, run_ids, sorted(EPISODE_EVENT_KINDS), NISSA_PAGE_ROWS,
-            )
-            if not rows:
-                break
-            last = rows[-1]["event_id"]
-            events.extend(_decode_all((bytes(r["body"]) for r in rows), "nissa.events", problems))
+        channel = open_channel(address)
+    except ChannelConfigError as exc:
+        raise DatasetError(f"Nissa at {address!r}: {exc}") from None
+    events: list[TelemetryEvent] = []
+    kinds = sorted(EPISODE_EVENT_KINDS)
+    try:
+        stub = nissa_pb2_grpc.NissaServiceStub(channel)
+        for run_id in dict.fromkeys(run_ids) if run_ids else [""]:
+            token = ""
+            while True:
+                request = nissa_pb2.ListEventsRequest(run_id=run_id, kinds=kinds,
+                                                      page_size=NISSA_PAGE_SIZE, page_token=token)
+                try:
+                    response = await stub.ListEvents(request, timeout=timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    raise DatasetError(f"Nissa at {address}: {exc.code().name}: {exc.details()}") from None
+                events.extend(response.events)
+                token = response.next_page_token
+                if not token:
+                    break
     finally:
-        await conn.close()
-    return _dataset(events, context, candidates, problems, "Nissa's history")
+        await channel.close()
+    return _dataset(events, context, candidates, ReadProblems(), f"Nissa's history at {address}")
 
 
 def _dataset(
