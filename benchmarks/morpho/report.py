@@ -62,6 +62,45 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return {"arms": arms, "paired_vs_esper": pair}
 
 
+def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 13's targets for one host: (target, what was measured, met? None = no data)."""
+    arms, pair = summary["arms"], summary["paired_vs_esper"]
+    out = []
+
+    def beats(arm: str, label: str) -> None:
+        p = pair.get(arm)
+        if p is None:
+            out.append((label, "not run", None))
+            return
+        ok = p["esper_minus_arm_pp_mean"] > 0 and p["esper_wins"] >= 2 * p["esper_losses"]
+        out.append((label, f"{p['esper_minus_arm_pp_mean']:+.2f} pp, wins/losses "
+                           f"{p['esper_wins']}/{p['esper_losses']}", ok))
+
+    beats("static-final-size@esper-flops", "Esper > static of its final size, at matched FLOPs")
+    beats("esper-arch-static@esper-flops", "Esper > its own final architecture trained static, at matched FLOPs")
+    for arm in ("static-final-size", "esper-arch-static"):
+        if arm in arms and "esper" in arms:
+            ratio = arms["esper"]["flops_mean"] / arms[arm]["flops_mean"]
+            p = pair.get(arm)
+            ok = ratio <= 0.7 and p is not None and p["esper_minus_arm_pp_mean"] >= 0
+            out.append((f"or: Esper's accuracy ≥ {arm}'s (full run) with ≤ 70% of its FLOPs",
+                        f"{100 * ratio:.0f}% of its FLOPs, {p['esper_minus_arm_pp_mean']:+.2f} pp", ok))
+    beats("random", "Esper > random growth")
+    beats("schedule", "Esper > the fixed schedule")
+    if "gromo" in pair and "esper" in arms:
+        p = pair["gromo"]
+        cheaper = arms["esper"]["flops_mean"] <= arms["gromo"]["flops_mean"]
+        out.append(("Esper ≥ GroMo at ≤ GroMo's FLOPs",
+                    f"{p['esper_minus_arm_pp_mean']:+.2f} pp at "
+                    f"{100 * arms['esper']['flops_mean'] / arms['gromo']['flops_mean']:.0f}% of its FLOPs",
+                    p["esper_minus_arm_pp_mean"] >= 0 and cheaper))
+    if "learned" in pair:
+        p = pair["learned"]
+        out.append(("learned policy ≥ heuristic", f"{-p['esper_minus_arm_pp_mean']:+.2f} pp "
+                    f"(learned − heuristic)", p["esper_minus_arm_pp_mean"] <= 0))
+    return out
+
+
 def order(names) -> list[str]:
     seq = []
     for arm in ARMS:
@@ -72,7 +111,9 @@ def order(names) -> list[str]:
 
 def markdown(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"# Does growth pay? Fashion-MNIST, {cfg['seeds']} seed(s), {cfg['epochs']} epochs",
+    done = cfg.get("seeds_done", cfg["seeds"])
+    seeds = f"{done} seed(s)" if done == cfg["seeds"] else f"{done} of {cfg['seeds']} seeds (partial)"
+    lines = [f"# Does growth pay? Fashion-MNIST, {seeds}, {cfg['epochs']} epochs",
              "", f"Command: `{cfg['command']}`", ""]
     lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
     lines += ["",
@@ -101,6 +142,9 @@ def markdown(result: dict) -> str:
             wall = f"{a['wall_s_mean']:.0f}" if math.isfinite(a["wall_s_mean"]) else ""
             lines.append(f"| {name} | {100 * a['test_accuracy_mean']:.2f} ± {100 * a['test_accuracy_sd']:.2f} "
                          f"| {a['flops_mean'] / 1e9:.1f} | {a['params_mean']:,.0f} | {wall} | {diff} | {wl} |")
+        lines += ["", "| issue 13 target | measured | met |", "|---|---|---|"]
+        for label, measured, ok in targets(summary):
+            lines.append(f"| {label} | {measured} | {'—' if ok is None else ('yes' if ok else 'no')} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -136,7 +180,8 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xscale("log")
         ax.set_xlabel("training GFLOPs (train + validation + extra passes)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{host.upper()} host, {result['config']['seeds']} seed(s)")
+        ax.set_title(f"{host.upper()} host, {result['config'].get('seeds_done', result['config']['seeds'])} "
+                     f"seed(s), {result['config']['epochs']} epochs")
         ax.grid(alpha=0.3)
         finals = [100 * h["summary"]["arms"][a]["test_accuracy_mean"] for a in names]
         if finals:
