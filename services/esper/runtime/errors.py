@@ -2,7 +2,7 @@
 
 Domain code raises one of the errors below (or a service's subclass of one); `serves_errors`
 wraps every RPC of a servicer class and turns them into `context.abort(code, message)`.
-The message names what to fix: an `InvalidArgument` (alias `FieldError`) always starts with
+The message names what to fix: an `InvalidArgument` always starts with
 the request field in proto terms (`"page_token: ..."`). Anything else escaping a handler is
 logged with its traceback and answered INTERNAL with a message that leaks nothing of it.
 
@@ -45,10 +45,6 @@ class InvalidArgument(ServiceError):
         super().__init__(f"{field}: {why}")
         self.field = field
         self.why = why
-
-
-# The name the services used first.
-FieldError = InvalidArgument
 
 
 class NotFound(ServiceError):
@@ -208,7 +204,7 @@ def _rpc_names(cls: type) -> set[str]:
 
 
 __all__ = [
-    "Aborted", "AlreadyExists", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "FieldError",
+    "Aborted", "AlreadyExists", "DataLoss", "DeadlineExceeded", "FailedPrecondition",
     "INTERNAL_MESSAGE", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "ServiceError", "StatusError", "Unavailable", "abort", "handle_errors", "serves_errors",
 ]
