@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from esper.runtime import errors
 from esper.runtime.config import ServerConfig
 from esper.runtime.server import ServiceSpec, StartupError, start_server
 
@@ -125,3 +126,66 @@ async def test_failed_start_closes_what_the_service_started():
         with pytest.raises(StartupError, match="metrics_port"):
             await start_server(spec, ServerConfig(port=0, metrics_port=busy))
     assert closed == [True]
+
+
+async def test_domain_errors_become_statuses_and_the_rest_internal_over_the_wire():
+    """esper.runtime.errors on a real server: the status and message of a domain error,
+    after a streamed response too; INTERNAL without details for anything else."""
+    failures = {
+        b"field": errors.InvalidArgument("page_token", "malformed"),
+        b"missing": errors.NotFound("run_id: no run 'x'"),
+        b"passed-on": errors.StatusError(grpc.StatusCode.OUT_OF_RANGE, "Urza: too far"),
+        b"bug": KeyError("secret internals"),
+    }
+
+    class Failing:
+        async def Fail(self, request: bytes, context) -> bytes:
+            raise failures[request]
+
+        async def FailLater(self, request: bytes, context):
+            yield b"first"
+            raise failures[request]
+
+    failing = Failing()
+    fail = errors.handle_errors(Failing.Fail)
+    fail_later = errors.handle_errors(Failing.FailLater)
+
+    async def start(config, server):
+        same = (lambda b: b, lambda b: b)
+        handler = grpc.method_handlers_generic_handler("test.Failing", {
+            "Fail": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: fail(failing, request, context), *same),
+            "FailLater": grpc.unary_stream_rpc_method_handler(
+                lambda request, context: fail_later(failing, request, context), *same),
+        })
+        server.add_generic_rpc_handlers((handler,))
+
+        async def close():
+            return None
+
+        return close
+
+    spec = ServiceSpec("failing", ServerConfig, ("test.Failing",), start)
+    running = await start_server(spec, ServerConfig(port=0, metrics_port=-1))
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            unary = channel.unary_unary("/test.Failing/Fail")
+            streaming = channel.unary_stream("/test.Failing/FailLater")
+            expected = {
+                b"field": (grpc.StatusCode.INVALID_ARGUMENT, "page_token: malformed"),
+                b"missing": (grpc.StatusCode.NOT_FOUND, "run_id: no run 'x'"),
+                b"passed-on": (grpc.StatusCode.OUT_OF_RANGE, "Urza: too far"),
+                b"bug": (grpc.StatusCode.INTERNAL, errors.INTERNAL_MESSAGE),
+            }
+            for request, (code, message) in expected.items():
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await unary(request, timeout=10)
+                assert (err.value.code(), err.value.details()) == (code, message)
+                got = []
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for response in streaming(request, timeout=10):
+                        got.append(response)
+                assert got == [b"first"]
+                assert (err.value.code(), err.value.details()) == (code, message)
+    finally:
+        await running.stop(0)
