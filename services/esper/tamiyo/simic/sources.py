@@ -73,34 +73,24 @@ async def read_nissa(
     `address`, HOST:PORT; channel security from ESPER_TLS* / ESPER_TOKEN), for `run_ids`
     or every run. Each run is one consistent listing, paged. DatasetError when Nissa cannot
     be reached or refuses (the message says which and why)."""
-    import grpc
-
-    from esper.leyline.v1 import nissa_pb2, nissa_pb2_grpc
-    from esper.rpc.channels import ChannelConfigError, open_channel
+    from esper.leyline.v1 import nissa_pb2
+    from esper.rpc.channels import ChannelConfigError
+    from esper.rpc.clients import NissaClient
+    from esper.rpc.errors import ServiceError
 
     try:
-        channel = open_channel(address)
+        nissa = NissaClient(address, timeout_s=timeout_s)
     except ChannelConfigError as exc:
         raise DatasetError(f"Nissa at {address!r}: {exc}") from None
     events: list[TelemetryEvent] = []
     kinds = sorted(EPISODE_EVENT_KINDS)
     try:
-        stub = nissa_pb2_grpc.NissaServiceStub(channel)
-        for run_id in dict.fromkeys(run_ids) if run_ids else [""]:
-            token = ""
-            while True:
-                request = nissa_pb2.ListEventsRequest(run_id=run_id, kinds=kinds,
-                                                      page_size=NISSA_PAGE_SIZE, page_token=token)
-                try:
-                    response = await stub.ListEvents(request, timeout=timeout_s)
-                except grpc.aio.AioRpcError as exc:
-                    raise DatasetError(f"Nissa at {address}: {exc.code().name}: {exc.details()}") from None
-                events.extend(response.events)
-                token = response.next_page_token
-                if not token:
-                    break
-    finally:
-        await channel.close()
+        async with nissa:
+            for run_id in dict.fromkeys(run_ids) if run_ids else [""]:
+                request = nissa_pb2.ListEventsRequest(run_id=run_id, kinds=kinds, page_size=NISSA_PAGE_SIZE)
+                events.extend([event async for event in nissa.list_events(request)])
+    except ServiceError as exc:
+        raise DatasetError(str(exc)) from None
     return _dataset(events, context, candidates, ReadProblems(), f"Nissa's history at {address}")
 
 
