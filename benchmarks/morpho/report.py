@@ -157,12 +157,16 @@ def plot(result: dict, path: Path) -> None:
 
     hosts = list(result["hosts"])
     fig, axes = plt.subplots(1, len(hosts), figsize=(7 * len(hosts), 5.5), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    colours = {"esper": "tab:blue", "learned": "navy", "esper-arch-static": "tab:orange",
+               "esper-arch-static@esper-flops": "darkorange", "static-final-size": "tab:green",
+               "static-final-size@esper-flops": "darkgreen", "static-small": "grey",
+               "random": "tab:red", "schedule": "tab:purple", "gromo": "tab:brown",
+               "static-large": "black"}
     for ax, host in zip(axes[0], hosts, strict=True):
         h = result["hosts"][host]
         names = order(h["summary"]["arms"])
-        for i, arm in enumerate(names):
-            c = colours(i % 10)
+        for arm in names:
+            c = colours.get(arm, "black")
             if arm in h["runs"]:  # the mean curve over seeds, epoch by epoch
                 curves = [r["curve"] for r in h["runs"][arm] if r["curve"]]
                 n = min(len(cv) for cv in curves) if curves else 0
