@@ -5,7 +5,7 @@
 # each seed's life, and write the plot. Everything is removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS="${ESPER_CI_DEMO_EPOCHS:-2}"
+EPOCHS="${ESPER_CI_DEMO_EPOCHS:-1}"
 base=$(mktemp -d)  # mode 0700: only its owner may enter
 chmod 700 "$base"
 clone="$base/esper"
