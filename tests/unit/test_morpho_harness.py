@@ -1,0 +1,102 @@
+"""The morphogenesis harness's own parts (benchmarks/morpho): FLOP accounting, the paired
+statistics, the sized hosts, Esper's final architecture, and the scheduled-growth policy
+source driving real germinations through attach()."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from morpho import hosts, report  # noqa: E402
+from morpho.flops import FlopMeter  # noqa: E402
+from morpho.growth import Planned, ScheduledGrowth  # noqa: E402
+
+import esper.tolaria  # noqa: E402
+from esper.leyline.v1.lifecycle_pb2 import SeedStage  # noqa: E402
+
+
+def test_flop_meter_measures_once_per_key_and_charges_per_sample() -> None:
+    lin = torch.nn.Linear(8, 4, bias=False)
+    meter = FlopMeter()
+    for n in (10, 10, 5):
+        meter.run("train", "a", n, lambda n=n: lin(torch.randn(n, 8)))
+    assert meter.measurements == 1
+    assert meter.by_kind["train"] == 2 * 8 * 4 * 25  # 2 FLOPs per MAC, 25 samples
+    with meter.counted("extra"):
+        lin(torch.randn(3, 8))
+    assert meter.by_kind["extra"] == 2 * 8 * 4 * 3
+    assert meter.total == 2 * 8 * 4 * 28
+
+
+def test_paired_differences_are_esper_minus_arm_per_seed() -> None:
+    esper = [{"seed": s, "test_accuracy": a, "flops": 1.0} for s, a in ((1, 0.90), (2, 0.80), (3, 0.85))]
+    other = [{"seed": s, "test_accuracy": a, "flops": 2.0} for s, a in ((3, 0.86), (1, 0.89), (2, 0.79))]
+    p = report.paired(esper, other)
+    assert p["pairs"] == 3 and (p["esper_wins"], p["esper_losses"]) == (2, 1)
+    assert math.isclose(p["esper_minus_arm_pp_mean"], (1 + 1 - 1) / 3)
+    assert p["esper_flops_over_arm"] == 0.5
+
+
+def test_sized_hosts_land_near_the_target_parameter_count() -> None:
+    for host, target in (("mlp", 36_000), ("cnn", 3_400)):
+        model = hosts.sized(host, target)
+        assert abs(hosts.params(model) - target) / target < 0.05
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only contend
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_scheduled_growth_germinates_and_the_heuristic_finishes_the_seed(one_thread) -> None:
+    torch.manual_seed(0)
+    model = hosts.small("mlp")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    source = ScheduledGrowth([Planned(step=5, slot_id="fc2", blueprint_ref="BP-MLP-GELU@1.0.0")])
+    session = esper.tolaria.attach(model, optimizer, policy=source, example_input=torch.zeros(2, 1, 28, 28),
+                                   config=esper.tolaria.TolariaConfig(progress=False, snapshot_every=5))
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    for _ in range(250):  # the seed's whole life at the local defaults is ~150 steps
+        optimizer.zero_grad()
+        out = session.model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        session.step(loss, out, y)
+    session.close()
+    assert source.applied and source.applied[0]["slot"] == "fc2", source.dropped
+    stages = {s.slot_id: s.stage for s in session.model.seed_states()}
+    assert stages["fc2"] == SeedStage.SEED_STAGE_FOSSILIZED, stages
+    assert stages["fc1"] == stages["fc3"] == SeedStage.SEED_STAGE_DORMANT  # nothing unplanned
+
+
+def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> None:
+    from morpho.arms import Context, esper_architecture
+    from morpho.data import Splits
+
+    empty = torch.zeros(0)
+    data = Splits(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), empty, empty,
+                  empty, empty, batch_size=2)
+    ctx = Context(host="mlp", seed=7, epochs=1, data=data)
+    ctx.done["esper"] = {"fossilized": [
+        {"slot": "fc1", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False},
+        {"slot": "fc2", "blueprint": "BP-LORA-R8@1.0.0", "merged": True}]}
+    model = esper_architecture(ctx)
+    torch.manual_seed(7)
+    host = hosts.small("mlp")
+    assert hosts.params(model) > hosts.params(host)
+    assert type(model.fc2) is torch.nn.Linear and type(model.fc1).__name__ == "FossilLinear"
+    x = torch.randn(3, 1, 28, 28)
+    # a function-preserving seed starts at zero: the same function as the host it grew on
+    torch.testing.assert_close(model(x), host(x))
