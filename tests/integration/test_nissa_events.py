@@ -15,11 +15,13 @@ import grpc
 import pytest
 
 from esper.cli.main import main as esper_main
-from esper.leyline.v1 import control_pb2, nissa_pb2, nissa_pb2_grpc, tamiyo_pb2
+from esper.leyline.v1 import control_pb2, nissa_pb2, tamiyo_pb2
 from esper.nissa import listing
 from esper.nissa.service import SPEC
 from esper.nissa.store import ingest_batch
 from esper.oona import new_event
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import NissaClient
 from esper.runtime.server import start_server
 from esper.tamiyo.simic.dataset import DatasetError
 from esper.tamiyo.simic.sources import read_nissa
@@ -34,13 +36,13 @@ async def nissa(fresh_database, kafka_bootstrap):
     config = _config(fresh_database, kafka_bootstrap, f"nissa-events-{uuid.uuid4().hex[:8]}",
                      ingest_workers=0)
     server = await start_server(SPEC, config)
-    channel = grpc.aio.insecure_channel(server.address)
+    client = NissaClient(server.address, security=ChannelSecurity())
     conn = await asyncpg.connect(fresh_database)
     try:
-        yield server, nissa_pb2_grpc.NissaServiceStub(channel), conn
+        yield server, client.stub, conn  # the raw stub: these tests check pages and statuses
     finally:
         await conn.close()
-        await channel.close()
+        await client.close()
         await server.stop(0)
 
 
@@ -85,6 +87,12 @@ async def test_pages_of_one_run_and_of_every_run_by_kind(nissa):
     everything, _ = await listing_of(stub, 7)
     assert everything[:16] == ids and len(everything) == 32 and len(set(everything)) == 32
     assert (await stub.ListEvents(nissa_pb2.ListEventsRequest(run_id="run-none"))).events == []
+    # A redelivered batch with new events takes the deduplicating path: its rows, too, record
+    # the transaction that stored them, and each event is listed once.
+    extra = [at(ack("run-a", 100 + i), 100 + i) for i in range(3)]
+    await store(conn, runs["run-a"][:2] + extra)
+    assert await conn.fetchval("SELECT count(*) FROM nissa.events WHERE stored_by IS NULL") == 0
+    assert (await listing_of(stub, 5, run_id="run-a"))[0] == ids + [e.event_id for e in extra]
 
 
 async def test_events_stored_meanwhile_are_neither_skipped_nor_repeated(nissa, fresh_database):
