@@ -6,6 +6,7 @@ and nothing it stored is ever anything but the bytes its key names."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import grpc
 import pytest
 
 from esper.leyline.v1 import kernel_pb2 as kp
-from esper.leyline.v1 import urza_pb2
+from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
 from esper.urza.store import key_for
 from tests.integration.test_urza import (
     Urza,
@@ -36,9 +37,13 @@ MAX_BYTES = 64 * 1024
 async def urza(fresh_database, fresh_bucket, kafka_bootstrap) -> AsyncIterator[Urza]:
     started = await open_urza(urza_config(fresh_database, fresh_bucket, kafka_bootstrap,
                                           max_kernel_bytes=MAX_BYTES))
+    # A bare channel: these tests drive the stream message by message (call.write), as a
+    # hostile client would, with nothing between them and the server.
+    channel = grpc.aio.insecure_channel(started.running.address)
     try:
-        yield started
+        yield dataclasses.replace(started, stub=urza_pb2_grpc.UrzaServiceStub(channel))
     finally:
+        await channel.close()
         await close_urza(started)
 
 
@@ -176,3 +181,18 @@ async def test_chunks_after_a_refusal_are_dropped_and_urza_keeps_serving(urza):
     assert objects(urza) == []
     good = await urza.stub.UploadKernel(iter(upload_of(REF, data, urza)))
     assert good.created and await download(urza, good.kernel.kernel_id) == data
+
+
+async def test_a_stalled_upload_is_abandoned_and_nothing_is_stored(urza, monkeypatch):
+    from esper.urza import upload
+
+    monkeypatch.setattr(upload, "UPLOAD_IDLE_S", 0.5)  # the server runs in this process
+    data = uuid.uuid4().bytes * 64
+    stalled = urza.stub.UploadKernel()
+    messages = upload_of(REF, data, urza)
+    await stalled.write(messages[0])
+    await stalled.write(messages[1])  # then silence
+    assert await asyncio.wait_for(stalled.code(), 10) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no message" in await stalled.details()
+    assert objects(urza) == []
+    assert (await urza.stub.UploadKernel(iter(messages))).created

@@ -4,6 +4,7 @@ or storage logic lives here."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -45,6 +46,8 @@ class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
         self.kernels = kernels
         self.feed = feed
         self.max_kernel_bytes = max_kernel_bytes
+        # Uploads receiving bytes at once; more wait (made on first use, on the server's loop).
+        self._upload_slots: asyncio.Semaphore | None = None
 
     @unary
     async def CreateBlueprint(self, request, context):
@@ -83,7 +86,10 @@ class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
 
     @unary
     async def UploadKernel(self, request_iterator, context):
-        kernel, created = await upload.upload(self.kernels, request_iterator, self.max_kernel_bytes)
+        if self._upload_slots is None:
+            self._upload_slots = asyncio.Semaphore(upload.MAX_CONCURRENT_UPLOADS)
+        kernel, created = await upload.upload(self.kernels, request_iterator, self.max_kernel_bytes,
+                                              slots=self._upload_slots, idle_s=upload.UPLOAD_IDLE_S)
         return urza_pb2.UploadKernelResponse(kernel=kernel, created=created)
 
     @unary

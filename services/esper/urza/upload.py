@@ -9,16 +9,22 @@ their content address, and the kernel registered. A refused upload leaves nothin
 and since the key is the digest of bytes Urza hashed itself, an object in the bucket is
 never anything but the bytes its key names. The same kernel uploaded twice stores the same
 object and registers it once (`created` false the second time).
+
+A client that stops sending for `UPLOAD_IDLE_S` gets DEADLINE_EXCEEDED (nothing stored), and
+at most `MAX_CONCURRENT_UPLOADS` uploads receive bytes at once (more wait their turn), so
+stalled or many clients cannot hold Urza's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import urza_pb2
+from esper.runtime.errors import DeadlineExceeded
 from esper.urza import validate
 from esper.urza.errors import InvalidArgument, ResourceExhausted
 from esper.urza.kernels import MAX_KERNEL_BYTES, KernelRegistry, check_kernel
@@ -28,20 +34,46 @@ from esper.urza.metrics import KERNEL_BYTES_UPLOADED
 DEFAULT_MAX_KERNEL_BYTES = 256 * 1024 * 1024
 # An upload is held in memory up to this size, beyond it in a temporary file.
 SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
+# Seconds Urza waits for the next message of an upload before giving up on it.
+UPLOAD_IDLE_S = 30.0
+# Uploads receiving bytes at once (each may hold SPOOL_MEMORY_BYTES); the others wait.
+MAX_CONCURRENT_UPLOADS = 8
+
+
+async def _next(messages: AsyncIterator, idle_s: float):
+    """The stream's next message (None at its end); DeadlineExceeded after `idle_s` of silence."""
+    try:
+        return await asyncio.wait_for(anext(messages, None), idle_s)
+    except TimeoutError:
+        raise DeadlineExceeded(f"no message for {idle_s:g}s; upload abandoned, nothing stored") from None
 
 
 async def upload(registry: KernelRegistry, requests: AsyncIterable[urza_pb2.UploadKernelRequest],
-                 max_bytes: int = DEFAULT_MAX_KERNEL_BYTES) -> tuple[kp.KernelArtifact, bool]:
-    """Receive, verify, store and register one kernel; (the stored artifact, created)."""
+                 max_bytes: int = DEFAULT_MAX_KERNEL_BYTES, *, slots: asyncio.Semaphore | None = None,
+                 idle_s: float = UPLOAD_IDLE_S) -> tuple[kp.KernelArtifact, bool]:
+    """Receive, verify, store and register one kernel; (the stored artifact, created).
+    `slots` bounds the uploads receiving at once (None: no bound)."""
     messages = aiter(requests)
-    first = await anext(messages, None)
+    first = await _next(messages, idle_s)
     if first is None or first.WhichOneof("part") != "kernel":
         raise InvalidArgument("kernel", "the first message must carry the artifact's metadata")
     kernel = check_metadata(first.kernel, registry, max_bytes)
     await registry.check_blueprint(kernel)
+    if slots is None:
+        received = await _receive_and_store(registry, kernel, messages, idle_s)
+    else:
+        async with slots:
+            received = await _receive_and_store(registry, kernel, messages, idle_s)
+    KERNEL_BYTES_UPLOADED.inc(received)
+    return await registry.register(kernel, bytes_verified=True)
+
+
+async def _receive_and_store(registry: KernelRegistry, kernel: kp.KernelArtifact,
+                             messages: AsyncIterator[urza_pb2.UploadKernelRequest], idle_s: float) -> int:
+    """Spool, count and hash the chunks; store them when they are what `kernel` declares."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, prefix="urza-upload-") as spool:
         hasher, received = hashlib.sha256(), 0
-        async for message in messages:
+        while (message := await _next(messages, idle_s)) is not None:
             if message.WhichOneof("part") != "chunk":
                 raise InvalidArgument("kernel", "only the first message carries the metadata; "
                                       "the later ones carry chunks")
@@ -62,8 +94,7 @@ async def upload(registry: KernelRegistry, requests: AsyncIterable[urza_pb2.Uplo
             raise InvalidArgument("kernel.sha256", f"{kernel.sha256} declared, the bytes hash to {digest}")
         spool.seek(0)
         await registry.store.put_verified(spool, digest, received)
-    KERNEL_BYTES_UPLOADED.inc(received)
-    return await registry.register(kernel, bytes_verified=True)
+    return received
 
 
 def check_metadata(declared: kp.KernelArtifact, registry: KernelRegistry, max_bytes: int
@@ -84,4 +115,5 @@ def check_metadata(declared: kp.KernelArtifact, registry: KernelRegistry, max_by
     return kernel
 
 
-__all__ = ["DEFAULT_MAX_KERNEL_BYTES", "MAX_KERNEL_BYTES", "check_metadata", "upload"]
+__all__ = ["DEFAULT_MAX_KERNEL_BYTES", "MAX_CONCURRENT_UPLOADS", "MAX_KERNEL_BYTES", "UPLOAD_IDLE_S",
+           "check_metadata", "upload"]
