@@ -9,6 +9,7 @@ Tamiyo runs with scripts/demo_heuristic.toml (short-run stages), as the demo doe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -24,17 +25,13 @@ import grpc
 import pytest
 import torch
 
-from esper.leyline.v1 import (
-    nissa_pb2,
-    nissa_pb2_grpc,
-    tezzeret_pb2,
-    tezzeret_pb2_grpc,
-    urza_pb2,
-    urza_pb2_grpc,
-)
+from esper.leyline.v1 import nissa_pb2
 from esper.leyline.v1.control_pb2 import AckStatus
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.oona import ThreadedOonaProducer
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import NissaClient, TezzeretClient, UrzaClient
+from esper.rpc.errors import ServiceError
 from esper.runtime.infra import proc
 from esper.runtime.stack import HEALTHY, down, status, up
 from esper.tolaria import TolariaConfig, Trainer
@@ -166,24 +163,32 @@ def _kill(stack: LiveStack, name: str) -> None:
     _wait_for(f"{name} to die", lambda: not proc.is_running(pid), 10)
 
 
+def _call(client_class, address: str, work):
+    """`await work(client)` with a client of the service at `address` (5 s per call)."""
+    async def session():
+        async with client_class(address, security=ChannelSecurity(), timeout_s=5.0) as client:
+            return await work(client)
+    return asyncio.run(session())
+
+
 def _summary(stack: LiveStack, run_id: str) -> nissa_pb2.GetRunSummaryResponse:
-    with grpc.insecure_channel(stack.addresses["nissa"]) as channel:
-        stub = nissa_pb2_grpc.NissaServiceStub(channel)
+    async def fetch(nissa: NissaClient) -> nissa_pb2.GetRunSummaryResponse:
         try:
-            return stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest(run_id=run_id), timeout=5)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return await nissa.get_run_summary(run_id)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
                 return nissa_pb2.GetRunSummaryResponse()
             raise
+    return _call(NissaClient, stack.addresses["nissa"], fetch)
+
+
+async def _collect(items) -> list:
+    return [item async for item in items]
 
 
 def _summary_with_epochs(stack: LiveStack, run_id: str, epochs: int):
     return _wait_for(f"Nissa to have epoch {epochs} of {run_id}",
                      lambda: (s := _summary(stack, run_id)) and len(s.epochs) >= epochs and s)
-
-
-def _urza(stack: LiveStack) -> urza_pb2_grpc.UrzaServiceStub:
-    return urza_pb2_grpc.UrzaServiceStub(grpc.insecure_channel(stack.addresses["urza"]))
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +210,12 @@ def test_tamiyo_grows_seeds_with_kernels_tezzeret_compiled(stack: LiveStack, gro
     assert germinations, "no germination applied"
     # Every applied germination names a kernel Urza holds, that a Tezzeret job registered,
     # and that the training process downloaded (verified against its digest).
-    urza = _urza(stack)
-    with grpc.insecure_channel(stack.addresses["tezzeret"]) as channel:
-        jobs = tezzeret_pb2_grpc.TezzeretServiceStub(channel).ListJobs(
-            tezzeret_pb2.ListJobsRequest(page_size=1000), timeout=5).jobs
+    jobs = _call(TezzeretClient, stack.addresses["tezzeret"],
+                 lambda tezzeret: _collect(tezzeret.list_jobs()))
     compiled = {k for job in jobs for k in job.kernel_ids}
     for record in germinations:
         g = record.decision.germinate
-        kernel = urza.GetKernel(urza_pb2.GetKernelRequest(kernel_id=g.kernel_id), timeout=5).kernel
+        kernel = _call(UrzaClient, stack.addresses["urza"], lambda urza: urza.get_kernel(g.kernel_id))
         assert kernel.sha256 == g.kernel_sha256
         assert g.kernel_id in compiled
     assert cache.stats.misses >= 1 and cache.stats.digest_mismatches == 0
@@ -221,8 +224,8 @@ def test_tamiyo_grows_seeds_with_kernels_tezzeret_compiled(stack: LiveStack, gro
     assert reported
 
     def aggregated() -> bool:
-        records = [urza.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=ref), timeout=5).blueprint
-                   for ref in reported]
+        records = _call(UrzaClient, stack.addresses["urza"], lambda urza: asyncio.gather(
+            *(urza.get_blueprint(ref) for ref in reported)))
         return all(r.times_used >= 1 and r.fossilized_count + r.culled_count >= 1 for r in records)
 
     _wait_for("Urza's blueprint aggregates to count the field reports", aggregated)

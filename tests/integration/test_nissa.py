@@ -20,13 +20,15 @@ from esper.leyline.v1 import (
     control_pb2,
     lifecycle_pb2,
     nissa_pb2,
-    nissa_pb2_grpc,
     signals_pb2,
     telemetry_pb2,
 )
 from esper.nissa.config import NissaConfig
 from esper.nissa.service import SPEC
 from esper.oona import OonaProducer, new_event
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import NissaClient
+from esper.rpc.errors import ServiceError
 from esper.runtime.server import start_server
 
 pytestmark = pytest.mark.integration
@@ -154,12 +156,11 @@ async def _counts(dsn: str, run: str) -> tuple[int, int]:
 
 
 async def _summary(address: str, run: str) -> nissa_pb2.GetRunSummaryResponse | None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = nissa_pb2_grpc.NissaServiceStub(channel)
+    async with NissaClient(address, security=ChannelSecurity()) as nissa:
         try:
-            return await stub.GetRunSummary(nissa_pb2.GetRunSummaryRequest(run_id=run))
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return await nissa.get_run_summary(run)
+        except ServiceError as exc:
+            assert exc.code == grpc.StatusCode.NOT_FOUND
             return None
 
 
@@ -258,8 +259,9 @@ async def test_alerts_live_tail_and_hostile_inputs(fresh_database, kafka_bootstr
         SPEC, _config(fresh_database, kafka_bootstrap, f"nissa-{uuid.uuid4().hex[:6]}")
     )
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            stub = nissa_pb2_grpc.NissaServiceStub(channel)
+        # The raw stub from the client layer: these checks are of Nissa's exact statuses.
+        async with NissaClient(running.address, security=ChannelSecurity()) as nissa:
+            stub = nissa.stub
             await _check_hostile_inputs(stub)
             stream = stub.StreamEvents(
                 nissa_pb2.StreamEventsRequest(run_id=run, kinds=["snapshot"])
@@ -369,8 +371,8 @@ async def test_list_pages_see_every_existing_row_once_while_rows_arrive(fresh_da
     try:
         existing = await add_runs(23)
         existing_alerts = await add_alerts(17, "keyset-0000")
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            stub = nissa_pb2_grpc.NissaServiceStub(channel)
+        async with NissaClient(running.address, security=ChannelSecurity()) as nissa:
+            stub = nissa.stub  # raw pages: this checks the tokens themselves
             seen: list[str] = []
             token = ""
             while True:

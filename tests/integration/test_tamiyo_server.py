@@ -20,14 +20,14 @@ from esper.leyline.v1 import (
     kernel_pb2,
     tamiyo_pb2,
     tamiyo_pb2_grpc,
-    urza_pb2,
-    urza_pb2_grpc,
 )
 from esper.leyline.v1.common_pb2 import SemanticVersion
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.leyline.version import contract_version
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import TamiyoClient, UrzaClient
 from esper.runtime.infra import free_port
 from esper.runtime.server import start_server
 from esper.tamiyo import service as tamiyo_service
@@ -56,11 +56,12 @@ def tamiyo_config(**overrides) -> TamiyoConfig:
 @contextlib.asynccontextmanager
 async def tamiyo(**overrides):
     running = await start_server(tamiyo_service.SPEC, tamiyo_config(**overrides))
-    channel = grpc.aio.insecure_channel(running.address)
+    # The raw stub from the client layer: these tests check Tamiyo's wire behaviour.
+    client = TamiyoClient(running.address, security=ChannelSecurity())
     try:
-        yield running, tamiyo_pb2_grpc.TamiyoServiceStub(channel), channel
+        yield running, client.stub, client.channel
     finally:
-        await channel.close()
+        await client.close()
         await running.stop(0)
 
 
@@ -363,8 +364,7 @@ async def urza(fresh_database, fresh_bucket, kafka_bootstrap):
     running = await start_server(urza_service.SPEC, config)
     store = KernelStore(config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket,
                         region=config.s3_region)
-    channel = grpc.aio.insecure_channel(running.address)
-    stub = urza_pb2_grpc.UrzaServiceStub(channel)
+    urza_client = UrzaClient(running.address, security=ChannelSecurity())
     registered = []
     features = [b for b in builtin_blueprints() if common_pb2.SLOT_KIND_FEATURES in b.slot_kinds
                 and b.metadata.risk_score <= 0.5 and not b.metadata.requires_capability][:2]
@@ -372,13 +372,12 @@ async def urza(fresh_database, fresh_bucket, kafka_bootstrap):
         data = uuid.uuid4().bytes * 32
         await store.put(data)
         ref = f"{spec.name}@{spec.version}"
-        response = await stub.RegisterKernel(urza_pb2.RegisterKernelRequest(
-            kernel=_artifact(ref, data, store, params=500 * (i + 1))))
-        registered.append(response.kernel)
+        kernel, _ = await urza_client.register_kernel(_artifact(ref, data, store, params=500 * (i + 1)))
+        registered.append(kernel)
     try:
         yield running, registered
     finally:
-        await channel.close()
+        await urza_client.close()
         store.close()
         await running.stop(0)
 
@@ -401,13 +400,11 @@ async def test_germination_names_a_kernel_from_urza_search(urza):
             germinate_decision_id=d.decision_id, final_stage=S.SEED_STAGE_FOSSILIZED,
             val_loss_before=1.0, val_loss_after=0.9, val_accuracy_before=0.5, val_accuracy_after=0.6,
             params_added=500, lifetime_steps=300, germinated_at_step=100, ended_at_step=400))
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            urza_stub = urza_pb2_grpc.UrzaServiceStub(channel)
+        async with UrzaClient(running.address, security=ChannelSecurity()) as urza_client:
 
             async def used() -> int:
                 while True:
-                    record = (await urza_stub.GetBlueprint(urza_pb2.GetBlueprintRequest(
-                        blueprint_ref=d.germinate.blueprint_ref))).blueprint
+                    record = await urza_client.get_blueprint(d.germinate.blueprint_ref)
                     if record.times_used:
                         return record.fossilized_count
                     await asyncio.sleep(0.1)

@@ -27,6 +27,8 @@ from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import lifecycle_pb2 as lc
 from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import UrzaClient
 from esper.runtime.server import StartupError, start_server
 from esper.urza import search
 from esper.urza.service import SPEC, UrzaConfig
@@ -47,7 +49,7 @@ class Urza:
     stub: urza_pb2_grpc.UrzaServiceStub
     store: KernelStore
     config: UrzaConfig
-    channel: grpc.aio.Channel
+    client: UrzaClient
 
 
 def urza_config(dsn: str, bucket, kafka_bootstrap: str, **overrides) -> UrzaConfig:
@@ -61,14 +63,14 @@ def urza_config(dsn: str, bucket, kafka_bootstrap: str, **overrides) -> UrzaConf
 
 async def open_urza(config: UrzaConfig) -> Urza:
     running = await start_server(SPEC, config)
-    channel = grpc.aio.insecure_channel(running.address)
+    client = UrzaClient(running.address, security=ChannelSecurity())
     store = KernelStore(config.s3_endpoint, config.s3_access_key, config.s3_secret_key,
                         config.s3_bucket, region=config.s3_region)
-    return Urza(running, urza_pb2_grpc.UrzaServiceStub(channel), store, config, channel)
+    return Urza(running, client.stub, store, config, client)
 
 
 async def close_urza(urza: Urza) -> None:
-    await urza.channel.close()
+    await urza.client.close()
     urza.store.close()
     await urza.running.stop(0)
 

@@ -63,6 +63,17 @@ class ServiceClient:
     def _make_stub(self, channel: grpc.aio.Channel) -> Any:
         raise NotImplementedError
 
+    @property
+    def stub(self) -> Any:
+        """The raw stub on this client's channel, for tests of a server's wire behaviour
+        (exact statuses, page tokens). Callers use the methods: they translate errors."""
+        return self._stub
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The client's channel (for raw calls, e.g. tests sending malformed bytes)."""
+        return self._channel
+
     async def close(self) -> None:
         await self._channel.close()
 
