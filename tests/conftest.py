@@ -12,4 +12,5 @@ if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
 
 pytest_plugins: list[str] = [
     "tests.fixtures.infra",
+    "tests.fixtures.torch_threads",
 ]

@@ -7,17 +7,10 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from esper.cli.main import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -35,12 +35,7 @@ IA3 = "BP-IA3@1.0.0"
 LORA = "BP-LORA-R8@1.0.0"  # 512 params: over this tiny host's seed budget
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp() -> nn.Module:

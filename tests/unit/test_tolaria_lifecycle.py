@@ -48,13 +48,7 @@ LIVE_OR_DONE = {S.SEED_STAGE_DORMANT, S.SEED_STAGE_EMBARGOED, S.SEED_STAGE_RESET
                 S.SEED_STAGE_CULLED}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and this machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedPolicy:

@@ -38,13 +38,7 @@ SCHEDULE = BlendSchedule(training_steps=4, blend_steps=4, shadow_steps=2, probat
                          learning_rate=0.02)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and this machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class GrowOne:

@@ -35,12 +35,7 @@ FOSSILIZE_AT = 20
 HOST_FLOPS_PER_EXAMPLE = 2 * (8 * 16 + 16 * 16 + 16 * 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _decision(i: str, step: int, rationale: str = "", **action) -> AdaptationDecision:
