@@ -25,6 +25,8 @@ from esper.leyline.v1 import (
     urza_pb2,
     urza_pb2_grpc,
 )
+from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import TezzeretClient, UrzaClient
 from esper.runtime.infra import free_port
 from esper.runtime.server import start_server
 from esper.tezzeret import service as tezzeret_service
@@ -61,7 +63,7 @@ class Forge:
     server: object
     tezzeret: tezzeret_pb2_grpc.TezzeretServiceStub
     urza: urza_pb2_grpc.UrzaServiceStub
-    channels: list
+    clients: list  # the clients the stubs came from, closed at the end
 
     async def restart_urza(self) -> None:
         self.urza_server = await start_server(urza_service.SPEC, self.urza_config)
@@ -101,14 +103,14 @@ async def forge(fresh_database, kafka_bootstrap, fresh_bucket):
         consumer_group=f"tezzeret-{fresh_database.rsplit('/', 1)[1]}",
         latency_samples=5, warmup_runs=1, job_lease_s=2.0, dependency_timeout_s=2.0)
     server = await start_server(tezzeret_service.SPEC, config)
-    t_channel = grpc.aio.insecure_channel(server.address)
-    u_channel = grpc.aio.insecure_channel(urza_server.address)
-    forge = Forge(urza_config, config, urza_server, server,
-                  tezzeret_pb2_grpc.TezzeretServiceStub(t_channel),
-                  urza_pb2_grpc.UrzaServiceStub(u_channel), [t_channel, u_channel])
+    # Raw stubs from the client layer: these tests check Tezzeret's exact statuses.
+    t_client = TezzeretClient(server.address, security=ChannelSecurity())
+    u_client = UrzaClient(urza_server.address, security=ChannelSecurity())
+    forge = Forge(urza_config, config, urza_server, server, t_client.stub, u_client.stub,
+                  [t_client, u_client])
     yield forge
-    for channel in forge.channels:
-        await channel.close()
+    for client in forge.clients:
+        await client.close()
     await forge.server.stop(0)
     await forge.urza_server.stop(0)
 
@@ -431,8 +433,8 @@ async def test_postgres_outage_answers_unavailable_then_recovers(forge):
     postgres.start()
     config = dataclasses.replace(forge.config, postgres_dsn=postgres.dsn(), port=free_port())
     server = await start_server(tezzeret_service.SPEC, config)
-    channel = grpc.aio.insecure_channel(server.address)
-    stub = tezzeret_pb2_grpc.TezzeretServiceStub(channel)
+    client = TezzeretClient(server.address, security=ChannelSecurity())
+    stub = client.stub
     try:
         spec = get_builtin("BP-CONV-SE")
         request = tezzeret_pb2.SubmitCompileRequest(blueprint_ref="BP-CONV-SE@1.0.0",
@@ -456,7 +458,7 @@ async def test_postgres_outage_answers_unavailable_then_recovers(forge):
                     await asyncio.sleep(0.2)
         assert (await asyncio.wait_for(recovered(), 30)).job_id == job.job_id
     finally:
-        await channel.close()
+        await client.close()
         await server.stop(0)
         postgres.stop()
         shutil.rmtree(state, ignore_errors=True)
