@@ -141,3 +141,35 @@ async def test_health_check_serving_and_unreachable(servers) -> None:
     assert await asyncio.to_thread(check_health, address, security=PLAIN) == "SERVING"
     nowhere = f"127.0.0.1:{free_port()}"
     assert await asyncio.to_thread(check_health, nowhere, security=PLAIN, timeout_s=1.0) == "UNREACHABLE"
+
+
+class BlockingUrza(urza_pb2_grpc.UrzaServiceServicer):
+    """DownloadKernel on a thread-pool server, so a caller may block any event loop."""
+
+    def DownloadKernel(self, request, context):
+        yield urza_pb2.DownloadKernelResponse(offset=0, data=DATA, total_size=len(DATA),
+                                              sha256=hashlib.sha256(DATA).hexdigest(), last=True)
+
+
+def test_kernel_fetcher_blocks_with_or_without_a_running_loop(monkeypatch) -> None:
+    """Tolaria's fetcher drives the async client from blocking code: a prefetch thread, or
+    the training thread of a notebook whose event loop is running (checkpoint resume)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from esper.tolaria.kernels import UrzaKernelFetcher
+
+    for name in ("ESPER_TLS", "ESPER_TOKEN", "ESPER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    server = grpc.server(ThreadPoolExecutor(2))
+    urza_pb2_grpc.add_UrzaServiceServicer_to_server(BlockingUrza(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        fetch = UrzaKernelFetcher(f"127.0.0.1:{port}", timeout_s=5.0)
+        assert fetch("k-1") == DATA
+
+        async def in_a_notebook() -> bytes:
+            return fetch("k-1")
+        assert asyncio.run(in_a_notebook()) == DATA
+    finally:
+        server.stop(0)

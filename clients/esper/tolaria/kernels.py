@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 
 import torch
 
@@ -139,7 +140,14 @@ class UrzaKernelFetcher:
         open_channel(address, security=self.security, aio=False).close()
 
     def __call__(self, kernel_id: str) -> bytes:
-        return asyncio.run(self._download(kernel_id))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._download(kernel_id))
+        # A loop already runs in this thread (a notebook resuming a checkpoint): download on
+        # a thread of its own rather than block that loop's asyncio.run.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esper-kernel-fetch") as pool:
+            return pool.submit(lambda: asyncio.run(self._download(kernel_id))).result()
 
     async def _download(self, kernel_id: str) -> bytes:
         from esper.rpc.clients import UrzaClient
