@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import grpc
 
@@ -77,7 +77,7 @@ class ServiceClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
