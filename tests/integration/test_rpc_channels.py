@@ -185,3 +185,29 @@ def test_security_from_the_environment(tmp_path: Path) -> None:
         tls=True, ca_file="/ca.pem", server_name="urza", token="from-file")
     assert ChannelSecurity.from_env({}) == ChannelSecurity()
     assert ChannelSecurity.from_env({"ESPER_TOKEN": "t", "ESPER_TOKEN_FILE": "/nope"}).token == "t"
+
+
+async def test_a_client_stream_fed_with_write_completes() -> None:
+    """A client-streaming call written message by message (no request iterator) through
+    the factory's interceptors (tracing, token) ends normally."""
+    async def count(request_iterator, context) -> bytes:
+        total = 0
+        async for chunk in request_iterator:
+            total += len(chunk)
+        return str(total).encode()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "esper.test.Count", {"Call": grpc.stream_unary_rpc_method_handler(count)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        for security in (ChannelSecurity(), ChannelSecurity(token="t")):
+            async with open_channel(f"127.0.0.1:{port}", security=security) as channel:
+                call = channel.stream_unary("/esper.test.Count/Call")(timeout=10)
+                for _ in range(3):
+                    await call.write(b"abc")
+                await call.done_writing()
+                assert await call == b"9"
+    finally:
+        await server.stop(0)

@@ -35,12 +35,18 @@ def configure_tracing(service: str, exporter: str, otlp_endpoint: str) -> None:
 
 
 def client_interceptors() -> Sequence[object]:
-    """Interceptors for grpc.aio channels so calls carry the current trace context."""
+    """Interceptors for grpc.aio channels so calls carry the current trace context, for
+    calls with a single request only: OpenTelemetry's interceptors for client-streaming
+    calls wait on a request iterator, so a call fed with `call.write()` (no iterator) hung
+    until its deadline. Client-streaming calls (Tamiyo's Session, Urza's UploadKernel)
+    therefore carry no trace context; their events carry their own through Kafka."""
     try:
+        import grpc
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
     except ImportError:
         return []
-    return aio_client_interceptors()
+    streaming = (grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor)
+    return [i for i in aio_client_interceptors() if not isinstance(i, streaming)]
 
 
 class _NoSpan:
