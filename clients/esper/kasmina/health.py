@@ -1,11 +1,19 @@
 """Per-layer health (Leyline LayerHealth) measured from the real tensors.
 
-Forward hooks add each activation's statistics into a small tensor on the activation's
-device, and `after_backward()` folds the layer's gradient norm in the same way: nothing
-leaves the device during a step. `step()` returns LayerHealth protos every `every`
-steps (the only sync), then starts a new window. Only training-mode forwards are observed
-(validation passes are not training health), and with `sample_every = k` only one training
-step in k, so the counts (NaN/Inf included) are those of the sampled steps.
+Forward hooks add each activation's statistics into small accumulators, and
+`after_backward()` folds the layer's gradient norm in the same way. `step()` returns
+LayerHealth protos every `every` steps, then starts a new window. Only training-mode
+forwards are observed (validation passes are not training health), and with
+`sample_every = k` only one training step in k, so the counts (NaN/Inf included) are those
+of the sampled steps. The hooks are installed only for the sampled steps: between them the
+monitored modules run with no hook at all.
+
+On an accelerator the accumulators are tensors on the activation's device, so nothing
+leaves the device during a step (the read at the end of a window is the only sync). On the
+CPU there is no device to stay on and a small step is dominated by the number of tensor
+operations, so the statistics of a finite activation (almost all of them) are read into
+Python floats with a few reductions (min/max, sum, sum of squares, non-zeros); an
+activation with NaN or Inf takes the masked path. Both add the same float64 values.
 """
 
 from __future__ import annotations
@@ -41,8 +49,13 @@ class _LayerStats:
         self.name = name
         self.module = module
         dtype = _acc_dtype(device)
+        # Device accumulators (accelerators, and CPU activations with NaN/Inf) ...
         self.act = torch.zeros(7, dtype=dtype, device=device)
         self.grad = torch.zeros(3, dtype=dtype, device=device)
+        self.on_device = False  # whether act/grad hold anything this window
+        # ... and host accumulators (CPU tensors: Python floats, i.e. float64 adds).
+        self.act_host = [0.0] * 7
+        self.grad_host = [0.0] * 3
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.prev = [p.detach().clone() for p in self.params]
 
@@ -61,25 +74,44 @@ class HealthMonitor:
         self.saturation = saturation
         self.sample_every = sample_every
         self.steps = 0
-        # Whether the current step is observed; eval-mode forwards (validation) never are.
-        self._sampling = True
+        self._closed = False
         self._layers = [_LayerStats(n, m, _device_of(m)) for n, m in layers.items()]
-        self._handles = [self._attach(s) for s in self._layers]
+        self._handles: list = []
+        # Whether the current step is observed; eval-mode forwards (validation) never are.
+        self._sampling = False
+        self._set_sampling(True)
 
     @classmethod
     def for_slots(cls, model, **kwargs) -> HealthMonitor:
         """Monitor the host module of every slot of a MorphableModel, keyed by slot id."""
         return cls({s.slot_id: s.host_module for s in model.slots.values()}, **kwargs)
 
+    def _set_sampling(self, sampling: bool) -> None:
+        """Install the hooks for a sampled step, remove them after it."""
+        if sampling == self._sampling:
+            return
+        self._sampling = sampling
+        if sampling and not self._closed:
+            self._handles = [self._attach(s) for s in self._layers]
+        elif not sampling:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+
     def _attach(self, stats: _LayerStats):
         def hook(module, args, output):
             if self._sampling and module.training:
                 self._observe(stats, primary_output(output))
 
-        return stats.module.register_forward_hook(hook)
+        # First among the module's hooks: health is the host module's own output, before
+        # a seed's hook adds to it (seed hooks come and go with the seed's stage).
+        return stats.module.register_forward_hook(hook, prepend=True)
 
     def _observe(self, stats: _LayerStats, x: torch.Tensor) -> None:
         x = x.detach()
+        if x.device.type == "cpu" and x.is_floating_point() and x.numel() \
+                and self._observe_host(stats, x):
+            return
         xf = x.to(stats.act.dtype)
         finite = torch.isfinite(xf)
         xz = torch.where(finite, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
@@ -87,34 +119,88 @@ class HealthMonitor:
             finite.sum(), xz.sum(), (xz * xz).sum(), (x == 0).sum(),
             (xz.abs() > self.saturation).sum(), torch.isnan(x).sum(), torch.isinf(x).sum(),
         ]).to(stats.act.dtype))
+        stats.on_device = True
+
+    def _observe_host(self, stats: _LayerStats, x: torch.Tensor) -> bool:
+        """The statistics of a finite CPU activation into the host accumulators; False
+        (nothing added) when it holds NaN or Inf (its min or max is then not finite).
+
+        Each tensor operation costs more than its arithmetic here (in a training loop the
+        per-call overhead is ~10 us, several times that of a hot micro-benchmark), so
+        this is five reductions of the activation as it is (no copy, no reshape), each
+        read at once (a CPU read is no sync): the extremes, the sum and the L2 norm in the activation's precision (float32
+        at least: a relative error of ~1e-7, far below what a window's mean and spread
+        need), and the exact count of non-zeros. Saturation is counted only when the
+        extremes say some value is beyond the threshold."""
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()  # half precision: exact in float32
+        lo, hi = (t.item() for t in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return False
+        numel = x.numel()
+        acc = stats.act_host
+        acc[_N] += numel
+        acc[_SUM] += x.sum().item()
+        acc[_SUMSQ] += torch.linalg.vector_norm(x).item() ** 2
+        acc[_ZERO] += numel - torch.count_nonzero(x).item()
+        if max(-lo, hi) > self.saturation:
+            acc[_SAT] += torch.count_nonzero(x.abs() > self.saturation).item()
+        return True
 
     def after_backward(self) -> None:
         """Fold this step's gradient norms in (call after backward, before zero_grad)."""
         if not self._sampling:
             return
+        host: list[tuple[_LayerStats, int]] = []
+        host_grads: list[torch.Tensor] = []
         for stats in self._layers:
             grads = [p.grad for p in stats.params if p.grad is not None]
             if not grads:
                 continue
+            if grads[0].device.type == "cpu":
+                host.append((stats, len(grads)))
+                host_grads.extend(grads)
+                continue
             norm = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads)).to(stats.grad.dtype))
             stats.grad.add_(torch.stack([norm, norm * norm, torch.ones_like(norm)]))
+            stats.on_device = True
+        if not host:
+            return
+        # CPU layers: every parameter's norm in one call, read once; the layer norm is the
+        # float64 norm of its parameters' norms.
+        values = [n.item() for n in torch._foreach_norm(host_grads)]
+        start = 0
+        for stats, count in host:
+            norm = math.sqrt(math.fsum(v * v for v in values[start:start + count]))
+            start += count
+            acc = stats.grad_host
+            acc[_GSUM] += norm
+            acc[_GSQ] += norm * norm
+            acc[_GN] += 1.0
 
     def step(self) -> list[LayerHealth] | None:
         """Count a step; every `every` steps return the window's LayerHealth list."""
         self.steps += 1
-        self._sampling = self.steps % self.sample_every == 0
+        self._set_sampling(self.steps % self.sample_every == 0)
         return self.read() if self.steps % self.every == 0 else None
 
     def read(self) -> list[LayerHealth]:
         """LayerHealth of the current window (one sync), then reset the window."""
         window = self.steps % self.every or self.every
-        out = [self._health(s, window) for s in self._layers]
-        return out
+        ratios = self._update_ratios(window)
+        return [self._health(s, window, r) for s, r in zip(self._layers, ratios)]
 
-    def _health(self, stats: _LayerStats, window: int) -> LayerHealth:
-        n, total, sq, zero, sat, nan, inf = stats.act.tolist()
-        gsum, gsq, gcount = stats.grad.tolist()
+    def _health(self, stats: _LayerStats, window: int, update_ratio: float) -> LayerHealth:
+        act, grad = stats.act_host, stats.grad_host
+        if stats.on_device:
+            act = [a + b for a, b in zip(act, stats.act.tolist())]
+            grad = [a + b for a, b in zip(grad, stats.grad.tolist())]
+            stats.act.zero_()
+            stats.grad.zero_()
+            stats.on_device = False
+        n, total, sq, zero, sat, nan, inf = act
+        gsum, gsq, gcount = grad
         mean = total / n if n else 0.0
         var = max(sq / n - mean * mean, 0.0) if n else 0.0
         gmean = gsum / gcount if gcount else 0.0
@@ -125,27 +211,45 @@ class HealthMonitor:
             dead_fraction=zero / numel if numel else 0.0,
             saturated_fraction=sat / numel if numel else 0.0,
             gradient_norm=gmean, gradient_variance=gvar,
-            update_ratio=self._update_ratio(stats, window), nan_count=int(nan),
+            update_ratio=update_ratio, nan_count=int(nan),
             inf_count=int(inf), window_steps=window,
         )
-        stats.act.zero_()
-        stats.grad.zero_()
+        stats.act_host = [0.0] * 7
+        stats.grad_host = [0.0] * 3
         return health
 
-    @staticmethod
-    def _update_ratio(stats: _LayerStats, window: int) -> float:
-        """Mean per-step ||dW|| / ||W|| over the window (from the window's start weights)."""
-        if not stats.params:
-            return 0.0
+    def _update_ratios(self, window: int) -> list[float]:
+        """Each layer's mean per-step ||dW|| / ||W|| over the window (from the window's
+        start weights), every layer's parameter norms taken in one call and read at once;
+        the start weights then become the current ones."""
+        now = [p.detach() for s in self._layers for p in s.params]
+        if not now:
+            return [0.0] * len(self._layers)
+        prev = [q for s in self._layers for q in s.prev]
         with torch.no_grad():
-            delta = torch.stack([torch.linalg.vector_norm(p.detach() - q)
-                                 for p, q in zip(stats.params, stats.prev)]).norm()
-            base = torch.stack([torch.linalg.vector_norm(q) for q in stats.prev]).norm()
-            ratio = float(delta / base.clamp_min(1e-12)) / max(window, 1)
-            stats.prev = [p.detach().clone() for p in stats.params]
-        return ratio
+            bases = torch._foreach_norm(prev)
+            torch._foreach_sub_(prev, now)  # prev becomes -dW in place (no allocation)
+            norms = [*torch._foreach_norm(prev), *bases]
+            torch._foreach_copy_(prev, now)
+            try:
+                values = torch.stack(norms).tolist()
+            except RuntimeError:  # parameters on several devices
+                values = [n.item() for n in norms]
+        deltas, bases = values[:len(now)], values[len(now):]
+        out, start = [], 0
+        for stats in self._layers:
+            end = start + len(stats.params)
+            if end == start:
+                out.append(0.0)
+                continue
+            delta = math.sqrt(math.fsum(v * v for v in deltas[start:end]))
+            base = math.sqrt(math.fsum(v * v for v in bases[start:end]))
+            out.append(delta / max(base, 1e-12) / max(window, 1))
+            start = end
+        return out
 
     def close(self) -> None:
+        self._closed = True
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -66,6 +66,8 @@ class MorphableModel(nn.Module):
         self.epoch = 0
         for site in sites:
             self.esper_slots[slot_key(site.node_id)] = SeedSlot(site.node_id, site, cfg, self)
+        # The slots as a plain list, for the per-step loop (no nn.Module attribute lookup).
+        self._slot_list = list(self.esper_slots.values())
         self._register_state_dict_hook(_strip_host_prefix)
         self._register_load_state_dict_pre_hook(_add_host_prefix)
 
@@ -106,9 +108,13 @@ class MorphableModel(nn.Module):
     # ---- training-loop calls ---------------------------------------------------------
     def seed_step(self) -> None:
         """Call once per training step after backward (before zero_grad). No host sync."""
-        self.global_step += 1
-        for slot in self.esper_slots.values():
-            slot.on_step()
+        # Straight into __dict__: nn.Module.__setattr__ is a slow path for a counter, and on
+        # a small step every microsecond of this call shows.
+        self.__dict__["global_step"] += 1
+        live = lifecycle.LIVE_STAGES
+        for slot in self._slot_list:
+            if slot.record.stage in live:  # a dormant slot has nothing to count
+                slot.on_step()
 
     def seed_epoch(self) -> None:
         self.epoch += 1

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 
 import torch
 
 from esper.leyline.v1.signals_pb2 import TrainingMetrics
 
 NAN = float("nan")
+# CPU steps whose predictions wait to be counted together, at most (then they are).
+_MAX_PENDING = 64
 # Relative improvement of the validation loss that resets the plateau counter: smaller
 # changes are epoch-to-epoch noise on small validation sets.
 PLATEAU_MIN_DELTA = 0.01
@@ -28,8 +31,13 @@ class MetricsWindow:
     """Train loss/accuracy and throughput since the last read, plus validation state."""
 
     def __init__(self) -> None:
+        # Window sums: a tensor on the loss's device, or a float (float32 roundings) for
+        # CPU losses; hits as a device tensor or an int, plus CPU (predictions, targets)
+        # not yet counted.
         self._loss: torch.Tensor | None = None
-        self._correct: torch.Tensor | None = None
+        self._loss_host: float | None = None
+        self._correct: torch.Tensor | int | None = None
+        self._predicted: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._steps = 0
         self._samples = 0
         self._labelled = 0
@@ -47,15 +55,65 @@ class MetricsWindow:
 
     def observe(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None) -> None:
-        """One step's loss (and, when given, logits and class targets for accuracy)."""
-        value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-        self._loss = value.clone() if self._loss is None else self._loss + value
+        """One step's loss (and, when given, logits and class targets for accuracy).
+
+        The window's sums are float32 for the loss and exact for the hits, as if each
+        step's tensors were added on their device. On an accelerator they are (no host
+        sync per step). On the CPU a read is no sync, and in a training loop each tensor
+        operation costs far more than its arithmetic (~10-30 us with cold caches), so the
+        loss is read at once and summed in Python with float32 roundings, and a step's
+        predictions and (copied) targets wait for the next read to be counted together."""
+        if isinstance(loss, torch.Tensor) and loss.device.type != "cpu":
+            value = loss.detach()
+            if value.dtype != torch.float32:
+                value = value.float()
+            if self._loss is None:
+                self._loss = value.clone()
+            else:
+                self._loss.add_(value)
+        else:
+            value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+            host = self._loss_host
+            self._loss_host = _round32(value if host is None else host + _round32(value))
         self._steps += 1
         if outputs is not None and targets is not None:
-            hits = (outputs.detach().argmax(dim=-1) == targets).sum()
-            self._correct = hits if self._correct is None else self._correct + hits
-            self._labelled += int(targets.shape[0])
-            self._samples += int(targets.shape[0])
+            # argmax is not differentiable: its result records no graph, no detach needed.
+            predicted = outputs.argmax(dim=-1)
+            if predicted.device.type == "cpu":
+                self._predicted.append((predicted, targets.clone()))
+                if len(self._predicted) >= _MAX_PENDING:
+                    self._count_predicted()
+            else:
+                hits = torch.count_nonzero(torch.eq(predicted, targets))
+                if isinstance(self._correct, torch.Tensor):
+                    self._correct.add_(hits)
+                else:
+                    self._correct = hits if self._correct is None else hits + self._correct
+            n = targets.shape[0]
+            self._labelled += n
+            self._samples += n
+
+    def _count_predicted(self) -> None:
+        """Fold the waiting CPU predictions into the hit count (a few operations for the
+        whole window)."""
+        if not self._predicted:
+            return
+        predicted, targets = zip(*self._predicted)
+        self._predicted = []
+        try:
+            hits = torch.count_nonzero(torch.eq(torch.cat(predicted), torch.cat(targets))).item()
+        except RuntimeError:  # shapes that do not concatenate (e.g. varying lengths)
+            hits = sum(torch.count_nonzero(torch.eq(p, t)).item()
+                       for p, t in zip(predicted, targets))
+        self._correct = hits if self._correct is None else hits + self._correct
+
+    def _window_loss(self) -> float:
+        """The float32 sum of the window's losses."""
+        if self._loss is None:
+            return self._loss_host
+        if self._loss_host is None:
+            return float(self._loss)
+        return _round32(float(self._loss) + self._loss_host)
 
     def add_samples(self, n: int) -> None:
         self._samples += n
@@ -70,13 +128,14 @@ class MetricsWindow:
             return
         now = time.perf_counter()
         elapsed = max(now - self._started, 1e-9)
-        self.last_train_loss = float(self._loss) / self._steps
+        self._count_predicted()
+        self.last_train_loss = self._window_loss() / self._steps
         self._smooth(self.last_train_loss, self._steps)
         if self._labelled:
             self.last_train_accuracy = float(self._correct) / self._labelled
         self.step_time_ms = 1000.0 * elapsed / self._steps
         self.samples_per_second = self._samples / elapsed
-        self._loss = self._correct = None
+        self._loss = self._loss_host = self._correct = None
         self._steps = self._samples = self._labelled = 0
         self._started = now
 
@@ -116,8 +175,9 @@ class MetricsWindow:
         the same window means as an uninterrupted one)."""
         state = {k: getattr(self, k) for k in _SAVED}
         state["smoothed_train_loss"] = self.smoothed_train_loss
+        self._count_predicted()
         state["window"] = {
-            "loss": float(self._loss) if self._loss is not None else None,
+            "loss": self._window_loss() if self._steps else None,
             "correct": int(self._correct) if self._correct is not None else None,
             "steps": self._steps, "samples": self._samples, "labelled": self._labelled,
         }
@@ -129,13 +189,21 @@ class MetricsWindow:
         # Checkpoints from before smoothing existed restart the average from the next window.
         self.smoothed_train_loss = state.get("smoothed_train_loss", NAN)
         w = state["window"]
-        self._loss = torch.tensor(w["loss"], dtype=torch.float32) if w["loss"] is not None else None
-        self._correct = torch.tensor(w["correct"]) if w["correct"] is not None else None
+        self._loss, self._predicted = None, []
+        self._loss_host = _round32(w["loss"]) if w["loss"] is not None else None
+        self._correct = int(w["correct"]) if w["correct"] is not None else None
         self._steps, self._samples, self._labelled = w["steps"], w["samples"], w["labelled"]
 
 
 _SAVED = ("last_train_loss", "last_train_accuracy", "val_loss", "val_accuracy", "best_val_loss",
           "plateau_epochs", "grad_norm")
+
+
+def _round32(x: float) -> float:
+    """x rounded to float32, as Tensor.float() rounds (inf beyond its range). The float32
+    sum of two float32 values is this rounding of their exact float64 sum, so sums taken
+    this way equal those of float32 tensors bit for bit."""
+    return array("f", (x,))[0]
 
 
 def _or_zero(x: float) -> float:
