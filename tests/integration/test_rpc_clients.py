@@ -13,7 +13,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from esper.leyline.v1 import blueprint_pb2, nissa_pb2, nissa_pb2_grpc, urza_pb2, urza_pb2_grpc
+from esper.leyline.v1 import (
+    blueprint_pb2,
+    nissa_pb2,
+    nissa_pb2_grpc,
+    telemetry_pb2,
+    tezzeret_pb2,
+    tezzeret_pb2_grpc,
+    urza_pb2,
+    urza_pb2_grpc,
+)
 from esper.rpc.channels import ChannelSecurity
 from esper.rpc.clients import NissaClient, UrzaClient
 from esper.rpc.errors import ServiceError
@@ -173,3 +182,59 @@ def test_kernel_fetcher_blocks_with_or_without_a_running_loop(monkeypatch) -> No
         assert asyncio.run(in_a_notebook()) == DATA
     finally:
         server.stop(0)
+
+
+class FakeTezzeret(tezzeret_pb2_grpc.TezzeretServiceServicer):
+    """Five jobs in pages of two; a submit that is watched through two more stages."""
+
+    def __init__(self) -> None:
+        self.jobs = [tezzeret_pb2.CompileJob(job_id=f"j-{i}", blueprint_ref="BP-IA3@1.0.0",
+                                             stage=telemetry_pb2.COMPILE_STAGE_QUEUED) for i in range(5)]
+
+    async def ListJobs(self, request, context):
+        start = int(request.page_token or 0)
+        end = min(start + min(request.page_size, 2), len(self.jobs))
+        return tezzeret_pb2.ListJobsResponse(jobs=self.jobs[start:end],
+                                             next_page_token=str(end) if end < len(self.jobs) else "")
+
+    async def SubmitCompile(self, request, context):
+        if request.blueprint_ref == "BP-NOPE@1.0.0":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "blueprint_ref: no blueprint BP-NOPE@1.0.0")
+        return tezzeret_pb2.SubmitCompileResponse(job=self.jobs[0])
+
+    async def WatchJob(self, request, context):
+        for stage in (telemetry_pb2.COMPILE_STAGE_BUILDING, telemetry_pb2.COMPILE_STAGE_REGISTERED):
+            yield tezzeret_pb2.WatchJobResponse(job=tezzeret_pb2.CompileJob(
+                job_id=request.job_id, blueprint_ref="BP-IA3@1.0.0", stage=stage))
+
+
+async def test_tezzeret_cli_pages_streams_and_keeps_its_exit_codes(capsys, monkeypatch) -> None:
+    """`esper tezzeret jobs|submit` over TezzeretClient: --limit across pages, --wait
+    following the job, a refusal a usage error (2), an unreachable Tezzeret 1."""
+    from esper.cli.main import main
+
+    for name in ("ESPER_TLS", "ESPER_TOKEN", "ESPER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    server = grpc.aio.server()
+    tezzeret_pb2_grpc.add_TezzeretServiceServicer_to_server(FakeTezzeret(), server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+
+    async def esper(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, ["tezzeret", *argv])  # synchronous, as in a shell
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    try:
+        code, out, _ = await esper("jobs", "--limit", "3", "--tezzeret", address)
+        assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["j-0", "j-1", "j-2"]
+        code, out, _ = await esper("jobs", "--tezzeret", address)
+        assert code == 0 and len(out.splitlines()) == 5
+        code, out, _ = await esper("submit", "BP-IA3@1.0.0", "--channels", "8", "--wait", "--tezzeret", address)
+        assert code == 0 and [line.split()[2] for line in out.splitlines()] == ["QUEUED", "BUILDING", "REGISTERED"]
+        code, _, err = await esper("submit", "BP-NOPE@1.0.0", "--channels", "8", "--tezzeret", address)
+        assert code == 2 and "NOT_FOUND: blueprint_ref: no blueprint BP-NOPE@1.0.0" in err
+    finally:
+        await server.stop(0)
+    code, _, err = await esper("jobs", "--tezzeret", f"127.0.0.1:{free_port()}", "--timeout", "2")
+    assert code == 1 and "unavailable" in err
