@@ -1,9 +1,24 @@
-"""Tolaria's cost on a training step: the built-in digits CNN trained by a plain loop vs the
-same loop with `esper.tolaria.attach(..., policy="none")` (seed slots, metrics, layer health,
-snapshots; no seeds germinate, so the model's compute is the same). Layer health is measured
-at two sampling periods. Trials are interleaved (ABAB…) and the median ratio is reported.
+"""Tolaria's cost on a small training step, at the defaults of the hook API: a plain loop
+vs the same loop with `esper.tolaria.attach(model, optimizer)` (local heuristic policy,
+a snapshot and a decision every 20 steps, layer health sampled as TolariaConfig says by
+default, seed slots after every eligible layer; all stay dormant, so the model computes
+the same).
 
-    python benchmarks/bench_tolaria_session.py [--trials 7] [--steps 40]
+Two models, their batches in memory (no loader in the timed loop, so the plain step is
+as small as it gets), one torch thread:
+- cnn: the built-in digits SmallCNN (8x8 images, batch 64, 4 slots);
+- mlp: a Fashion-MNIST MLP 784-256-128-10 (batch 128, 3 slots; the Debian package's
+  images when installed, random images of the same shape otherwise).
+
+Both arms start from the same weights and run `--warmup` steps untimed. Then their steps
+are interleaved one by one (AB BA AB ...: both see the same moments of a shared, noisy
+machine) and summed per window of `--window` steps (one snapshot period, so each window
+holds one safe point); each window gives a Tolaria/plain ratio, in wall time and in the
+thread's CPU time (which excludes time the thread waits for a core). The medians and
+quartiles over `--windows` windows are reported: ratios, not absolute times, are the
+result (absolute step times depend on how loaded the machine is).
+
+    python benchmarks/bench_tolaria_session.py [--windows 60] [--models cnn mlp]
 """
 
 from __future__ import annotations
@@ -15,66 +30,140 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import esper.tolaria
-from esper.tolaria.config import TolariaConfig
-from esper.tolaria.tasks import SmallCNN, load_task
+from esper.tolaria.config import DEFAULT_HEALTH_SAMPLE_EVERY, DEFAULT_SNAPSHOT_EVERY, TolariaConfig
+from esper.tolaria.tasks import DatasetMissing, SmallCNN, fashion_arrays, load_task
 
 RESULTS = Path(__file__).parent / "results" / "tolaria_session.json"
+MODELS = ("cnn", "mlp")
+# Distinct batches per model, used in turn.
+BATCHES = 200
 
 
-def _batches(steps: int):
+def _digits(steps: int):
     task = load_task("digits", batch_size=64, seed=0)
-    out = []
+    out: list = []
     while len(out) < steps:
         out.extend(task.train_loader)
-    return out[:steps], task.example_input
+    return out[:steps], "digits 8x8, batch 64"
 
 
-def _step_time(batches, example_input, sample_every: int | None) -> float:
+def _fashion(steps: int, batch: int = 128):
+    g = torch.Generator().manual_seed(0)
+    try:
+        x, y, _, _ = fashion_arrays()
+        x, y, data = torch.from_numpy(x), torch.from_numpy(y), "Fashion-MNIST"
+    except DatasetMissing:
+        x = torch.rand(steps * batch, 1, 28, 28, generator=g)
+        y = torch.randint(0, 10, (steps * batch,), generator=g)
+        data = "random 28x28 images (dataset-fashion-mnist not installed)"
+    order = torch.randperm(len(y), generator=g)
+    out = []
+    for i in range(steps):
+        idx = order[torch.arange(i * batch, (i + 1) * batch) % len(y)]
+        out.append((x[idx].clone(), y[idx].clone()))
+    return out, f"{data}, batch {batch}"
+
+
+def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = SmallCNN(side=8)
+    if name == "cnn":
+        return SmallCNN(side=8)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
+                         nn.ReLU(), nn.Linear(128, 10))
+
+
+def _arm(name: str, tolaria: bool):
+    """A fresh model and optimizer (the same initial weights for both arms) and its step."""
+    model = _build(name)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    session = None
-    if sample_every is not None:
-        config = TolariaConfig(progress=False, health_sample_every=sample_every)
-        session = esper.tolaria.attach(model, optimizer, policy="none", config=config,
-                                       example_input=example_input)
-    start = time.perf_counter()
-    for x, y in batches:
+    session = esper.tolaria.attach(model, optimizer, config=TolariaConfig(progress=False)) \
+        if tolaria else None
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         optimizer.zero_grad()
         out = model(x)
-        loss = torch.nn.functional.cross_entropy(out, y)
+        loss = nn.functional.cross_entropy(out, y)
         loss.backward()
         optimizer.step()
         if session is not None:
             session.step(loss, out, y)
-    elapsed = time.perf_counter() - start
-    if session is not None:
-        session.close()
-    return elapsed / len(batches)
+
+    return step, session
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [round(q[0], 4), round(q[2], 4)]
+
+
+def bench(name: str, windows: int, window: int, warmup: int) -> dict:
+    batches, data = (_digits if name == "cnn" else _fashion)(BATCHES)
+    plain, _ = _arm(name, False)
+    tolaria, session = _arm(name, True)
+    for i in range(warmup):
+        plain(*batches[i % len(batches)])
+        tolaria(*batches[i % len(batches)])
+    arms = (plain, tolaria)
+    wall = [[0.0] * windows, [0.0] * windows]
+    cpu = [[0.0] * windows, [0.0] * windows]
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    k = warmup
+    for w in range(windows):
+        for j in range(window):
+            x, y = batches[k % len(batches)]
+            k += 1
+            for a in ((0, 1) if (w * window + j) % 2 == 0 else (1, 0)):  # AB BA AB ...
+                t0, c0 = clock(), cpu_clock()
+                arms[a](x, y)
+                wall[a][w] += clock() - t0
+                cpu[a][w] += cpu_clock() - c0
+    ratios = [b / a for a, b in zip(*wall)]
+    cpu_ratios = [b / a for a, b in zip(*cpu)]
+    info = {"slots": len(session.model.slots), "snapshots": session.sequence,
+            "transitions": len(session.model.transitions),
+            "live_seeds": session.model.live_seed_count()}
+    session.close()
+    if info["transitions"] or info["live_seeds"]:
+        raise SystemExit(f"{name}: a seed germinated; the comparison needs dormant slots")
+    return {
+        "data": data, "windows": windows, "steps_per_window": window, "warmup_steps": warmup,
+        "session": info,
+        "plain_step_ms_median": round(statistics.median(wall[0]) / window * 1e3, 3),
+        "tolaria_step_ms_median": round(statistics.median(wall[1]) / window * 1e3, 3),
+        "ratio_median": round(statistics.median(ratios), 4),
+        "ratio_quartiles": _quartiles(ratios),
+        "cpu_ratio_median": round(statistics.median(cpu_ratios), 4),
+        "cpu_ratio_quartiles": _quartiles(cpu_ratios),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--windows", type=int, default=60,
+                        help="measured windows of --window steps per model")
+    parser.add_argument("--window", type=int, default=DEFAULT_SNAPSHOT_EVERY,
+                        help="steps per window (default: one snapshot period)")
+    parser.add_argument("--warmup", type=int, default=2 * DEFAULT_SNAPSHOT_EVERY)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args()
+    if args.windows < 2 or args.window <= 0 or args.warmup < 0:
+        parser.error("--windows must be >= 2, --window > 0 and --warmup >= 0")
     torch.set_num_threads(1)
-    batches, example_input = _batches(args.steps)
-    arms = {"plain": None, "tolaria_health_every_step": 1, "tolaria_health_sampled_1_in_4": 4}
-    times = {name: [] for name in arms}
-    _step_time(batches, example_input, None)  # warm-up
-    for _ in range(args.trials):
-        for name, sample in arms.items():
-            times[name].append(_step_time(batches, example_input, sample))
-    plain = statistics.median(times["plain"])
     result = {
-        "steps_per_trial": args.steps, "trials": args.trials,
-        "median_step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
-        "ratio_vs_plain": {k: statistics.median(v) / plain for k, v in times.items() if k != "plain"},
+        "settings": {"policy": "local", "snapshot_every": DEFAULT_SNAPSHOT_EVERY,
+                     "health_sample_every": DEFAULT_HEALTH_SAMPLE_EVERY, "torch_threads": 1,
+                     "order": "plain and Tolaria steps interleaved, AB BA AB ..."},
+        "models": {name: bench(name, args.windows, args.window, args.warmup)
+                   for name in args.models},
     }
     print(json.dumps(result, indent=2))
+    for name, r in result["models"].items():
+        print(f"{name}: Tolaria/plain {r['ratio_median']:.3f}x wall "
+              f"(quartiles {r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][1]:.3f}), "
+              f"{r['cpu_ratio_median']:.3f}x CPU, on a {r['plain_step_ms_median']:.2f} ms step")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
