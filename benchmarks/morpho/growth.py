@@ -20,7 +20,7 @@ from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, Germinat
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import SessionOpen
-from esper.tamiyo.policies.heuristic import blend_schedule
+from esper.policy.heuristic import blend_schedule
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
 # The heuristic at Esper's local defaults, except that it never sees a plateau.

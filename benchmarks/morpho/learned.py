@@ -14,9 +14,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from esper.tamiyo.policies.context import PolicyContext
+from esper.policy.context import PolicyContext
+from esper.policy.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.gnn import GnnPolicy
-from esper.tamiyo.policies.heuristic import HeuristicPolicy
 from esper.tamiyo.simic.dataset import load_dataset
 from esper.tamiyo.simic.episodes import EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import FALLBACK_MARK
