@@ -100,9 +100,14 @@ class MetricsWindow:
             return
         predicted, targets = zip(*self._predicted)
         self._predicted = []
-        try:
-            hits = torch.count_nonzero(torch.eq(torch.cat(predicted), torch.cat(targets))).item()
-        except RuntimeError:  # shapes that do not concatenate (e.g. varying lengths)
+        hits = None
+        if all(p.shape == t.shape for p, t in zip(predicted, targets)):
+            try:
+                hits = torch.count_nonzero(
+                    torch.eq(torch.cat(predicted), torch.cat(targets))).item()
+            except RuntimeError:  # shapes that do not concatenate (e.g. varying lengths)
+                pass
+        if hits is None:  # step by step, broadcasting as each step's comparison would
             hits = sum(torch.count_nonzero(torch.eq(p, t)).item()
                        for p, t in zip(predicted, targets))
         self._correct = hits if self._correct is None else hits + self._correct
