@@ -180,7 +180,53 @@ def test_kernel_fetcher_blocks_with_or_without_a_running_loop(monkeypatch) -> No
         async def in_a_notebook() -> bytes:
             return fetch("k-1")
         assert asyncio.run(in_a_notebook()) == DATA
+        # Many fetches from many threads share the fetcher's one loop and client.
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(lambda _: fetch("k-1"), range(8))) == [DATA] * 8
+        fetch.close()
+        assert fetch("k-1") == DATA  # a fetch after close starts them again
+        fetch.close()
     finally:
+        server.stop(0)
+
+
+def test_kernel_fetches_beside_another_loop_leave_no_closed_loop_errors(caplog) -> None:
+    """A training process runs other asyncio loops (the Tamiyo session's thread): fetches
+    must not leave gRPC delivering events to a loop they closed ("Event loop is closed")."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from esper.tolaria.kernels import UrzaKernelFetcher
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    urza_pb2_grpc.add_UrzaServiceServicer_to_server(BlockingUrza(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    other = asyncio.new_event_loop()
+    threading.Thread(target=other.run_forever, daemon=True).start()
+    try:
+        async def health_calls() -> None:
+            from esper.rpc.clients import UrzaClient
+
+            async with UrzaClient(f"127.0.0.1:{port}", timeout_s=5.0) as urza:
+                for _ in range(20):
+                    await urza.download_kernel("k-1")
+                    await asyncio.sleep(0.01)
+
+        busy = asyncio.run_coroutine_threadsafe(health_calls(), other)
+        fetch = UrzaKernelFetcher(f"127.0.0.1:{port}", timeout_s=5.0)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            with ThreadPoolExecutor(2) as pool:
+                for _ in range(10):
+                    assert pool.submit(fetch, "k-1").result() == DATA
+            busy.result(30)
+            time.sleep(0.2)
+        fetch.close()
+        assert not [r for r in caplog.records if "Event loop is closed" in r.getMessage()
+                    or (r.exc_info and "Event loop is closed" in str(r.exc_info[1]))]
+    finally:
+        other.call_soon_threadsafe(other.stop)
         server.stop(0)
 
 

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import threading
 
 import torch
 
@@ -124,10 +123,11 @@ def _flops(spec: bp.BlueprintSpec, channels: int) -> int:
 
 class UrzaKernelFetcher:
     """`fetch(kernel_id) -> bytes` with UrzaClient.download_kernel (blocking; the
-    KernelCache runs it in its prefetch threads, never on the training thread). Each fetch
-    runs the async client on its own short event loop in the calling thread: downloads are
-    rare (one per germination) and the threads share no loop. A failed call raises
-    `esper.rpc.errors.ServiceError`; bytes that do not match Urza's digest, ValueError."""
+    KernelCache runs it in its prefetch threads, never on the training thread). The client
+    lives on one event loop of its own thread (esper.rpc.loop.LoopThread), made at the
+    first fetch and reused by every later one, whichever thread calls. A failed call
+    raises `esper.rpc.errors.ServiceError`; bytes that do not match Urza's digest,
+    ValueError."""
 
     def __init__(self, address: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> None:
         from esper.rpc.channels import ChannelSecurity, open_channel
@@ -138,22 +138,32 @@ class UrzaKernelFetcher:
         # Refuse a bad address or settings here, not at the first germination (a channel
         # connects lazily: this one never does).
         open_channel(address, security=self.security, aio=False).close()
+        self._lock = threading.Lock()
+        self._loop = None  # LoopThread, made at the first fetch
+        self._urza = None  # UrzaClient, made on that loop
 
     def __call__(self, kernel_id: str) -> bytes:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._download(kernel_id))
-        # A loop already runs in this thread (a notebook resuming a checkpoint): download on
-        # a thread of its own rather than block that loop's asyncio.run.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esper-kernel-fetch") as pool:
-            return pool.submit(lambda: asyncio.run(self._download(kernel_id))).result()
+        return self._loop_thread().run(self._download(kernel_id))
+
+    def _loop_thread(self):
+        from esper.rpc.loop import LoopThread
+
+        with self._lock:
+            if self._loop is None:
+                self._loop = LoopThread("esper-kernel-fetch")
+            return self._loop
 
     async def _download(self, kernel_id: str) -> bytes:
         from esper.rpc.clients import UrzaClient
 
-        async with UrzaClient(self.address, security=self.security, timeout_s=self.timeout_s) as urza:
-            return await urza.download_kernel(kernel_id, chunk_bytes=DOWNLOAD_CHUNK_BYTES)
+        if self._urza is None:  # only ever touched on the fetch loop's thread
+            self._urza = UrzaClient(self.address, security=self.security,
+                                    timeout_s=self.timeout_s)
+        return await self._urza.download_kernel(kernel_id, chunk_bytes=DOWNLOAD_CHUNK_BYTES)
 
     def close(self) -> None:
-        """Nothing held between fetches (kept for callers that close their fetcher)."""
+        """Close the client and stop its loop (a later fetch starts them again)."""
+        with self._lock:
+            loop, urza, self._loop, self._urza = self._loop, self._urza, None, None
+        if loop is not None:
+            loop.close(urza.close() if urza is not None else None)
