@@ -32,7 +32,7 @@ def plot_run(summary: nissa_pb2.GetRunSummaryResponse, output: Path,
     params_ax.plot(epochs, [p.total_params for p in summary.epochs], marker="o",
                    label=f"{run_id} total")
     params_ax.plot(epochs, [p.seed_params for p in summary.epochs], linestyle=":",
-                   label=f"{run_id} in live seeds")
+                   label=f"{run_id} in seeds (not merged into the host)")
     if baseline is not None:
         other = [p.epoch for p in baseline.epochs]
         acc_ax.plot(other, [100 * p.val_accuracy for p in baseline.epochs], marker="s",
