@@ -16,7 +16,7 @@ class InvalidSubmission(errors.InvalidArgument, TezzeretError):
 
 
 class DependencyUnavailable(errors.Unavailable, TezzeretError):
-    """PostgreSQL, Urza, the broker or the object store cannot be reached right now."""
+    """PostgreSQL, Urza or the broker cannot be reached right now."""
 
 
 class ValidationFailed(TezzeretError):
