@@ -47,6 +47,9 @@ LIVE_STAGES: frozenset[int] = frozenset(
     }
 )
 
+# Stages that end a seed's life in its slot (a field report is written for each).
+FINAL_STAGES: frozenset[int] = frozenset({S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED})
+
 # Stages whose output reaches the model's forward value (alpha > 0 or merged).
 BLENDED_STAGES: frozenset[int] = frozenset(
     {S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY}

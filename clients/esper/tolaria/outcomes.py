@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from esper.leyline.lifecycle import FINAL_STAGES
 from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.telemetry_pb2 import FieldReport, SeedTransition
 
 S = SeedStage
-FINAL_STAGES = (S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED)
 
 
 @dataclass

@@ -7,18 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from esper.leyline.v1 import lifecycle_pb2, nissa_pb2, telemetry_pb2
-
-S = lifecycle_pb2.SeedStage
-# Stages that end a seed's life in its slot.
-FINAL_STAGES = (S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED)
-
-
-def stage_name(value: int) -> str:
-    try:
-        return S.Name(value).removeprefix("SEED_STAGE_")
-    except ValueError:
-        return str(value)
+from esper.leyline.lifecycle import FINAL_STAGES, stage_name
+from esper.leyline.v1 import nissa_pb2, telemetry_pb2
 
 
 @dataclass

@@ -20,6 +20,7 @@ import grpc
 
 from esper.cli import addresses, run_views
 from esper.cli.errors import UsageError
+from esper.leyline.lifecycle import stage_name
 from esper.leyline.v1 import control_pb2, nissa_pb2
 from esper.rpc.clients import NissaClient
 from esper.rpc.errors import ServiceError
@@ -99,7 +100,6 @@ def _summaries(args: argparse.Namespace, *run_ids: str) -> list[nissa_pb2.GetRun
     return _call(args, work)
 
 
-_stage = run_views.stage_name
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -152,7 +152,7 @@ def run_show(args: argparse.Namespace) -> int:
         for t in s.seed_timeline:
             print(
                 f"  step {t.step:>8}  {t.seed_id or '?'} @ {t.slot_id or '?'}: "
-                f"{_stage(t.from_stage)} -> {_stage(t.to_stage)}  ({t.reason or 'no reason'})"
+                f"{stage_name(t.from_stage)} -> {stage_name(t.to_stage)}  ({t.reason or 'no reason'})"
                 f"{'  ' + t.blueprint_ref if t.blueprint_ref else ''}"
             )
     print("\ndecisions:")
@@ -170,7 +170,7 @@ def run_show(args: argparse.Namespace) -> int:
     print("\nfield reports:")
     for f in s.field_reports:
         print(
-            f"  {f.seed_id} {f.blueprint_ref}: {_stage(f.final_stage)}, val acc "
+            f"  {f.seed_id} {f.blueprint_ref}: {stage_name(f.final_stage)}, val acc "
             f"{f.val_accuracy_before:.4f} -> {f.val_accuracy_after:.4f}, "
             f"+{f.params_added} params"
         )

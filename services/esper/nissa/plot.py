@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from esper.leyline.lifecycle import stage_name
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2
 
 # Colours of the seed events drawn on the curves.
@@ -62,7 +63,7 @@ def _mark_seed_events(summary: nissa_pb2.GetRunSummaryResponse, axes) -> None:
             continue
         label = None
         if t.to_stage not in marked:
-            label = lifecycle_pb2.SeedStage.Name(t.to_stage).removeprefix("SEED_STAGE_").lower()
+            label = stage_name(t.to_stage).lower()
             marked.add(t.to_stage)
         for ax in axes:
             ax.axvline(to_epoch(t.step), color=colour, linestyle="--", alpha=0.6,
