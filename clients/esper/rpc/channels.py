@@ -29,8 +29,8 @@ import grpc
 from esper.rpc.metadata import TokenInterceptor, aio_token_interceptors
 from esper.rpc.tracing import client_interceptors
 
-# The servers' message limit (esper.runtime.server uses the same number): a kernel travels
-# in chunks, every other message is far smaller.
+# The message limit of every Esper channel and server (esper.runtime.server uses this
+# one): a kernel travels in chunks, every other message is far smaller.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Keepalive ping period: gRPC servers refuse pings more frequent than every 5 minutes by
 # default (GOAWAY "too_many_pings"), so this is the shortest period safe against any server.

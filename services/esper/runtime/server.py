@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from esper.rpc.channels import MAX_MESSAGE_BYTES
 from esper.rpc.tracing import configure_tracing
 from esper.runtime.config import ServerConfig
 from esper.runtime.logs import configure_logging
@@ -29,9 +30,9 @@ log = logging.getLogger("esper.runtime.server")
 
 Closer = Callable[[], Awaitable[None]]
 
-# gRPC message size limit: kernel chunks are <= 4 MiB, snapshots far smaller; anything
-# bigger is hostile and refused by gRPC itself with RESOURCE_EXHAUSTED.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The gRPC message size limit is the client layer's (esper.rpc.channels): kernel chunks
+# are <= 4 MiB, snapshots far smaller; anything bigger is hostile and refused by gRPC
+# itself with RESOURCE_EXHAUSTED.
 
 
 class StartupError(RuntimeError):
