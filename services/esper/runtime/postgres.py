@@ -34,6 +34,23 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
 )
 
+# A `password=...` parameter in a DSN's query string (libpq and asyncpg accept one there).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")
+# What stands in for a redacted password.
+REDACTED = "***"
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN as it may appear in logs and error messages: without its password, whether
+    it sits in the userinfo (`postgresql://user:secret@host/db`) or in the query string
+    (`...?password=secret`)."""
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":" + REDACTED
+    return _QUERY_PASSWORD.sub(rf"\g<1>{REDACTED}", f"{scheme}{sep}{userinfo}{at}{host}")
+
+
 # Migration files are `NNNN_name.sql`: a four-digit version, then a lower_snake name.
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

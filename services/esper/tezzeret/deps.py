@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from esper.oona import OonaProducer, ensure_topics
+from esper.runtime.postgres import redact_dsn
 from esper.runtime.server import StartupError
 from esper.tezzeret.config import TezzeretConfig
 from esper.tezzeret.errors import DB_CONNECTION_ERRORS
@@ -73,7 +74,8 @@ async def _connect_postgres(config: TezzeretConfig) -> asyncpg.Pool:
             await apply_migrations(conn)
         return pool
     except (*DB_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-        raise StartupError(f"postgres_dsn: cannot reach PostgreSQL at {config.postgres_dsn}: "
+        raise StartupError(f"postgres_dsn: cannot reach PostgreSQL at "
+                           f"{redact_dsn(config.postgres_dsn)}: "
                            f"{type(exc).__name__}: {exc}") from None
 
 

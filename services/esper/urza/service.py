@@ -13,6 +13,7 @@ import grpc
 from esper.leyline.v1 import urza_pb2_grpc
 from esper.oona import OonaProducer
 from esper.runtime.config import ConfigError, ServerConfig
+from esper.runtime.postgres import redact_dsn
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 from esper.runtime.settings import KafkaSettings, ObjectStoreSettings, PostgresSettings
 from esper.urza import db as dbmod
@@ -55,7 +56,7 @@ class UrzaConfig(PostgresSettings, KafkaSettings, ObjectStoreSettings, ServerCon
 
 async def connect_database(config: UrzaConfig) -> dbmod.Database:
     """Pool + migrations; StartupError naming postgres_dsn when unreachable."""
-    where = _redact(config.postgres_dsn)
+    where = redact_dsn(config.postgres_dsn)
     try:
         pool = await asyncio.wait_for(
             dbmod.create_pool(config.postgres_dsn, config.postgres_connect_timeout, config.db_timeout),
@@ -132,15 +133,6 @@ async def _close_all(closers: list) -> None:
             await closer()
         except Exception:
             log.exception("error while closing")
-
-
-def _redact(dsn: str) -> str:
-    """The DSN without a password."""
-    scheme, sep, rest = dsn.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{userinfo}{at}{host}"
 
 
 SPEC = ServiceSpec(
