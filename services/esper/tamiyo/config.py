@@ -82,5 +82,10 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             raise ConfigError("gnn_artifact_sha256: must be 64 hex digits")
 
     @property
+    def idle_timeout_seconds(self) -> int:
+        """A session with no client message for this long is closed (told in SessionAccept)."""
+        return self.heartbeat_seconds * self.idle_heartbeats
+
+    @property
     def resolved_policy_dir(self) -> str:
         return self.policy_dir or f"{self.state_dir}/policies"

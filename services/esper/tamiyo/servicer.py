@@ -84,7 +84,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
     async def _read(
         self, protocol: SessionProtocol, request_iterator, out: asyncio.Queue, superseded: asyncio.Event
     ) -> None:
-        idle = self.shared.config.heartbeat_seconds * self.shared.config.idle_heartbeats
+        idle = self.shared.config.idle_timeout_seconds
         iterator = aiter(request_iterator)
         while True:
             try:

@@ -23,6 +23,7 @@ from esper.leyline.v1.tamiyo_pb2 import (
     SessionRequest,
     SessionResponse,
     SessionWarning,
+    SessionWarningCode,
 )
 from esper.leyline.version import compatibility_error, contract_version
 from esper.runtime.errors import StatusError
@@ -64,9 +65,22 @@ class SessionContext:
         return Limits(self.config.max_graph_nodes, self.config.max_slots)
 
 
+_WARNING_CODE_PREFIX = "SESSION_WARNING_CODE_"
+
+
+def warning_code(code: str) -> int:
+    """The SessionWarningCode of a warning's text code ("non_finite" -> ..._NON_FINITE);
+    UNSPECIFIED for a code the contract has no value for yet (its text still travels)."""
+    try:
+        return SessionWarningCode.Value(_WARNING_CODE_PREFIX + code.upper())
+    except ValueError:
+        log.error("session warning code %r has no SessionWarningCode value: add one to tamiyo.proto", code)
+        return SessionWarningCode.SESSION_WARNING_CODE_UNSPECIFIED
+
+
 def _warning(code: str, detail: str) -> SessionResponse:
     WARNINGS.labels(code=code).inc()
-    return SessionResponse(warning=SessionWarning(code=code, detail=detail))
+    return SessionResponse(warning=SessionWarning(code=code, detail=detail, warning_code=warning_code(code)))
 
 
 class SessionProtocol:
@@ -126,7 +140,7 @@ class SessionProtocol:
         return SessionResponse(accept=SessionAccept(
             run_id=run.run_id, session_id=self.session_id, contract_version=contract_version(),
             snapshot_every_steps=c.snapshot_every_steps, heartbeat_seconds=c.heartbeat_seconds,
-            policy_version=policy_version, resumed=resumed))
+            idle_timeout_seconds=c.idle_timeout_seconds, policy_version=policy_version, resumed=resumed))
 
     # -- stream ---------------------------------------------------------------------------
 

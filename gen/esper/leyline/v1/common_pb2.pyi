@@ -17,6 +17,43 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ContractVersion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContractVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContractVersion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRACT_VERSION_UNSPECIFIED: _ContractVersion.ValueType  # 0
+    """Not a version; a SessionOpen without contract_version reads as 0.0.0 and is refused."""
+    CONTRACT_VERSION_1_0_0: _ContractVersion.ValueType  # 10000
+    """1.0.0: the first release."""
+    CONTRACT_VERSION_1_1_0: _ContractVersion.ValueType  # 10100
+    """1.1.0: additions only, each marked in its file: this enum, SessionWarningCode
+    (SessionWarning.warning_code), SessionAccept.idle_timeout_seconds, and the whole Session
+    protocol written down in tamiyo.proto.
+    """
+
+class ContractVersion(_ContractVersion, metaclass=_ContractVersionEnumTypeWrapper):
+    """The Leyline contract versions, one value per released version, so that every language
+    reads the version to send from the generated code instead of copying numbers. The number
+    of a value is major * 10000 + minor * 100 + patch (minor and patch stay below 100); the
+    highest value is the version this file set defines. A client sends it, decoded into a
+    SemanticVersion, as SessionOpen.contract_version: the server accepts any minor of its own
+    major version (minors only add fields and enum values that a peer may ignore) and refuses
+    another major with FAILED_PRECONDITION.
+    """
+
+CONTRACT_VERSION_UNSPECIFIED: ContractVersion.ValueType  # 0
+"""Not a version; a SessionOpen without contract_version reads as 0.0.0 and is refused."""
+CONTRACT_VERSION_1_0_0: ContractVersion.ValueType  # 10000
+"""1.0.0: the first release."""
+CONTRACT_VERSION_1_1_0: ContractVersion.ValueType  # 10100
+"""1.1.0: additions only, each marked in its file: this enum, SessionWarningCode
+(SessionWarning.warning_code), SessionAccept.idle_timeout_seconds, and the whole Session
+protocol written down in tamiyo.proto.
+"""
+Global___ContractVersion: _TypeAlias = ContractVersion  # noqa: Y015
+
 class _Dtype:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

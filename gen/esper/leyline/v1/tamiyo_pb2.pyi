@@ -12,6 +12,7 @@ from esper.leyline.v1 import telemetry_pb2 as _telemetry_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,74 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SessionWarningCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionWarningCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionWarningCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_WARNING_CODE_UNSPECIFIED: _SessionWarningCode.ValueType  # 0
+    """A code newer than the reader's contract: read SessionWarning.code."""
+    SESSION_WARNING_CODE_OUT_OF_ORDER_SNAPSHOT: _SessionWarningCode.ValueType  # 1
+    """A snapshot's step is before the last one, or its sequence is not after the last one."""
+    SESSION_WARNING_CODE_REPEATED_SNAPSHOT: _SessionWarningCode.ValueType  # 2
+    """A snapshot at the last step that is not its one epoch-end repeat."""
+    SESSION_WARNING_CODE_UNKNOWN_SLOT: _SessionWarningCode.ValueType  # 3
+    """A snapshot names seed slots that are not in the open's graph (the rest is kept)."""
+    SESSION_WARNING_CODE_NON_FINITE: _SessionWarningCode.ValueType  # 4
+    """A metric or layer-health value is infinite, or NaN where NaN is not allowed."""
+    SESSION_WARNING_CODE_WRONG_RUN: _SessionWarningCode.ValueType  # 5
+    """A message's non-empty run_id is not the session's run."""
+    SESSION_WARNING_CODE_OVERSIZED: _SessionWarningCode.ValueType  # 6
+    """A snapshot has more layers or seeds than the server's limits."""
+    SESSION_WARNING_CODE_UNKNOWN_DECISION: _SessionWarningCode.ValueType  # 7
+    """An ack names a decision never issued for this run."""
+    SESSION_WARNING_CODE_DUPLICATE_ACK: _SessionWarningCode.ValueType  # 8
+    """A second ack of a decision."""
+    SESSION_WARNING_CODE_INVALID_ACK: _SessionWarningCode.ValueType  # 9
+    """An ack whose status is UNSPECIFIED."""
+    SESSION_WARNING_CODE_REPEATED_OPEN: _SessionWarningCode.ValueType  # 10
+    """An open after the first message."""
+    SESSION_WARNING_CODE_EMPTY_MESSAGE: _SessionWarningCode.ValueType  # 11
+    """A message with no field of its oneof set."""
+    SESSION_WARNING_CODE_STEP_JUMP: _SessionWarningCode.ValueType  # 12
+    """A snapshot's step or sequence is absurd or implausibly far past the last one."""
+    SESSION_WARNING_CODE_QUOTA_EXCEEDED: _SessionWarningCode.ValueType  # 13
+    """The caller's quota (e.g. field reports per minute) is spent."""
+
+class SessionWarningCode(_SessionWarningCode, metaclass=_SessionWarningCodeEnumTypeWrapper):
+    """Why a client message of a running Session was dropped."""
+
+SESSION_WARNING_CODE_UNSPECIFIED: SessionWarningCode.ValueType  # 0
+"""A code newer than the reader's contract: read SessionWarning.code."""
+SESSION_WARNING_CODE_OUT_OF_ORDER_SNAPSHOT: SessionWarningCode.ValueType  # 1
+"""A snapshot's step is before the last one, or its sequence is not after the last one."""
+SESSION_WARNING_CODE_REPEATED_SNAPSHOT: SessionWarningCode.ValueType  # 2
+"""A snapshot at the last step that is not its one epoch-end repeat."""
+SESSION_WARNING_CODE_UNKNOWN_SLOT: SessionWarningCode.ValueType  # 3
+"""A snapshot names seed slots that are not in the open's graph (the rest is kept)."""
+SESSION_WARNING_CODE_NON_FINITE: SessionWarningCode.ValueType  # 4
+"""A metric or layer-health value is infinite, or NaN where NaN is not allowed."""
+SESSION_WARNING_CODE_WRONG_RUN: SessionWarningCode.ValueType  # 5
+"""A message's non-empty run_id is not the session's run."""
+SESSION_WARNING_CODE_OVERSIZED: SessionWarningCode.ValueType  # 6
+"""A snapshot has more layers or seeds than the server's limits."""
+SESSION_WARNING_CODE_UNKNOWN_DECISION: SessionWarningCode.ValueType  # 7
+"""An ack names a decision never issued for this run."""
+SESSION_WARNING_CODE_DUPLICATE_ACK: SessionWarningCode.ValueType  # 8
+"""A second ack of a decision."""
+SESSION_WARNING_CODE_INVALID_ACK: SessionWarningCode.ValueType  # 9
+"""An ack whose status is UNSPECIFIED."""
+SESSION_WARNING_CODE_REPEATED_OPEN: SessionWarningCode.ValueType  # 10
+"""An open after the first message."""
+SESSION_WARNING_CODE_EMPTY_MESSAGE: SessionWarningCode.ValueType  # 11
+"""A message with no field of its oneof set."""
+SESSION_WARNING_CODE_STEP_JUMP: SessionWarningCode.ValueType  # 12
+"""A snapshot's step or sequence is absurd or implausibly far past the last one."""
+SESSION_WARNING_CODE_QUOTA_EXCEEDED: SessionWarningCode.ValueType  # 13
+"""The caller's quota (e.g. field reports per minute) is spent."""
+Global___SessionWarningCode: _TypeAlias = SessionWarningCode  # noqa: Y015
 
 @_typing.final
 class Capabilities(_message.Message):
@@ -114,7 +183,9 @@ class SessionOpen(_message.Message):
     SEEDS_FIELD_NUMBER: _builtins.int
     ACKED_DECISION_IDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run id; re-using an id resumes that run."""
+    """Run id, required (the rule of esper.leyline.ids); re-using an id resumes that run and
+    supersedes a live stream of it.
+    """
     client_version: _builtins.str
     """Client software version, e.g. "esper-tolaria 0.1.0"."""
     policy: _builtins.str
@@ -123,7 +194,9 @@ class SessionOpen(_message.Message):
     """On resume: the last decision id the client applied (empty when none)."""
     @_builtins.property
     def contract_version(self) -> _common_pb2.SemanticVersion:
-        """Leyline contract version the client speaks."""
+        """Leyline contract version the client speaks: the highest ContractVersion value, decoded
+        (major = n / 10000, minor = n / 100 % 100, patch = n % 100). Another major is refused.
+        """
 
     @_builtins.property
     def graph(self) -> _signals_pb2.ModelGraph:
@@ -180,6 +253,7 @@ class SessionAccept(_message.Message):
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run id."""
     session_id: _builtins.str
@@ -187,11 +261,19 @@ class SessionAccept(_message.Message):
     snapshot_every_steps: _builtins.int
     """Send a snapshot every this many steps."""
     heartbeat_seconds: _builtins.int
-    """Send a heartbeat at least this often (seconds)."""
+    """Send a message (a heartbeat when there is nothing else) at least this often
+    (seconds); the server sends its heartbeats at this period too.
+    """
     policy_version: _builtins.str
     """Policy name and version in use."""
     resumed: _builtins.bool
-    """True when an existing run was resumed."""
+    """True when the server still held the run and resumed it (false on a first open and
+    after the server forgot the run; the client's seeds and acked ids are adopted either way).
+    """
+    idle_timeout_seconds: _builtins.int
+    """The server ends the stream with DEADLINE_EXCEEDED after this many seconds without a
+    client message (0 from servers older than contract 1.1: heartbeat_seconds * 3).
+    """
     @_builtins.property
     def contract_version(self) -> _common_pb2.SemanticVersion:
         """Contract version the server speaks."""
@@ -206,10 +288,11 @@ class SessionAccept(_message.Message):
         heartbeat_seconds: _builtins.int = ...,
         policy_version: _builtins.str = ...,
         resumed: _builtins.bool = ...,
+        idle_timeout_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contract_version", b"contract_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_version", b"contract_version", "heartbeat_seconds", b"heartbeat_seconds", "policy_version", b"policy_version", "resumed", b"resumed", "run_id", b"run_id", "session_id", b"session_id", "snapshot_every_steps", b"snapshot_every_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_version", b"contract_version", "heartbeat_seconds", b"heartbeat_seconds", "idle_timeout_seconds", b"idle_timeout_seconds", "policy_version", b"policy_version", "resumed", b"resumed", "run_id", b"run_id", "session_id", b"session_id", "snapshot_every_steps", b"snapshot_every_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -217,7 +300,9 @@ Global___SessionAccept: _TypeAlias = SessionAccept  # noqa: Y015
 
 @_typing.final
 class SessionHeartbeat(_message.Message):
-    """A liveness beat in a session."""
+    """A liveness beat in a session, sent by each side at least every
+    SessionAccept.heartbeat_seconds; neither side answers it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -254,23 +339,23 @@ class SessionRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___SessionOpen:
-        """Must be first."""
+        """Must be first, and only first (a later open is dropped: REPEATED_OPEN)."""
 
     @_builtins.property
     def snapshot(self) -> _signals_pb2.TrainingSnapshot:
-        """A training snapshot."""
+        """A training snapshot: every snapshot_every_steps steps and at each epoch end."""
 
     @_builtins.property
     def ack(self) -> _control_pb2.DecisionAck:
-        """An ack of a decision."""
+        """The one ack of a decision."""
 
     @_builtins.property
     def field_report(self) -> _telemetry_pb2.FieldReport:
-        """A seed's outcome."""
+        """A seed's outcome, once its life in a slot ends."""
 
     @_builtins.property
     def heartbeat(self) -> Global___SessionHeartbeat:
-        """Liveness."""
+        """Liveness, when there is nothing else to send."""
 
     def __init__(
         self,
@@ -293,25 +378,33 @@ Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
 
 @_typing.final
 class SessionWarning(_message.Message):
-    """A non-fatal problem the server saw in the stream (the message was dropped)."""
+    """A non-fatal problem the server saw in the stream: the message was dropped and the stream
+    goes on.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    WARNING_CODE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Machine-readable code, e.g. "out_of_order_snapshot", "unknown_slot", "non_finite"."""
+    """The code as text: the SessionWarningCode value's name without its prefix, in lower
+    case ("out_of_order_snapshot"); also set for codes newer than the enum.
+    """
     detail: _builtins.str
     """Human-readable detail naming the offending field."""
+    warning_code: Global___SessionWarningCode.ValueType
+    """The code as an enum (UNSPECIFIED for a code newer than the reader's contract)."""
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         detail: _builtins.str = ...,
+        warning_code: Global___SessionWarningCode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "warning_code", b"warning_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,11 +422,11 @@ class SessionResponse(_message.Message):
     WARNING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accept(self) -> Global___SessionAccept:
-        """Answer to open."""
+        """Answer to open: the first server message, sent once."""
 
     @_builtins.property
     def decision(self) -> _control_pb2.AdaptationDecision:
-        """A decision."""
+        """An actionable decision (never a wait), at most one outstanding; ack it exactly once."""
 
     @_builtins.property
     def heartbeat(self) -> Global___SessionHeartbeat:
@@ -363,7 +456,9 @@ Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
 
 @_typing.final
 class DecideRequest(_message.Message):
-    """Request of Decide."""
+    """Request of Decide: stateless, one snapshot in, one decision out (no ordering, no
+    outstanding-decision rule, nothing to ack).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -34,10 +34,70 @@ class TamiyoServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TamiyoServiceAsyncStub: ...
     Session: _grpc.StreamStreamMultiCallable[_tamiyo_pb2.SessionRequest, _tamiyo_pb2.SessionResponse]
-    """Bidirectional session: the first client message must be `open`; the first server
-    message is `accept`. Then snapshots, acks, field reports and heartbeats flow up and
-    decisions and heartbeats flow down. Re-opening with the same run id resumes the run.
-    An incompatible contract major version is refused with FAILED_PRECONDITION.
+    """The Session protocol: one bidirectional stream per run, written here for a client in
+    any language (esper's Tolaria, clients/esper/tolaria/policy/remote.py, and the Node.js
+    client in clients/node/ both follow it).
+
+    1. Open. The first client message must be `open` (SessionOpen), sent at once: any other
+       first message ends the stream with INVALID_ARGUMENT, and a server may end a stream
+       whose open does not arrive within its first-message deadline (DEADLINE_EXCEEDED).
+       `open.contract_version` is the highest value of the ContractVersion enum decoded as
+       major.minor.patch (CONTRACT_VERSION_1_1_0 = 10100 -> 1.1.0); another major version
+       is refused with FAILED_PRECONDITION saying what the server speaks. `open.run_id`
+       is required (esper.leyline.ids: 1-128 of A-Z a-z 0-9 . _ : -, starting with a
+       letter or digit); an invalid open (run id, graph, budget, unknown policy) is
+       INVALID_ARGUMENT naming the field, an unloaded "gnn" policy FAILED_PRECONDITION.
+       The server answers with exactly one `accept` (SessionAccept) before anything else.
+    2. Snapshots. The client sends a TrainingSnapshot every `accept.snapshot_every_steps`
+       training steps and one at each epoch end (`epoch_end` true). `step` must grow from
+       snapshot to snapshot, and `sequence`, when set (non-zero), too; the one allowed
+       repeat is the epoch-end repeat: a snapshot with `epoch_end` true may follow a
+       periodic snapshot at the same step, once, with a higher `sequence` (it carries the
+       fresh validation metrics). Anything else is dropped with a SessionWarning
+       (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT); the run's state keeps the last good
+       snapshot.
+    3. Decisions. The server answers a snapshot with at most one `decision`, and only with
+       an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+       Session (it would only cost an ack; Decide does return waits). At most one decision
+       is outstanding per run: once one is sent, later snapshots update the run's state
+       but make no decision until that decision is acked or the snapshots' step passes its
+       `expires_at_step`.
+    4. Acks. The client acks every decision exactly once with a DecisionAck: APPLIED (at a
+       safe point, at most once per decision id), REJECTED (with the reason) or EXPIRED
+       (not applied by `expires_at_step`). A second ack of the same id is dropped
+       (DUPLICATE_ACK), an ack of an id never issued for the run (UNKNOWN_DECISION) or
+       with status UNSPECIFIED (INVALID_ACK) too.
+    5. Field reports. When a seed's life ends (fossilized or culled) the client sends its
+       FieldReport; the server keeps it with the run and forwards it to Urza.
+    6. Empty run ids. Inside a Session, a snapshot, ack or field report whose `run_id` is
+       empty belongs to the session's run; a non-empty one must equal `open.run_id` or the
+       message is dropped (WRONG_RUN). (Decide needs `snapshot.run_id`; SessionOpen too.)
+    7. Heartbeats and the idle timeout. The server sends a `heartbeat` every
+       `accept.heartbeat_seconds` (its sequence grows; its step is the run's last snapshot
+       step). The client sends some message, a `heartbeat` when it has nothing else, at
+       least every `accept.heartbeat_seconds`; a stream with no client message for
+       `accept.idle_timeout_seconds` is ended with DEADLINE_EXCEEDED. A client should treat
+       a stream with no server message for three heartbeat periods as down.
+    8. Warnings. A bad message inside a running session (non-finite metrics, unknown slot
+       ids, the cases above) is dropped and answered with a `warning`; the stream goes on.
+       Unreadable bytes end the stream with INVALID_ARGUMENT.
+    9. Resume. A run id names a run, not a stream. When a stream ends (network, restart,
+       either side) the client opens a new one with the same run id, and in `open`:
+       `last_applied_decision_id`, every id it has acked in `acked_decision_ids`, and the
+       current state of every seed in `seeds`. The server adopts the client's seed states
+       (the client is the truth), counts those ids as acked, and retracts a decision it
+       sent that the client has not acked: it is never re-sent (the client may still ack
+       it). `accept.resumed` says whether the server still held the run (it forgets the
+       least recently used runs, and all on restart); the order of steps carries across a
+       resume, so snapshots go on after the last step the server saw. Acks and field
+       reports the client could not send are sent after the new `accept`.
+    10. Supersede. Opening a Session for a run that already has a live stream ends the
+       older stream with ABORTED ("superseded by a newer session of the same run"); what
+       the older stream sends afterwards is ignored. A client that sees ABORTED has been
+       replaced; reconnecting would supersede the newer stream in its turn.
+    Other endings: INTERNAL when the server failed on a message (see its log). A client
+    reconnects with backoff (Tolaria: 0.2 s doubling to 10 s, with jitter) and resumes; a
+    refused open is refused again until the client changes what it sends.
     """
     Decide: _grpc.UnaryUnaryMultiCallable[_tamiyo_pb2.DecideRequest, _tamiyo_pb2.DecideResponse]
     """One decision for one snapshot, for clients that do not want a stream."""
@@ -52,10 +112,70 @@ class TamiyoServiceAsyncStub(TamiyoServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Session: _aio.StreamStreamMultiCallable[_tamiyo_pb2.SessionRequest, _tamiyo_pb2.SessionResponse]  # type: ignore[assignment]
-    """Bidirectional session: the first client message must be `open`; the first server
-    message is `accept`. Then snapshots, acks, field reports and heartbeats flow up and
-    decisions and heartbeats flow down. Re-opening with the same run id resumes the run.
-    An incompatible contract major version is refused with FAILED_PRECONDITION.
+    """The Session protocol: one bidirectional stream per run, written here for a client in
+    any language (esper's Tolaria, clients/esper/tolaria/policy/remote.py, and the Node.js
+    client in clients/node/ both follow it).
+
+    1. Open. The first client message must be `open` (SessionOpen), sent at once: any other
+       first message ends the stream with INVALID_ARGUMENT, and a server may end a stream
+       whose open does not arrive within its first-message deadline (DEADLINE_EXCEEDED).
+       `open.contract_version` is the highest value of the ContractVersion enum decoded as
+       major.minor.patch (CONTRACT_VERSION_1_1_0 = 10100 -> 1.1.0); another major version
+       is refused with FAILED_PRECONDITION saying what the server speaks. `open.run_id`
+       is required (esper.leyline.ids: 1-128 of A-Z a-z 0-9 . _ : -, starting with a
+       letter or digit); an invalid open (run id, graph, budget, unknown policy) is
+       INVALID_ARGUMENT naming the field, an unloaded "gnn" policy FAILED_PRECONDITION.
+       The server answers with exactly one `accept` (SessionAccept) before anything else.
+    2. Snapshots. The client sends a TrainingSnapshot every `accept.snapshot_every_steps`
+       training steps and one at each epoch end (`epoch_end` true). `step` must grow from
+       snapshot to snapshot, and `sequence`, when set (non-zero), too; the one allowed
+       repeat is the epoch-end repeat: a snapshot with `epoch_end` true may follow a
+       periodic snapshot at the same step, once, with a higher `sequence` (it carries the
+       fresh validation metrics). Anything else is dropped with a SessionWarning
+       (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT); the run's state keeps the last good
+       snapshot.
+    3. Decisions. The server answers a snapshot with at most one `decision`, and only with
+       an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+       Session (it would only cost an ack; Decide does return waits). At most one decision
+       is outstanding per run: once one is sent, later snapshots update the run's state
+       but make no decision until that decision is acked or the snapshots' step passes its
+       `expires_at_step`.
+    4. Acks. The client acks every decision exactly once with a DecisionAck: APPLIED (at a
+       safe point, at most once per decision id), REJECTED (with the reason) or EXPIRED
+       (not applied by `expires_at_step`). A second ack of the same id is dropped
+       (DUPLICATE_ACK), an ack of an id never issued for the run (UNKNOWN_DECISION) or
+       with status UNSPECIFIED (INVALID_ACK) too.
+    5. Field reports. When a seed's life ends (fossilized or culled) the client sends its
+       FieldReport; the server keeps it with the run and forwards it to Urza.
+    6. Empty run ids. Inside a Session, a snapshot, ack or field report whose `run_id` is
+       empty belongs to the session's run; a non-empty one must equal `open.run_id` or the
+       message is dropped (WRONG_RUN). (Decide needs `snapshot.run_id`; SessionOpen too.)
+    7. Heartbeats and the idle timeout. The server sends a `heartbeat` every
+       `accept.heartbeat_seconds` (its sequence grows; its step is the run's last snapshot
+       step). The client sends some message, a `heartbeat` when it has nothing else, at
+       least every `accept.heartbeat_seconds`; a stream with no client message for
+       `accept.idle_timeout_seconds` is ended with DEADLINE_EXCEEDED. A client should treat
+       a stream with no server message for three heartbeat periods as down.
+    8. Warnings. A bad message inside a running session (non-finite metrics, unknown slot
+       ids, the cases above) is dropped and answered with a `warning`; the stream goes on.
+       Unreadable bytes end the stream with INVALID_ARGUMENT.
+    9. Resume. A run id names a run, not a stream. When a stream ends (network, restart,
+       either side) the client opens a new one with the same run id, and in `open`:
+       `last_applied_decision_id`, every id it has acked in `acked_decision_ids`, and the
+       current state of every seed in `seeds`. The server adopts the client's seed states
+       (the client is the truth), counts those ids as acked, and retracts a decision it
+       sent that the client has not acked: it is never re-sent (the client may still ack
+       it). `accept.resumed` says whether the server still held the run (it forgets the
+       least recently used runs, and all on restart); the order of steps carries across a
+       resume, so snapshots go on after the last step the server saw. Acks and field
+       reports the client could not send are sent after the new `accept`.
+    10. Supersede. Opening a Session for a run that already has a live stream ends the
+       older stream with ABORTED ("superseded by a newer session of the same run"); what
+       the older stream sends afterwards is ignored. A client that sees ABORTED has been
+       replaced; reconnecting would supersede the newer stream in its turn.
+    Other endings: INTERNAL when the server failed on a message (see its log). A client
+    reconnects with backoff (Tolaria: 0.2 s doubling to 10 s, with jitter) and resumes; a
+    refused open is refused again until the client changes what it sends.
     """
     Decide: _aio.UnaryUnaryMultiCallable[_tamiyo_pb2.DecideRequest, _tamiyo_pb2.DecideResponse]  # type: ignore[assignment]
     """One decision for one snapshot, for clients that do not want a stream."""
@@ -73,10 +193,70 @@ class TamiyoServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_tamiyo_pb2.SessionRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tamiyo_pb2.SessionResponse], _abc.AsyncIterator[_tamiyo_pb2.SessionResponse]]:
-        """Bidirectional session: the first client message must be `open`; the first server
-        message is `accept`. Then snapshots, acks, field reports and heartbeats flow up and
-        decisions and heartbeats flow down. Re-opening with the same run id resumes the run.
-        An incompatible contract major version is refused with FAILED_PRECONDITION.
+        """The Session protocol: one bidirectional stream per run, written here for a client in
+        any language (esper's Tolaria, clients/esper/tolaria/policy/remote.py, and the Node.js
+        client in clients/node/ both follow it).
+
+        1. Open. The first client message must be `open` (SessionOpen), sent at once: any other
+           first message ends the stream with INVALID_ARGUMENT, and a server may end a stream
+           whose open does not arrive within its first-message deadline (DEADLINE_EXCEEDED).
+           `open.contract_version` is the highest value of the ContractVersion enum decoded as
+           major.minor.patch (CONTRACT_VERSION_1_1_0 = 10100 -> 1.1.0); another major version
+           is refused with FAILED_PRECONDITION saying what the server speaks. `open.run_id`
+           is required (esper.leyline.ids: 1-128 of A-Z a-z 0-9 . _ : -, starting with a
+           letter or digit); an invalid open (run id, graph, budget, unknown policy) is
+           INVALID_ARGUMENT naming the field, an unloaded "gnn" policy FAILED_PRECONDITION.
+           The server answers with exactly one `accept` (SessionAccept) before anything else.
+        2. Snapshots. The client sends a TrainingSnapshot every `accept.snapshot_every_steps`
+           training steps and one at each epoch end (`epoch_end` true). `step` must grow from
+           snapshot to snapshot, and `sequence`, when set (non-zero), too; the one allowed
+           repeat is the epoch-end repeat: a snapshot with `epoch_end` true may follow a
+           periodic snapshot at the same step, once, with a higher `sequence` (it carries the
+           fresh validation metrics). Anything else is dropped with a SessionWarning
+           (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT); the run's state keeps the last good
+           snapshot.
+        3. Decisions. The server answers a snapshot with at most one `decision`, and only with
+           an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+           Session (it would only cost an ack; Decide does return waits). At most one decision
+           is outstanding per run: once one is sent, later snapshots update the run's state
+           but make no decision until that decision is acked or the snapshots' step passes its
+           `expires_at_step`.
+        4. Acks. The client acks every decision exactly once with a DecisionAck: APPLIED (at a
+           safe point, at most once per decision id), REJECTED (with the reason) or EXPIRED
+           (not applied by `expires_at_step`). A second ack of the same id is dropped
+           (DUPLICATE_ACK), an ack of an id never issued for the run (UNKNOWN_DECISION) or
+           with status UNSPECIFIED (INVALID_ACK) too.
+        5. Field reports. When a seed's life ends (fossilized or culled) the client sends its
+           FieldReport; the server keeps it with the run and forwards it to Urza.
+        6. Empty run ids. Inside a Session, a snapshot, ack or field report whose `run_id` is
+           empty belongs to the session's run; a non-empty one must equal `open.run_id` or the
+           message is dropped (WRONG_RUN). (Decide needs `snapshot.run_id`; SessionOpen too.)
+        7. Heartbeats and the idle timeout. The server sends a `heartbeat` every
+           `accept.heartbeat_seconds` (its sequence grows; its step is the run's last snapshot
+           step). The client sends some message, a `heartbeat` when it has nothing else, at
+           least every `accept.heartbeat_seconds`; a stream with no client message for
+           `accept.idle_timeout_seconds` is ended with DEADLINE_EXCEEDED. A client should treat
+           a stream with no server message for three heartbeat periods as down.
+        8. Warnings. A bad message inside a running session (non-finite metrics, unknown slot
+           ids, the cases above) is dropped and answered with a `warning`; the stream goes on.
+           Unreadable bytes end the stream with INVALID_ARGUMENT.
+        9. Resume. A run id names a run, not a stream. When a stream ends (network, restart,
+           either side) the client opens a new one with the same run id, and in `open`:
+           `last_applied_decision_id`, every id it has acked in `acked_decision_ids`, and the
+           current state of every seed in `seeds`. The server adopts the client's seed states
+           (the client is the truth), counts those ids as acked, and retracts a decision it
+           sent that the client has not acked: it is never re-sent (the client may still ack
+           it). `accept.resumed` says whether the server still held the run (it forgets the
+           least recently used runs, and all on restart); the order of steps carries across a
+           resume, so snapshots go on after the last step the server saw. Acks and field
+           reports the client could not send are sent after the new `accept`.
+        10. Supersede. Opening a Session for a run that already has a live stream ends the
+           older stream with ABORTED ("superseded by a newer session of the same run"); what
+           the older stream sends afterwards is ignored. A client that sees ABORTED has been
+           replaced; reconnecting would supersede the newer stream in its turn.
+        Other endings: INTERNAL when the server failed on a message (see its log). A client
+        reconnects with backoff (Tolaria: 0.2 s doubling to 10 s, with jitter) and resumes; a
+        refused open is refused again until the client changes what it sends.
         """
 
     @_abc_1.abstractmethod
