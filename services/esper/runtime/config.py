@@ -50,6 +50,16 @@ class ServerConfig:
     otlp_endpoint: str = "http://127.0.0.1:4317"
     # Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 5.0
+    # Seconds between the server's keepalive pings on a connection, and how long it waits
+    # for the answer before closing the connection (a vanished client's streams are freed).
+    keepalive_s: float = 120.0
+    keepalive_timeout_s: float = 20.0
+    # A connection with no RPC for this long is closed.
+    max_connection_idle_s: float = 900.0
+    # A connection older than this is asked to go away (clients reconnect; a Tamiyo Session
+    # resumes); its streams get max_connection_age_grace_s more to finish, then are cut.
+    max_connection_age_s: float = 3600.0
+    max_connection_age_grace_s: float = 300.0
     # Directory for the service's own files (policy artifacts, scratch).
     state_dir: str = ".esper"
 
@@ -70,6 +80,12 @@ class ServerConfig:
         check_choice("otel_exporter", self.otel_exporter, ("none", "console", "otlp"))
         if not 0 <= self.shutdown_grace_seconds <= 300:
             raise ConfigError("shutdown_grace_seconds: must be within [0, 300]")
+        for name, low, high in (("keepalive_s", 1, 86_400), ("keepalive_timeout_s", 1, 600),
+                                ("max_connection_idle_s", 1, 7 * 86_400),
+                                ("max_connection_age_s", 1, 30 * 86_400),
+                                ("max_connection_age_grace_s", 0, 86_400)):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{name}: must be within [{low}, {high}]")
 
 
 def check_port(name: str, value: int) -> None:

@@ -24,6 +24,7 @@ from esper.rpc.tracing import configure_tracing
 from esper.runtime.config import ServerConfig
 from esper.runtime.logs import configure_logging
 from esper.runtime.metrics import MetricsInterceptor, start_metrics_server
+from esper.runtime.requests import RequestGuard
 from esper.runtime.tracing import server_interceptors
 
 log = logging.getLogger("esper.runtime.server")
@@ -33,6 +34,10 @@ Closer = Callable[[], Awaitable[None]]
 # The gRPC message size limit is the client layer's (esper.rpc.channels): kernel chunks
 # are <= 4 MiB, snapshots far smaller; anything bigger is hostile and refused by gRPC
 # itself with RESOURCE_EXHAUSTED.
+
+
+# The shortest interval between a client's pings the servers tolerate.
+MIN_CLIENT_PING_INTERVAL_MS = 60_000
 
 
 class StartupError(RuntimeError):
@@ -91,15 +96,34 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+def transport_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Keepalive enforcement and connection age: a dead or silent peer is found and its
+    streams freed; a ping flood is refused (GOAWAY); no connection lives forever (clients
+    reconnect, and a Session resumes)."""
+    return [
+        ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        # Clients ping every esper.rpc.channels.KEEPALIVE_S (300 s); more often than this
+        # is abuse, answered with GOAWAY after two strikes.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
+        ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+    ]
+
+
 async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer:
     """Start `spec` with `config`; returns once it is SERVING."""
     configure_tracing(spec.name, config.otel_exporter, config.otlp_endpoint)
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), MetricsInterceptor()],
+        # RequestGuard last: it is the innermost, so the others see its safe deserializer.
+        interceptors=[*server_interceptors(), MetricsInterceptor(), RequestGuard()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *transport_options(config),
         ],
     )
     health = health_aio.HealthServicer()
