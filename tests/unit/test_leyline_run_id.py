@@ -1,4 +1,4 @@
-"""The run-id rule is one definition (esper.leyline.run_id) that Tolaria checks at attach
+"""The run-id rule is one definition (esper.leyline.ids) that Tolaria checks at attach
 and Tamiyo checks on Session open and Decide."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from esper.leyline.run_id import MAX_RUN_ID_LENGTH, run_id_problem, validate_run_id
+from esper.leyline.ids import MAX_RUN_ID_LENGTH, run_id_problem, validate_run_id
 from esper.tamiyo.validation import InvalidInput, check_run_id
 from esper.tolaria import TolariaConfig, attach
 

@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from esper.blueprints.builder import build_seed
 from esper.blueprints.errors import BlueprintError, KernelFormatError, KernelIntegrityError
 from esper.blueprints.graph import resolve_for_shape
+from esper.leyline import ids
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2
@@ -38,8 +39,6 @@ MAX_HEADER_BYTES = 1 << 20
 # safetensors pads the JSON header with spaces so the data buffer starts 8-byte aligned.
 HEADER_ALIGNMENT = 8
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-# Length of the digest prefix in a kernel id: 64 bits, collision-free at catalogue scale.
-KERNEL_ID_DIGEST_CHARS = 16
 
 _DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -54,9 +53,9 @@ def sha256_hex(data: bytes) -> str:
 
 
 def kernel_id_for(digest: str) -> str:
-    """Content-addressed kernel id: ``"k-"`` + the first 16 hex chars of the digest."""
+    """Content-addressed kernel id (the format of esper.leyline.ids)."""
     _check_digest(digest)
-    return "k-" + digest[:KERNEL_ID_DIGEST_CHARS]
+    return ids.kernel_id_for(digest)
 
 
 def pack_kernel(spec: bp.BlueprintSpec, shape: common.SlotShape, module: torch.nn.Module,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,6 +17,7 @@ from esper.kasmina.config import KasminaConfig
 from esper.kasmina.record import SeedRecord
 from esper.kasmina.shapes import SlotSite, probe_shape
 from esper.leyline import lifecycle
+from esper.leyline.ids import new_seed_id
 from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
 from esper.leyline.v1.lifecycle_pb2 import GateResult, SeedMetrics, SeedStage, SeedState
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
@@ -190,7 +190,7 @@ class SeedSlot(nn.Module):
         if not result.passed:
             raise GateRefused(result, self.slot_id)
         self.record = SeedRecord(
-            seed_id=seed_id or f"seed-{uuid.uuid4().hex[:12]}", blueprint_ref=blueprint_ref,
+            seed_id=seed_id or new_seed_id(), blueprint_ref=blueprint_ref,
             kernel_id=kernel_id, kernel_digest=kernel_digest,
             schedule=with_defaults(schedule).SerializeToString(), germinated_at_step=step,
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from esper.leyline.ids import new_decision_id
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     AdvanceAction,
@@ -46,7 +46,7 @@ def make_decision(
     issued = Timestamp()
     issued.GetCurrentTime()
     decision = AdaptationDecision(
-        decision_id=str(uuid.uuid4()),
+        decision_id=new_decision_id(),
         run_id=ctx.run_id,
         issued_at_step=ctx.step,
         expires_at_step=ctx.step + horizon_steps,

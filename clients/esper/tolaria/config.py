@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
-from esper.leyline.run_id import validate_run_id
+from esper.leyline.ids import new_run_id, validate_run_id
 
 # Steps between two training snapshots when the policy source does not say (a remote
 # Tamiyo sends its own N in SessionAccept): often enough that a plateau or a sick seed is
@@ -23,10 +22,6 @@ OUTAGE_MODES = ("local", "none")
 # 1.062x and 1.063x; a 40-epoch digits run with the local policy made the same 59 seed
 # transitions and 120 decisions with either.
 DEFAULT_HEALTH_SAMPLE_EVERY = 10
-
-
-def new_run_id() -> str:
-    return f"run-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass

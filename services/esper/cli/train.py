@@ -15,7 +15,7 @@ import math
 import re
 
 from esper.cli.errors import UsageError
-from esper.leyline.run_id import run_id_problem
+from esper.leyline.ids import run_id_problem
 
 # torch is imported by the functions that train, not here: every `esper` command imports
 # this module to build its parser, and torch costs a second or more of each one's start.

@@ -10,12 +10,12 @@ snapshots update the state but no new decision is made.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import REGISTRY, Counter
 
+from esper.leyline.ids import new_session_id
 from esper.leyline.v1.tamiyo_pb2 import (
     SessionAccept,
     SessionHeartbeat,
@@ -88,7 +88,7 @@ class SessionProtocol:
 
     def __init__(self, shared: SessionContext) -> None:
         self.shared = shared
-        self.session_id = str(uuid.uuid4())
+        self.session_id = new_session_id()
         self.run: RunState | None = None
         self._heartbeat_seq = 0
 

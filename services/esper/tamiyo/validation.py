@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from esper.leyline.run_id import run_id_problem
+from esper.leyline.ids import run_id_problem
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.runtime.errors import InvalidArgument
@@ -25,16 +25,20 @@ class InvalidInput(InvalidArgument, ValueError):
 class Limits:
     max_graph_nodes: int
     max_slots: int
+    max_graph_bytes: int = 16 * 1024 * 1024
 
 
 def check_run_id(field: str, run_id: str) -> None:
-    """The shared rule of esper.leyline.run_id (Tolaria checks the same one at attach)."""
+    """The shared rule of esper.leyline.ids (Tolaria checks the same one at attach)."""
     problem = run_id_problem(run_id)
     if problem is not None:
         raise InvalidInput(field, problem)
 
 
 def check_graph(field: str, graph: ModelGraph, limits: Limits) -> None:
+    size = graph.ByteSize()
+    if size > limits.max_graph_bytes:  # kept per run: its bytes are bounded, not just its counts
+        raise InvalidInput(field, f"{size} bytes exceed the limit {limits.max_graph_bytes}")
     if len(graph.nodes) > limits.max_graph_nodes:
         raise InvalidInput(f"{field}.nodes", f"{len(graph.nodes)} nodes exceed the limit {limits.max_graph_nodes}")
     if len(graph.edges) > 16 * limits.max_graph_nodes:

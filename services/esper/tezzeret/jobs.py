@@ -9,7 +9,6 @@ or taken over after its lease expired) can never overwrite the new owner's progr
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,7 @@ from datetime import datetime
 import asyncpg
 from google.protobuf import json_format
 
+from esper.leyline.ids import new_job_id
 from esper.leyline.v1 import kernel_pb2, telemetry_pb2, tezzeret_pb2
 from esper.runtime import errors
 
@@ -105,10 +105,6 @@ class Claim:
 
     job: Job
     claimed: bool
-
-
-def new_job_id() -> str:
-    return "j-" + uuid.uuid4().hex
 
 
 def targets_to_json(targets: Sequence[kernel_pb2.KernelTarget]) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from datetime import datetime
 
+from esper.leyline import ids
 from esper.leyline.v1 import blueprint_pb2, tezzeret_pb2, tezzeret_pb2_grpc
 from esper.runtime import pagination
 from esper.runtime.errors import (
@@ -30,7 +30,6 @@ from esper.tezzeret.watch import JobWatchHub
 
 log = logging.getLogger(__name__)
 
-JOB_ID_RE = re.compile(r"^j-[0-9a-f]{32}$")
 # Blueprint states that take no new compile jobs.
 CLOSED_STATES = (blueprint_pb2.BLUEPRINT_STATE_REJECTED, blueprint_pb2.BLUEPRINT_STATE_RETIRED)
 
@@ -47,7 +46,7 @@ def _translate(exc: BaseException) -> ServiceError | None:
 def check_job_id(job_id: str) -> str:
     if not job_id:
         raise InvalidArgument("job_id", "is required")
-    if not JOB_ID_RE.match(job_id):
+    if not ids.JOB_ID_PATTERN.fullmatch(job_id):
         raise InvalidArgument("job_id", f"{job_id[:80]!r} is not a job id (j-<32 hex digits>)")
     return job_id
 

@@ -8,10 +8,9 @@ import re
 
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.refs import parse_ref
+from esper.leyline import ids
 from esper.urza.errors import InvalidArgument
 
-# Kernel ids are content-derived: "k-" + the first 16 hex digits of the SHA-256 digest.
-KERNEL_ID_RE = re.compile(r"^k-[0-9a-f]{16}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Device types as torch names them ("cpu", "cuda", "mps"), optionally with an index.
 DEVICE_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}(:[0-9]{1,3})?$")
@@ -39,7 +38,7 @@ def blueprint_ref(ref: str, field: str = "blueprint_ref") -> tuple[str, str]:
 def kernel_id(value: str, field: str = "kernel_id") -> str:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not KERNEL_ID_RE.match(value):
+    if not ids.KERNEL_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(field, f"{value[:80]!r} is not a kernel id (k- and 16 hex digits)")
     return value
 

@@ -1,0 +1,88 @@
+"""docs/contract.md is what clients in other languages read: its tables of id formats,
+Oona topics, keys and headers must say what the code does."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from esper.leyline import ids
+from esper.leyline.v1 import telemetry_pb2
+from esper.oona import envelope
+from esper.oona.topics import TOPICS, event_key
+from tests.contract.leyline_descriptors import ROOT
+
+DOC = ROOT / "docs" / "contract.md"
+# A payload kind in the doc: a backticked lower_snake oneof name.
+KIND = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def table(after_heading: str, first_column: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first table under `after_heading` whose header
+    starts with `first_column`."""
+    text = DOC.read_text(encoding="utf-8").split(after_heading, 1)[1]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows
+
+
+def unquote(cell: str) -> str:
+    assert cell.startswith("`") and cell.endswith("`"), cell
+    return cell[1:-1]
+
+
+def test_id_patterns_are_the_code_s():
+    patterns = {row[0]: unquote(row[2]) for row in table("## Id formats", "id")}
+    assert patterns == {
+        "run id": ids.RUN_ID_PATTERN.pattern,
+        "seed id": ids.SEED_ID_PATTERN.pattern,
+        "decision id": ids.UUID_PATTERN.pattern,
+        "session id": ids.UUID_PATTERN.pattern,
+        "event id": ids.UUID_PATTERN.pattern,
+        "kernel id": ids.KERNEL_ID_PATTERN.pattern,
+        "job id": ids.JOB_ID_PATTERN.pattern,
+    }
+
+
+def test_every_topic_is_documented_with_its_partitions_and_payloads():
+    rows = {unquote(row[0]): row for row in table("## Oona", "topic")}
+    assert set(rows) == {spec.name for spec in TOPICS}, "docs/contract.md must list every topic of esper.oona.topics"
+    for spec in TOPICS:
+        row = rows[spec.name]
+        assert int(row[1]) == spec.partitions, spec.name
+        assert tuple(KIND.findall(row[2])) == spec.kinds, spec.name
+
+
+def _event(kind: str, run_id: str) -> telemetry_pb2.TelemetryEvent:
+    event = telemetry_pb2.TelemetryEvent(run_id=run_id)
+    payload = getattr(event, kind)
+    for name, value in (("blueprint_ref", "BP-X@1.0.0"), ("service", "urza")):
+        if name in payload.DESCRIPTOR.fields_by_name:
+            setattr(payload, name, value)
+    payload.SetInParent()
+    return event
+
+
+@pytest.mark.parametrize("spec", [s for s in TOPICS if s.kinds], ids=lambda s: s.name)
+def test_the_documented_key_is_the_one_the_producer_uses(spec):
+    documented = {unquote(row[0]): row[3] for row in table("## Oona", "topic")}[spec.name]
+    for kind in spec.kinds:
+        if documented.startswith("run id"):
+            assert event_key(_event(kind, "run-7")) == b"run-7"
+        if documented == "blueprint ref":
+            assert event_key(_event(kind, "")) == b"BP-X@1.0.0"
+        if documented.endswith("service"):
+            assert event_key(_event(kind, "")) == b"urza"
+
+
+def test_headers_and_limits_are_the_envelope_s():
+    headers = {unquote(row[0]): row[1] for row in table("## Oona", "header")}
+    assert set(headers) == {envelope.HEADER_CONTENT_TYPE, envelope.HEADER_TRACEPARENT, envelope.HEADER_TRACESTATE}
+    assert unquote(headers["content-type"]) == envelope.CONTENT_TYPE
+    assert envelope.MAX_EVENT_BYTES == 4 * 1024 * 1024 and "larger than 4 MiB" in DOC.read_text(encoding="utf-8")
