@@ -62,6 +62,29 @@ class ServerConfig:
     max_connection_age_grace_s: float = 300.0
     # Directory for the service's own files (policy artifacts, scratch).
     state_dir: str = ".esper"
+    # Transport security (esper.runtime.tls); the same ESPER_TLS* settings configure this
+    # process's outbound channels (esper.rpc.channels). Serve TLS:
+    tls: bool = False
+    # This server's certificate chain and key (PEM); also its client certificate to peers.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # The CA (PEM) that signs client certificates.
+    tls_ca: str = ""
+    # Require a client certificate signed by tls_ca (mutual TLS); false: TLS only.
+    tls_client_auth: bool = True
+    # Identity and authorisation (esper.runtime.auth). Off: every caller may call every
+    # RPC, and only a loopback host is allowed. On: callers must prove an identity (a
+    # bearer token or a client certificate) and hold a grant for what they call.
+    auth: bool = False
+    # Bearer tokens: one `IDENTITY SHA256-HEX-OF-TOKEN` per line.
+    auth_tokens_file: str = ""
+    # Identities granted each access class ("*": any authenticated identity).
+    grant_read: tuple[str, ...] = ("*",)
+    grant_session: tuple[str, ...] = ("*",)
+    grant_submit: tuple[str, ...] = ("*",)
+    grant_report: tuple[str, ...] = ("tamiyo", "admin")
+    grant_register: tuple[str, ...] = ("tezzeret", "admin")
+    grant_admin: tuple[str, ...] = ("admin",)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field. Subclasses extend this."""
@@ -86,6 +109,21 @@ class ServerConfig:
                                 ("max_connection_age_grace_s", 0, 86_400)):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"{name}: must be within [{low}, {high}]")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        from esper.runtime.auth import check_grants  # auth and tls import this module
+        from esper.runtime.tls import check_tls
+
+        check_tls(self)
+        check_grants(self)
+        if not self.auth and not is_loopback_host(self.host):
+            raise ConfigError(f"auth: off is only allowed on a loopback host, not {self.host!r} "
+                              "(set auth=true, with tokens or client certificates)")
+
+
+def is_loopback_host(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 def check_port(name: str, value: int) -> None:

@@ -21,10 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from esper.rpc.channels import MAX_MESSAGE_BYTES
 from esper.rpc.tracing import configure_tracing
-from esper.runtime.config import ServerConfig
+from esper.runtime.auth import AuthInterceptor, AuthPolicy
+from esper.runtime.config import ConfigError, ServerConfig
 from esper.runtime.logs import configure_logging
 from esper.runtime.metrics import MetricsInterceptor, start_metrics_server
 from esper.runtime.requests import RequestGuard
+from esper.runtime.tls import server_credentials
 from esper.runtime.tracing import server_interceptors
 
 log = logging.getLogger("esper.runtime.server")
@@ -116,9 +118,14 @@ def transport_options(config: ServerConfig) -> list[tuple[str, int]]:
 async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer:
     """Start `spec` with `config`; returns once it is SERVING."""
     configure_tracing(spec.name, config.otel_exporter, config.otlp_endpoint)
+    try:  # bad security settings fail before anything is connected or bound
+        credentials = server_credentials(config)
+        auth = AuthInterceptor(AuthPolicy.from_config(config))
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     server = grpc.aio.server(
         # RequestGuard last: it is the innermost, so the others see its safe deserializer.
-        interceptors=[*server_interceptors(), MetricsInterceptor(), RequestGuard()],
+        interceptors=[*server_interceptors(), MetricsInterceptor(), auth, RequestGuard()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -130,7 +137,9 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     closer = await spec.start(config, server)
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         await closer()
         raise StartupError(f"port: cannot bind {config.host}:{config.port}: {exc}") from None
@@ -156,7 +165,9 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving",
-        extra={"service": spec.name, "address": f"{config.host}:{port}", "metrics_port": metrics_port},
+        extra={"service": spec.name, "address": f"{config.host}:{port}", "metrics_port": metrics_port,
+               "tls": config.tls, "mutual_tls": config.tls and config.tls_client_auth,
+               "auth": config.auth},
     )
     return RunningServer(spec, config, server, health, port, metrics_port, closer)
 

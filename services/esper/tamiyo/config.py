@@ -53,6 +53,12 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     torch_threads: int = 1
     # Runs whose state is kept for resumption; the least recently used is forgotten first.
     max_runs: int = 1000
+    # Largest step (and sequence) advance between two accepted snapshots of a run; a
+    # snapshot further ahead is dropped with a `step_jump` SessionWarning.
+    max_step_advance: int = 1_000_000
+    # Field reports one identity may send per minute on its sessions (beyond: dropped
+    # with a `quota_exceeded` SessionWarning).
+    field_reports_per_minute: int = 120
 
     def validate(self) -> None:
         super().validate()
@@ -67,6 +73,8 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             ("max_graph_nodes", 1 <= self.max_graph_nodes <= 1_000_000),
             ("max_slots", 1 <= self.max_slots <= 100_000),
             ("max_runs", 1 <= self.max_runs <= 1_000_000),
+            ("max_step_advance", 1 <= self.max_step_advance <= 2**53),
+            ("field_reports_per_minute", 1 <= self.field_reports_per_minute <= 1_000_000),
             ("torch_threads", 1 <= self.torch_threads <= 256),
         )
         for name, ok in checks:

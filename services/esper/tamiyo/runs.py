@@ -15,12 +15,20 @@ from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.policy import RunHistory
+from esper.runtime.auth import ANONYMOUS
+from esper.runtime.errors import PermissionDenied
 
 # Decision ids remembered per run (issued and acked): enough to recognise any ack of a live
 # run's recent decisions; older ones are forgotten first.
 MAX_REMEMBERED_DECISIONS = 4096
 # Field reports kept per run for inspection (they also go to Urza/Nissa via Oona elsewhere).
 MAX_FIELD_REPORTS = 256
+# How far one snapshot's step may move past the last accepted one (TamiyoConfig overrides):
+# a run that trained on while disconnected resumes far ahead, but never by more than this.
+DEFAULT_MAX_STEP_ADVANCE = 1_000_000
+# No real run reaches this step (2^53: beyond it a float cannot even count steps); a
+# snapshot claiming more is refused, so one absurd step cannot shut out every later one.
+MAX_STEP = 2**53
 
 
 def _bounded_add(d: OrderedDict, key: str, value: object) -> None:
@@ -53,6 +61,16 @@ class RunState:
     session_id: str = ""
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The identity that opened the run (esper.runtime.auth): only it may resume it.
+    owner: str = ANONYMOUS
+    max_step_advance: int = DEFAULT_MAX_STEP_ADVANCE
+
+    def check_owner(self, identity: str) -> None:
+        """A run is bound to the identity that opened it: anyone else is refused before the
+        owner's stream or state is touched."""
+        if identity != self.owner:
+            raise PermissionDenied(f"open.run_id: run {self.run_id!r} belongs to another identity; "
+                                   f"{identity!r} may not resume or supersede it")
 
     def reconcile(self, open_: SessionOpen, policy: str) -> None:
         """Adopt the client's view on (re)open."""
@@ -66,7 +84,16 @@ class RunState:
         self.outstanding = None  # unacked decisions are retracted, never re-sent
 
     def accept_snapshot(self, snapshot: TrainingSnapshot) -> tuple[str, str] | None:
-        """Order check: (code, detail) for a repeated or out-of-order snapshot, else None."""
+        """Order check: (code, detail) for a repeated, out-of-order or implausibly far
+        snapshot, else None. A refused snapshot changes nothing."""
+        if snapshot.step > MAX_STEP:
+            return "step_jump", f"snapshot.step {snapshot.step} exceeds the largest step {MAX_STEP}"
+        if self.last_step >= 0 and snapshot.step - self.last_step > self.max_step_advance:
+            return "step_jump", (f"snapshot.step {snapshot.step} is more than {self.max_step_advance} "
+                                 f"steps after the last step {self.last_step}")
+        if snapshot.sequence > MAX_STEP or (
+                self.last_sequence >= 0 and snapshot.sequence - self.last_sequence > self.max_step_advance):
+            return "step_jump", f"snapshot.sequence {snapshot.sequence} jumps implausibly far"
         closes_epoch_at_same_step = (
             snapshot.step == self.last_step and snapshot.epoch_end and not self.last_was_epoch_end
             and snapshot.sequence > self.last_sequence

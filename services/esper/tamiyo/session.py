@@ -10,12 +10,12 @@ snapshots update the state but no new decision is made.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import REGISTRY, Counter
 
-from esper.leyline.ids import new_session_id
 from esper.leyline.v1.tamiyo_pb2 import (
     SessionAccept,
     SessionHeartbeat,
@@ -26,7 +26,9 @@ from esper.leyline.v1.tamiyo_pb2 import (
     SessionWarningCode,
 )
 from esper.leyline.version import compatibility_error, contract_version
-from esper.runtime.errors import StatusError
+from esper.runtime.auth import caller
+from esper.runtime.errors import ResourceExhausted, StatusError
+from esper.runtime.quota import RateQuota
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents
@@ -59,6 +61,10 @@ class SessionContext:
     runs: RunRegistry
     decider: Decider
     events: DecisionEvents = field(default_factory=lambda: DecisionEvents(None))
+    report_quota: RateQuota = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report_quota = RateQuota("field_report", self.config.field_reports_per_minute)
 
     @property
     def limits(self) -> Limits:
@@ -88,7 +94,7 @@ class SessionProtocol:
 
     def __init__(self, shared: SessionContext) -> None:
         self.shared = shared
-        self.session_id = new_session_id()
+        self.session_id = str(uuid.uuid4())
         self.run: RunState | None = None
         self._heartbeat_seq = 0
 
@@ -122,9 +128,12 @@ class SessionProtocol:
         runs = self.shared.runs
         run = runs.get(open_.run_id)
         resumed = run is not None
+        identity = caller()
         if run is None:
-            run = RunState(open_.run_id, open_.graph, open_.capabilities, open_.budget, policy)
+            run = RunState(open_.run_id, open_.graph, open_.capabilities, open_.budget, policy,
+                           owner=identity, max_step_advance=self.shared.config.max_step_advance)
         else:
+            run.check_owner(identity)  # PERMISSION_DENIED, before anything of the owner's changes
             run.superseded.set()  # an older stream of this run, if any, ends
             run.superseded = type(run.superseded)()
         run.reconcile(open_, policy)
@@ -162,6 +171,10 @@ class SessionProtocol:
             report = request.field_report
             if not self._same_run(run, report.run_id):
                 return self._count(run, ("wrong_run", f"field_report.run_id {report.run_id!r} is not {run.run_id!r}"))
+            try:
+                self.shared.report_quota.take(run.owner)
+            except ResourceExhausted as exc:
+                return self._count(run, ("quota_exceeded", str(exc)))
             run.add_field_report(report)
             self.shared.decider.urza.forward_field_report(report)
             return []
