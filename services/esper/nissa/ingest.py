@@ -5,7 +5,14 @@ between the two redelivers the batch, which the event-id keys make harmless.
 Two stages run at once: the fetcher polls and decodes the next batch (and builds its
 rows) while the writer stores the current one, so Kafka, Python and PostgreSQL work in
 parallel. The writer handles batches strictly in order, one transaction each, and
-commits a batch's offsets only after its transaction committed."""
+commits a batch's offsets only after its transaction committed.
+
+No record stops the ingest. Records that are not events (esper.oona.consumer), events
+PostgreSQL cannot store (a NUL in a text field: rows.unstorable_reason), and, should the
+database still refuse a batch with a data error, the events that bisecting the batch
+isolates as the cause, go to the dead-letter topic with the reason; every other event of
+the batch is stored, and the offsets are committed past them once their dead letters are
+acknowledged."""
 
 from __future__ import annotations
 
@@ -26,13 +33,14 @@ from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules
 from esper.nissa.fanout import publish_alerts
 from esper.nissa.report import BatchReport
-from esper.nissa.rows import IngestRows, rows_for
+from esper.nissa.rows import IngestRows, rows_for, unstorable_reason
 from esper.nissa.store import NewEvent, ingest_batch, store_alerts
 from esper.nissa.tracing import trace_parents
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import Assignment, ConsumedEvent, OonaConsumer
+from esper.oona.deadletter import CODE_UNSTORABLE, DeadLetter, DeadLetterSender
 from esper.oona.producer import OonaProducer
-from esper.oona.topics import TOPIC_NAMES, ensure_topics
+from esper.oona.topics import EVENT_TOPIC_NAMES, ensure_topics
 from esper.runtime.postgres import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ DB_RETRY_MAX_S = 5.0
 DB_ERRORS = CONNECTION_ERRORS
 # Called with the report of every stored batch, after its offsets were committed.
 ReportSink = Callable[[BatchReport], Awaitable[None]]
+# What the broker may answer when it cannot take dead letters now (retried like the DB).
+BROKER_ERRORS = (KafkaError, OSError, TimeoutError)
 # Decoded batches waiting for the writer: one is enough to keep the fetcher busy while a
 # batch is written; more would only hold memory (and more work redelivered after a crash).
 PIPELINE_DEPTH = 1
@@ -53,11 +63,17 @@ PIPELINE_DEPTH = 1
 class _Prepared:
     """A polled batch, decoded, with its rows and the offsets to commit once stored."""
 
-    batch: list[tuple[telemetry_pb2.TelemetryEvent, bytes]]
+    consumed: list[ConsumedEvent]
     rows: IngestRows
     offsets: dict[TopicPartition, int]
+    # Records of the batch refused before the database saw them (undecodable, unstorable).
+    dead: list[DeadLetter]
     # Wall-clock time the batch was polled (ns): where its ingest spans start.
     fetched_ns: int = 0
+
+    @property
+    def batch(self) -> list[tuple[telemetry_pb2.TelemetryEvent, bytes]]:
+        return _pairs(self.consumed)
 
 
 class Ingestor:
@@ -72,7 +88,7 @@ class Ingestor:
         rules: AlertRules,
         on_report: ReportSink | None = None,
         batch_max: int = 5_000,
-        topics: Sequence[str] = TOPIC_NAMES,
+        topics: Sequence[str] = EVENT_TOPIC_NAMES,
         keep_events: bool = True,
         on_assign: Callable[[Assignment], None] | None = None,
     ) -> None:
@@ -93,7 +109,14 @@ class Ingestor:
             max_records=batch_max,
             on_assign=on_assign,
         )
+        self.dead_letters = DeadLetterSender(bootstrap, client_id="esper-nissa-deadletter")
         self.ingested = 0
+        # Records sent to the dead-letter topic since start.
+        self.dead_lettered = 0
+        # Monotonic time of the first failure of the batch being written (database or
+        # broker unavailable), None while batches go through: how long the ingest has
+        # been stuck (IngestHealth).
+        self.failing_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, join: bool = True) -> None:
@@ -101,9 +124,12 @@ class Ingestor:
         `join()` (see OonaConsumer.start)."""
         await ensure_topics(self.bootstrap)
         try:
+            await self.dead_letters.start()
             await self.consumer.start(join=False)
         except BaseException:
-            await self.consumer.stop()  # a half-started client leaves no connections behind
+            # A half-started client leaves no connections behind.
+            await self.consumer.stop()
+            await self.dead_letters.stop()
             raise
         if join:
             self.join()
@@ -129,7 +155,10 @@ class Ingestor:
         try:
             await cancel_and_join(task, log)
         finally:
-            await self.consumer.stop()
+            try:
+                await self.consumer.stop()
+            finally:
+                await self.dead_letters.stop()
 
     async def _run(self) -> None:
         prepared: asyncio.Queue[_Prepared] = asyncio.Queue(PIPELINE_DEPTH)
@@ -144,23 +173,81 @@ class Ingestor:
             if not offsets:
                 continue
             fetched_ns = time.time_ns()
-            batch = _pairs(consumed)
-            await prepared.put(_Prepared(batch, rows_for(batch), offsets, fetched_ns))
+            dead = list(self.consumer.refused)
+            storable = _storable(consumed, dead)
+            rows = rows_for(_pairs(storable))
+            await prepared.put(_Prepared(storable, rows, offsets, dead, fetched_ns))
 
     async def _write(self, prepared: asyncio.Queue[_Prepared]) -> None:
-        """Store each batch (one transaction), then commit its offsets, then fan out."""
+        """Store each batch (one transaction), dead-letter what was refused, then commit
+        its offsets, then fan out."""
         while True:
             item = await prepared.get()
-            if item.batch:
-                new, alerts = await self._store_with_retry(item.batch, item.rows)
-                stored_ns = time.time_ns()
-                await self._commit(item.offsets)
-                self.ingested += len(new)
-                if self.on_report is not None:
-                    await self.on_report(
-                        self._report(new, len(item.batch), alerts, item.fetched_ns, stored_ns))
-            else:
-                await self._commit(item.offsets)  # only undecodable records
+            new, alerts, dead = await self._store(item)
+            stored_ns = time.time_ns()
+            await self._send_dead_letters([*item.dead, *dead])
+            await self._commit(item.offsets)
+            self.failing_since = None
+            self.ingested += len(new)
+            if item.consumed and self.on_report is not None:
+                await self.on_report(
+                    self._report(new, len(item.consumed), alerts, item.fetched_ns, stored_ns))
+
+    async def _store(self, item: _Prepared) -> tuple[list[NewEvent], list, list[DeadLetter]]:
+        """Store a batch; when PostgreSQL refuses its data, bisect it to store every event
+        it can and dead-letter the ones it refuses."""
+        if not item.consumed:
+            return [], [], []
+        try:
+            new, alerts = await self._store_with_retry(item.batch, item.rows)
+            return new, alerts, []
+        except asyncpg.DataError as exc:
+            log.warning("nissa ingest: PostgreSQL refused a batch of %d events (%s); "
+                        "isolating the events at fault", len(item.consumed), exc)
+            return await self._isolate(item.consumed, exc)
+
+    async def _isolate(self, consumed: list[ConsumedEvent], error: asyncpg.DataError
+                       ) -> tuple[list[NewEvent], list, list[DeadLetter]]:
+        """Store the halves of a refused batch separately, down to single events: a
+        refused single event is dead-lettered. Each part is its own transaction (the
+        event ids make a redelivery of parts already stored harmless)."""
+        if len(consumed) == 1:
+            return [], [], [_dead_letter(consumed[0], f"PostgreSQL refused it: {error}")]
+        new: list[NewEvent] = []
+        alerts: list = []
+        dead: list[DeadLetter] = []
+        middle = len(consumed) // 2
+        for part in (consumed[:middle], consumed[middle:]):
+            batch = _pairs(part)
+            try:
+                part_new, part_alerts = await self._store_with_retry(batch, rows_for(batch))
+                part_dead: list[DeadLetter] = []
+            except asyncpg.DataError as exc:
+                part_new, part_alerts, part_dead = await self._isolate(part, exc)
+            new += part_new
+            alerts += part_alerts
+            dead += part_dead
+        return new, alerts, dead
+
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Send the dead letters of a batch; hold the batch until the broker has them
+        (its offsets are committed only after: a lost dead letter would be silent loss)."""
+        backoff = DB_RETRY_MIN_S
+        while letters:
+            try:
+                await self.dead_letters.send(letters)
+                self.dead_lettered += len(letters)
+                return
+            except BROKER_ERRORS as exc:
+                self._failing()
+                log.warning("nissa ingest: cannot send %d dead letters, retrying: %s",
+                            len(letters), exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, DB_RETRY_MAX_S)
+
+    def _failing(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit offsets of a stored batch. A failed commit (a rebalance took the
@@ -180,6 +267,7 @@ class Ingestor:
                 async with self.pool.acquire() as conn:
                     return await ingest_batch(conn, batch, self._evaluate, rows)
             except DB_ERRORS as exc:
+                self._failing()
                 log.warning("nissa ingest: database unavailable, retrying: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, DB_RETRY_MAX_S)
@@ -228,6 +316,23 @@ def log_task_failure(task: asyncio.Task[None]) -> None:
 
 def _pairs(consumed: list[ConsumedEvent]) -> list[tuple[telemetry_pb2.TelemetryEvent, bytes]]:
     return [(c.event, c.value) for c in consumed]
+
+
+def _storable(consumed: list[ConsumedEvent], dead: list[DeadLetter]) -> list[ConsumedEvent]:
+    """The events PostgreSQL can store; a dead letter for each of the others."""
+    storable = []
+    for c in consumed:
+        reason = unstorable_reason(c.event)
+        if reason is None:
+            storable.append(c)
+        else:
+            dead.append(_dead_letter(c, reason))
+    return storable
+
+
+def _dead_letter(consumed: ConsumedEvent, reason: str) -> DeadLetter:
+    return DeadLetter(CODE_UNSTORABLE, reason, consumed.topic, consumed.partition,
+                      consumed.offset, consumed.key, consumed.value)
 
 
 class HeartbeatWatcher:

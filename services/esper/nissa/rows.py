@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,42 @@ MAX_EVENT_TIME = dt.datetime(9000, 1, 1, tzinfo=UTC)
 # bigint is signed: uint64 values above this are clamped so hostile input cannot fail a batch.
 MAX_BIGINT = 2**63 - 1
 MAX_INT32 = 2**31 - 1
+
+
+# PostgreSQL text cannot hold the NUL character: COPY fails the whole batch on one.
+NUL = "\x00"
+
+
+# The event's strings that go into text columns, per payload kind (everything else of an
+# event is stored only as bytes, in `body`).
+_BASE_TEXTS = ("event_id", "run_id", "source")
+_KIND_TEXTS: dict[str, tuple[str, ...]] = {
+    "seed_transition": ("seed_id", "slot_id", "reason", "blueprint_ref"),
+    "decision": ("decision_id", "run_id"),
+    "ack": ("decision_id", "run_id", "reason"),
+    "field_report": ("run_id", "seed_id", "blueprint_ref"),
+    "alert": ("alert_id", "event_id", "rule", "run_id", "service", "message"),
+    "heartbeat": ("service", "instance_id"),
+}
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    kind: _BASE_TEXTS + tuple(f"{kind}.{name}" for name in _KIND_TEXTS.get(kind, ()))
+    for kind in ("", *(f.name for f in
+                       telemetry_pb2.TelemetryEvent.DESCRIPTOR.oneofs_by_name["payload"].fields))
+}
+# One C-level getter per kind: reading the fields costs less than a Python loop over them.
+_TEXT_GETTERS = {kind: operator.attrgetter(*names) for kind, names in TEXT_FIELDS.items()}
+
+
+def unstorable_reason(event: telemetry_pb2.TelemetryEvent) -> str | None:
+    """Why PostgreSQL cannot store `event`, or None when it can. Such an event is refused
+    (dead-lettered) rather than altered: a run id with its NUL replaced would name another
+    run. One join and one search per event: this runs for every ingested event."""
+    kind = event.WhichOneof("payload") or ""
+    texts = _TEXT_GETTERS[kind](event)
+    if NUL not in "".join(texts):
+        return None
+    field_name = next(n for n, t in zip(TEXT_FIELDS[kind], texts, strict=True) if NUL in t)
+    return f"{field_name} holds a NUL character, which PostgreSQL text cannot store"
 
 
 @dataclass

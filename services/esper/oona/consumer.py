@@ -1,8 +1,11 @@
 """OonaConsumer: a typed consumer of TelemetryEvents with manual commits.
 
 Offsets are committed only after the caller's handler succeeded, so a consumer that dies
-mid-batch has the batch redelivered to the group. Records that do not decode are counted
-and skipped (their offsets are committed with the batch: they can never succeed)."""
+mid-batch has the batch redelivered to the group. Records that do not decode, and record
+batches that cannot be read (a batch that would inflate past its bound, a corrupt one:
+esper.oona.inflate), are counted, skipped and kept as dead letters of the poll
+(`refused`) for the caller to send to the dead-letter topic; their offsets are committed
+with the batch: they can never succeed."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from opentelemetry import context as otel_context
 from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.leyline.v1 import telemetry_pb2
+from esper.oona import inflate
+from esper.oona.deadletter import CODE_UNDECODABLE, CODE_UNREADABLE_BATCH, DeadLetter
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
 
 log = logging.getLogger(__name__)
@@ -133,6 +138,8 @@ class OonaConsumer:
         self.group_id = group_id
         self.max_records = max_records
         self.decode_errors = 0
+        # The records of the last poll that were refused, as dead letters.
+        self.refused: list[DeadLetter] = []
         # What the Prometheus metrics above record, also kept here so a process without
         # its own /metrics (a Nissa ingest worker) can forward it: events decoded and
         # records refused per topic since start, and the lag per (topic, partition).
@@ -140,6 +147,7 @@ class OonaConsumer:
         self.decode_errors_by_topic: Tally[str] = Tally()
         self.lag: dict[tuple[str, int], int] = {}
         listened = on_assign is not None and group_id is not None
+        inflate.install()  # before the first fetch: bounded inflation, guarded batches
         self._consumer = AIOKafkaConsumer(
             *(() if listened else self.topics),  # subscribed in start(), with the listener
             bootstrap_servers=bootstrap,
@@ -192,7 +200,9 @@ class OonaConsumer:
         self, timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS
     ) -> tuple[list[ConsumedEvent], dict[TopicPartition, int]]:
         """One batch of decoded events, plus the offsets to commit once it is handled
-        (next offset per partition, covering records that failed to decode)."""
+        (next offset per partition, covering records that failed to decode). The records
+        refused in this poll are in `refused` until the next poll."""
+        self.refused = []
         records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
         events: list[ConsumedEvent] = []
         offsets: dict[TopicPartition, int] = {}
@@ -220,19 +230,14 @@ class OonaConsumer:
 
     def _decode(self, record: ConsumerRecord) -> ConsumedEvent | None:
         headers = tuple(record.headers or ())
+        refusal = inflate.refusal_of(headers, record.value)
+        if refusal is not None:
+            self._refuse(record, CODE_UNREADABLE_BATCH, refusal)
+            return None
         try:
             event = decode_event(record.value, headers)
         except DecodeError as exc:
-            self.decode_errors += 1
-            self.decode_errors_by_topic[record.topic] += 1
-            DECODE_ERRORS.labels(record.topic).inc()
-            log.warning(
-                "oona: undecodable record %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
+            self._refuse(record, CODE_UNDECODABLE, str(exc))
             return None
         return ConsumedEvent(
             event=event,
@@ -244,6 +249,15 @@ class OonaConsumer:
             headers=headers,
             value=record.value,
         )
+
+    def _refuse(self, record: ConsumerRecord, code: str, reason: str) -> None:
+        self.decode_errors += 1
+        self.decode_errors_by_topic[record.topic] += 1
+        DECODE_ERRORS.labels(record.topic).inc()
+        log.warning("oona: undecodable record %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, reason)
+        self.refused.append(DeadLetter(code, reason, record.topic, record.partition,
+                                       record.offset, record.key, record.value))
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit handled offsets (no-op without a group or with nothing to commit)."""

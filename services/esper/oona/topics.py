@@ -23,6 +23,7 @@ CATALOG_EVENTS = "esper.catalog.events"
 FIELD_REPORTS = "esper.field-reports"
 ALERTS = "esper.alerts"
 HEARTBEATS = "esper.heartbeats"
+DEADLETTER = "esper.deadletter"
 
 # Partitions: run-keyed, high-volume topics get more so several Nissa ingest workers can
 # share them; compile requests get enough for a handful of Tezzeret workers in one group;
@@ -105,9 +106,19 @@ TOPICS: tuple[TopicSpec, ...] = (
         ("heartbeat",),
         "liveness beats of services and training processes",
     ),
+    TopicSpec(
+        DEADLETTER,
+        SINGLE_PARTITION,
+        (),
+        "records a consumer could not decode or store: the raw bytes (bounded), with the "
+        "reason and the original topic, partition and offset in headers (esper.oona.deadletter)",
+    ),
 )
 
 TOPIC_NAMES: tuple[str, ...] = tuple(spec.name for spec in TOPICS)
+# The topics that carry TelemetryEvents (what Nissa ingests): all but the dead letters,
+# which are raw records that already failed once.
+EVENT_TOPIC_NAMES: tuple[str, ...] = tuple(name for name in TOPIC_NAMES if name != DEADLETTER)
 TOPICS_BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in TOPICS}
 KIND_TOPICS: dict[str, str] = {kind: spec.name for spec in TOPICS for kind in spec.kinds}
 

@@ -1,0 +1,169 @@
+"""No poison pill: Nissa's ingest against the real broker and PostgreSQL stores every
+good event of a batch, moves what it cannot decode or store to `esper.deadletter` with
+the reason and where it came from, commits past it and keeps ingesting — also when a
+record batch is a compression bomb, which is refused without being inflated."""
+
+import asyncio
+import time
+import tracemalloc
+import uuid
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from esper.leyline.v1 import signals_pb2
+from esper.nissa.alerts import AlertRules
+from esper.nissa.db import open_database
+from esper.nissa.ingest import Ingestor
+from esper.oona import encode_event, kafka_headers, new_event
+from esper.oona.deadletter import (
+    CODE_UNDECODABLE,
+    CODE_UNREADABLE_BATCH,
+    CODE_UNSTORABLE,
+    dead_letter_headers,
+)
+from esper.oona.inflate import MAX_INFLATED_BATCH_BYTES
+from esper.oona.topics import DEADLETTER, TOPICS_BY_NAME, TopicSpec, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+# Inflated size of the bomb: far past the bound, small once compressed (~64 KB).
+BOMB_BYTES = 64 * 1024 * 1024
+# What the ingest may allocate (Python-traced) while refusing the bomb: the bound plus
+# slack for the batch it handles meanwhile; inflating the bomb would take BOMB_BYTES.
+MEMORY_CEILING = MAX_INFLATED_BATCH_BYTES * 3 // 2
+
+
+def _snapshot(run: str, step: int):
+    return new_event(source="tolaria", run_id=run,
+                     snapshot=signals_pb2.TrainingSnapshot(run_id=run, step=step))
+
+
+async def _topic(bootstrap: str) -> str:
+    """A topic of this test alone (one partition: the order of its records holds)."""
+    name = f"esper.test.poison.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, (TopicSpec(name, 1, (), "test"),
+                                    TOPICS_BY_NAME[DEADLETTER]))
+    return name
+
+
+async def _send(bootstrap: str, topic: str, values: list[bytes], compression=None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=compression,
+                                max_request_size=BOMB_BYTES * 2, enable_idempotence=False)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, headers=[])
+    finally:
+        await producer.stop()
+
+
+def _event_value(event) -> bytes:
+    assert kafka_headers(event)  # our producers send a content type; raw records may not
+    return encode_event(event)
+
+
+async def _stored(dsn: str, run: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT step FROM nissa.events WHERE run_id = $1 ORDER BY step",
+                                run)
+        return [r["step"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def _wait_for(predicate, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+async def _dead_letters(bootstrap: str, topic: str, count: int) -> list[dict]:
+    """The first `count` dead letters of `topic` (headers, plus the value as "value")."""
+    consumer = AIOKafkaConsumer(DEADLETTER, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    letter = dead_letter_headers(record.headers)
+                    if letter.get("topic") == topic:
+                        found.append({**letter, "value": record.value})
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _ingestor(dsn: str, bootstrap: str, topic: str) -> tuple[Ingestor, asyncpg.Pool]:
+    pool = await open_database(dsn, 10)
+    ingestor = Ingestor(pool, bootstrap, group_id=f"nissa-{uuid.uuid4().hex[:6]}",
+                        rules=AlertRules(), topics=[topic])
+    await ingestor.start()
+    return ingestor, pool
+
+
+async def test_a_poison_event_is_dead_lettered_and_the_rest_is_stored(
+        fresh_database, kafka_bootstrap):
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    topic = await _topic(kafka_bootstrap)
+    nul = _snapshot(run + "\x00evil", 99)  # PostgreSQL text cannot hold NUL
+    values = [_event_value(_snapshot(run, 1)), _event_value(nul), b"\x08\x96\x01garbage",
+              _event_value(_snapshot(run, 2))]
+    await _send(kafka_bootstrap, topic, values)
+    ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
+    try:
+        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 2]))
+        letters = await _dead_letters(kafka_bootstrap, topic, 2)
+        by_offset = {int(letter["offset"]): letter for letter in letters}
+        assert by_offset[1]["code"] == CODE_UNSTORABLE
+        assert "run_id holds a NUL character" in by_offset[1]["reason"]
+        assert by_offset[1]["value"] == values[1]  # the raw bytes, whole (they are small)
+        assert by_offset[1]["partition"] == "0"
+        assert by_offset[2]["code"] == CODE_UNDECODABLE
+        assert by_offset[2]["value"] == values[2]
+        # The ingest goes on after them.
+        await _send(kafka_bootstrap, topic, [_event_value(_snapshot(run, 3))])
+        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 2, 3]))
+        assert not ingestor.task.done()
+        assert ingestor.dead_lettered == 2
+    finally:
+        await ingestor.stop()
+        await pool.close()
+
+
+async def test_a_compression_bomb_is_dead_lettered_without_being_inflated(
+        fresh_database, kafka_bootstrap):
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    topic = await _topic(kafka_bootstrap)
+    await _send(kafka_bootstrap, topic, [bytes(BOMB_BYTES)], compression="gzip")
+    await _send(kafka_bootstrap, topic, [_event_value(_snapshot(run, 1))], compression="gzip")
+    tracemalloc.start()
+    try:
+        ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
+        try:
+            assert await _wait_for(lambda: _stored_is(fresh_database, run, [1]))
+            _, peak = tracemalloc.get_traced_memory()
+            assert peak < MEMORY_CEILING, f"the ingest allocated {peak} bytes"
+            assert not ingestor.task.done()
+        finally:
+            await ingestor.stop()
+            await pool.close()
+    finally:
+        tracemalloc.stop()
+    (letter,) = await _dead_letters(kafka_bootstrap, topic, 1)
+    assert letter["code"] == CODE_UNREADABLE_BATCH
+    assert f"inflates past {MAX_INFLATED_BATCH_BYTES} bytes" in letter["reason"]
+    assert letter["offset"] == "0"
+
+
+async def _stored_is(dsn: str, run: str, steps: list[int]) -> bool:
+    return await _stored(dsn, run) == steps
