@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything Esper needs on a fresh Debian machine: the apt packages
-# (PostgreSQL server binaries, the Fashion-MNIST data set, docker-compose to validate deploy/), a virtual environment in .venv,
+# (PostgreSQL server binaries, the Fashion-MNIST data set, docker-compose to validate deploy/,
+# Node.js for clients/node/), a virtual environment in .venv,
 # and the project installed editable with its dev tools. Re-running is cheap: each step is
 # skipped when already done.
 set -euo pipefail
@@ -15,6 +16,9 @@ need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
+# Node.js and npm for the Node client (clients/node/) and its tests; checked as commands,
+# since a node from elsewhere (e.g. NodeSource's package, which bundles npm) serves as well.
+command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing apt packages: ${need_apt[*]}"
