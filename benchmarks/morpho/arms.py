@@ -20,6 +20,7 @@ from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import builtin_blueprints
 from esper.kasmina import wrap
 from esper.kasmina.merge import residual_module
+from esper.kasmina.widen import WidenSeed, widened_copy
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import TolariaConfig
 from esper.tolaria.kernels import LOCAL_KERNEL_SEED
@@ -143,8 +144,7 @@ def _grown(ctx: Context, policy) -> tuple[dict, object]:
         "params": function_params,  # what the final model computes with (fossils merged)
         "germinations": germinated,
         # merged: an affine seed folded into its host layer's weights (no module left)
-        "fossilized": [{"slot": s.slot_id, "blueprint": s.blueprint_ref,
-                        "merged": morph.slot(s.slot_id).seed is None} for s in states
+        "fossilized": [_fossil(morph, s) for s in states
                        if s.stage == SeedStage.SEED_STAGE_FOSSILIZED],
         "culled": sum(t.to_stage == SeedStage.SEED_STAGE_CULLED for t in morph.transitions),
         "live_at_end": sum(1 for s in states if s.stage not in (
@@ -152,6 +152,18 @@ def _grown(ctx: Context, policy) -> tuple[dict, object]:
             SeedStage.SEED_STAGE_EMBARGOED, SeedStage.SEED_STAGE_RESETTING)),
     })
     return record, morph
+
+
+def _fossil(morph, state) -> dict:
+    """A fossil as the final-architecture control needs it. merged: an affine seed folded
+    into its host layer's weights (no module left); widen: a width seed (which layers it
+    widens and by how much)."""
+    seed = morph.slot(state.slot_id).seed
+    record = {"slot": state.slot_id, "blueprint": state.blueprint_ref, "merged": seed is None}
+    if isinstance(seed, WidenSeed):
+        record["widen"] = {"producer": seed.producer_name, "consumer": seed.consumer_name,
+                           "units": seed.units}
+    return record
 
 
 def run_esper(ctx: Context) -> dict:
@@ -192,7 +204,7 @@ def run_schedule(ctx: Context) -> dict:
 
 def esper_architecture(ctx: Context) -> torch.nn.Module:
     """Esper's final architecture for this seed, freshly initialised: the small host (same
-    seed) with each unmerged fossil's blueprint built in its slot (with the local kernels'
+    seed) with each width fossil's layers widened, each unmerged fossil's blueprint built in its slot (with the local kernels'
     initialisation, as Esper germinated it) as the residual module `unwrap()` makes of a
     fossil. Merged fossils (affine seeds folded into the host weights) add no module.
 
@@ -205,7 +217,11 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     shapes = {slot.slot_id: slot.shape
               for slot in wrap(copy.deepcopy(host), example_input=ctx.example).slots.values()}
     for fossil in ctx.esper()["fossilized"]:
-        if fossil["merged"]:
+        if fossil.get("widen"):  # a wider layer pair, freshly initialised
+            w = fossil["widen"]
+            host = widened_copy(host, w["producer"], w["consumer"], w["units"])
+    for fossil in ctx.esper()["fossilized"]:
+        if fossil["merged"] or fossil.get("widen"):
             continue
         name = fossil["slot"]
         seed = build_seed(catalog[fossil["blueprint"]], shapes[name], seed=LOCAL_KERNEL_SEED)

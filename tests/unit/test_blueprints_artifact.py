@@ -24,6 +24,7 @@ from esper.blueprints import (
     unpack_kernel,
 )
 from esper.blueprints.artifact import FORMAT_TAG
+from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 
 
@@ -46,7 +47,8 @@ def resign(data: bytes, edit) -> bytes:
 
 @pytest.mark.parametrize("spec", builtin_blueprints(), ids=lambda s: s.name)
 def test_round_trip_is_bit_exact(spec):
-    shape = common.SlotShape(kind=spec.slot_kinds[-1], channels=16, length=4, height=3, width=3)
+    shape = common.SlotShape(kind=spec.slot_kinds[-1], channels=16, length=4, height=3, width=3,
+                             widen_params_per_unit=33)  # read by width blueprints only
     module = build_seed(spec, shape)
     with torch.no_grad():  # move off the zero init so every tensor carries information
         for p in module.parameters():
@@ -61,8 +63,9 @@ def test_round_trip_is_bit_exact(spec):
         assert torch.equal(a[key], b[key]), key
     module.eval()
     module2.eval()
-    x = example_input(shape)
-    assert torch.equal(module(x), module2(x))
+    if spec.family != bp.BLUEPRINT_FAMILY_WIDTH:  # width seeds run only once materialised
+        x = example_input(shape)
+        assert torch.equal(module(x), module2(x))
     assert pack_kernel(spec2, shape2, module2) == data
 
 

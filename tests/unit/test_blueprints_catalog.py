@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from esper.blueprints import (
+    BlueprintError,
     build_seed,
     builtin_blueprints,
     estimate_flops,
+    estimate_params,
     eval_dim,
     example_input,
     get_builtin,
@@ -19,7 +21,11 @@ from esper.leyline.v1 import common_pb2 as common
 
 # Small widths valid for every built-in (attention needs C divisible by 8 for RoPE).
 WIDTHS = (8, 16)
-CASES = [(spec.name, kind, c) for spec in builtin_blueprints() for kind in spec.slot_kinds
+# Blueprints whose seed runs on its own; width blueprints are materialised by Kasmina
+# against a host's layers (tests/unit/test_kasmina_widen.py).
+STANDALONE = [s for s in builtin_blueprints() if s.family != bp.BLUEPRINT_FAMILY_WIDTH]
+WIDTH = [s for s in builtin_blueprints() if s.family == bp.BLUEPRINT_FAMILY_WIDTH]
+CASES = [(spec.name, kind, c) for spec in STANDALONE for kind in spec.slot_kinds
          for c in WIDTHS]
 
 
@@ -65,7 +71,23 @@ def test_get_builtin_and_copies():
     assert builtin_blueprints()[0].name != "MUTATED"
 
 
-@pytest.mark.parametrize("spec", builtin_blueprints(), ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", WIDTH, ids=lambda s: s.name)
+def test_width_formulas_are_the_notional_estimate_and_slots_give_the_real_size(spec):
+    for c in (8, 16, 24, 64, 256):
+        assert eval_dim(spec.metadata.flops_formula, c) == estimate_flops(spec, c), c
+        assert eval_dim(spec.metadata.params_formula, c) == estimate_params(spec, c), c
+    units = eval_dim("max(C/2,1)", 32)
+    assert estimate_params(spec, 32, widen_per_unit=817) == units * 817
+    with pytest.raises(BlueprintError, match="widen_params_per_unit"):
+        build_seed(spec, common.SlotShape(kind=common.SLOT_KIND_FEATURES, channels=32))
+    request = build_seed(spec, common.SlotShape(kind=common.SLOT_KIND_FEATURES, channels=32,
+                                                widen_params_per_unit=817))
+    assert not list(request.parameters())
+    with pytest.raises(RuntimeError, match="materialised"):
+        request(torch.zeros(2, 32))
+
+
+@pytest.mark.parametrize("spec", STANDALONE, ids=lambda s: s.name)
 def test_formulas_match_module_and_estimator(spec):
     for c in (8, 16, 24, 64, 256):
         assert eval_dim(spec.metadata.flops_formula, c) == estimate_flops(spec, c), c
@@ -101,7 +123,7 @@ def test_builds_preserves_shape_zero_at_init_and_trains(case):
     assert seed(x.detach()).abs().sum() > 0, "one step must move the seed off zero"
 
 
-@pytest.mark.parametrize("spec", builtin_blueprints(), ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", STANDALONE, ids=lambda s: s.name)
 def test_build_is_deterministic_and_honours_dtype(spec):
     shape = common.SlotShape(kind=spec.slot_kinds[0], channels=8)
     a = build_seed(spec, shape, seed=7)
@@ -117,7 +139,7 @@ def test_build_is_deterministic_and_honours_dtype(spec):
     assert all(k.startswith("ops.") for k in a.state_dict())
 
 
-@pytest.mark.parametrize("spec", builtin_blueprints(), ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", STANDALONE, ids=lambda s: s.name)
 def test_trains_under_bf16_autocast(spec):
     shape = common.SlotShape(kind=spec.slot_kinds[-1], channels=8)
     seed = build_seed(spec, shape, seed=0)

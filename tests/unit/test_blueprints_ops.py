@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from esper.blueprints import build_seed, example_input, get_builtin
+from esper.blueprints import BlueprintError, build_seed, example_input, get_builtin, resolve_for_shape
 from esper.blueprints.dsl import Dim, graph, node
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
@@ -205,6 +205,23 @@ def test_dropout_and_scalar_gate():
     learned = seed_for(FEATURES, 4, node("g", bp.OP_TYPE_SCALAR_GATE, "input"))
     assert [n for n, _ in learned.named_parameters()] == ["ops.g.gate"]
     assert torch.equal(learned(x[:, :4]), torch.zeros(4, 4))
+
+
+def test_widen_is_alone_sized_by_the_slot_and_never_runs_unmaterialised():
+    with pytest.raises(BlueprintError, match="only node"):
+        seed_for(FEATURES, 8, node("w", bp.OP_TYPE_WIDEN, "input", units=4),
+                 node("r", bp.OP_TYPE_RELU, "w"))
+    with pytest.raises(BlueprintError, match="widen_params_per_unit"):
+        seed_for(FEATURES, 8, node("w", bp.OP_TYPE_WIDEN, "input", units=4))
+    spec = bp.BlueprintSpec(name="BP-OPTEST", version="0.1.0", family=bp.BLUEPRINT_FAMILY_WIDTH,
+                            slot_kinds=[FEATURES],
+                            graph=graph(node("w", bp.OP_TYPE_WIDEN, "input", units=Dim("C/2"))))
+    shape = common.SlotShape(kind=FEATURES, channels=8, widen_params_per_unit=21)
+    request = build_seed(spec, shape)
+    assert request.ops["w"].units == 4 and not list(request.parameters())
+    assert resolve_for_shape(spec, shape).params == 4 * 21
+    with pytest.raises(RuntimeError, match="materialised"):
+        request(torch.zeros(2, 8))
 
 
 def test_every_op_is_exercised():

@@ -31,6 +31,7 @@ Y = torch.randint(0, 3, (8,))
 def setup(cfg=None, cache=None):
     torch.manual_seed(0)
     model = wrap(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
+                 lambda name, module: True,  # the logits layer too (not a default slot)
                  example_input=X, config=cfg or KasminaConfig(max_seed_param_fraction=100.0))
     return model, DecisionApplier(model, BlueprintSeedBuilder(cache=cache), run_id="r1")
 

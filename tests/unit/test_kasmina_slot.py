@@ -283,7 +283,7 @@ def test_seed_created_on_slot_dtype():
 
 
 def test_seed_states_and_transitions_records():
-    model = wrap(mlp(), example_input=data()[0])
+    model = wrap(mlp(), lambda name, module: True, example_input=data()[0])
     seen = []
     model.transition_listeners.append(seen.append)
     slot = model.slots["0"]

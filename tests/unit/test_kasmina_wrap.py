@@ -46,7 +46,7 @@ CASES = [(mlp, (4, 6)), (cnn, (2, 1, 6, 6)), (TinyTransformer, (2, 7, 5))]
 def test_wrap_is_bit_identical_and_keeps_state_dict(make, shape):
     x = torch.randn(*shape)
     plain = make()
-    model = wrap(make(), example_input=x)
+    model = wrap(make(), lambda name, module: True, example_input=x)
     assert len(model.slots) >= 3
     plain.train(), model.train()
     assert torch.equal(model(x), plain(x))
@@ -84,7 +84,7 @@ def test_slot_choice_by_names_and_predicate():
 
 
 def test_shapes_inferred_for_cnn():
-    model = wrap(cnn(), example_input=torch.randn(2, 1, 6, 6))
+    model = wrap(cnn(), lambda name, module: True, example_input=torch.randn(2, 1, 6, 6))
     s = model.slots["0"].shape
     assert (s.kind, s.channels, s.height, s.width) == (SlotKind.SLOT_KIND_CONV2D, 4, 6, 6)
     assert model.slots["5"].shape.kind == SlotKind.SLOT_KIND_FEATURES

@@ -78,7 +78,8 @@ def test_scheduled_growth_germinates_and_the_heuristic_finishes_the_seed(one_thr
     assert source.applied and source.applied[0]["slot"] == "fc2", source.dropped
     stages = {s.slot_id: s.stage for s in session.model.seed_states()}
     assert stages["fc2"] == SeedStage.SEED_STAGE_FOSSILIZED, stages
-    assert stages["fc1"] == stages["fc3"] == SeedStage.SEED_STAGE_DORMANT  # nothing unplanned
+    assert stages["fc1"] == SeedStage.SEED_STAGE_DORMANT  # nothing unplanned
+    assert "fc3" not in stages  # the logits layer is not a default slot
 
 
 def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> None:

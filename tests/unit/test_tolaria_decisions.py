@@ -25,6 +25,7 @@ from esper.leyline.v1.control_pb2 import (
     GerminateAction,
     WaitAction,
 )
+from esper.kasmina import KasminaConfig
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import ReplayPolicy, TolariaConfig, attach
 
@@ -86,7 +87,8 @@ def _germinate(session, did: str, step: int, ref: str = IA3, **overrides) -> Ada
 
 def test_bad_decisions_rejected_with_reason_and_training_continues() -> None:
     replay = ReplayPolicy([])
-    model, optimizer, session, acks = _session(replay)
+    # Half the host's parameters, so one LoRA-R64 (512) is over budget in this small host.
+    model, optimizer, session, acks = _session(replay, kasmina=KasminaConfig(max_seed_param_fraction=0.5))
     good = _germinate(session, "good", 10)
     replay.log = sorted([
         _decision("unknown-slot", 2, advance=AdvanceAction(slot_id="nope")),

@@ -197,8 +197,21 @@ def grad_clamp():
                  "to 1.0 (when the seed sees the activation undetached).")
 
 
+def widen_half():
+    g = graph(node("widen", bp.OP_TYPE_WIDEN, "input", units=Dim("max(C/2,1)")))
+    # The formulas are notional (a C -> C layer followed by another: 2C+1 parameters per
+    # unit); the real size is units * SlotShape.widen_params_per_unit of the slot.
+    return _spec("BP-WIDEN-HALF", bp.BLUEPRINT_FAMILY_WIDTH, [FEATURES, CONV2D], g,
+                 params="max(C/2,1)*(2*C+1)", flops="max(C/2,1)*(4*C+2)", risk=0.15,
+                 capacity=1.5, tags=["width", "widen", "net2net", "function-preserving"],
+                 description="Widens the slot's Linear or Conv2d layer in place by C/2 units "
+                 "(and the next layer's inputs by as many): the new units' outgoing weights "
+                 "start at zero. Fossilized, it is a plain wider layer (unwrap() merges it).")
+
+
 ENTRIES = (
     mlp_gelu, mlp_swiglu, lora(8), lora(64), ia3, layer_norm, rms_norm, conv_res3x3,
     conv1d_res3, conv_dwsep, squeeze_excitation, attention_mha, attention_gqa_rope, moe_top2,
+    widen_half,
     activation_monitor, grad_clamp,
 )

@@ -86,7 +86,14 @@ def validate_blueprint(spec: bp.BlueprintSpec, *, reference_width: int = REFEREN
     """Raise BlueprintError if ``spec`` is invalid; return its graph resolved at the
     reference width."""
     order = check_structure(spec)
-    return _resolve(spec, order, reference_width, max_params)
+    return _resolve(spec, order, reference_width, max_params,
+                    notional_widen_per_unit(reference_width))
+
+
+def notional_widen_per_unit(channels: int) -> int:
+    """What one more unit costs in a C -> C layer followed by another (a width blueprint's
+    size when no slot is given)."""
+    return 2 * channels + 1
 
 
 def resolve_for_shape(spec: bp.BlueprintSpec, shape: common.SlotShape) -> ResolvedGraph:
@@ -96,7 +103,7 @@ def resolve_for_shape(spec: bp.BlueprintSpec, shape: common.SlotShape) -> Resolv
     if shape.kind not in spec.slot_kinds:
         kinds = ", ".join(kind_name(k) for k in spec.slot_kinds)
         raise BlueprintError("shape.kind", f"{spec.name} supports {kinds}, not {kind_name(shape.kind)}")
-    return _resolve(spec, order, shape.channels, MAX_BUILD_PARAMS)
+    return _resolve(spec, order, shape.channels, MAX_BUILD_PARAMS, shape.widen_params_per_unit)
 
 
 def validate_slot_shape(shape: common.SlotShape, field: str = "shape") -> None:
@@ -108,14 +115,17 @@ def validate_slot_shape(shape: common.SlotShape, field: str = "shape") -> None:
         raise BlueprintError(f"{field}.channels", f"{shape.channels} is not in [1, {MAX_DIM}]")
 
 
-def estimate_params(spec: bp.BlueprintSpec, channels: int) -> int:
-    """Parameter count of the seed built at width ``channels`` (validates the spec)."""
-    return _resolve(spec, check_structure(spec), channels, MAX_BUILD_PARAMS).params
+def estimate_params(spec: bp.BlueprintSpec, channels: int, widen_per_unit: int | None = None) -> int:
+    """Parameter count of the seed built at width ``channels`` (validates the spec);
+    `widen_per_unit`: the slot's SlotShape.widen_params_per_unit (notional when None)."""
+    per_unit = notional_widen_per_unit(channels) if widen_per_unit is None else widen_per_unit
+    return _resolve(spec, check_structure(spec), channels, MAX_BUILD_PARAMS, per_unit).params
 
 
-def estimate_flops(spec: bp.BlueprintSpec, channels: int) -> int:
+def estimate_flops(spec: bp.BlueprintSpec, channels: int, widen_per_unit: int | None = None) -> int:
     """Forward FLOPs per position at width ``channels`` (see esper.blueprints.shapes)."""
-    return _resolve(spec, check_structure(spec), channels, MAX_BUILD_PARAMS).flops
+    per_unit = notional_widen_per_unit(channels) if widen_per_unit is None else widen_per_unit
+    return _resolve(spec, check_structure(spec), channels, MAX_BUILD_PARAMS, per_unit).flops
 
 
 def check_structure(spec: bp.BlueprintSpec) -> list[int]:
@@ -163,6 +173,9 @@ def _check_nodes(spec) -> dict[str, int]:
         ids[node.id] = i
     for i, node in enumerate(nodes):
         _check_node(spec, node, f"graph.nodes[{i}]", ids)
+        if node.op == bp.OP_TYPE_WIDEN and len(nodes) != 1:
+            raise BlueprintError(f"graph.nodes[{i}].op", "OP_TYPE_WIDEN must be the graph's only "
+                                 "node (Kasmina builds the widened layers from the host's own)")
     return ids
 
 
@@ -225,14 +238,14 @@ def _check_output(graph, ids: dict[str, int]) -> None:
             raise BlueprintError(f"graph.nodes[{i}]", f"node {node.id!r} does not feed the output")
 
 
-def _resolve(spec, order: list[int], c: int, max_params: int) -> ResolvedGraph:
+def _resolve(spec, order: list[int], c: int, max_params: int, widen_per_unit: int = 0) -> ResolvedGraph:
     acts: dict[str, Act] = {INPUT_ID: Act(c)}
     resolved, params, flops = [], 0, 0
     for i in order:
         node, path = spec.graph.nodes[i], f"graph.nodes[{i}]"
         attrs = read_attrs(node, OP_SCHEMAS[node.op], c, path)
         ins = tuple(acts[s] for s in node.inputs)
-        cost = infer(node.op, attrs, list(ins), path, _SPATIAL_DIMS.get(node.op, 0))
+        cost = infer(node.op, attrs, list(ins), path, _SPATIAL_DIMS.get(node.op, 0), widen_per_unit)
         params += cost.params
         if params > max_params:
             raise BlueprintError(path, f"{op_name(node.op)} brings the parameter count to "

@@ -103,6 +103,23 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=self.dims, keepdim=True)
 
 
+class WidenRequest(nn.Module):
+    """An OP_TYPE_WIDEN node: how many units to add, nothing else. Kasmina turns it into
+    the real width seed (esper.kasmina.widen), whose layers copy the host's own; alone it
+    cannot run."""
+
+    def __init__(self, units: int) -> None:
+        super().__init__()
+        self.units = units
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a width seed runs only once Kasmina has materialised it against "
+                           "its host layers (esper.kasmina.widen)")
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}"
+
+
 def _zero_(module: nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters(recurse=False):
@@ -155,6 +172,8 @@ def make_op(node: ResolvedNode, kind: int) -> nn.Module:
         module = nn.Dropout(a["p"])
     elif op == bp.OP_TYPE_SCALAR_GATE:
         module = ScalarGate(a["init_value"], a["trainable"])
+    elif op == bp.OP_TYPE_WIDEN:
+        module = WidenRequest(a["units"])
     else:
         raise AssertionError(f"no module for op {op}")
     if a.get("init") == "zeros" and op not in (bp.OP_TYPE_CONV2D, bp.OP_TYPE_CONV1D):

@@ -105,6 +105,9 @@ OP_SCHEMAS: dict[int, OpSchema] = {
     bp.OP_TYPE_SCALAR_GATE: OpSchema(attrs={
         "init_value": AttrSpec(FLOAT, default=0.0, low=-1e6, high=1e6),
         "trainable": AttrSpec(BOOL, default=True)}),
+    # Width growth: materialised by Kasmina against the host's layers (see OP_TYPE_WIDEN).
+    bp.OP_TYPE_WIDEN: OpSchema(attrs={"units": AttrSpec(DIM, required=True, low=1)},
+                               slot_kinds=(common.SLOT_KIND_FEATURES, common.SLOT_KIND_CONV2D)),
 }
 
 

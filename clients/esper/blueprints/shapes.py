@@ -40,12 +40,27 @@ class OpCost:
     flops: int
 
 
-def infer(op: int, a: dict, ins: list[Act], path: str, spatial_dims: int) -> OpCost:
-    """Output shape, parameter count and per-position FLOPs of one op."""
+def infer(op: int, a: dict, ins: list[Act], path: str, spatial_dims: int,
+          widen_per_unit: int = 0) -> OpCost:
+    """Output shape, parameter count and per-position FLOPs of one op. `widen_per_unit`:
+    the slot's SlotShape.widen_params_per_unit (OP_TYPE_WIDEN only)."""
+    if op == bp.OP_TYPE_WIDEN:
+        return _widen(a, ins, path, widen_per_unit)
     cost = _RULES[op](a, ins, path, spatial_dims)
     if ins and all(x.pooled for x in ins) and op != bp.OP_TYPE_GLOBAL_AVG_POOL:
         cost = OpCost(cost.out, cost.params, 0)
     return cost
+
+
+def _widen(a, ins, path, per_unit: int) -> OpCost:
+    """Width growth adds `units` rows to the host layer and as many input columns to the
+    next one: per_unit parameters each, a multiply-add per parameter per position."""
+    if per_unit <= 0:
+        raise BlueprintError("shape.widen_params_per_unit",
+                             "this slot's layer cannot be widened in place (no Linear/Conv2d "
+                             "read through channel-wise ops follows it)")
+    params = a["units"] * per_unit
+    return OpCost(ins[0], params, 2 * params)
 
 
 def _same(flops_per_elem: int = 1):

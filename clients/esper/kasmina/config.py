@@ -52,7 +52,10 @@ class KasminaConfig:
     # seed costs memory and optimizer state, and overlapping seeds confound attribution.
     max_live_seeds: int = 4
     # Budget: parameters all live and fossilized seeds may add, as a fraction of the host's.
-    max_seed_param_fraction: float = 0.5
+    # 1.0 lets growth double the host: a width seed costs about half the host when it widens
+    # the host's largest layer by half, so at 0.5 one widening would spend the whole budget
+    # and the budget, not the policy, would end growth.
+    max_seed_param_fraction: float = 1.0
     # Default embargo after a cull (see DEFAULT_EMBARGO_STEPS).
     default_embargo_steps: int = DEFAULT_EMBARGO_STEPS
     # G0/G1: a function-preserving seed's output on the probe must be within this of 0.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from esper.kasmina import widen
 from esper.kasmina.seeds import SeedBuilder, SeedBuildError
 from esper.kasmina.slot import GateRefused, SeedSlot
 from esper.kasmina.wrap import MorphableModel
@@ -33,8 +34,10 @@ class DecisionApplier:
             build_seed, "is_function_preserving", lambda ref: True)
         self.answered: set[str] = set()
 
-    def apply(self, decision: AdaptationDecision, loss: float | None = None) -> DecisionAck:
-        """Apply one decision at a safe point; returns its (single) ack."""
+    def apply(self, decision: AdaptationDecision, loss: float | None = None, *,
+              seed_id: str | None = None) -> DecisionAck:
+        """Apply one decision at a safe point; returns its (single) ack. `seed_id` names
+        the seed a germinate creates (a replica of a distributed run takes rank 0's)."""
         step = self.model.global_step
         ack = DecisionAck(decision_id=decision.decision_id, run_id=decision.run_id or self.run_id,
                           step=step)
@@ -48,7 +51,7 @@ class DecisionApplier:
             ack.reason = f"expired at step {decision.expires_at_step}, now step {step}"
             return ack
         try:
-            ack.reason = self._dispatch(decision, ack, loss)
+            ack.reason = self._dispatch(decision, ack, loss, seed_id)
             ack.status = AckStatus.ACK_STATUS_APPLIED
         except Rejected as exc:
             _rejected(ack, str(exc))
@@ -59,7 +62,8 @@ class DecisionApplier:
             _rejected(ack, str(exc))
         return ack
 
-    def _dispatch(self, d: AdaptationDecision, ack: DecisionAck, loss: float | None) -> str:
+    def _dispatch(self, d: AdaptationDecision, ack: DecisionAck, loss: float | None,
+                  seed_id: str | None = None) -> str:
         kind = d.WhichOneof("action")
         if kind is None:
             raise Rejected("decision has no action")
@@ -68,7 +72,7 @@ class DecisionApplier:
         slot = self._slot(getattr(d, kind).slot_id)
         step = self.model.global_step
         if kind == "germinate":
-            return self._germinate(d, slot, ack, loss)
+            return self._germinate(d, slot, ack, loss, seed_id)
         if kind == "cull":
             if not slot.is_live():
                 raise lifecycle.IllegalTransition(slot.stage, S.SEED_STAGE_CULLED)
@@ -91,7 +95,7 @@ class DecisionApplier:
             raise Rejected(f"unknown slot {slot_id!r}") from exc
 
     def _germinate(self, d: AdaptationDecision, slot: SeedSlot, ack: DecisionAck,
-                   loss: float | None) -> str:
+                   loss: float | None, seed_id: str | None = None) -> str:
         g = d.germinate
         lifecycle.check_transition(slot.stage, S.SEED_STAGE_GERMINATED)
         cfg = self.model.cfg
@@ -103,6 +107,13 @@ class DecisionApplier:
             seed = self.build_seed(g, slot.shape, slot.device, slot.dtype)
         except SeedBuildError as exc:
             raise Rejected(str(exc)) from exc
+        if widen.widen_request(seed):
+            try:
+                seed = widen.materialise(seed, slot.widen_site, self.model.host,
+                                         blueprint_ref=g.blueprint_ref,
+                                         rng_seed=widen.rng_seed_for(slot.slot_id, self.model.global_step))
+            except ValueError as exc:
+                raise Rejected(f"{g.blueprint_ref} in {slot.slot_id}: {exc}") from exc
         added = sum(p.numel() for p in seed.parameters() if p.requires_grad)
         limit = cfg.max_seed_param_fraction * self.model.host_param_count()
         if self.model.seed_param_count() + added > limit:
@@ -113,6 +124,7 @@ class DecisionApplier:
             seed, step=self.model.global_step, blueprint_ref=g.blueprint_ref,
             kernel_id=g.kernel_id, kernel_digest=g.kernel_sha256.lower(), schedule=g.schedule,
             function_preserving=self._function_preserving(g.blueprint_ref), loss=loss,
+            seed_id=seed_id,
         )
         ack.gate.CopyFrom(result)
         ack.seed_id = slot.record.seed_id

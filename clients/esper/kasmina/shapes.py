@@ -43,6 +43,7 @@ class SlotSite:
     shape: SlotShape
     device: torch.device
     dtype: torch.dtype
+    widen: object = None  # esper.kasmina.widen.WidenSite when the layer can be widened
 
 
 def is_eligible(module: nn.Module) -> bool:

@@ -16,6 +16,7 @@ from esper.kasmina.blending import alpha_at, with_defaults
 from esper.kasmina.config import KasminaConfig
 from esper.kasmina.record import SeedRecord
 from esper.kasmina.shapes import SlotSite, probe_shape
+from esper.kasmina.widen import WidenSeed, run_path
 from esper.leyline import lifecycle
 from esper.leyline.ids import new_seed_id
 from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
@@ -47,6 +48,8 @@ class GateRefused(RuntimeError):
 class SlotEvents(Protocol):
     """Where a slot reports what happened (implemented by MorphableModel)."""
 
+    host: nn.Module
+
     def transition(self, event: SeedTransition) -> None: ...
     def seed_added(self, slot: SeedSlot, params: list[nn.Parameter]) -> None: ...
     def seed_removed(self, slot: SeedSlot, params: list[nn.Parameter]) -> None: ...
@@ -70,7 +73,9 @@ class SeedSlot(nn.Module):
         # The host module is not a submodule of the slot (its weights keep their keys).
         self.__dict__["host_module"] = site.module
         self.__dict__["_events"] = events
-        self._handle = None
+        self._handles: list = []
+        # Width growth: where this slot's layer can be widened (None: it cannot).
+        self.__dict__["widen_site"] = site.widen
         self.register_buffer("alpha_t", torch.zeros((), device=site.device), persistent=False)
         self.register_buffer("non_finite_acc", torch.zeros((), dtype=torch.int64,
                                                            device=site.device), persistent=False)
@@ -283,18 +288,33 @@ class SeedSlot(nn.Module):
         factory = _HOOK_BY_STAGE.get(self.stage)
         if self.stage == S.SEED_STAGE_FOSSILIZED and not self.record.merged:
             factory = hooks.fossil_hook
-        if factory is not None and self.seed is not None:
-            self._handle = self.host_module.register_forward_hook(factory(self))
+        if factory is None or self.seed is None:
+            return
+        if isinstance(self.seed, WidenSeed):
+            reader = self._host_root().get_submodule(self.seed.consumer_name)
+            self._handles = [
+                self.host_module.register_forward_hook(hooks.capture_hook(self.seed)),
+                # First among the next layer's hooks: a seed in that layer's own slot then
+                # sees the widened layer's output, as it will after unwrap().
+                reader.register_forward_hook(factory(self, self.seed.take_tap), prepend=True),
+            ]
+        else:
+            self._handles = [self.host_module.register_forward_hook(factory(self))]
 
     def remove_hook(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _host_root(self) -> nn.Module:
+        return self._events.host  # the MorphableModel's host (width seeds span two layers)
 
     def _fossilize(self) -> None:
         from esper.kasmina.merge import try_merge  # merge imports slot-free helpers only
 
-        if try_merge(self.host_module, self.seed, self.shape, self.device, self.dtype):
+        # A width seed stays a branch while training goes on (widening the host's tensors
+        # would change optimizer state shapes); unwrap() merges it into wider layers.
+        if not isinstance(self.seed, WidenSeed) and try_merge(self.host_module, self.seed, self.shape, self.device, self.dtype):
             params = self.seed_parameters()
             self.record.merged = True
             self.seed = None
@@ -329,13 +349,21 @@ class SeedSlot(nn.Module):
         inputs = gates.GateInputs(step=step)
         gen = torch.Generator(device=self.device).manual_seed(PROBE_SEED)
         x = torch.randn(probe_shape(self.shape), generator=gen, device=self.device).to(self.dtype)
+        expected = tuple(x.shape)
         try:
+            if isinstance(seed, WidenSeed):  # reads the layer's input, adds to the next one's output
+                x = seed.probe_input(2, gen, self.device, self.dtype)
+                with torch.no_grad():
+                    reader = self._host_root().get_submodule(seed.consumer_name)
+                    # .forward: the layers' own computation, without the hooks of other seeds
+                    h = run_path(seed.path, self.host_module.forward(x))
+                    expected = tuple(reader.forward(h[:, :reader.weight.shape[1]]).shape)
             with torch.set_grad_enabled(backward):
                 out = seed(x)
         except Exception as exc:  # a seed that cannot run is refused, never raised into training
             inputs.shape_detail = f"seed forward failed: {type(exc).__name__}: {exc}"
             return inputs
-        inputs.shape_ok = tuple(out.shape) == tuple(x.shape)
+        inputs.shape_ok = tuple(out.shape) == expected
         inputs.shape_detail = f"seed output {tuple(out.shape)} for input {tuple(x.shape)}"
         inputs.forward_finite = bool(torch.isfinite(out).all())
         inputs.probe_abs_max = float(out.detach().abs().max()) if out.numel() else 0.0

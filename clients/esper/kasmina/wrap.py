@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
-from torch import nn
+from torch import fx, nn
 
 from esper.kasmina.config import KasminaConfig
 from esper.kasmina.merge import residual_module
@@ -32,6 +32,7 @@ from esper.kasmina.shapes import (
     observe_shapes,
 )
 from esper.kasmina.slot import SeedSlot
+from esper.kasmina.widen import WidenSeed, find_widen_sites, merged_layers
 from esper.leyline import lifecycle
 from esper.leyline.v1.common_pb2 import SlotShape
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
@@ -170,8 +171,17 @@ class MorphableModel(nn.Module):
                           stacklevel=2)
         with self._hooks_detached():
             plain = copy.deepcopy(self.host)
-        for slot in self.esper_slots.values():
-            if slot.stage == SeedStage.SEED_STAGE_FOSSILIZED and slot.seed is not None:
+        fossils = [s for s in self.esper_slots.values()
+                   if s.stage == SeedStage.SEED_STAGE_FOSSILIZED and s.seed is not None]
+        # Widenings first: a residual fossil on the next layer then wraps the wider layer.
+        for slot in [s for s in fossils if isinstance(s.seed, WidenSeed)]:
+            seed = slot.seed
+            wide_a, wide_b = merged_layers(plain.get_submodule(seed.producer_name),
+                                           plain.get_submodule(seed.consumer_name), seed)
+            _replace_submodule(plain, seed.producer_name, wide_a)
+            _replace_submodule(plain, seed.consumer_name, wide_b)
+        for slot in fossils:
+            if not isinstance(slot.seed, WidenSeed):
                 host_copy = plain.get_submodule(slot.node_id)
                 fossil = residual_module(host_copy, copy.deepcopy(slot.seed))
                 _replace_submodule(plain, slot.node_id, fossil)
@@ -186,6 +196,35 @@ class MorphableModel(nn.Module):
         finally:
             for slot in self.esper_slots.values():
                 slot.install_hook()
+
+
+def output_layers(model: nn.Module) -> set[str]:
+    """Eligible modules whose output reaches the model's output through no other eligible
+    module (the layers that compute the logits); empty when torch.fx cannot trace it."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # untraceable models keep every eligible slot
+        return set()
+    modules = dict(model.named_modules())
+
+    def eligible(node: fx.Node) -> bool:
+        return node.op == "call_module" and is_eligible(modules.get(node.target, nn.Identity()))
+
+    heads = set()
+    for node in graph.nodes:
+        if not eligible(node):
+            continue
+        stack, seen = list(node.users), set()
+        while stack:
+            user = stack.pop()
+            if user in seen or eligible(user):
+                continue
+            seen.add(user)
+            if user.op == "output":
+                heads.add(node.target)
+                break
+            stack.extend(user.users)
+    return heads
 
 
 def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -210,7 +249,11 @@ def _choose(model: nn.Module, slots: SlotChoice) -> list[str]:
     modules = dict(model.named_modules())
     banned = fused_descendants(model)
     if slots is None:
-        return [n for n, m in modules.items() if n and is_eligible(m) and n not in banned]
+        # No growth on the output logits unless asked: a seed there rewrites the answer
+        # itself rather than the features it is computed from.
+        heads = output_layers(model)
+        return [n for n, m in modules.items()
+                if n and is_eligible(m) and n not in banned and n not in heads]
     if callable(slots):
         return [n for n, m in modules.items()
                 if n and is_eligible(m) and n not in banned and slots(n, m)]
@@ -238,12 +281,17 @@ def wrap(model: nn.Module, slots: SlotChoice = None, *, example_input: object = 
     if len({slot_key(n) for n in names}) != len(names):
         raise ValueError("two slot ids collide after replacing '.' with '__'")
     seen = observe_shapes(model, names, example_input) if example_input is not None else {}
+    widenable = find_widen_sites(model, names, example_input)
     sites = []
     for name in names:
         module = model.get_submodule(name)
         device, dtype = module_device_dtype(module, model)
         shape = seen.get(name) or SlotShape(kind=default_kind(module), channels=channels_of(module))
-        sites.append(SlotSite(node_id=name, module=module, shape=shape, device=device, dtype=dtype))
+        widen = widenable.get(name)
+        if widen is not None:
+            shape.widen_params_per_unit = widen.params_per_unit
+        sites.append(SlotSite(node_id=name, module=module, shape=shape, device=device, dtype=dtype,
+                              widen=widen))
     return MorphableModel(model, sites, config or KasminaConfig())
 
 

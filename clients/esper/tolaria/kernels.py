@@ -18,8 +18,9 @@ import torch
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import builtin_blueprints
-from esper.blueprints.graph import estimate_flops
+from esper.blueprints.graph import estimate_flops, estimate_params
 from esper.kasmina import KernelCache
+from esper.kasmina.widen import widen_request
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2, kernel_pb2
 from esper.leyline.v1.signals_pb2 import SlotInfo
@@ -43,8 +44,8 @@ def spec_ref(spec: bp.BlueprintSpec) -> str:
     return f"{spec.name}@{spec.version}"
 
 
-def _shape_key(shape: common_pb2.SlotShape) -> tuple[int, int]:
-    return shape.kind, shape.channels
+def _shape_key(shape: common_pb2.SlotShape) -> tuple[int, int, int]:
+    return shape.kind, shape.channels, shape.widen_params_per_unit
 
 
 class LocalKernels:
@@ -94,13 +95,17 @@ class LocalKernels:
         digest = sha256_hex(data)
         kernel_id = kernel_id_for(digest)
         self.cache.put(kernel_id, data, digest)
-        params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        # A width kernel holds no weights (Kasmina makes them from the host's layers): its
+        # size is the widening's, from the slot's parameters per unit.
+        params = (estimate_params(spec, shape.channels, shape.widen_params_per_unit)
+                  if widen_request(module) else
+                  sum(p.numel() for p in module.parameters() if p.requires_grad))
         artifact = kernel_pb2.KernelArtifact(
             kernel_id=kernel_id, blueprint_ref=spec_ref(spec),
             format=kernel_pb2.KERNEL_FORMAT_SAFETENSORS, uri=f"local:{kernel_id}",
             sha256=digest, size_bytes=len(data), state=kernel_pb2.KERNEL_STATE_VALID,
             stats=kernel_pb2.KernelStats(params=params,
-                                         flops=_flops(spec, shape.channels)),
+                                         flops=_flops(spec, shape)),
             target=target,
         )
         return KernelCandidate(kernel=artifact, blueprint=spec, score=1.0)
@@ -114,9 +119,9 @@ class LocalKernels:
                        f"with {shape.channels} channels")
 
 
-def _flops(spec: bp.BlueprintSpec, channels: int) -> int:
+def _flops(spec: bp.BlueprintSpec, shape: common_pb2.SlotShape) -> int:
     try:
-        return int(estimate_flops(spec, channels))
+        return int(estimate_flops(spec, shape.channels, shape.widen_params_per_unit))
     except Exception:  # noqa: BLE001 - unknown cost is reported as 0, never fatal
         return 0
 

@@ -43,6 +43,10 @@ class _BlueprintFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Bluep
     """Mixture-of-experts blocks."""
     BLUEPRINT_FAMILY_DIAGNOSTIC: _BlueprintFamily.ValueType  # 7
     """Diagnostics and stabilisers that add no capacity (monitors, clamps)."""
+    BLUEPRINT_FAMILY_WIDTH: _BlueprintFamily.ValueType  # 8
+    """Width growth: more units or channels in the slot's own layer, function-preserving
+    (v1.1, additive).
+    """
 
 class BlueprintFamily(_BlueprintFamily, metaclass=_BlueprintFamilyEnumTypeWrapper):
     """Blueprints: declarative recipes for seeds. A blueprint is data, never code: a small
@@ -67,6 +71,10 @@ BLUEPRINT_FAMILY_MOE: BlueprintFamily.ValueType  # 6
 """Mixture-of-experts blocks."""
 BLUEPRINT_FAMILY_DIAGNOSTIC: BlueprintFamily.ValueType  # 7
 """Diagnostics and stabilisers that add no capacity (monitors, clamps)."""
+BLUEPRINT_FAMILY_WIDTH: BlueprintFamily.ValueType  # 8
+"""Width growth: more units or channels in the slot's own layer, function-preserving
+(v1.1, additive).
+"""
 Global___BlueprintFamily: _TypeAlias = BlueprintFamily  # noqa: Y015
 
 class _OpType:
@@ -138,6 +146,16 @@ class _OpTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpType.ValueTy
     """Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0).
     Also trainable (bool, default true): false makes the gate a fixed constant (e.g. 0 to
     mute a diagnostic, -1 to negate).
+    """
+    OP_TYPE_WIDEN: _OpType.ValueType  # 21
+    """Width growth (v1.1, additive): widens the slot's host layer (nn.Linear or nn.Conv2d)
+    in place by `units` output units/channels, and the next layer that reads them by as
+    many inputs. The new units' incoming weights are those of a fresh layer of the host's
+    type; their outgoing weights in the next layer start at zero, so the model computes
+    exactly what it did. Its seed is materialised by Kasmina against the host's own layers
+    (their type, kernel and the channel-wise ops between them), so it is legal only in a
+    slot whose SlotShape.widen_params_per_unit > 0 and must be the graph's only node.
+    attrs: units (dim, required).
     """
 
 class OpType(_OpType, metaclass=_OpTypeEnumTypeWrapper):
@@ -215,6 +233,16 @@ OP_TYPE_SCALAR_GATE: OpType.ValueType  # 20
 """Multiplies the input by a learned scalar gate. attrs: init_value (float, default 0).
 Also trainable (bool, default true): false makes the gate a fixed constant (e.g. 0 to
 mute a diagnostic, -1 to negate).
+"""
+OP_TYPE_WIDEN: OpType.ValueType  # 21
+"""Width growth (v1.1, additive): widens the slot's host layer (nn.Linear or nn.Conv2d)
+in place by `units` output units/channels, and the next layer that reads them by as
+many inputs. The new units' incoming weights are those of a fresh layer of the host's
+type; their outgoing weights in the next layer start at zero, so the model computes
+exactly what it did. Its seed is materialised by Kasmina against the host's own layers
+(their type, kernel and the channel-wise ops between them), so it is legal only in a
+slot whose SlotShape.widen_params_per_unit > 0 and must be the graph's only node.
+attrs: units (dim, required).
 """
 Global___OpType: _TypeAlias = OpType  # noqa: Y015
 

@@ -165,6 +165,7 @@ class SlotShape(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
+    WIDEN_PARAMS_PER_UNIT_FIELD_NUMBER: _builtins.int
     kind: Global___SlotKind.ValueType
     """How the dimensions below are to be read."""
     channels: _builtins.int
@@ -175,6 +176,11 @@ class SlotShape(_message.Message):
     """Spatial height (CONV2D); 0 when not applicable."""
     width: _builtins.int
     """Spatial width (CONV2D); 0 when not applicable."""
+    widen_params_per_unit: _builtins.int
+    """Parameters one more output unit/channel of the slot's host layer costs when Kasmina can
+    widen it in place (its incoming weights and bias, plus the next layer's new input
+    weights); 0 when the layer cannot be widened (v1.1, additive).
+    """
     def __init__(
         self,
         *,
@@ -183,10 +189,11 @@ class SlotShape(_message.Message):
         length: _builtins.int = ...,
         height: _builtins.int = ...,
         width: _builtins.int = ...,
+        widen_params_per_unit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "height", b"height", "kind", b"kind", "length", b"length", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "height", b"height", "kind", b"kind", "length", b"length", "widen_params_per_unit", b"widen_params_per_unit", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

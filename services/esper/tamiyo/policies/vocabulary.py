@@ -32,6 +32,8 @@ DEFAULT_REFS: tuple[str, ...] = (
     "BP-MOE-TOP2@1.0.0",
     "BP-NORM-LAYER@1.0.0",
     "BP-NORM-RMS@1.0.0",
+    # Appended with width growth (a new vocabulary version: policies are retrained).
+    "BP-WIDEN-HALF@1.0.0",
 )
 
 
