@@ -9,7 +9,7 @@ import pytest
 
 from esper.leyline import ids
 from esper.leyline.v1 import telemetry_pb2
-from esper.oona import envelope
+from esper.oona import deadletter, envelope
 from esper.oona.topics import TOPICS, event_key
 from tests.contract.leyline_descriptors import ROOT
 
@@ -83,6 +83,20 @@ def test_the_documented_key_is_the_one_the_producer_uses(spec):
 
 def test_headers_and_limits_are_the_envelope_s():
     headers = {unquote(row[0]): row[1] for row in table("## Oona", "header")}
+    assert not any(name.startswith(deadletter.HEADER_PREFIX) for name in headers)
     assert set(headers) == {envelope.HEADER_CONTENT_TYPE, envelope.HEADER_TRACEPARENT, envelope.HEADER_TRACESTATE}
     assert unquote(headers["content-type"]) == envelope.CONTENT_TYPE
     assert envelope.MAX_EVENT_BYTES == 4 * 1024 * 1024 and "larger than 4 MiB" in DOC.read_text(encoding="utf-8")
+
+
+def test_dead_letter_headers_and_limits_are_the_sender_s():
+    letter = deadletter.DeadLetter(code=deadletter.CODE_UNSTORABLE, reason="why", topic="t", partition=1, offset=2,
+                                   key=b"k", value=b"v")
+    documented = {unquote(row[0]): row[1] for row in table("### Dead letters", "header")}
+    assert list(documented) == [name for name, _ in letter.headers()]
+    codes = KIND.findall(documented["esper-dlq-code"])
+    assert codes == [deadletter.CODE_UNDECODABLE, deadletter.CODE_UNREADABLE_BATCH, deadletter.CODE_UNSTORABLE]
+    text = DOC.read_text(encoding="utf-8")
+    assert deadletter.MAX_DEAD_LETTER_VALUE_BYTES == 64 * 1024 and "cut to 64 KiB" in text
+    assert deadletter.MAX_DEAD_LETTER_KEY_BYTES == 1024 and "cut to 1 KiB" in text
+    assert f"at most {deadletter.MAX_REASON_CHARS:,} characters" in text
