@@ -14,6 +14,10 @@
 
 The user's model keeps working as before: seeds hook into its modules, so calling the
 original model runs them; `session.model` is the wrapped (MorphableModel) view.
+
+Under torch.distributed the same code runs on every rank, with the model wrapped in
+DistributedDataParallel before or after `attach` (esper.tolaria.distributed says how the
+replicas stay identical).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from esper.kasmina.wrap import MorphableModel, SlotChoice
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.tolaria.checkpoint import load_checkpoint, restore_session
 from esper.tolaria.config import TolariaConfig
+from esper.tolaria.distributed import process_replicas, unwrap_ddp
 from esper.tolaria.kernels import LocalKernels, UrzaKernelFetcher
 from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.policy.local import LocalPolicy
@@ -58,6 +63,8 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
     if state is not None:
         config.run_id = state["run_id"]
     config.validate()
+    replicas = process_replicas()
+    model = unwrap_ddp(model)  # seeds hook into the module DDP runs
     morph = model if isinstance(model, MorphableModel) else wrap(
         model, slots, example_input=example_input, config=kasmina)
     if urza and kernel_fetch:
@@ -65,14 +72,21 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
     cache = KernelCache(fetch=UrzaKernelFetcher(urza) if urza else kernel_fetch)
     local_kernels = LocalKernels(cache, blueprints=blueprints)
     source, fallback = _policies(policy, local_kernels, config)
+    follower = replicas is not None and not replicas.leader
+    if follower:  # rank 0 alone holds the policy and publishes the run's telemetry
+        source = fallback = None
+        telemetry = Telemetry(config.run_id)
     session = TolariaSession(
         morph, optimizer, source, config=config, seed_builder=BlueprintSeedBuilder(cache=cache),
         cache=cache, fallback=fallback,
         telemetry=telemetry or Telemetry(config.run_id, config.kafka_bootstrap), budget=budget,
+        replicas=replicas,
     )
     session.local_kernels = local_kernels
     if state is not None:
         session.loop_state = restore_session(session, state)
+        if follower:
+            session.pending = []  # rank 0 holds the checkpoint's pending decisions
     return session.start()
 
 

@@ -88,8 +88,13 @@ def session_state(session, loop: dict | None = None) -> dict:
 
 
 def save_checkpoint(path: str | os.PathLike, session, loop: dict | None = None) -> Path:
-    """Write the checkpoint atomically (temp file, then rename)."""
+    """Write the checkpoint atomically (temp file, then rename). Under torch.distributed
+    rank 0 writes it (every rank holds the same state) and the other ranks return at once,
+    so it may be called on every rank or on rank 0 alone."""
     path = Path(path)
+    replicas = getattr(session, "replicas", None)
+    if replicas is not None and not replicas.leader:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(session_state(session, loop), tmp)

@@ -127,6 +127,22 @@ class MetricsWindow:
     def pending_steps(self) -> int:
         return self._steps
 
+    def window_sums(self) -> list[float]:
+        """The open window's sums: [loss, hits, labelled, samples] (one sync), for
+        reducing them across the ranks of a distributed run (esper.tolaria.distributed)."""
+        self._count_predicted()
+        return [self._window_loss() if self._steps else 0.0,
+                float(self._correct) if self._correct is not None else 0.0,
+                float(self._labelled), float(self._samples)]
+
+    def set_window_sums(self, loss: float, hits: float, labelled: float, samples: float) -> None:
+        """Replace the open window's sums (with the reduced ones of every rank); the step
+        count stays: every rank took the same steps."""
+        self._count_predicted()
+        self._loss, self._loss_host = None, (loss if self._steps else None)
+        self._correct = int(round(hits)) if labelled else None
+        self._labelled, self._samples = int(round(labelled)), int(round(samples))
+
     def read(self) -> None:
         """Close the window (one sync): update last_train_* and throughput."""
         if self._steps == 0:

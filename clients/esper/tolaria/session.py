@@ -32,6 +32,7 @@ from esper.leyline.version import contract_version
 from esper.rpc.tracing import get_tracer
 from esper.tolaria.budget import runtime_budget
 from esper.tolaria.config import TolariaConfig
+from esper.tolaria.distributed import Replicas
 from esper.tolaria.flops import FlopMeter
 from esper.tolaria.metrics import MetricsWindow, global_grad_norm
 from esper.tolaria.optim import SeedParamGroups, host_learning_rate
@@ -68,8 +69,10 @@ class TolariaSession:
                  policy: PolicySource | None, *, config: TolariaConfig,
                  seed_builder: BlueprintSeedBuilder, cache: KernelCache,
                  fallback: PolicySource | None = None, telemetry: Telemetry | None = None,
-                 budget: ResourceBudget | None = None) -> None:
+                 budget: ResourceBudget | None = None, replicas: Replicas | None = None) -> None:
         self.model = model
+        # The other ranks of a torch.distributed run (esper.tolaria.distributed), or None.
+        self.replicas = replicas
         self.optimizer = optimizer
         self.config = config
         self.run_id = config.run_id
@@ -80,6 +83,8 @@ class TolariaSession:
         self.loop_state: dict = {}  # the training loop's position restored from a checkpoint
         self.telemetry = telemetry or Telemetry(config.run_id)
         self.groups = SeedParamGroups(model, optimizer)
+        if replicas is not None:
+            replicas.bind(model)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
         self.health = HealthMonitor.for_slots(
@@ -118,6 +123,8 @@ class TolariaSession:
         for source in (self.policy, self.fallback):
             if source is not None:
                 source.start(self.open_message)
+        if self.replicas is not None:
+            self.replicas.start(self, self._policy_every())
         return self
 
     def reset_health(self) -> None:
@@ -143,7 +150,7 @@ class TolariaSession:
         if self.model.global_step % every == 0 and not last_in_epoch:
             self.metrics.grad_norm = global_grad_norm(self.model.parameters())
             self._safe_point(epoch_end=False)
-        else:
+        elif self.replicas is None:  # replicas apply decisions at safe points only
             self._apply_arrived(observe=None)
 
     def end_epoch(self, val_metrics: dict | None = None) -> TrainingSnapshot:
@@ -159,12 +166,19 @@ class TolariaSession:
         self.model.seed_epoch()
         val_loss = float(val.get("val_loss", math.nan))
         val_acc = float(val.get("val_accuracy", math.nan))
+        if self.replicas is not None:  # each rank validated its shard (or nothing)
+            val_loss, val_acc = self.replicas.mean([val_loss, val_acc])
         self.metrics.end_epoch(val_loss, val_acc)
         return self._safe_point(epoch_end=True)
 
     # ---- reading -------------------------------------------------------------------------
     @property
     def snapshot_every(self) -> int:
+        if self.replicas is not None and self.replicas.every:
+            return self.replicas.every  # rank 0's cadence as of the last safe point
+        return self._policy_every()
+
+    def _policy_every(self) -> int:
         asked = self.policy.snapshot_every() if self.policy is not None else None
         return asked if asked and asked > 0 else self.config.snapshot_every
 
@@ -186,12 +200,17 @@ class TolariaSession:
             return self._safe_point_inner(epoch_end)
 
     def _safe_point_inner(self, epoch_end: bool) -> TrainingSnapshot:
+        if self.replicas is not None:
+            self.replicas.reduce_window(self)
         self.metrics.read()
         raw = self.metrics.last_train_loss
         self.model.safe_point(self._gate_loss(), breaker_loss=raw if math.isfinite(raw) else None)
         snapshot = self._snapshot(epoch_end)
-        self.telemetry.publish(snapshot=snapshot)
-        self._apply_arrived(observe=snapshot)
+        if self.replicas is None or self.replicas.leader:
+            self.telemetry.publish(snapshot=snapshot)
+            self._apply_arrived(observe=snapshot)
+        if self.replicas is not None:
+            self.replicas.publish(self, self._policy_every())
         return snapshot
 
     def _gate_loss(self) -> float | None:
@@ -269,6 +288,8 @@ class TolariaSession:
                     ack = self.applier.apply(decision, loss=self._gate_loss())
                 finally:
                     self._applying = None
+            if self.replicas is not None:
+                self.replicas.answered(decision, ack)
             self._acked(ack, wait=decision.WhichOneof("action") == "wait")
         self.pending = waiting
 
@@ -293,6 +314,31 @@ class TolariaSession:
             return _WAIT
         self._learn_blueprint(g.blueprint_ref, data)
         return _READY
+
+    # ---- replicas (ranks other than 0 of a distributed run) -----------------------------------
+    def receive_kernel(self, germinate, data: bytes) -> None:
+        """A kernel rank 0 germinated a seed from: into the cache (digest verified)."""
+        if germinate.kernel_id not in self.cache:
+            self.cache.put(germinate.kernel_id, data, germinate.kernel_sha256)
+        self._learn_blueprint(germinate.blueprint_ref, data)
+
+    def follow_decision(self, decision: AdaptationDecision, ack: DecisionAck) -> DecisionAck | None:
+        """Apply what rank 0 applied (with its seed id; returns this rank's ack) or only
+        record the answer of one it refused or let expire (returns None); the counts and
+        ack listeners see rank 0's ack."""
+        mine = None
+        wait = decision.WhichOneof("action") == "wait"
+        if ack.status == AckStatus.ACK_STATUS_APPLIED and not wait:
+            self._applying = decision
+            try:
+                mine = self.applier.apply(decision, loss=self._gate_loss(),
+                                          seed_id=ack.seed_id or None)
+            finally:
+                self._applying = None
+        else:
+            self.applier.answered.add(decision.decision_id)
+        self._acked(ack, wait=wait)
+        return mine
 
     def _learn_blueprint(self, ref: str, data: bytes) -> None:
         """A kernel from Urza may implement a blueprint the built-in catalogue lacks: take
@@ -418,8 +464,11 @@ class TolariaSession:
 
     def settle(self) -> None:
         """Fossilize or cull every live seed now (see esper.tolaria.settle); close() does
-        it for a run that ends."""
+        it for a run that ends. Under torch.distributed every rank calls it; each ends
+        with rank 0's seeds."""
         settle_seeds(self.model, self._gate_loss())
+        if self.replicas is not None:
+            self.replicas.publish(self, self.replicas.every)
 
     def summary(self) -> RunSummary:
         """What the run did: a RunSummary (str() is a report; summary["key"] works too)."""

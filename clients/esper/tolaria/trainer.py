@@ -83,7 +83,9 @@ class Trainer:
     def train_epoch(self) -> dict:
         """One epoch (resuming mid-epoch after a checkpoint taken inside one)."""
         batches = self._batches(self.batch_index)
-        bar = EpochProgress(_len(self.train_loader), self.epoch, self.epochs, self.config.progress)
+        replicas = self.session.replicas
+        bar = EpochProgress(_len(self.train_loader), self.epoch, self.epochs,
+                            self.config.progress and (replicas is None or replicas.leader))
         losses, correct, seen = [], 0, 0
         total = _len(self.train_loader)
         for inputs, targets in batches:
@@ -117,6 +119,9 @@ class Trainer:
         """The epoch's batch iterator, past the first `skip` batches. The loader draws its
         shuffle from torch's RNG when the iterator is made, so a resumed epoch replays the
         RNG state of the interrupted epoch's start to get the same order."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a DistributedSampler shuffles by epoch
+            sampler.set_epoch(self.epoch)
         if not skip or self._epoch_rng is None:
             self._epoch_rng = self._rng()
             return iter(self.train_loader)

@@ -1,0 +1,220 @@
+"""One rank of the distributed Tolaria tests (tests/unit/test_tolaria_distributed.py and
+tests/integration/test_tolaria_distributed_remote.py): a tiny MLP trained with the hook
+API under DistributedDataParallel (gloo, CPU), started by torch.multiprocessing.spawn.
+
+Every rank takes its equal share of the same global batch of each step, so a run on N
+ranks computes what one process computes on the whole batch. The loop is a user's plain
+DDP loop; the only Esper calls are attach, step, end_epoch, save_checkpoint and close.
+Each rank writes what it ended with (a digest of every tensor of the model's state_dict,
+its seed transitions, the acks it saw, rank 0's snapshots) to `<out>/rank<r>.json` and the
+tensors to `<out>/rank<r>.pt`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.tolaria import (
+    LOCAL_HEURISTIC,
+    LocalPolicy,
+    ReplayPolicy,
+    TolariaConfig,
+    attach,
+    save_checkpoint,
+)
+from esper.tolaria.policy.remote import RemotePolicy
+
+S = SeedStage
+GLOBAL_BATCH = 32
+VAL_SIZE = 64
+IN, WIDTH, OUT = 8, 16, 4
+SLOTS = ["0", "2"]
+# Collectives give up after this long (a rank that died leaves the others waiting).
+PG_TIMEOUT = datetime.timedelta(seconds=60)
+# Heuristic thresholds short enough for a seed's whole life in a few hundred steps.
+SHORT_HEURISTIC = dict(plateau_patience=1, training_steps=6, blend_steps=6, shadow_steps=4,
+                       probation_steps=6, decision_horizon_steps=40, gate_retry_steps=4,
+                       wait_steps=2)
+
+
+@dataclasses.dataclass
+class RunSpec:
+    out: str
+    world: int
+    policy: str = "scripted"  # scripted | replay | local | remote
+    decisions: str = ""  # replay: a decisions.json a scripted run wrote
+    steps: int = 80  # with stop_after_seed: the most steps
+    epoch_steps: int = 10
+    run_id: str = "run-ddp"
+    init_file: str = ""
+    tamiyo: str = ""
+    urza: str = ""
+    wrap_after_attach: bool = False  # DDP(session.model) instead of attach(DDP(model))
+    flat_validation: bool = False  # a constant val loss: the heuristic sees a plateau
+    stop_after_seed: int = 0  # end this many steps after slot "0"'s first seed ended
+    checkpoint_at: int = 0  # save a checkpoint after this step (an epoch end)
+    resume: str = ""
+    diverge_at: int = 0  # rank 1 renames its live seed after this step (a broken replica)
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(IN, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.ReLU(),
+                         nn.Linear(WIDTH, OUT))
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(GLOBAL_BATCH, IN, generator=gen)
+    return x, x[:, :OUT].argmax(-1)
+
+
+def shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    size = t.shape[0] // world
+    return t[rank * size:(rank + 1) * size]
+
+
+def digests(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            for k, v in state.items()}
+
+
+def run(rank: int, spec: RunSpec) -> None:
+    """Entry point of one rank (torch.multiprocessing.spawn's signature)."""
+    torch.set_num_threads(1)
+    out = Path(spec.out)
+    try:
+        if spec.world > 1:
+            dist.init_process_group("gloo", init_method=f"file://{spec.init_file}", rank=rank,
+                                    world_size=spec.world, timeout=PG_TIMEOUT)
+        result = _train(rank, spec, out)
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    finally:
+        if spec.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _policy(spec: RunSpec):
+    if spec.policy == "scripted":
+        from tests.unit.test_tolaria_lifecycle import ScriptedPolicy
+
+        return ScriptedPolicy(PLANS)
+    if spec.policy == "replay":
+        log = json.loads(Path(spec.decisions).read_text())
+        return ReplayPolicy(AdaptationDecision.FromString(bytes.fromhex(d)) for d in log)
+    if spec.policy == "local":
+        return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, **SHORT_HEURISTIC))
+    return RemotePolicy(spec.tamiyo)
+
+
+# Slot "0": a LoRA seed taken to FOSSILIZED (merged into the host's weights); slot "2": an
+# LayerNorm seed culled while BLENDING, then another fossilized (a residual seed, not
+# merged).
+PLANS = {"0": ("BP-LORA-R8@1.0.0", [S.SEED_STAGE_FOSSILIZED]),
+         "2": ("BP-NORM-LAYER@1.0.0", [S.SEED_STAGE_BLENDING, S.SEED_STAGE_FOSSILIZED])}
+
+
+def _train(rank: int, spec: RunSpec, out: Path) -> dict:
+    model = make_model()
+    net = DDP(model) if spec.world > 1 and not spec.wrap_after_attach else model
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    policy = _policy(spec)
+    session = attach(net, optimizer, policy, slots=SLOTS, example_input=torch.zeros(2, IN),
+                     urza=spec.urza or None, resume=spec.resume or None,
+                     config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False,
+                                          on_outage="none"))
+    if spec.policy == "scripted":
+        policy.kernels = session.local_kernels
+    if spec.world > 1 and spec.wrap_after_attach:
+        net = DDP(session.model)
+    acks, snapshots = [], []
+    session.ack_listeners.append(lambda a: acks.append(
+        [a.decision_id, AckStatus.Name(a.status), a.seed_id, a.step]))
+    if rank == 0 and session.policy is not None:
+        observe = session.policy.observe
+        session.policy.observe = lambda snap: (snapshots.append(
+            [snap.step, snap.metrics.train_loss, snap.metrics.train_accuracy,
+             snap.metrics.val_loss]), observe(snap))
+    ended_at = None
+    step = session.model.global_step
+    while step < spec.steps:
+        x, y = (shard(t, rank, spec.world) for t in global_batch(step))
+        optimizer.zero_grad()
+        output = net(x)
+        loss = F.cross_entropy(output, y)
+        loss.backward()
+        # Over every param group, seeds' included: their gradients must already be the
+        # ranks' average here, or each rank would clip by another norm.
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 5.0)
+        optimizer.step()
+        step += 1
+        last = step % spec.epoch_steps == 0
+        session.step(loss, output, y, last_in_epoch=last)
+        if last:
+            session.end_epoch(_validate(net, rank, spec))
+        if spec.checkpoint_at == step:
+            save_checkpoint(out / "run.pt", session, {"step": step})
+        if spec.diverge_at == step and rank == 1:
+            _break_replica(session)
+        if spec.stop_after_seed:
+            ended_at = ended_at or _seed_ended(session, step)
+            if ended_at and step >= ended_at + spec.stop_after_seed:
+                break
+    session.close()
+    if spec.policy == "scripted" and rank == 0:  # the decision log, for replays
+        (out / "decisions.json").write_text(json.dumps(
+            [d.SerializeToString().hex() for d in policy.issued]))
+    state = session.model.state_dict()
+    torch.save({k: v.detach().clone() for k, v in state.items()}, out / f"rank{rank}.pt")
+    return {
+        "digests": digests(state),
+        "transitions": [[t.slot_id, t.seed_id, S.Name(t.from_stage), S.Name(t.to_stage), t.step]
+                        for t in session.model.transitions],
+        "acks": acks, "snapshots": snapshots, "steps": step,
+        "summary": {k: session.summary()[k] for k in ("seeds_germinated", "seeds_fossilized",
+                                                     "seeds_culled")},
+        "connects": getattr(policy, "connects", None),
+    }
+
+
+def _validate(net: nn.Module, rank: int, spec: RunSpec) -> dict:
+    if spec.flat_validation:
+        return {"val_loss": 1.0, "val_accuracy": 0.5}
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(VAL_SIZE, IN, generator=gen)
+    x, y = shard(x, rank, spec.world), shard(x[:, :OUT].argmax(-1), rank, spec.world)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    net.train()
+    return {"val_loss": float(F.cross_entropy(out, y)),
+            "val_accuracy": float((out.argmax(-1) == y).float().mean())}
+
+
+def _seed_ended(session, step: int) -> int | None:
+    """The step at which slot "0"'s first seed was fossilized or culled (every rank sees
+    the same seed states, so every rank stops at the same step)."""
+    ended = [t for t in session.model.transitions if t.slot_id == "0" and t.to_stage in
+             (S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED)]
+    return step if ended else None
+
+
+def _break_replica(session) -> None:
+    """Rank 1 renames a live seed behind rank 0's back (its state alone, so every
+    collective still lines up): the next safe point must refuse to go on."""
+    live = [s for s in session.model.esper_slots.values() if s.is_live()]
+    live[0].record.seed_id = "seed-tampered"
