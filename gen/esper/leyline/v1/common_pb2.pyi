@@ -28,9 +28,10 @@ class _ContractVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contr
     CONTRACT_VERSION_1_0_0: _ContractVersion.ValueType  # 10000
     """1.0.0: the first release."""
     CONTRACT_VERSION_1_1_0: _ContractVersion.ValueType  # 10100
-    """1.1.0: additions only, each marked in its file: this enum, SessionWarningCode
-    (SessionWarning.warning_code), SessionAccept.idle_timeout_seconds, and the whole Session
-    protocol written down in tamiyo.proto.
+    """1.1.0: additions only: this enum, SessionWarningCode (SessionWarning.warning_code),
+    SessionAccept.idle_timeout_seconds and the whole Session protocol written down in
+    tamiyo.proto; width growth (BLUEPRINT_FAMILY_WIDTH, OP_TYPE_WIDEN,
+    SlotShape.widen_params_per_unit).
     """
 
 class ContractVersion(_ContractVersion, metaclass=_ContractVersionEnumTypeWrapper):
@@ -48,9 +49,10 @@ CONTRACT_VERSION_UNSPECIFIED: ContractVersion.ValueType  # 0
 CONTRACT_VERSION_1_0_0: ContractVersion.ValueType  # 10000
 """1.0.0: the first release."""
 CONTRACT_VERSION_1_1_0: ContractVersion.ValueType  # 10100
-"""1.1.0: additions only, each marked in its file: this enum, SessionWarningCode
-(SessionWarning.warning_code), SessionAccept.idle_timeout_seconds, and the whole Session
-protocol written down in tamiyo.proto.
+"""1.1.0: additions only: this enum, SessionWarningCode (SessionWarning.warning_code),
+SessionAccept.idle_timeout_seconds and the whole Session protocol written down in
+tamiyo.proto; width growth (BLUEPRINT_FAMILY_WIDTH, OP_TYPE_WIDEN,
+SlotShape.widen_params_per_unit).
 """
 Global___ContractVersion: _TypeAlias = ContractVersion  # noqa: Y015
 

@@ -82,8 +82,9 @@ class TamiyoServiceServicer:
         repeat is the epoch-end repeat: a snapshot with `epoch_end` true may follow a
         periodic snapshot at the same step, once, with a higher `sequence` (it carries the
         fresh validation metrics). Anything else is dropped with a SessionWarning
-        (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT); the run's state keeps the last good
-        snapshot.
+        (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT), and so is a step or sequence beyond
+        2^53 or further past the last one than the server allows (STEP_JUMP); a dropped
+        snapshot changes nothing of the run's state.
         3. Decisions. The server answers a snapshot with at most one `decision`, and only with
         an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
         Session (it would only cost an ack; Decide does return waits). At most one decision
@@ -96,7 +97,8 @@ class TamiyoServiceServicer:
         (DUPLICATE_ACK), an ack of an id never issued for the run (UNKNOWN_DECISION) or
         with status UNSPECIFIED (INVALID_ACK) too.
         5. Field reports. When a seed's life ends (fossilized or culled) the client sends its
-        FieldReport; the server keeps it with the run and forwards it to Urza.
+        FieldReport; the server keeps it with the run and forwards it to Urza. Reports
+        beyond the caller's quota per minute are dropped (QUOTA_EXCEEDED).
         6. Empty run ids. Inside a Session, a snapshot, ack or field report whose `run_id` is
         empty belongs to the session's run; a non-empty one must equal `open.run_id` or the
         message is dropped (WRONG_RUN). (Decide needs `snapshot.run_id`; SessionOpen too.)
@@ -122,8 +124,17 @@ class TamiyoServiceServicer:
         10. Supersede. Opening a Session for a run that already has a live stream ends the
         older stream with ABORTED ("superseded by a newer session of the same run"); what
         the older stream sends afterwards is ignored. A client that sees ABORTED has been
-        replaced; reconnecting would supersede the newer stream in its turn.
-        Other endings: INTERNAL when the server failed on a message (see its log). A client
+        replaced; reconnecting would supersede the newer stream in its turn. A run belongs
+        to the identity that opened it (its bearer token's or client certificate's name;
+        `anonymous` on a server without auth): an open of the run by another identity is
+        refused with PERMISSION_DENIED naming open.run_id, and the owner's stream and state
+        are untouched.
+        11. Identity. On a server with auth on, every call carries `authorization: Bearer
+        <token>` metadata or a client certificate (mutual TLS); none or an unknown token is
+        UNAUTHENTICATED, an identity without the session grant PERMISSION_DENIED.
+        Other endings: a server may refuse or end a stream with RESOURCE_EXHAUSTED when its
+        limits on streams (per server, per client) are reached or when the client does not
+        read what it sends; INTERNAL when it failed on a message (see its log). A client
         reconnects with backoff (Tolaria: 0.2 s doubling to 10 s, with jitter) and resumes; a
         refused open is refused again until the client changes what it sends.
         """
