@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from esper.leyline.v1 import tamiyo_pb2, urza_pb2
+from esper.leyline.v1.kernel_pb2 import KernelStats
 from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.leyline.v1.signals_pb2 import GraphNode, ModelGraph, TrainingSnapshot
 from esper.runtime.errors import InvalidArgument, ResourceExhausted
@@ -38,10 +39,12 @@ def test_a_step_beyond_the_counter_limit_is_named(step):
 
 def test_a_counter_at_the_limit_passes_and_other_integers_stop_at_bigint():
     assert message_problem(TrainingSnapshot(step=MAX_COUNTER)) is None
-    budget = tamiyo_pb2.ResourceBudget(max_added_params=INT64_MAX)
-    assert message_problem(budget) is None
-    budget.max_added_params = INT64_MAX + 1
-    assert message_problem(budget).field == "max_added_params"
+    stats = KernelStats(params=INT64_MAX)
+    assert message_problem(stats) is None
+    stats.params = INT64_MAX + 1
+    assert message_problem(stats).field == "params"
+    # A cap beyond any real value means "unbounded", as Urza's search reads it.
+    assert message_problem(tamiyo_pb2.ResourceBudget(max_added_params=2**64 - 1)) is None
 
 
 def test_unknown_enum_values_are_refused_at_any_depth():

@@ -27,6 +27,7 @@ MAX_STRING_LENGTH = 16_384
 # Entries of any one repeated or map field; services bound their own (graph nodes) tighter.
 MAX_REPEATED = 65_536
 # Largest integer stored anywhere: PostgreSQL's BIGINT, which uint64 fields would overflow.
+# Caps (fields named max_*) are exempt: a cap beyond any real value reads as "unbounded".
 INT64_MAX = 2**63 - 1
 # Steps, epochs and sequence numbers: exact in a float64 and far from overflowing when a
 # decision's expiry (step + horizon) is computed; 2^53 steps is beyond any real run.
@@ -77,6 +78,8 @@ def string_problem(path: str, name: str, value: str) -> Problem | None:
 
 
 def integer_problem(path: str, name: str, value: int) -> Problem | None:
+    if name.startswith("max_") and not is_counter(name):
+        return None  # a cap: one beyond any real value means "unbounded" (Urza's search, budgets)
     limit = MAX_COUNTER if is_counter(name) else INT64_MAX
     if value > limit or value < -limit:
         return Problem(path, f"{value} is out of range (at most {limit})")

@@ -48,6 +48,21 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     max_graph_nodes: int = 4096
     # Largest number of seed slots accepted.
     max_slots: int = 512
+    # Largest model graph accepted, in serialized bytes (runs keep their graph).
+    max_graph_bytes: int = 1024 * 1024
+    # Graph bytes kept over all remembered runs; past it the least recently used run is
+    # forgotten first, as past max_runs.
+    max_run_graph_bytes: int = 256 * 1024 * 1024
+    # Session streams open at once, on the server and per client; more are refused with
+    # RESOURCE_EXHAUSTED.
+    max_sessions: int = 1000
+    max_sessions_per_client: int = 64
+    # Seconds a new Session stream may take to send its open; then DEADLINE_EXCEEDED.
+    open_timeout_s: float = 10.0
+    # Responses queued per Session stream for a client that is slow to read; a client that
+    # reads nothing for session_send_timeout_s while it is full is cut (RESOURCE_EXHAUSTED).
+    session_send_queue: int = 64
+    session_send_timeout_s: float = 30.0
     # torch intra-op threads for the learned policy: its matrices are tiny, so one thread is
     # fastest and leaves the other cores to the event loop and other sessions.
     torch_threads: int = 1
@@ -72,6 +87,13 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             ("compile_request_timeout_s", 0 < self.compile_request_timeout_s <= 300),
             ("max_graph_nodes", 1 <= self.max_graph_nodes <= 1_000_000),
             ("max_slots", 1 <= self.max_slots <= 100_000),
+            ("max_graph_bytes", 1024 <= self.max_graph_bytes <= 16 * 1024 * 1024),
+            ("max_run_graph_bytes", self.max_graph_bytes <= self.max_run_graph_bytes <= 2**40),
+            ("max_sessions", 1 <= self.max_sessions <= 1_000_000),
+            ("max_sessions_per_client", 1 <= self.max_sessions_per_client <= self.max_sessions),
+            ("open_timeout_s", 0 < self.open_timeout_s <= 3600),
+            ("session_send_queue", 1 <= self.session_send_queue <= 100_000),
+            ("session_send_timeout_s", 0 < self.session_send_timeout_s <= 3600),
             ("max_runs", 1 <= self.max_runs <= 1_000_000),
             ("max_step_advance", 1 <= self.max_step_advance <= 2**53),
             ("field_reports_per_minute", 1 <= self.field_reports_per_minute <= 1_000_000),

@@ -28,6 +28,7 @@ or Tezzeret unreachable / not configured).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -146,7 +147,9 @@ class KernelSupply:
         """Start (without waiting) the compile requests this run's slots still need."""
         if not self.enabled:
             return
-        key = graph.SerializeToString(deterministic=True) + caps.SerializeToString(deterministic=True)
+        # A digest, not the bytes: a graph may be a megabyte, and keys are kept.
+        key = hashlib.sha256(graph.SerializeToString(deterministic=True)
+                             + caps.SerializeToString(deterministic=True)).digest()
         if key in self._running:
             return
         wanted = self._wanted.get(key)

@@ -154,20 +154,31 @@ class RunState:
 
 
 class RunRegistry:
-    """Run states by id, least recently used forgotten first beyond `max_runs`."""
+    """Run states by id, least recently used forgotten first beyond `max_runs` or beyond
+    `max_graph_bytes` of graphs kept over all runs (a graph is most of a run's state)."""
 
-    def __init__(self, max_runs: int) -> None:
+    def __init__(self, max_runs: int, max_graph_bytes: int = 2**40) -> None:
         self.max_runs = max_runs
+        self.max_graph_bytes = max_graph_bytes
+        self.graph_bytes = 0
         self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._sizes: dict[str, int] = {}
 
     def get(self, run_id: str) -> RunState | None:
         return self._runs.get(run_id)
 
     def put(self, state: RunState) -> None:
+        self._forget(state.run_id)
         self._runs[state.run_id] = state
-        self._runs.move_to_end(state.run_id)
-        while len(self._runs) > self.max_runs:
-            self._runs.popitem(last=False)
+        self._sizes[state.run_id] = state.graph.ByteSize()
+        self.graph_bytes += self._sizes[state.run_id]
+        while len(self._runs) > 1 and (len(self._runs) > self.max_runs
+                                       or self.graph_bytes > self.max_graph_bytes):
+            self._forget(next(iter(self._runs)))
+
+    def _forget(self, run_id: str) -> None:
+        if self._runs.pop(run_id, None) is not None:
+            self.graph_bytes -= self._sizes.pop(run_id)
 
     def touch(self, run_id: str) -> None:
         if run_id in self._runs:

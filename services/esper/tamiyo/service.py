@@ -43,7 +43,8 @@ async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-tamiyo") if config.publish_events else None
     if producer is not None:
         await producer.start()
-    shared = SessionContext(config, RunRegistry(config.max_runs), decider, DecisionEvents(producer))
+    runs = RunRegistry(config.max_runs, config.max_run_graph_bytes)
+    shared = SessionContext(config, runs, decider, DecisionEvents(producer))
     tamiyo_pb2_grpc.add_TamiyoServiceServicer_to_server(TamiyoServicer(shared), server)
 
     async def close() -> None:

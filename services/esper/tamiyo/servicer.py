@@ -21,6 +21,9 @@ from esper.runtime.errors import (
     StatusError,
     serves_errors,
 )
+from esper.runtime.peers import client_key
+from esper.runtime.streams import StreamSlots
+from esper.tamiyo.outbox import Outbox
 from esper.tamiyo.policies.errors import PolicyArtifactError
 from esper.tamiyo.policy_registry import PolicyUnavailable
 from esper.tamiyo.session import SessionContext, SessionProtocol
@@ -47,19 +50,30 @@ def _policy_refused(field: str, policy: str, exc: PolicyUnavailable) -> ServiceE
 class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
     def __init__(self, shared: SessionContext) -> None:
         self.shared = shared
+        config = shared.config
+        self.streams = StreamSlots("Session", config.max_sessions, config.max_sessions_per_client)
 
     # -- Session --------------------------------------------------------------------------
 
     async def Session(self, request_iterator, context):
+        with self.streams.hold(client_key(context)):  # RESOURCE_EXHAUSTED beyond the limits
+            async for response in self._session(request_iterator, context):
+                yield response
+
+    async def _session(self, request_iterator, context):
+        config = self.shared.config
         protocol = SessionProtocol(self.shared)
-        first = await anext(aiter(request_iterator), None)
+        try:  # a stream that never opens would hold its slot forever
+            first = await asyncio.wait_for(anext(aiter(request_iterator), None), config.open_timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"open: no open message within {config.open_timeout_s:g} s") from None
         if first is None:
             raise InvalidArgument("message", "the stream ended before open")
         accept = protocol.open(first)  # OpenRefused carries its status
         yield accept
         assert protocol.run is not None
         superseded = protocol.run.superseded
-        out: asyncio.Queue = asyncio.Queue()
+        out = Outbox(context, config.session_send_queue, config.session_send_timeout_s)
         tasks = [
             asyncio.create_task(self._read(protocol, request_iterator, out, superseded)),
             asyncio.create_task(self._beat(protocol, out)),
@@ -82,7 +96,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
             log.info("session closed", extra={"run_id": protocol.run.run_id, "session_id": protocol.session_id})
 
     async def _read(
-        self, protocol: SessionProtocol, request_iterator, out: asyncio.Queue, superseded: asyncio.Event
+        self, protocol: SessionProtocol, request_iterator, out: Outbox, superseded: asyncio.Event
     ) -> None:
         idle = self.shared.config.idle_timeout_seconds
         iterator = aiter(request_iterator)
@@ -93,6 +107,9 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 break
             except TimeoutError:
                 await out.put(DeadlineExceeded(f"no message from the client for {idle} s"))
+                return
+            except ServiceError as exc:  # refused by esper.runtime.requests, which logged it
+                await out.put(exc)
                 return
             except Exception as exc:  # noqa: BLE001 — garbage bytes end this session only
                 log.warning("unreadable session message", extra={"session_id": protocol.session_id,
@@ -112,7 +129,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 await out.put(response)
         await out.put(_END)
 
-    async def _beat(self, protocol: SessionProtocol, out: asyncio.Queue) -> None:
+    async def _beat(self, protocol: SessionProtocol, out: Outbox) -> None:
         period = self.shared.config.heartbeat_seconds
         while True:
             await asyncio.sleep(period)
@@ -120,7 +137,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
             await out.put(protocol.heartbeat(run.last_step if run and run.last_step > 0 else 0))
 
     @staticmethod
-    async def _watch(superseded: asyncio.Event, out: asyncio.Queue) -> None:
+    async def _watch(superseded: asyncio.Event, out: Outbox) -> None:
         await superseded.wait()
         await out.put(Aborted("session: superseded by a newer session of the same run"))
 

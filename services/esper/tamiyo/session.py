@@ -28,6 +28,7 @@ from esper.leyline.v1.tamiyo_pb2 import (
 from esper.leyline.version import compatibility_error, contract_version
 from esper.runtime.auth import caller
 from esper.runtime.errors import ResourceExhausted, StatusError
+from esper.runtime.limits import message_problem
 from esper.runtime.quota import RateQuota
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
@@ -68,7 +69,7 @@ class SessionContext:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.config.max_graph_nodes, self.config.max_slots)
+        return Limits(self.config.max_graph_nodes, self.config.max_slots, self.config.max_graph_bytes)
 
 
 _WARNING_CODE_PREFIX = "SESSION_WARNING_CODE_"
@@ -104,6 +105,9 @@ class SessionProtocol:
         problem = compatibility_error(open_.contract_version)
         if problem:
             raise OpenRefused(grpc.StatusCode.FAILED_PRECONDITION, f"open.contract_version: {problem}")
+        beyond = message_problem(open_, "open")  # sizes, enum values, integer ranges
+        if beyond is not None:
+            raise OpenRefused(grpc.StatusCode.INVALID_ARGUMENT, beyond.detail)
         try:
             check_run_id("open.run_id", open_.run_id)
             check_graph("open.graph", open_.graph, self.shared.limits)
@@ -162,6 +166,9 @@ class SessionProtocol:
         run = self.run
         assert run is not None, "open first"
         kind = request.WhichOneof("message")
+        beyond = message_problem(request)  # e.g. step 2^64-1, stage 999: dropped, never stored
+        if beyond is not None:
+            return self._count(run, (beyond.kind, beyond.detail))
         if kind == "snapshot":
             return await self._snapshot(run, request)
         if kind == "ack":

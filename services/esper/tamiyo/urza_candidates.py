@@ -10,6 +10,7 @@ answers are kept only `EMPTY_CACHE_S` in case the watch stream is down."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -133,7 +134,9 @@ class UrzaCandidates:
         if self._outage is not None and time.monotonic() < self._outage[0]:
             return FetchedCandidates({}, self._outage[1])
         requests = {s.slot_id: _search_request(s, caps, budget) for s in graph.slots}
-        keys = {sid: r.SerializeToString(deterministic=True) for sid, r in requests.items()}
+        # Digests, not the bytes: cache keys are kept, and capabilities carry client strings.
+        keys = {sid: hashlib.sha256(r.SerializeToString(deterministic=True)).digest()
+                for sid, r in requests.items()}
         distinct = {keys[sid]: requests[sid] for sid in requests}
         try:
             answers = dict(zip(distinct, await asyncio.gather(*(self._search(k, r) for k, r in distinct.items())),
