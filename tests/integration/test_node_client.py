@@ -2,7 +2,9 @@
 (PostgreSQL, object store, broker) and a real Tamiyo over loopback: it lists the catalogue,
 gets a decision from Decide, and runs a whole Session — a seed germinated with one of Urza's
 kernels, advanced stage by stage to FOSSILIZED, every decision acked once, the field report
-sent, the epoch-end repeat accepted, and a re-open resumed with nothing re-sent."""
+sent, the epoch-end repeat accepted, and a re-open resumed with nothing re-sent. Over TLS
+with a bearer token and over mutual TLS, with the dev certificates of `esper certs`: served
+with the right settings, refused without the token, with the wrong CA or in plaintext."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import pytest
 
 from esper.rpc.channels import ChannelSecurity
 from esper.rpc.clients import UrzaClient
+from esper.runtime.certs import CA_CERT, cert_paths
 from esper.runtime.server import start_server
 from esper.tamiyo import service as tamiyo_service
+from tests.integration.test_runtime_security import OPS_TOKEN, pki, server_tls  # noqa: F401 (fixture)
 from tests.integration.test_tamiyo_server import tamiyo_config, urza  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -107,3 +111,55 @@ async def test_node_refuses_a_token_in_the_clear_and_reports_an_unreachable_serv
     assert result.returncode == 2 and "in the clear" in result.stderr
     result = await node("blueprints.js", "--address", "127.0.0.1:1")
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def tls_env(pki: Path, **more: str) -> dict[str, str]:  # noqa: F811 (pki is the fixture's value)
+    return clean_env(ESPER_TLS="true", ESPER_TLS_CA=str(pki / CA_CERT), **more)
+
+
+async def test_node_over_tls_with_a_bearer_token(node_modules, pki):  # noqa: F811
+    settings = server_tls(pki, client_auth=False, auth=True, auth_tokens_file=str(pki / "tokens"))
+    tamiyo = await start_server(tamiyo_service.SPEC, tamiyo_config(publish_events=False, **settings))
+    try:
+        address = tamiyo.address
+        decision = output_json(await node("decide.js", "--address", address, "--json",
+                                          env=tls_env(pki, ESPER_TOKEN=OPS_TOKEN)))
+        # No Urza configured: a wait that says so, served over TLS to the token's identity.
+        assert decision["action"] == "wait" and "no Urza configured" in decision["rationale"]
+        token_file = pki / "node-token"
+        token_file.write_text(OPS_TOKEN + "\n")
+        summary = output_json(await node("session.js", "--address", address, "--json", "--max-steps", "60",
+                                         env=tls_env(pki, ESPER_TOKEN_FILE=str(token_file))))
+        assert summary["snapshots"] > 0 and summary["decisions"] == [] and summary["resumed"]
+        refused = {
+            "no token": tls_env(pki),
+            "unknown token": tls_env(pki, ESPER_TOKEN="not-a-token"),
+        }
+        for why, env in refused.items():
+            result = await node("decide.js", "--address", address, env=env)
+            assert result.returncode == 1 and "UNAUTHENTICATED" in result.stderr, (why, result.stderr)
+        wrong_ca = clean_env(ESPER_TLS="true", ESPER_TLS_CA=str(pki / "rogue" / CA_CERT), ESPER_TOKEN=OPS_TOKEN)
+        plaintext = clean_env(ESPER_TOKEN=OPS_TOKEN)
+        for why, env in (("wrong CA", wrong_ca), ("plaintext", plaintext)):
+            result = await node("decide.js", "--address", address, env=env)
+            assert result.returncode == 1 and "UNAVAILABLE" in result.stderr, (why, result.stderr)
+    finally:
+        await tamiyo.stop(0)
+
+
+async def test_node_over_mutual_tls_with_a_client_certificate(node_modules, pki):  # noqa: F811
+    tamiyo = await start_server(tamiyo_service.SPEC, tamiyo_config(publish_events=False, **server_tls(pki, auth=True)))
+    try:
+        tolaria = cert_paths(pki, "tolaria")
+        env = tls_env(pki, ESPER_TLS_CERT=str(tolaria.cert), ESPER_TLS_KEY=str(tolaria.key))
+        summary = output_json(await node("session.js", "--address", tamiyo.address, "--json", "--max-steps", "60",
+                                         env=env))
+        assert summary["accept"]["heartbeat_seconds"] == 1 and summary["resumed"]
+        # Without a client certificate the handshake fails.
+        result = await node("decide.js", "--address", tamiyo.address, env=tls_env(pki))
+        assert result.returncode == 1 and "UNAVAILABLE" in result.stderr, result.stderr
+        # Half a certificate is a configuration error, refused before any connection.
+        result = await node("decide.js", "--address", tamiyo.address, env=tls_env(pki, ESPER_TLS_CERT=str(tolaria.cert)))
+        assert result.returncode == 2 and "ESPER_TLS_KEY" in result.stderr
+    finally:
+        await tamiyo.stop(0)
