@@ -11,6 +11,7 @@ import signal
 import sys
 
 from esper.cli.errors import UsageError
+from esper.cli.security import use_stack_tls
 
 # Subcommand modules, in the order `esper --help` lists them. One of ours that fails to import
 # is a bug: the error propagates. A missing third-party module means the light client
@@ -18,6 +19,7 @@ from esper.cli.errors import UsageError
 SUBCOMMAND_MODULES = (
     "esper.cli.serve",
     "esper.cli.stack",
+    "esper.cli.certs",
     "esper.cli.oona",
     "esper.cli.runs",
     "esper.cli.catalog",
@@ -63,6 +65,7 @@ def _run(argv: list[str] | None) -> int:
               "pip install 'esper[server]'", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    use_stack_tls(args.command)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -17,7 +17,8 @@ from esper.runtime.infra.paths import log_path
 from esper.runtime.infra.process import tail
 from esper.runtime.stack import HEALTHY, down, format_table, status, up
 from esper.runtime.stack.lifecycle import exited
-from esper.runtime.stack.state import port_names
+from esper.runtime.stack.state import load_state, port_names
+from esper.runtime.stack.tls import tls_dir
 
 # How often `esper up --foreground` checks that every component is still alive.
 WATCH_INTERVAL_S = 1.0
@@ -33,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--foreground",
         action="store_true",
         help="stay attached; Ctrl-C (or SIGTERM) stops the whole stack",
+    )
+    up_parser.add_argument(
+        "--tls", action=argparse.BooleanOptionalAction, default=None,
+        help="mutual TLS and auth between every part, certificates under STATE_DIR/tls "
+             "(remembered; --no-tls turns it off; default: as the last up left it)",
     )
     up_parser.add_argument(
         "--port",
@@ -97,8 +103,9 @@ def _guarded(command: str, run: Callable[[argparse.Namespace], int]) -> Callable
 
 def run_up(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args)
-    result = up(state_dir, parse_port_pins(args.port))
+    result = up(state_dir, parse_port_pins(args.port), tls=args.tls)
     print(format_table(result.statuses))
+    print(security_line(state_dir))
     kept = len(result.statuses) - len(result.started)
     print(
         f"\nstack up in {result.elapsed_s:.1f} s (infrastructure {result.infra_s:.1f} s) "
@@ -157,7 +164,17 @@ def run_status(args: argparse.Namespace) -> int:
     if args.address is not None:
         return _print_address(statuses, args.address)
     print(format_table(statuses))
+    print(security_line(state_dir))
     return 0 if all(s.health == HEALTHY for s in statuses) else EXIT_FAILURE
+
+
+def security_line(state_dir: Path) -> str:
+    """What `esper up` and `esper status` say about transport security."""
+    state = load_state(state_dir)
+    if state is None or not state.tls:
+        return "tls: off (plaintext on 127.0.0.1, auth off; `esper up --tls` turns mutual TLS on)"
+    return (f"tls: on (mutual TLS between every part, auth on; certificates in {tls_dir(state_dir)}; "
+            "esper commands use its admin certificate)")
 
 
 def _print_address(statuses: list, name: str) -> int:

@@ -197,7 +197,7 @@ class AuthPolicy:
         if ANY_IDENTITY not in granted and identity not in granted:
             raise AuthError(grpc.StatusCode.PERMISSION_DENIED,
                             f"{identity!r} may not call {method.rsplit('/', 1)[-1]} "
-                            f"(a {access} call; granted to: {', '.join(granted) or 'nobody'})")
+                            f"({access} calls are granted to: {', '.join(granted) or 'nobody'})")
 
 
 def _bearer(metadata: Iterable[tuple[str, Any]]) -> str | None:

@@ -84,7 +84,7 @@ def make_dev_pki(directory: Path, servers: Iterable[str] = SERVER_IDENTITIES,
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _name(cn: str) -> x509.Name:

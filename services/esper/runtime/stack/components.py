@@ -12,6 +12,7 @@ from esper.runtime.infra.postgres import PostgresServer
 from esper.runtime.infra.process import ManagedProcess
 from esper.runtime.stack.servers import ServerProcess
 from esper.runtime.stack.state import METRICS_SUFFIX, SERVER_NAMES, StackState
+from esper.runtime.stack.tls import probe_security, server_env
 
 
 class Component(Protocol):
@@ -78,8 +79,10 @@ def build_stack(state_dir: Path, state: StackState) -> Stack:
     broker = Broker(state_dir, ports["broker"])
     objectstore = ObjectStore(state_dir, ports["objectstore"], state.bucket)
     settings = connection_settings(state, postgres, broker, objectstore)
+    probe = probe_security(state_dir, state.tls)
     servers = {
-        name: ServerProcess(state_dir, name, ports[name], ports[name + METRICS_SUFFIX], settings)
+        name: ServerProcess(state_dir, name, ports[name], ports[name + METRICS_SUFFIX],
+                            {**settings, **server_env(state_dir, name, state.tls)}, security=probe)
         for name in SERVER_NAMES
     }
     return Stack(state_dir, state, postgres, broker, objectstore, servers)

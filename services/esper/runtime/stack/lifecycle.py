@@ -31,6 +31,7 @@ from esper.runtime.stack.state import (
     resolve_ports,
     save_state,
 )
+from esper.runtime.stack.tls import ensure_pki
 
 HEALTHY, UNHEALTHY, STOPPED = "healthy", "unhealthy", "stopped"
 
@@ -53,8 +54,9 @@ class UpResult:
     infra_s: float = 0.0  # until PostgreSQL, the broker and the object store were ready
 
 
-def up(state_dir: Path, ports: Mapping[str, object] | None = None) -> UpResult:
-    """Bring the whole stack up under `state_dir`; see the module docstring."""
+def up(state_dir: Path, ports: Mapping[str, object] | None = None, tls: bool | None = None) -> UpResult:
+    """Bring the whole stack up under `state_dir`; see the module docstring. `tls` turns
+    mutual TLS and auth on or off (None: as the last `up` left it)."""
     began = time.monotonic()
     state_dir = prepare_state_dir(state_dir)
     with locked(state_dir):
@@ -62,6 +64,11 @@ def up(state_dir: Path, ports: Mapping[str, object] | None = None) -> UpResult:
         state = StackState() if saved is None else saved
         requested = dict(ports or {})
         _refuse_port_changes_while_running(state_dir, state, requested)
+        if tls is not None and tls != state.tls:
+            _refuse_tls_change_while_running(state_dir, state, tls)
+            state.tls = tls
+        if state.tls:
+            ensure_pki(state_dir)
         state.ports = resolve_ports(state.ports, requested)
         save_state(state_dir, state)  # before starting, so `down` finds everything
         stack = build_stack(state_dir, state)
@@ -143,12 +150,21 @@ def _refuse_port_changes_while_running(
             )
 
 
+def _refuse_tls_change_while_running(state_dir: Path, state: StackState, tls: bool) -> None:
+    for name in SERVER_NAMES:
+        record = read_pid_file(pid_path(state_dir, name))
+        if record is not None and record.is_running():
+            raise InfraConfigError(
+                f"the stack is running with TLS {'on' if state.tls else 'off'}; run `esper down` "
+                f"before `esper up {'--tls' if tls else '--no-tls'}`")
+
+
 def _stack_for_inspection(state_dir: Path) -> Stack:
     """The stack as recorded; components without a recorded port get a placeholder (their
     pid files still find them)."""
     state = load_state(state_dir) or StackState()
     ports = {name: state.ports.get(name, 0) for name in port_names()}
-    return build_stack(state_dir, StackState(ports, state.database, state.bucket))
+    return build_stack(state_dir, StackState(ports, state.database, state.bucket, state.tls))
 
 
 def _statuses(stack: Stack) -> list[ComponentStatus]:

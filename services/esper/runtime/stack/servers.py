@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from esper.rpc.channels import ChannelSecurity
 from esper.rpc.health import check_health
 from esper.runtime.infra.launcher import LoopbackProcess
 from esper.runtime.infra.paths import log_path, pid_path
@@ -25,9 +26,10 @@ HEALTH_TIMEOUT_S = 1.0
 OVERALL_HEALTH = ""
 
 
-def health_check(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+def health_check(address: str, timeout_s: float = HEALTH_TIMEOUT_S,
+                 security: ChannelSecurity | None = None) -> bool:
     """True when `Health/Check` with service "" answers SERVING."""
-    return check_health(address, OVERALL_HEALTH, timeout_s=timeout_s) == "SERVING"
+    return check_health(address, OVERALL_HEALTH, timeout_s=timeout_s, security=security) == "SERVING"
 
 
 class ServerProcess(LoopbackProcess):
@@ -43,7 +45,9 @@ class ServerProcess(LoopbackProcess):
         port: int,
         metrics_port: int,
         settings: Mapping[str, str],
+        security: ChannelSecurity | None = None,
     ) -> None:
+        self.security = security
         self.state_dir = Path(state_dir)
         self.name = name
         self.port = port
@@ -81,4 +85,4 @@ class ServerProcess(LoopbackProcess):
         self.process.start()
 
     def is_ready(self) -> bool:
-        return health_check(self.address)
+        return health_check(self.address, security=self.security)

@@ -42,10 +42,12 @@ class StackState:
     ports: dict[str, int] = field(default_factory=dict)
     database: str = DEFAULT_DATABASE
     bucket: str = DEFAULT_BUCKET
+    # Mutual TLS between every part (`esper up --tls`, esper.runtime.stack.tls).
+    tls: bool = False
 
     def to_json(self) -> str:
         body = {"version": STATE_VERSION, "ports": self.ports, "database": self.database,
-                "bucket": self.bucket}  # fmt: skip
+                "bucket": self.bucket, "tls": self.tls}  # fmt: skip
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
 
@@ -68,6 +70,7 @@ def load_state(state_dir: Path) -> StackState | None:
         ports=ports,
         database=str(data.get("database", DEFAULT_DATABASE)),
         bucket=str(data.get("bucket", DEFAULT_BUCKET)),
+        tls=data.get("tls", False) is True,
     )
 
 
