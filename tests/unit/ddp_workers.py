@@ -63,10 +63,11 @@ class RunSpec:
     urza: str = ""
     wrap_after_attach: bool = False  # DDP(session.model) instead of attach(DDP(model))
     flat_validation: bool = False  # a constant val loss: the heuristic sees a plateau
-    stop_after_seed: int = 0  # end this many steps after slot "0"'s first seed ended
+    stop_after_seed: int = 0  # end this many steps after the first seed ended
     checkpoint_at: int = 0  # save a checkpoint after this step (an epoch end)
     resume: str = ""
     diverge_at: int = 0  # rank 1 renames its live seed after this step (a broken replica)
+    trainer: bool = False  # the Trainer owns the loop (DistributedSampler, DDP model)
 
 
 def make_model() -> nn.Module:
@@ -99,7 +100,7 @@ def run(rank: int, spec: RunSpec) -> None:
         if spec.world > 1:
             dist.init_process_group("gloo", init_method=f"file://{spec.init_file}", rank=rank,
                                     world_size=spec.world, timeout=PG_TIMEOUT)
-        result = _train(rank, spec, out)
+        result = (_fit if spec.trainer else _train)(rank, spec, out)
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     finally:
@@ -149,7 +150,7 @@ def _train(rank: int, spec: RunSpec, out: Path) -> dict:
         session.policy.observe = lambda snap: (snapshots.append(
             [snap.step, snap.metrics.train_loss, snap.metrics.train_accuracy,
              snap.metrics.val_loss]), observe(snap))
-    ended_at = None
+    ended_at, kernels = None, set()  # kernels: those of every seed seen at a step's end
     step = session.model.global_step
     while step < spec.steps:
         x, y = (shard(t, rank, spec.world) for t in global_batch(step))
@@ -166,6 +167,8 @@ def _train(rank: int, spec: RunSpec, out: Path) -> dict:
         session.step(loss, output, y, last_in_epoch=last)
         if last:
             session.end_epoch(_validate(net, rank, spec))
+        kernels |= {s.record.kernel_id for s in session.model.esper_slots.values()
+                    if s.record.kernel_id}
         if spec.checkpoint_at == step:
             save_checkpoint(out / "run.pt", session, {"step": step})
         if spec.diverge_at == step and rank == 1:
@@ -188,7 +191,40 @@ def _train(rank: int, spec: RunSpec, out: Path) -> dict:
         "summary": {k: session.summary()[k] for k in ("seeds_germinated", "seeds_fossilized",
                                                      "seeds_culled")},
         "connects": getattr(policy, "connects", None),
+        "kernels": sorted(kernels),
     }
+
+
+def _fit(rank: int, spec: RunSpec, out: Path) -> dict:
+    """The Trainer with a DDP model and DistributedSampler-fed loaders, unchanged from a
+    single-process run but for those two."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from esper.tolaria import Trainer
+
+    batches = [global_batch(step) for step in range(spec.epoch_steps)]
+    data = TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
+    sampler = DistributedSampler(data, num_replicas=spec.world, rank=rank, seed=0)
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // spec.world, sampler=sampler)
+    val = TensorDataset(*global_batch(-1))
+    val_loader = DataLoader(val, batch_size=16, sampler=DistributedSampler(
+        val, num_replicas=spec.world, rank=rank, shuffle=False))
+    policy = _policy(spec)
+    trainer = Trainer(DDP(make_model()), lambda params: torch.optim.SGD(params, lr=0.1),
+                      loader, val_loader, epochs=spec.steps // spec.epoch_steps,
+                      policy=policy, slots=SLOTS, example_input=torch.zeros(2, IN),
+                      config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False),
+                      checkpoint_path=str(out / "fit-{epoch}.pt"))
+    policy.kernels = trainer.session.local_kernels
+    trainer.fit()
+    session = trainer.session
+    state = session.model.state_dict()
+    return {"digests": digests(state), "steps": session.model.global_step,
+            "transitions": [[t.slot_id, t.seed_id, S.Name(t.from_stage), S.Name(t.to_stage),
+                             t.step] for t in session.model.transitions],
+            "acks": [], "epochs": len(trainer.history),
+            "summary": {k: session.summary()[k] for k in (
+                "seeds_germinated", "seeds_fossilized", "seeds_culled")}}
 
 
 def _validate(net: nn.Module, rank: int, spec: RunSpec) -> dict:
@@ -206,9 +242,9 @@ def _validate(net: nn.Module, rank: int, spec: RunSpec) -> dict:
 
 
 def _seed_ended(session, step: int) -> int | None:
-    """The step at which slot "0"'s first seed was fossilized or culled (every rank sees
-    the same seed states, so every rank stops at the same step)."""
-    ended = [t for t in session.model.transitions if t.slot_id == "0" and t.to_stage in
+    """`step` once a seed was fossilized or culled (every rank sees the same seed states,
+    so every rank stops at the same step)."""
+    ended = [t for t in session.model.transitions if t.to_stage in
              (S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED)]
     return step if ended else None
 

@@ -9,6 +9,7 @@ Workers: tests/unit/ddp_workers.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from esper.kasmina.cache import KernelDigestMismatch
+from esper.leyline.v1.control_pb2 import GerminateAction
+from esper.tolaria import TolariaConfig, attach
 from tests.unit.ddp_workers import RunSpec, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,8 +123,30 @@ def test_local_policy_with_ddp_wrapped_after_attach(tmp_path) -> None:
     assert results[0]["steps"] < 400  # slot "0"'s seed came to its end
 
 
+def test_trainer_with_a_ddp_model_and_distributed_samplers(tmp_path) -> None:
+    results = ok(launch(RunSpec(out=str(tmp_path), world=2, steps=STEPS, trainer=True)))
+    assert_replicas_identical(results)
+    assert results[0]["epochs"] == STEPS // 10 and results[0]["steps"] == STEPS
+    assert results[0]["summary"]["seeds_germinated"] >= 2
+    assert (tmp_path / f"fit-{STEPS // 10}.pt").is_file()  # written by rank 0
+
+
 def test_a_replica_that_drifts_stops_the_run(tmp_path) -> None:
     results = launch(RunSpec(out=str(tmp_path), world=2, steps=STEPS, diverge_at=5))
     assert "ReplicaDivergence" in results[1].get("error", ""), results[1]
     assert "seed-tampered" in results[1]["error"]
     assert "error" in results[0]  # its peer is gone: rank 0 does not train on alone
+
+
+def test_a_kernel_from_rank_0_is_verified_before_use() -> None:
+    """A rank takes a germinated seed's kernel from rank 0's broadcast, never unverified."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    session = attach(model, torch.optim.SGD(model.parameters(), lr=0.1), "none", slots=["0"],
+                     config=TolariaConfig(progress=False))
+    genuine = b"kernel bytes"
+    action = GerminateAction(slot_id="0", blueprint_ref="BP-IA3@1.0.0", kernel_id="k-1",
+                             kernel_sha256=hashlib.sha256(genuine).hexdigest())
+    with pytest.raises(KernelDigestMismatch):
+        session.receive_kernel(action, b"other bytes")
+    assert "k-1" not in session.cache
+    session.close()

@@ -8,12 +8,14 @@ Two ways in:
 
 Either way, snapshots go to a policy (in-process heuristic by default, or a remote Tamiyo
 session), decisions are applied between steps and acked exactly once, seeds get their own
-optimizer param groups, and `save_checkpoint` / `resume=` make runs resumable.
+optimizer param groups, and `save_checkpoint` / `resume=` make runs resumable. Under
+torch.distributed (DDP) the same code runs on every rank (esper.tolaria.distributed).
 """
 
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
+from esper.tolaria.distributed import ReplicaDivergence
 from esper.tolaria.policy import (
     LOCAL_HEURISTIC,
     HeuristicConfig,
@@ -34,6 +36,7 @@ __all__ = [
     "PolicySource",
     "RemotePolicy",
     "ReplayPolicy",
+    "ReplicaDivergence",
     "RunSummary",
     "SeedSummary",
     "TolariaConfig",
