@@ -74,7 +74,7 @@ class Run {
     for (const decision of session.takeDecisions()) {
       const action = decision[decision.action];
       this.decisions.push({ decision_id: decision.decision_id, action: decision.action, slot_id: action.slot_id,
-        target_stage: action.target_stage, issued_at_step: decision.issued_at_step });
+        target_stage: action.target_stage, blueprint_ref: action.blueprint_ref, issued_at_step: decision.issued_at_step });
       const { ack, report } = this.seeds.apply(decision, this.step, this.opts.runId);
       session.ack(ack);
       this.acked.push(ack.decision_id);
@@ -150,7 +150,8 @@ async function main() {
   console.log(`run ${summary.run_id}: ${summary.steps} steps, ${summary.snapshots} snapshots, ` +
     `${summary.decisions.length} decisions (${JSON.stringify(summary.acks)}), ${summary.field_reports} field reports`);
   for (const d of summary.decisions) {
-    console.log(`  step ${d.issued_at_step}: ${d.action} ${d.slot_id} ${d.target_stage && d.action === 'advance' ? d.target_stage : ''}`);
+    const what = { advance: d.target_stage, germinate: d.blueprint_ref }[d.action] || '';
+    console.log(`  step ${d.issued_at_step}: ${d.action} ${d.slot_id} ${what}`.trimEnd());
   }
   for (const s of summary.seeds) console.log(`  seed ${s.seed_id} in ${s.slot_id}: ${s.blueprint_ref} ${s.stage}`);
   console.log(`re-opened: resumed=${summary.resumed}, decisions re-sent: ${summary.resent_after_resume}`);
