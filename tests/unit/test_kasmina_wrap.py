@@ -128,3 +128,20 @@ def test_model_graph_lists_nodes_edges_and_slots():
     assert ids == ["0", "1", "2", "3", "4", "5"]
     assert len(g.edges) == 5 and {s.slot_id for s in g.slots} == set(model.slots)
     assert next(n for n in g.nodes if n.node_id == "0").slot_id == "0"
+
+
+def test_unwrap_of_a_routed_fossil_traces_and_matches():
+    """A mixture-of-experts fossil loops over its experts: unwrap() traces it with torch.fx
+    (the loop bound is a plain int), so the plain model has torch classes only."""
+    torch.manual_seed(0)
+    model = wrap(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)),
+                 example_input=torch.randn(2, 8))
+    seed = build_seed(get_builtin("BP-MOE-TOP2"), model.slot("0").shape, seed=1)
+    with torch.no_grad():
+        for p in seed.parameters():
+            p.add_(0.1)
+    force_fossilize(model.slot("0"), seed)
+    x = torch.randn(5, 8)
+    plain = model.unwrap()
+    assert not any(type(m).__module__.startswith("esper") for m in plain.modules())
+    torch.testing.assert_close(plain(x), model(x))

@@ -88,7 +88,8 @@ class MixtureOfExperts(nn.Module):
 
     def __init__(self, c: int, num_experts: int, top_k: int, hidden: int, cdim: int) -> None:
         super().__init__()
-        self.top_k, self.cdim = top_k, cdim
+        # A plain int (not w_in.shape[0]) so torch.fx can trace the expert loop (unwrap()).
+        self.top_k, self.cdim, self.num_experts = top_k, cdim, num_experts
         self.router = nn.Linear(c, num_experts, bias=False)
         self.w_in = nn.Parameter(torch.empty(num_experts, hidden, c))
         self.b_in = nn.Parameter(torch.empty(num_experts, hidden))
@@ -115,7 +116,7 @@ class MixtureOfExperts(nn.Module):
         top_logits, top_idx = self.router(flat).topk(self.top_k, dim=-1)
         weights = top_logits.softmax(dim=-1)
         out = torch.zeros_like(flat)
-        for e in range(self.w_in.shape[0]):
+        for e in range(self.num_experts):
             rows, slot = (top_idx == e).nonzero(as_tuple=True)
             h = F.gelu(F.linear(flat[rows], self.w_in[e], self.b_in[e]))
             y = F.linear(h, self.w_out[e], self.b_out[e])
