@@ -11,7 +11,7 @@ from esper.leyline import ids
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona import deadletter, envelope
 from esper.oona.topics import TOPICS, event_key
-from tests.contract.leyline_descriptors import ROOT
+from tests.contract.leyline_descriptors import GENERATED_SET, ROOT, load_set
 
 DOC = ROOT / "docs" / "contract.md"
 # A payload kind in the doc: a backticked lower_snake oneof name.
@@ -100,3 +100,28 @@ def test_dead_letter_headers_and_limits_are_the_sender_s():
     assert deadletter.MAX_DEAD_LETTER_VALUE_BYTES == 64 * 1024 and "cut to 64 KiB" in text
     assert deadletter.MAX_DEAD_LETTER_KEY_BYTES == 1024 and "cut to 1 KiB" in text
     assert f"at most {deadletter.MAX_REASON_CHARS:,} characters" in text
+
+
+def _field_comment(message: str, field: str) -> str:
+    """The comment on esper.leyline.v1.MESSAGE.FIELD in the generated descriptor set
+    (4 = FileDescriptorProto.message_type, 2 = DescriptorProto.field)."""
+    for fd in load_set(GENERATED_SET).file:
+        for m, msg in enumerate(fd.message_type):
+            if msg.name != message:
+                continue
+            f = next(i for i, x in enumerate(msg.field) if x.name == field)
+            location = next(loc for loc in fd.source_code_info.location if list(loc.path) == [4, m, 2, f])
+            return " ".join(location.leading_comments.split())
+    raise KeyError(message)
+
+
+def test_the_proto_comments_give_the_id_formats_of_the_code():
+    kernel = _field_comment("KernelArtifact", "kernel_id")
+    assert f'"{ids.KERNEL_ID_PREFIX}"' in kernel and f"first {ids.KERNEL_ID_DIGEST_CHARS} hex digits" in kernel
+    for message in ("SeedState", "DecisionAck"):
+        assert f'"{ids.SEED_ID_PREFIX}" and {ids.SHORT_RANDOM_HEX} hex' in _field_comment(message, "seed_id")
+    assert f'"{ids.JOB_ID_PREFIX}" and 32 hex digits' in _field_comment("CompileJob", "job_id")
+    assert ids.RUN_ID_RULE in _field_comment("TrainingSnapshot", "run_id")
+    for message, field in (("AdaptationDecision", "decision_id"), ("SessionAccept", "session_id"),
+                           ("TelemetryEvent", "event_id")):
+        assert "random UUID" in _field_comment(message, field), (message, field)

@@ -317,7 +317,9 @@ class AdaptationDecision(_message.Message):
     RATIONALE_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
-    """Unique id; the runtime applies each id at most once."""
+    """Unique id, a random UUID (docs/contract.md, "Id formats"); the runtime applies each id
+    at most once.
+    """
     run_id: _builtins.str
     """Run the decision is for."""
     issued_at_step: _builtins.int
@@ -408,7 +410,7 @@ class DecisionAck(_message.Message):
     step: _builtins.int
     """Step at which the ack was produced."""
     seed_id: _builtins.str
-    """Seed id created by a germination."""
+    """Seed id created by a germination ("seed-" and 12 hex digits)."""
     @_builtins.property
     def gate(self) -> _lifecycle_pb2.GateResult:
         """The gate result, for advances and fossilizations."""

@@ -275,7 +275,9 @@ class SeedState(_message.Message):
     EMBARGO_UNTIL_STEP_FIELD_NUMBER: _builtins.int
     STAGE_CHANGED_AT_FIELD_NUMBER: _builtins.int
     seed_id: _builtins.str
-    """Unique id of the seed occupying the slot (new for each germination); empty when dormant."""
+    """Unique id of the seed occupying the slot (new for each germination: "seed-" and 12 hex
+    digits, docs/contract.md); empty when dormant.
+    """
     slot_id: _builtins.str
     """Stable id of the slot in the host model, e.g. "encoder.layer1"."""
     stage: Global___SeedStage.ValueType

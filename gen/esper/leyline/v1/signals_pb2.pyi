@@ -351,7 +351,9 @@ class TrainingSnapshot(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     EPOCH_END_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run id."""
+    """Run id (1-128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit); inside a
+    Session, empty means the session's run.
+    """
     step: _builtins.int
     """Global training step (monotonic)."""
     epoch: _builtins.int

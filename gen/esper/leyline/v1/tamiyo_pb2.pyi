@@ -257,7 +257,7 @@ class SessionAccept(_message.Message):
     run_id: _builtins.str
     """The run id."""
     session_id: _builtins.str
-    """Session id for logs."""
+    """Session id for logs: a random UUID, new for each stream."""
     snapshot_every_steps: _builtins.int
     """Send a snapshot every this many steps."""
     heartbeat_seconds: _builtins.int

@@ -522,7 +522,7 @@ class TelemetryEvent(_message.Message):
     ALERT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Unique id (idempotency key for ingestion)."""
+    """Unique id, a random UUID (idempotency key for ingestion)."""
     source: _builtins.str
     """Emitting component, e.g. "tolaria", "tamiyo", "tezzeret", "urza"."""
     run_id: _builtins.str

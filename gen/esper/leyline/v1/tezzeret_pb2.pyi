@@ -39,7 +39,7 @@ class CompileJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Job id."""
+    """Job id: "j-" and 32 hex digits."""
     blueprint_ref: _builtins.str
     """Blueprint "name@version"."""
     stage: _telemetry_pb2.CompileStage.ValueType
