@@ -41,9 +41,14 @@ class TezzeretConfig(PostgresSettings, KafkaSettings, UrzaClientSettings, Server
     # Seconds an RPC waits for PostgreSQL or Urza before answering UNAVAILABLE (an upload
     # to Urza gets more, by its size).
     dependency_timeout_s: float = 5.0
+    # SubmitCompile calls one identity may make per minute (a burst up to this passes);
+    # beyond it RESOURCE_EXHAUSTED says when to retry.
+    compile_jobs_per_minute: int = 120
 
     def validate(self) -> None:
         super().validate()
+        if not 1 <= self.compile_jobs_per_minute <= 1_000_000:
+            raise ConfigError("compile_jobs_per_minute: must be within [1, 1000000]")
         if not 0 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers: {self.workers} is not within [0, {MAX_WORKERS}]")
         if not self.consumer_group.strip():

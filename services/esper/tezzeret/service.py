@@ -9,6 +9,7 @@ import contextlib
 import grpc
 
 from esper.leyline.v1 import tezzeret_pb2_grpc
+from esper.runtime.quota import RateQuota
 from esper.runtime.server import Closer, ServiceSpec
 from esper.tezzeret.config import TezzeretConfig
 from esper.tezzeret.deps import connect
@@ -31,7 +32,8 @@ async def start(config: TezzeretConfig, server: grpc.aio.Server) -> Closer:
         name="tezzeret-republish")
     await deps.start_workers(config.workers)
     servicer = TezzeretServicer(deps.store, publisher, deps.urza, deps.events, hub,
-                                config.dependency_timeout_s)
+                                config.dependency_timeout_s,
+                                RateQuota("SubmitCompile", config.compile_jobs_per_minute))
     tezzeret_pb2_grpc.add_TezzeretServiceServicer_to_server(servicer, server)
 
     async def close() -> None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from esper.leyline import ids
 from esper.leyline.v1 import blueprint_pb2, tezzeret_pb2, tezzeret_pb2_grpc
 from esper.runtime import pagination
+from esper.runtime.auth import caller
 from esper.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -20,6 +21,7 @@ from esper.runtime.errors import (
     Unavailable,
     serves_errors,
 )
+from esper.runtime.quota import RateQuota
 from esper.tezzeret import submission
 from esper.tezzeret.errors import DB_CONNECTION_ERRORS, InvalidSubmission
 from esper.tezzeret.events import CompileEvents
@@ -54,7 +56,10 @@ def check_job_id(job_id: str) -> str:
 @serves_errors(translate=_translate)
 class TezzeretServicer(tezzeret_pb2_grpc.TezzeretServiceServicer):
     def __init__(self, store: JobStore, publisher: RequestPublisher, urza: UrzaClient,
-                 events: CompileEvents, hub: JobWatchHub, timeout_s: float) -> None:
+                 events: CompileEvents, hub: JobWatchHub, timeout_s: float,
+                 compile_quota: RateQuota | None = None) -> None:
+        # Submissions per identity (esper.runtime.auth): one client cannot flood the queue.
+        self.compile_quota = compile_quota
         self.store = store
         self.publisher = publisher
         self.urza = urza
@@ -69,6 +74,8 @@ class TezzeretServicer(tezzeret_pb2_grpc.TezzeretServiceServicer):
     # ---- SubmitCompile ---------------------------------------------------------------
 
     async def SubmitCompile(self, request, context):
+        if self.compile_quota is not None:
+            self.compile_quota.take(caller())  # RESOURCE_EXHAUSTED, before any work
         spec, ref, digest, targets = await self._resolve_submission(request)
         key = submission.request_key(ref, digest, targets)
         job, created = await self._db(self.store.submit(ref, key, targets))

@@ -14,6 +14,7 @@ from esper.leyline.v1 import urza_pb2_grpc
 from esper.oona import OonaProducer
 from esper.runtime.config import ConfigError, ServerConfig
 from esper.runtime.postgres import redact_dsn
+from esper.runtime.quota import RateQuota
 from esper.runtime.server import Closer, ServiceSpec, StartupError
 from esper.runtime.settings import KafkaSettings, ObjectStoreSettings, PostgresSettings
 from esper.urza import db as dbmod
@@ -42,9 +43,14 @@ class UrzaConfig(PostgresSettings, KafkaSettings, ObjectStoreSettings, ServerCon
     seed_builtin: bool = True
     # Largest kernel UploadKernel stores, in bytes; a larger one is RESOURCE_EXHAUSTED.
     max_kernel_bytes: int = DEFAULT_MAX_KERNEL_BYTES
+    # RecordFieldReport calls one identity may make per minute (field reports move the
+    # search ranking); beyond it RESOURCE_EXHAUSTED says when to retry.
+    field_reports_per_minute: int = 600
 
     def validate(self) -> None:
         super().validate()
+        if not 1 <= self.field_reports_per_minute <= 1_000_000:
+            raise ConfigError("field_reports_per_minute: must be within [1, 1000000]")
         for name in ("db_timeout", "s3_timeout"):
             if not 0 < getattr(self, name) <= 60:
                 raise ConfigError(f"{name}: must be within (0, 60] seconds")
@@ -118,7 +124,8 @@ async def start(config: UrzaConfig, server: grpc.aio.Server) -> Closer:
         await _close_all(closers)
         raise
     servicer = UrzaServicer(catalog, KernelRegistry(database, store, feed), feed,
-                            max_kernel_bytes=config.max_kernel_bytes)
+                            max_kernel_bytes=config.max_kernel_bytes,
+                            report_quota=RateQuota("RecordFieldReport", config.field_reports_per_minute))
     urza_pb2_grpc.add_UrzaServiceServicer_to_server(servicer, server)
 
     async def close() -> None:

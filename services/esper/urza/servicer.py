@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.runtime.auth import caller
 from esper.runtime.errors import ServiceError, handle_errors, serves_errors
+from esper.runtime.quota import RateQuota
 from esper.urza import download, outcomes, search, upload
 from esper.urza.catalog import BlueprintQuery, Catalog
 from esper.urza.errors import InvalidArgument
@@ -41,7 +43,10 @@ unary = streaming = functools.partial(handle_errors, observe=_observe)
 @serves_errors(observe=_observe)
 class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
     def __init__(self, catalog: Catalog, kernels: KernelRegistry, feed: CatalogFeed, *,
-                 max_kernel_bytes: int = upload.DEFAULT_MAX_KERNEL_BYTES) -> None:
+                 max_kernel_bytes: int = upload.DEFAULT_MAX_KERNEL_BYTES,
+                 report_quota: RateQuota | None = None) -> None:
+        # Field reports per identity (esper.runtime.auth): fake reports cannot flood the ranking.
+        self.report_quota = report_quota
         self.catalog = catalog
         self.kernels = kernels
         self.feed = feed
@@ -128,5 +133,7 @@ class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
     async def RecordFieldReport(self, request, context):
         if not request.HasField("report"):
             raise InvalidArgument("report", "is required")
+        if self.report_quota is not None:
+            self.report_quota.take(caller())
         record = await outcomes.record_field_report(self.kernels.db, request.report)
         return urza_pb2.RecordFieldReportResponse(blueprint=record)
