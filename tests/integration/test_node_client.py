@@ -91,13 +91,17 @@ async def test_node_decides_and_runs_a_full_session_with_acks(node_modules, urza
         assert summary["accept"]["snapshot_every_steps"] == config.snapshot_every_steps
         assert summary["accept"]["idle_timeout_seconds"] == config.idle_timeout_seconds
         assert not summary["accept"]["resumed"]
-        actions = [d["action"] for d in summary["decisions"]]
+        decisions = summary["decisions"]
+        # Every decision acked once: applied, or expired when a loaded machine delayed it past
+        # its expiry step (Tamiyo then decides again); never refused.
+        assert len({d["decision_id"] for d in decisions}) == len(decisions)
+        assert sum(summary["acks"].values()) == len(decisions)
+        assert {d["status"] for d in decisions} <= {"ACK_STATUS_APPLIED", "ACK_STATUS_EXPIRED"}, decisions
+        applied = [d for d in decisions if d["status"] == "ACK_STATUS_APPLIED"]
         # One seed's whole life: germinated, advanced through each stage, fossilized.
-        assert actions[0] == "germinate" and actions[-1] == "fossilize", actions
-        assert [d["target_stage"] for d in summary["decisions"] if d["action"] == "advance"] == [
+        assert [d["action"] for d in applied] == ["germinate", *["advance"] * 4, "fossilize"], decisions
+        assert [d["target_stage"] for d in applied if d["action"] == "advance"] == [
             "SEED_STAGE_TRAINING", "SEED_STAGE_BLENDING", "SEED_STAGE_SHADOWING", "SEED_STAGE_PROBATIONARY"]
-        assert len({d["decision_id"] for d in summary["decisions"]}) == len(actions)
-        assert summary["acks"] == {"ACK_STATUS_APPLIED": len(actions)}
         assert summary["field_reports"] == 1 and summary["warnings"] == {}
         (seed,) = summary["seeds"]
         assert seed["stage"] == "SEED_STAGE_FOSSILIZED" and seed["seed_id"].startswith("seed-")

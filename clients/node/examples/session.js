@@ -73,9 +73,10 @@ class Run {
   applyDecisions(session) {
     for (const decision of session.takeDecisions()) {
       const action = decision[decision.action];
-      this.decisions.push({ decision_id: decision.decision_id, action: decision.action, slot_id: action.slot_id,
-        target_stage: action.target_stage, blueprint_ref: action.blueprint_ref, issued_at_step: decision.issued_at_step });
       const { ack, report } = this.seeds.apply(decision, this.step, this.opts.runId);
+      this.decisions.push({ decision_id: decision.decision_id, action: decision.action, slot_id: action.slot_id,
+        target_stage: action.target_stage, blueprint_ref: action.blueprint_ref, issued_at_step: decision.issued_at_step,
+        status: ack.status });
       session.ack(ack);
       this.acked.push(ack.decision_id);
       this.acks[ack.status] = (this.acks[ack.status] || 0) + 1;
@@ -151,7 +152,8 @@ async function main() {
     `${summary.decisions.length} decisions (${JSON.stringify(summary.acks)}), ${summary.field_reports} field reports`);
   for (const d of summary.decisions) {
     const what = { advance: d.target_stage, germinate: d.blueprint_ref }[d.action] || '';
-    console.log(`  step ${d.issued_at_step}: ${d.action} ${d.slot_id} ${what}`.trimEnd());
+    const status = d.status === 'ACK_STATUS_APPLIED' ? '' : ` (${d.status.replace('ACK_STATUS_', '').toLowerCase()})`;
+    console.log(`  step ${d.issued_at_step}: ${d.action} ${d.slot_id} ${what}`.trimEnd() + status);
   }
   for (const s of summary.seeds) console.log(`  seed ${s.seed_id} in ${s.slot_id}: ${s.blueprint_ref} ${s.stage}`);
   console.log(`re-opened: resumed=${summary.resumed}, decisions re-sent: ${summary.resent_after_resume}`);
