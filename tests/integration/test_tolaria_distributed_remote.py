@@ -15,7 +15,8 @@ from tests.integration.test_tolaria_urza import urza_with_kernel  # noqa: F401 -
 from tests.unit.ddp_workers import SHORT_HEURISTIC, RunSpec
 from tests.unit.test_tolaria_distributed import assert_replicas_identical, launch, ok
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.usefixtures("one_torch_thread")]
 MAX_STEPS = 3000
 
 

@@ -73,6 +73,7 @@ def assert_replicas_identical(results: list[dict]) -> None:
         assert other["summary"] == first["summary"]
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical_through_every_kind_of_seed_change(tmp_path) -> None:
     results = ok(launch(RunSpec(out=str(tmp_path / "ddp"), world=2, steps=STEPS,
                                 checkpoint_at=CHECKPOINT_AT)))
@@ -112,6 +113,7 @@ def test_two_ranks_stay_identical_through_every_kind_of_seed_change(tmp_path) ->
     assert_close(tensors(tmp_path / "resume-2"), tensors(tmp_path / "single"))
 
 
+@pytest.mark.slow
 def test_local_policy_with_ddp_wrapped_after_attach(tmp_path) -> None:
     """The heuristic on rank 0 (a flat validation loss: it germinates), the user wrapping
     DDP(session.model) after attach: the seeds it adds later stay out of DDP's reducer."""
@@ -123,6 +125,7 @@ def test_local_policy_with_ddp_wrapped_after_attach(tmp_path) -> None:
     assert results[0]["steps"] < 400  # slot "0"'s seed came to its end
 
 
+@pytest.mark.slow
 def test_trainer_with_a_ddp_model_and_distributed_samplers(tmp_path) -> None:
     results = ok(launch(RunSpec(out=str(tmp_path), world=2, steps=STEPS, trainer=True)))
     assert_replicas_identical(results)
@@ -131,6 +134,7 @@ def test_trainer_with_a_ddp_model_and_distributed_samplers(tmp_path) -> None:
     assert (tmp_path / f"fit-{STEPS // 10}.pt").is_file()  # written by rank 0
 
 
+@pytest.mark.slow
 def test_a_replica_that_drifts_stops_the_run(tmp_path) -> None:
     results = launch(RunSpec(out=str(tmp_path), world=2, steps=STEPS, diverge_at=5))
     assert "ReplicaDivergence" in results[1].get("error", ""), results[1]

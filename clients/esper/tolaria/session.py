@@ -447,13 +447,18 @@ class TolariaSession:
         if expire_pending:
             for decision in self.pending:
                 self.applier.answered.add(decision.decision_id)
-                self._acked(DecisionAck(
+                ack = DecisionAck(
                     decision_id=decision.decision_id, run_id=self.run_id,
                     status=AckStatus.ACK_STATUS_EXPIRED, step=self.model.global_step,
-                    reason="the run ended before the decision could be applied"))
+                    reason="the run ended before the decision could be applied")
+                if self.replicas is not None:
+                    self.replicas.answered(decision, ack)
+                self._acked(ack)
             self.pending = []
         if expire_pending if settle is None else settle:
             self.settle()
+        elif self.replicas is not None:  # the other ranks still learn rank 0's last answers
+            self.replicas.publish(self, self.replicas.every)
         self._closed = True
         for source in (self.policy, self.fallback):
             if source is not None:
