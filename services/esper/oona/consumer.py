@@ -24,6 +24,7 @@ from esper.leyline.v1 import telemetry_pb2
 from esper.oona import inflate
 from esper.oona.deadletter import CODE_UNDECODABLE, CODE_UNREADABLE_BATCH, DeadLetter
 from esper.oona.envelope import DecodeError, decode_event, trace_context_of
+from esper.oona.security import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class OonaConsumer:
         self._consumer = AIOKafkaConsumer(
             *(() if listened else self.topics),  # subscribed in start(), with the listener
             bootstrap_servers=bootstrap,
+            **kafka_security(),
             group_id=group_id,
             client_id=client_id,
             enable_auto_commit=False,

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY, Counter
 
 from esper.oona.aio import within
+from esper.oona.security import kafka_security
 from esper.oona.topics import DEADLETTER, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class DeadLetterSender:
         self.bootstrap = bootstrap
         self._kafka = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
+            **kafka_security(),
             client_id=client_id,
             acks="all",
             enable_idempotence=False,  # tansu rejects InitProducerId (see INFRA.md)

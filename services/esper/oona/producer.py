@@ -27,6 +27,7 @@ from esper.leyline.v1 import telemetry_pb2
 from esper.oona.aio import cancel_and_join, within
 from esper.oona.buffer import OutboundBuffer, OutboundRecord
 from esper.oona.envelope import encode_event, kafka_headers, stamp_trace
+from esper.oona.security import kafka_security
 from esper.oona.topics import ensure_topics, event_key, topic_for
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ class OonaProducer:
     async def _connect(self) -> bool:
         kafka = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
+            **kafka_security(),
             client_id=self.client_id,
             acks="all",
             compression_type=COMPRESSION,

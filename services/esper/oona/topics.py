@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from esper.leyline.v1 import telemetry_pb2
+from esper.oona.security import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ async def ensure_topics(
     """Create the topics that do not exist yet; returns the names created. Idempotent:
     existing topics are left as they are (their partition count is not changed)."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=ADMIN_TIMEOUT_MS
+        bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=ADMIN_TIMEOUT_MS,
+        **kafka_security(),
     )
     await admin.start()
     try:
@@ -176,7 +178,8 @@ async def ensure_topics(
 
 async def describe_topics(bootstrap: str) -> dict[str, int]:
     """Every topic on the broker with its partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS,
+                                **kafka_security())
     await admin.start()
     try:
         names = await admin.list_topics()

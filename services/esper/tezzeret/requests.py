@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from esper.leyline.v1 import telemetry_pb2
 from esper.oona import decode_event, encode_event, ensure_topics, kafka_headers, new_event
 from esper.oona.envelope import DecodeError
+from esper.oona.security import kafka_security
 from esper.oona.topics import COMPILE_REQUESTS
 from esper.tezzeret.jobs import Job
 
@@ -51,7 +52,7 @@ class RequestPublisher:
 
     async def _connect(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all",
+            bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", **kafka_security(),
             request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
             enable_idempotence=False,  # tansu rejects InitProducerId (INFRA.md)
         )

@@ -26,6 +26,7 @@ from esper.blueprints import BlueprintError
 from esper.leyline.v1 import blueprint_pb2
 from esper.oona.consumer import HEARTBEAT_INTERVAL_MS, REBALANCE_TIMEOUT_MS, SESSION_TIMEOUT_MS
 from esper.oona.envelope import DecodeError
+from esper.oona.security import kafka_security
 from esper.oona.topics import COMPILE_REQUESTS
 from esper.tezzeret import jobs
 from esper.tezzeret.errors import (
@@ -91,7 +92,7 @@ class CompileWorker:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            COMPILE_REQUESTS, bootstrap_servers=self.settings.bootstrap,
+            COMPILE_REQUESTS, bootstrap_servers=self.settings.bootstrap, **kafka_security(),
             group_id=self.settings.group, client_id=f"tezzeret-{self.worker_id}",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
