@@ -102,3 +102,88 @@ def test_keys_fall_back_to_blueprint_and_service():
     assert event_key(beat) == b"tamiyo"
     anonymous = new_event(source="x", alert=telemetry_pb2.Alert())
     assert event_key(anonymous) is None
+
+
+class _Builder:
+    """aiokafka's batch builder, as far as the producer uses it."""
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def append(self, *, timestamp, key, value, headers):
+        self.values.append(value)
+        return object()  # record metadata: truthy while the batch has room
+
+
+class _Kafka:
+    """The aiokafka producer at its batch API; sends to `failing` partitions fail."""
+
+    def __init__(self, failing: set[int]) -> None:
+        self.failing = failing
+        self.acked: list[bytes] = []
+
+    async def partitions_for(self, topic):
+        return {0, 1}
+
+    def create_batch(self):
+        return _Builder()
+
+    async def send_batch(self, builder, topic, partition):
+        import asyncio
+
+        from aiokafka.errors import KafkaConnectionError
+
+        future = asyncio.get_running_loop().create_future()
+        if partition in self.failing:
+            future.set_exception(KafkaConnectionError("broker went away"))
+        else:
+            self.acked += builder.values
+            future.set_result(None)
+        return future
+
+    async def stop(self):
+        pass
+
+
+def _keyed(producer: OonaProducer, key: bytes, partition: int) -> bytes:
+    assert producer._partition(key, [0, 1]) == partition
+    return key
+
+
+async def test_a_failed_send_is_requeued_in_order_and_sent_again():
+    producer = OonaProducer("127.0.0.1:1", queue_capacity=10, create_topics=False)
+    on_0, on_1 = _keyed(producer, b"run-a", 0), _keyed(producer, b"run-d", 1)
+    for i in range(6):
+        producer.publish(new_event(source="t", run_id="r", snapshot=signals_pb2.TrainingSnapshot(
+            step=i)), key=on_0 if i % 2 else on_1)
+    first = producer._buffer.take(10)
+    producer._kafka = _Kafka(failing={1})
+    await producer._send_round(first)
+    # Partition 0's records were acknowledged; partition 1's are back, first, in order.
+    assert len(producer._buffer) == 3 and producer._kafka is None  # reconnects before retrying
+    stats = producer.stats()
+    assert (stats.sent, stats.dropped) == (3, 0)
+    retry = producer._buffer.take(10)
+    assert retry == [r for r in first if r.key == on_1]
+    producer._kafka = kafka = _Kafka(failing=set())
+    await producer._send_round(retry)
+    assert kafka.acked == [r.value for r in retry]
+    assert (producer.stats().sent, producer.stats().dropped) == (6, 0)
+
+
+async def test_failed_events_that_no_longer_fit_are_dropped_and_counted():
+    producer = OonaProducer("127.0.0.1:1", queue_capacity=4, create_topics=False)
+    events = [new_event(source="t", run_id="r", snapshot=signals_pb2.TrainingSnapshot(step=i))
+              for i in range(7)]
+    for event in events[:4]:
+        assert producer.publish(event)
+    batch = producer._buffer.take(4)
+    for event in events[4:]:  # published while the round was in flight
+        assert producer.publish(event)
+    producer._kafka = _Kafka(failing={0, 1})
+    await producer._send_round(batch)
+    stats = producer.stats()
+    # One of the four failed fits beside the three new ones; three are dropped.
+    assert stats.queue_depth == 4 and stats.sent == 0
+    assert stats.dropped_send_failed == 3 and stats.dropped == 3
+    assert producer._buffer.take(1) == batch[-1:]

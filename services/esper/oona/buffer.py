@@ -54,6 +54,16 @@ class OutboundBuffer:
             self._on_ready()
         return True
 
+    def requeue(self, records: list[OutboundRecord]) -> int:
+        """Put records taken earlier (and not delivered) back at the front, in their
+        order, as far as there is room; returns how many did not fit (dropped: the
+        oldest of them, so what is kept stays contiguous with what is buffered)."""
+        with self._lock:
+            room = max(0, self.capacity - len(self._items))
+            kept = records[len(records) - room:] if room else []
+            self._items.extendleft(reversed(kept))
+        return len(records) - len(kept)
+
     def take(self, max_items: int) -> list[OutboundRecord]:
         with self._lock:
             count = min(max_items, len(self._items))

@@ -4,7 +4,10 @@
 full buffer drops and counts). A background task takes batches, groups them by topic
 and partition into gzip-compressed record batches sent through aiokafka's batch API (one
 request per partition and round, not one `send()` per event), and reconnects by itself
-when the broker is down or slow.
+when the broker is down or slow. Events of a round the broker did not acknowledge are
+re-queued at the front of the buffer and sent again (at least once: consumers dedupe by
+event id); only when the buffer has no room for them are they dropped, and counted
+(`ProducerStats.dropped`), so a caller can say how many of its events were lost.
 `ThreadedOonaProducer` runs the same producer on its own event loop in a daemon thread
 for the (synchronous) training process."""
 
@@ -78,7 +81,8 @@ SENT = Counter(
 )
 DROPPED = Counter(
     "esper_oona_events_dropped_total",
-    "Events dropped (queue_full: back-pressure; send_failed: broker error)",
+    "Events dropped (queue_full: the buffer was full when published; send_failed: not "
+    "acknowledged and no room left to re-queue them, or still buffered at stop)",
     ["client_id", "reason"],
     registry=REGISTRY,
 )
@@ -155,6 +159,8 @@ class OonaProducer:
         self._sent_topics: set[str] = set()
         self._topics_lost = False
         self._broker_session: frozenset[int] | None = None
+        # Times topics were found gone and recreated (a broker restarted without its data).
+        self._recreations = 0
         self._key_hashes: dict[bytes, int] = {}
 
     # ---- the caller's side -------------------------------------------------------------
@@ -328,8 +334,7 @@ class OonaProducer:
         recreate the topics that vanished before sending more. False: broker trouble."""
         kafka = self._kafka
         assert kafka is not None
-        conns = getattr(kafka.client, "_conns", None)  # aiokafka keeps one per node
-        session = frozenset(id(c) for c in conns.values()) if conns is not None else None
+        session = _broker_session(kafka)
         if session is not None and session == self._broker_session and not self._topics_lost:
             return True
         self._broker_session = session
@@ -353,6 +358,7 @@ class OonaProducer:
             await within(REQUEST_TIMEOUT_MS / 1000, ensure_topics(self.bootstrap))
             assert self._kafka is not None
             self._topics_lost = False
+            self._recreations += 1
             await within(REQUEST_TIMEOUT_MS / 1000, self._kafka.client.force_metadata_update())
             return True
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -361,25 +367,43 @@ class OonaProducer:
             return False
 
     async def _send_round(self, batch: list[OutboundRecord]) -> None:
+        """Send a batch; records the broker did not acknowledge go back to the front of
+        the buffer (in order) to be sent again after a reconnect. Only what no longer fits
+        in the buffer is dropped, and counted: telemetry is lost only when the broker is
+        away longer than the buffer lasts."""
         kafka = self._kafka
         assert kafka is not None
         self._in_flight = True
         self._sent_topics.update(r.topic for r in batch)
-        sent = 0
+        failed = batch
+        recreations = self._recreations
         try:
-            sent = await within(SEND_ROUND_TIMEOUT_S, self._send_all(kafka, batch))
+            failed = await within(SEND_ROUND_TIMEOUT_S, self._send_all(kafka, batch))
+            if not failed and _broker_session(kafka) != self._broker_session:
+                # aiokafka reconnected during the round and sent it again by itself: to a
+                # broker that restarted without its topics, which acks and loses them.
+                if (not await self._check_topics_after_reconnect()
+                        or self._recreations != recreations):
+                    failed = batch
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("oona producer %s: send failed, reconnecting: %s", self.client_id, exc)
         finally:
             self._in_flight = False
-        self._sent += sent
-        if sent < len(batch):
-            self._send_failed += len(batch) - sent
-            await self._disconnect()
+        self._sent += len(batch) - len(failed)
+        if failed:
+            dropped = self._buffer.requeue(failed)
+            self._send_failed += dropped
+            log.warning("oona producer %s: %d events not acknowledged, re-queued %d",
+                        self.client_id, len(failed), len(failed) - dropped)
+            if self._kafka is kafka and self._recreations == recreations:
+                await self._disconnect()
 
-    async def _send_all(self, kafka: AIOKafkaProducer, batch: list[OutboundRecord]) -> int:
+    async def _send_all(
+        self, kafka: AIOKafkaProducer, batch: list[OutboundRecord]
+    ) -> list[OutboundRecord]:
         """Send `batch` as one record batch per (topic, partition), keeping the order of
-        the records of each partition; returns how many the broker acknowledged."""
+        the records of each partition; returns the records the broker did not acknowledge
+        (in batch order)."""
         by_partition: dict[tuple[str, int], list[OutboundRecord]] = defaultdict(list)
         partitions: dict[str, list[int]] = {}
         for record in batch:
@@ -387,23 +411,26 @@ class OonaProducer:
                 partitions[record.topic] = sorted(await kafka.partitions_for(record.topic))
             partition = self._partition(record.key, partitions[record.topic])
             by_partition[(record.topic, partition)].append(record)
-        pending: list[tuple[asyncio.Future, int]] = []
+        pending: list[tuple[asyncio.Future, list[OutboundRecord]]] = []
         for (topic, partition), records in by_partition.items():
-            builder, count = kafka.create_batch(), 0
+            builder, members = kafka.create_batch(), []
             for r in records:
                 if builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers):
-                    count += 1
+                    members.append(r)
                     continue
-                pending.append((await kafka.send_batch(builder, topic, partition=partition), count))
-                builder, count = kafka.create_batch(), 1
+                pending.append((await kafka.send_batch(builder, topic, partition=partition),
+                                members))
+                builder, members = kafka.create_batch(), [r]
                 builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers)
-            pending.append((await kafka.send_batch(builder, topic, partition=partition), count))
+            pending.append((await kafka.send_batch(builder, topic, partition=partition), members))
         results = await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
-        return sum(
-            count
-            for (_, count), result in zip(pending, results, strict=True)
-            if not isinstance(result, BaseException)
-        )
+        unacked = {
+            id(r)
+            for (_, members), result in zip(pending, results, strict=True)
+            if isinstance(result, BaseException)
+            for r in members
+        }
+        return [r for r in batch if id(r) in unacked]
 
     def _partition(self, key: bytes | None, partitions: list[int]) -> int:
         """aiokafka's DefaultPartitioner (murmur2 of the key, as the Java client), with the
@@ -447,6 +474,13 @@ class OonaProducer:
         QUEUE_DEPTH.labels(self.client_id).set(stats.queue_depth)
         BACKPRESSURE.labels(self.client_id).set(stats.backpressure)
         CONNECTED.labels(self.client_id).set(1 if stats.connected else 0)
+
+
+def _broker_session(kafka: AIOKafkaProducer) -> frozenset[int] | None:
+    """Which broker connections the client holds (aiokafka keeps one per node): a new set
+    means it reconnected."""
+    conns = getattr(getattr(kafka, "client", None), "_conns", None)
+    return frozenset(id(c) for c in conns.values()) if conns is not None else None
 
 
 class ThreadedOonaProducer:
