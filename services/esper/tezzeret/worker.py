@@ -24,6 +24,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from esper.blueprints import BlueprintError
 from esper.leyline.v1 import blueprint_pb2
+from esper.oona import inflate
 from esper.oona.consumer import HEARTBEAT_INTERVAL_MS, REBALANCE_TIMEOUT_MS, SESSION_TIMEOUT_MS
 from esper.oona.envelope import DecodeError
 from esper.oona.security import kafka_security
@@ -91,6 +92,7 @@ class CompileWorker:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        inflate.install()  # a compression bomb on the request topic is refused, not inflated
         self._consumer = AIOKafkaConsumer(
             COMPILE_REQUESTS, bootstrap_servers=self.settings.bootstrap, **kafka_security(),
             group_id=self.settings.group, client_id=f"tezzeret-{self.worker_id}",
