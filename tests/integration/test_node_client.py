@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from esper.leyline.version import contract_version
 from esper.rpc.channels import ChannelSecurity
 from esper.rpc.clients import UrzaClient
 from esper.runtime.certs import CA_CERT, cert_paths
@@ -88,6 +89,8 @@ async def test_node_decides_and_runs_a_full_session_with_acks(node_modules, urza
 
         summary = output_json(await node("session.js", "--address", tamiyo.address, "--json",
                                          "--run-id", "run-node-session"))
+        version = contract_version()
+        assert summary["contract_version"] == {"major": version.major, "minor": version.minor, "patch": version.patch}
         assert summary["accept"]["snapshot_every_steps"] == config.snapshot_every_steps
         assert summary["accept"]["idle_timeout_seconds"] == config.idle_timeout_seconds
         assert not summary["accept"]["resumed"]
