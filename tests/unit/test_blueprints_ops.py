@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from esper.blueprints import BlueprintError, build_seed, example_input, get_builtin, resolve_for_shape
+from esper.blueprints import (
+    BlueprintError,
+    build_seed,
+    example_input,
+    get_builtin,
+    resolve_for_shape,
+)
 from esper.blueprints.dsl import Dim, graph, node
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common

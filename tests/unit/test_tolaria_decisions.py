@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
+from esper.kasmina import KasminaConfig
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import (
     AckStatus,
@@ -25,7 +26,6 @@ from esper.leyline.v1.control_pb2 import (
     GerminateAction,
     WaitAction,
 )
-from esper.kasmina import KasminaConfig
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import ReplayPolicy, TolariaConfig, attach
 
