@@ -215,3 +215,29 @@ def test_end_epoch_refuses_unknown_metric_keys() -> None:
     session.end_epoch()
     assert session.model.epoch == 2
     session.close()
+
+
+def test_the_summary_says_how_many_telemetry_events_were_dropped(monkeypatch) -> None:
+    from esper.tolaria import telemetry as telemetry_mod
+
+    # Nothing listens on port 1: every event stays buffered, and close() gives up on them.
+    monkeypatch.setattr(telemetry_mod, "CLOSE_FLUSH_S", 0.2)
+    telemetry = telemetry_mod.Telemetry("summary-run", bootstrap="127.0.0.1:1")
+    model = _model()
+    optimizer, session = _attach(model, "none", telemetry=telemetry)
+    _train(model, optimizer, session, 6)
+    session.close()
+    summary = session.summary()
+    assert telemetry.published > 0
+    assert summary.telemetry_dropped == telemetry.published == summary["telemetry_dropped"]
+    assert (f"telemetry: {telemetry.published:,} events dropped, never sent to the broker"
+            in str(summary))
+
+
+def test_a_run_that_lost_no_telemetry_has_no_telemetry_line() -> None:
+    model = _model()
+    optimizer, session = _attach(model, "none")
+    _train(model, optimizer, session, 2)
+    session.close()
+    assert session.summary().telemetry_dropped == 0
+    assert "telemetry" not in str(session.summary())

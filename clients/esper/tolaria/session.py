@@ -488,4 +488,5 @@ class TolariaSession:
             seed_params=self.model.seed_param_count(), seeds=list(self.seed_log.seeds),
             decisions={**acks, "waits": self.waits},
             host_flops=flops[0] if flops else None, seed_flops=flops[1] if flops else None,
+            telemetry_dropped=self.telemetry.dropped(),
         )

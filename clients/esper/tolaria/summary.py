@@ -96,6 +96,9 @@ class RunSummary:
     # Training FLOPs estimated (esper.tolaria.flops): None when never measured.
     host_flops: float | None = None
     seed_flops: float | None = None
+    # Telemetry events of the run that never reached the broker (the producer's buffer was
+    # full, or events were still unsent at close): Nissa's history of the run lacks them.
+    telemetry_dropped: int = 0
 
     # ---- counts ----------------------------------------------------------------------------
     @property
@@ -124,6 +127,7 @@ class RunSummary:
             "live_seeds": self.live_seeds, "acks": dict(self.decisions),
             "val_loss": self.val_loss, "val_accuracy": self.val_accuracy,
             "host_flops": self.host_flops, "seed_flops": self.seed_flops,
+            "telemetry_dropped": self.telemetry_dropped,
             "seeds": [asdict(s) for s in self.seeds],
         }
 
@@ -154,6 +158,9 @@ class RunSummary:
             f"decisions: {d.get('applied', 0)} applied, {d.get('waits', 0)} waits, "
             f"{d.get('rejected', 0)} rejected, {d.get('expired', 0)} expired",
         ]
+        if self.telemetry_dropped:
+            lines.append(f"telemetry: {self.telemetry_dropped:,} events dropped, never sent "
+                         f"to the broker (Nissa's history of this run is incomplete)")
         lines += [f"  {seed}" for seed in self.seeds]
         return "\n".join(lines)
 

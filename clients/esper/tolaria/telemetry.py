@@ -25,6 +25,8 @@ class Telemetry:
     def __init__(self, run_id: str, bootstrap: str | None = None, producer=None) -> None:
         self.run_id = run_id
         self.published = 0
+        # Events dropped by the time the producer was closed (its count outlives it).
+        self._dropped_at_close = 0
         self._producer = producer
         self._owned = False
         if producer is None and bootstrap:
@@ -43,7 +45,11 @@ class Telemetry:
         return self._producer is not None
 
     def dropped(self) -> int:
-        return self._producer.stats().dropped if self._producer is not None else 0
+        """Events of the run that never reached the broker: refused by the full buffer,
+        or not acknowledged and without room to be re-queued, or still unsent at close."""
+        if self._producer is None:
+            return self._dropped_at_close
+        return self._producer.stats().dropped
 
     def publish(self, severity: int = telemetry_pb2.SEVERITY_INFO, **payload) -> None:
         if self._producer is None:
@@ -64,6 +70,11 @@ class Telemetry:
     def close(self) -> None:
         if self._owned and self._producer is not None:
             self._producer.stop(CLOSE_FLUSH_S)
+        if self._producer is not None:
+            self._dropped_at_close = self._producer.stats().dropped
+            if self._dropped_at_close:
+                log.warning("run %s: %d telemetry events dropped (never sent to the broker)",
+                            self.run_id, self._dropped_at_close)
         self._producer = None
 
 
