@@ -191,6 +191,8 @@ def _train(rank: int, spec: RunSpec, out: Path) -> dict:
         "summary": {k: session.summary()[k] for k in ("seeds_germinated", "seeds_fossilized",
                                                      "seeds_culled")},
         "connects": getattr(policy, "connects", None),
+        # What DDP left to Tolaria when it wrapped session.model: the slots' tensors.
+        "ddp_ignored": sorted(getattr(net, "parameters_to_ignore", ())),
         "kernels": sorted(kernels),
     }
 
