@@ -7,6 +7,9 @@
 The loop is the plain PyTorch one (zero_grad, forward, loss, backward, step), with
 `session.step` after each step and `session.end_epoch` after validation; the optimizer
 is built by the factory from the model's parameters, and seeds get their own groups.
+Under torch.distributed, pass the model wrapped in DistributedDataParallel and loaders
+with a DistributedSampler (its epoch is set each epoch; rank 0 alone shows progress and
+writes checkpoints).
 """
 
 from __future__ import annotations
