@@ -14,6 +14,8 @@ import hashlib
 import logging
 import time
 
+import grpc
+
 from esper.leyline.v1.signals_pb2 import ModelGraph, SlotInfo
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.leyline.v1.telemetry_pb2 import FieldReport
@@ -32,6 +34,15 @@ CACHE_ENTRIES = 1024
 OUTAGE_BACKOFF_S = 5.0
 # Field reports in flight to Urza at once; beyond it they are only kept in the run state.
 MAX_FORWARDS = 256
+# Retry backoff of a field report Urza did not take (first and longest wait, seconds), and
+# how long one report is retried before it is given up (logged): an Urza restart or a
+# short outage is ridden out; an Urza away for longer loses the report to its aggregates
+# (it stays in the run's history in Nissa, which Simic trains from).
+FORWARD_BACKOFF_S = (0.5, 30.0)
+FORWARD_GIVE_UP_S = 600.0
+# Answers worth a retry besides "not there" (UNAVAILABLE, DEADLINE_EXCEEDED): Urza's
+# per-identity quota on field reports, and a write that lost a race.
+RETRY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
 # Seconds an empty search answer is reused: kernels may be registered any moment (compiles
 # Tamiyo requested), and the catalogue watch that drops the cache may be down.
 EMPTY_CACHE_S = 2.0
@@ -83,6 +94,8 @@ class UrzaCandidates:
         self._forwards: set[asyncio.Task] = set()
         self._watch: asyncio.Task | None = None
         self.catalog_changes = 0  # catalogue events seen (each one dropped the cache)
+        self.reports_recorded = 0  # field reports Urza took
+        self.reports_lost = 0  # field reports refused, or given up after FORWARD_GIVE_UP_S
 
     def start_watch(self) -> None:
         """Start the background catalogue watch (needs a running event loop)."""
@@ -106,7 +119,9 @@ class UrzaCandidates:
 
     def forward_field_report(self, report: FieldReport) -> None:
         """Send a seed's outcome to Urza's blueprint aggregates in the background (the
-        session never waits on it; a failure is logged)."""
+        session never waits on it), retried while Urza is away or over its quota. Retries
+        are idempotent: Urza records a report once per (run_id, seed_id) and ignores it
+        again, also when an earlier try did land but its answer was lost."""
         if self._urza is None or not report.blueprint_ref or len(self._forwards) >= MAX_FORWARDS:
             return
         task = asyncio.create_task(self._forward(report))
@@ -115,12 +130,26 @@ class UrzaCandidates:
 
     async def _forward(self, report: FieldReport) -> None:
         assert self._urza is not None
-        try:
-            await self._urza.record_field_report(report, timeout_s=self.timeout_s * 5)
-        except ServiceError as exc:
-            log.warning("field report not recorded in Urza", extra={
-                "run_id": report.run_id, "seed_id": report.seed_id, "code": exc.code.name,
-                "detail": exc.details})
+        give_up = time.monotonic() + FORWARD_GIVE_UP_S
+        backoff = FORWARD_BACKOFF_S[0]
+        while True:
+            try:
+                await self._urza.record_field_report(report, timeout_s=self.timeout_s * 5)
+                self.reports_recorded += 1
+                return
+            except ServiceError as exc:
+                retry = exc.unreachable or exc.code in RETRY_CODES
+                if not retry or time.monotonic() + backoff > give_up:
+                    self.reports_lost += 1
+                    log.warning("field report not recorded in Urza", extra={
+                        "run_id": report.run_id, "seed_id": report.seed_id,
+                        "code": exc.code.name, "detail": exc.details, "retried": retry})
+                    return
+                log.info("field report not taken by Urza yet; retrying", extra={
+                    "run_id": report.run_id, "seed_id": report.seed_id, "code": exc.code.name,
+                    "backoff_s": backoff})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, FORWARD_BACKOFF_S[1])
 
     async def close(self) -> None:
         for task in [*self._forwards, *([self._watch] if self._watch else [])]:
