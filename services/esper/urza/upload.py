@@ -25,6 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import urza_pb2
 from esper.runtime.errors import DeadlineExceeded
+from esper.runtime.limits import check_message
 from esper.urza import validate
 from esper.urza.errors import InvalidArgument, ResourceExhausted
 from esper.urza.kernels import MAX_KERNEL_BYTES, KernelRegistry, check_kernel
@@ -101,6 +102,8 @@ def check_metadata(declared: kp.KernelArtifact, registry: KernelRegistry, max_by
                    ) -> kp.KernelArtifact:
     """The artifact to register: `declared` with Urza's content address as its uri, after
     the same field checks as RegisterKernel; ResourceExhausted beyond `max_bytes`."""
+    # A client stream's messages are not held to the request limits by the runtime (esper.runtime.requests).
+    check_message(declared, "kernel")
     if declared.size_bytes > max_bytes:
         raise ResourceExhausted(f"kernel.size_bytes: {declared.size_bytes} bytes is more than Urza "
                                 f"stores (max_kernel_bytes {max_bytes})")

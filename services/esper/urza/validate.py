@@ -9,6 +9,7 @@ import re
 from esper.blueprints.errors import BlueprintError
 from esper.blueprints.refs import parse_ref
 from esper.leyline import ids
+from esper.runtime.limits import INT64_MAX
 from esper.urza.errors import InvalidArgument
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -20,8 +21,6 @@ MAX_REASON_LENGTH = 4096
 MAX_ID_LENGTH = 128
 MAX_LABEL_LENGTH = 64
 MAX_LABELS = 32
-# Largest value a BIGINT column holds; uint64 fields beyond it are refused or clamped.
-INT64_MAX = 2**63 - 1
 
 
 def blueprint_ref(ref: str, field: str = "blueprint_ref") -> tuple[str, str]:
