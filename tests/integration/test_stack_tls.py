@@ -60,6 +60,23 @@ def test_up_tls_runs_every_part_with_mutual_tls(state_dir: Path) -> None:  # noq
                       urza, "esper.leyline.v1.UrzaService/RetireBlueprint")
     assert "PermissionDenied" in retire.stdout + retire.stderr
     assert _grpcurl("-plaintext", urza, "list").returncode != 0
+    _readme_grpcurl_commands_work(state_dir)
     # TLS cannot be switched off under a running stack.
     switched = _esper(state_dir, "up", "--no-tls")
     assert switched.returncode == 2 and "esper down" in switched.stderr
+
+
+def _readme_grpcurl_commands_work(state: Path) -> None:
+    """The README's grpcurl block, run as written from a directory whose ./.esper is the stack."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("the development certificates:\n\n```bash\n", 1)[1].split("```", 1)[0]
+    assert "grpcurl -cacert $S/ca.pem" in block
+    workdir = state.parent / f"{state.name}-cwd"
+    workdir.mkdir()
+    (workdir / ".esper").symlink_to(state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESPER_TLS", "ESPER_TOKEN", "ESPER_STATE"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    ran = subprocess.run(["bash", "-euc", block], cwd=workdir, env=env, capture_output=True, text=True,
+                         timeout=CLI_TIMEOUT_S, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert "esper.leyline.v1.UrzaService" in ran.stdout and '"blueprints"' in ran.stdout
