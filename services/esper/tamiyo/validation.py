@@ -26,7 +26,6 @@ class Limits:
     max_graph_nodes: int
     max_slots: int
     max_graph_bytes: int = 16 * 1024 * 1024
-    max_graph_bytes: int = 16 * 1024 * 1024
 
 
 def check_run_id(field: str, run_id: str) -> None:
@@ -37,9 +36,6 @@ def check_run_id(field: str, run_id: str) -> None:
 
 
 def check_graph(field: str, graph: ModelGraph, limits: Limits) -> None:
-    size = graph.ByteSize()
-    if size > limits.max_graph_bytes:  # kept per run: its bytes are bounded, not just its counts
-        raise InvalidInput(field, f"{size} bytes exceed the limit {limits.max_graph_bytes}")
     size = graph.ByteSize()
     if size > limits.max_graph_bytes:  # kept per run: its bytes are bounded, not just its counts
         raise InvalidInput(field, f"{size} bytes exceed the limit {limits.max_graph_bytes}")
