@@ -75,13 +75,18 @@ class SessionContext:
 _WARNING_CODE_PREFIX = "SESSION_WARNING_CODE_"
 
 
+_UNMAPPED_CODES: set[str] = set()
+
+
 def warning_code(code: str) -> int:
     """The SessionWarningCode of a warning's text code ("non_finite" -> ..._NON_FINITE);
     UNSPECIFIED for a code the contract has no value for yet (its text still travels)."""
     try:
         return SessionWarningCode.Value(_WARNING_CODE_PREFIX + code.upper())
     except ValueError:
-        log.error("session warning code %r has no SessionWarningCode value: add one to tamiyo.proto", code)
+        if code not in _UNMAPPED_CODES:  # once per code: hostile input must not flood the log
+            _UNMAPPED_CODES.add(code)
+            log.error("session warning code %r has no SessionWarningCode value: add one to tamiyo.proto", code)
         return SessionWarningCode.SESSION_WARNING_CODE_UNSPECIFIED
 
 
