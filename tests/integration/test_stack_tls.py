@@ -7,17 +7,21 @@ development certificates works as the README shows."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from esper.rpc.channels import ChannelSecurity
+from esper.rpc.clients import TamiyoClient
 from esper.rpc.health import check_health
 from esper.runtime.stack.tls import tls_dir
 from tests.integration.test_stack import CLI_TIMEOUT_S, state_dir  # noqa: F401 - the fixture
+from tests.integration.test_tamiyo_server import Client, open_message
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +65,36 @@ def test_up_tls_runs_every_part_with_mutual_tls(state_dir: Path) -> None:  # noq
     assert "PermissionDenied" in retire.stdout + retire.stderr
     assert _grpcurl("-plaintext", urza, "list").returncode != 0
     _readme_grpcurl_commands_work(state_dir)
+    # Tolaria (esper train) opens its Tamiyo session over mutual TLS as `tolaria`: the run is
+    # then its own, and even the admin identity cannot supersede it.
+    tamiyo = _esper(state_dir, "status", "--address", "tamiyo").stdout.strip()
+    trained = _esper(state_dir, "train", "--epochs", "1", "--tamiyo", tamiyo, "--urza", urza,
+                     "--no-progress", "--run-id", "tls-run")
+    assert trained.returncode == 0, trained.stderr
+    assert "session open run_id=tls-run" in (state_dir / "logs" / "tamiyo.log").read_text()
+    assert asyncio.run(_open_as_admin(state_dir, tamiyo, "tls-run")) == grpc.StatusCode.PERMISSION_DENIED
     # TLS cannot be switched off under a running stack.
     switched = _esper(state_dir, "up", "--no-tls")
     assert switched.returncode == 2 and "esper down" in switched.stderr
+
+
+async def _open_as_admin(state: Path, address: str, run_id: str) -> grpc.StatusCode:
+    certs = tls_dir(state)
+    security = ChannelSecurity(tls=True, ca_file=str(certs / "ca.pem"), cert_file=str(certs / "admin.pem"),
+                               key_file=str(certs / "admin-key.pem"))
+    client = TamiyoClient(address, security=security)
+    try:
+        session = Client(client.stub)
+        await session.send(open=open_message(run_id))
+        try:
+            await session.next()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        finally:
+            await session.close()
+        return grpc.StatusCode.OK
+    finally:
+        await client.close()
 
 
 def _readme_grpcurl_commands_work(state: Path) -> None:
