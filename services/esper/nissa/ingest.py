@@ -32,6 +32,7 @@ from esper.leyline.v1 import telemetry_pb2
 from esper.nissa import metrics, queries
 from esper.nissa.alerts import AlertRules
 from esper.nissa.fanout import publish_alerts
+from esper.nissa.health import IngestHealth
 from esper.nissa.report import BatchReport
 from esper.nissa.rows import IngestRows, rows_for, unstorable_reason
 from esper.nissa.store import NewEvent, ingest_batch, store_alerts
@@ -54,6 +55,10 @@ DB_ERRORS = CONNECTION_ERRORS
 ReportSink = Callable[[BatchReport], Awaitable[None]]
 # What the broker may answer when it cannot take dead letters now (retried like the DB).
 BROKER_ERRORS = (KafkaError, OSError, TimeoutError)
+# How often the in-process ingest tells its IngestHealth how long it has been stalled.
+HEALTH_REPORT_S = 1.0
+# The worker index of the in-process ingest in IngestHealth.
+IN_PROCESS_WORKER = 0
 # Decoded batches waiting for the writer: one is enough to keep the fetcher busy while a
 # batch is written; more would only hold memory (and more work redelivered after a crash).
 PIPELINE_DEPTH = 1
@@ -91,10 +96,13 @@ class Ingestor:
         topics: Sequence[str] = EVENT_TOPIC_NAMES,
         keep_events: bool = True,
         on_assign: Callable[[Assignment], None] | None = None,
+        health: IngestHealth | None = None,
     ) -> None:
         """`on_report`: where each stored batch's report goes (the server's Fanout, or an
         ingest worker's pipe). `keep_events`: reports carry the decoded events too (for a
-        sink in this process; a worker's pipe carries only their bytes)."""
+        sink in this process; a worker's pipe carries only their bytes). `health`: told
+        how long a batch has been failing, every HEALTH_REPORT_S (the in-process ingest;
+        a worker's stall travels in its consumer reports instead)."""
         self.pool = pool
         self.bootstrap = bootstrap
         self.rules = rules
@@ -117,6 +125,7 @@ class Ingestor:
         # broker unavailable), None while batches go through: how long the ingest has
         # been stuck (IngestHealth).
         self.failing_since: float | None = None
+        self.health = health
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, join: bool = True) -> None:
@@ -165,6 +174,13 @@ class Ingestor:
         async with asyncio.TaskGroup() as stages:  # one failing cancels the other
             stages.create_task(self._fetch(prepared), name="nissa-ingest-fetch")
             stages.create_task(self._write(prepared), name="nissa-ingest-write")
+            if self.health is not None:
+                stages.create_task(self._report_health(self.health), name="nissa-ingest-health")
+
+    async def _report_health(self, health: IngestHealth) -> None:
+        while True:
+            health.stalled(IN_PROCESS_WORKER, self.stalled_s())
+            await asyncio.sleep(HEALTH_REPORT_S)
 
     async def _fetch(self, prepared: asyncio.Queue[_Prepared]) -> None:
         """Poll, decode and build rows; hand the batches to the writer in order."""
@@ -248,6 +264,11 @@ class Ingestor:
     def _failing(self) -> None:
         if self.failing_since is None:
             self.failing_since = time.monotonic()
+
+    def stalled_s(self) -> float:
+        """How long the batch being written has been failing (0 while batches go through)."""
+        since = self.failing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit offsets of a stored batch. A failed commit (a rebalance took the

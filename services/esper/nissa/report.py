@@ -165,12 +165,14 @@ class ConsumerReport:
     consumed: dict[str, int]
     decode_errors: dict[str, int]
     lag: list[tuple[str, int, int]]
+    # How long the worker's held batch has been failing to be stored (0: none held).
+    stalled_s: float = 0.0
 
 
 def encode_consumer_report(report: ConsumerReport) -> bytes:
     return encode_frame(KIND_CONSUMER, {"consumed": report.consumed,
                                         "decode_errors": report.decode_errors,
-                                        "lag": report.lag})
+                                        "lag": report.lag, "stalled_s": report.stalled_s})
 
 
 def consumer_report_of(header: dict[str, Any]) -> ConsumerReport:
@@ -180,8 +182,12 @@ def consumer_report_of(header: dict[str, Any]) -> ConsumerReport:
         if any(n < 0 for c in counts for n in c.values()):
             raise FrameError("negative consumer count")
         lag = [(str(t), int(p), int(n)) for t, p, n in header["lag"]]
+        stalled_s = float(header.get("stalled_s", 0.0))
+        if not 0 <= stalled_s < float("inf"):
+            raise FrameError("stalled_s is not a duration")
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FrameError):
             raise
         raise FrameError(f"consumer header is malformed: {exc!r}") from None
-    return ConsumerReport(consumed=counts[0], decode_errors=counts[1], lag=lag)
+    return ConsumerReport(consumed=counts[0], decode_errors=counts[1], lag=lag,
+                          stalled_s=stalled_s)

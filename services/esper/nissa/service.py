@@ -13,6 +13,7 @@ from esper.nissa.alerts import AlertRules
 from esper.nissa.config import NissaConfig
 from esper.nissa.db import open_database
 from esper.nissa.fanout import Fanout
+from esper.nissa.health import IngestHealth
 from esper.nissa.hub import EventHub
 from esper.nissa.ingest import DB_ERRORS, HeartbeatWatcher, Ingestor
 from esper.nissa.report import BatchReport
@@ -34,8 +35,9 @@ async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-nissa")
     await producer.start()
     fanout = Fanout(hub, producer)
+    health = IngestHealth()
     try:
-        ingest = await _start_ingest(config, pool, rules, fanout)
+        ingest = await _start_ingest(config, pool, rules, fanout, health)
     except BaseException:
         await producer.stop(0)
         await pool.close()
@@ -57,11 +59,12 @@ async def start(config: NissaConfig, server: grpc.aio.Server) -> Closer:  # type
 
 
 async def _start_ingest(
-    config: NissaConfig, pool: asyncpg.Pool, rules: AlertRules, fanout: Fanout
+    config: NissaConfig, pool: asyncpg.Pool, rules: AlertRules, fanout: Fanout,
+    health: IngestHealth,
 ) -> Ingestor | IngestWorkers:
     """The ingest: worker processes, or (ingest_workers = 0) a consumer in this process."""
     if config.ingest_workers:
-        workers = IngestWorkers(config, config.ingest_workers, fanout.apply)
+        workers = IngestWorkers(config, config.ingest_workers, fanout.apply, health)
         try:
             await workers.start()
         except WorkerStartError as exc:
@@ -78,6 +81,7 @@ async def _start_ingest(
         rules=rules,
         on_report=report,
         batch_max=config.ingest_batch_max,
+        health=health,
     )
     try:
         await ingestor.start()

@@ -43,7 +43,7 @@ from esper.nissa.report import (
     encode_report,
 )
 from esper.oona.aio import cancel_and_join
-from esper.oona.consumer import Assignment, OonaConsumer
+from esper.oona.consumer import Assignment
 from esper.runtime.config import ConfigError
 from esper.runtime.logs import configure_logging
 
@@ -157,7 +157,7 @@ async def _ingest(config: NissaConfig, worker: int, pool: asyncpg.Pool, pipe: Re
         await ingestor.stop()
         return EXIT_STOPPED
     ingestor.join()
-    forwarding = asyncio.create_task(_forward_consumer_metrics(ingestor.consumer, pipe))
+    forwarding = asyncio.create_task(_forward_consumer_metrics(ingestor, pipe))
     try:
         await asyncio.wait({stopped, ingestor.task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -184,9 +184,11 @@ async def _go_or_stop(stopped: asyncio.Task) -> bool:
         transport.close()
 
 
-async def _forward_consumer_metrics(consumer: OonaConsumer, pipe: ReportPipe) -> None:
+async def _forward_consumer_metrics(ingestor: Ingestor, pipe: ReportPipe) -> None:
     """Every CONSUMER_REPORT_S, what the consumer decoded and refused since the last
-    report and its lag per partition: the server exports them on its /metrics."""
+    report, its lag per partition and how long the held batch has been failing: the
+    server exports them on its /metrics (and judges whether the ingest is stuck)."""
+    consumer = ingestor.consumer
     consumed: Counter[str] = Counter()
     refused: Counter[str] = Counter()
     while True:
@@ -197,6 +199,7 @@ async def _forward_consumer_metrics(consumer: OonaConsumer, pipe: ReportPipe) ->
             consumed=dict(now_consumed - consumed),
             decode_errors=dict(now_refused - refused),
             lag=[(topic, partition, lag) for (topic, partition), lag in consumer.lag.items()],
+            stalled_s=ingestor.stalled_s(),
         ))
         consumed, refused = now_consumed, now_refused
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY, Counter, Gauge
 
 from esper.nissa.config import NissaConfig
+from esper.nissa.health import IngestHealth
 from esper.nissa.ingest import log_task_failure
 from esper.nissa.report import (
     KIND_ASSIGNED,
@@ -66,10 +67,13 @@ class IngestWorkers:
     """Starts, supervises and stops the ingest worker processes."""
 
     def __init__(self, config: NissaConfig, count: int,
-                 on_report: Callable[[BatchReport], None]) -> None:
+                 on_report: Callable[[BatchReport], None],
+                 health: IngestHealth | None = None) -> None:
         self.config = config
         self.count = count
         self.on_report = on_report
+        # Whether the workers make progress (stalled batches, crash loops).
+        self.health = health or IngestHealth()
         # Partitions per worker index, from their latest "assigned" frames.
         self.partitions: dict[int, int] = {}
         # New events each worker index has stored (a run's events go to one partition, so
@@ -144,6 +148,7 @@ class IngestWorkers:
             self.partitions.pop(index, None)
             if self._stopping:
                 return
+            self.health.died(index)
             if time.monotonic() - started > STABLE_S:
                 backoff = RESTART_MIN_S
             log.error("nissa ingest worker %d (pid %d) exited with code %s; restarting in "
@@ -169,6 +174,7 @@ class IngestWorkers:
                     stats = consumer_report_of(header)
                     record_forwarded(self.config.consumer_group, stats.consumed,
                                      stats.decode_errors, stats.lag)
+                    self.health.stalled(index, stats.stalled_s)
                 elif header["kind"] == KIND_ASSIGNED:
                     self.partitions[index] = int(header.get("partitions", 0))
                     PARTITIONS.labels(str(index)).set(self.partitions[index])
@@ -184,6 +190,7 @@ class IngestWorkers:
         """Apply a report; a failure here (a bug) is logged, never ends the supervision:
         the batch is stored either way, only its gauges or live-tail delivery are lost."""
         self.ingested[index] = self.ingested.get(index, 0) + len(report.bodies)
+        self.health.stored(index)
         try:
             self.on_report(report)
         except Exception:
