@@ -101,3 +101,22 @@ def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> Non
     x = torch.randn(3, 1, 28, 28)
     # a function-preserving seed starts at zero: the same function as the host it grew on
     torch.testing.assert_close(model(x), host(x))
+
+
+def test_esper_architecture_widens_the_layers_a_width_fossil_widened() -> None:
+    from morpho.arms import Context, esper_architecture
+    from morpho.data import Splits
+
+    empty = torch.zeros(0)
+    data = Splits(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), empty, empty,
+                  empty, empty, batch_size=2)
+    ctx = Context(host="mlp", seed=7, epochs=1, data=data)
+    ctx.done["esper"] = {"fossilized": [
+        {"slot": "fc1", "blueprint": "BP-WIDEN-HALF@1.0.0", "merged": False,
+         "widen": {"producer": "fc1", "consumer": "fc2", "units": 16}},
+        {"slot": "fc2", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False}]}
+    model = esper_architecture(ctx)
+    assert model.fc1.out_features == 48 and type(model.fc2).__name__ == "FossilLinear"
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    # the plain wider MLP plus a residual block on fc2: what Esper's unwrap() would give
+    assert hosts.params(model) == hosts.mlp_params(48, 32) + 8 * 32 * 32 + 5 * 32
