@@ -127,3 +127,16 @@ def test_quota_bounds_a_burst_and_refills() -> None:
     quota.take("ops")
     with pytest.raises(ResourceExhausted):
         quota.take("ops")
+
+
+def test_security_settings_come_from_toml_env_and_flags(tmp_path) -> None:
+    from esper.runtime.config import load_config
+
+    toml = tmp_path / "esper.toml"
+    toml.write_text('[defaults]\ntls = true\ntls_cert = "c.pem"\ntls_key = "k.pem"\ntls_ca = "ca.pem"\n'
+                    'auth = true\ngrant_admin = ["admin", "ops"]\n')
+    config = load_config(ServerConfig, "urza", toml_path=toml, env={"ESPER_GRANT_REPORT": "tamiyo,ops"},
+                         overrides={"tls_client_auth": "false"})
+    assert (config.tls, config.tls_cert, config.tls_key, config.tls_ca) == (True, "c.pem", "k.pem", "ca.pem")
+    assert config.auth and not config.tls_client_auth
+    assert config.grant_admin == ("admin", "ops") and config.grant_report == ("tamiyo", "ops")
