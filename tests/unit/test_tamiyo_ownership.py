@@ -51,3 +51,15 @@ def test_an_absurd_sequence_is_refused_too() -> None:
     far.sequence = 2**64 - 1
     assert r.accept_snapshot(far)[0] == "step_jump"
     assert r.accept_snapshot(snapshot(12)) is None
+
+
+def test_one_owner_cannot_push_other_owners_runs_out() -> None:
+    from esper.tamiyo.runs import RunRegistry
+
+    registry = RunRegistry(max_runs=10, max_runs_per_owner=3)
+    registry.put(RunState("alice-run", graph(4), Capabilities(), ResourceBudget(), "heuristic", owner="alice"))
+    for i in range(50):
+        registry.put(RunState(f"m-{i}", graph(4), Capabilities(), ResourceBudget(), "heuristic", owner="mallory"))
+    assert registry.get("alice-run") is not None  # still hers: mallory cannot claim the id
+    assert [r for r in ("m-46", "m-47", "m-48", "m-49") if registry.get(r)] == ["m-47", "m-48", "m-49"]
+    assert len(registry) == 4

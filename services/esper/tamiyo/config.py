@@ -71,6 +71,9 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     # Largest step (and sequence) advance between two accepted snapshots of a run; a
     # snapshot further ahead is dropped with a `step_jump` SessionWarning.
     max_step_advance: int = 1_000_000
+    # Runs one identity keeps remembered (its least recently used forgotten first), so one
+    # client cannot push other owners' runs out of max_runs and then claim their ids.
+    max_runs_per_owner: int = 250
     # Field reports one identity may send per minute on its sessions (beyond: dropped
     # with a `quota_exceeded` SessionWarning).
     field_reports_per_minute: int = 120
@@ -96,6 +99,7 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             ("session_send_timeout_s", 0 < self.session_send_timeout_s <= 3600),
             ("max_runs", 1 <= self.max_runs <= 1_000_000),
             ("max_step_advance", 1 <= self.max_step_advance <= 2**53),
+            ("max_runs_per_owner", 1 <= self.max_runs_per_owner <= 1_000_000),  # capped by max_runs
             ("field_reports_per_minute", 1 <= self.field_reports_per_minute <= 1_000_000),
             ("torch_threads", 1 <= self.torch_threads <= 256),
         )

@@ -155,10 +155,15 @@ class RunState:
 
 class RunRegistry:
     """Run states by id, least recently used forgotten first beyond `max_runs` or beyond
-    `max_graph_bytes` of graphs kept over all runs (a graph is most of a run's state)."""
+    `max_graph_bytes` of graphs kept over all runs (a graph is most of a run's state).
+    One owner keeps at most `max_runs_per_owner` runs (its own least recently used is
+    forgotten first), so no identity can open runs until others' are forgotten and then
+    claim their ids."""
 
-    def __init__(self, max_runs: int, max_graph_bytes: int = 2**40) -> None:
+    def __init__(self, max_runs: int, max_graph_bytes: int = 2**40,
+                 max_runs_per_owner: int | None = None) -> None:
         self.max_runs = max_runs
+        self.max_runs_per_owner = max_runs if max_runs_per_owner is None else max_runs_per_owner
         self.max_graph_bytes = max_graph_bytes
         self.graph_bytes = 0
         self._runs: OrderedDict[str, RunState] = OrderedDict()
@@ -172,6 +177,9 @@ class RunRegistry:
         self._runs[state.run_id] = state
         self._sizes[state.run_id] = state.graph.ByteSize()
         self.graph_bytes += self._sizes[state.run_id]
+        owned = [run_id for run_id, run in self._runs.items() if run.owner == state.owner]
+        for run_id in owned[:max(0, len(owned) - self.max_runs_per_owner)]:
+            self._forget(run_id)  # least recently used first; the new run is the last
         while len(self._runs) > 1 and (len(self._runs) > self.max_runs
                                        or self.graph_bytes > self.max_graph_bytes):
             self._forget(next(iter(self._runs)))

@@ -43,7 +43,7 @@ async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-tamiyo") if config.publish_events else None
     if producer is not None:
         await producer.start()
-    runs = RunRegistry(config.max_runs, config.max_run_graph_bytes)
+    runs = RunRegistry(config.max_runs, config.max_run_graph_bytes, config.max_runs_per_owner)
     shared = SessionContext(config, runs, decider, DecisionEvents(producer))
     tamiyo_pb2_grpc.add_TamiyoServiceServicer_to_server(TamiyoServicer(shared), server)
 
