@@ -83,8 +83,9 @@ async def _wait_for(predicate, timeout_s: float = 60.0):
         await asyncio.sleep(0.2)
 
 
-async def _dead_letters(bootstrap: str, topic: str, count: int) -> list[dict]:
-    """The first `count` dead letters of `topic` (headers, plus the value as "value")."""
+async def _dead_letters(bootstrap: str, topic: str, count: int, where=None) -> list[dict]:
+    """The first `count` dead letters of `topic` (headers, plus the value as "value") for
+    which `where(letter)` holds."""
     consumer = AIOKafkaConsumer(DEADLETTER, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
@@ -95,9 +96,9 @@ async def _dead_letters(bootstrap: str, topic: str, count: int) -> list[dict]:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    letter = dead_letter_headers(record.headers)
-                    if letter.get("topic") == topic:
-                        found.append({**letter, "value": record.value})
+                    letter = {**dead_letter_headers(record.headers), "value": record.value}
+                    if letter.get("topic") == topic and (where is None or where(letter)):
+                        found.append(letter)
     finally:
         await consumer.stop()
     return found
@@ -167,3 +168,47 @@ async def test_a_compression_bomb_is_dead_lettered_without_being_inflated(
 
 async def _stored_is(dsn: str, run: str, steps: list[int]) -> bool:
     return await _stored(dsn, run) == steps
+
+
+async def test_nissa_ingest_workers_dead_letter_a_poison_event_and_count_it(
+        fresh_database, kafka_bootstrap):
+    """The same through the server and its worker processes, on the real topic."""
+    from prometheus_client import REGISTRY
+
+    from esper.nissa.service import SPEC
+    from esper.oona.topics import TELEMETRY_TRAINING
+    from esper.runtime.server import start_server
+    from tests.integration.test_nissa import _config
+
+    def dead_lettered() -> float:
+        return REGISTRY.get_sample_value("esper_oona_dead_letters_total", {
+            "topic": TELEMETRY_TRAINING, "code": CODE_UNSTORABLE}) or 0.0
+
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    before = dead_lettered()
+    running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap,
+                                               f"nissa-{uuid.uuid4().hex[:6]}", ingest_workers=1))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for step, bad in ((1, False), (2, True), (3, False)):
+                event = _snapshot(run + "\x00" if bad else run, step)
+                sent = await producer.send_and_wait(TELEMETRY_TRAINING, encode_event(event),
+                                                    key=run.encode(), headers=kafka_headers(event))
+                if bad:
+                    poison = sent
+        finally:
+            await producer.stop()
+        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 3]))
+        ours = await _dead_letters(kafka_bootstrap, TELEMETRY_TRAINING, 1, lambda x: (
+            x["partition"], x["offset"]) == (str(poison.partition), str(poison.offset)))
+        assert len(ours) == 1 and ours[0]["code"] == CODE_UNSTORABLE
+        assert "run_id holds a NUL character" in ours[0]["reason"]
+
+        async def counted() -> bool:
+            return dead_lettered() >= before + 1
+
+        assert await _wait_for(counted, 10)  # forwarded by the worker to the server
+    finally:
+        await running.stop()

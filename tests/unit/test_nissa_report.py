@@ -141,12 +141,13 @@ def test_consumer_reports_round_trip_and_refuse_garbage():
     from esper.nissa.report import ConsumerReport, consumer_report_of, encode_consumer_report
 
     report = ConsumerReport(consumed={"t": 5}, decode_errors={"t": 1}, lag=[("t", 0, 7)],
-                            stalled_s=12.5)
+                            stalled_s=12.5, dead_letters=[("t", "unstorable", 2)])
     header, blobs = _split(encode_consumer_report(report))
     assert consumer_report_of(header) == report and len(blobs) == 0
     for bad in ({"consumed": {"t": -1}, "decode_errors": {}, "lag": []},
                 {"consumed": {}, "decode_errors": {}, "lag": [], "stalled_s": -1},
                 {"consumed": {}, "decode_errors": {}, "lag": [], "stalled_s": "nan"},
+                {"consumed": {}, "decode_errors": {}, "lag": [], "dead_letters": [["t", "x", -1]]},
                 {"consumed": {}, "decode_errors": {}, "lag": [["t", "zero", 1]]},
                 {"consumed": "x", "decode_errors": {}, "lag": []},
                 {"decode_errors": {}, "lag": []}):

@@ -167,12 +167,15 @@ class ConsumerReport:
     lag: list[tuple[str, int, int]]
     # How long the worker's held batch has been failing to be stored (0: none held).
     stalled_s: float = 0.0
+    # Dead letters sent, as (original topic, code, count) increments.
+    dead_letters: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def encode_consumer_report(report: ConsumerReport) -> bytes:
     return encode_frame(KIND_CONSUMER, {"consumed": report.consumed,
                                         "decode_errors": report.decode_errors,
-                                        "lag": report.lag, "stalled_s": report.stalled_s})
+                                        "lag": report.lag, "stalled_s": report.stalled_s,
+                                        "dead_letters": report.dead_letters})
 
 
 def consumer_report_of(header: dict[str, Any]) -> ConsumerReport:
@@ -185,9 +188,12 @@ def consumer_report_of(header: dict[str, Any]) -> ConsumerReport:
         stalled_s = float(header.get("stalled_s", 0.0))
         if not 0 <= stalled_s < float("inf"):
             raise FrameError("stalled_s is not a duration")
+        dead = [(str(t), str(c), int(n)) for t, c, n in header.get("dead_letters", [])]
+        if any(n < 0 for _, _, n in dead):
+            raise FrameError("negative dead-letter count")
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FrameError):
             raise
         raise FrameError(f"consumer header is malformed: {exc!r}") from None
     return ConsumerReport(consumed=counts[0], decode_errors=counts[1], lag=lag,
-                          stalled_s=stalled_s)
+                          stalled_s=stalled_s, dead_letters=dead)

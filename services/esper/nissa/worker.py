@@ -191,17 +191,20 @@ async def _forward_consumer_metrics(ingestor: Ingestor, pipe: ReportPipe) -> Non
     consumer = ingestor.consumer
     consumed: Counter[str] = Counter()
     refused: Counter[str] = Counter()
+    dead: Counter[tuple[str, str]] = Counter()
     while True:
         await asyncio.sleep(CONSUMER_REPORT_S)
         now_consumed = consumer.consumed_by_topic.copy()
         now_refused = consumer.decode_errors_by_topic.copy()
+        now_dead = ingestor.dead_letters.sent.copy()
         pipe.consumer(ConsumerReport(
             consumed=dict(now_consumed - consumed),
             decode_errors=dict(now_refused - refused),
             lag=[(topic, partition, lag) for (topic, partition), lag in consumer.lag.items()],
             stalled_s=ingestor.stalled_s(),
+            dead_letters=[(topic, code, n) for (topic, code), n in (now_dead - dead).items()],
         ))
-        consumed, refused = now_consumed, now_refused
+        consumed, refused, dead = now_consumed, now_refused, now_dead
 
 
 def main() -> int:

@@ -35,6 +35,7 @@ from esper.nissa.report import (
 from esper.nissa.worker import GO, config_line
 from esper.oona.aio import cancel_and_join
 from esper.oona.consumer import record_forwarded
+from esper.oona.deadletter import record_sent
 from esper.runtime.infra.process import with_death_signal
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class IngestWorkers:
                     stats = consumer_report_of(header)
                     record_forwarded(self.config.consumer_group, stats.consumed,
                                      stats.decode_errors, stats.lag)
+                    record_sent(stats.dead_letters)
                     self.health.stalled(index, stats.stalled_s)
                 elif header["kind"] == KIND_ASSIGNED:
                     self.partitions[index] = int(header.get("partitions", 0))

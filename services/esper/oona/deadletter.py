@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,6 +94,13 @@ def dead_letter_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str
     }
 
 
+def record_sent(counts: Sequence[tuple[str, str, int]]) -> None:
+    """Count in this process's metric the dead letters another process sent:
+    (original topic, code, how many) increments."""
+    for topic, code, count in counts:
+        DEAD_LETTERS.labels(topic, code).inc(count)
+
+
 class DeadLetterSender:
     """Sends dead letters and waits until the broker has them."""
 
@@ -105,6 +113,9 @@ class DeadLetterSender:
             acks="all",
             enable_idempotence=False,  # tansu rejects InitProducerId (see INFRA.md)
         )
+        # Dead letters sent since start, per (original topic, code): what the metric above
+        # counts, kept for a process without its own /metrics to forward (record_sent).
+        self.sent: Tally[tuple[str, str]] = Tally()
 
     async def start(self) -> None:
         await ensure_topics(self.bootstrap)
@@ -127,5 +138,6 @@ class DeadLetterSender:
         await within(SEND_TIMEOUT_S, asyncio.gather(*futures))
         for letter in letters:
             DEAD_LETTERS.labels(letter.topic, letter.code).inc()
+            self.sent[(letter.topic, letter.code)] += 1
             log.warning("oona: dead-lettered %s[%d]@%d (%s): %s", letter.topic,
                         letter.partition, letter.offset, letter.code, letter.reason)
