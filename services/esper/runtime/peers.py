@@ -1,11 +1,14 @@
 """Who a per-client limit counts against (concurrent Session streams, log lines about bad
-requests): the peer's host — not host:port, since a client that reconnects gets a new port
-but is the same client.
+requests): the caller's identity when the auth interceptor (esper.runtime.auth) proved one,
+else the peer's host — not host:port, since a client that reconnects gets a new port but
+is the same client.
 """
 
 from __future__ import annotations
 
 import grpc
+
+from esper.runtime.auth import ANONYMOUS, caller
 
 
 def peer_host(peer: str) -> str:
@@ -19,4 +22,7 @@ def peer_host(peer: str) -> str:
 
 
 def client_key(context: grpc.aio.ServicerContext) -> str:
-    return peer_host(context.peer() or "unknown")
+    identity = caller()
+    if identity != ANONYMOUS:
+        return f"identity:{identity}"
+    return f"peer:{peer_host(context.peer() or 'unknown')}"

@@ -150,13 +150,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         return unary_stream
 
     def _checked(self, requests, method: str, context) -> AsyncIterator[Any]:
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                refusal = self._refusal(request, method, context, limits=False)
-                if refusal is not None:
-                    raise refusal  # the servicer maps it to INVALID_ARGUMENT
-                yield request
-        return checked()
+        return _CheckedStream(requests, lambda request: self._refusal(request, method, context, limits=False))
 
     def _stream_unary(self, inner, method: str):
         async def stream_unary(requests, context):
@@ -169,6 +163,26 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             async for response in _responses(inner(self._checked(requests, method, context), context)):
                 yield response
         return stream_stream
+
+
+class _CheckedStream:
+    """A client stream's messages; an undecodable one raises its refusal (which the servicer
+    maps to INVALID_ARGUMENT). A class, not an async generator: nothing is left for the
+    event loop to finalize when gRPC drops a stream mid-read."""
+
+    def __init__(self, requests, refusal: Callable[[Any], InvalidArgument | None]) -> None:
+        self._requests = aiter(requests)
+        self._refusal = refusal
+
+    def __aiter__(self) -> _CheckedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await anext(self._requests)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            raise refusal
+        return request
 
 
 async def _responses(result) -> AsyncIterator[Any]:
