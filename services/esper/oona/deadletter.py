@@ -130,14 +130,21 @@ class DeadLetterSender:
         commit past records whose dead letters are not stored)."""
         if not letters:
             return
+        await within(SEND_TIMEOUT_S, self._send_all(letters))
+        for letter in letters:
+            DEAD_LETTERS.labels(letter.topic, letter.code).inc()
+            self.sent[(letter.topic, letter.code)] += 1
+        # One line per batch, not per record: a flood of garbage must not flood the log.
+        first = letters[0]
+        log.warning("oona: dead-lettered %d records; first %s[%d]@%d (%s): %s", len(letters),
+                    first.topic, first.partition, first.offset, first.code, first.reason)
+
+    async def _send_all(self, letters: Sequence[DeadLetter]) -> None:
+        # send() itself may wait (for metadata, for room in aiokafka's buffer): the
+        # caller's timeout covers it as well as the acknowledgements.
         futures = [
             await self._kafka.send(DEADLETTER, letter.record_value(), key=letter.record_key(),
                                    headers=letter.headers())
             for letter in letters
         ]
-        await within(SEND_TIMEOUT_S, asyncio.gather(*futures))
-        for letter in letters:
-            DEAD_LETTERS.labels(letter.topic, letter.code).inc()
-            self.sent[(letter.topic, letter.code)] += 1
-            log.warning("oona: dead-lettered %s[%d]@%d (%s): %s", letter.topic,
-                        letter.partition, letter.offset, letter.code, letter.reason)
+        await asyncio.gather(*futures)
