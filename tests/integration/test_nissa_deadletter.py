@@ -212,3 +212,31 @@ async def test_nissa_ingest_workers_dead_letter_a_poison_event_and_count_it(
         assert await _wait_for(counted, 10)  # forwarded by the worker to the server
     finally:
         await running.stop()
+
+
+async def test_a_batch_postgresql_refuses_is_bisected_to_the_event_at_fault(
+        fresh_database, kafka_bootstrap, monkeypatch):
+    """Should an event PostgreSQL cannot store pass the checks before the COPY, the
+    database's refusal is narrowed down by bisecting the batch: every other event is
+    stored, the one at fault is dead-lettered with PostgreSQL's reason."""
+    from esper.nissa import ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "unstorable_reason", lambda event: None)  # no pre-check
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    topic = await _topic(kafka_bootstrap)
+    steps = list(range(1, 12))
+    values = [_event_value(_snapshot(run + ("\x00" if step == 7 else ""), step))
+              for step in steps]
+    await _send(kafka_bootstrap, topic, values)
+    ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
+    try:
+        good = [step for step in steps if step != 7]
+        assert await _wait_for(lambda: _stored_is(fresh_database, run, good))
+        (letter,) = await _dead_letters(kafka_bootstrap, topic, 1)
+        assert letter["code"] == CODE_UNSTORABLE and letter["offset"] == "6"
+        assert letter["reason"].startswith("PostgreSQL refused it:")
+        assert letter["value"] == values[6]
+        assert not ingestor.task.done()
+    finally:
+        await ingestor.stop()
+        await pool.close()
