@@ -71,9 +71,12 @@ def parse_setup(line: bytes) -> tuple[NissaConfig, int]:
     """The config and worker index of a setup line; ConfigError when it is not one."""
     try:
         setup = json.loads(line)
-        config = NissaConfig(**setup["config"])
+        # JSON has no tuples: the config's tuple settings (the auth grants) come back as
+        # lists. No setting is a list, so every list is one of those.
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in setup["config"].items()}
+        config = NissaConfig(**fields)
         worker = int(setup["worker"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"worker setup: not a setup line: {exc}") from None
     config.validate()
     return config, worker
