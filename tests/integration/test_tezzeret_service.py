@@ -13,7 +13,7 @@ import grpc
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from esper.blueprints import builtin_blueprints, get_builtin
+from esper.blueprints import builtin_blueprints, estimate_params, get_builtin
 from esper.blueprints.artifact import unpack_kernel
 from esper.leyline.v1 import (
     blueprint_pb2,
@@ -48,6 +48,8 @@ PARTITIONS = 4
 def tiny_target(spec: blueprint_pb2.BlueprintSpec, channels: int = 8) -> kernel_pb2.KernelTarget:
     kind = spec.slot_kinds[0]
     shape = common_pb2.SlotShape(kind=kind, channels=channels)
+    if spec.family == blueprint_pb2.BLUEPRINT_FAMILY_WIDTH:  # a widenable Linear C -> C -> C
+        shape.widen_params_per_unit = 2 * channels + 1
     if kind in (common_pb2.SLOT_KIND_SEQUENCE, common_pb2.SLOT_KIND_CONV1D):
         shape.length = 4
     elif kind == common_pb2.SLOT_KIND_CONV2D:
@@ -172,7 +174,12 @@ async def test_every_builtin_blueprint_compiles_registers_and_loads(forge):
         async for chunk in forge.urza.DownloadKernel(urza_pb2.DownloadKernelRequest(kernel_id=kernel.kernel_id)):
             data += chunk.data
         _, shape, module = unpack_kernel(data, kernel.sha256)
-        assert sum(p.numel() for p in module.parameters() if p.requires_grad) == kernel.stats.params
+        weights = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        if spec.family == blueprint_pb2.BLUEPRINT_FAMILY_WIDTH:  # sized by the slot, no weights
+            assert weights == 0 and kernel.stats.params == estimate_params(
+                spec, shape.channels, shape.widen_params_per_unit) > 0
+        else:
+            assert weights == kernel.stats.params
         assert shape == tiny_target(spec).shape
 
 

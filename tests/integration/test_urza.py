@@ -156,7 +156,7 @@ async def test_builtin_catalogue_is_seeded_once(urza: Urza) -> None:
     assert {ref_of(r) for r in records} == builtins
     assert all(r.state == bp.BLUEPRINT_STATE_SUBMITTED for r in records)
     families = {r.spec.family for r in records}
-    assert len(families) == 7
+    assert len(families) == 8
     # A second Urza on the same database (a restart) seeds nothing again.
     second = await open_urza(urza.config)
     try:

@@ -334,3 +334,26 @@ def _set(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+class WidenStandIn(nn.Module):
+    """A width kernel exercised without its host, for whoever validates and measures
+    kernels (Tezzeret): the widening materialised against a stand-in pair of the slot's kind
+    at its width C (Linear C->C, ReLU, Linear C->C; or the same with 3x3 convolutions), as
+    a module from the slot's activation to the next layer's output (the same shape). The
+    real host's layers are checked again by Kasmina's gates at germination."""
+
+    def __init__(self, request: nn.Module, channels: int, conv: bool) -> None:
+        super().__init__()
+        if conv:
+            producer = nn.Conv2d(channels, channels, 3, padding=1)
+            consumer = nn.Conv2d(channels, channels, 3, padding=1)
+        else:
+            producer, consumer = nn.Linear(channels, channels), nn.Linear(channels, channels)
+        site = WidenSite(producer="producer", consumer="consumer", path=[PathOp(torch.relu)],
+                         expansion=1, params_per_unit=_incoming(producer) + _outgoing(consumer),
+                         tap_shape=(channels,))
+        self.seed = WidenSeed(site, producer, consumer, _units_of(request))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seed(x)

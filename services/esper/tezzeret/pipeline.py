@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper.blueprints import build_seed
+from esper.blueprints import build_seed, estimate_params
+from esper.kasmina.widen import WidenStandIn, widen_request
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.leyline.v1 import blueprint_pb2, common_pb2, kernel_pb2
 from esper.tezzeret import jobs
@@ -81,10 +82,19 @@ def init_seed(spec: blueprint_pb2.BlueprintSpec, target: kernel_pb2.KernelTarget
 # ---- the torch steps (run in a thread executor) ------------------------------------------
 
 def build(spec, target) -> tuple[nn.Module, bytes]:
-    """The seed module and its artifact bytes, packed before any forward touches buffers."""
+    """The seed module and its artifact bytes, packed before any forward touches buffers.
+    A width kernel holds no weights (Kasmina makes them from the host's layers): what is
+    validated and measured is its widening of a stand-in layer pair (WidenStandIn)."""
     module = build_seed(spec, target.shape, device=target.device, dtype=DTYPES[target.dtype],
                         seed=init_seed(spec, target))
-    return module, pack_kernel(spec, target.shape, module, target=target)
+    artifact = pack_kernel(spec, target.shape, module, target=target)
+    if widen_request(module):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed(spec, target))
+            module = WidenStandIn(module, target.shape.channels,
+                                  conv=target.shape.kind == common_pb2.SLOT_KIND_CONV2D)
+        module = module.to(device=target.device, dtype=DTYPES[target.dtype])
+    return module, artifact
 
 
 def check(module: nn.Module, spec, target, settings: PipelineSettings
@@ -124,6 +134,9 @@ async def build_kernel(spec: blueprint_pb2.BlueprintSpec, target: kernel_pb2.Ker
     report = await loop.run_in_executor(None, check, module, spec, target, settings)
     await on_stage(jobs.CHARACTERISING, f"characterising for {where}")
     stats = await loop.run_in_executor(None, measure, module, target, settings)
+    if isinstance(module, WidenStandIn):  # its real size is the slot's, not the stand-in's
+        stats.params = estimate_params(spec, target.shape.channels,
+                                       target.shape.widen_params_per_unit)
     digest = sha256_hex(artifact)
     return BuiltKernel(artifact, digest, kernel_id_for(digest), target, report, stats)
 
