@@ -89,9 +89,10 @@ class MetricsWindow:
                     self._correct.add_(hits)
                 else:
                     self._correct = hits if self._correct is None else hits + self._correct
-            n = targets.shape[0]
-            self._labelled += n
-            self._samples += n
+            # Accuracy is per target (a class per image, or one per token of a sequence);
+            # throughput counts samples (images or sequences).
+            self._labelled += targets.numel()
+            self._samples += targets.shape[0]
 
     def _count_predicted(self) -> None:
         """Fold the waiting CPU predictions into the hit count (a few operations for the
