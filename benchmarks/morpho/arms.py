@@ -97,27 +97,27 @@ def _matched(ctx: Context) -> dict:
 
 def static_small(ctx: Context) -> dict:
     torch.manual_seed(ctx.seed)
-    return _static(ctx, hosts.small(ctx.host))
+    return _static(ctx, hosts.small(ctx.host, ctx.data.vocab_size))
 
 
 def static_large(ctx: Context) -> dict:
     torch.manual_seed(ctx.seed)
-    return _static(ctx, hosts.large(ctx.host), _matched(ctx) if "esper" in ctx.done else None)
+    return _static(ctx, hosts.large(ctx.host, ctx.data.vocab_size), _matched(ctx) if "esper" in ctx.done else None)
 
 
 def static_final_size(ctx: Context) -> dict:
     target = ctx.esper()["params"]
     torch.manual_seed(ctx.seed)
-    model = hosts.sized(ctx.host, target)
+    model = hosts.sized(ctx.host, target, ctx.data.vocab_size)
     record = _static(ctx, model, _matched(ctx))
-    record["widths"] = hosts.sized_widths(ctx.host, target)
+    record["widths"] = hosts.sized_widths(ctx.host, target, ctx.data.vocab_size)
     return record
 
 
 def _grown(ctx: Context, policy) -> tuple[dict, object]:
     """The small host under an Esper session with `policy`, through the user-facing API."""
     torch.manual_seed(ctx.seed)
-    model = hosts.small(ctx.host)
+    model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
@@ -213,7 +213,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     finds it affine and folds it away.)"""
     catalog = {f"{s.name}@{s.version}": s for s in builtin_blueprints()}
     torch.manual_seed(ctx.seed)
-    host = hosts.small(ctx.host)
+    host = hosts.small(ctx.host, ctx.data.vocab_size)
     shapes = {slot.slot_id: slot.shape
               for slot in wrap(copy.deepcopy(host), example_input=ctx.example).slots.values()}
     for fossil in ctx.esper()["fossilized"]:

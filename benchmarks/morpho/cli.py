@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import report
+from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
 from .hosts import HOSTS
 
@@ -20,6 +20,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 # Run seeds far from Simic's collection seeds (0..) and from bench_growth's.
 SEED_BASE = 3_000_000
 BATCH_SIZE = 128
+TEXT_BATCH_SIZE = 32  # sequences of 64 characters
 
 
 def _csv(choices):
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}
     if args.report_only or args.merge:
         result = json.loads(paths["json"].read_text())
+        for h in result["hosts"].values():  # summaries from the runs, by this version's rules
+            h["summary"] = report.summarise(h["runs"])
         for other in args.merge:
             problem = merge(result, json.loads(other.read_text()))
             if problem:
@@ -75,18 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         print("--seeds and --epochs must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only contend
-    splits = data_mod.load(BATCH_SIZE, quick=args.quick)
+    try:
+        data = {family: _load(family, args.quick) for family in {_family(h) for h in args.hosts}}
+    except text.CorpusUnavailable as exc:
+        print(f"--hosts char: {exc}", file=sys.stderr)
+        return 2
     command = "python benchmarks/morphogenesis.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
-                         "seed_base": SEED_BASE, "data": splits.describe(),
+                         "seed_base": SEED_BASE,
+                         "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
     t0 = time.perf_counter()
     for host in args.hosts:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
         for i in range(args.seeds):
-            ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=splits,
+            ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out)
             for arm in [a for a in ARMS if a in args.arms]:
                 if arm in h["unavailable"]:
@@ -110,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     _render(result, paths)
     print(paths["md"].read_text())
     return 0
+
+
+def _family(host: str) -> str:
+    """Which data a host trains on: Fashion-MNIST images, or Shakespeare's characters."""
+    return "shakespeare" if host == "char" else "fashion-mnist"
+
+
+def _load(family: str, quick: bool):
+    if family == "shakespeare":
+        return text.load(TEXT_BATCH_SIZE, quick=quick)
+    return data_mod.load(BATCH_SIZE, quick=quick)
 
 
 def merge(result: dict, other: dict) -> str | None:

@@ -27,6 +27,7 @@ class Splits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     batch_size: int
+    vocab_size: int = 0  # the character family's alphabet (0 for images)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -46,8 +47,11 @@ class Splits:
             yield x[start:start + size], y[start:start + size]
 
     def describe(self) -> dict:
-        return {"train": len(self.y_train), "validation": len(self.y_val), "test": len(self.y_test),
-                "batch_size": self.batch_size}
+        out = {"train": len(self.y_train), "validation": len(self.y_val), "test": len(self.y_test),
+               "batch_size": self.batch_size}
+        if self.vocab_size:
+            out["vocab"] = self.vocab_size
+        return out
 
 
 def load(batch_size: int, quick: bool = False) -> Splits:

@@ -49,6 +49,8 @@ def _model(ctx: Context):
     4x4 average pool comes from input_spatial_shape (8, 8) halved by the max-pool); GroMo
     grows its classifier's hidden layer (it offers no growth of a conv whose input comes
     through a pooling stage)."""
+    if ctx.host == "char":
+        raise NotAvailable("GroMo 0.1.0 grows MLPs and convolutional networks, not transformers")
     try:
         from gromo.containers.growing_mlp import GrowingMLP
         from gromo.containers.vgg import VGG

