@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from esper.blueprints import build_seed, estimate_params
-from esper.kasmina.widen import WidenStandIn, widen_request
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
+from esper.kasmina.widen import WidenStandIn, widen_request
 from esper.leyline.v1 import blueprint_pb2, common_pb2, kernel_pb2
 from esper.tezzeret import jobs
 from esper.tezzeret.characterise import characterise
