@@ -82,7 +82,8 @@ def test_scheduled_growth_germinates_and_the_heuristic_finishes_the_seed(one_thr
     assert "fc3" not in stages  # the logits layer is not a default slot
 
 
-def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> None:
+def _final_architecture(fossilized: list[dict]) -> torch.nn.Module:
+    """esper_architecture() for an Esper run (MLP host, seed 7) that fossilized these."""
     from morpho.arms import Context, esper_architecture
     from morpho.data import Splits
 
@@ -90,10 +91,14 @@ def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> Non
     data = Splits(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), empty, empty,
                   empty, empty, batch_size=2)
     ctx = Context(host="mlp", seed=7, epochs=1, data=data)
-    ctx.done["esper"] = {"fossilized": [
+    ctx.done["esper"] = {"fossilized": fossilized}
+    return esper_architecture(ctx)
+
+
+def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> None:
+    model = _final_architecture([
         {"slot": "fc1", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False},
-        {"slot": "fc2", "blueprint": "BP-LORA-R8@1.0.0", "merged": True}]}
-    model = esper_architecture(ctx)
+        {"slot": "fc2", "blueprint": "BP-LORA-R8@1.0.0", "merged": True}])
     torch.manual_seed(7)
     host = hosts.small("mlp")
     assert hosts.params(model) > hosts.params(host)
@@ -104,18 +109,10 @@ def test_esper_architecture_builds_unmerged_fossils_as_residual_modules() -> Non
 
 
 def test_esper_architecture_widens_the_layers_a_width_fossil_widened() -> None:
-    from morpho.arms import Context, esper_architecture
-    from morpho.data import Splits
-
-    empty = torch.zeros(0)
-    data = Splits(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), empty, empty,
-                  empty, empty, batch_size=2)
-    ctx = Context(host="mlp", seed=7, epochs=1, data=data)
-    ctx.done["esper"] = {"fossilized": [
+    model = _final_architecture([
         {"slot": "fc1", "blueprint": "BP-WIDEN-HALF@1.0.0", "merged": False,
          "widen": {"producer": "fc1", "consumer": "fc2", "units": 16}},
-        {"slot": "fc2", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False}]}
-    model = esper_architecture(ctx)
+        {"slot": "fc2", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False}])
     assert model.fc1.out_features == 48 and type(model.fc2).__name__ == "FossilLinear"
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     # the plain wider MLP plus a residual block on fc2: what Esper's unwrap() would give
