@@ -21,6 +21,7 @@ from esper.blueprints.catalog import builtin_blueprints
 from esper.kasmina import wrap
 from esper.kasmina.merge import residual_module
 from esper.kasmina.widen import WidenSeed, widened_copy
+from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import TolariaConfig
 from esper.tolaria.kernels import LOCAL_KERNEL_SEED
@@ -32,7 +33,7 @@ from .growth import Planned, ScheduledGrowth
 from .loop import LEARNING_RATE, train
 
 # Arms in the order they run within a seed (dependents after "esper").
-ARMS = ("static-small", "esper", "random", "schedule", "static-final-size",
+ARMS = ("static-small", "esper", "esper-width", "random", "schedule", "static-final-size",
         "esper-arch-static", "gromo", "static-large", "learned")
 # Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
 # reached Esper's total for the seed.
@@ -41,6 +42,7 @@ MATCHED = {"static-final-size@esper-flops": "static-final-size",
 LABELS = {
     "static-small": "static small host",
     "esper": "Esper, heuristic at defaults",
+    "esper-width": "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
     "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
     "static-final-size": "static, Esper's final parameter count, same epochs",
@@ -114,14 +116,14 @@ def static_final_size(ctx: Context) -> dict:
     return record
 
 
-def _grown(ctx: Context, policy) -> tuple[dict, object]:
+def _grown(ctx: Context, policy, blueprints: list[str] | None = None) -> tuple[dict, object]:
     """The small host under an Esper session with `policy`, through the user-facing API."""
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
-                                   config=config)
+                                   config=config, blueprints=blueprints)
     morph = session.model
     every = config.snapshot_every  # the local policies ask for no other interval
 
@@ -168,6 +170,14 @@ def _fossil(morph, state) -> dict:
 
 def run_esper(ctx: Context) -> dict:
     record, _ = _grown(ctx, "local")
+    return record
+
+
+def run_esper_width(ctx: Context) -> dict:
+    """Esper at its defaults plus the opt-in width blueprint (every growth family)."""
+    growth = [f"{s.name}@{s.version}" for s in builtin_blueprints()
+              if s.family != bp.BLUEPRINT_FAMILY_DIAGNOSTIC]
+    record, _ = _grown(ctx, "local", blueprints=growth)
     return record
 
 
@@ -256,7 +266,8 @@ def run_learned(ctx: Context) -> dict:
 
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {
-    "static-small": static_small, "esper": run_esper, "random": run_random,
+    "static-small": static_small, "esper": run_esper, "esper-width": run_esper_width,
+    "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
     "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,
     "learned": run_learned,

@@ -56,7 +56,9 @@ class Normed(nn.Module):
 
 def _session(host, x):
     opt = torch.optim.Adam(host.parameters(), lr=1e-2)
+    # Width growth is opt-in: named in `blueprints=` (OPT_IN_FAMILIES)
     session = esper.tolaria.attach(host, opt, policy="none", example_input=x[:2],
+                                   blueprints=[WIDEN, "BP-MLP-GELU@1.0.0"],
                                    config=TolariaConfig(run_id="widen-1", progress=False))
     return session, opt
 
@@ -134,3 +136,14 @@ def test_widened_copy_is_the_final_architecture():
     cnn = widened_copy(CNN(), "conv2", "fc", 2)
     assert cnn.conv2.weight.shape[0] == 8 and cnn.fc.weight.shape[1] == 8 * 4
     assert cnn(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_width_growth_is_opt_in() -> None:
+    x = torch.randn(4, 12)
+    session = esper.tolaria.attach(MLP(), torch.optim.SGD(MLP().parameters(), lr=0.1),
+                                   policy="none", example_input=x,
+                                   config=TolariaConfig(run_id="widen-2", progress=False))
+    shape = session.model.slot("fc1").shape
+    assert shape.widen_params_per_unit > 0  # the layer could widen...
+    offered = {c.kernel.blueprint_ref for c in session.local_kernels.kernels_for(shape)}
+    assert WIDEN not in offered and "BP-MLP-GELU@1.0.0" in offered  # ...but only when asked

@@ -19,6 +19,13 @@ from esper.leyline.v1 import blueprint_pb2 as bp
 
 # Bytes per activation element of the fp32 reference for memory_footprint_bytes.
 FP32_BYTES = 4
+# Families a policy grows from only when asked (attach(blueprints=[...]) in-process; a
+# kernel compiled on purpose for Tamiyo): diagnostics add no capacity, so a benefit-per-cost
+# ranking would always pick them over real growth; width growth, at the heuristic's default
+# timing (a validation plateau, epochs 8-13 of 20), left the morphogenesis experiment's MLP
+# worse than residual growth alone (87.61% against 87.89%, 0 of 5 seeds better): the new
+# units come too late to be trained.
+OPT_IN_FAMILIES = frozenset({bp.BLUEPRINT_FAMILY_DIAGNOSTIC, bp.BLUEPRINT_FAMILY_WIDTH})
 
 
 def builtin_blueprints() -> list[bp.BlueprintSpec]:

@@ -17,7 +17,7 @@ import torch
 
 from esper.blueprints.artifact import kernel_id_for, pack_kernel, sha256_hex
 from esper.blueprints.builder import build_seed
-from esper.blueprints.catalog import builtin_blueprints
+from esper.blueprints.catalog import OPT_IN_FAMILIES, builtin_blueprints
 from esper.blueprints.graph import estimate_flops, estimate_params
 from esper.kasmina import KernelCache
 from esper.kasmina.widen import widen_request
@@ -30,9 +30,6 @@ from esper.leyline.v1.urza_pb2 import KernelCandidate
 # Seed of the builder's private RNG for local kernels: fixed, so a kernel's bytes (and id)
 # are the same in every process and a checkpoint can name it.
 LOCAL_KERNEL_SEED = 0
-# Families left out of the default local catalogue: diagnostic blueprints add no capacity
-# (zero parameters), so a benefit-per-cost ranking would always pick them over real growth.
-NON_GROWTH_FAMILIES = frozenset({bp.BLUEPRINT_FAMILY_DIAGNOSTIC})
 # Chunk size asked of Urza's download stream: large enough for few messages, well under
 # gRPC's default 4 MiB message limit.
 DOWNLOAD_CHUNK_BYTES = 1 << 20
@@ -64,7 +61,7 @@ class LocalKernels:
                                  f"{sorted(spec_ref(s) for s in specs)}")
             specs = [s for s in specs if spec_ref(s) in wanted or s.name in wanted]
         else:
-            specs = [s for s in specs if s.family not in NON_GROWTH_FAMILIES]
+            specs = [s for s in specs if s.family not in OPT_IN_FAMILIES]
         self.specs = specs
         self.catalog = {spec_ref(s): s for s in specs}
         self._by_shape: dict[tuple[int, int], list[KernelCandidate]] = {}

@@ -37,6 +37,7 @@ import grpc
 from prometheus_client import REGISTRY, Counter
 
 from esper.blueprints import BlueprintError, builtin_blueprints, resolve_for_shape
+from esper.blueprints.catalog import OPT_IN_FAMILIES
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2, kernel_pb2, urza_pb2
 from esper.leyline.v1.signals_pb2 import ModelGraph
@@ -50,9 +51,6 @@ COMPILE_REQUESTS = Counter("esper_tamiyo_compile_requests_total",
                            "Compile requests Tamiyo sent to Tezzeret, by outcome", ["outcome"],
                            registry=REGISTRY)
 
-# Families never compiled on demand: diagnostic blueprints add no capacity, so a
-# benefit-per-cost ranking would always prefer them over real growth (as the local policy).
-NON_GROWTH_FAMILIES = frozenset({bp.BLUEPRINT_FAMILY_DIAGNOSTIC})
 # SubmitCompile calls in flight at once: each is a few database writes in Tezzeret; a
 # handful keeps a run's dozens of requests quick without flooding it.
 SUBMIT_CONCURRENCY = 4
@@ -95,7 +93,7 @@ def targets_for(graph: ModelGraph, caps: Capabilities) -> list[kernel_pb2.Kernel
 
 def suitable(spec: bp.BlueprintSpec, shape: common_pb2.SlotShape, tags: set[str]) -> bool:
     """Whether a built-in blueprint can grow a seed in a slot of `shape` for this session."""
-    if spec.family in NON_GROWTH_FAMILIES or shape.kind not in spec.slot_kinds:
+    if spec.family in OPT_IN_FAMILIES or shape.kind not in spec.slot_kinds:
         return False
     if not set(spec.metadata.requires_capability) <= tags:
         return False
