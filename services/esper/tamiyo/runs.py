@@ -17,6 +17,7 @@ from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.policy import RunHistory
 from esper.runtime.auth import ANONYMOUS
 from esper.runtime.errors import PermissionDenied
+from esper.runtime.limits import MAX_COUNTER
 
 # Decision ids remembered per run (issued and acked): enough to recognise any ack of a live
 # run's recent decisions; older ones are forgotten first.
@@ -26,9 +27,9 @@ MAX_FIELD_REPORTS = 256
 # How far one snapshot's step may move past the last accepted one (TamiyoConfig overrides):
 # a run that trained on while disconnected resumes far ahead, but never by more than this.
 DEFAULT_MAX_STEP_ADVANCE = 1_000_000
-# No real run reaches this step (2^53: beyond it a float cannot even count steps); a
-# snapshot claiming more is refused, so one absurd step cannot shut out every later one.
-MAX_STEP = 2**53
+# No real run reaches this step (the runtime's one counter limit, 2^53); a snapshot
+# claiming more is refused, so one absurd step cannot shut out every later one.
+MAX_STEP = MAX_COUNTER
 
 
 def _bounded_add(d: OrderedDict, key: str, value: object) -> None:
