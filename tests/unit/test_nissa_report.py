@@ -63,6 +63,15 @@ def test_batch_report_round_trips_without_the_decoded_events():
     assert [a.rule for a in back.alert_messages()] == ["nan_in_training"]
 
 
+def test_a_batch_with_nothing_left_to_store_round_trips():
+    """Every record of the batch was dead-lettered: no bodies, no alerts (a worker once
+    crashed the frame decoder with it, and the server stopped the worker)."""
+    empty = BatchReport(received=1, bodies=[], kinds={}, latest_snapshots=[], alerts=[],
+                        spans=[], fetched_ns=1, stored_ns=2)
+    back = report_of(*_split(encode_report(empty)))
+    assert (back.received, back.bodies, back.alerts) == (1, [], [])
+
+
 def test_small_frames_round_trip():
     header, blobs = _split(encode_frame(KIND_READY, {"pid": 7}))
     assert header == {"kind": KIND_READY, "pid": 7} and len(blobs) == 0

@@ -153,7 +153,7 @@ def report_of(header: dict[str, Any], blobs: memoryview) -> BatchReport:
 
 def _split(blobs: memoryview, sizes: list[int]) -> list[bytes]:
     ends = list(accumulate(sizes))
-    starts = [0, *ends[:-1]]
+    starts = [0, *ends[:-1]] if ends else []  # a batch whose records were all dead-lettered
     return [bytes(blobs[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
