@@ -18,7 +18,7 @@ import torch
 import esper.tolaria
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import builtin_blueprints
-from esper.kasmina import wrap
+from esper.kasmina import KasminaConfig, wrap
 from esper.kasmina.merge import residual_module
 from esper.kasmina.widen import WidenSeed, widened_copy
 from esper.leyline.v1 import blueprint_pb2 as bp
@@ -33,8 +33,8 @@ from .growth import Planned, ScheduledGrowth
 from .loop import LEARNING_RATE, train
 
 # Arms in the order they run within a seed (dependents after "esper").
-ARMS = ("static-small", "esper", "esper-width", "random", "schedule", "static-final-size",
-        "esper-arch-static", "gromo", "static-large", "learned")
+ARMS = ("static-small", "esper", "esper-width", "esper-stack", "random", "schedule",
+        "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
 # Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
 # reached Esper's total for the seed.
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
@@ -43,6 +43,7 @@ LABELS = {
     "static-small": "static small host",
     "esper": "Esper, heuristic at defaults",
     "esper-width": "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)",
+    "esper-stack": "Esper, heuristic, seeds that stack (slot_depth 3)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
     "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
     "static-final-size": "static, Esper's final parameter count, same epochs",
@@ -56,6 +57,9 @@ LABELS = {
 # Random growth draws its germination times from this leading fraction of the run, so a
 # seed has time to go through its lifecycle.
 RANDOM_TIME_FRACTION = 0.7
+# Slots per layer of the esper-stack arm: deeper than the parameter budget can fill, so the
+# budget and the policy end growth.
+STACK_DEPTH = 3
 
 
 class NotAvailable(Exception):
@@ -116,14 +120,15 @@ def static_final_size(ctx: Context) -> dict:
     return record
 
 
-def _grown(ctx: Context, policy, blueprints: list[str] | None = None) -> tuple[dict, object]:
+def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
+           kasmina: KasminaConfig | None = None) -> tuple[dict, object]:
     """The small host under an Esper session with `policy`, through the user-facing API."""
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
-                                   config=config, blueprints=blueprints)
+                                   config=config, blueprints=blueprints, kasmina=kasmina)
     morph = session.model
     every = config.snapshot_every  # the local policies ask for no other interval
 
@@ -160,8 +165,10 @@ def _fossil(morph, state) -> dict:
     """A fossil as the final-architecture control needs it. merged: an affine seed folded
     into its host layer's weights (no module left); widen: a width seed (which layers it
     widens and by how much)."""
-    seed = morph.slot(state.slot_id).seed
-    record = {"slot": state.slot_id, "blueprint": state.blueprint_ref, "merged": seed is None}
+    slot = morph.slot(state.slot_id)
+    seed = slot.seed
+    record = {"slot": state.slot_id, "node": slot.node_id, "blueprint": state.blueprint_ref,
+              "merged": seed is None}
     if isinstance(seed, WidenSeed):
         record["widen"] = {"producer": seed.producer_name, "consumer": seed.consumer_name,
                            "units": seed.units}
@@ -178,6 +185,13 @@ def run_esper_width(ctx: Context) -> dict:
     growth = [f"{s.name}@{s.version}" for s in builtin_blueprints()
               if s.family != bp.BLUEPRINT_FAMILY_DIAGNOSTIC]
     record, _ = _grown(ctx, "local", blueprints=growth)
+    return record
+
+
+def run_esper_stack(ctx: Context) -> dict:
+    """Esper at its defaults with seeds that stack (KasminaConfig.slot_depth=STACK_DEPTH):
+    the policy and the parameter budget, not one slot per layer, end growth."""
+    record, _ = _grown(ctx, "local", kasmina=KasminaConfig(slot_depth=STACK_DEPTH))
     return record
 
 
@@ -224,7 +238,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     catalog = {f"{s.name}@{s.version}": s for s in builtin_blueprints()}
     torch.manual_seed(ctx.seed)
     host = hosts.small(ctx.host, ctx.data.vocab_size)
-    shapes = {slot.slot_id: slot.shape
+    shapes = {slot.node_id: slot.shape
               for slot in wrap(copy.deepcopy(host), example_input=ctx.example).slots.values()}
     for fossil in ctx.esper()["fossilized"]:
         if fossil.get("widen"):  # a wider layer pair, freshly initialised
@@ -233,7 +247,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     for fossil in ctx.esper()["fossilized"]:
         if fossil["merged"] or fossil.get("widen"):
             continue
-        name = fossil["slot"]
+        name = fossil.get("node", fossil["slot"])  # stacked fossils wrap the one below
         seed = build_seed(catalog[fossil["blueprint"]], shapes[name], seed=LOCAL_KERNEL_SEED)
         parent_name, _, child = name.rpartition(".")
         parent = host.get_submodule(parent_name) if parent_name else host
@@ -267,6 +281,7 @@ def run_learned(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {
     "static-small": static_small, "esper": run_esper, "esper-width": run_esper_width,
+    "esper-stack": run_esper_stack,
     "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
     "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,

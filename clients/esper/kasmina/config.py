@@ -19,6 +19,10 @@ DEFAULT_BLEND_STEPS = 100
 DEFAULT_SHADOW_STEPS = 20
 DEFAULT_PROBATION_STEPS = 20
 
+# Most seeds one layer may stack (slot_depth): deep enough for a long run's growth, small
+# enough that a wrapped model's slot list stays readable.
+MAX_SLOT_DEPTH = 8
+
 
 @dataclass(frozen=True)
 class KasminaConfig:
@@ -60,3 +64,14 @@ class KasminaConfig:
     default_embargo_steps: int = DEFAULT_EMBARGO_STEPS
     # G0/G1: a function-preserving seed's output on the probe must be within this of 0.
     function_preserving_atol: float = 1e-6
+    # Seeds that may stack at one layer: with depth d every chosen layer gets d slots,
+    # `fc1`, `fc1@2`, ... `fc1@d`, and slot k opens (may germinate) once slot k-1 has
+    # fossilized, so the next seed grows on top of the last one's function. With 1 (one
+    # seed per layer) growth stops when every layer holds a fossil, whatever the policy
+    # would decide; deeper stacks leave that to the policy and the parameter budget.
+    slot_depth: int = 1
+
+    def __post_init__(self) -> None:
+        depth = self.slot_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_SLOT_DEPTH:
+            raise ValueError(f"slot_depth: {self.slot_depth!r} is not an integer in 1..{MAX_SLOT_DEPTH}")

@@ -31,7 +31,9 @@ def _dims(module: nn.Module) -> tuple[int, int]:
 
 
 def build_model_graph(model: MorphableModel) -> ModelGraph:
-    by_node = {slot.node_id: slot for slot in model.slots.values()}
+    by_node: dict = {}
+    for slot in model.slots.values():  # a node's first slot names it (the rest stack on it)
+        by_node.setdefault(slot.node_id, slot)
     graph = ModelGraph()
     order = []
     for name, module in model.host.named_modules():

@@ -19,8 +19,9 @@ from esper.kasmina.shapes import SlotSite, probe_shape
 from esper.kasmina.widen import WidenSeed, run_path
 from esper.leyline import lifecycle
 from esper.leyline.ids import new_seed_id
+from esper.leyline.v1.common_pb2 import SlotShape
 from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
-from esper.leyline.v1.lifecycle_pb2 import GateResult, SeedMetrics, SeedStage, SeedState
+from esper.leyline.v1.lifecycle_pb2 import GateCheck, GateResult, SeedMetrics, SeedStage, SeedState
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 S = SeedStage
@@ -60,11 +61,21 @@ class SeedSlot(nn.Module):
     weights appear in state_dict as `esper_slots.<key>.seed.*`."""
 
     def __init__(self, slot_id: str, site: SlotSite, cfg: KasminaConfig,
-                 events: SlotEvents) -> None:
+                 events: SlotEvents, below: SeedSlot | None = None) -> None:
         super().__init__()
         self.slot_id = slot_id
+        # The slot under this one in its layer's stack (None: the first slot of the layer).
+        self.__dict__["below"] = below
         self.node_id = site.node_id
         self.shape = site.shape
+        widen = site.widen
+        if cfg.slot_depth > 1 and site.widen is not None:
+            # Stacks and width growth do not combine (yet): unwrap() widens a layer before
+            # wrapping it in the residual fossils stacked on it, which read its narrow output.
+            self.shape = SlotShape()
+            self.shape.CopyFrom(site.shape)
+            self.shape.widen_params_per_unit = 0
+            widen = None
         self.device = site.device
         self.dtype = site.dtype
         self.cfg = cfg
@@ -75,7 +86,7 @@ class SeedSlot(nn.Module):
         self.__dict__["_events"] = events
         self._handles: list = []
         # Width growth: where this slot's layer can be widened (None: it cannot).
-        self.__dict__["widen_site"] = site.widen
+        self.__dict__["widen_site"] = widen
         self.register_buffer("alpha_t", torch.zeros((), device=site.device), persistent=False)
         self.register_buffer("non_finite_acc", torch.zeros((), dtype=torch.int64,
                                                            device=site.device), persistent=False)
@@ -189,6 +200,7 @@ class SeedSlot(nn.Module):
         """DORMANT -> GERMINATED with `seed` (already on the slot's device/dtype), if G0
         passes; raises IllegalTransition or GateRefused otherwise."""
         lifecycle.check_transition(self.stage, S.SEED_STAGE_GERMINATED)
+        self._check_stack_open(step)
         inputs = self._probe(seed, backward=False, step=step)
         inputs.function_preserving_required = function_preserving
         result = gates.g0_germinate(inputs, self.cfg)
@@ -249,6 +261,19 @@ class SeedSlot(nn.Module):
             self.record = SeedRecord(stage=S.SEED_STAGE_DORMANT)
 
     # ---- internals ---------------------------------------------------------------------
+    def _check_stack_open(self, step: int) -> None:
+        """A stacked slot germinates only on top of a fossil: its hook must run after the
+        fossil hooks below it (the order unwrap() composes them in), and a seed grown on a
+        layer whose last seed may still be culled would learn against a moving function."""
+        below = self.below
+        if below is None or below.stage == S.SEED_STAGE_FOSSILIZED:
+            return
+        detail = (f"slot {below.slot_id} below it is {lifecycle.stage_name(below.stage)}; "
+                  f"{self.slot_id} opens once it has fossilized")
+        result = GateResult(level=gates.GateLevel.GATE_LEVEL_G0, passed=False, step=step,
+                            checks=[GateCheck(name="stack_open", passed=False, detail=detail)])
+        raise GateRefused(result, self.slot_id)
+
     def _move(self, target: int, step: int, reason: str, gate: GateResult | None,
               loss: float | None) -> None:
         lifecycle.check_transition(self.stage, target)

@@ -66,7 +66,11 @@ class MorphableModel(nn.Module):
         self.global_step = 0
         self.epoch = 0
         for site in sites:
-            self.esper_slots[slot_key(site.node_id)] = SeedSlot(site.node_id, site, cfg, self)
+            below = None
+            for level in range(1, cfg.slot_depth + 1):  # a stack: each level on the one below
+                slot_id = lifecycle.stacked_slot_id(site.node_id, level)
+                below = SeedSlot(slot_id, site, cfg, self, below=below)
+                self.esper_slots[slot_key(slot_id)] = below
         # The slots as a plain list, for the per-step loop (no nn.Module attribute lookup).
         self._slot_list = list(self.esper_slots.values())
         self._register_state_dict_hook(_strip_host_prefix)
@@ -280,6 +284,10 @@ def wrap(model: nn.Module, slots: SlotChoice = None, *, example_input: object = 
     names = _choose(model, slots)
     if len({slot_key(n) for n in names}) != len(names):
         raise ValueError("two slot ids collide after replacing '.' with '__'")
+    stacked = [n for n in names if lifecycle.STACK_SEPARATOR in n]
+    if stacked:  # `fc1@2` names the second slot of fc1's stack
+        raise ValueError(f"slot {stacked[0]!r}: module names with "
+                         f"{lifecycle.STACK_SEPARATOR!r} cannot host slots")
     seen = observe_shapes(model, names, example_input) if example_input is not None else {}
     widenable = find_widen_sites(model, names, example_input)
     sites = []

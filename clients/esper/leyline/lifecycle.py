@@ -98,3 +98,33 @@ def next_stage(current: int) -> int | None:
         if target != S.SEED_STAGE_CULLED:
             return target
     return None
+
+
+# ---- slots that stack -------------------------------------------------------------------
+# Several slots may follow one graph node (ModelGraph.slots entries with the same node_id):
+# they stack in the order the graph lists them, each seed growing on top of the function
+# of the fossils below it. A stacked slot opens once every slot below it has fossilized;
+# until then it stays DORMANT and refuses germination.
+STACK_SEPARATOR = "@"
+
+
+def stacked_slot_id(node_id: str, level: int) -> str:
+    """The id of the `level`-th slot (1-based) after `node_id`: `fc1`, `fc1@2`, ..."""
+    return node_id if level == 1 else f"{node_id}{STACK_SEPARATOR}{level}"
+
+
+def stack_blockers(slots, stage_of) -> dict[str, str]:
+    """slot id -> the slot below it that has not fossilized, for every slot that may not
+    germinate yet because of its stack. `slots` are SlotInfo-like (slot_id, node_id) in
+    graph order; `stage_of(slot_id)` is the slot's seed stage."""
+    below: dict[str, str] = {}  # node -> the highest slot seen so far
+    blocked: dict[str, str] = {}
+    for slot in slots:
+        prev = below.get(slot.node_id)
+        if prev is not None:
+            if prev in blocked:
+                blocked[slot.slot_id] = blocked[prev]
+            elif stage_of(prev) != S.SEED_STAGE_FOSSILIZED:
+                blocked[slot.slot_id] = prev
+        below[slot.node_id] = slot.slot_id
+    return blocked

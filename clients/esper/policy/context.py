@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from esper.leyline.lifecycle import LIVE_STAGES
+from esper.leyline.lifecycle import LIVE_STAGES, stack_blockers
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph, SlotInfo, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
@@ -112,6 +112,19 @@ class PolicyContext:
         if seed is None:
             return False
         return seed.stage == _EMBARGOED or seed.embargo_until_step > self.step
+
+    def stack_blocker(self, slot_id: str) -> str | None:
+        """The slot below `slot_id` in its layer's stack that has not fossilized (the slot
+        stays closed until it has), or None."""
+        return stack_blockers(self.graph.slots, self.stage_of).get(slot_id)
+
+    def open_slots(self) -> list[SlotInfo]:
+        """Slots a seed may germinate in now: dormant, outside embargo, and not stacked on
+        a slot that has not fossilized yet."""
+        blocked = stack_blockers(self.graph.slots, self.stage_of)
+        return [s for s in self.graph.slots
+                if s.slot_id not in blocked and self.stage_of(s.slot_id) == _DORMANT
+                and not self.is_embargoed(s.slot_id)]
 
     def health_of(self, slot: SlotInfo) -> LayerHealth | None:
         """The LayerHealth reported for a slot (by slot id, else by the node it follows)."""

@@ -277,9 +277,9 @@ class HeuristicPolicy:
         blocked = self._growth_blocker(ctx)
         if blocked:
             return self._wait(), CONFIDENCE_WAIT, blocked
-        slots = self._open_slots(ctx)
+        slots = ctx.open_slots()
         if not slots:
-            return self._wait(), CONFIDENCE_WAIT, "plateau, but no dormant slot outside embargo"
+            return self._wait(), CONFIDENCE_WAIT, "plateau, but no open slot (dormant, outside embargo, not stacked on a live seed)"
         unavailable = ctx.candidates.unavailable_reason
         if unavailable:
             return self._wait(), CONFIDENCE_WAIT, f"plateau, but no germination: {unavailable}"
@@ -314,13 +314,6 @@ class HeuristicPolicy:
         if left == 0:
             return "plateau, but the parameter budget is spent"
         return None
-
-    @staticmethod
-    def _open_slots(ctx: PolicyContext) -> list[SlotInfo]:
-        return [
-            s for s in ctx.graph.slots
-            if ctx.stage_of(s.slot_id) == S.SEED_STAGE_DORMANT and not ctx.is_embargoed(s.slot_id)
-        ]
 
     def _best_candidate(
         self, ctx: PolicyContext, slot: SlotInfo, check: budgeting.BudgetCheck, refusals: list[str]

@@ -38,6 +38,9 @@ def germinate_violation(
         return f"slot {slot.slot_id} is not dormant"
     if ctx.is_embargoed(slot.slot_id):
         return f"slot {slot.slot_id} is embargoed"
+    below = ctx.stack_blocker(slot.slot_id)
+    if below is not None:
+        return f"slot {slot.slot_id} opens once slot {below} below it has fossilized"
     if max_live and ctx.live_seed_count() >= max_live:
         return f"{ctx.live_seed_count()} live seeds already (limit {max_live})"
     offered = [

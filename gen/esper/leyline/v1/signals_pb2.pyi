@@ -317,7 +317,11 @@ class ModelGraph(_message.Message):
 
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotInfo]:
-        """The seed slots."""
+        """The seed slots. Several slots may follow one node (the same node_id): they stack in
+        the order listed here, each seed growing on the output of the fossils below it, and a
+        stacked slot may germinate only once every slot below it is FOSSILIZED. Slot ids of a
+        stack are `<node>`, `<node>@2`, `<node>@3`, ... (Kasmina's KasminaConfig.slot_depth).
+        """
 
     def __init__(
         self,
