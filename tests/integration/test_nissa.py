@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import io
 import math
-import time
 import urllib.request
 import uuid
 
@@ -30,6 +29,7 @@ from esper.rpc.channels import ChannelSecurity
 from esper.rpc.clients import NissaClient
 from esper.rpc.errors import ServiceError
 from esper.runtime.server import start_server
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 STAGE = lifecycle_pb2
@@ -129,15 +129,6 @@ async def _publish(bootstrap: str, events) -> None:
     assert producer.stats().dropped == 0
 
 
-async def _wait_for(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.2)
-
-
 async def _counts(dsn: str, run: str) -> tuple[int, int]:
     """(events of the run stored, events the run counts), both without the alert events
     Nissa itself publishes about the run."""
@@ -175,7 +166,7 @@ async def test_run_history_restart_and_redelivery(
     running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group, ingest_workers))
     try:
         await _publish(kafka_bootstrap, first_half)
-        assert await _wait_for(lambda: _has_count(fresh_database, run, 20))
+        assert await eventually(lambda: _has_count(fresh_database, run, 20))
     finally:
         await running.stop(0)
 
@@ -183,7 +174,7 @@ async def test_run_history_restart_and_redelivery(
     running = await start_server(SPEC, _config(fresh_database, kafka_bootstrap, group, ingest_workers))
     total = len(first_half) + len(rest)
     try:
-        assert await _wait_for(lambda: _has_count(fresh_database, run, total))
+        assert await eventually(lambda: _has_count(fresh_database, run, total))
         summary = await _summary(running.address, run)
         cli = await asyncio.to_thread(_cli_outputs, running.address, run, tmp_path / "run.png")
         metrics = await asyncio.to_thread(_scrape, running.metrics_port)
@@ -224,7 +215,7 @@ async def test_run_history_restart_and_redelivery(
     markers = _run_events(run)[27:]  # a snapshot and one event of every other kind
     try:
         await _publish(kafka_bootstrap, markers)
-        await _wait_for(lambda: _has_count(fresh_database, run, total + len(markers)))
+        await eventually(lambda: _has_count(fresh_database, run, total + len(markers)))
     finally:
         await running.stop(0)
     assert await _counts(fresh_database, run) == (total + len(markers),) * 2
@@ -281,7 +272,7 @@ async def test_alerts_live_tail_and_hostile_inputs(fresh_database, kafka_bootstr
                 page = await stub.ListAlerts(nissa_pb2.ListAlertsRequest(run_id=run))
                 return [a for a in page.alerts if a.rule == "nan_in_training"]
 
-            alerts = await _wait_for(nan_alerts)
+            alerts = await eventually(nan_alerts)
             assert len(alerts) == 1 and alerts[0].severity == telemetry_pb2.SEVERITY_CRITICAL
             acked = await stub.AcknowledgeAlert(
                 nissa_pb2.AcknowledgeAlertRequest(alert_id=alerts[0].alert_id)

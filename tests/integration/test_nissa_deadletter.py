@@ -3,7 +3,6 @@ good event of a batch, moves what it cannot decode or store to `esper.deadletter
 the reason and where it came from, commits past it and keeps ingesting — also when a
 record batch is a compression bomb, which is refused without being inflated."""
 
-import asyncio
 import time
 import tracemalloc
 import uuid
@@ -25,6 +24,7 @@ from esper.oona.deadletter import (
 )
 from esper.oona.inflate import MAX_INFLATED_BATCH_BYTES
 from esper.oona.topics import DEADLETTER, TOPICS_BY_NAME, TopicSpec, ensure_topics
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,15 +74,6 @@ async def _stored(dsn: str, run: str) -> list[int]:
         await conn.close()
 
 
-async def _wait_for(predicate, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.2)
-
-
 async def _dead_letters(bootstrap: str, topic: str, count: int, where=None) -> list[dict]:
     """The first `count` dead letters of `topic` (headers, plus the value as "value") for
     which `where(letter)` holds."""
@@ -122,7 +113,7 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_is_stored(
     await _send(kafka_bootstrap, topic, values)
     ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
     try:
-        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 2]))
+        assert await eventually(lambda: _stored_is(fresh_database, run, [1, 2]))
         letters = await _dead_letters(kafka_bootstrap, topic, 2)
         by_offset = {int(letter["offset"]): letter for letter in letters}
         assert by_offset[1]["code"] == CODE_UNSTORABLE
@@ -133,7 +124,7 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_is_stored(
         assert by_offset[2]["value"] == values[2]
         # The ingest goes on after them.
         await _send(kafka_bootstrap, topic, [_event_value(_snapshot(run, 3))])
-        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 2, 3]))
+        assert await eventually(lambda: _stored_is(fresh_database, run, [1, 2, 3]))
         assert not ingestor.task.done()
         assert ingestor.dead_lettered == 2
     finally:
@@ -151,7 +142,7 @@ async def test_a_compression_bomb_is_dead_lettered_without_being_inflated(
     try:
         ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
         try:
-            assert await _wait_for(lambda: _stored_is(fresh_database, run, [1]))
+            assert await eventually(lambda: _stored_is(fresh_database, run, [1]))
             _, peak = tracemalloc.get_traced_memory()
             assert peak < MEMORY_CEILING, f"the ingest allocated {peak} bytes"
             assert not ingestor.task.done()
@@ -200,7 +191,7 @@ async def test_nissa_ingest_workers_dead_letter_a_poison_event_and_count_it(
                     poison = sent
         finally:
             await producer.stop()
-        assert await _wait_for(lambda: _stored_is(fresh_database, run, [1, 3]))
+        assert await eventually(lambda: _stored_is(fresh_database, run, [1, 3]))
         ours = await _dead_letters(kafka_bootstrap, TELEMETRY_TRAINING, 1, lambda x: (
             x["partition"], x["offset"]) == (str(poison.partition), str(poison.offset)))
         assert len(ours) == 1 and ours[0]["code"] == CODE_UNSTORABLE
@@ -209,7 +200,7 @@ async def test_nissa_ingest_workers_dead_letter_a_poison_event_and_count_it(
         async def counted() -> bool:
             return dead_lettered() >= before + 1
 
-        assert await _wait_for(counted, 10)  # forwarded by the worker to the server
+        assert await eventually(counted, 10)  # forwarded by the worker to the server
     finally:
         await running.stop()
 
@@ -231,7 +222,7 @@ async def test_a_batch_postgresql_refuses_is_bisected_to_the_event_at_fault(
     ingestor, pool = await _ingestor(fresh_database, kafka_bootstrap, topic)
     try:
         good = [step for step in steps if step != 7]
-        assert await _wait_for(lambda: _stored_is(fresh_database, run, good))
+        assert await eventually(lambda: _stored_is(fresh_database, run, good))
         (letter,) = await _dead_letters(kafka_bootstrap, topic, 1)
         assert letter["code"] == CODE_UNSTORABLE and letter["offset"] == "6"
         assert letter["reason"].startswith("PostgreSQL refused it:")

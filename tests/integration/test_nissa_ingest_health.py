@@ -3,8 +3,6 @@ its health (esper_nissa_ingest_stuck, esper_nissa_ingest_stalled_seconds) turns 
 once the batch has failed for long enough; the batch is stored when the database is
 back, and the health recovers."""
 
-import asyncio
-import time
 import uuid
 
 import pytest
@@ -15,18 +13,10 @@ from esper.nissa.alerts import AlertRules
 from esper.nissa.db import open_database
 from esper.nissa.health import IngestHealth
 from esper.nissa.ingest import Ingestor
+from tests.fixtures.waiting import until
 from tests.integration.test_nissa_deadletter import _event_value, _send, _stored, _topic
 
 pytestmark = pytest.mark.integration
-
-
-async def _until(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
 
 
 def _snapshot(run: str, step: int):
@@ -48,15 +38,15 @@ async def test_an_ingest_without_its_database_reports_stuck_then_recovers(
     await ingestor.start()
     try:
         await _send(kafka_bootstrap, topic, [_event_value(_snapshot(run, 1))])
-        assert await _until(lambda: ingestor.ingested == 1)
+        assert await until(lambda: ingestor.ingested == 1)
         assert not health.stuck
         await pool.close()  # the database is gone for this ingest
         await _send(kafka_bootstrap, topic, [_event_value(_snapshot(run, 2))])
-        assert await _until(lambda: health.stuck), "a held batch never made the ingest stuck"
+        assert await until(lambda: health.stuck), "a held batch never made the ingest stuck"
         assert health.stalled_s >= 1.0
         ingestor.pool = await open_database(fresh_database, 10)  # back
-        assert await _until(lambda: ingestor.ingested == 2)
-        assert await _until(lambda: not health.stuck)
+        assert await until(lambda: ingestor.ingested == 2)
+        assert await until(lambda: not health.stuck)
         assert await _stored(fresh_database, run) == [1, 2]
     finally:
         await ingestor.stop()

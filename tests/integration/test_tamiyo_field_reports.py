@@ -6,7 +6,6 @@ not retried."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from esper.runtime.server import start_server
 from esper.tamiyo import urza_candidates
 from esper.tamiyo.urza_candidates import UrzaCandidates
 from esper.urza import service as urza_service
+from tests.fixtures.waiting import until
 from tests.integration.test_urza import urza_config
 
 pytestmark = pytest.mark.integration
@@ -28,15 +28,6 @@ def _report(seed_id: str, stage=lifecycle_pb2.SEED_STAGE_FOSSILIZED) -> telemetr
     return telemetry_pb2.FieldReport(run_id="run-retry", seed_id=seed_id, blueprint_ref=BLUEPRINT,
                                      final_stage=stage, val_accuracy_before=0.5,
                                      val_accuracy_after=0.6)
-
-
-async def _until(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
 
 
 async def test_field_reports_are_retried_until_urza_is_back_and_recorded_once(
@@ -51,15 +42,15 @@ async def test_field_reports_are_retried_until_urza_is_back_and_recorded_once(
         running = await start_server(urza_service.SPEC, urza_config(
             fresh_database, fresh_bucket, kafka_bootstrap, port=port))
         try:
-            assert await _until(lambda: forwarder.reports_recorded == 1)
+            assert await until(lambda: forwarder.reports_recorded == 1)
             # The same report again (as after an answer lost on the way back): recorded once.
             forwarder.forward_field_report(_report("seed-1"))
-            assert await _until(lambda: forwarder.reports_recorded == 2)
+            assert await until(lambda: forwarder.reports_recorded == 2)
             async with UrzaClient(running.address, security=ChannelSecurity()) as urza:
                 assert (await urza.get_blueprint(BLUEPRINT)).times_used == 1
             # A refusal (no final stage) is not retried.
             forwarder.forward_field_report(_report("seed-2", lifecycle_pb2.SEED_STAGE_UNSPECIFIED))
-            assert await _until(lambda: forwarder.reports_lost == 1)
+            assert await until(lambda: forwarder.reports_lost == 1)
             assert forwarder.reports_recorded == 2
         finally:
             await running.stop(0)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import asyncpg
 import pytest
@@ -17,6 +16,7 @@ from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.urza import db as dbmod
 from esper.urza import events as events_mod
 from esper.urza.events import NOTIFY_CHANNEL, CatalogFeed, record_event
+from tests.fixtures.waiting import until
 
 pytestmark = pytest.mark.integration
 WATCHERS = 200
@@ -37,15 +37,6 @@ class CountingDatabase(dbmod.Database):
         self.acquired += 1
         async with super().acquire() as conn:
             yield conn
-
-
-async def _until(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def _other_process_change(dsn: str, ref: str, *, notify: bool = True) -> None:
@@ -94,7 +85,7 @@ async def test_many_watchers_share_one_listener_and_every_change_reaches_each(
 
     tasks = [asyncio.create_task(watch(into)) for into in seen]
     try:
-        assert await _until(lambda: subscribed == WATCHERS)
+        assert await until(lambda: subscribed == WATCHERS)
         await asyncio.sleep(0.5)  # the tail's first look, the watchers' first wait
         assert await _listeners(fresh_database) == 1
 
@@ -107,13 +98,13 @@ async def test_many_watchers_share_one_listener_and_every_change_reaches_each(
         refs = [f"BP-FAN-{i}@1.0.0" for i in range(3)]
         for ref in refs:
             await _other_process_change(fresh_database, ref)
-        assert await _until(lambda: all(s == refs for s in seen)), "a watcher missed a change"
+        assert await until(lambda: all(s == refs for s in seen)), "a watcher missed a change"
         # One tail read (or a few, as the NOTIFYs arrive) per change, not one per watcher.
         assert db.acquired - before <= 2 * len(refs)
 
         # A change whose NOTIFY never came is found by the tail's safety poll.
         await _other_process_change(fresh_database, "BP-QUIET@1.0.0", notify=False)
-        assert await _until(lambda: all(s[-1:] == ["BP-QUIET@1.0.0"] for s in seen), 15)
+        assert await until(lambda: all(s[-1:] == ["BP-QUIET@1.0.0"] for s in seen), 15)
     finally:
         for task in tasks:
             task.cancel()
