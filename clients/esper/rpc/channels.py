@@ -99,13 +99,18 @@ class ChannelSecurity:
 def open_channel(address: str, *, security: ChannelSecurity | None = None, aio: bool = True,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, keepalive_s: float = KEEPALIVE_S,
                  retry_attempts: int = RETRY_ATTEMPTS):
-    """A channel to the Esper service at `address` (HOST:PORT): `grpc.aio.Channel` by
-    default, a blocking `grpc.Channel` with `aio=False`."""
-    if not address or ":" not in address:
-        raise ChannelConfigError(f"address must be HOST:PORT, got {address!r}")
+    """A channel to the Esper service at `address`: HOST:PORT, or several replicas of it —
+    an address list (`127.0.0.1:7001,127.0.0.1:7002`, or gRPC's `ipv4:`/`ipv6:` form) or a
+    DNS name with several addresses (`dns:///tamiyo.internal:50051`), called round robin
+    (a replica that is down is skipped). `grpc.aio.Channel` by default, a blocking
+    `grpc.Channel` with `aio=False`."""
+    target, hosts = parse_target(address)
     security = security if security is not None else ChannelSecurity.from_env()
-    security.check(address)
-    options = channel_options(security, max_message_bytes, keepalive_s, retry_attempts)
+    for host in hosts:
+        security.check(host)
+    options = channel_options(security, max_message_bytes, keepalive_s, retry_attempts,
+                              balanced=target != address or target.startswith(TARGET_SCHEMES))
+    address = target
     if aio:
         interceptors = [*client_interceptors(), *aio_token_interceptors(security.token)]
         if security.tls:
@@ -120,35 +125,83 @@ def open_channel(address: str, *, security: ChannelSecurity | None = None, aio: 
 
 
 def channel_options(security: ChannelSecurity, max_message_bytes: int, keepalive_s: float,
-                    retry_attempts: int) -> list[tuple[str, object]]:
+                    retry_attempts: int, balanced: bool = False) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
         ("grpc.enable_retries", 1 if retry_attempts > 1 else 0),
-        ("grpc.service_config", service_config(retry_attempts)),
+        ("grpc.service_config", service_config(retry_attempts, balanced)),
     ]
     if security.server_name:
         options.append(("grpc.ssl_target_name_override", security.server_name))
     return options
 
 
-def service_config(retry_attempts: int) -> str:
+def service_config(retry_attempts: int, balanced: bool = False) -> str:
     """gRPC's service config: UNAVAILABLE (no server reached) retried with backoff, for
-    every method of every service. gRPC never retries once a response has started."""
-    if retry_attempts <= 1:
-        return json.dumps({"methodConfig": [{"name": [{}]}]})
-    return json.dumps({"methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {
-            "maxAttempts": min(retry_attempts, 5),  # gRPC caps attempts at 5
-            "initialBackoff": f"{RETRY_INITIAL_BACKOFF_S}s",
-            "maxBackoff": f"{RETRY_MAX_BACKOFF_S}s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]})
+    every method of every service (gRPC never retries once a response has started); with
+    `balanced`, calls spread round robin over every address the target names."""
+    config: dict[str, object] = {"methodConfig": [{"name": [{}]}]}
+    if retry_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": min(retry_attempts, 5),  # gRPC caps attempts at 5
+                "initialBackoff": f"{RETRY_INITIAL_BACKOFF_S}s",
+                "maxBackoff": f"{RETRY_MAX_BACKOFF_S}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)
+
+
+# gRPC target schemes an address may carry: several addresses (`ipv4:`, `ipv6:`, comma
+# separated) or a DNS name resolved to all its addresses (`dns:`).
+TARGET_SCHEMES = ("ipv4:", "ipv6:", "dns:")
+
+
+def parse_target(address: str) -> tuple[str, list[str]]:
+    """The gRPC target of `address` and the HOST:PORT of each server it names (for the
+    security checks). A plain list `a:1,b:2` of IP addresses becomes gRPC's `ipv4:`/`ipv6:`
+    form; a list of names is refused (gRPC resolves one name per target: use `dns:///NAME:PORT`
+    with several DNS records instead)."""
+    if not address or ":" not in address:
+        raise ChannelConfigError(f"address must be HOST:PORT (or a list of them), got {address!r}")
+    scheme = next((s for s in TARGET_SCHEMES if address.startswith(s)), "")
+    body = address[len(scheme):]
+    if scheme == "dns:":
+        hostport = body[2:].split("/", 1)[1] if body.startswith("//") else body  # dns://AUTHORITY/NAME
+        _check_hostport(address, hostport)
+        return address, [hostport]
+    hosts = [h.strip() for h in body.split(",")]
+    for host in hosts:
+        _check_hostport(address, host)
+    if scheme or len(hosts) == 1:
+        return (address if scheme else hosts[0]), hosts
+    families = {_ip_family(h) for h in hosts}
+    if len(families) != 1 or None in families:
+        raise ChannelConfigError(
+            f"{address!r}: an address list must be all IPv4 or all IPv6 addresses "
+            "(for names, use dns:///NAME:PORT with one DNS record per replica)")
+    return f"{families.pop()}:{','.join(hosts)}", hosts
+
+
+def _check_hostport(address: str, hostport: str) -> None:
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ChannelConfigError(f"{address!r}: {hostport!r} is not HOST:PORT")
+
+
+def _ip_family(hostport: str) -> str | None:
+    try:
+        return f"ipv{ipaddress.ip_address(hostport.rsplit(':', 1)[0].strip('[]')).version}"
+    except ValueError:
+        return None
 
 
 def is_loopback(address: str) -> bool:

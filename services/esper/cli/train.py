@@ -67,10 +67,15 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.snapshot_every is not None and args.snapshot_every <= 0:
         raise UsageError(f"--snapshot-every must be > 0, got {args.snapshot_every}")
-    for name in ("tamiyo", "urza"):
-        value = getattr(args, name)
-        if value is not None and not _valid_address(value):
-            raise UsageError(f"--{name} must be HOST:PORT, got {value!r}")
+    if args.urza is not None and not _valid_address(args.urza):
+        raise UsageError(f"--urza must be HOST:PORT, got {args.urza!r}")
+    if args.tamiyo is not None:
+        from esper.rpc.channels import ChannelConfigError, parse_target  # grpc loads on demand
+
+        try:  # Tamiyo may run as replicas: an address list or a DNS name (esper.rpc.channels)
+            parse_target(args.tamiyo)
+        except ChannelConfigError as exc:
+            raise UsageError(f"--tamiyo must be HOST:PORT, an address list or dns:///NAME:PORT ({exc})") from None
     if args.kafka is not None and not all(_valid_address(a) for a in args.kafka.split(",")):
         raise UsageError(f"--kafka must be HOST:PORT[,HOST:PORT...], got {args.kafka!r}")
     if args.static and args.tamiyo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esper.runtime.config import ConfigError, ServerConfig, check_address, check_choice
+from esper.runtime.config import ConfigError, ServerConfig, check_address, check_choice, check_url
 from esper.runtime.settings import KafkaSettings, UrzaClientSettings
 
 POLICY_NAMES = ("heuristic", "gnn")
@@ -77,6 +77,12 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     # Field reports one identity may send per minute on its sessions (beyond: dropped
     # with a `quota_exceeded` SessionWarning).
     field_reports_per_minute: int = 120
+    # asyncpg DSN of the database that keeps every run's state (schema `tamiyo`), shared by
+    # all replicas: a session resumes on any of them, and a restarted one forgets nothing.
+    # Empty: runs are kept in this process only (one replica; a restart forgets them).
+    postgres_dsn: str = ""
+    # Seconds to wait for that database at start before failing fast.
+    postgres_connect_timeout: float = 5.0
 
     def validate(self) -> None:
         super().validate()
@@ -112,6 +118,10 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             load_heuristic_config(self.heuristic_config)
         if self.tezzeret_address:
             check_address("tezzeret_address", self.tezzeret_address)
+        if self.postgres_dsn:
+            check_url("postgres_dsn", self.postgres_dsn, ("postgresql", "postgres"))
+        if not 0 < self.postgres_connect_timeout <= 120:
+            raise ConfigError("postgres_connect_timeout: must be within (0, 120] seconds")
         if self.gnn_artifact_sha256 and len(self.gnn_artifact_sha256) != 64:
             raise ConfigError("gnn_artifact_sha256: must be 64 hex digits")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedState
@@ -65,13 +66,20 @@ class RunState:
     # The identity that opened the run (esper.runtime.auth): only it may resume it.
     owner: str = ANONYMOUS
     max_step_advance: int = DEFAULT_MAX_STEP_ADVANCE
+    # The open this state belongs to, where runs are shared by replicas (run_store.py): a
+    # write holding an older generation than the stored one is refused.
+    generation: int = 0
 
     def check_owner(self, identity: str) -> None:
         """A run is bound to the identity that opened it: anyone else is refused before the
         owner's stream or state is touched."""
         if identity != self.owner:
-            raise PermissionDenied(f"open.run_id: run {self.run_id!r} belongs to another identity; "
-                                   f"{identity!r} may not resume or supersede it")
+            self.denied(self.run_id, identity)
+
+    @staticmethod
+    def denied(run_id: str, identity: str) -> NoReturn:
+        raise PermissionDenied(f"open.run_id: run {run_id!r} belongs to another identity; "
+                               f"{identity!r} may not resume or supersede it")
 
     def reconcile(self, open_: SessionOpen, policy: str) -> None:
         """Adopt the client's view on (re)open."""

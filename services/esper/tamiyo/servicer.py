@@ -69,7 +69,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
             raise DeadlineExceeded(f"open: no open message within {config.open_timeout_s:g} s") from None
         if first is None:
             raise InvalidArgument("message", "the stream ended before open")
-        accept = protocol.open(first)  # OpenRefused carries its status
+        accept = await protocol.open(first)  # OpenRefused carries its status
         yield accept
         assert protocol.run is not None
         superseded = protocol.run.superseded
@@ -102,7 +102,8 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
         iterator = aiter(request_iterator)
         while True:
             try:
-                request = await asyncio.wait_for(anext(iterator), idle)
+                async with asyncio.timeout(idle):  # not wait_for: it starts a task per message
+                    request = await anext(iterator)
             except StopAsyncIteration:
                 break
             except TimeoutError:
@@ -120,6 +121,9 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 return
             try:
                 responses = await protocol.handle(request)
+            except ServiceError as exc:  # superseded on another replica, or the run store is down
+                await out.put(exc)
+                return
             except Exception:
                 log.exception("session message failed", extra={"session_id": protocol.session_id})
                 await out.put(StatusError(grpc.StatusCode.INTERNAL,

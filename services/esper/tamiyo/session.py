@@ -9,6 +9,7 @@ snapshots update the state but no new decision is made.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents
 from esper.tamiyo.policy_registry import PolicyUnavailable
-from esper.tamiyo.runs import RunRegistry, RunState
+from esper.tamiyo.run_store import RunBook
+from esper.tamiyo.runs import RunState
 from esper.tamiyo.validation import (
     InvalidInput,
     Limits,
@@ -52,6 +54,11 @@ DECISIONS = Counter("esper_tamiyo_decisions_total", "Decisions sent on sessions,
                     ["policy", "action"], registry=REGISTRY)
 
 
+@functools.lru_cache(maxsize=64)  # a label lookup hashes and locks per call; the pairs are few
+def _decisions(policy: str, action: str):
+    return DECISIONS.labels(policy=policy, action=action)
+
+
 class OpenRefused(StatusError):
     """The session cannot start; `code` is the gRPC status to answer with."""
 
@@ -59,7 +66,7 @@ class OpenRefused(StatusError):
 @dataclass
 class SessionContext:
     config: TamiyoConfig
-    runs: RunRegistry
+    runs: RunBook
     decider: Decider
     events: DecisionEvents = field(default_factory=lambda: DecisionEvents(None))
     report_quota: RateQuota = field(init=False)
@@ -127,27 +134,15 @@ class SessionProtocol:
             raise OpenRefused(code, f"open.policy: {exc}") from None
         return policy
 
-    def open(self, request: SessionRequest) -> SessionResponse:
+    async def open(self, request: SessionRequest) -> SessionResponse:
         """Accept or resume a run; raises OpenRefused."""
         if request.WhichOneof("message") != "open":
             raise OpenRefused(grpc.StatusCode.INVALID_ARGUMENT,
                               f"message: the first session message must be open, got {request.WhichOneof('message')}")
         open_ = request.open
         policy = self._validate_open(open_)
-        runs = self.shared.runs
-        run = runs.get(open_.run_id)
-        resumed = run is not None
-        identity = caller()
-        if run is None:
-            run = RunState(open_.run_id, open_.graph, open_.capabilities, open_.budget, policy,
-                           owner=identity, max_step_advance=self.shared.config.max_step_advance)
-        else:
-            run.check_owner(identity)  # PERMISSION_DENIED, before anything of the owner's changes
-            run.superseded.set()  # an older stream of this run, if any, ends
-            run.superseded = type(run.superseded)()
-        run.reconcile(open_, policy)
-        run.session_id = self.session_id
-        runs.put(run)
+        run, resumed = await self.shared.runs.open(open_, policy, caller(), self.session_id,
+                                                   self.shared.config.max_step_advance)
         self.run = run
         # Kernels for this run's slots: compiled in the background if Urza has none yet.
         self.shared.decider.supply.ensure(run.graph, run.capabilities)
@@ -177,8 +172,7 @@ class SessionProtocol:
         if kind == "snapshot":
             return await self._snapshot(run, request)
         if kind == "ack":
-            return self._count(run, run.record_ack(request.ack) if self._same_run(run, request.ack.run_id)
-                               else ("wrong_run", f"ack.run_id {request.ack.run_id!r} is not {run.run_id!r}"))
+            return await self._ack(run, request)
         if kind == "field_report":
             report = request.field_report
             if not self._same_run(run, report.run_id):
@@ -223,12 +217,21 @@ class SessionProtocol:
             if unknown:
                 out += self._count(run, ("unknown_slot", f"snapshot.seeds names unknown slot ids {unknown[:5]}"))
             run.history.record(snapshot)
-            if run.pending(snapshot.step) is not None:
-                return out
-            decision = await self._decide(run, snapshot)
+            decision = None if run.pending(snapshot.step) is not None else await self._decide(run, snapshot)
+            await self.shared.runs.save(run, decision)  # recorded before it is sent: any replica knows it
             if decision is not None:
+                self._announce(run, decision)
                 out.append(SessionResponse(decision=decision))
             return out
+
+    async def _ack(self, run: RunState, request: SessionRequest) -> list[SessionResponse]:
+        ack = request.ack
+        if not self._same_run(run, ack.run_id):
+            return self._count(run, ("wrong_run", f"ack.run_id {ack.run_id!r} is not {run.run_id!r}"))
+        problem = run.record_ack(ack)
+        if problem is None:
+            await self.shared.runs.ack(run, ack)
+        return self._count(run, problem)
 
     async def _decide(self, run: RunState, snapshot) -> object | None:
         try:
@@ -242,8 +245,11 @@ class SessionProtocol:
         if action == "wait":
             return None
         run.issue(decision)
+        return decision
+
+    def _announce(self, run: RunState, decision) -> None:
+        action = decision.WhichOneof("action")
         self.shared.events.decision(run.run_id, decision)
-        DECISIONS.labels(policy=decision.policy_version.split("@")[0], action=action).inc()
+        _decisions(decision.policy_version.split("@")[0], action).inc()
         log.info("decision", extra={"run_id": run.run_id, "decision_id": decision.decision_id,
                                     "action": action, "rationale": decision.rationale})
-        return decision
