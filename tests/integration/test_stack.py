@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -252,3 +253,31 @@ def test_a_server_that_fails_to_start_is_reported_with_its_log(
     # Nothing that this `up` started is left running.
     assert all(s.pid is None for s in status(state_dir))
     assert _processes_mentioning(str(state_dir)) == []
+
+
+def test_cli_up_runs_tamiyo_replicas_behind_one_address_list(state_dir: Path) -> None:
+    result = _esper("up", "--state-dir", str(state_dir), "--tamiyo-replicas", "2")
+    assert result.returncode == 0, result.stderr
+    assert "tamiyo-2" in result.stdout and "2 replicas" in result.stdout
+    statuses = {s.name: s for s in status(state_dir)}
+    assert statuses["tamiyo-2"].health == HEALTHY
+    target = _esper("status", "--state-dir", str(state_dir), "--address", "tamiyo").stdout.strip()
+    assert target == f"{statuses['tamiyo'].address},{statuses['tamiyo-2'].address}"
+    # A run opened on the first replica, which then dies, resumes through the list on the other.
+    asyncio.run(_open(statuses["tamiyo"].address, "run-stack", resumed=False))
+    os.killpg(statuses["tamiyo"].pid, signal.SIGKILL)
+    asyncio.run(_open(target, "run-stack", resumed=True))
+    changing = _esper("up", "--state-dir", str(state_dir), "--tamiyo-replicas", "3")
+    assert changing.returncode == 2 and "esper down" in changing.stderr
+
+
+async def _open(address: str, run_id: str, resumed: bool) -> None:
+    from esper.rpc.channels import ChannelSecurity
+    from esper.rpc.clients import TamiyoClient
+    from tests.integration.test_tamiyo_server import Client, open_message
+
+    async with TamiyoClient(address, security=ChannelSecurity()) as tamiyo:
+        client = Client(tamiyo.stub)
+        await client.send(open=open_message(run_id))
+        assert (await client.next("accept")).accept.resumed is resumed
+        await client.close()

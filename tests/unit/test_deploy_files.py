@@ -122,3 +122,16 @@ def test_compose_bakes_in_no_credential():
     listeners = kafka["KAFKA_LISTENERS"].split(",")
     assert listeners == ["SASL_PLAINTEXT://:9092", "CONTROLLER://localhost:9093"]  # no open client listener
     assert services["postgres"]["environment"]["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+
+
+def test_compose_runs_two_tamiyo_replicas_sharing_runs_in_postgres():
+    services = _compose()
+    tamiyo = services["tamiyo"]
+    assert tamiyo["deploy"]["replicas"] == 2
+    assert tamiyo["environment"]["ESPER_POSTGRES_DSN"].startswith("postgresql://")
+    assert "postgres" in tamiyo["depends_on"]
+    # Every client in the network reaches both replicas through the one name.
+    assert all(s["environment"]["ESPER_TAMIYO_ADDRESS"] == "dns:///tamiyo:50051" for n, s in services.items()
+               if n in ESPER_SERVERS)
+    # One host port per replica.
+    assert tamiyo["ports"] == ["127.0.0.1:50053-50054:50051"]

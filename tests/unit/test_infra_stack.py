@@ -115,3 +115,34 @@ def test_table_lists_every_component() -> None:
         "healthy",
     ]
     assert lines[3].split() == ["urza", "127.0.0.1:7", "-", "stopped"]
+
+
+def test_tamiyo_replicas_get_their_own_ports_and_one_address_list(tmp_path: Path) -> None:
+    from esper.runtime.stack.components import build_stack
+    from esper.runtime.stack.state import server_components
+
+    assert server_components(3) == ("urza", "tezzeret", "tamiyo", "tamiyo-2", "tamiyo-3", "nissa")
+    names = port_names(2)
+    assert "tamiyo-2" in names and "tamiyo-2-metrics" in names and len(names) == 13
+    state = StackState(resolve_ports({}, {}, replicas=2), tamiyo_replicas=2)
+    assert state.tamiyo_target() == f"127.0.0.1:{state.ports['tamiyo']},127.0.0.1:{state.ports['tamiyo-2']}"
+    save_state(tmp_path, state)
+    again = load_state(tmp_path)
+    assert again is not None and again.tamiyo_replicas == 2 and again.ports == state.ports
+    stack = build_stack(tmp_path, again)
+    replica = stack.servers["tamiyo-2"]
+    assert replica.process.spec.argv[-2:] == ["serve", "tamiyo"]  # a replica runs Tamiyo
+    assert replica.process.spec.env["ESPER_TAMIYO_ADDRESS"] == state.tamiyo_target()
+    # Fewer replicas later: the extra replica's ports are dropped.
+    assert "tamiyo-2" not in resolve_ports(state.ports, {}, replicas=1)
+
+
+@pytest.mark.parametrize("value", [0, 17, "two", -1])
+def test_a_bad_replica_count_is_refused(tmp_path: Path, value: object) -> None:
+    from esper.runtime.stack.state import check_replicas
+
+    with pytest.raises(InfraConfigError, match="--tamiyo-replicas: .* must be a whole number from 1 to 16"):
+        check_replicas(value, "--tamiyo-replicas")
+    (tmp_path / "stack.json").write_text(f'{{"tamiyo_replicas": "{value}"}}')
+    with pytest.raises(InfraConfigError, match="tamiyo_replicas"):
+        load_state(tmp_path)

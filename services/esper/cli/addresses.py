@@ -27,6 +27,8 @@ def stack_address(component: str) -> str:
     except Exception:  # noqa: BLE001 - a broken stack file just means "no local stack"
         return ""
     port = state.ports.get(component) if state else None
+    if component == "tamiyo" and port and state is not None:
+        return state.tamiyo_target()  # every replica's address, called round robin
     return f"{STACK_HOST}:{port}" if port else ""
 
 

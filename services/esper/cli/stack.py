@@ -17,11 +17,13 @@ from esper.runtime.infra.paths import log_path
 from esper.runtime.infra.process import tail
 from esper.runtime.stack import HEALTHY, down, format_table, status, up
 from esper.runtime.stack.lifecycle import exited
-from esper.runtime.stack.state import load_state, port_names
+from esper.runtime.stack.state import check_replicas, load_state, port_names
 from esper.runtime.stack.tls import tls_dir
 
 # How often `esper up --foreground` checks that every component is still alive.
 WATCH_INTERVAL_S = 1.0
+# The setting behind `esper up --tamiyo-replicas` (the flag wins).
+REPLICAS_ENV = "ESPER_TAMIYO_REPLICAS"
 # Exit codes: 2 for bad input (argparse's convention), 1 for a failure to start or a
 # component that is not healthy.
 EXIT_USAGE, EXIT_FAILURE = 2, 1
@@ -39,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tls", action=argparse.BooleanOptionalAction, default=None,
         help="mutual TLS and auth between every part, certificates under STATE_DIR/tls "
              "(remembered; --no-tls turns it off; default: as the last up left it)",
+    )
+    up_parser.add_argument(
+        "--tamiyo-replicas", type=int, default=None, metavar="N",
+        help=f"run N Tamiyo processes sharing their runs in PostgreSQL, behind one address list "
+             f"(remembered; default: ${REPLICAS_ENV}, else as the last up left it, else 1)",
     )
     up_parser.add_argument(
         "--port",
@@ -103,9 +110,13 @@ def _guarded(command: str, run: Callable[[argparse.Namespace], int]) -> Callable
 
 def run_up(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args)
-    result = up(state_dir, parse_port_pins(args.port), tls=args.tls)
+    replicas = args.tamiyo_replicas if args.tamiyo_replicas is not None else os.environ.get(REPLICAS_ENV) or None
+    if replicas is not None:
+        replicas = check_replicas(replicas, "--tamiyo-replicas" if args.tamiyo_replicas is not None else REPLICAS_ENV)
+    result = up(state_dir, parse_port_pins(args.port), tls=args.tls, tamiyo_replicas=replicas)
     print(format_table(result.statuses))
     print(security_line(state_dir))
+    print(tamiyo_line(state_dir))
     kept = len(result.statuses) - len(result.started)
     print(
         f"\nstack up in {result.elapsed_s:.1f} s (infrastructure {result.infra_s:.1f} s) "
@@ -162,9 +173,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"no stack under {state_dir} (start one with `esper up`)")
         return EXIT_FAILURE
     if args.address is not None:
-        return _print_address(statuses, args.address)
+        return _print_address(statuses, args.address, state_dir)
     print(format_table(statuses))
     print(security_line(state_dir))
+    print(tamiyo_line(state_dir))
     return 0 if all(s.health == HEALTHY for s in statuses) else EXIT_FAILURE
 
 
@@ -177,11 +189,24 @@ def security_line(state_dir: Path) -> str:
             "esper commands use its admin certificate)")
 
 
-def _print_address(statuses: list, name: str) -> int:
+def tamiyo_line(state_dir: Path) -> str:
+    """Where clients reach Tamiyo: its one address, or the address list of its replicas."""
+    state = load_state(state_dir)
+    if state is None:
+        return ""
+    if state.tamiyo_replicas == 1:
+        return f"tamiyo: 1 replica at {state.tamiyo_target()} (`esper up --tamiyo-replicas N` runs more)"
+    return (f"tamiyo: {state.tamiyo_replicas} replicas sharing runs in PostgreSQL; clients use the address list "
+            f"{state.tamiyo_target()} (round robin; a session resumes on any replica)")
+
+
+def _print_address(statuses: list, name: str, state_dir: Path) -> int:
     by_name = {s.name: s for s in statuses}
     if name not in by_name:
         print(f"esper status: error: --address: unknown component {name!r} "
               f"(choose from {', '.join(by_name)})", file=sys.stderr)
         return EXIT_USAGE
-    print(by_name[name].address)
+    state = load_state(state_dir)
+    # Tamiyo's address is that of all its replicas (the one a client should use).
+    print(state.tamiyo_target() if name == "tamiyo" and state is not None else by_name[name].address)
     return 0

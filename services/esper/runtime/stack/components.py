@@ -1,4 +1,5 @@
-"""The seven processes of the local stack, built from a state dir and its ports."""
+"""The processes of the local stack (seven, and one more per extra Tamiyo replica), built
+from a state dir and its ports."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from esper.runtime.infra.objectstore import ObjectStore
 from esper.runtime.infra.postgres import PostgresServer
 from esper.runtime.infra.process import ManagedProcess
 from esper.runtime.stack.servers import ServerProcess
-from esper.runtime.stack.state import METRICS_SUFFIX, SERVER_NAMES, StackState
+from esper.runtime.stack.state import METRICS_SUFFIX, SERVER_NAMES, StackState, service_of
 from esper.runtime.stack.tls import probe_security, server_env
 
 
@@ -70,6 +71,7 @@ def connection_settings(state: StackState, postgres: PostgresServer, broker: Bro
     }
     for name in SERVER_NAMES:
         settings[f"ESPER_{name.upper()}_ADDRESS"] = f"127.0.0.1:{state.ports[name]}"
+    settings["ESPER_TAMIYO_ADDRESS"] = state.tamiyo_target()
     return settings
 
 
@@ -82,7 +84,8 @@ def build_stack(state_dir: Path, state: StackState) -> Stack:
     probe = probe_security(state_dir, state.tls)
     servers = {
         name: ServerProcess(state_dir, name, ports[name], ports[name + METRICS_SUFFIX],
-                            {**settings, **server_env(state_dir, name, state.tls)}, security=probe)
-        for name in SERVER_NAMES
+                            {**settings, **server_env(state_dir, service_of(name), state.tls)},
+                            security=probe, service=service_of(name))
+        for name in state.servers
     }
     return Stack(state_dir, state, postgres, broker, objectstore, servers)

@@ -22,8 +22,8 @@ from esper.runtime.infra.process import read_pid_file
 from esper.runtime.stack.components import Component, Stack, build_stack
 from esper.runtime.stack.state import (
     INFRA_COMPONENTS,
-    SERVER_NAMES,
     StackState,
+    check_replicas,
     load_state,
     locked,
     port_names,
@@ -54,9 +54,11 @@ class UpResult:
     infra_s: float = 0.0  # until PostgreSQL, the broker and the object store were ready
 
 
-def up(state_dir: Path, ports: Mapping[str, object] | None = None, tls: bool | None = None) -> UpResult:
+def up(state_dir: Path, ports: Mapping[str, object] | None = None, tls: bool | None = None,
+       tamiyo_replicas: int | None = None) -> UpResult:
     """Bring the whole stack up under `state_dir`; see the module docstring. `tls` turns
-    mutual TLS and auth on or off (None: as the last `up` left it)."""
+    mutual TLS and auth on or off, `tamiyo_replicas` sets how many Tamiyo processes share
+    its runs (None: as the last `up` left them)."""
     began = time.monotonic()
     state_dir = prepare_state_dir(state_dir)
     with locked(state_dir):
@@ -65,11 +67,17 @@ def up(state_dir: Path, ports: Mapping[str, object] | None = None, tls: bool | N
         requested = dict(ports or {})
         _refuse_port_changes_while_running(state_dir, state, requested)
         if tls is not None and tls != state.tls:
-            _refuse_tls_change_while_running(state_dir, state, tls)
+            _refuse_change_while_running(state_dir, state, f"the stack is running with TLS {'on' if state.tls else 'off'}",
+                                         f"`esper up {'--tls' if tls else '--no-tls'}`")
             state.tls = tls
+        if tamiyo_replicas is not None and tamiyo_replicas != state.tamiyo_replicas:
+            replicas = check_replicas(tamiyo_replicas, "--tamiyo-replicas")
+            _refuse_change_while_running(state_dir, state, f"Tamiyo runs as {state.tamiyo_replicas} replica(s)",
+                                         f"`esper up --tamiyo-replicas {replicas}`")
+            state.tamiyo_replicas = replicas
         if state.tls:
             ensure_pki(state_dir)
-        state.ports = resolve_ports(state.ports, requested)
+        state.ports = resolve_ports(state.ports, requested, state.tamiyo_replicas)
         save_state(state_dir, state)  # before starting, so `down` finds everything
         stack = build_stack(state_dir, state)
         started: list[str] = []
@@ -78,7 +86,7 @@ def up(state_dir: Path, ports: Mapping[str, object] | None = None, tls: bool | N
             stack.postgres.ensure_database(state.database)
             stack.objectstore.ensure_bucket(state.bucket)
             infra_s = time.monotonic() - began
-            _start_group(stack, SERVER_NAMES, started)
+            _start_group(stack, state.servers, started)
         except BaseException:
             for name in reversed(started):
                 stack.components[name].stop()
@@ -95,9 +103,10 @@ def down(state_dir: Path) -> list[str]:
         stack = _stack_for_inspection(state_dir)
         # The servers drain in parallel (each takes a second or two), then the
         # infrastructure they used stops, in reverse start order.
-        with ThreadPoolExecutor(max_workers=len(SERVER_NAMES)) as pool:
-            servers_stopped = list(pool.map(lambda n: stack.components[n].stop(), SERVER_NAMES))
-        stopped = [name for name, was in zip(SERVER_NAMES, servers_stopped) if was]
+        servers = stack.state.servers
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            servers_stopped = list(pool.map(lambda n: stack.components[n].stop(), servers))
+        stopped = [name for name, was in zip(servers, servers_stopped) if was]
         for name in reversed(INFRA_COMPONENTS):
             if stack.components[name].stop():
                 stopped.append(name)
@@ -133,7 +142,7 @@ def _start_group(stack: Stack, names: tuple[str, ...], started: list[str]) -> No
 def _refuse_port_changes_while_running(
     state_dir: Path, state: StackState, requested: Mapping[str, object]
 ) -> None:
-    for name in (*INFRA_COMPONENTS, *SERVER_NAMES):
+    for name in (*INFRA_COMPONENTS, *state.servers):
         record = read_pid_file(pid_path(state_dir, name))
         if record is None or not record.is_running():
             continue
@@ -150,21 +159,20 @@ def _refuse_port_changes_while_running(
             )
 
 
-def _refuse_tls_change_while_running(state_dir: Path, state: StackState, tls: bool) -> None:
-    for name in SERVER_NAMES:
+def _refuse_change_while_running(state_dir: Path, state: StackState, what: str, command: str) -> None:
+    """A setting every server starts with changes only while none runs."""
+    for name in state.servers:
         record = read_pid_file(pid_path(state_dir, name))
         if record is not None and record.is_running():
-            raise InfraConfigError(
-                f"the stack is running with TLS {'on' if state.tls else 'off'}; run `esper down` "
-                f"before `esper up {'--tls' if tls else '--no-tls'}`")
+            raise InfraConfigError(f"{what}; run `esper down` before {command}")
 
 
 def _stack_for_inspection(state_dir: Path) -> Stack:
     """The stack as recorded; components without a recorded port get a placeholder (their
     pid files still find them)."""
     state = load_state(state_dir) or StackState()
-    ports = {name: state.ports.get(name, 0) for name in port_names()}
-    return build_stack(state_dir, StackState(ports, state.database, state.bucket, state.tls))
+    ports = {name: state.ports.get(name, 0) for name in port_names(state.tamiyo_replicas)}
+    return build_stack(state_dir, StackState(ports, state.database, state.bucket, state.tls, state.tamiyo_replicas))
 
 
 def _statuses(stack: Stack) -> list[ComponentStatus]:

@@ -46,7 +46,10 @@ class ServerProcess(LoopbackProcess):
         metrics_port: int,
         settings: Mapping[str, str],
         security: ChannelSecurity | None = None,
+        service: str | None = None,
     ) -> None:
+        """`name` names the process (its log, pid file, row); `service` the server it runs
+        (default: `name`; Tamiyo's replicas `tamiyo-2`… run `tamiyo`)."""
         self.security = security
         self.state_dir = Path(state_dir)
         self.name = name
@@ -66,7 +69,7 @@ class ServerProcess(LoopbackProcess):
         self.process = ManagedProcess(
             ProcessSpec(
                 name=name,
-                argv=[sys.executable, "-m", "esper.cli.main", "serve", name],
+                argv=[sys.executable, "-m", "esper.cli.main", "serve", service or name],
                 log_path=log_path(self.state_dir, name),
                 pid_path=pid_path(self.state_dir, name),
                 env=env,

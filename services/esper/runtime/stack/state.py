@@ -27,12 +27,41 @@ INFRA_COMPONENTS = ("postgres", "broker", "objectstore")
 SERVER_NAMES = ("urza", "tezzeret", "tamiyo", "nissa")
 # Each server also exposes Prometheus /metrics on its own HTTP port.
 METRICS_SUFFIX = "-metrics"
+# Tamiyo may run as several replicas sharing its runs in PostgreSQL (`esper up
+# --tamiyo-replicas N`); more than a handful only add processes to a laptop.
+MAX_TAMIYO_REPLICAS = 16
 
 
-def port_names() -> tuple[str, ...]:
+def replica_names(replicas: int) -> tuple[str, ...]:
+    """Tamiyo's components: `tamiyo`, then `tamiyo-2` … `tamiyo-N`."""
+    return ("tamiyo", *(f"tamiyo-{i}" for i in range(2, replicas + 1)))
+
+
+def server_components(replicas: int = 1) -> tuple[str, ...]:
+    """The server processes of the stack, in start order (Tamiyo's replicas in its place)."""
+    return tuple(n for name in SERVER_NAMES for n in (replica_names(replicas) if name == "tamiyo" else (name,)))
+
+
+def service_of(component: str) -> str:
+    """The server a component runs (`tamiyo-2` runs `tamiyo`)."""
+    return "tamiyo" if component.startswith("tamiyo") else component
+
+
+def port_names(replicas: int = 1) -> tuple[str, ...]:
     """Every port the stack needs, in the order the table lists components."""
-    servers = tuple(n for name in SERVER_NAMES for n in (name, name + METRICS_SUFFIX))
+    servers = tuple(n for name in server_components(replicas) for n in (name, name + METRICS_SUFFIX))
     return INFRA_COMPONENTS + servers
+
+
+def check_replicas(value: object, what: str) -> int:
+    """A replica count within 1..MAX_TAMIYO_REPLICAS, or InfraConfigError naming `what`."""
+    try:
+        replicas = int(str(value).strip())
+    except ValueError:
+        replicas = 0
+    if not 1 <= replicas <= MAX_TAMIYO_REPLICAS:
+        raise InfraConfigError(f"{what}: {value!r} must be a whole number from 1 to {MAX_TAMIYO_REPLICAS}")
+    return replicas
 
 
 @dataclass
@@ -44,11 +73,21 @@ class StackState:
     bucket: str = DEFAULT_BUCKET
     # Mutual TLS between every part (`esper up --tls`, esper.runtime.stack.tls).
     tls: bool = False
+    # Tamiyo processes behind one address list (`esper up --tamiyo-replicas N`).
+    tamiyo_replicas: int = 1
 
     def to_json(self) -> str:
         body = {"version": STATE_VERSION, "ports": self.ports, "database": self.database,
-                "bucket": self.bucket, "tls": self.tls}  # fmt: skip
+                "bucket": self.bucket, "tls": self.tls, "tamiyo_replicas": self.tamiyo_replicas}  # fmt: skip
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return server_components(self.tamiyo_replicas)
+
+    def tamiyo_target(self) -> str:
+        """The one address of every Tamiyo replica (an address list gRPC calls round robin)."""
+        return ",".join(f"127.0.0.1:{self.ports.get(name, 0)}" for name in replica_names(self.tamiyo_replicas))
 
 
 def load_state(state_dir: Path) -> StackState | None:
@@ -61,16 +100,18 @@ def load_state(state_dir: Path) -> StackState | None:
         raise InfraConfigError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
     if not isinstance(data, dict) or not isinstance(data.get("ports", {}), dict):
         raise InfraConfigError(f"{path}: unexpected content; fix or delete it")
+    replicas = check_replicas(data.get("tamiyo_replicas", 1), f"{path} tamiyo_replicas")
     ports = {
         name: validate_port(value, f"{path} ports.{name}")
         for name, value in data.get("ports", {}).items()
-        if name in port_names()
+        if name in port_names(replicas)
     }
     return StackState(
         ports=ports,
         database=str(data.get("database", DEFAULT_DATABASE)),
         bucket=str(data.get("bucket", DEFAULT_BUCKET)),
         tls=data.get("tls", False) is True,
+        tamiyo_replicas=replicas,
     )
 
 
@@ -81,17 +122,19 @@ def save_state(state_dir: Path, state: StackState) -> None:
     tmp.replace(path)
 
 
-def resolve_ports(saved: Mapping[str, int], requested: Mapping[str, object]) -> dict[str, int]:
+def resolve_ports(saved: Mapping[str, int], requested: Mapping[str, object],
+                  replicas: int = 1) -> dict[str, int]:
     """Requested ports win over saved ones; the rest are allocated free. All distinct."""
-    unknown = sorted(set(requested) - set(port_names()))
+    names = port_names(replicas)
+    unknown = sorted(set(requested) - set(names))
     if unknown:
         raise InfraConfigError(
-            f"unknown port name {unknown[0]!r} (known: {', '.join(port_names())})"
+            f"unknown port name {unknown[0]!r} (known: {', '.join(names)})"
         )
-    ports = dict(saved)
+    ports = {name: port for name, port in saved.items() if name in names}
     ports.update({name: validate_port(value, name) for name, value in requested.items()})
     taken = set(ports.values())
-    for name in port_names():
+    for name in names:
         if name not in ports:
             port = free_port()
             while port in taken:
@@ -99,11 +142,11 @@ def resolve_ports(saved: Mapping[str, int], requested: Mapping[str, object]) -> 
             ports[name] = port
             taken.add(port)
     by_port: dict[int, str] = {}
-    for name in port_names():
+    for name in names:
         other = by_port.setdefault(ports[name], name)
         if other != name:
             raise InfraConfigError(f"{name}: port {ports[name]} is also assigned to {other}")
-    return {name: ports[name] for name in port_names()}
+    return {name: ports[name] for name in names}
 
 
 def prepare_state_dir(state_dir: Path) -> Path:
