@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from esper.cli.main import main
 
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     (["--entry", "no_such_module_xyz:f"], "cannot import"),
     (["--resume", "/nonexistent/ckpt.pt"], "does not exist"),
     (["--snapshot-every", "0"], "--snapshot-every must be > 0"),
+    (["--slot-depth", "0"], "--slot-depth must be in 1..8"),
+    (["--slot-depth", "99"], "--slot-depth must be in 1..8"),
     (["--run-id", "a b"], "--run-id: 'a b' is not a run id"),
     (["--static", "--tamiyo", "127.0.0.1:5"], "--static trains without a policy"),
 ])
@@ -49,6 +52,16 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
     assert "parameters: host 2,570 at attach" in out and "seeds: " in out
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(ckpt)]) == 0
     assert "run cli-run: 2 epochs" in capsys.readouterr().out
+
+
+def test_slot_depth_stacks_slots_on_every_layer(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "run.pt"
+    assert main(["train", "--epochs", "1", "--no-progress", "--slot-depth", "2",
+                 "--run-id", "stacked", "--checkpoint", str(ckpt)]) == 0
+    assert "run stacked: 1 epochs" in capsys.readouterr().out
+    slots = sorted(torch.load(ckpt, weights_only=True)["kasmina"]["slots"])
+    assert slots and len(slots) % 2 == 0
+    assert [s for s in slots if "@" not in s] == [s.removesuffix("@2") for s in slots if "@" in s]
 
 
 def test_static_grows_nothing(capsys) -> None:

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kafka", default=None, metavar="BOOTSTRAP", help="Kafka bootstrap for telemetry")
     p.add_argument("--run-id", default=None)
     p.add_argument("--snapshot-every", type=int, default=None, metavar="STEPS")
+    p.add_argument("--slot-depth", type=int, default=1, metavar="N",
+                   help="seeds that may stack at each slot's layer (slot k opens once "
+                        "slot k-1 has fossilized; default 1)")
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="save after every epoch")
     p.add_argument("--resume", default=None, metavar="PATH", help="continue a checkpointed run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -67,6 +70,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.snapshot_every is not None and args.snapshot_every <= 0:
         raise UsageError(f"--snapshot-every must be > 0, got {args.snapshot_every}")
+    from esper.kasmina.config import MAX_SLOT_DEPTH  # here: `esper` starts without torch
+
+    if not 1 <= args.slot_depth <= MAX_SLOT_DEPTH:
+        raise UsageError(f"--slot-depth must be in 1..{MAX_SLOT_DEPTH}, got {args.slot_depth}")
     if args.urza is not None and not _valid_address(args.urza):
         raise UsageError(f"--urza must be HOST:PORT, got {args.urza!r}")
     if args.tamiyo is not None:
@@ -136,6 +143,7 @@ def _workload(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from esper.kasmina import KasminaConfig
     from esper.tolaria import CheckpointError, TolariaConfig, Trainer
 
     _check(args)
@@ -156,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(model, lambda params: torch.optim.Adam(params, lr=lr), train_loader,
                           val_loader, loss_fn=loss_fn, epochs=args.epochs, policy=policy,
                           config=config, checkpoint_path=args.checkpoint, resume=args.resume,
-                          example_input=example, urza=args.urza)
+                          example_input=example, urza=args.urza,
+                          kasmina=KasminaConfig(slot_depth=args.slot_depth))
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
     print(trainer.fit())  # the run's report: parameters, FLOPs, decisions, each seed's life
