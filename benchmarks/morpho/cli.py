@@ -49,8 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="re-render the .md and .png from the existing JSON")
     p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
-                   help="add the arms of another result (same epochs and data; e.g. an arm run "
-                        "later with --arms X --name other) to --name's JSON, then re-render")
+                   help="add the arms (or hosts) of another result (same epochs and data; e.g. "
+                        "an arm run later with --arms X --name other) to --name's JSON, then "
+                        "re-render")
     return p
 
 
@@ -137,8 +138,9 @@ def merge(result: dict, other: dict) -> str | None:
         if result["config"].get(key) != other["config"].get(key):
             return f"config {key} differs: {result['config'].get(key)} vs {other['config'].get(key)}"
     for host, h in other["hosts"].items():
-        if host not in result["hosts"]:
-            return f"host {host} is not in the result it is merged into"
+        if host not in result["hosts"]:  # a host family measured in a run of its own
+            result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
+            result["config"]["hosts"] = [*result["config"]["hosts"], host]
         target = result["hosts"][host]
         for arm, runs in h["runs"].items():
             target["runs"][arm] = runs

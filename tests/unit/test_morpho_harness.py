@@ -117,3 +117,35 @@ def test_esper_architecture_widens_the_layers_a_width_fossil_widened() -> None:
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     # the plain wider MLP plus a residual block on fc2: what Esper's unwrap() would give
     assert hosts.params(model) == hosts.mlp_params(48, 32) + 8 * 32 * 32 + 5 * 32
+
+
+def test_esper_architecture_nests_stacked_fossils_on_their_layer() -> None:
+    model = _final_architecture([
+        {"slot": "fc1", "node": "fc1", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False},
+        {"slot": "fc1@2", "node": "fc1", "blueprint": "BP-MLP-GELU@1.0.0", "merged": False}])
+    assert type(model.fc1).__name__ == "FossilFossilLinear"  # the second fossil wraps the first
+    one_block = 8 * 32 * 32 + 5 * 32  # the residual block each BP-MLP-GELU fossil adds here
+    assert hosts.params(model) == hosts.mlp_params(32, 32) + 2 * one_block
+    x = torch.randn(3, 1, 28, 28)
+    torch.manual_seed(7)
+    torch.testing.assert_close(model(x), hosts.small("mlp")(x))  # both blocks start at zero
+
+
+def test_merge_adds_a_host_measured_in_a_run_of_its_own() -> None:
+    from morpho.cli import merge
+
+    def result(host: str, command: str) -> dict:
+        run = {"seed": 1, "test_accuracy": 0.8, "flops": {"total": 1.0}, "params": 10,
+               "wall_s": 1.0, "curve": []}
+        return {"config": {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3,
+                           "hosts": [host], "command": command},
+                "hosts": {host: {"runs": {"static-small": [run], "esper": [run]},
+                                 "unavailable": {}, "summary": {}}}}
+
+    mlp, cnn = result("mlp", "a"), result("cnn", "b")
+    assert merge(mlp, cnn) is None
+    assert mlp["config"]["hosts"] == ["mlp", "cnn"] and set(mlp["hosts"]) == {"mlp", "cnn"}
+    assert mlp["hosts"]["cnn"]["summary"]["arms"]["esper"]["seeds"] == 1
+    other = result("char", "c")
+    other["config"]["epochs"] = 12
+    assert "epochs differs" in merge(mlp, other)
