@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 
+import grpc
 import pytest
 import torch
 from opentelemetry import trace
@@ -101,3 +102,39 @@ async def test_tolaria_trace_continues_into_nissa(fresh_database, kafka_bootstra
         assert parent is not None, "a nissa.ingest span without its Tolaria parent"
         assert span.context.trace_id == parent.context.trace_id
     assert sum(s.attributes["esper.events"] for s in ingest) >= STEPS // 2
+
+
+async def test_a_grpc_call_continues_the_callers_trace_into_a_server_span():
+    """The server's one interceptor (esper.runtime.interceptor) starts a SERVER span per
+    RPC, a child of the span the caller made it under, with the status it ended with."""
+    from esper.rpc.channels import ChannelSecurity
+    from esper.rpc.clients import TamiyoClient
+    from esper.rpc.errors import ServiceError
+    from esper.tamiyo import service as tamiyo_service
+    from tests.integration.test_tamiyo_server import tamiyo_config
+
+    exporter = _exporter()
+    running = await start_server(tamiyo_service.SPEC, tamiyo_config(publish_events=False))
+    try:
+        async with TamiyoClient(running.address, security=ChannelSecurity()) as client:
+            with trace.get_tracer("test").start_as_current_span("caller") as caller:
+                await client.list_policies()
+                with pytest.raises(ServiceError):
+                    await client.reload_policy("heuristic")  # INVALID_ARGUMENT
+    finally:
+        await running.stop(0)
+    finished = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    spans = {s.name: s for s in finished if s.kind == trace.SpanKind.SERVER}
+    listed = spans["/esper.leyline.v1.TamiyoService/ListPolicies"]
+    refused = spans["/esper.leyline.v1.TamiyoService/ReloadPolicy"]
+    for span in (listed, refused):  # caller -> the client interceptor's CLIENT span -> the server's
+        client_span = by_id[span.parent.span_id]
+        assert client_span.kind == trace.SpanKind.CLIENT
+        assert client_span.parent.span_id == caller.get_span_context().span_id
+        assert span.context.trace_id == caller.get_span_context().trace_id
+        assert span.attributes["rpc.service"] == "esper.leyline.v1.TamiyoService"
+    assert listed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    assert listed.status.is_ok
+    assert refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not refused.status.is_ok

@@ -1,4 +1,5 @@
-"""Who is calling, and may they: the server interceptor every Esper server runs.
+"""Who is calling, and may they: checked before every RPC by the one server interceptor
+(esper.runtime.interceptor).
 
 Identity. A caller is named by, in this order:
   1. a bearer token (`authorization: Bearer …`, what esper.rpc.channels sends from
@@ -26,10 +27,9 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -212,22 +212,10 @@ def _bearer(metadata: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Identifies and authorises every call before its handler runs; the handler then
-    sees the identity through `caller()`."""
-
-    def __init__(self, policy: AuthPolicy) -> None:
-        self.policy = policy
-
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        return _guard(handler, self.policy, details.method)
-
-
-def _admit(policy: AuthPolicy, method: str, context: grpc.aio.ServicerContext) -> AuthError | None:
-    """Set the caller for this call, or the error to answer with."""
+def admit(policy: AuthPolicy, method: str, context: grpc.aio.ServicerContext) -> AuthError | None:
+    """Identify and authorise the call being served (esper.runtime.interceptor runs this
+    before every handler): set the caller that `caller()` returns, or return the error to
+    answer with."""
     try:
         identity = policy.identify(context.invocation_metadata() or (), context.auth_context() or {})
         policy.authorize(identity, method)
@@ -236,36 +224,3 @@ def _admit(policy: AuthPolicy, method: str, context: grpc.aio.ServicerContext) -
         return exc
     _CALLER.set(identity)
     return None
-
-
-def _guard(handler: grpc.RpcMethodHandler, policy: AuthPolicy, method: str) -> grpc.RpcMethodHandler:
-    if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
-
-        async def unary(request, context):
-            refused = _admit(policy, method, context)
-            if refused is not None:
-                await context.abort(refused.code, str(refused))
-            result = inner(request, context)
-            return await result if inspect.isawaitable(result) else result
-
-        make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler)
-        return make(unary, handler.request_deserializer, handler.response_serializer)
-    inner = handler.unary_stream or handler.stream_stream
-
-    async def stream(request, context):
-        refused = _admit(policy, method, context)
-        if refused is not None:
-            await context.abort(refused.code, str(refused))
-        result = inner(request, context)
-        if hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        else:
-            for item in result:
-                yield item
-
-    make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler)
-    return make(stream, handler.request_deserializer, handler.response_serializer)

@@ -1,13 +1,12 @@
-"""Prometheus metrics: RPC counts and latencies by method and status, and the /metrics HTTP
-endpoint. Every part registers its metrics in prometheus_client's process-wide REGISTRY (the
-one registry per process: Oona's producer and consumer, which also run in the training
-process, use it without depending on the servers' runtime)."""
+"""Prometheus metrics: RPC counts and latencies by method and status (recorded by
+esper.runtime.interceptor), and the /metrics HTTP endpoint. Every part registers its
+metrics in prometheus_client's process-wide REGISTRY (the one registry per process: Oona's
+producer and consumer, which also run in the training process, use it without depending on
+the servers' runtime)."""
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -36,69 +35,24 @@ def _split(method: str) -> tuple[str, str]:
     return service.rsplit(".", 1)[-1], name
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC by final status code and times it."""
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = _split(handler_call_details.method)
-        return _wrap_handler(handler, service, method)
-
-
-def _record(service: str, method: str, start: float, context: Any) -> None:
+def status_name(context: Any) -> str:
+    """The status an RPC ended with, as its name ("OK" when the handler set none)."""
     code = context.code() if hasattr(context, "code") else None
-    name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-    RPC_TOTAL.labels(service, method, name).inc()
-    RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+    return code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
 
 
-async def _aiter(stream: Any):
-    """Iterate a handler's result whether it is an async or a plain generator."""
-    if hasattr(stream, "__aiter__"):
-        async for item in stream:
-            yield item
-    else:
-        for item in stream:
-            yield item
+class RpcMetrics:
+    """One method's count and time. The labelled children are looked up once (a label
+    lookup hashes and locks on every call), when the method is first served."""
 
+    def __init__(self, method: str) -> None:
+        self.service, self.method = _split(method)
+        self._seconds = RPC_SECONDS.labels(self.service, self.method)
+        self._totals: dict[str, Any] = {}
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        inner = handler.unary_unary
-
-        async def unary_unary(request, context):
-            start = time.perf_counter()
-            try:
-                result = inner(request, context)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                _record(service, method, start, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    # Server-streaming and bidirectional handlers differ only in their first argument (a
-    # request or the request iterator): one timed generator serves both.
-    for inner, make in ((handler.unary_stream, grpc.unary_stream_rpc_method_handler),
-                        (handler.stream_stream, grpc.stream_stream_rpc_method_handler)):
-        if inner:
-            return make(_timed_stream(inner, service, method),
-                        handler.request_deserializer, handler.response_serializer)
-    return handler
-
-
-def _timed_stream(inner: Callable[..., Any], service: str, method: str):
-    async def stream(request_or_iterator, context):
-        start = time.perf_counter()
-        try:
-            async for item in _aiter(inner(request_or_iterator, context)):
-                yield item
-        finally:
-            _record(service, method, start, context)
-
-    return stream
+    def record(self, start: float, code: str) -> None:
+        total = self._totals.get(code)
+        if total is None:  # a handful of codes per method: the dict stays small
+            total = self._totals[code] = RPC_TOTAL.labels(self.service, self.method, code)
+        total.inc()
+        self._seconds.observe(time.perf_counter() - start)

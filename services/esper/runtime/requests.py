@@ -1,8 +1,8 @@
 """Every request a server receives is decodable and within the limits, or refused with
-INVALID_ARGUMENT before a servicer sees it.
+INVALID_ARGUMENT before a servicer sees it (checked by esper.runtime.interceptor).
 
 gRPC itself answers bytes that do not parse as the request type with UNKNOWN and logs a
-traceback per request (a cheap log flood). This interceptor swaps each method's request
+traceback per request (a cheap log flood). The interceptor swaps each method's request
 deserializer for one that never raises: an undecodable request becomes `Undecodable`, which
 the wrapped handler refuses with INVALID_ARGUMENT, logging at most once per client per
 minute (a counter counts every one).
@@ -15,7 +15,6 @@ with a SessionWarning; Urza's upload refuses it).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -23,7 +22,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from prometheus_client import REGISTRY, Counter
 
 from esper.runtime.errors import InvalidArgument
@@ -82,41 +80,22 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None, type_name: str
     return parse
 
 
-def _type_name(deserialize: Callable | None, method: str) -> str:
-    # Generated stubs register `Message.FromString`; its class names the request type.
+def request_type_name(deserialize: Callable | None, method: str) -> str:
+    """The request type a method's deserializer makes: generated stubs register
+    `Message.FromString`, whose class names it."""
     owner = getattr(deserialize, "__self__", None)
     descriptor = getattr(owner, "DESCRIPTOR", None)
     return descriptor.full_name if descriptor is not None else f"request of {method}"
 
 
-class RequestGuard(grpc.aio.ServerInterceptor):
-    """Refuses undecodable and out-of-limits requests with INVALID_ARGUMENT."""
+class RequestChecks:
+    """Refuses undecodable and out-of-limits requests with INVALID_ARGUMENT; the one server
+    interceptor (esper.runtime.interceptor) runs these before every handler."""
 
     def __init__(self, limiter: LogLimiter | None = None) -> None:
         self.limiter = limiter or LogLimiter()
 
-    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        parse = safe_deserializer(handler.request_deserializer,
-                                  _type_name(handler.request_deserializer, method))
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), parse, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(handler.unary_stream, method), parse, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._stream_unary(handler.stream_unary, method), parse, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream_stream(handler.stream_stream, method), parse, handler.response_serializer)
-
-    # -- checks -----------------------------------------------------------------------------
-
-    def _refusal(self, request: Any, method: str, context, *, limits: bool) -> InvalidArgument | None:
+    def refusal(self, request: Any, method: str, context, *, limits: bool) -> InvalidArgument | None:
         if isinstance(request, Undecodable):
             REFUSED.labels(method, "undecodable").inc()
             client = client_key(context)
@@ -131,38 +110,10 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 return problem.error()
         return None
 
-    def _unary(self, inner, method: str):
-        async def unary(request, context):
-            refusal = self._refusal(request, method, context, limits=True)
-            if refusal is not None:
-                await context.abort(refusal.code, refusal.message)
-            result = inner(request, context)
-            return await result if inspect.isawaitable(result) else result
-        return unary
-
-    def _unary_stream(self, inner, method: str):
-        async def unary_stream(request, context):
-            refusal = self._refusal(request, method, context, limits=True)
-            if refusal is not None:
-                await context.abort(refusal.code, refusal.message)
-            async for response in _responses(inner(request, context)):
-                yield response
-        return unary_stream
-
-    def _checked(self, requests, method: str, context) -> AsyncIterator[Any]:
-        return _CheckedStream(requests, lambda request: self._refusal(request, method, context, limits=False))
-
-    def _stream_unary(self, inner, method: str):
-        async def stream_unary(requests, context):
-            result = inner(self._checked(requests, method, context), context)
-            return await result if inspect.isawaitable(result) else result
-        return stream_unary
-
-    def _stream_stream(self, inner, method: str):
-        async def stream_stream(requests, context):
-            async for response in _responses(inner(self._checked(requests, method, context), context)):
-                yield response
-        return stream_stream
+    def checked(self, requests, method: str, context) -> AsyncIterator[Any]:
+        """A client stream's messages: undecodable ones raise their refusal; the limits are
+        the servicer's to apply (see the module's docstring)."""
+        return _CheckedStream(requests, lambda request: self.refusal(request, method, context, limits=False))
 
 
 class _CheckedStream:
@@ -184,12 +135,3 @@ class _CheckedStream:
             raise refusal
         return request
 
-
-async def _responses(result) -> AsyncIterator[Any]:
-    """A server-streaming handler's responses, whether it is an async or a plain generator."""
-    if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        for item in result:
-            yield item

@@ -1,6 +1,7 @@
-"""One way to run any Esper gRPC server: health, reflection, tracing and metrics
-interceptors, structured logs, /metrics, and graceful shutdown on SIGTERM/SIGINT
-(health flips to NOT_SERVING first, in-flight RPCs get the grace period to finish).
+"""One way to run any Esper gRPC server: health, reflection, one interceptor for tracing,
+metrics, auth and request checks (esper.runtime.interceptor), structured logs, /metrics,
+and graceful shutdown on SIGTERM/SIGINT (health flips to NOT_SERVING first, in-flight RPCs
+get the grace period to finish).
 
 A service describes itself with a `ServiceSpec`; its `start` coroutine connects its
 dependencies, registers its servicers and returns a `Closer` run at shutdown.
@@ -21,13 +22,12 @@ from grpc_reflection.v1alpha import reflection
 
 from esper.rpc.channels import MAX_MESSAGE_BYTES
 from esper.rpc.tracing import configure_tracing
-from esper.runtime.auth import AuthInterceptor, AuthPolicy
+from esper.runtime.auth import AuthPolicy
 from esper.runtime.config import ConfigError, ServerConfig
+from esper.runtime.interceptor import ServerInterceptor
 from esper.runtime.logs import configure_logging
-from esper.runtime.metrics import MetricsInterceptor, start_metrics_server
-from esper.runtime.requests import RequestGuard
+from esper.runtime.metrics import start_metrics_server
 from esper.runtime.tls import server_credentials
-from esper.runtime.tracing import server_interceptors
 
 log = logging.getLogger("esper.runtime.server")
 
@@ -120,12 +120,11 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
     configure_tracing(spec.name, config.otel_exporter, config.otlp_endpoint)
     try:  # bad security settings fail before anything is connected or bound
         credentials = server_credentials(config)
-        auth = AuthInterceptor(AuthPolicy.from_config(config))
+        interceptor = ServerInterceptor(AuthPolicy.from_config(config))
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     server = grpc.aio.server(
-        # RequestGuard last: it is the innermost, so the others see its safe deserializer.
-        interceptors=[*server_interceptors(), MetricsInterceptor(), auth, RequestGuard()],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
