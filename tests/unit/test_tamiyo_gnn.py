@@ -232,3 +232,47 @@ def test_default_vocabulary_covers_the_builtin_catalogue() -> None:
     builtin = {f"{b.name}@{b.version}" for b in builtin_blueprints()}
     assert builtin <= set(vocab.refs), sorted(builtin - set(vocab.refs))
     assert vocab.version == default_vocabulary().version
+
+
+def _without_identity(decision):
+    """A decision's content: its id and wall-clock issue time are new on every call."""
+    content = type(decision)()
+    content.CopyFrom(decision)
+    content.ClearField("decision_id")
+    content.ClearField("issued_at")
+    return content
+
+
+@pytest.mark.parametrize("config", [ALWAYS, GnnConfig()], ids=["gnn-always", "default-thresholds"])
+def test_batched_decisions_are_exactly_the_unbatched_ones(config) -> None:
+    """decide_batch (one forward over several runs' graphs, as Tamiyo batches sessions)
+    decides exactly as decide does for each run in turn: action, slot, blueprint, kernel,
+    confidence and MC-dropout spread to the last bit, fallbacks included."""
+    rng = random.Random(2024)
+    contexts = [_random_context(rng) for _ in range(30)]
+    contexts += [context(g=graph(100, slot_every=4), candidates=CANDIDATES), context(g=graph(1), candidates=CANDIDATES)]
+    rng.shuffle(contexts)
+    alone, batched = (GnnPolicy(config=config, vocabulary=VOCAB) for _ in range(2))
+    for policy in (alone, batched):
+        _randomise(policy.net, random.Random(5))
+    expected = [alone.decide(ctx) for ctx in contexts]
+    got = [*batched.decide_batch(contexts[:13]), *batched.decide_batch(contexts[13:14]),
+           *batched.decide_batch(contexts[14:])]
+    assert len({d.WhichOneof("action") for d in expected}) > 1  # the batch mixes decisions
+    for e, g in zip(expected, got, strict=True):
+        assert _without_identity(g) == _without_identity(e)
+
+
+def test_batched_inference_computes_the_trained_forward() -> None:
+    """PolicyNet.infer (what decisions use) is `forward` (what Simic trains), graph by graph."""
+    net = PolicyNet(NetworkShape(vocabulary=len(VOCAB))).eval()
+    graphs = [(torch.randn(n, NODE_FEATURES), encode_graph(graph(n)).adjacency) for n in (7, 1, 30)]
+    g = torch.randn(len(graphs), net.shape.global_features)
+    with torch.inference_mode():
+        keeps = net.dropout_keeps([len(x) for x, _ in graphs], torch.Generator().manual_seed(1), passes=5)
+        batched = net.infer(graphs, g, keeps)
+        generator = torch.Generator().manual_seed(1)
+        for i, (x, adjacency) in enumerate(graphs):
+            alone = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5)[:3]
+            for got, expected in zip(batched[i], alone, strict=True):
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)

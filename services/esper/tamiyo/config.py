@@ -66,6 +66,12 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     # torch intra-op threads for the learned policy: its matrices are tiny, so one thread is
     # fastest and leaves the other cores to the event loop and other sessions.
     torch_threads: int = 1
+    # Milliseconds a learned-policy decision waits for others (any session's) to run with
+    # it as one batch, one forward for all; 0: each runs alone as it arrives. Decisions that
+    # arrive while every worker is busy go together in any case (esper.tamiyo.batcher).
+    gnn_batch_window_ms: float = 1.0
+    # Threads the learned policy's batches run on, off the event loop.
+    gnn_workers: int = 1
     # Runs whose state is kept for resumption; the least recently used is forgotten first.
     max_runs: int = 1000
     # Largest step (and sequence) advance between two accepted snapshots of a run; a
@@ -108,6 +114,8 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             ("max_runs_per_owner", 1 <= self.max_runs_per_owner <= 1_000_000),  # capped by max_runs
             ("field_reports_per_minute", 1 <= self.field_reports_per_minute <= 1_000_000),
             ("torch_threads", 1 <= self.torch_threads <= 256),
+            ("gnn_batch_window_ms", 0 <= self.gnn_batch_window_ms <= 100),
+            ("gnn_workers", 1 <= self.gnn_workers <= 256),
         )
         for name, ok in checks:
             if not ok:

@@ -1,6 +1,6 @@
 """One decision: fetch candidates from Urza, build the policy context, run the policy.
-The heuristic runs inline (microseconds); the learned policy runs on one dedicated thread
-(torch never blocks the event loop, and its RNG and caches are used by one thread only).
+The heuristic runs inline (microseconds: a thread hop would cost more); the learned policy
+runs off the event loop, its decisions from all sessions batched (esper.tamiyo.batcher).
 
 When Urza offers no kernel for a slot, the kernel supply is asked (in the background) to
 have Tezzeret compile the suitable built-in blueprints; when no slot has any kernel, the
@@ -8,28 +8,27 @@ policy is told why (compiles pending, or Tezzeret unreachable), so it waits and 
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.policy import PolicyContext, RunHistory
+from esper.tamiyo.batcher import DecisionBatcher
 from esper.tamiyo.kernel_supply import KernelSupply
 from esper.tamiyo.policy_registry import PolicyRegistry
 from esper.tamiyo.urza_candidates import UrzaCandidates
 
 
 class Decider:
-    def __init__(self, policies: PolicyRegistry, urza: UrzaCandidates, supply: KernelSupply | None = None) -> None:
+    def __init__(self, policies: PolicyRegistry, urza: UrzaCandidates, supply: KernelSupply | None = None,
+                 batcher: DecisionBatcher | None = None) -> None:
         self.policies = policies
         self.urza = urza
         self.supply = supply or KernelSupply("", "", 1.0)
-        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamiyo-gnn")
+        self.batcher = batcher or DecisionBatcher(window_s=0.0, workers=1)
 
     def close(self) -> None:
-        self._torch.shutdown(wait=False, cancel_futures=True)
+        self.batcher.close()
 
     async def decide(
         self,
@@ -57,4 +56,4 @@ class Decider:
         )
         if policy is self.policies.heuristic:
             return policy.decide(ctx)
-        return await asyncio.get_running_loop().run_in_executor(self._torch, policy.decide, ctx)
+        return await self.batcher.decide(policy, ctx)

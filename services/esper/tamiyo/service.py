@@ -10,6 +10,7 @@ from esper.oona import OonaProducer
 from esper.policy import HeuristicPolicy
 from esper.runtime.postgres import CONNECTION_ERRORS, MigrationError, redact_dsn
 from esper.runtime.server import Closer, ServiceSpec, StartupError
+from esper.tamiyo.batcher import DecisionBatcher
 from esper.tamiyo.config import TamiyoConfig
 from esper.tamiyo.decider import Decider
 from esper.tamiyo.events import DecisionEvents
@@ -43,7 +44,7 @@ async def start(config: TamiyoConfig, server: grpc.aio.Server) -> Closer:
     urza = UrzaCandidates(config.urza_address, config.urza_timeout_s, config.candidate_cache_s)
     urza.start_watch()
     supply = KernelSupply(config.tezzeret_address, config.urza_address, config.compile_request_timeout_s)
-    decider = Decider(policies, urza, supply)
+    decider = Decider(policies, urza, supply, DecisionBatcher(config.gnn_batch_window_ms / 1000, config.gnn_workers))
     producer = OonaProducer(config.kafka_bootstrap, client_id="esper-tamiyo") if config.publish_events else None
     if producer is not None:
         await producer.start()

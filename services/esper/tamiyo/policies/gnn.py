@@ -1,14 +1,21 @@
 """GnnPolicy: the learned policy. A GCN over the host graph scores actions, slots and
 blueprints; K MC-dropout passes (one batched forward) give mean and spread; the safety mask
 zeroes every illegal choice; a low-confidence or uncertain choice falls back to the heuristic.
+
+`decide_batch` decides for several runs with one forward over their graphs together
+(esper.tamiyo.policies.network.PolicyNet.infer); each decision is exactly the one `decide`
+would make for that run at that point of the batch's order.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from esper.leyline.lifecycle import next_stage
@@ -96,6 +103,10 @@ class GnnPolicy:
         self.net.eval()
         self._graphs: OrderedDict[str, GraphEncoding] = OrderedDict()
         self._generator = torch.Generator().manual_seed(self.config.dropout_seed)
+        # Tamiyo decides on a pool of threads: the encoding cache and the dropout masks'
+        # order (one batch's draws, then the next's) are kept by these.
+        self._graphs_lock = threading.Lock()
+        self._draws = threading.Lock()
 
     @classmethod
     def load(cls, path: str, **kwargs: object) -> GnnPolicy:
@@ -109,12 +120,16 @@ class GnnPolicy:
 
     def encoding(self, ctx: PolicyContext) -> GraphEncoding:
         key = graph_key(ctx.graph)
-        enc = self._graphs.get(key)
-        if enc is None:
-            enc = self._graphs[key] = encode_graph(ctx.graph)
+        with self._graphs_lock:
+            enc = self._graphs.get(key)
+            if enc is not None:
+                self._graphs.move_to_end(key)
+                return enc
+        enc = encode_graph(ctx.graph)  # outside the lock: two threads may both encode, alike
+        with self._graphs_lock:
+            self._graphs[key] = enc
             while len(self._graphs) > GRAPH_CACHE_SIZE:
                 self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
         return enc
 
     def mask(self, ctx: PolicyContext, enc: GraphEncoding) -> SafetyMask:
@@ -127,14 +142,30 @@ class GnnPolicy:
     # -- decision ---------------------------------------------------------------------------
 
     def decide(self, ctx: PolicyContext) -> AdaptationDecision:
-        if len(ctx.graph.nodes) > self.config.max_nodes:
-            return self._fallback(ctx, f"graph has {len(ctx.graph.nodes)} nodes > {self.config.max_nodes}")
-        enc = self.encoding(ctx)
-        if enc.num_nodes == 0:
-            return self._fallback(ctx, "empty model graph")
-        mask = self.mask(ctx, enc)
-        choice = self._choose(ctx, enc, mask)
-        action_index, node, blueprint, confidence, uncertainty = choice
+        return self.decide_batch([ctx])[0]
+
+    def decide_batch(self, contexts: Sequence[PolicyContext]) -> list[AdaptationDecision]:
+        """One decision per context, with one forward for all their graphs."""
+        decisions: list[AdaptationDecision | None] = [None] * len(contexts)
+        work: list[tuple[int, PolicyContext, GraphEncoding, SafetyMask]] = []
+        for i, ctx in enumerate(contexts):
+            if len(ctx.graph.nodes) > self.config.max_nodes:
+                decisions[i] = self._fallback(ctx, f"graph has {len(ctx.graph.nodes)} nodes > {self.config.max_nodes}")
+                continue
+            enc = self.encoding(ctx)
+            if enc.num_nodes == 0:
+                decisions[i] = self._fallback(ctx, "empty model graph")
+                continue
+            work.append((i, ctx, enc, self.mask(ctx, enc)))
+        if work:
+            outputs = self.forward_passes([(ctx, enc) for _, ctx, enc, _ in work])
+            for (i, ctx, enc, mask), logits in zip(work, outputs):
+                decisions[i] = self._decide(ctx, enc, mask, logits)
+        return decisions  # type: ignore[return-value]  # every slot was filled above
+
+    def _decide(self, ctx: PolicyContext, enc: GraphEncoding, mask: SafetyMask,
+                logits: tuple[torch.Tensor, ...]) -> AdaptationDecision:
+        action_index, node, blueprint, confidence, uncertainty = self._choose(mask, *logits)
         if confidence < self.config.min_confidence or uncertainty > self.config.max_uncertainty:
             return self._fallback(ctx, f"low confidence {confidence:.2f} / uncertainty {uncertainty:.2f}")
         action, rationale = self._action(ctx, enc, mask, action_index, node, blueprint)
@@ -153,19 +184,23 @@ class GnnPolicy:
         decision.rationale = f"{self.version} fell back to the heuristic ({why}): {decision.rationale}"
         return decision
 
-    def forward_passes(self, ctx: PolicyContext, enc: GraphEncoding) -> tuple[torch.Tensor, ...]:
-        """K MC-dropout passes in one batched forward: probabilities before masking."""
+    def forward_passes(
+        self, graphs: Sequence[tuple[PolicyContext, GraphEncoding]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """K MC-dropout passes for each graph, all in one forward: per graph the action,
+        slot and blueprint logits before masking."""
         hc, k = self.heuristic.config, max(1, self.config.mc_passes)
-        x = torch.from_numpy(node_features(ctx, enc)).unsqueeze(0)
-        g = torch.from_numpy(global_features(ctx, hc.plateau_patience, hc.plateau_min_delta)).unsqueeze(0)
+        nodes = [(torch.from_numpy(node_features(ctx, enc)), enc.adjacency) for ctx, enc in graphs]
+        g = torch.from_numpy(np.stack([global_features(ctx, hc.plateau_patience, hc.plateau_min_delta)
+                                       for ctx, _ in graphs]))
+        with self._draws:  # one batch's masks at a time, in the order the batches start
+            keeps = self.net.dropout_keeps([enc.num_nodes for _, enc in graphs], self._generator if k > 1 else None, k)
         with torch.inference_mode():
-            out = self.net(x, enc.adjacency, g, self._generator if k > 1 else None, passes=k)
-        return out
+            return self.net.infer(nodes, g, keeps)
 
     def _choose(
-        self, ctx: PolicyContext, enc: GraphEncoding, mask: SafetyMask
+        self, mask: SafetyMask, action_logits: torch.Tensor, slot_logits: torch.Tensor, bp_logits: torch.Tensor,
     ) -> tuple[int, int | None, int | None, float, float]:
-        action_logits, slot_logits, bp_logits, _ = self.forward_passes(ctx, enc)
         a_mask = torch.from_numpy(mask.actions)
         p_action = _masked_softmax(action_logits, a_mask)  # (K, A)
         mean = p_action.mean(0)
