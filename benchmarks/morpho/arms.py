@@ -6,6 +6,7 @@ run after it, within the same seed."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from esper.kasmina.merge import residual_module
 from esper.kasmina.widen import WidenSeed, widened_copy
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.tolaria import TolariaConfig
+from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy, TolariaConfig
 from esper.tolaria.kernels import LOCAL_KERNEL_SEED
 
 from . import hosts
@@ -33,8 +34,8 @@ from .growth import Planned, ScheduledGrowth
 from .loop import LEARNING_RATE, train
 
 # Arms in the order they run within a seed (dependents after "esper").
-ARMS = ("static-small", "esper", "esper-width", "esper-stack", "random", "schedule",
-        "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
+ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-slowdown", "random",
+        "schedule", "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
 # Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
 # reached Esper's total for the seed.
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
@@ -44,6 +45,7 @@ LABELS = {
     "esper": "Esper, heuristic at defaults",
     "esper-width": "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)",
     "esper-stack": "Esper, heuristic, seeds that stack (slot_depth 3)",
+    "esper-slowdown": "Esper, heuristic, also grows on a slowdown (slowdown_ratio 0.25)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
     "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
     "static-final-size": "static, Esper's final parameter count, same epochs",
@@ -60,6 +62,9 @@ RANDOM_TIME_FRACTION = 0.7
 # Slots per layer of the esper-stack arm: deeper than the parameter budget can fill, so the
 # budget and the policy end growth.
 STACK_DEPTH = 3
+# The esper-slowdown arm's HeuristicConfig.slowdown_ratio: grow once the best validation loss
+# gains less per window than a quarter of what it gained in the run's first window.
+SLOWDOWN_RATIO = 0.25
 
 
 class NotAvailable(Exception):
@@ -195,6 +200,13 @@ def run_esper_stack(ctx: Context) -> dict:
     return record
 
 
+def run_esper_slowdown(ctx: Context) -> dict:
+    """Esper whose heuristic also grows on diminishing returns, not only on plateaus."""
+    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=SLOWDOWN_RATIO)
+    record, _ = _grown(ctx, LocalPolicy(config=config))
+    return record
+
+
 def run_random(ctx: Context) -> dict:
     count = len(ctx.esper()["germinations"])
     if ctx.quick:
@@ -281,7 +293,7 @@ def run_learned(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {
     "static-small": static_small, "esper": run_esper, "esper-width": run_esper_width,
-    "esper-stack": run_esper_stack,
+    "esper-stack": run_esper_stack, "esper-slowdown": run_esper_slowdown,
     "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
     "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,

@@ -8,7 +8,7 @@ from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import GateLevel, GateResult, SeedStage
 from esper.policy import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
 from esper.policy.health import health_score
-from esper.policy.plateau import is_plateau
+from esper.policy.plateau import is_plateau, is_slowing
 from tests.unit.test_tamiyo_support import (
     IMPROVING,
     candidate,
@@ -156,6 +156,31 @@ def test_plateau_detection() -> None:
     assert not is_plateau([1.0, 0.9, 0.9, 0.85, 0.9], patience=3, min_delta=0.01)
     assert not is_plateau([1.0, 0.9], patience=3, min_delta=0.01, counter=1)
     assert is_plateau([1.0, 0.9], patience=3, min_delta=0.01, counter=3)
+
+
+def test_slowdown_detection_compares_recent_gains_with_the_first_ones() -> None:
+    slow = [0.77, 0.67, 0.63, 0.62, 0.59, 0.565, 0.56]  # still improving, by less and less
+    assert not is_plateau(slow, patience=2, min_delta=0.01)
+    assert is_slowing(slow, window=2, ratio=0.25)  # 0.03 gained lately against 0.14 early
+    assert not is_slowing(slow, window=2, ratio=0.1)
+    assert not is_slowing(slow[:4], window=2, ratio=0.25)  # too little history
+    assert not is_slowing(slow, window=2, ratio=0.0)  # off
+    assert not is_slowing([0.5, 0.6, 0.7, 0.8, 0.9], window=2, ratio=0.5)  # no early gain
+    assert not is_slowing(IMPROVING, window=2, ratio=0.5)  # steady progress
+    noisy = [1.0, 0.8, 0.7, 0.75, 0.69, 0.72, 0.71]  # one bad epoch is not progress lost
+    assert is_slowing(noisy, window=2, ratio=0.25)
+
+
+def test_the_heuristic_grows_on_a_slowdown_only_when_asked() -> None:
+    slow = [0.77, 0.67, 0.63, 0.62, 0.59, 0.565, 0.56]
+    plateau_only = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, plateau_patience=2))
+    d = plateau_only.decide(context(val_history=slow))
+    assert d.WhichOneof("action") == "wait" and "(no plateau)" in d.rationale
+    slowing = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, plateau_patience=2,
+                                              slowdown_ratio=0.25))
+    assert slowing.decide(context(val_history=slow)).WhichOneof("action") == "germinate"
+    d = slowing.decide(context(val_history=IMPROVING))
+    assert d.WhichOneof("action") == "wait" and "no slowdown" in d.rationale
 
 
 def test_run_history_records_epoch_ends_once() -> None:

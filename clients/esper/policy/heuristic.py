@@ -35,7 +35,7 @@ from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
 from esper.policy.decisions import Action, make_decision
 from esper.policy.health import health_score
-from esper.policy.plateau import is_plateau
+from esper.policy.plateau import is_plateau, is_slowing
 from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 
 S = SeedStage
@@ -69,6 +69,12 @@ class HeuristicConfig:
     plateau_patience: int = 3
     # Relative improvement of the best validation loss that still counts as progress (1%).
     plateau_min_delta: float = 0.01
+    # Grow on diminishing returns too (0: off, only plateaus): when the best validation loss
+    # gained less over the last `plateau_patience` epochs than this fraction of its gain over
+    # the run's first ones (esper.policy.plateau.is_slowing). A capacity-bound host keeps
+    # improving slowly and never plateaus within its run, so the plateau rule grows it late
+    # or never.
+    slowdown_ratio: float = 0.0
     # Live seeds at once (the process's max_live_seeds applies too): one at a time keeps each
     # seed's effect on the validation loss attributable.
     max_live_seeds: int = 1
@@ -305,8 +311,11 @@ class HeuristicPolicy:
         if max_live and ctx.live_seed_count() >= max_live:
             return f"{ctx.live_seed_count()} live seeds, limit {max_live}"
         metrics = ctx.snapshot.metrics
-        if not is_plateau(ctx.history.val_losses, c.plateau_patience, c.plateau_min_delta, metrics.plateau_epochs):
-            return "validation loss still improving (no plateau)"
+        losses = ctx.history.val_losses
+        if not (is_plateau(losses, c.plateau_patience, c.plateau_min_delta, metrics.plateau_epochs)
+                or is_slowing(losses, c.plateau_patience, c.slowdown_ratio)):
+            return "validation loss still improving (no plateau" + \
+                (", no slowdown)" if c.slowdown_ratio > 0 else ")")
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)
         if last is not None and c.germination_cooldown_steps and ctx.step < last + c.germination_cooldown_steps:
             return f"germination cooldown until step {last + c.germination_cooldown_steps}"

@@ -18,3 +18,17 @@ def is_plateau(
     best_before = min(finite[:-patience])
     best_recent = min(finite[-patience:])
     return best_recent > best_before - min_delta * abs(best_before)
+
+
+def is_slowing(val_losses: Sequence[float], window: int, ratio: float) -> bool:
+    """True when learning has slowed to diminishing returns: the best validation loss
+    improved over the last `window` epochs by less than `ratio` times what it improved over
+    the run's first `window` epochs. A model that keeps improving slowly (a capacity-bound
+    host, whose loss never goes flat within the run) reaches this long before a plateau.
+    Bests rather than raw values, so one noisy epoch neither fires nor blocks it."""
+    finite = [v for v in val_losses if math.isfinite(v)]
+    if window < 1 or ratio <= 0 or len(finite) < 2 * window + 1:
+        return False
+    early = finite[0] - min(finite[1:window + 1])
+    recent = min(finite[:-window]) - min(finite[-window:])
+    return early > 0 and recent < ratio * early
