@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from esper.kasmina import HealthMonitor, wrap
+from esper.kasmina.health import squared_norms
 
 
 def test_layer_health_matches_hand_computed_statistics():
@@ -74,3 +76,44 @@ def test_sampling_observes_one_training_step_in_k_and_never_eval():
     monitor.close()
     with pytest.raises(ValueError):
         HealthMonitor({"relu": relu}, sample_every=0)
+
+
+@pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-5), (torch.float64, 1e-9),
+                                            (torch.bfloat16, 2e-2)])
+def test_update_ratios_of_consecutive_windows(dtype, rel):
+    # Each window's ratio is measured from the weights at the end of the one before (the
+    # NumPy path for float32/float64, torch's for bfloat16).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).to(dtype)
+    wrapped = wrap(model, ["0"])
+    monitor = HealthMonitor.for_slots(wrapped, every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        start = [p.detach().double().clone() for p in model[0].parameters()]
+        wrapped(torch.randn(3, 4, dtype=dtype)).sum().backward()
+        grad = math.sqrt(sum(p.grad.double().square().sum().item() for p in model[0].parameters()))
+        monitor.after_backward()
+        opt.step()
+        opt.zero_grad()
+        h = monitor.step()[0]
+        now = [p.detach().double() for p in model[0].parameters()]
+        delta = math.sqrt(sum((n - s).square().sum().item() for n, s in zip(now, start)))
+        base = math.sqrt(sum(s.square().sum().item() for s in start))
+        assert h.update_ratio == pytest.approx(delta / base, rel=rel)
+        assert h.gradient_norm == pytest.approx(grad, rel=rel)
+    monitor.close()
+
+
+def test_squared_norms_match_torch_on_every_path():
+    tensors = [torch.randn(300, 7), torch.randn(5, dtype=torch.float64), torch.randn(4, 3).t(),
+               torch.randn(6).to(torch.bfloat16), torch.tensor([1.0, float("inf")]),
+               torch.tensor([float("nan"), 1.0])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf and NaN pass through silently, as in torch
+        got = squared_norms(tensors)
+    for t, value in zip(tensors, got):
+        want = torch.linalg.vector_norm(t.double()).item() ** 2
+        if math.isnan(want):
+            assert math.isnan(value)
+        else:
+            assert value == pytest.approx(want, rel=1e-2 if t.dtype == torch.bfloat16 else 1e-5)
