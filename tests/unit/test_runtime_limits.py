@@ -3,6 +3,8 @@ stream slots: pure logic over real generated messages."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from esper.leyline.v1 import tamiyo_pb2, urza_pb2
@@ -81,6 +83,38 @@ def test_repeated_fields_are_bounded():
     problem = message_problem(graph)
     assert problem.field == "edges" and problem.kind == OVERSIZED
 
+
+
+def test_the_fast_walk_passes_exactly_the_messages_the_naming_walk_finds_nothing_in():
+    """message_problem first walks without building field paths (every request pays it)
+    and names the field with the full walk only when that one fails: the two must agree."""
+    from esper.leyline.v1.signals_pb2 import LayerHealth
+    from esper.runtime.limits import _first_problem, _within
+
+    rng = random.Random(16)
+    mutations = [
+        ("step", [MAX_COUNTER, MAX_COUNTER + 1, INT64_MAX, 5]), ("sequence", [MAX_COUNTER + 1, 3]),
+        ("run_id", ["a\x00b", "ok", "r" * (MAX_STRING_LENGTH + 1)]),
+        ("seeds.0.stage", [1, 99]), ("seeds.0.seed_id", ["x" * MAX_ID_LENGTH, "x" * (MAX_ID_LENGTH + 1)]),
+        ("seeds.0.metrics.params", [INT64_MAX, 7]), ("layers.0.layer_id", ["fine", "a\x00", "y" * 300]),
+        ("metrics.train_loss", [float("nan"), 0.5]),
+    ]
+    found = 0
+    for _ in range(2000):
+        snapshot = TrainingSnapshot(run_id="run-1", step=10, seeds=[SeedState(slot_id="s0", stage=2)],
+                                    layers=[LayerHealth(layer_id="l0")])
+        for path, values in rng.sample(mutations, rng.randint(1, 3)):
+            *parents, name = path.split(".")
+            target = snapshot
+            for part in parents:
+                target = target[int(part)] if part.isdigit() else getattr(target, part)
+            setattr(target, name, rng.choice(values))
+        request = tamiyo_pb2.SessionRequest(snapshot=snapshot)
+        problem = _first_problem(request)
+        assert _within(request) == (problem is None), problem
+        assert message_problem(request) == problem
+        found += problem is not None
+    assert 0 < found < 2000
 
 def test_undecodable_bytes_become_a_refusal_not_an_exception():
     parse = safe_deserializer(tamiyo_pb2.DecideRequest.FromString, "esper.leyline.v1.DecideRequest")

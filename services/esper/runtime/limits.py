@@ -12,9 +12,11 @@ or, inside a Tamiyo Session, drop the message with a SessionWarning.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from esper.runtime.errors import InvalidArgument
@@ -100,7 +102,7 @@ def _scalar_problem(path: str, field: FieldDescriptor, value: object) -> Problem
 
 def _value_problem(path: str, field: FieldDescriptor, value: object) -> Problem | None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message_problem(value, path)  # type: ignore[arg-type]
+        return _first_problem(value, path)  # type: ignore[arg-type]
     return _scalar_problem(path, field, value)
 
 
@@ -117,6 +119,75 @@ def _map_problem(path: str, field: FieldDescriptor, value) -> Problem | None:
 
 def message_problem(message: Message, path: str = "") -> Problem | None:
     """The first field of `message` (at any depth) beyond the limits, or None."""
+    if _within(message):  # every message a server reads passes here: the common case first
+        return None
+    return _first_problem(message, path)
+
+
+# What `_first_problem` checks of a field, decided once per field (`_rule`): a fast walk for
+# messages within the limits, which builds no field paths; a message it does not pass is
+# walked again by `_first_problem`, which names the field.
+_SKIP, _MESSAGE, _MAP, _STRING, _ENUM, _INTEGER = range(6)
+
+
+@functools.cache
+def _rule(field: FieldDescriptor) -> tuple[int, Any]:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return (_MAP, None) if field.is_repeated and field.message_type.GetOptions().map_entry else (_MESSAGE, None)
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _STRING, MAX_ID_LENGTH if field.name.endswith("_id") else MAX_STRING_LENGTH
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return _ENUM, field.enum_type.values_by_number
+    if field.type in _INTEGER_TYPES and not (field.name.startswith("max_") and not is_counter(field.name)):
+        return _INTEGER, MAX_COUNTER if is_counter(field.name) else INT64_MAX
+    return _SKIP, None
+
+
+@functools.cache
+def _checked(descriptor: Descriptor) -> bool:
+    """Whether any field of this message type, at any depth, has a limit (floats and bools
+    have none: TrainingMetrics is passed without listing its fields)."""
+    return _has_limits(descriptor, frozenset())
+
+
+def _has_limits(descriptor: Descriptor, visiting: frozenset) -> bool:
+    if descriptor in visiting:  # a recursive type: say yes, and its fields are listed
+        return True
+    inner = visiting | {descriptor}
+    return any(field.is_repeated or _rule(field)[0] not in (_SKIP, _MESSAGE)
+               or (_rule(field)[0] == _MESSAGE and _has_limits(field.message_type, inner))
+               for field in descriptor.fields)
+
+
+def _within(message: Message) -> bool:
+    """True when `_first_problem` would find nothing (False: maybe it would)."""
+    if not _checked(message.DESCRIPTOR):
+        return True
+    for field, value in message.ListFields():
+        kind, limit = _rule(field)
+        if field.is_repeated:
+            if len(value) > MAX_REPEATED or kind == _MAP:  # maps: the full walk decides
+                return False
+            if kind != _SKIP and not all(_value_within(kind, limit, item) for item in value):
+                return False
+        elif not _value_within(kind, limit, value):
+            return False
+    return True
+
+
+def _value_within(kind: int, limit: Any, value: Any) -> bool:
+    if kind == _MESSAGE:
+        return _within(value)
+    if kind == _STRING:
+        return len(value) <= limit and "\x00" not in value
+    if kind == _ENUM:
+        return value in limit
+    if kind == _INTEGER:
+        return -limit <= value <= limit
+    return True
+
+
+def _first_problem(message: Message, path: str = "") -> Problem | None:
     for field, value in message.ListFields():
         where = f"{path}.{field.name}" if path else field.name
         if field.is_repeated:
