@@ -30,14 +30,17 @@ class Recorder:
         return [ctx * 10 for ctx in contexts]
 
 
-async def test_decisions_arriving_within_the_window_run_as_one_batch_off_the_loop():
+async def test_decisions_run_in_batches_off_the_loop_and_wait_for_company_once_there_is_some():
     batcher, policy = DecisionBatcher(window_s=0.05, workers=1), Recorder()
     try:
+        # A lone decision starts at once; the ones that arrive while it runs go together.
         answers = await asyncio.gather(*(batcher.decide(policy, i) for i in range(6)))
+        # That batch had company, so the next decision waits the window for the others.
+        later = await asyncio.gather(*(batcher.decide(policy, i) for i in range(6, 9)))
     finally:
         batcher.close()
-    assert answers == [0, 10, 20, 30, 40, 50]  # each caller gets its own decision
-    assert policy.batches == [[0, 1, 2, 3, 4, 5]]
+    assert answers == [0, 10, 20, 30, 40, 50] and later == [60, 70, 80]  # each caller its own
+    assert policy.batches == [[0], [1, 2, 3, 4, 5], [6, 7, 8]]
     assert policy.threads and threading.current_thread().name not in policy.threads
 
 
@@ -57,7 +60,7 @@ async def test_batches_are_bounded_and_decisions_waiting_for_a_worker_go_togethe
     finally:
         batcher.close()
     assert answers == [i * 10 for i in range(10)]
-    assert [len(b) for b in policy.batches] == [4, 4, 2]
+    assert [len(b) for b in policy.batches] == [1, 4, 4, 1]
     assert [ctx for b in policy.batches for ctx in b] == list(range(10))  # arrival order kept
 
 

@@ -3,8 +3,11 @@
 A decision request waits at most `window_s` for others (from any session) to join it; then
 they run as one `GnnPolicy.decide_batch` (one forward over all their graphs) on a pool of
 `workers` threads. Requests that arrive while every worker is busy wait for the first one
-free and go together, so under load the batches grow by themselves. With `window_s` 0 each
-decision runs alone, as it arrives (batching off).
+free and go together, so under load the batches grow by themselves. A request waits for
+company only when the last batch had some: a lone session's decisions start at once (the
+event loop's timers are no finer than a millisecond, so even a short window cost it ~1 ms
+per decision, measured). With `window_s` 0 each decision runs alone, as it arrives
+(batching off).
 
 A batch decides exactly as its decisions would one after another in arrival order
 (GnnPolicy.decide_batch), so batching changes when a decision is made, never what it is.
@@ -38,6 +41,7 @@ class DecisionBatcher:
         self._waiting: list[tuple[BatchPolicy, PolicyContext, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0
+        self._last_batch = 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -48,7 +52,7 @@ class DecisionBatcher:
             return await loop.run_in_executor(self._pool, policy.decide, ctx)
         future = loop.create_future()
         self._waiting.append((policy, ctx, future))
-        if len(self._waiting) >= self.max_batch:
+        if len(self._waiting) >= self.max_batch or (self._last_batch == 1 and self._busy == 0):
             self._start(loop)
         elif self._timer is None and self._busy < self.workers:
             self._timer = loop.call_later(self.window_s, self._start, loop)
@@ -71,6 +75,7 @@ class DecisionBatcher:
         for item in taken:
             if not item[2].done():  # its session may have gone meanwhile
                 by_policy.setdefault(id(item[0]), []).append(item)
+        self._last_batch = len(taken)
         for batch in by_policy.values():
             self._busy += 1
             work = loop.run_in_executor(self._pool, batch[0][0].decide_batch, [ctx for _, ctx, _ in batch])

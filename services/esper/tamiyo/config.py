@@ -69,7 +69,7 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
     # Milliseconds a learned-policy decision waits for others (any session's) to run with
     # it as one batch, one forward for all; 0: each runs alone as it arrives. Decisions that
     # arrive while every worker is busy go together in any case (esper.tamiyo.batcher).
-    gnn_batch_window_ms: float = 1.0
+    gnn_batch_window_ms: float = 0.5
     # Threads the learned policy's batches run on, off the event loop.
     gnn_workers: int = 1
     # Runs whose state is kept for resumption; the least recently used is forgotten first.

@@ -151,15 +151,17 @@ class PolicyNet(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """A batch's MC-dropout masks for `infer` (None: no dropout), graph by graph the
         node mask (K, N, H) then the context's (K, H): the draws `forward` makes for each
-        graph alone, in order. Drawn apart from `infer` so that only the draws need to be
+        graph alone, in order, as factors (0 or the 1/(1-p) rescale: x * keep * scale is
+        x * factor to the bit). Drawn apart from `infer` so that only the draws need to be
         serialised between threads, not the forwards."""
         p = self.shape.dropout
         if generator is None or p == 0:
             return None
-        k = max(1, passes)
-        hidden = self.shape.hidden
-        return [(torch.rand((k, n, hidden), generator=generator) >= p, torch.rand((k, hidden), generator=generator) >= p)
-                for n in sizes]
+        k, hidden, scale = max(1, passes), self.shape.hidden, 1.0 / (1.0 - p)
+
+        def factors(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.where(torch.rand(shape, generator=generator) >= p, scale, 0.0)
+        return [(factors((k, n, hidden)), factors((k, hidden))) for n in sizes]
 
     def infer(
         self, graphs: Sequence[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor,
@@ -172,7 +174,6 @@ class PolicyNet(nn.Module):
         outputs are exactly those it gets alone with the same masks (see ROW_TILE). Returns
         per graph (action logits (K, A), slot logits (K, N, 4), blueprint logits (K, N, V))."""
         k = 1 if keeps is None else keeps[0][1].shape[0]
-        scale = 1.0 / (1.0 - self.shape.dropout)
         x, starts = _tiled([features for features, _ in graphs])
         adjacency = block_diagonal([a for _, a in graphs])
         h = F.relu(self.node_in(x))
@@ -181,23 +182,31 @@ class PolicyNet(nn.Module):
             h = h + F.relu(mixed + conv.bias if conv.bias is not None else mixed)
         tiled_g, g_rows = _tiled(list(g.split(1)))
         context = F.relu(self.global_in(tiled_g))[g_rows]  # (B, H)
-        pooled, per_node = [], []
+        pooled, per_node, per_context = [], [], []
         for i, ((features, _), start) in enumerate(zip(graphs, starts)):
             nodes = h[start : start + features.shape[0]].unsqueeze(0)  # (1, N, H)
             c = nodes.mean(dim=1) + context[i : i + 1]
             if k > 1:
                 nodes, c = nodes.repeat_interleave(k, dim=0), c.repeat_interleave(k, dim=0)
-            if keeps is not None:  # as `_dropout` computes it
-                nodes, c = nodes * keeps[i][0] * scale, c * keeps[i][1] * scale
+            if keeps is not None:
+                nodes, c = nodes * keeps[i][0], c * keeps[i][1]
             pooled.append(torch.cat([c, nodes.max(dim=1).values], dim=-1))
-            per_node.append(torch.cat([nodes, c.unsqueeze(1).expand_as(nodes)], dim=-1).flatten(0, 1))
+            per_node.append(nodes.flatten(0, 1))
+            per_context.append(c)
         pooled_rows, action_starts = _tiled(pooled)
+        actions = self.action_head(pooled_rows)
+        # The node head on [node, context] is W_node . node + (W_context . context + b): the
+        # (K x N, 2H) concatenation `forward` builds is never made.
+        hidden = self.shape.hidden
+        weight = self.node_head.weight
         node_rows, node_starts = _tiled(per_node)
-        actions, node_out = self.action_head(pooled_rows), self.node_head(node_rows)
+        context_rows, context_starts = _tiled(per_context)
+        node_part = F.linear(node_rows, weight[:, :hidden])
+        context_part = F.linear(context_rows, weight[:, hidden:], self.node_head.bias)
         out = []
-        for (features, _), a, r in zip(graphs, action_starts, node_starts):
+        for (features, _), a, r, c in zip(graphs, action_starts, node_starts, context_starts):
             n = features.shape[0]
-            block = node_out[r : r + k * n].reshape(k, n, -1)
+            block = node_part[r : r + k * n].reshape(k, n, -1) + context_part[c : c + k].unsqueeze(1)
             out.append((actions[a : a + k], block[..., :SLOT_ACTIONS],
                         block[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]))
         return out
