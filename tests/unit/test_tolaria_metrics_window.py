@@ -3,6 +3,7 @@ token of a sequence (logits (batch, tokens, vocab), targets (batch, tokens))."""
 
 import torch
 
+from esper.tolaria import metrics
 from esper.tolaria.metrics import MetricsWindow
 
 
@@ -18,3 +19,44 @@ def test_accuracy_is_per_target_and_throughput_per_sample() -> None:
     images.observe(0.5, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1]))
     images.read()
     assert images.last_train_accuracy == 0.5
+
+
+def _window_accuracy(steps, window=None) -> float:
+    window = window or MetricsWindow()
+    for logits, targets in steps:
+        window.observe(0.5, logits, targets)
+    window.read()
+    return window.last_train_accuracy
+
+
+def test_held_steps_count_as_each_step_alone_would(monkeypatch) -> None:
+    # CPU steps are counted together at the read: images, sequences of varying lengths
+    # (which do not concatenate) and logits too large to hold (reduced at their step).
+    g = torch.Generator().manual_seed(0)
+    steps = [(torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g))
+             for _ in range(3)]
+    steps += [(torch.randn(2, n, 5, generator=g), torch.randint(0, 5, (2, n), generator=g))
+              for n in (3, 4)]
+    hits = sum(int((logits.argmax(-1) == targets).sum()) for logits, targets in steps)
+    labelled = sum(targets.numel() for _, targets in steps)
+    assert _window_accuracy(steps) == hits / labelled
+    monkeypatch.setattr(metrics, "_HOLD_MAX_ELEMENTS", 35)  # some held, some not
+    assert _window_accuracy(steps) == hits / labelled
+
+
+def test_targets_changed_in_place_after_their_step_are_not_counted(caplog) -> None:
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # predicts classes 0 and 1
+    buffer = torch.tensor([0, 1])  # a loop that refills one target buffer in place
+    window = MetricsWindow()
+    window.observe(0.5, logits, buffer)  # 2 hits, but its targets are overwritten next
+    buffer.copy_(torch.tensor([0, 0]))
+    window.observe(0.5, logits, buffer)  # 1 hit
+    window.read()
+    assert window.last_train_accuracy == 0.5  # the second step alone
+    assert "changed in place" in caplog.text
+    buffer.copy_(torch.tensor([0, 1]))
+    window.observe(0.5, logits, buffer)  # 2 hits: from now on targets are copied
+    buffer.copy_(torch.tensor([1, 1]))
+    window.observe(0.5, logits, buffer)  # 1 hit
+    window.read()
+    assert window.last_train_accuracy == 0.75

@@ -4,17 +4,26 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from array import array
+from typing import NamedTuple
 
 import torch
 
+from esper.kasmina.health import squared_norms
 from esper.leyline.v1.signals_pb2 import TrainingMetrics
+
+log = logging.getLogger(__name__)
 
 NAN = float("nan")
 # CPU steps whose predictions wait to be counted together, at most (then they are).
 _MAX_PENDING = 64
+# Largest CPU logits tensor (elements) held whole until the read: a window of 20 steps of
+# 128 x 10 logits is 100 KB, while a language model's logits (batch x tokens x vocab, up
+# to gigabytes per window) are reduced to their argmax at their step.
+_HOLD_MAX_ELEMENTS = 1 << 16
 # Relative improvement of the validation loss that resets the plateau counter: smaller
 # changes are epoch-to-epoch noise on small validation sets.
 PLATEAU_MIN_DELTA = 0.01
@@ -27,6 +36,17 @@ PLATEAU_MIN_DELTA = 0.01
 LOSS_SMOOTHING_STEPS = 50.0
 
 
+class _Held(NamedTuple):
+    """A CPU step waiting to be counted: its logits (or predictions) and targets, with
+    their version counters at the step."""
+
+    outputs: torch.Tensor
+    logits: bool
+    outputs_version: int
+    targets: torch.Tensor
+    targets_version: int
+
+
 class MetricsWindow:
     """Train loss/accuracy and throughput since the last read, plus validation state."""
 
@@ -37,7 +57,9 @@ class MetricsWindow:
         self._loss: torch.Tensor | None = None
         self._loss_host: float | None = None
         self._correct: torch.Tensor | int | None = None
-        self._predicted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._held: list[_Held] = []
+        # Whether CPU targets are copied at their step (once one was seen changed after it).
+        self._copy_targets = False
         self._steps = 0
         self._samples = 0
         self._labelled = 0
@@ -60,10 +82,11 @@ class MetricsWindow:
         The window's sums are float32 for the loss and exact for the hits, as if each
         step's tensors were added on their device. On an accelerator they are (no host
         sync per step). On the CPU a read is no sync, and in a training loop each tensor
-        operation costs far more than its arithmetic (~10-30 us with cold caches), so the
-        loss is read at once and summed in Python with float32 roundings, and a step's
-        predictions and (copied) targets wait for the next read to be counted together."""
-        if isinstance(loss, torch.Tensor) and loss.device.type != "cpu":
+        operation costs far more than its arithmetic (~10-30 us with cold caches, against
+        a 2-4 ms step), so the loss is read at once and summed in Python with float32
+        roundings, and a step's logits and targets are held, not reduced: the next read
+        counts the window's hits in a few operations for all its steps (_count_held)."""
+        if isinstance(loss, torch.Tensor) and not loss.is_cpu:  # (.device costs ~1 us)
             value = loss.detach()
             if value.dtype != torch.float32:
                 value = value.float()
@@ -77,14 +100,11 @@ class MetricsWindow:
             self._loss_host = _round32(value if host is None else host + _round32(value))
         self._steps += 1
         if outputs is not None and targets is not None:
-            # argmax is not differentiable: its result records no graph, no detach needed.
-            predicted = outputs.argmax(dim=-1)
-            if predicted.device.type == "cpu":
-                self._predicted.append((predicted, targets.clone()))
-                if len(self._predicted) >= _MAX_PENDING:
-                    self._count_predicted()
+            if outputs.is_cpu:
+                self._hold(outputs, targets)
             else:
-                hits = torch.count_nonzero(torch.eq(predicted, targets))
+                # argmax is not differentiable: its result records no graph, no detach needed.
+                hits = torch.count_nonzero(torch.eq(outputs.argmax(dim=-1), targets))
                 if isinstance(self._correct, torch.Tensor):
                     self._correct.add_(hits)
                 else:
@@ -94,24 +114,55 @@ class MetricsWindow:
             self._labelled += targets.numel()
             self._samples += targets.shape[0]
 
-    def _count_predicted(self) -> None:
-        """Fold the waiting CPU predictions into the hit count (a few operations for the
-        whole window)."""
-        if not self._predicted:
+    def _hold(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Keep a CPU step's logits (detached: no graph is held) and targets until the
+        next read, with their version counters. A tensor changed in place after its step
+        (a reused target buffer) is seen at the read: its step is not counted, and from
+        then on each step's prediction and a copy of its targets are taken at the step.
+        Large logits (a language model's) are reduced to their argmax at the step, so a
+        window holds little memory."""
+        if self._copy_targets or outputs.numel() > _HOLD_MAX_ELEMENTS:
+            predicted = outputs.argmax(dim=-1)
+            if self._copy_targets:
+                targets = targets.clone()
+            held = _Held(predicted, False, predicted._version, targets, targets._version)
+        else:
+            logits = outputs.detach()
+            held = _Held(logits, True, logits._version, targets, targets._version)
+        self._held.append(held)
+        if len(self._held) >= _MAX_PENDING:
+            self._count_held()
+
+    def _count_held(self) -> None:
+        """Fold the held CPU steps into the hit count: a few operations for the whole
+        window (held logits and predictions each concatenated)."""
+        if not self._held:
             return
-        predicted, targets = zip(*self._predicted)
-        self._predicted = []
-        hits = None
-        if all(p.shape == t.shape for p, t in zip(predicted, targets)):
-            try:
-                hits = torch.count_nonzero(
-                    torch.eq(torch.cat(predicted), torch.cat(targets))).item()
-            except RuntimeError:  # shapes that do not concatenate (e.g. varying lengths)
-                pass
-        if hits is None:  # step by step, broadcasting as each step's comparison would
-            hits = sum(torch.count_nonzero(torch.eq(p, t)).item()
-                       for p, t in zip(predicted, targets))
+        held, self._held = self._unchanged(self._held), []
+        if not held:
+            return
+        hits = 0
+        for logits in (True, False):
+            group = [h for h in held if h.logits is logits]
+            if group:
+                hits += _hits([h.outputs for h in group], [h.targets for h in group], logits)
         self._correct = hits if self._correct is None else hits + self._correct
+
+    def _unchanged(self, held: list[_Held]) -> list[_Held]:
+        """The held steps whose tensors are as they were at their step. The others leave
+        the accuracy count (their targets are gone), and later steps copy their targets."""
+        kept, changed = [], []
+        for h in held:
+            same = h.outputs._version == h.outputs_version \
+                and h.targets._version == h.targets_version
+            (kept if same else changed).append(h)
+        if changed:
+            self._labelled -= sum(h.targets.numel() for h in changed)
+            if not self._copy_targets:
+                log.warning("training targets or logits were changed in place after "
+                            "session.step(); from now on each step's targets are copied")
+            self._copy_targets = True
+        return kept
 
     def _window_loss(self) -> float:
         """The float32 sum of the window's losses."""
@@ -131,7 +182,7 @@ class MetricsWindow:
     def window_sums(self) -> list[float]:
         """The open window's sums: [loss, hits, labelled, samples] (one sync), for
         reducing them across the ranks of a distributed run (esper.tolaria.distributed)."""
-        self._count_predicted()
+        self._count_held()
         return [self._window_loss() if self._steps else 0.0,
                 float(self._correct) if self._correct is not None else 0.0,
                 float(self._labelled), float(self._samples)]
@@ -139,7 +190,7 @@ class MetricsWindow:
     def set_window_sums(self, loss: float, hits: float, labelled: float, samples: float) -> None:
         """Replace the open window's sums (with the reduced ones of every rank); the step
         count stays: every rank took the same steps."""
-        self._count_predicted()
+        self._count_held()
         self._loss, self._loss_host = None, (loss if self._steps else None)
         self._correct = int(round(hits)) if labelled else None
         self._labelled, self._samples = int(round(labelled)), int(round(samples))
@@ -150,7 +201,7 @@ class MetricsWindow:
             return
         now = time.perf_counter()
         elapsed = max(now - self._started, 1e-9)
-        self._count_predicted()
+        self._count_held()
         self.last_train_loss = self._window_loss() / self._steps
         self._smooth(self.last_train_loss, self._steps)
         if self._labelled:
@@ -197,7 +248,7 @@ class MetricsWindow:
         the same window means as an uninterrupted one)."""
         state = {k: getattr(self, k) for k in _SAVED}
         state["smoothed_train_loss"] = self.smoothed_train_loss
-        self._count_predicted()
+        self._count_held()
         state["window"] = {
             "loss": self._window_loss() if self._steps else None,
             "correct": int(self._correct) if self._correct is not None else None,
@@ -211,7 +262,7 @@ class MetricsWindow:
         # Checkpoints from before smoothing existed restart the average from the next window.
         self.smoothed_train_loss = state.get("smoothed_train_loss", NAN)
         w = state["window"]
-        self._loss, self._predicted = None, []
+        self._loss, self._held = None, []
         self._loss_host = _round32(w["loss"]) if w["loss"] is not None else None
         self._correct = int(w["correct"]) if w["correct"] is not None else None
         self._steps, self._samples, self._labelled = w["steps"], w["samples"], w["labelled"]
@@ -228,6 +279,24 @@ def _round32(x: float) -> float:
     return array("f", (x,))[0]
 
 
+def _hits(outputs: list[torch.Tensor], targets: list[torch.Tensor], logits: bool) -> int:
+    """Correct predictions over the steps' outputs (logits, or predictions when not
+    `logits`) and targets: concatenated when every step's prediction has its targets'
+    shape, else step by step, broadcasting as each step's comparison would."""
+    def predictions(x: torch.Tensor) -> torch.Tensor:
+        return x.argmax(dim=-1) if logits else x
+
+    shapes = [o.shape[:-1] if logits else o.shape for o in outputs]
+    if all(s == t.shape for s, t in zip(shapes, targets)):
+        try:
+            return torch.count_nonzero(
+                torch.eq(predictions(torch.cat(outputs)), torch.cat(targets))).item()
+        except RuntimeError:  # shapes that do not concatenate (e.g. varying lengths)
+            pass
+    return sum(torch.count_nonzero(torch.eq(predictions(o), t)).item()
+               for o, t in zip(outputs, targets))
+
+
 def _or_zero(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
@@ -237,5 +306,5 @@ def global_grad_norm(parameters) -> float:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+    norm = math.sqrt(math.fsum(squared_norms(grads)))
     return norm if math.isfinite(norm) else float("inf")
