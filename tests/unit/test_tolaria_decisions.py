@@ -206,3 +206,25 @@ def test_close_expires_pending_decisions_exactly_once() -> None:
     session.close()
     library.release.set()
     assert [(a.decision_id, a.status) for a in acks] == [("pending", A.ACK_STATUS_EXPIRED)]
+
+
+class _CountingReplay(ReplayPolicy):
+    """A replay that counts how often the session asks it for decisions."""
+
+    def __init__(self, at_snapshots: bool) -> None:
+        super().__init__([])
+        self.decides_at_snapshots = at_snapshots
+        self.asked = 0
+
+    def decisions(self) -> list[AdaptationDecision]:
+        self.asked += 1
+        return super().decisions()
+
+
+@pytest.mark.parametrize(("at_snapshots", "asked"), [(True, 4), (False, 8)])
+def test_a_source_deciding_at_snapshots_is_asked_at_safe_points_only(at_snapshots, asked) -> None:
+    source = _CountingReplay(at_snapshots)
+    model, optimizer, session, _ = _session(source)  # a safe point every 2 steps
+    _train(session, model, optimizer, 8, [])
+    assert source.asked == asked
+    session.close()

@@ -64,6 +64,19 @@ class _NoTracer:
         return _NoSpan()
 
 
+def spans_recorded() -> bool:
+    """Whether spans are recorded in this process (a tracer provider other than
+    OpenTelemetry's proxy or no-op one is installed, by configure_tracing or by the
+    application). Without one a span records nothing and carries no trace context, so a
+    hot path may skip opening it: a no-op span still costs ~20 us."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return False
+    return not isinstance(trace.get_tracer_provider(),
+                          (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def get_tracer(name: str):
     """OpenTelemetry's tracer for `name`, or one that records nothing where the
     OpenTelemetry API is not installed."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -29,7 +30,7 @@ from esper.leyline.v1.signals_pb2 import LayerHealth, ResourceState, TrainingSna
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 from esper.leyline.version import contract_version
-from esper.rpc.tracing import get_tracer
+from esper.rpc.tracing import get_tracer, spans_recorded
 from esper.tolaria.budget import runtime_budget
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.distributed import Replicas
@@ -110,6 +111,11 @@ class TolariaSession:
         self._applying: AdaptationDecision | None = None
         self._kernel_errors: dict[str, str] = {}
         self._closed = False
+        # Whether a decision can arrive between safe points: from a source that decides
+        # on its own time (a remote Tamiyo), not one that decides only in observe().
+        self._decisions_between = any(
+            source is not None and not getattr(source, "decides_at_snapshots", False)
+            for source in (self.policy, self.fallback))
         self.graph = model.model_graph()
         self.budget = runtime_budget(budget, self.host_params_at_start,
                                      model.cfg.max_seed_param_fraction)
@@ -150,7 +156,9 @@ class TolariaSession:
         if self.model.global_step % every == 0 and not last_in_epoch:
             self.metrics.grad_norm = global_grad_norm(self.model.parameters())
             self._safe_point(epoch_end=False)
-        elif self.replicas is None:  # replicas apply decisions at safe points only
+        elif self.replicas is None and (self.pending or self._decisions_between):
+            # Replicas apply decisions at safe points only; so does a session whose
+            # sources decide only when they observe a snapshot, unless one waits.
             self._apply_arrived(observe=None)
 
     def end_epoch(self, val_metrics: dict | None = None) -> TrainingSnapshot:
@@ -192,6 +200,8 @@ class TolariaSession:
     def _safe_point(self, epoch_end: bool) -> TrainingSnapshot:
         # One span per safe point: the snapshot, acks and transitions published under it
         # carry its traceparent through Kafka into Nissa.
+        if not spans_recorded():
+            return self._safe_point_inner(epoch_end)
         with _tracer.start_as_current_span(
             "tolaria.safe_point",
             attributes={"esper.run_id": self.config.run_id, "esper.step": self.model.global_step,
@@ -401,16 +411,17 @@ class TolariaSession:
             layers=self._layers, seeds=self.model.seed_states(), resources=self._resources(),
             epoch_end=epoch_end,
         )
-        snap.time.GetCurrentTime()
+        snap.time.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime
         return snap
 
     def _resources(self) -> ResourceState:
-        device = self._device()
+        params = list(self.model.parameters())  # one walk of the modules per snapshot
+        device = params[0].device if params else torch.device("cpu")
         used = total = 0
         if device.type == "cuda":
             used = torch.cuda.memory_allocated(device)
             total = torch.cuda.get_device_properties(device).total_memory
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
         return ResourceState(
             device=device.type, memory_used_bytes=used, memory_total_bytes=total,
             total_params=trainable, seed_params=self.model.seed_param_count(),

@@ -1,6 +1,10 @@
 """Where decisions come from. A PolicySource is driven by the training thread and must
 never block it: `observe` hands over a snapshot, `decisions` takes whatever decisions have
-arrived. Both the in-process heuristic and the remote Tamiyo session implement it."""
+arrived. Both the in-process heuristic and the remote Tamiyo session implement it.
+
+A source whose `decisions()` can return something only after an `observe()` may say so
+with a class attribute `decides_at_snapshots = True` (optional, not part of the protocol):
+the session then asks it for decisions at safe points only, not after every step."""
 
 from __future__ import annotations
 

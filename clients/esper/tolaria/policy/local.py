@@ -31,6 +31,8 @@ class LocalPolicy:
     latest snapshot; `candidates` is where germinations find kernels."""
 
     name = "local"
+    # Its decisions come only out of observe(): the session looks for them at safe points.
+    decides_at_snapshots = True
 
     def __init__(self, candidates: CandidateProvider | None = None, *,
                  policy: Policy | None = None, config: HeuristicConfig | None = None) -> None:

@@ -17,6 +17,8 @@ class ReplayPolicy:
     """A PolicySource over a fixed list of decisions, in issued_at_step order."""
 
     name = "replay"
+    # Its decisions come only out of observe(): the session looks for them at safe points.
+    decides_at_snapshots = True
 
     def __init__(self, decisions: Iterable[AdaptationDecision]) -> None:
         self.log = sorted(decisions, key=lambda d: d.issued_at_step)
