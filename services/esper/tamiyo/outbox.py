@@ -30,7 +30,13 @@ class Outbox:
         """Queue `item`; waits while the queue is full, and cuts the stream past `stall_s`
         (the abort raises in the caller, a producer task of the stream)."""
         try:
-            await asyncio.wait_for(self._queue.put(item), self.stall_s)
+            self._queue.put_nowait(item)  # the usual case, with no timer (wait_for made a task)
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            async with asyncio.timeout(self.stall_s):
+                await self._queue.put(item)
         except TimeoutError:
             await self._abort()
 
