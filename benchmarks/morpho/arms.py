@@ -34,7 +34,7 @@ from .growth import Planned, ScheduledGrowth
 from .loop import LEARNING_RATE, train
 
 # Arms in the order they run within a seed (dependents after "esper").
-ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-slowdown", "random",
+ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-plateau-only", "random",
         "schedule", "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
 # Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
 # reached Esper's total for the seed.
@@ -45,7 +45,7 @@ LABELS = {
     "esper": "Esper, heuristic at defaults",
     "esper-width": "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)",
     "esper-stack": "Esper, heuristic, seeds that stack (slot_depth 3)",
-    "esper-slowdown": "Esper, heuristic, also grows on a slowdown (slowdown_ratio 0.25)",
+    "esper-plateau-only": "Esper, heuristic growing on plateaus only (slowdown_ratio 0)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
     "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
     "static-final-size": "static, Esper's final parameter count, same epochs",
@@ -62,9 +62,6 @@ RANDOM_TIME_FRACTION = 0.7
 # Slots per layer of the esper-stack arm: deeper than the parameter budget can fill, so the
 # budget and the policy end growth.
 STACK_DEPTH = 3
-# The esper-slowdown arm's HeuristicConfig.slowdown_ratio: grow once the best validation loss
-# gains less per window than a quarter of what it gained in the run's first window.
-SLOWDOWN_RATIO = 0.25
 
 
 class NotAvailable(Exception):
@@ -200,9 +197,10 @@ def run_esper_stack(ctx: Context) -> dict:
     return record
 
 
-def run_esper_slowdown(ctx: Context) -> dict:
-    """Esper whose heuristic also grows on diminishing returns, not only on plateaus."""
-    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=SLOWDOWN_RATIO)
+def run_esper_plateau_only(ctx: Context) -> dict:
+    """Esper whose heuristic grows on validation plateaus only (the default until the
+    slowdown rule was measured): what growing on diminishing returns adds."""
+    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=0.0)
     record, _ = _grown(ctx, LocalPolicy(config=config))
     return record
 
@@ -293,7 +291,7 @@ def run_learned(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {
     "static-small": static_small, "esper": run_esper, "esper-width": run_esper_width,
-    "esper-stack": run_esper_stack, "esper-slowdown": run_esper_slowdown,
+    "esper-stack": run_esper_stack, "esper-plateau-only": run_esper_plateau_only,
     "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
     "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,

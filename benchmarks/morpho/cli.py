@@ -48,6 +48,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
                    help="re-render the .md and .png from the existing JSON")
+    p.add_argument("--esper-from", type=Path, default=None, metavar="JSON",
+                   help="take each seed's esper run from an earlier result (same epochs, "
+                        "data and seeds) instead of running it again: the arms that depend on "
+                        "Esper's run (its final size, architecture, FLOPs) then cost only "
+                        "their own training")
     p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
                    help="add the arms (or hosts) of another result (same epochs and data; e.g. "
                         "an arm run later with --arms X --name other) to --name's JSON, then "
@@ -91,12 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
+    earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
+    if isinstance(earlier, str):
+        print(f"--esper-from {args.esper_from}: {earlier}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     for host in args.hosts:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
         for i in range(args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out)
+            if (host, ctx.seed) in earlier:
+                ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
                 if arm in h["unavailable"]:
                     continue
@@ -119,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     _render(result, paths)
     print(paths["md"].read_text())
     return 0
+
+
+def _earlier_esper(path: Path, result: dict) -> dict | str:
+    """(host, seed) -> the esper record of an earlier result, or why it cannot be used."""
+    other = json.loads(path.read_text())
+    for key in ("epochs", "quick", "data", "seed_base"):
+        if result["config"].get(key) != other["config"].get(key):
+            return f"config {key} differs: {result['config'].get(key)} vs {other['config'].get(key)}"
+    result["config"]["esper_from"] = other["config"]["command"]
+    return {(host, r["seed"]): r for host, h in other["hosts"].items()
+            for r in h["runs"].get("esper", [])}
 
 
 def _family(host: str) -> str:

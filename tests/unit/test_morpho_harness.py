@@ -4,6 +4,7 @@ source driving real germinations through attach()."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -149,3 +150,17 @@ def test_merge_adds_a_host_measured_in_a_run_of_its_own() -> None:
     other = result("char", "c")
     other["config"]["epochs"] = 12
     assert "epochs differs" in merge(mlp, other)
+
+
+def test_esper_from_takes_each_seeds_run_of_an_earlier_result(tmp_path) -> None:
+    from morpho.cli import _earlier_esper
+
+    cfg = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3, "command": "earlier"}
+    run = {"seed": 4, "test_accuracy": 0.8, "params": 10}
+    (tmp_path / "a.json").write_text(json.dumps(
+        {"config": cfg, "hosts": {"cnn": {"runs": {"esper": [run]}}}}))
+    result = {"config": {**cfg, "command": "now"}}
+    assert _earlier_esper(tmp_path / "a.json", result) == {("cnn", 4): run}
+    assert result["config"]["esper_from"] == "earlier"
+    result["config"]["epochs"] = 30
+    assert "epochs differs" in _earlier_esper(tmp_path / "a.json", result)
