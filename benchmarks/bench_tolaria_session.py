@@ -6,25 +6,34 @@ the same).
 
 Two models, their batches in memory (no loader in the timed loop, so the plain step is
 as small as it gets), one torch thread:
-- cnn: the built-in digits SmallCNN (8x8 images, batch 64, 4 slots);
-- mlp: a Fashion-MNIST MLP 784-256-128-10 (batch 128, 3 slots; the Debian package's
+- cnn: the built-in digits SmallCNN (8x8 images, batch 64, 3 slots; a ~2.5 ms step at
+  best on the 2-core development machine);
+- mlp: a Fashion-MNIST MLP 784-256-128-10 (batch 32: a ~1.8 ms step at best there, the
+  size of step an outside user measured 1.42-1.51x on; 2 slots; the Debian package's
   images when installed, random images of the same shape otherwise).
 
-Both arms start from the same weights and run `--warmup` steps untimed. Then their steps
-are interleaved one by one (AB BA AB ...: both see the same moments of a shared, noisy
-machine) and summed per window of `--window` steps (one snapshot period, so each window
-holds one safe point); each window gives a Tolaria/plain ratio, in wall time and in the
-thread's CPU time (which excludes time the thread waits for a core). The medians and
-quartiles over `--windows` windows are reported: ratios, not absolute times, are the
-result (absolute step times depend on how loaded the machine is).
+Both arms start from the same weights and run `--warmup` steps untimed. Then they run in
+blocks of steps, interleaved plain/Tolaria, Tolaria/plain, ... (ABBA: both see the same
+moments of a shared, noisy machine, and neither always goes first), and each window of
+`--window` steps (one snapshot period, so each Tolaria window holds one safe point) gives
+a Tolaria/plain ratio, in wall time and in the thread's CPU time (which excludes time the
+thread waits for a core). The medians and quartiles over `--windows` windows are
+reported: ratios, not absolute times, are the result. Two block lengths are measured in
+turn, because each errs one way:
+- blocks of 1 step: the least noise, but each arm's step follows the other arm's, so the
+  cache and interpreter state Tolaria's work leaves behind slows the plain arm's next step
+  about as often as Tolaria's own (its cost is underestimated);
+- blocks of 20 steps (a window): each arm runs as it would alone, but a burst of load from
+  other processes can hit one arm's block and not the other's (wider quartiles).
 
-    python benchmarks/bench_tolaria_session.py [--windows 60] [--models cnn mlp]
+    python benchmarks/bench_tolaria_session.py [--windows 100] [--blocks 1 20] [--models cnn mlp]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +49,9 @@ RESULTS = Path(__file__).parent / "results" / "tolaria_session.json"
 MODELS = ("cnn", "mlp")
 # Distinct batches per model, used in turn.
 BATCHES = 200
+# The MLP's batch: a plain step of ~1.8 ms at best on the development machine (1.82 ms,
+# the fastest of 2,800 steps), the size an outside user measured Tolaria's cost on.
+MLP_BATCH = 32
 
 
 def _digits(steps: int):
@@ -50,7 +62,7 @@ def _digits(steps: int):
     return out[:steps], "digits 8x8, batch 64"
 
 
-def _fashion(steps: int, batch: int = 128):
+def _fashion(steps: int, batch: int = MLP_BATCH):
     g = torch.Generator().manual_seed(0)
     try:
         x, y, _, _ = fashion_arrays()
@@ -99,38 +111,32 @@ def _quartiles(values: list[float]) -> list[float]:
     return [round(q[0], 4), round(q[2], 4)]
 
 
-def bench(name: str, windows: int, window: int, warmup: int) -> dict:
-    batches, data = (_digits if name == "cnn" else _fashion)(BATCHES)
-    plain, _ = _arm(name, False)
-    tolaria, session = _arm(name, True)
-    for i in range(warmup):
-        plain(*batches[i % len(batches)])
-        tolaria(*batches[i % len(batches)])
-    arms = (plain, tolaria)
+def _windows(arms, batches: list, windows: int, window: int, block: int, start: int):
+    """Wall and CPU seconds of each arm over `windows` windows of `window` steps, on the
+    same batches, run in blocks of `block` steps alternating ABBA (plain first in one
+    pair of blocks, Tolaria first in the next)."""
     wall = [[0.0] * windows, [0.0] * windows]
     cpu = [[0.0] * windows, [0.0] * windows]
     clock, cpu_clock = time.perf_counter, time.thread_time
-    k = warmup
+    pair = 0
     for w in range(windows):
-        for j in range(window):
-            x, y = batches[k % len(batches)]
-            k += 1
-            for a in ((0, 1) if (w * window + j) % 2 == 0 else (1, 0)):  # AB BA AB ...
+        steps = [batches[(start + w * window + j) % len(batches)] for j in range(window)]
+        for first in range(0, window, block):
+            for a in ((0, 1) if pair % 2 == 0 else (1, 0)):
+                step = arms[a]
                 t0, c0 = clock(), cpu_clock()
-                arms[a](x, y)
+                for x, y in steps[first:first + block]:
+                    step(x, y)
                 wall[a][w] += clock() - t0
                 cpu[a][w] += cpu_clock() - c0
+            pair += 1
+    return wall, cpu
+
+
+def _ratios(wall: list, cpu: list, window: int) -> dict:
     ratios = [b / a for a, b in zip(*wall)]
     cpu_ratios = [b / a for a, b in zip(*cpu)]
-    info = {"slots": len(session.model.slots), "snapshots": session.sequence,
-            "transitions": len(session.model.transitions),
-            "live_seeds": session.model.live_seed_count()}
-    session.close()
-    if info["transitions"] or info["live_seeds"]:
-        raise SystemExit(f"{name}: a seed germinated; the comparison needs dormant slots")
     return {
-        "data": data, "windows": windows, "steps_per_window": window, "warmup_steps": warmup,
-        "session": info,
         "plain_step_ms_median": round(statistics.median(wall[0]) / window * 1e3, 3),
         "tolaria_step_ms_median": round(statistics.median(wall[1]) / window * 1e3, 3),
         "ratio_median": round(statistics.median(ratios), 4),
@@ -140,30 +146,63 @@ def bench(name: str, windows: int, window: int, warmup: int) -> dict:
     }
 
 
+def bench(name: str, windows: int, window: int, blocks: list[int], warmup: int) -> dict:
+    batches, data = (_digits if name == "cnn" else _fashion)(BATCHES)
+    plain, _ = _arm(name, False)
+    tolaria, session = _arm(name, True)
+    for i in range(warmup):
+        plain(*batches[i % len(batches)])
+        tolaria(*batches[i % len(batches)])
+    result = {"data": data, "windows": windows, "steps_per_window": window,
+              "warmup_steps": warmup}
+    start = warmup
+    for block in blocks:
+        wall, cpu = _windows((plain, tolaria), batches, windows, window, block, start)
+        start += windows * window
+        result[f"blocks_of_{block}"] = _ratios(wall, cpu, window)
+    info = {"slots": len(session.model.slots), "snapshots": session.sequence,
+            "transitions": len(session.model.transitions),
+            "live_seeds": session.model.live_seed_count()}
+    session.close()
+    if info["transitions"] or info["live_seeds"]:
+        raise SystemExit(f"{name}: a seed germinated; the comparison needs dormant slots")
+    return {**result, "session": info}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=60,
-                        help="measured windows of --window steps per model")
+    parser.add_argument("--windows", type=int, default=100,
+                        help="measured windows per model and interleaving")
     parser.add_argument("--window", type=int, default=DEFAULT_SNAPSHOT_EVERY,
                         help="steps per window (default: one snapshot period)")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1, DEFAULT_SNAPSHOT_EVERY],
+                        help="steps per block: each is measured in turn")
     parser.add_argument("--warmup", type=int, default=2 * DEFAULT_SNAPSHOT_EVERY)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args()
-    if args.windows < 2 or args.window <= 0 or args.warmup < 0:
-        parser.error("--windows must be >= 2, --window > 0 and --warmup >= 0")
+    if args.windows < 2 or args.window <= 0 or args.warmup % args.window \
+            or any(b <= 0 or args.window % b for b in args.blocks):
+        parser.error("--windows must be >= 2, --warmup a multiple of --window, and each of "
+                     "--blocks divide --window")
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     result = {
         "settings": {"policy": "local", "snapshot_every": DEFAULT_SNAPSHOT_EVERY,
                      "health_sample_every": DEFAULT_HEALTH_SAMPLE_EVERY, "torch_threads": 1,
-                     "order": "plain and Tolaria steps interleaved, AB BA AB ..."},
-        "models": {name: bench(name, args.windows, args.window, args.warmup)
+                     "order": "blocks of plain and Tolaria steps, ABBA, per window"},
+        "models": {name: bench(name, args.windows, args.window, args.blocks, args.warmup)
                    for name in args.models},
     }
+    # The machine's 1-minute load average around the run (2 cores here): how shared it was.
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result, indent=2))
-    for name, r in result["models"].items():
-        print(f"{name}: Tolaria/plain {r['ratio_median']:.3f}x wall "
-              f"(quartiles {r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][1]:.3f}), "
-              f"{r['cpu_ratio_median']:.3f}x CPU, on a {r['plain_step_ms_median']:.2f} ms step")
+    for name, model in result["models"].items():
+        for block in args.blocks:
+            r = model[f"blocks_of_{block}"]
+            print(f"{name}, blocks of {block}: Tolaria/plain {r['ratio_median']:.3f}x wall "
+                  f"(quartiles {r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][1]:.3f}), "
+                  f"{r['cpu_ratio_median']:.3f}x CPU (quartiles {r['cpu_ratio_quartiles'][0]:.3f}-"
+                  f"{r['cpu_ratio_quartiles'][1]:.3f}), on a {r['plain_step_ms_median']:.2f} ms step")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
