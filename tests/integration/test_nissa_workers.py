@@ -19,7 +19,8 @@ from esper.nissa.workers import IngestWorkers
 from esper.runtime.config import ConfigError
 from esper.runtime.infra import free_port
 from esper.runtime.server import StartupError, start_server
-from tests.integration.test_nissa import _counts, _publish, _run_events, _wait_for
+from tests.fixtures.waiting import eventually
+from tests.integration.test_nissa import _counts, _publish, _run_events
 
 pytestmark = pytest.mark.integration
 WORKER_MODULE = "esper.nissa.worker"
@@ -63,7 +64,7 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(
         for i, event in enumerate(events):  # four times the run, each event its own id
             event.event_id = f"{first}-{i}"
         await _publish(kafka_bootstrap, events)
-        assert await _wait_for(lambda: _all_stored(fresh_database, first, len(events)))
+        assert await eventually(lambda: _all_stored(fresh_database, first, len(events)))
 
         # The workers' consumer metrics reach the server's /metrics.
         snapshots = sum(1 for e in events if e.HasField("snapshot"))
@@ -77,20 +78,20 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(
                     for s in m.samples if s.labels["group"] == config.consumer_group]
             return value >= snapshots and lags and not any(lags)
 
-        assert await _wait_for(forwarded, 15)
+        assert await eventually(forwarded, 15)
 
         victim = workers[0]
         victim.send_signal(signal.SIGKILL)
         second = f"run-{uuid.uuid4().hex[:8]}"
         later = _run_events(second)
         await _publish(kafka_bootstrap, later)
-        assert await _wait_for(lambda: _all_stored(fresh_database, second, len(later)), 60)
+        assert await eventually(lambda: _all_stored(fresh_database, second, len(later)), 60)
 
         async def replaced() -> bool:
             now = _workers_of(os.getpid())
             return len(now) == 2 and victim.pid not in {w.pid for w in now}
 
-        assert await _wait_for(replaced, 60)
+        assert await eventually(replaced, 60)
         # The first run was not stored again by the replacement (its offsets were committed).
         assert await _all_stored(fresh_database, first, len(events))
     finally:
@@ -153,12 +154,12 @@ async def test_a_report_that_fails_to_apply_does_not_stop_the_supervision(
             run = f"run-{uuid.uuid4().hex[:8]}"
             events = _run_events(run)
             await _publish(kafka_bootstrap, events)
-            assert await _wait_for(lambda: _all_stored(fresh_database, run, len(events)))
+            assert await eventually(lambda: _all_stored(fresh_database, run, len(events)))
 
         async def both_applied() -> bool:
             return len(applied) >= 2
 
-        assert await _wait_for(both_applied, 15)
+        assert await eventually(both_applied, 15)
         assert all(proc.returncode is None for proc in workers._procs.values())
     finally:
         await workers.stop()
