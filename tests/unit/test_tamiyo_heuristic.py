@@ -178,7 +178,8 @@ def test_the_heuristic_grows_on_a_slowdown_only_when_asked() -> None:
     assert d.WhichOneof("action") == "wait" and "(no plateau)" in d.rationale
     slowing = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, plateau_patience=2,
                                               slowdown_ratio=0.25))
-    assert slowing.decide(context(val_history=slow)).WhichOneof("action") == "germinate"
+    d = slowing.decide(context(val_history=slow))
+    assert d.WhichOneof("action") == "germinate" and "diminishing (slowdown)" in d.rationale
     d = slowing.decide(context(val_history=IMPROVING))
     assert d.WhichOneof("action") == "wait" and "no slowdown" in d.rationale
 

@@ -347,7 +347,11 @@ class HeuristicPolicy:
             slot_id=slot.slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
             kernel_sha256=pick.kernel.sha256, schedule=schedule,
         )
-        why = (f"validation loss plateaued; slot {slot.slot_id} (health {health:.2f}) with "
+        plateau = is_plateau(ctx.history.val_losses, c.plateau_patience, c.plateau_min_delta,
+                             ctx.snapshot.metrics.plateau_epochs)
+        trigger = "validation loss plateaued" if plateau else \
+            "validation loss gains are diminishing (slowdown)"
+        why = (f"{trigger}; slot {slot.slot_id} (health {health:.2f}) with "
                f"kernel {pick.kernel.kernel_id} ({ref}) has the best benefit per cost "
                f"{benefit_per_cost(pick, c):.4g}")
         return action, CONFIDENCE_GERMINATE, why
