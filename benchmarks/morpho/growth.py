@@ -15,11 +15,11 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from esper.leyline.lifecycle import LIVE_STAGES, stack_blockers
+from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, GerminateAction
-from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import SessionOpen
+from esper.policy.context import PolicyContext
 from esper.policy.heuristic import blend_schedule
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
@@ -51,12 +51,10 @@ class ScheduledGrowth(LocalPolicy):
         self.applied: list[dict] = []
         self.dropped: list[str] = []
         self._shapes: dict = {}
-        self._slots: list = []
 
     def start(self, open_message: SessionOpen) -> None:
         super().start(open_message)
         self._shapes = {s.slot_id: s.shape for s in open_message.graph.slots}
-        self._slots = list(open_message.graph.slots)
 
     def observe(self, snapshot: TrainingSnapshot) -> None:
         super().observe(snapshot)  # the heuristic manages live seeds
@@ -65,11 +63,9 @@ class ScheduledGrowth(LocalPolicy):
         if any(s.stage in LIVE_STAGES for s in snapshot.seeds):
             return  # one live seed at a time, as the heuristic grows
         item = self.plan.pop(0)
-        stages = {s.slot_id: s.stage for s in snapshot.seeds}
-        closed = stack_blockers(self._slots, lambda sid: stages.get(sid, SeedStage.SEED_STAGE_DORMANT))
-        dormant = sorted(sid for sid, stage in stages.items()
-                         if stage == SeedStage.SEED_STAGE_DORMANT and sid in self._shapes
-                         and sid not in closed)
+        # The slots the heuristic itself could germinate in (dormant, outside embargo, not
+        # stacked on a seed that has not fossilized): the one open-slot rule.
+        dormant = sorted(s.slot_id for s in PolicyContext.build(snapshot, self._graph).open_slots())
         slot_id = item.slot_id or (self.rng.choice(dormant) if dormant else None)
         if slot_id not in dormant:
             self.dropped.append(f"step {snapshot.step}: slot {slot_id} not dormant")
