@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import tempfile
 import warnings
@@ -36,8 +37,10 @@ from .loop import LEARNING_RATE, train
 # Arms in the order they run within a seed (dependents after "esper").
 ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-plateau-only", "random",
         "schedule", "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
-# Rows derived from another arm's run: the test accuracy when that run's cumulative FLOPs
-# reached Esper's total for the seed.
+# Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed. At a
+# constant learning rate, where its run crossed that budget; under a decaying schedule (where
+# a run cut short has not annealed), a second run of the same model and initialisation whose
+# schedule ends at that budget.
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
            "esper-arch-static@esper-flops": "esper-arch-static"}
 LABELS = {
@@ -56,6 +59,8 @@ LABELS = {
     "static-large": "static large reference",
     "learned": "Esper, learned policy (Simic GNN trained on digits episodes)",
 }
+# The FLOP-matched rows under a decaying learning rate: second runs, not cuts.
+FITTED_LABEL = "  the same, a second run whose schedule ends at Esper's FLOPs"
 # Random growth draws its germination times from this leading fraction of the run, so a
 # seed has time to go through its lifecycle.
 RANDOM_TIME_FRACTION = 0.7
@@ -78,6 +83,7 @@ class Context:
     # growth paths run (random growth plans at least one germination, GroMo grows ~10%).
     quick: bool = False
     work_dir: Path = Path(tempfile.gettempdir())  # where the learned policy is cached
+    lr_schedule: str = "constant"  # loop.LR_SCHEDULES
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -94,13 +100,52 @@ def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
 
-def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None) -> dict:
+def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None,
+            max_steps: int | None = None) -> dict:
     return train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
-                 meter=FlopMeter(), milestones=milestones)
+                 meter=FlopMeter(), milestones=milestones, lr_schedule=ctx.lr_schedule,
+                 max_steps=max_steps)
 
 
 def _matched(ctx: Context) -> dict:
     return {"esper-flops": ctx.esper()["flops"]["total"]}
+
+
+def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module]) -> dict:
+    """A static control's full run, with its test accuracy at Esper's FLOPs in
+    record["milestones"]["esper-flops"] (see MATCHED). `build` makes the model right after
+    torch.manual_seed(ctx.seed), so both runs start from the same weights."""
+    torch.manual_seed(ctx.seed)
+    if ctx.lr_schedule == "constant":
+        return _static(ctx, build(), _matched(ctx))
+    record = _static(ctx, build())
+    steps = fitted_steps(record, ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch, ctx.epochs)
+    if steps is None:  # Esper spent at least this run's FLOPs: its end is the matched point
+        record["milestones"] = {"esper-flops": {
+            "test_accuracy": record["test_accuracy"], "flops": record["flops"]["total"],
+            "epoch": float(ctx.epochs), "reached": False}}
+        return record
+    torch.manual_seed(ctx.seed)
+    fitted = _static(ctx, build(), max_steps=steps)
+    record["milestones"] = {"esper-flops": {
+        "test_accuracy": fitted["test_accuracy"], "flops": fitted["flops"]["total"],
+        "epoch": steps / ctx.data.steps_per_epoch, "reached": True, "fitted_run": True,
+        "wall_s": fitted["wall_s"], "curve": fitted["curve"]}}
+    return record
+
+
+def fitted_steps(record: dict, budget: float, steps_per_epoch: int, epochs: int) -> int | None:
+    """Training steps of a run whose FLOPs (training steps plus a validation pass per
+    epoch begun), at the full run's costs, come closest to `budget` without exceeding it;
+    None when the full run fits within it."""
+    if record["flops"]["total"] <= budget:
+        return None
+    per_step = record["flops"]["train"] / (epochs * steps_per_epoch)
+    per_validation = record["flops"]["validation"] / epochs
+    steps = epochs * steps_per_epoch
+    while steps > 1 and steps * per_step + math.ceil(steps / steps_per_epoch) * per_validation > budget:
+        steps -= 1
+    return steps
 
 
 def static_small(ctx: Context) -> dict:
@@ -110,14 +155,14 @@ def static_small(ctx: Context) -> dict:
 
 def static_large(ctx: Context) -> dict:
     torch.manual_seed(ctx.seed)
-    return _static(ctx, hosts.large(ctx.host, ctx.data.vocab_size), _matched(ctx) if "esper" in ctx.done else None)
+    # (a reference, not a target: its point at Esper's FLOPs only where a cut is meaningful)
+    matched = "esper" in ctx.done and ctx.lr_schedule == "constant"
+    return _static(ctx, hosts.large(ctx.host, ctx.data.vocab_size), _matched(ctx) if matched else None)
 
 
 def static_final_size(ctx: Context) -> dict:
     target = ctx.esper()["params"]
-    torch.manual_seed(ctx.seed)
-    model = hosts.sized(ctx.host, target, ctx.data.vocab_size)
-    record = _static(ctx, model, _matched(ctx))
+    record = _static_with_matched(ctx, lambda: hosts.sized(ctx.host, target, ctx.data.vocab_size))
     record["widths"] = hosts.sized_widths(ctx.host, target, ctx.data.vocab_size)
     return record
 
@@ -139,7 +184,7 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
 
     meter = FlopMeter()
     record = train(morph, optimizer, ctx.data, seed=ctx.seed, epochs=ctx.epochs, meter=meter,
-                   session=session, state_key=state_key,
+                   session=session, state_key=state_key, lr_schedule=ctx.lr_schedule,
                    safe_point=lambda: (morph.global_step + 1) % every == 0,
                    finish=session.close)
     with warnings.catch_warnings():  # live seeds are left out, as intended
@@ -237,7 +282,8 @@ def run_schedule(ctx: Context) -> dict:
 
 
 def esper_architecture(ctx: Context) -> torch.nn.Module:
-    """Esper's final architecture for this seed, freshly initialised: the small host (same
+    """Esper's final architecture for this seed, freshly initialised (its seeds built after
+    torch.manual_seed(ctx.seed), which this function calls): the small host (same
     seed) with each width fossil's layers widened, each unmerged fossil's blueprint built in its slot (with the local kernels'
     initialisation, as Esper germinated it) as the residual module `unwrap()` makes of a
     fossil. Merged fossils (affine seeds folded into the host weights) add no module.
@@ -266,8 +312,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
 
 
 def run_esper_arch(ctx: Context) -> dict:
-    model = esper_architecture(ctx)
-    record = _static(ctx, model, _matched(ctx))
+    record = _static_with_matched(ctx, lambda: esper_architecture(ctx))
     record["fossils"] = ctx.esper()["fossilized"]
     return record
 

@@ -15,6 +15,7 @@ from . import data as data_mod
 from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
 from .hosts import HOSTS
+from .loop import LR_SCHEDULES
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 # Run seeds far from Simic's collection seeds (0..) and from bench_growth's.
@@ -44,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    help="arms to run (those depending on Esper need esper too)")
     p.add_argument("--quick", action="store_true",
                    help="one seed, two epochs, a data subset: proves the harness runs, never the result")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="every arm's learning rate: constant, or a cosine decay to zero over the "
+                        "run (then the FLOP-matched controls are second runs whose schedule ends "
+                        "at Esper's FLOPs)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/morphogenesis.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
-                         "seed_base": SEED_BASE,
+                         "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
         for i in range(args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
-                          quick=args.quick, work_dir=out)
+                          quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
@@ -135,12 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 def _earlier_esper(path: Path, result: dict) -> dict | str:
     """(host, seed) -> the esper record of an earlier result, or why it cannot be used."""
     other = json.loads(path.read_text())
-    for key in ("epochs", "quick", "data", "seed_base"):
-        if result["config"].get(key) != other["config"].get(key):
-            return f"config {key} differs: {result['config'].get(key)} vs {other['config'].get(key)}"
+    problem = config_mismatch(result["config"], other["config"])
+    if problem:
+        return problem
     result["config"]["esper_from"] = other["config"]["command"]
     return {(host, r["seed"]): r for host, h in other["hosts"].items()
             for r in h["runs"].get("esper", [])}
+
+
+def config_mismatch(ours: dict, theirs: dict) -> str | None:
+    """Why runs of two results cannot be compared as one experiment, or None. (Results from
+    before --lr-schedule existed ran at a constant rate.)"""
+    for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
+                         ("lr_schedule", "constant")):
+        if ours.get(key, default) != theirs.get(key, default):
+            return f"config {key} differs: {ours.get(key, default)} vs {theirs.get(key, default)}"
+    return None
 
 
 def _family(host: str) -> str:
@@ -156,9 +171,9 @@ def _load(family: str, quick: bool):
 
 def merge(result: dict, other: dict) -> str | None:
     """Put `other`'s arms into `result` (replacing those arms); why not, or None."""
-    for key in ("epochs", "quick", "data", "seed_base"):
-        if result["config"].get(key) != other["config"].get(key):
-            return f"config {key} differs: {result['config'].get(key)} vs {other['config'].get(key)}"
+    problem = config_mismatch(result["config"], other["config"])
+    if problem:
+        return problem
     for host, h in other["hosts"].items():
         if host not in result["hosts"]:  # a host family measured in a run of its own
             result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}

@@ -138,6 +138,6 @@ def run(ctx: Context) -> dict:
         return _adam(model)
 
     record = train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
-                   meter=meter, after_epoch=after_epoch)
+                   meter=meter, after_epoch=after_epoch, lr_schedule=ctx.lr_schedule)
     record.update({"growths": growths, "target_params": target})
     return record

@@ -1,4 +1,5 @@
-"""The one training loop every arm runs: Adam, cross-entropy, the seed's batch order, a
+"""The one training loop every arm runs: Adam, cross-entropy, the seed's batch order, the
+run's learning-rate schedule (constant, or a cosine decay to zero over the run), a
 validation pass after every epoch (the signal every decision may use; its FLOPs count as
 training compute), and a test-set evaluation after every epoch for the curves (reporting
 only: never seen by any decision, not counted)."""
@@ -18,6 +19,9 @@ from .flops import FlopMeter
 from .hosts import params
 
 LEARNING_RATE = 1e-3
+# constant: Adam at LEARNING_RATE throughout. cosine: decayed to zero over the run's steps
+# (a torch LambdaLR, which Esper's sessions keep seed groups in step with, as a user's).
+LR_SCHEDULES = ("constant", "cosine")
 # Called after each epoch's validation with (epoch, val_loss); may return a new optimizer
 # (GroMo: the model grew) or None.
 AfterEpoch = Callable[[int, float], "torch.optim.Optimizer | None"]
@@ -41,7 +45,8 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
           epochs: int, meter: FlopMeter, session=None, state_key: Callable[[], Hashable] | None = None,
           after_epoch: AfterEpoch | None = None, milestones: dict[str, float] | None = None,
           safe_point: Callable[[], bool] | None = None,
-          finish: Callable[[], object] | None = None) -> dict:
+          finish: Callable[[], object] | None = None, lr_schedule: str = "constant",
+          max_steps: int | None = None) -> dict:
     """Train `net` (with an Esper `session`, called the way its README says) and return the
     run's record: final test accuracy, FLOPs by kind, wall time, per-epoch curve, and the
     test accuracy at each FLOP milestone the run crosses (name -> budget).
@@ -53,7 +58,12 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
     would cost more wall time than the step.
 
     `finish()` (Esper: `session.close()`, which settles seeds still live) runs after the
-    last epoch, counted in full; the final test accuracy is that of the model after it."""
+    last epoch, counted in full; the final test accuracy is that of the model after it.
+
+    `max_steps` ends the run after that many steps (the last epoch partial, still validated)
+    and is the length the learning-rate schedule decays over: a run fitted to a budget."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
     key = state_key or (lambda: params(net))
     pending = dict(milestones or {})
     reached: dict[str, dict] = {}
@@ -61,8 +71,13 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
     t0 = time.perf_counter()
     net.train()
     steps = data.steps_per_epoch
-    for epoch in range(epochs):
+    total = min(max_steps or epochs * steps, epochs * steps)
+    done = 0
+    scheduler = _scheduler(optimizer, lr_schedule, total, done)
+    for epoch in range(math.ceil(total / steps)):
         for i, (x, y) in enumerate(data.train_batches(seed, epoch)):
+            if done == total:
+                break
             def step(x=x, y=y):
                 optimizer.zero_grad(set_to_none=True)
                 out = net(x)
@@ -73,13 +88,16 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
                 return out, loss
 
             out, loss = meter.run("train", ("train", key()), len(y), step)
+            done += 1
             if session is not None:
-                last = i == steps - 1
+                last = i == steps - 1 or done == total
                 if safe_point is None or safe_point():
                     with meter.counted("extra"):
                         session.step(loss, out, y, last_in_epoch=last)
                 else:
                     session.step(loss, out, y, last_in_epoch=last)
+            if scheduler is not None:
+                scheduler.step()
             if pending:
                 _milestones(pending, reached, meter, net, data, epoch + (i + 1) / steps)
         val_loss, val_acc = meter.run("validation", ("validation", key()), len(data.y_val),
@@ -91,6 +109,7 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
             new = after_epoch(epoch, val_loss)
             if new is not None:
                 optimizer = new
+                scheduler = _scheduler(optimizer, lr_schedule, total, done)
         test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
         curve.append({"epoch": epoch + 1, "flops": meter.total, "val_loss": val_loss,
                       "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params(net)})
@@ -99,12 +118,25 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
             finish()
     test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
     for name in pending:  # budgets this run never reached: its end is the matched point
-        reached[name] = {"test_accuracy": test_acc, "flops": meter.total, "epoch": float(epochs),
+        reached[name] = {"test_accuracy": test_acc, "flops": meter.total, "epoch": total / steps,
                          "reached": False}
     return {"test_accuracy": test_acc, "test_loss": test_loss,
             "val_accuracy": curve[-1]["val_accuracy"] if curve else math.nan,
             "params": params(net), "flops": meter.to_dict(),
             "wall_s": time.perf_counter() - t0, "curve": curve, "milestones": reached}
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """The learning-rate factor `step` steps into a cosine decay of `total` steps."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, lr_schedule: str, total: int, done: int):
+    """The run's schedule on `optimizer` (a new one after GroMo grows), `done` steps in."""
+    if lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_factor(done + s, total))
 
 
 def _milestones(pending: dict[str, float], reached: dict[str, dict], meter: FlopMeter,

@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .arms import ARMS, LABELS, MATCHED
+from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -114,6 +114,22 @@ def order(names) -> list[str]:
     return [a for a in seq if a in names]
 
 
+def label_of(arm: str, cfg: dict) -> str:
+    if arm in MATCHED and cfg.get("lr_schedule", "constant") != "constant":
+        return FITTED_LABEL
+    return LABELS.get(arm, arm)
+
+
+def _schedule_line(schedule: str) -> str:
+    if schedule == "constant":
+        return ("Learning rate: Adam at a constant 1e-3 in every arm; the FLOP-matched rows are "
+                "the full run's test accuracy where its cumulative FLOPs reached Esper's.")
+    return ("Learning rate: Adam from 1e-3, decayed to zero on a cosine over the run in every "
+            "arm (Esper's seed groups follow it, as a user's scheduler); the FLOP-matched rows "
+            "are second runs of the same model and initialisation whose schedule ends at "
+            "Esper's FLOPs.")
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     done = cfg.get("seeds_done", cfg["seeds"])
@@ -127,7 +143,8 @@ def markdown(result: dict) -> str:
              "Test accuracy on the official 10,000-image test set (mean ± sd over seeds); training "
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
              "validation passes, Esper's safe points, GroMo's statistics and line searches); "
-             "paired differences are Esper minus the arm, per seed, in percentage points.", ""]
+             "paired differences are Esper minus the arm, per seed, in percentage points.", "",
+             _schedule_line(cfg.get("lr_schedule", "constant")), ""]
     if cfg.get("quick"):
         lines += ["**--quick run: a data subset and a couple of epochs; it proves the harness "
                   "runs and says nothing about the result.**", ""]
@@ -140,7 +157,7 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|---|" + ("---|" if text else "")]
         summary = h["summary"]
         for arm in order(set(summary["arms"]) | set(h["unavailable"])):
-            label = LABELS.get(arm, arm)
+            label = label_of(arm, cfg)
             if arm in h["unavailable"]:
                 lines.append(f"| {label} | {h['unavailable'][arm]} | | | | | |" + (" |" if text else ""))
                 continue
@@ -192,7 +209,7 @@ def plot(result: dict, path: Path) -> None:
             a = h["summary"]["arms"][arm]
             ax.errorbar(a["flops_mean"] / 1e9, 100 * a["test_accuracy_mean"],
                         xerr=a["flops_sd"] / 1e9, yerr=100 * a["test_accuracy_sd"], fmt="o" if "@" not in arm else "s",
-                        color=c, capsize=3, label=LABELS.get(arm, arm).strip(),
+                        color=c, capsize=3, label=label_of(arm, result["config"]).strip(),
                         markersize=9 if arm == "esper" else 6)
         spread = [h["summary"]["arms"][a]["flops_mean"] for a in names]
         if spread and max(spread) > 4 * min(spread):

@@ -164,3 +164,60 @@ def test_esper_from_takes_each_seeds_run_of_an_earlier_result(tmp_path) -> None:
     assert result["config"]["esper_from"] == "earlier"
     result["config"]["epochs"] = 30
     assert "epochs differs" in _earlier_esper(tmp_path / "a.json", result)
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run_and_restarts_nowhere() -> None:
+    from morpho.loop import cosine_factor
+
+    values = [cosine_factor(s, 100) for s in range(101)]
+    assert values[0] == 1.0 and values[100] == 0.0 and math.isclose(values[50], 0.5)
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    assert cosine_factor(150, 100) == 0.0  # past the end: stays at zero
+
+
+def _splits(n: int = 96, batch: int = 32):
+    from morpho.data import Splits
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return Splits(x_train=x, y_train=y, x_val=x[:32], y_val=y[:32], x_test=x[:32], y_test=y[:32],
+                  batch_size=batch)
+
+
+def test_a_run_fitted_to_fewer_steps_stops_there_and_anneals_to_zero(one_thread) -> None:
+    from morpho.loop import train
+
+    data = _splits()  # 3 steps per epoch
+    torch.manual_seed(0)
+    net = hosts.small("mlp")
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    record = train(net, optimizer, data, seed=1, epochs=4, meter=FlopMeter(),
+                   lr_schedule="cosine", max_steps=7)
+    assert len(record["curve"]) == 3  # epochs 1, 2 and the partial third, each validated
+    other = hosts.small("mlp")
+    full = train(other, torch.optim.Adam(other.parameters(), lr=1e-3), data, seed=1, epochs=4,
+                 meter=FlopMeter())
+    assert math.isclose(record["flops"]["train"] / 7, full["flops"]["train"] / 12)  # 7 of 12 steps
+    assert math.isclose(record["flops"]["validation"] / 3, full["flops"]["validation"] / 4)
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the schedule ended with the run
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(net, optimizer, data, seed=1, epochs=1, meter=FlopMeter(), lr_schedule="linear")
+
+
+def test_fitted_steps_spend_at_most_the_budget_with_validation_counted() -> None:
+    from morpho.arms import fitted_steps
+
+    record = {"flops": {"total": 1000.0 + 40.0, "train": 1000.0, "validation": 40.0}}
+    # 10 epochs x 10 steps: 10 FLOPs a step, 4 a validation pass
+    assert fitted_steps(record, 2000.0, 10, 10) is None  # the full run fits
+    steps = fitted_steps(record, 600.0, 10, 10)
+    assert steps * 10 + math.ceil(steps / 10) * 4 <= 600.0
+    assert (steps + 1) * 10 + math.ceil((steps + 1) / 10) * 4 > 600.0
+
+
+def test_results_of_different_learning_rate_schedules_do_not_mix() -> None:
+    from morpho.cli import config_mismatch
+
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    assert config_mismatch(base, {**base, "lr_schedule": "constant"}) is None  # older results
+    assert "lr_schedule differs" in config_mismatch(base, {**base, "lr_schedule": "cosine"})
