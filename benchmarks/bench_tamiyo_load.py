@@ -152,9 +152,9 @@ def start_tamiyo(port: int, dsn: str, log: Path) -> subprocess.Popen:
     """`esper serve tamiyo` on `port`, its output in `log` (a pipe nobody reads would fill
     and stall the server); returns once it serves."""
     env = {**os.environ, "ESPER_POSTGRES_DSN": dsn, "ESPER_PUBLISH_EVENTS": "false", "ESPER_LOG_LEVEL": "WARNING"}
-    # No Urza or Tezzeret (the seeds' advances need no kernels). Empty flags, not empty
-    # ESPER_* variables: an empty variable reads as unset, and a Tamiyo trying an absent
-    # Urza at its default address stalls a decision ~0.5 s every 5 s (its retries).
+    # No Urza or Tezzeret (the seeds' advances need no kernels): their addresses empty (a
+    # Tamiyo trying an absent Urza at its default address stalls a decision ~0.5 s every
+    # 5 s, its retries).
     argv = [sys.executable, "-m", "esper.cli.main", "serve", "tamiyo", "--port", str(port), "--metrics-port", "-1",
             "--urza-address", "", "--tezzeret-address", ""]
     with log.open("w") as out:

@@ -102,3 +102,41 @@ def test_every_registered_service_serves_its_leyline_service():
         assert grpc_service_name(name) in spec.grpc_services
     with pytest.raises(KeyError):
         load_spec("mystery")
+
+
+@dataclass(frozen=True)
+class OptionalPeerConfig(ServerConfig):
+    # A peer whose calls an empty address turns off, as Tamiyo's urza_address.
+    peer_address: str = "127.0.0.1:50051"
+    # A switch on by default.
+    publish: bool = True
+    grants: tuple[str, ...] = ("*",)
+
+
+def test_an_empty_env_value_is_set_not_ignored():
+    """ESPER_X="" means empty or off, as the flag --x "" does; never "use the default"."""
+    cfg = load_config(OptionalPeerConfig, "peer", env={
+        "ESPER_PEER_ADDRESS": "", "ESPER_PUBLISH": "", "ESPER_GRANTS": " "})
+    assert (cfg.peer_address, cfg.publish, cfg.grants) == ("", False, ())
+    assert load_config(OptionalPeerConfig, "peer", env={}).peer_address == "127.0.0.1:50051"
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"ESPER_PORT": ""}, "port (from env ESPER_PORT): empty"),
+    ({"ESPER_WIDGETS": " "}, "widgets (from env ESPER_WIDGETS): empty"),
+    ({"ESPER_HOST": ""}, "host: must not be empty"),
+    ({"ESPER_POSTGRES_DSN": ""}, "postgres_dsn"),
+    ({"ESPER_KAFKA_BOOTSTRAP": ""}, "kafka_bootstrap"),
+    ({"ESPER_STATE_DIR": ""}, "state_dir: must not be empty"),
+])
+def test_an_empty_env_value_that_cannot_be_empty_is_an_error(env, needle):
+    with pytest.raises(ConfigError) as err:
+        load(env=env)
+    assert needle in str(err.value)
+
+
+def test_tamiyo_reads_empty_peer_addresses_as_off():
+    from esper.tamiyo.config import TamiyoConfig
+
+    cfg = load_config(TamiyoConfig, "tamiyo", env={"ESPER_URZA_ADDRESS": "", "ESPER_TEZZERET_ADDRESS": ""})
+    assert (cfg.urza_address, cfg.tezzeret_address) == ("", "")

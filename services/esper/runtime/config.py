@@ -101,6 +101,10 @@ class ServerConfig:
         check_choice("log_format", self.log_format, ("text", "json"))
         check_choice("log_level", self.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
         check_choice("otel_exporter", self.otel_exporter, ("none", "console", "otlp"))
+        if self.otel_exporter == "otlp":
+            check_url("otlp_endpoint", self.otlp_endpoint, ("http", "https"))
+        if not self.state_dir:  # "" would put the service's files in whatever cwd it has
+            raise ConfigError("state_dir: must not be empty")
         if not 0 <= self.shutdown_grace_seconds <= 300:
             raise ConfigError("shutdown_grace_seconds: must be within [0, 300]")
         for name, low, high in (("keepalive_s", 1, 86_400), ("keepalive_timeout_s", 1, 600),
@@ -196,6 +200,23 @@ def coerce(cls: type, name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} (from {source}): {raw!r} is invalid: {exc}") from None
 
 
+def from_env(cls: type, name: str, raw: str) -> Any:
+    """An `ESPER_*` value. An empty one is set, never "unset" (which silently kept the
+    default: ESPER_URZA_ADDRESS="" left Tamiyo calling Urza at 127.0.0.1:50051): text is ""
+    (an address that may be empty turns its calls off; one that may not fails validation,
+    naming it), a list is (), a switch is off (as the clients' ESPER_TLS reads), and a
+    number is an error. To get the default, unset the variable."""
+    key = ENV_PREFIX + name.upper()
+    if raw.strip():
+        return coerce(cls, name, raw, f"env {key}")
+    want = _field_type(cls, name)
+    if want is bool:
+        return False
+    if want in (int, float):
+        raise ConfigError(f"{name} (from env {key}): empty; set a number, or unset {key} for the default")
+    return () if want is tuple else ""
+
+
 def read_toml(path: str | Path, service: str, known_tables: Mapping[str, set[str]]) -> dict:
     """The keys of `[defaults]` and `[service]` that apply to `service`.
 
@@ -249,8 +270,8 @@ def load_config(
             values[key] = coerce(cls, key, raw, f"config file {path}")
     for name in names:
         raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None and raw != "":
-            values[name] = coerce(cls, name, raw, f"env {ENV_PREFIX}{name.upper()}")
+        if raw is not None:
+            values[name] = from_env(cls, name, raw)
     for name, raw in (overrides or {}).items():
         if name not in names:
             raise ConfigError(f"unknown setting {name!r} for {service}")
