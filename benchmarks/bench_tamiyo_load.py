@@ -6,9 +6,9 @@ serve tamiyo` processes on loopback, then runs N simulated training sessions (de
 in this process, started over `--ramp-s`, each its own channel on the replicas' address
 list (round robin, as a Tolaria process would) and its own real Session stream: a snapshot
 every `--step-ms` x `--snapshot-every` ms (20 ms x 10 steps: a small model's step at
-Tamiyo's default cadence; a 100-node graph with 25 slots, the snapshot builders of
-bench_tamiyo_session.py, so each snapshot earns a decision; an epoch end with its
-validation loss every `--epoch-snapshots` snapshots), each decision acked. Halfway, one replica is SIGKILLed: its sessions see
+Tamiyo's default cadence; a 100-node graph with 25 slots, tamiyo_workload.py's snapshots,
+so each snapshot earns a decision; an epoch end with its validation loss every
+`--epoch-snapshots` snapshots), each decision acked. Halfway, one replica is SIGKILLed: its sessions see
 their stream break, re-open through the same address list on the survivor and must be
 accepted as *resumed* (the run state came from PostgreSQL). A session that cannot resume
 within `--resume-timeout-s` or resumes as a new run is lost (must be 0).
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import grpc
 
-# The snapshot builders and helpers of the one-session benchmark (run as a script, this
-# directory is on sys.path).
-from bench_tamiyo_session import Stream, free_port, model_graph, percentiles, snapshot
+# Run as a script, this directory is on sys.path.
+from tamiyo_workload import Stream, free_port, model_graph, percentiles, snapshot
 
 from esper.leyline.v1 import tamiyo_pb2
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck

@@ -26,33 +26,22 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from tamiyo_workload import NODES, Stream, free_port, model_graph, percentiles, snapshot
+
 from esper.leyline.v1 import tamiyo_pb2
-from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
-from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
-from esper.leyline.v1.signals_pb2 import (
-    GraphEdge,
-    GraphNode,
-    ModelGraph,
-    SlotInfo,
-    TrainingMetrics,
-    TrainingSnapshot,
-)
+from esper.leyline.v1.signals_pb2 import ModelGraph
 from esper.leyline.version import contract_version
 from esper.rpc.channels import ChannelSecurity, open_channel
 from esper.rpc.clients import TamiyoClient
 
-NODES = 100
-SLOT_EVERY = 4
 START_TIMEOUT_S = 120
 ECHO_BYTES = 2048  # about a snapshot with per-layer health: the issue's bare-stream size
 ECHO_METHOD = "/bench.Echo/Session"
@@ -62,39 +51,6 @@ TARGETS = {
     "gnn_one_session_p99_ms_max": 5.0,
     "gnn_sessions_p50_vs_one_max": 3.0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def model_graph() -> ModelGraph:
-    g = ModelGraph()
-    for i in range(NODES):
-        slot = f"s{i}" if i % SLOT_EVERY == 0 else ""
-        g.nodes.append(GraphNode(node_id=f"n{i}", op_type="Linear", in_dim=64, out_dim=64, params=4160,
-                                 slot_id=slot, depth=i))
-        if i:
-            g.edges.append(GraphEdge(source=f"n{i - 1}", target=f"n{i}"))
-        if slot:
-            g.slots.append(SlotInfo(slot_id=slot, node_id=f"n{i}",
-                                    shape=SlotShape(kind=SlotKind.SLOT_KIND_FEATURES, channels=64)))
-    return g
-
-
-def snapshot(run_id: str, step: int) -> TrainingSnapshot:
-    # A germinated seed: the heuristic advances it every time (one decision per snapshot).
-    seed = SeedState(seed_id="seed-0", slot_id="s0", stage=SeedStage.SEED_STAGE_GERMINATED)
-    return TrainingSnapshot(run_id=run_id, step=step, epoch=0, sequence=step, seeds=[seed],
-                            metrics=TrainingMetrics(train_loss=0.5, val_loss=0.6))
-
-
-def percentiles(ms: list[float]) -> dict[str, float]:
-    ms = sorted(ms)
-    return {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-            "samples": len(ms)}
 
 
 # -- the bare echo server (its own process) ---------------------------------------------------
@@ -136,25 +92,6 @@ def started(argv: list[str]) -> Iterator[None]:
 
 
 # -- clients: the same shape for the echo and for Tamiyo -------------------------------------
-
-
-class Stream:
-    """One bidi stream fed from a queue (as Tolaria feeds its Session)."""
-
-    def __init__(self, open_call: Callable) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.call = open_call(self._requests())
-
-    async def _requests(self):
-        while (item := await self.queue.get()) is not None:
-            yield item
-
-    def send(self, message) -> None:
-        self.queue.put_nowait(message)
-
-    def close(self) -> None:
-        self.queue.put_nowait(None)
-        self.call.cancel()
 
 
 Timed = tuple[list[float], float, float]  # round trips (ms), first send, last answer (s)
