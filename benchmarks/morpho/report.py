@@ -106,6 +106,42 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def _interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear value at `x` of (x, y) points sorted by x (clamped at the ends)."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]
+
+
+def growth_headroom(runs: dict[str, list[dict]]) -> dict | None:
+    """How much faster per FLOP the small host learns than Esper's final architecture
+    trained static: along the small host's per-epoch test curve, its accuracy minus the
+    final architecture's at the same cumulative FLOPs (its curve interpolated), mean over
+    the seeds both ran. Growing can gain on that architecture at matched FLOPs only where
+    this is positive: before growth the grown model is the small host, so where the small
+    host is no faster per FLOP, the best growth can do is keep pace. None without both arms."""
+    small = {r["seed"]: r["curve"] for r in runs.get("static-small", []) if r["curve"]}
+    final = {r["seed"]: r["curve"] for r in runs.get("esper-arch-static", []) if r["curve"]}
+    seeds = sorted(set(small) & set(final))
+    if not seeds:
+        return None
+    n = min(len(small[s]) for s in seeds)
+    flops, ahead = [], []
+    for k in range(n):
+        flops.append(statistics.fmean(small[s][k]["flops"] for s in seeds))
+        ahead.append(statistics.fmean(
+            100 * (small[s][k]["test_accuracy"]
+                   - _interpolate([(c["flops"], c["test_accuracy"]) for c in final[s]], small[s][k]["flops"]))
+            for s in seeds))
+    best = max(range(n), key=ahead.__getitem__)
+    return {"seeds": len(seeds), "flops": flops, "small_minus_final_pp": ahead,
+            "max_pp": ahead[best], "at_flops": flops[best], "at_epoch": best + 1,
+            "epochs_ahead": sum(a > 0 for a in ahead)}
+
+
 def order(names) -> list[str]:
     seq = []
     for arm in ARMS:
@@ -176,7 +212,23 @@ def markdown(result: dict) -> str:
         for label, measured, ok in targets(summary):
             lines.append(f"| {label} | {measured} | {'—' if ok is None else ('yes' if ok else 'no')} |")
         lines.append("")
+        room = growth_headroom(h["runs"])
+        if room is not None:
+            lines += [_headroom_line(room), ""]
     return "\n".join(lines) + "\n"
+
+
+def _headroom_line(room: dict) -> str:
+    """The growth-headroom finding in words (see growth_headroom)."""
+    head = (f"Growth headroom (per-epoch test curves, {room['seeds']} seed(s)): the small host is "
+            f"ahead of Esper's final architecture at equal cumulative FLOPs after "
+            f"{room['epochs_ahead']} of its {len(room['flops'])} epochs; ")
+    if room["max_pp"] <= 0:
+        return head + (f"never ahead (closest: {room['max_pp']:+.2f} pp at epoch {room['at_epoch']}), "
+                       "so growing toward that architecture can at best keep pace with it at "
+                       "matched FLOPs.")
+    return head + (f"at most {room['max_pp']:+.2f} pp, at {room['at_flops'] / 1e9:.0f} GFLOPs "
+                   f"(epoch {room['at_epoch']}): the most a germination then could carry over.")
 
 
 def plot(result: dict, path: Path) -> None:

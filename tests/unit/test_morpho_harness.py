@@ -221,3 +221,22 @@ def test_results_of_different_learning_rate_schedules_do_not_mix() -> None:
     base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
     assert config_mismatch(base, {**base, "lr_schedule": "constant"}) is None  # older results
     assert "lr_schedule differs" in config_mismatch(base, {**base, "lr_schedule": "cosine"})
+
+
+def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:
+    def run(seed: int, points: list[tuple[float, float]]) -> dict:
+        return {"seed": seed, "curve": [{"flops": f, "test_accuracy": a} for f, a in points]}
+
+    # per epoch the small host spends 1 FLOP, the final architecture 2
+    small = [run(1, [(1, 0.50), (2, 0.70), (3, 0.72)])]
+    final = [run(1, [(2, 0.60), (4, 0.74), (6, 0.80)])]
+    room = report.growth_headroom({"static-small": small, "esper-arch-static": final})
+    # at 1 FLOP the final architecture is at its first point (clamped), at 2 it is 0.60, at
+    # 3 halfway to 0.74
+    assert [round(a, 6) for a in room["small_minus_final_pp"]] == [-10.0, 10.0, 5.0]
+    assert math.isclose(room["max_pp"], 10.0) and (room["at_epoch"], room["epochs_ahead"]) == (2, 2)
+    assert "at most +10.00 pp" in report._headroom_line(room)
+    behind = report.growth_headroom({"static-small": small, "esper-arch-static": [
+        run(1, [(1, 0.9), (2, 0.9), (3, 0.9)])]})
+    assert behind["epochs_ahead"] == 0 and "never ahead" in report._headroom_line(behind)
+    assert report.growth_headroom({"static-small": small}) is None
