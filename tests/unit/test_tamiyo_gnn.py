@@ -27,7 +27,7 @@ from esper.tamiyo.policies.artifact import (
 from esper.tamiyo.policies.features import NODE_FEATURES, encode_graph
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
-from esper.tamiyo.policies.network import NetworkShape, PolicyNet, propagate
+from esper.tamiyo.policies.network import DropoutBank, NetworkShape, PolicyNet, propagate
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
 
@@ -264,7 +264,9 @@ def test_batched_decisions_are_exactly_the_unbatched_ones(config) -> None:
 
 
 def test_batched_inference_computes_the_trained_forward() -> None:
-    """PolicyNet.infer (what decisions use) is `forward` (what Simic trains), graph by graph."""
+    """PolicyNet.infer (what decisions use) is `forward` (what Simic trains), graph by graph:
+    the action logits, every node's slot and blueprint logits, and the parts a decision asks
+    for (one slot action's column, one node's blueprints)."""
     net = PolicyNet(NetworkShape(vocabulary=len(VOCAB))).eval()
     graphs = [(torch.randn(n, NODE_FEATURES), encode_graph(graph(n)).adjacency) for n in (7, 1, 30)]
     g = torch.randn(len(graphs), net.shape.global_features)
@@ -273,6 +275,31 @@ def test_batched_inference_computes_the_trained_forward() -> None:
         batched = net.infer(graphs, g, keeps)
         generator = torch.Generator().manual_seed(1)
         for i, (x, adjacency) in enumerate(graphs):
-            alone = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5)[:3]
-            for got, expected in zip(batched[i], alone, strict=True):
+            actions, slots, blueprints = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5)[:3]
+            out = batched[i]
+            for got, expected in zip((out.actions, *out.node_logits()), (actions, slots, blueprints), strict=True):
                 assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+            for a in range(slots.shape[-1]):
+                assert torch.allclose(out.slot_logits(a), slots[..., a], atol=1e-5)
+            for node in range(len(x)):
+                assert torch.allclose(out.blueprint_logits(node), blueprints[:, node], atol=1e-5)
+
+
+def test_dropout_masks_are_a_function_of_the_seed_and_graph_size() -> None:
+    """A decision's MC-dropout masks do not depend on what was decided before it (replay
+    across replicas and session interleavings): the same graph size gets the same masks
+    whatever sizes came first, another seed other masks."""
+    first, second = DropoutBank(8, 32, 0.1, seed=0), DropoutBank(8, 32, 0.1, seed=0)
+    first.keeps([5]), first.keeps([300])  # grown in another order
+    a, b = first.keeps([200])[0], second.keeps([200])[0]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = DropoutBank(8, 32, 0.1, seed=1).keeps([200])[0]
+    assert not torch.equal(a[0], other[0])
+    dropped = (a[0] == 0).float().mean().item()
+    assert 0.08 < dropped < 0.12 and a[0].unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    ctx, other_ctx = context(candidates=CANDIDATES), context(g=graph(40), candidates=CANDIDATES)
+    alone = policy.decide(ctx)
+    policy.decide(other_ctx)
+    again = policy.decide(ctx)
+    assert _without_identity(alone) == _without_identity(again)

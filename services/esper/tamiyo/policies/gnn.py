@@ -1,6 +1,7 @@
 """GnnPolicy: the learned policy. A GCN over the host graph scores actions, slots and
-blueprints; K MC-dropout passes (one batched forward) give mean and spread; the safety mask
-zeroes every illegal choice; a low-confidence or uncertain choice falls back to the heuristic.
+blueprints; K MC-dropout passes (one batched forward, the policy's fixed dropout masks:
+network.DropoutBank) give mean and spread; the safety mask zeroes every illegal choice; a
+low-confidence or uncertain choice falls back to the heuristic.
 
 `decide_batch` decides for several runs with one forward over their graphs together
 (esper.tamiyo.policies.network.PolicyNet.infer); each decision is exactly the one `decide`
@@ -43,7 +44,7 @@ from esper.tamiyo.policies.features import (
     node_features,
 )
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
-from esper.tamiyo.policies.network import NetworkShape, PolicyNet
+from esper.tamiyo.policies.network import DropoutBank, GraphOutputs, NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 
 POLICY_NAME = "gnn"
@@ -63,15 +64,30 @@ class GnnConfig:
     max_uncertainty: float = 0.25
     # Graphs larger than this are not encoded (bounded work per decision); the heuristic decides.
     max_nodes: int = 4096
-    # Seed for the dropout masks, so a run's decisions are reproducible (replay).
+    # Seed of the dropout masks (drawn once per policy), so decisions are reproducible (replay).
     dropout_seed: int = 0
 
 
-def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim with illegal entries at exactly 0 probability."""
-    masked = logits.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(masked, dim=-1)
-    return torch.nan_to_num(probs, nan=0.0)  # rows with nothing legal
+def _masked_softmax(logits: torch.Tensor, mask: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis with illegal entries at exactly 0 probability (a row with
+    nothing legal is all 0), in NumPy: the arrays are a few dozen numbers, where each torch
+    call costs several times a NumPy one."""
+    masked = np.where(mask, logits.numpy(), np.float32(-np.inf))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # -inf - -inf, 0 / 0
+        e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+    probs[np.isnan(probs)] = 0.0
+    return probs
+
+
+def _mean(p: np.ndarray) -> np.ndarray:
+    """The mean over the passes (axis 0); np.mean's Python wrapper costs more than the sum."""
+    return p.sum(axis=0) / np.float32(p.shape[0])
+
+
+def _best(p: np.ndarray, mask: np.ndarray) -> int:
+    """The legal index of highest mean probability (the first on a tie)."""
+    return int(np.argmax(np.where(mask, p, np.float32(-1.0))))
 
 
 class GnnPolicy:
@@ -102,11 +118,9 @@ class GnnPolicy:
             self._version, self.artifact_path = f"{POLICY_NAME}@untrained", ""
         self.net.eval()
         self._graphs: OrderedDict[str, GraphEncoding] = OrderedDict()
-        self._generator = torch.Generator().manual_seed(self.config.dropout_seed)
-        # Tamiyo decides on a pool of threads: the encoding cache and the dropout masks'
-        # order (one batch's draws, then the next's) are kept by these.
+        self._dropout: DropoutBank | None = None
+        # Tamiyo decides on a pool of threads: the encoding cache is shared between them.
         self._graphs_lock = threading.Lock()
-        self._draws = threading.Lock()
 
     @classmethod
     def load(cls, path: str, **kwargs: object) -> GnnPolicy:
@@ -164,8 +178,8 @@ class GnnPolicy:
         return decisions  # type: ignore[return-value]  # every slot was filled above
 
     def _decide(self, ctx: PolicyContext, enc: GraphEncoding, mask: SafetyMask,
-                logits: tuple[torch.Tensor, ...]) -> AdaptationDecision:
-        action_index, node, blueprint, confidence, uncertainty = self._choose(mask, *logits)
+                outputs: GraphOutputs) -> AdaptationDecision:
+        action_index, node, blueprint, confidence, uncertainty = self._choose(mask, outputs)
         if confidence < self.config.min_confidence or uncertainty > self.config.max_uncertainty:
             return self._fallback(ctx, f"low confidence {confidence:.2f} / uncertainty {uncertainty:.2f}")
         action, rationale = self._action(ctx, enc, mask, action_index, node, blueprint)
@@ -184,39 +198,45 @@ class GnnPolicy:
         decision.rationale = f"{self.version} fell back to the heuristic ({why}): {decision.rationale}"
         return decision
 
-    def forward_passes(
-        self, graphs: Sequence[tuple[PolicyContext, GraphEncoding]]
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """K MC-dropout passes for each graph, all in one forward: per graph the action,
-        slot and blueprint logits before masking."""
-        hc, k = self.heuristic.config, max(1, self.config.mc_passes)
+    def forward_passes(self, graphs: Sequence[tuple[PolicyContext, GraphEncoding]]) -> list[GraphOutputs]:
+        """K MC-dropout passes for each graph, all in one forward."""
+        hc = self.heuristic.config
         nodes = [(torch.from_numpy(node_features(ctx, enc)), enc.adjacency) for ctx, enc in graphs]
         g = torch.from_numpy(np.stack([global_features(ctx, hc.plateau_patience, hc.plateau_min_delta)
                                        for ctx, _ in graphs]))
-        with self._draws:  # one batch's masks at a time, in the order the batches start
-            keeps = self.net.dropout_keeps([enc.num_nodes for _, enc in graphs], self._generator if k > 1 else None, k)
+        bank = self._bank()
+        keeps = bank.keeps([enc.num_nodes for _, enc in graphs]) if bank else None
         with torch.inference_mode():
             return self.net.infer(nodes, g, keeps)
 
-    def _choose(
-        self, mask: SafetyMask, action_logits: torch.Tensor, slot_logits: torch.Tensor, bp_logits: torch.Tensor,
-    ) -> tuple[int, int | None, int | None, float, float]:
-        a_mask = torch.from_numpy(mask.actions)
-        p_action = _masked_softmax(action_logits, a_mask)  # (K, A)
-        mean = p_action.mean(0)
-        a = int(torch.argmax(mean.masked_fill(~a_mask, -1.0)))
-        confidence, spread = float(mean[a]), float(p_action[:, a].std(unbiased=False))
+    def _bank(self) -> DropoutBank | None:
+        """The dropout masks of the net in use (Simic and tests may swap `net`); None: no
+        MC-dropout (one pass, or no dropout)."""
+        p, k, hidden = self.net.shape.dropout, max(1, self.config.mc_passes), self.net.shape.hidden
+        if k == 1 or not p:
+            return None
+        bank = self._dropout
+        if bank is None or (bank.passes, bank.hidden, bank.p) != (k, hidden, p):
+            bank = self._dropout = DropoutBank(k, hidden, p, self.config.dropout_seed)
+        return bank
+
+    def _choose(self, mask: SafetyMask, outputs: GraphOutputs) -> tuple[int, int | None, int | None, float, float]:
+        p_action = _masked_softmax(outputs.actions, mask.actions)  # (K, A)
+        mean = _mean(p_action)
+        a = _best(mean, mask.actions)
+        deviation = p_action[:, a] - mean[a]
+        confidence, spread = float(mean[a]), math.sqrt(float(_mean(deviation * deviation)))
         if a == WAIT:
             return a, None, None, confidence, spread
-        s_mask = torch.from_numpy(mask.slots[a])
-        p_slot = _masked_softmax(slot_logits[..., a], s_mask).mean(0)  # (N,)
-        node = int(torch.argmax(p_slot.masked_fill(~s_mask, -1.0)))
+        s_mask = mask.slots[a]
+        p_slot = _mean(_masked_softmax(outputs.slot_logits(a), s_mask))  # (N,)
+        node = _best(p_slot, s_mask)
         confidence *= float(p_slot[node])
         if a != GERMINATE:
             return a, node, None, confidence, spread
-        b_mask = torch.from_numpy(mask.blueprints[node])
-        p_bp = _masked_softmax(bp_logits[:, node, :], b_mask).mean(0)
-        bp = int(torch.argmax(p_bp.masked_fill(~b_mask, -1.0)))
+        b_mask = mask.blueprints[node]
+        p_bp = _mean(_masked_softmax(outputs.blueprint_logits(node), b_mask))
+        bp = _best(p_bp, b_mask)
         return a, node, bp, confidence * float(p_bp[bp]), spread
 
     def _action(

@@ -51,6 +51,10 @@ def _stage_legal(stage: int) -> list[bool]:
     ]
 
 
+# Every stage's row, computed once: a mask asks for each slot of every decision.
+_STAGE_LEGAL = {int(stage): _stage_legal(int(stage)) for stage in S.values()}
+
+
 def build_mask(
     ctx: PolicyContext,
     enc: GraphEncoding,
@@ -66,7 +70,8 @@ def build_mask(
     for slot in ctx.graph.slots:
         i = enc.slot_node.get(slot.slot_id)
         if i is not None:
-            slots[:, i] = _stage_legal(ctx.stage_of(slot.slot_id))
+            stage = ctx.stage_of(slot.slot_id)
+            slots[:, i] = _STAGE_LEGAL.get(stage) or _stage_legal(stage)
     _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
     slots[GERMINATE] = blueprints.any(axis=1) if v else False
     mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)

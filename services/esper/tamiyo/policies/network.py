@@ -3,8 +3,9 @@
 K MC-dropout passes are one batched forward: node features (K, N, F) share one graph. The
 GCN propagation is GCNConv's (normalize=False, weights precomputed by
 `features.encode_graph`), done as one sparse-CSR product over all K passes at once; a unit
-test checks it equals `GCNConv.forward`. MC-dropout masks come from `torch.rand` with the
-caller's generator (much cheaper on CPU than bernoulli_, and replayable).
+test checks it equals `GCNConv.forward`. `forward`'s MC-dropout masks come from `torch.rand`
+with the caller's generator (much cheaper on CPU than bernoulli_, and replayable); a
+policy's decisions use masks drawn once (`DropoutBank`).
 
 `PolicyNet.infer` decides for several graphs at once, torch-geometric's way of batching
 graphs: their nodes stacked into one disjoint graph (a block-diagonal adjacency,
@@ -13,10 +14,13 @@ graphs: their nodes stacked into one disjoint graph (a block-diagonal adjacency,
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,18 +63,34 @@ def propagate(conv: GCNConv, h: torch.Tensor, adjacency: torch.Tensor) -> torch.
 # (zero rows padding them), alone or in a batch, so a graph's outputs never depend on what
 # else is in its batch. 16 is a multiple of the tile heights of common x86 kernels.
 ROW_TILE = 16
+# Node rows of a DropoutBank drawn at a time (a graph of N nodes draws ceil(N / this) blocks once).
+BANK_ROWS = 128
+
+
+def _tile_starts(rows: Sequence[int]) -> tuple[list[int], int]:
+    """Each block's first row when blocks of these row counts are stacked, each padded to a
+    multiple of ROW_TILE; and the total."""
+    starts, row = [], 0
+    for n in rows:
+        starts.append(row)
+        row += n + (-n) % ROW_TILE
+    return starts, row
 
 
 def _tiled(blocks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     """The blocks' rows stacked, each block padded with zero rows to a multiple of
     ROW_TILE; returns the stack and each block's first row."""
-    parts, starts, row = [], [], 0
-    for block in blocks:
-        starts.append(row)
-        extra = (-block.shape[0]) % ROW_TILE
-        parts.append(torch.cat([block, block.new_zeros(extra, *block.shape[1:])]) if extra else block)
-        row += block.shape[0] + extra
-    return torch.cat(parts), starts
+    starts, total = _tile_starts([block.shape[0] for block in blocks])
+    out = blocks[0].new_zeros(total, *blocks[0].shape[1:])
+    for block, start in zip(blocks, starts):
+        out[start : start + block.shape[0]] = block
+    return out, starts
+
+
+@functools.lru_cache(maxsize=256)  # keyed by the tensor's identity: a run's cached encoding
+def _padded(adjacency: torch.Tensor) -> torch.Tensor:
+    """One graph's adjacency as a batch of one (what a lone session's decision uses)."""
+    return block_diagonal([adjacency])
 
 
 def block_diagonal(adjacencies: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -166,47 +186,110 @@ class PolicyNet(nn.Module):
     def infer(
         self, graphs: Sequence[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor,
         keeps: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    ) -> list[GraphOutputs]:
         """`forward` for a batch of graphs outside training, without the value head (no
         decision reads it): `graphs` are (node features (N, F), adjacency (N, N) CSR) each,
-        g (B, G), `keeps` their `dropout_keeps` (K passes each). The graph layers run once
-        over all graphs as one disjoint graph and the heads once over all passes; a graph's
-        outputs are exactly those it gets alone with the same masks (see ROW_TILE). Returns
-        per graph (action logits (K, A), slot logits (K, N, 4), blueprint logits (K, N, V))."""
+        g (B, G), `keeps` their MC-dropout factors (K passes each: `dropout_keeps`, or a
+        DropoutBank's). The graph layers run once over all graphs as one disjoint graph and
+        the action head once over all passes; the node head is left to each graph's
+        GraphOutputs, which a decision asks for one slot action's column and one node's
+        blueprints only. A graph's outputs are exactly those it gets alone with the same
+        masks (see ROW_TILE: every product here is over one graph's own rows or whole tiles)."""
         k = 1 if keeps is None else keeps[0][1].shape[0]
         x, starts = _tiled([features for features, _ in graphs])
-        adjacency = block_diagonal([a for _, a in graphs])
+        adjacency = _padded(graphs[0][1]) if len(graphs) == 1 else block_diagonal([a for _, a in graphs])
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             mixed = adjacency @ conv.lin(h)
             h = h + F.relu(mixed + conv.bias if conv.bias is not None else mixed)
         tiled_g, g_rows = _tiled(list(g.split(1)))
         context = F.relu(self.global_in(tiled_g))[g_rows]  # (B, H)
-        pooled, per_node, per_context = [], [], []
-        for i, ((features, _), start) in enumerate(zip(graphs, starts)):
-            nodes = h[start : start + features.shape[0]].unsqueeze(0)  # (1, N, H)
-            c = nodes.mean(dim=1) + context[i : i + 1]
-            if k > 1:
-                nodes, c = nodes.repeat_interleave(k, dim=0), c.repeat_interleave(k, dim=0)
-            if keeps is not None:
+        hidden, dropped = self.shape.hidden, []
+        action_starts, total = _tile_starts([k] * len(graphs))
+        pooled = h.new_zeros(total, 2 * hidden)  # [context, max over nodes] per pass, tiled
+        for i, ((features, _), start, row) in enumerate(zip(graphs, starts, action_starts)):
+            nodes = h[start : start + features.shape[0]]  # (N, H)
+            c = nodes.mean(dim=0, keepdim=True) + context[i : i + 1]  # (1, H)
+            if keeps is not None:  # broadcasting makes the K passes: (K, N, H), (K, H)
                 nodes, c = nodes * keeps[i][0], c * keeps[i][1]
-            pooled.append(torch.cat([c, nodes.max(dim=1).values], dim=-1))
-            per_node.append(nodes.flatten(0, 1))
-            per_context.append(c)
-        pooled_rows, action_starts = _tiled(pooled)
-        actions = self.action_head(pooled_rows)
-        # The node head on [node, context] is W_node . node + (W_context . context + b): the
-        # (K x N, 2H) concatenation `forward` builds is never made.
-        hidden = self.shape.hidden
-        weight = self.node_head.weight
-        node_rows, node_starts = _tiled(per_node)
-        context_rows, context_starts = _tiled(per_context)
-        node_part = F.linear(node_rows, weight[:, :hidden])
-        context_part = F.linear(context_rows, weight[:, hidden:], self.node_head.bias)
-        out = []
-        for (features, _), a, r, c in zip(graphs, action_starts, node_starts, context_starts):
-            n = features.shape[0]
-            block = node_part[r : r + k * n].reshape(k, n, -1) + context_part[c : c + k].unsqueeze(1)
-            out.append((actions[a : a + k], block[..., :SLOT_ACTIONS],
-                        block[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]))
-        return out
+            else:
+                nodes = nodes.unsqueeze(0)
+            dropped.append((nodes, c))
+            pooled[row : row + k, :hidden] = c
+            pooled[row : row + k, hidden:] = nodes.amax(dim=1)
+        actions = self.action_head(pooled)
+        head = (self.node_head.weight.detach(), self.node_head.bias.detach(), self.shape)
+        return [GraphOutputs(actions[a : a + k], nodes, c, *head) for a, (nodes, c) in zip(action_starts, dropped)]
+
+
+@dataclass(frozen=True)
+class GraphOutputs:
+    """One graph's K passes after the shared layers. The node head on [node, context] is
+    W_node . node + (W_context . context + b), computed here only for what is asked: a
+    decision needs one slot action's column over the nodes and the blueprints of one node,
+    not the (K x N, 4 + V) table."""
+
+    actions: torch.Tensor  # (K, A) action logits
+    nodes: torch.Tensor  # (K, N, H) node embeddings, dropout applied
+    context: torch.Tensor  # (K, H) graph context, dropout applied
+    weight: torch.Tensor  # the node head's, detached: no autograd outside inference_mode
+    bias: torch.Tensor
+    shape: NetworkShape
+
+    def slot_logits(self, action: int) -> torch.Tensor:
+        """(K, N): slot action `action`'s logit of every node."""
+        hidden, weight = self.shape.hidden, self.weight[action]
+        per_pass = self.context @ weight[hidden:] + self.bias[action]
+        return self.nodes @ weight[:hidden] + per_pass.unsqueeze(1)
+
+    def blueprint_logits(self, node: int) -> torch.Tensor:
+        """(K, V): node `node`'s blueprint logits."""
+        rows = slice(SLOT_ACTIONS, SLOT_ACTIONS + self.shape.vocabulary)
+        hidden, weight = self.shape.hidden, self.weight[rows]
+        return (F.linear(self.nodes[:, node], weight[:, :hidden])
+                + F.linear(self.context, weight[:, hidden:], self.bias[rows]))
+
+    def node_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's slot (K, N, 4) and blueprint (K, N, V) logits, as `forward` returns them."""
+        hidden, weight = self.shape.hidden, self.weight
+        out = (F.linear(self.nodes, weight[:, :hidden])
+               + F.linear(self.context, weight[:, hidden:], self.bias).unsqueeze(1))
+        return out[..., :SLOT_ACTIONS], out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
+
+
+class DropoutBank:
+    """A policy's MC-dropout masks, drawn once: K factors (0, or the 1/(1-p) rescale) for the
+    graph context and for every node row, the rows in blocks of BANK_ROWS, each block from its
+    own stream of `seed` (numpy's SeedSequence), so an N-node graph's masks are a pure
+    function of (seed, N). A decision then depends on its inputs only, never on which
+    decisions this process made before it (replay holds across replicas and however sessions
+    interleave), and draws nothing: the draws were the largest single cost of a decision.
+    Every decision sees the same K dropout samples (common random numbers): the spread is
+    still that of K thinned networks."""
+
+    def __init__(self, passes: int, hidden: int, p: float, seed: int) -> None:
+        self.passes, self.hidden, self.p, self.seed = passes, hidden, p, seed
+        self.context = self._draw(0, (passes, hidden))
+        self._nodes = torch.empty(passes, 0, hidden)
+        self._grow = threading.Lock()
+
+    def _draw(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, stream]))
+        keep = rng.random(shape, dtype=np.float32) >= np.float32(self.p)
+        return torch.from_numpy(np.where(keep, np.float32(1.0 / (1.0 - self.p)), np.float32(0.0)))
+
+    def keeps(self, sizes: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`PolicyNet.infer`'s keeps for graphs of these node counts."""
+        nodes = self._rows(max(sizes, default=0))
+        return [(nodes[:, :n], self.context) for n in sizes]
+
+    def _rows(self, n: int) -> torch.Tensor:
+        nodes = self._nodes
+        if nodes.shape[1] >= n:
+            return nodes
+        with self._grow:
+            blocks = [self._nodes]
+            for block in range(self._nodes.shape[1] // BANK_ROWS, -(-n // BANK_ROWS)):
+                blocks.append(self._draw(block + 1, (self.passes, BANK_ROWS, self.hidden)))
+            self._nodes = torch.cat(blocks, dim=1)
+            return self._nodes
