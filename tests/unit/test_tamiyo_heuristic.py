@@ -184,6 +184,16 @@ def test_the_heuristic_grows_on_a_slowdown_only_when_asked() -> None:
     assert d.WhichOneof("action") == "wait" and "no slowdown" in d.rationale
 
 
+def test_the_slowdown_window_can_be_shorter_than_the_plateau_patience() -> None:
+    early = [0.46, 0.40, 0.383, 0.379]  # epoch 1 gained 0.06; epoch 3 0.017, epoch 4 0.004
+    two = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, plateau_patience=2, slowdown_ratio=0.5))
+    assert two.decide(context(val_history=early)).WhichOneof("action") == "wait"  # needs 5 epochs
+    one = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, plateau_patience=2, slowdown_ratio=0.5,
+                                          slowdown_window=1))
+    assert one.decide(context(val_history=early[:3])).WhichOneof("action") == "germinate"
+    assert one.decide(context(val_history=[0.46, 0.40, 0.36])).WhichOneof("action") == "wait"
+
+
 def test_run_history_records_epoch_ends_once() -> None:
     h = RunHistory()
     assert h.record(snapshot(epoch=1, val_loss=1.0))

@@ -75,6 +75,10 @@ class HeuristicConfig:
     # improving slowly and never plateaus within its run, so the plateau rule grows it late
     # or never.
     slowdown_ratio: float = 0.0
+    # Epochs in each of the slowdown rule's two windows (the first ones, the latest ones);
+    # 0: plateau_patience. One epoch can fire from epoch 3, when a small host's fastest
+    # learning is over: under a decaying learning rate, a seed grown later trains less.
+    slowdown_window: int = 0
     # Live seeds at once (the process's max_live_seeds applies too): one at a time keeps each
     # seed's effect on the validation loss attributable.
     max_live_seeds: int = 1
@@ -313,7 +317,7 @@ class HeuristicPolicy:
         metrics = ctx.snapshot.metrics
         losses = ctx.history.val_losses
         if not (is_plateau(losses, c.plateau_patience, c.plateau_min_delta, metrics.plateau_epochs)
-                or is_slowing(losses, c.plateau_patience, c.slowdown_ratio)):
+                or is_slowing(losses, c.slowdown_window or c.plateau_patience, c.slowdown_ratio)):
             return "validation loss still improving (no plateau" + \
                 (", no slowdown)" if c.slowdown_ratio > 0 else ")")
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)
