@@ -135,13 +135,15 @@ class MorphableModel(nn.Module):
         from esper.leyline.v1.control_pb2 import CullReason
 
         start = len(self.transitions)
-        for slot in self.esper_slots.values():
-            slot.flush()
-            if loss is not None and slot.is_live():
-                slot.record.observe_loss(float(loss))
-            why = slot.tripped(loss if breaker_loss is None else breaker_loss)
-            if why is not None:
-                slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
+        live = lifecycle.LIVE_STAGES
+        for slot in self._slot_list:
+            if slot.record.stage in live:  # a dormant slot has nothing to read or trip
+                slot.flush()
+                if loss is not None:
+                    slot.record.observe_loss(float(loss))
+                why = slot.tripped(loss if breaker_loss is None else breaker_loss)
+                if why is not None:
+                    slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
             slot.tick_embargo(self.global_step)
         return self.transitions[start:]
 

@@ -8,7 +8,6 @@ import logging
 import math
 import time
 from array import array
-from typing import NamedTuple
 
 import torch
 
@@ -36,15 +35,11 @@ PLATEAU_MIN_DELTA = 0.01
 LOSS_SMOOTHING_STEPS = 50.0
 
 
-class _Held(NamedTuple):
-    """A CPU step waiting to be counted: its logits (or predictions) and targets, with
-    their version counters at the step."""
-
-    outputs: torch.Tensor
-    logits: bool
-    outputs_version: int
-    targets: torch.Tensor
-    targets_version: int
+# A CPU step waiting to be counted, a plain tuple (a NamedTuple's Python-level __new__
+# cost ~10 us per step in a training loop): its logits (or predictions), whether they are
+# logits, their version counter at the step, its targets and their version counter.
+_OUTPUTS, _LOGITS, _OUTPUTS_VERSION, _TARGETS, _TARGETS_VERSION = range(5)
+_Held = tuple
 
 
 class MetricsWindow:
@@ -52,10 +47,12 @@ class MetricsWindow:
 
     def __init__(self) -> None:
         # Window sums: a tensor on the loss's device, or a float (float32 roundings) for
-        # CPU losses; hits as a device tensor or an int, plus CPU (predictions, targets)
-        # not yet counted.
+        # CPU losses, plus CPU losses read but not yet added; hits as a device tensor or an
+        # int, plus CPU (predictions, targets) not yet counted (their targets and samples
+        # are counted with them).
         self._loss: torch.Tensor | None = None
         self._loss_host: float | None = None
+        self._loss_values: list[float] = []
         self._correct: torch.Tensor | int | None = None
         self._held: list[_Held] = []
         # Whether CPU targets are copied at their step (once one was seen changed after it).
@@ -83,9 +80,10 @@ class MetricsWindow:
         step's tensors were added on their device. On an accelerator they are (no host
         sync per step). On the CPU a read is no sync, and in a training loop each tensor
         operation costs far more than its arithmetic (~10-30 us with cold caches, against
-        a 2-4 ms step), so the loss is read at once and summed in Python with float32
-        roundings, and a step's logits and targets are held, not reduced: the next read
-        counts the window's hits in a few operations for all its steps (_count_held)."""
+        a 2-4 ms step), so the loss is read at once and added (in Python, with float32
+        roundings) at the read, and a step's logits and targets are held, not reduced: the
+        next read counts the window's hits, targets and samples in a few operations for
+        all its steps (_count_held)."""
         if isinstance(loss, torch.Tensor) and not loss.is_cpu:  # (.device costs ~1 us)
             value = loss.detach()
             if value.dtype != torch.float32:
@@ -95,24 +93,24 @@ class MetricsWindow:
             else:
                 self._loss.add_(value)
         else:
-            value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
-            host = self._loss_host
-            self._loss_host = _round32(value if host is None else host + _round32(value))
+            self._loss_values.append(loss.item() if isinstance(loss, torch.Tensor)
+                                     else float(loss))
         self._steps += 1
-        if outputs is not None and targets is not None:
-            if outputs.is_cpu:
-                self._hold(outputs, targets)
-            else:
-                # argmax is not differentiable: its result records no graph, no detach needed.
-                hits = torch.count_nonzero(torch.eq(outputs.argmax(dim=-1), targets))
-                if isinstance(self._correct, torch.Tensor):
-                    self._correct.add_(hits)
-                else:
-                    self._correct = hits if self._correct is None else hits + self._correct
-            # Accuracy is per target (a class per image, or one per token of a sequence);
-            # throughput counts samples (images or sequences).
-            self._labelled += targets.numel()
-            self._samples += targets.shape[0]
+        if outputs is None or targets is None:
+            return
+        if outputs.is_cpu:
+            self._hold(outputs, targets)  # targets and samples are counted with its hits
+            return
+        # argmax is not differentiable: its result records no graph, no detach needed.
+        hits = torch.count_nonzero(torch.eq(outputs.argmax(dim=-1), targets))
+        if isinstance(self._correct, torch.Tensor):
+            self._correct.add_(hits)
+        else:
+            self._correct = hits if self._correct is None else hits + self._correct
+        # Accuracy is per target (a class per image, or one per token of a sequence);
+        # throughput counts samples (images or sequences).
+        self._labelled += targets.numel()
+        self._samples += targets.shape[0]
 
     def _hold(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Keep a CPU step's logits (detached: no graph is held) and targets until the
@@ -125,27 +123,30 @@ class MetricsWindow:
             predicted = outputs.argmax(dim=-1)
             if self._copy_targets:
                 targets = targets.clone()
-            held = _Held(predicted, False, predicted._version, targets, targets._version)
+            held = (predicted, False, predicted._version, targets, targets._version)
         else:
             logits = outputs.detach()
-            held = _Held(logits, True, logits._version, targets, targets._version)
+            held = (logits, True, logits._version, targets, targets._version)
         self._held.append(held)
         if len(self._held) >= _MAX_PENDING:
             self._count_held()
 
     def _count_held(self) -> None:
-        """Fold the held CPU steps into the hit count: a few operations for the whole
-        window (held logits and predictions each concatenated)."""
+        """Fold the held CPU steps into the hit, target and sample counts: a few
+        operations for the whole window (held logits and predictions each concatenated)."""
         if not self._held:
             return
+        self._samples += sum(h[_TARGETS].shape[0] for h in self._held)
         held, self._held = self._unchanged(self._held), []
         if not held:
             return
+        self._labelled += sum(h[_TARGETS].numel() for h in held)
         hits = 0
         for logits in (True, False):
-            group = [h for h in held if h.logits is logits]
+            group = [h for h in held if h[_LOGITS] is logits]
             if group:
-                hits += _hits([h.outputs for h in group], [h.targets for h in group], logits)
+                hits += _hits([h[_OUTPUTS] for h in group], [h[_TARGETS] for h in group],
+                              logits)
         self._correct = hits if self._correct is None else hits + self._correct
 
     def _unchanged(self, held: list[_Held]) -> list[_Held]:
@@ -153,11 +154,10 @@ class MetricsWindow:
         the accuracy count (their targets are gone), and later steps copy their targets."""
         kept, changed = [], []
         for h in held:
-            same = h.outputs._version == h.outputs_version \
-                and h.targets._version == h.targets_version
+            same = h[_OUTPUTS]._version == h[_OUTPUTS_VERSION] \
+                and h[_TARGETS]._version == h[_TARGETS_VERSION]
             (kept if same else changed).append(h)
         if changed:
-            self._labelled -= sum(h.targets.numel() for h in changed)
             if not self._copy_targets:
                 log.warning("training targets or logits were changed in place after "
                             "session.step(); from now on each step's targets are copied")
@@ -166,11 +166,21 @@ class MetricsWindow:
 
     def _window_loss(self) -> float:
         """The float32 sum of the window's losses."""
+        self._add_loss_values()
         if self._loss is None:
             return self._loss_host
         if self._loss_host is None:
             return float(self._loss)
         return _round32(float(self._loss) + self._loss_host)
+
+    def _add_loss_values(self) -> None:
+        """Add the CPU losses read since the last call to the float32 sum, one by one as
+        float32 tensors would add them."""
+        host = self._loss_host
+        for value in self._loss_values:
+            host = _round32(value if host is None else host + _round32(value))
+        self._loss_host = host
+        self._loss_values = []
 
     def add_samples(self, n: int) -> None:
         self._samples += n
@@ -191,7 +201,7 @@ class MetricsWindow:
         """Replace the open window's sums (with the reduced ones of every rank); the step
         count stays: every rank took the same steps."""
         self._count_held()
-        self._loss, self._loss_host = None, (loss if self._steps else None)
+        self._loss, self._loss_host, self._loss_values = None, (loss if self._steps else None), []
         self._correct = int(round(hits)) if labelled else None
         self._labelled, self._samples = int(round(labelled)), int(round(samples))
 
@@ -209,6 +219,7 @@ class MetricsWindow:
         self.step_time_ms = 1000.0 * elapsed / self._steps
         self.samples_per_second = self._samples / elapsed
         self._loss = self._loss_host = self._correct = None
+        self._loss_values = []
         self._steps = self._samples = self._labelled = 0
         self._started = now
 
@@ -262,7 +273,7 @@ class MetricsWindow:
         # Checkpoints from before smoothing existed restart the average from the next window.
         self.smoothed_train_loss = state.get("smoothed_train_loss", NAN)
         w = state["window"]
-        self._loss, self._held = None, []
+        self._loss, self._held, self._loss_values = None, [], []
         self._loss_host = _round32(w["loss"]) if w["loss"] is not None else None
         self._correct = int(w["correct"]) if w["correct"] is not None else None
         self._steps, self._samples, self._labelled = w["steps"], w["samples"], w["labelled"]
