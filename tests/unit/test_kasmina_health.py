@@ -78,6 +78,27 @@ def test_sampling_observes_one_training_step_in_k_and_never_eval():
         HealthMonitor({"relu": relu}, sample_every=0)
 
 
+def test_activations_sampled_apart_from_gradient_norms():
+    # Gradient norms every step, activations one step in two (their hooks only then).
+    layer = nn.Linear(1, 1, bias=False)
+    nn.init.ones_(layer.weight)
+    monitor = HealthMonitor({"layer": layer}, every=4, sample_every=1, activation_every=2)
+    hooked = []
+    for v in (1.0, 10.0, 3.0, 20.0):
+        hooked.append(bool(layer._forward_hooks))
+        layer(torch.full((1, 1), v)).sum().backward()  # output v, weight gradient v
+        monitor.after_backward()
+        layer.zero_grad()
+        out = monitor.step()
+    h = out[0]
+    assert hooked == [True, False, True, False]
+    assert h.activation_mean == pytest.approx(2.0)  # steps 0 and 2: values 1 and 3
+    assert h.gradient_norm == pytest.approx((1 + 10 + 3 + 20) / 4)
+    monitor.close()
+    with pytest.raises(ValueError):
+        HealthMonitor({"layer": layer}, activation_every=0)
+
+
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-5), (torch.float64, 1e-9),
                                             (torch.bfloat16, 2e-2)])
 def test_update_ratios_of_consecutive_windows(dtype, rel):

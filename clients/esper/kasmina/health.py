@@ -4,8 +4,9 @@ Forward hooks add each activation's statistics into small accumulators, and
 `after_backward()` folds the layer's gradient norm in the same way. `step()` returns
 LayerHealth protos every `every` steps, then starts a new window. Only training-mode
 forwards are observed (validation passes are not training health), and with
-`sample_every = k` only one training step in k, so the counts (NaN/Inf included) are those
-of the sampled steps. The hooks are installed only for the sampled steps: between them the
+`sample_every = k` only one training step in k (with `activation_every = m`, the
+activations of one in m), so the counts (NaN/Inf included) are those of the sampled steps.
+The hooks are installed only for the steps whose activations are sampled: between them the
 monitored modules run with no hook at all.
 
 On an accelerator the accumulators are tensors on the activation's device, so nothing
@@ -43,6 +44,8 @@ _N, _SUM, _SUMSQ, _ZERO, _SAT, _NAN, _INF = range(7)
 _GSUM, _GSQ, _GN = range(3)
 # CPU dtypes read through NumPy views (others, e.g. bfloat16, take torch's reductions).
 _NUMPY_DTYPES = (torch.float32, torch.float64)
+# A float32 sum of squares below this cannot overflow (float32's largest value is ~3.4e38).
+_NO_OVERFLOW = 1e38
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
@@ -72,42 +75,54 @@ class HealthMonitor:
 
     def __init__(self, layers: dict[str, nn.Module], *, every: int = DEFAULT_EVERY,
                  saturation: float = SATURATION_THRESHOLD,
-                 sample_every: int = DEFAULT_SAMPLE_EVERY) -> None:
+                 sample_every: int = DEFAULT_SAMPLE_EVERY,
+                 activation_every: int | None = None) -> None:
+        """`sample_every`: gradient norms are folded in on 1 training step in this many;
+        `activation_every` (default: `sample_every`): activation statistics are taken on
+        1 in this many (their hooks are installed for those steps only)."""
+        activation_every = sample_every if activation_every is None else activation_every
         if every <= 0:
             raise ValueError("every must be > 0")
         if sample_every <= 0:
             raise ValueError("sample_every must be > 0")
+        if activation_every <= 0:
+            raise ValueError("activation_every must be > 0")
         self.every = every
         self.saturation = saturation
         self.sample_every = sample_every
+        self.activation_every = activation_every
         self.steps = 0
         self._closed = False
         self._layers = [_LayerStats(n, m, _device_of(m)) for n, m in layers.items()]
         self._handles: list = []
-        # Whether the current step is observed; eval-mode forwards (validation) never are.
+        # Whether the current step's gradient norms are observed, and its activations
+        # (the hooks are installed); eval-mode forwards (validation) never are.
         self._sampling = False
-        self._set_sampling(True)
+        self._hooked = False
+        self._set_sampling(True, True)
 
     @classmethod
     def for_slots(cls, model, **kwargs) -> HealthMonitor:
         """Monitor the host module of every slot of a MorphableModel, keyed by slot id."""
         return cls({s.slot_id: s.host_module for s in model.slots.values()}, **kwargs)
 
-    def _set_sampling(self, sampling: bool) -> None:
-        """Install the hooks for a sampled step, remove them after it."""
-        if sampling == self._sampling:
-            return
+    def _set_sampling(self, sampling: bool, activations: bool) -> None:
+        """Whether the next step's gradient norms are observed; install the hooks for a
+        step whose activations are, remove them after it."""
         self._sampling = sampling
-        if sampling and not self._closed:
+        if activations == self._hooked:
+            return
+        self._hooked = activations
+        if activations and not self._closed:
             self._handles = [self._attach(s) for s in self._layers]
-        elif not sampling:
+        elif not activations:
             for h in self._handles:
                 h.remove()
             self._handles = []
 
     def _attach(self, stats: _LayerStats):
         def hook(module, args, output):
-            if self._sampling and module.training:
+            if module.training:
                 self._observe(stats, primary_output(output))
 
         # First among the module's hooks: health is the host module's own output, before
@@ -135,8 +150,10 @@ class HealthMonitor:
         training loop), so this is five NumPy reductions of a view of the activation's
         memory (no copy, ~2x cheaper than the same torch calls): the extremes, the sum (in
         float64), the sum of squares (float32 dot, a relative error ~1e-7, far below what
-        a window's mean and spread need) and the exact count of zeros. Saturation is
-        counted only when the extremes say some value is beyond the threshold."""
+        a window's mean and spread need) and the exact count of non-zeros. Saturation is
+        counted only when the extremes say some value is beyond the threshold, and the
+        sum of squares silences overflow warnings (an errstate costs ~9 us, more than
+        the dot) only when the extremes say it could overflow."""
         if x.dtype not in _NUMPY_DTYPES:
             x = x.float()  # half precision: exact in float32
         a = x.numpy()
@@ -147,10 +164,15 @@ class HealthMonitor:
         acc = stats.act_host
         acc[_N] += flat.size
         acc[_SUM] += float(flat.sum(dtype=np.float64))
-        with np.errstate(over="ignore"):  # |x| > 1e19 squares to inf, as torch's would
+        extreme = max(-lo, hi)
+        if extreme * extreme * flat.size < _NO_OVERFLOW:
             acc[_SUMSQ] += float(np.dot(flat, flat))
-        acc[_ZERO] += int(np.count_nonzero(flat == 0))
-        if max(-lo, hi) > self.saturation:
+        else:
+            with np.errstate(over="ignore"):  # |x| > 1e19 squares to inf, as torch's would
+                acc[_SUMSQ] += float(np.dot(flat, flat))
+        # count_nonzero(flat) is one pass; (flat == 0) would first build a mask.
+        acc[_ZERO] += flat.size - int(np.count_nonzero(flat))
+        if extreme > self.saturation:
             acc[_SAT] += int(np.count_nonzero(np.abs(flat) > self.saturation))
         return True
 
@@ -188,9 +210,12 @@ class HealthMonitor:
 
     def step(self) -> list[LayerHealth] | None:
         """Count a step; every `every` steps return the window's LayerHealth list."""
-        self.steps += 1
-        self._set_sampling(self.steps % self.sample_every == 0)
-        return self.read() if self.steps % self.every == 0 else None
+        steps = self.steps = self.steps + 1
+        sample = steps % self.sample_every == 0
+        activations = steps % self.activation_every == 0
+        if sample != self._sampling or activations != self._hooked:  # this runs every step
+            self._set_sampling(sample, activations)
+        return self.read() if steps % self.every == 0 else None
 
     def read(self) -> list[LayerHealth]:
         """LayerHealth of the current window (one sync), then reset the window."""

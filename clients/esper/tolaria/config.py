@@ -22,6 +22,17 @@ OUTAGE_MODES = ("local", "none")
 # 1.062x and 1.063x; a 40-epoch digits run with the local policy made the same 59 seed
 # transitions and 120 decisions with either.
 DEFAULT_HEALTH_SAMPLE_EVERY = 10
+# Activation statistics (mean, spread, dead and saturated fractions, NaN/Inf counts) are
+# taken on 1 training step in this many: once per default snapshot window. Each is a
+# whole-batch average, thousands of values from one step (32 x 256 in the MLP below),
+# while its forward hooks cost ~0.4 ms per sampled step of a 1.8 ms CPU MLP step in a
+# training loop (cold caches: five NumPy calls per slot and the hooks themselves), so a
+# second sample per window would be 1% of the step for little information. Gradient
+# norms keep health_sample_every, for their spread across a window. With the local policy,
+# 1 in 20 and 1 in 10 made the same seed transitions, decisions and validation accuracies
+# on the digits CNN (3 seeds x 40 epochs) and the Fashion-MNIST MLP (6,000 images, batch
+# 32, 2 seeds x 12 epochs, with germinations).
+DEFAULT_HEALTH_ACTIVATION_EVERY = 20
 
 
 @dataclass
@@ -37,8 +48,10 @@ class TolariaConfig:
     progress: bool = True
     # Remote-policy outage behaviour, one of OUTAGE_MODES.
     on_outage: str = "local"
-    # Layer-health sampling period in training steps (1 = observe every step).
+    # Layer-health sampling period in training steps (1 = observe every step): gradient
+    # norms, and activations (the forward hooks) on 1 step in health_activation_every.
     health_sample_every: int = DEFAULT_HEALTH_SAMPLE_EVERY
+    health_activation_every: int = DEFAULT_HEALTH_ACTIVATION_EVERY
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,5 +67,8 @@ class TolariaConfig:
             raise ValueError(f"snapshot_every must be > 0, got {self.snapshot_every}")
         if self.health_sample_every <= 0:
             raise ValueError(f"health_sample_every must be > 0, got {self.health_sample_every}")
+        if self.health_activation_every <= 0:
+            raise ValueError("health_activation_every must be > 0, got "
+                             f"{self.health_activation_every}")
         if self.on_outage not in OUTAGE_MODES:
             raise ValueError(f"on_outage must be one of {OUTAGE_MODES}, got {self.on_outage!r}")

@@ -88,8 +88,7 @@ class TolariaSession:
             replicas.bind(model)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
-        self.health = HealthMonitor.for_slots(
-            model, every=config.snapshot_every, sample_every=config.health_sample_every)
+        self.health = self._health_monitor(config.snapshot_every)
         self.metrics = MetricsWindow()
         self.outcomes = SeedOutcomes(config.run_id)
         self.seed_log = SeedLog()
@@ -136,8 +135,12 @@ class TolariaSession:
     def reset_health(self) -> None:
         """Start a fresh health window (after the weights were replaced by a restore)."""
         self.health.close()
-        self.health = HealthMonitor.for_slots(
-            self.model, every=self.snapshot_every, sample_every=self.config.health_sample_every)
+        self.health = self._health_monitor(self.snapshot_every)
+
+    def _health_monitor(self, every: int) -> HealthMonitor:
+        return HealthMonitor.for_slots(self.model, every=every,
+                                       sample_every=self.config.health_sample_every,
+                                       activation_every=self.config.health_activation_every)
 
     # ---- the two calls of the hook API ---------------------------------------------------
     def step(self, loss: torch.Tensor | float, outputs: torch.Tensor | None = None,
