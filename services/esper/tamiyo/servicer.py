@@ -93,6 +93,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            protocol.announce()  # what a cut stream left unannounced
             log.info("session closed", extra={"run_id": protocol.run.run_id, "session_id": protocol.session_id})
 
     async def _read(
@@ -131,6 +132,9 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 return
             for response in responses:
                 await out.put(response)
+            if protocol.has_unannounced:
+                await asyncio.sleep(0)  # the sending side takes the decision first
+                protocol.announce()
         await out.put(_END)
 
     async def _beat(self, protocol: SessionProtocol, out: Outbox) -> None:

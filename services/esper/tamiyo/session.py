@@ -110,6 +110,8 @@ class SessionProtocol:
         self.session_id = str(uuid.uuid4())
         self.run: RunState | None = None
         self._heartbeat_seq = 0
+        # Decisions handed out but not yet announced (Oona event, metric, log): see announce.
+        self._unannounced: list[tuple[RunState, object]] = []
 
     # -- open -----------------------------------------------------------------------------
 
@@ -220,7 +222,7 @@ class SessionProtocol:
             decision = None if run.pending(snapshot.step) is not None else await self._decide(run, snapshot)
             await self.shared.runs.save(run, decision)  # recorded before it is sent: any replica knows it
             if decision is not None:
-                self._announce(run, decision)
+                self._unannounced.append((run, decision))
                 out.append(SessionResponse(decision=decision))
             return out
 
@@ -247,9 +249,19 @@ class SessionProtocol:
         run.issue(decision)
         return decision
 
-    def _announce(self, run: RunState, decision) -> None:
-        action = decision.WhichOneof("action")
-        self.shared.events.decision(run.run_id, decision)
-        _decisions(decision.policy_version.split("@")[0], action).inc()
-        log.info("decision", extra={"run_id": run.run_id, "decision_id": decision.decision_id,
-                                    "action": action, "rationale": decision.rationale})
+    @property
+    def has_unannounced(self) -> bool:
+        return bool(self._unannounced)
+
+    def announce(self) -> None:
+        """Publish the decisions `handle` returned since the last call (their Oona event,
+        their count, their log line). Apart from `handle` so the stream can send a decision
+        first: building and encoding its event (~40 us) is history, not control, and need
+        not delay it. The decision itself was recorded in the run before it was returned."""
+        pending, self._unannounced = self._unannounced, []
+        for run, decision in pending:
+            action = decision.WhichOneof("action")
+            self.shared.events.decision(run.run_id, decision)
+            _decisions(decision.policy_version.split("@")[0], action).inc()
+            log.info("decision", extra={"run_id": run.run_id, "decision_id": decision.decision_id,
+                                        "action": action, "rationale": decision.rationale})
