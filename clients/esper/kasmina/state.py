@@ -55,6 +55,7 @@ def load_kasmina_state(model: MorphableModel, state: dict, rebuild: SeedRebuilde
     model.epoch = int(state["epoch"])
     for slot_id, saved in state["slots"].items():
         _restore_slot(model.slot(slot_id), saved, rebuild)
+    model.refresh_live()  # restored records changed stages without transitions
     return list(state.get("applied_decisions", []))
 
 

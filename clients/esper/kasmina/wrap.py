@@ -71,8 +71,11 @@ class MorphableModel(nn.Module):
                 slot_id = lifecycle.stacked_slot_id(site.node_id, level)
                 below = SeedSlot(slot_id, site, cfg, self, below=below)
                 self.esper_slots[slot_key(slot_id)] = below
-        # The slots as a plain list, for the per-step loop (no nn.Module attribute lookup).
+        # The slots as a plain list, for the safe point's loop (no nn.Module attribute
+        # lookup), and those holding a live seed, the only ones a step has work for: kept by
+        # transition(), refreshed at each safe point and by refresh_live().
         self._slot_list = list(self.esper_slots.values())
+        self._live_slots: list[SeedSlot] = []
         self._register_state_dict_hook(_strip_host_prefix)
         self._register_load_state_dict_pre_hook(_add_host_prefix)
 
@@ -99,6 +102,7 @@ class MorphableModel(nn.Module):
     def transition(self, event: SeedTransition) -> None:
         event.epoch = self.epoch
         self.transitions.append(event)
+        self.refresh_live()
         for listener in self.transition_listeners:
             listener(event)
 
@@ -114,12 +118,17 @@ class MorphableModel(nn.Module):
     def seed_step(self) -> None:
         """Call once per training step after backward (before zero_grad). No host sync."""
         # Straight into __dict__: nn.Module.__setattr__ is a slow path for a counter, and on
-        # a small step every microsecond of this call shows.
+        # a small step every microsecond of this call shows (touching each dormant slot's
+        # record too: ~10 us a step for two slots in a training loop, cold caches).
         self.__dict__["global_step"] += 1
+        for slot in self._live_slots:
+            slot.on_step()
+
+    def refresh_live(self) -> None:
+        """Find the slots holding a live seed again (after a slot's stage changed other
+        than by a transition, e.g. a record restored from a checkpoint)."""
         live = lifecycle.LIVE_STAGES
-        for slot in self._slot_list:
-            if slot.record.stage in live:  # a dormant slot has nothing to count
-                slot.on_step()
+        self._live_slots = [slot for slot in self._slot_list if slot.record.stage in live]
 
     def seed_epoch(self) -> None:
         self.epoch += 1
@@ -145,6 +154,7 @@ class MorphableModel(nn.Module):
                 if why is not None:
                     slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
             slot.tick_embargo(self.global_step)
+        self.refresh_live()
         return self.transitions[start:]
 
     # ---- reporting -----------------------------------------------------------------------
