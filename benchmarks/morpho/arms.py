@@ -35,7 +35,8 @@ from .growth import Planned, ScheduledGrowth
 from .loop import LEARNING_RATE, train
 
 # Arms in the order they run within a seed (dependents after "esper").
-ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-plateau-only", "random",
+ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-late-slowdown",
+        "esper-plateau-only", "random",
         "schedule", "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
 # Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed. At a
 # constant learning rate, where its run crossed that budget; under a decaying schedule (where
@@ -48,6 +49,7 @@ LABELS = {
     "esper": "Esper, heuristic at defaults",
     "esper-width": "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)",
     "esper-stack": "Esper, heuristic, seeds that stack (slot_depth 3)",
+    "esper-late-slowdown": "Esper, the previous default (slowdown over 2-epoch windows, ratio 0.25)",
     "esper-plateau-only": "Esper, heuristic growing on plateaus only (slowdown_ratio 0)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
     "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
@@ -250,6 +252,15 @@ def run_esper_plateau_only(ctx: Context) -> dict:
     return record
 
 
+def run_esper_late_slowdown(ctx: Context) -> dict:
+    """Esper whose heuristic grows on diminishing returns judged over two-epoch windows at a
+    quarter of the pace (the previous default's windows and ratio, before slowdown_window=1
+    and ratio 0.5): it grows at epochs 5-8 instead of 3-4."""
+    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=0.25, slowdown_window=2)
+    record, _ = _grown(ctx, LocalPolicy(config=config))
+    return record
+
+
 def run_random(ctx: Context) -> dict:
     count = len(ctx.esper()["germinations"])
     if ctx.quick:
@@ -336,7 +347,8 @@ def run_learned(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict]] = {
     "static-small": static_small, "esper": run_esper, "esper-width": run_esper_width,
-    "esper-stack": run_esper_stack, "esper-plateau-only": run_esper_plateau_only,
+    "esper-stack": run_esper_stack, "esper-late-slowdown": run_esper_late_slowdown,
+    "esper-plateau-only": run_esper_plateau_only,
     "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
     "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,

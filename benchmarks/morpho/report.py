@@ -240,7 +240,7 @@ def plot(result: dict, path: Path) -> None:
     hosts = list(result["hosts"])
     fig, axes = plt.subplots(1, len(hosts), figsize=(7 * len(hosts), 5.5), squeeze=False)
     colours = {"esper": "tab:blue", "learned": "navy", "esper-width": "tab:cyan",
-               "esper-plateau-only": "teal",
+               "esper-plateau-only": "teal", "esper-late-slowdown": "deepskyblue",
                "esper-stack": "tab:pink", "esper-arch-static": "tab:orange",
                "esper-arch-static@esper-flops": "darkorange", "static-final-size": "tab:green",
                "static-final-size@esper-flops": "darkgreen", "static-small": "grey",

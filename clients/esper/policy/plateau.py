@@ -22,13 +22,15 @@ def is_plateau(
 
 def is_slowing(val_losses: Sequence[float], window: int, ratio: float) -> bool:
     """True when learning has slowed to diminishing returns: the best validation loss
-    improved over the last `window` epochs by less than `ratio` times what it improved over
-    the run's first `window` epochs. A model that keeps improving slowly (a capacity-bound
-    host, whose loss never goes flat within the run) reaches this long before a plateau.
-    Bests rather than raw values, so one noisy epoch neither fires nor blocks it."""
+    improved over the last `window` epochs by less than `ratio` times its fastest pace, the
+    most it improved over any `window` epochs so far. A model that keeps improving slowly (a
+    capacity-bound host, whose loss never goes flat within the run) reaches this long before
+    a plateau. Bests rather than raw values, so one noisy epoch neither fires nor blocks it;
+    the fastest pace rather than the first window's, so a slow first epoch (a warm-up, an
+    unlucky batch order) does not hold growth back."""
     finite = [v for v in val_losses if math.isfinite(v)]
     if window < 1 or ratio <= 0 or len(finite) < 2 * window + 1:
         return False
-    early = finite[0] - min(finite[1:window + 1])
-    recent = min(finite[:-window]) - min(finite[-window:])
-    return early > 0 and recent < ratio * early
+    best = [min(finite[:i + 1]) for i in range(len(finite))]
+    gains = [best[j - window] - best[j] for j in range(window, len(best))]
+    return max(gains) > 0 and gains[-1] < ratio * max(gains)

@@ -19,14 +19,16 @@ __all__ = ["LOCAL_HEURISTIC", "HeuristicConfig", "LocalPolicy"]
 # The heuristic's thresholds for in-process runs, scaled to the short runs of the example
 # tasks (a few hundred steps per epoch, tens of epochs): two flat epochs count as a
 # plateau, and a seed goes from germination to fossilization in about 200 steps, so its
-# whole life fits in a short run. Growth also starts on diminishing returns (a quarter of
-# the first epochs' gain, slowdown_ratio): in a run of tens of epochs a plateau comes late
-# or never (measured on Fashion-MNIST, MLP host, 5 seeds x 20 epochs: 88.05% against
-# 87.89% growing on plateaus only, for 15% more FLOPs; benchmarks/morphogenesis.py).
-# Tamiyo's server defaults suit long runs.
+# whole life fits in a short run. Growth also starts on diminishing returns: once the
+# best validation loss gains, in one epoch, less than half its fastest pace so far
+# (slowdown_ratio, slowdown_window), which a small host reaches by epoch 3-4. A plateau
+# comes late or never in a run of tens of epochs, and under a decaying learning rate a seed
+# grown late trains little (benchmarks/morphogenesis.py measures both against the
+# alternatives). Tamiyo's server defaults suit long runs.
 LOCAL_HEURISTIC = HeuristicConfig(
     plateau_patience=2, training_steps=40, blend_steps=40, shadow_steps=20,
-    probation_steps=40, decision_horizon_steps=60, gate_retry_steps=20, slowdown_ratio=0.25,
+    probation_steps=40, decision_horizon_steps=60, gate_retry_steps=20, slowdown_ratio=0.5,
+    slowdown_window=1,
 )
 
 
