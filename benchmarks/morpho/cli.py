@@ -45,10 +45,11 @@ def parser() -> argparse.ArgumentParser:
                    help="arms to run (those depending on Esper need esper too)")
     p.add_argument("--quick", action="store_true",
                    help="one seed, two epochs, a data subset: proves the harness runs, never the result")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                   help="every arm's learning rate: constant, or a cosine decay to zero over the "
-                        "run (then the FLOP-matched controls are second runs whose schedule ends "
-                        "at Esper's FLOPs)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                   help="every arm's learning rate: a cosine decay to zero over the run (the "
+                        "FLOP-matched controls are then second runs whose schedule ends at "
+                        "Esper's FLOPs), or constant (they are read where their run crossed "
+                        "Esper's FLOPs)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",

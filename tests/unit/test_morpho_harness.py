@@ -240,3 +240,21 @@ def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_eq
         run(1, [(1, 0.9), (2, 0.9), (3, 0.9)])]})
     assert behind["epochs_ahead"] == 0 and "never ahead" in report._headroom_line(behind)
     assert report.growth_headroom({"static-small": small}) is None
+
+
+def test_at_a_constant_rate_a_flop_milestone_is_read_where_the_run_crosses_it(one_thread) -> None:
+    from morpho.loop import train
+
+    data = _splits()  # 3 steps per epoch
+    torch.manual_seed(0)
+    net = hosts.small("mlp")
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    probe = train(hosts.small("mlp"), torch.optim.Adam(net.parameters(), lr=1e-3), data, seed=1,
+                  epochs=1, meter=FlopMeter())
+    per_step = probe["flops"]["train"] / 3
+    record = train(net, optimizer, data, seed=1, epochs=3, meter=FlopMeter(),
+                   milestones={"half": 4.5 * per_step, "never": 1e30})
+    half, never = record["milestones"]["half"], record["milestones"]["never"]
+    assert half["reached"] and half["flops"] >= 4.5 * per_step and 1 < half["epoch"] < 2
+    assert not never["reached"] and never["flops"] == record["flops"]["total"]
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # no schedule
