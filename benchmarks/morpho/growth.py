@@ -4,7 +4,7 @@ later lifecycle (advance, fossilize, cull) decided by Esper's own local heuristi
 controls differ from Esper only in *when, where and what* they grow.
 
 `ScheduledGrowth` is a LocalPolicy (attach() hands it the local kernel catalogue) whose
-heuristic never germinates (no plateau is ever long enough); the planned germinations are
+heuristic never germinates (no plateau is ever long enough, no slowdown counts); the planned germinations are
 issued as ordinary GerminateAction decisions through the session, one live seed at a time
 (as the heuristic does), each re-planned on a rejection at most MAX_TRIES times."""
 
@@ -23,8 +23,9 @@ from esper.policy.context import PolicyContext
 from esper.policy.heuristic import blend_schedule
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
-# The heuristic at Esper's local defaults, except that it never sees a plateau.
-LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9)
+# The heuristic at Esper's local defaults, except that it never sees a reason to grow:
+# no plateau, and the slowdown rule off.
+LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9, slowdown_ratio=0.0)
 MAX_TRIES = 3
 
 
