@@ -79,3 +79,30 @@ def test_settings_out_of_range_are_refused():
         DecisionBatcher(window_s=-1.0, workers=1)
     with pytest.raises(ValueError):
         DecisionBatcher(window_s=0.001, workers=0)
+
+
+async def test_a_lone_runs_decisions_run_on_the_loop_and_several_runs_go_to_the_pool():
+    """One session alone decides on the event loop (no thread hand-offs); as soon as another
+    run's decision came in between, decisions go to the workers again and batch."""
+    batcher, policy = DecisionBatcher(window_s=0.001, workers=1), Recorder()
+    loop_thread = threading.current_thread().name
+    try:
+        assert await batcher.decide(policy, 1, "run-a") == 10  # first of its run: the pool
+        assert await batcher.decide(policy, 2, "run-a") == 20  # the run again, alone: the loop
+        assert await batcher.decide(policy, 3, "run-a") == 30
+        lone = set(policy.threads)
+        policy.threads.clear()
+        assert await batcher.decide(policy, 4, "run-b") == 40  # another run came in: the pool
+        assert await batcher.decide(policy, 5, "run-a") == 50
+        answers = await asyncio.gather(*(batcher.decide(policy, i, f"run-{i}") for i in range(6, 9)))
+    finally:
+        batcher.close()
+    assert loop_thread in lone and len(lone) == 2  # the first in the pool, then the loop
+    assert loop_thread not in policy.threads and answers == [60, 70, 80]
+    unbatched, other = DecisionBatcher(window_s=0.0, workers=1), Recorder()
+    try:  # batching off: every decision in the pool, as it arrives
+        for i in range(3):
+            await unbatched.decide(other, i, "run-a")
+    finally:
+        unbatched.close()
+    assert loop_thread not in other.threads

@@ -6,8 +6,11 @@ they run as one `GnnPolicy.decide_batch` (one forward over all their graphs) on 
 free and go together, so under load the batches grow by themselves. A request waits for
 company only when the last batch had some: a lone session's decisions start at once (the
 event loop's timers are no finer than a millisecond, so even a short window cost it ~1 ms
-per decision, measured). With `window_s` 0 each decision runs alone, as it arrives
-(batching off).
+per decision, measured). A run whose previous decision request was also its own (one
+session alone on this server) decides on the event loop itself while no batch runs: two
+thread hand-offs cost more than they free on a loop with nothing else to do, and on a loaded
+machine each could wait for a time slice (the lone session's p99). With `window_s` 0 each
+decision runs alone in the pool, as it arrives (batching off).
 
 A batch decides exactly as its decisions would one after another in arrival order
 (GnnPolicy.decide_batch), so batching changes when a decision is made, never what it is.
@@ -42,14 +45,20 @@ class DecisionBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0
         self._last_batch = 1
+        self._last_caller: object = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def decide(self, policy: BatchPolicy, ctx: PolicyContext) -> AdaptationDecision:
+    async def decide(self, policy: BatchPolicy, ctx: PolicyContext, caller: object = None) -> AdaptationDecision:
+        """`caller` (a run id) tells a lone session's decisions apart: see the module's docstring."""
         loop = asyncio.get_running_loop()
         if self.window_s == 0:
             return await loop.run_in_executor(self._pool, policy.decide, ctx)
+        alone, self._last_caller = caller is not None and caller == self._last_caller, caller
+        if alone and self._busy == 0 and not self._waiting:
+            self._last_batch = 1
+            return policy.decide_batch([ctx])[0]
         future = loop.create_future()
         self._waiting.append((policy, ctx, future))
         if len(self._waiting) >= self.max_batch or (self._last_batch == 1 and self._busy == 0):

@@ -1,6 +1,7 @@
 """One decision: fetch candidates from Urza, build the policy context, run the policy.
 The heuristic runs inline (microseconds: a thread hop would cost more); the learned policy
-runs off the event loop, its decisions from all sessions batched (esper.tamiyo.batcher).
+runs off the event loop, its decisions from all sessions batched (esper.tamiyo.batcher),
+except a lone session's.
 
 When Urza offers no kernel for a slot, the kernel supply is asked (in the background) to
 have Tezzeret compile the suitable built-in blueprints; when no slot has any kernel, the
@@ -56,4 +57,4 @@ class Decider:
         )
         if policy is self.policies.heuristic:
             return policy.decide(ctx)
-        return await self.batcher.decide(policy, ctx)
+        return await self.batcher.decide(policy, ctx, run_id)
