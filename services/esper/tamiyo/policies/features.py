@@ -149,6 +149,14 @@ def _health_row(h: LayerHealth) -> list[float]:
     ]
 
 
+def _zero_non_finite(a: np.ndarray) -> None:
+    """NaN and +-Inf become 0, in place: np.nan_to_num's result, without its Python-level
+    checks (~20 us a call, twice per decision)."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        a[bad] = 0.0
+
+
 def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
     """(N, NODE_FEATURES) for this snapshot."""
     x = np.zeros((enc.num_nodes, NODE_FEATURES), dtype=np.float32)
@@ -175,7 +183,7 @@ def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
             1.0 if m.non_finite_count else 0.0,
             1.0 if ctx.is_embargoed(slot_id) else 0.0,
         ]
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    _zero_non_finite(x)
     return np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
 
@@ -198,5 +206,5 @@ def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.n
         math.log10(lr) / 5.0 if math.isfinite(lr) and lr > 0 else 0.0,
         1.0 if limit and used >= 1.0 else 0.0,
     ], dtype=np.float32)
-    np.nan_to_num(g, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    _zero_non_finite(g)
     return np.clip(g, -FEATURE_CLIP, FEATURE_CLIP, out=g)
