@@ -154,6 +154,29 @@ async def test_open_accept_and_advance_decision_then_ack():
         await client.close()
 
 
+async def test_every_decision_sent_is_announced_after_it():
+    """A decision is announced (its Oona event, its count, its log line) once the stream has
+    sent it (SessionProtocol.announce), one announcement per decision."""
+    from prometheus_client import REGISTRY
+
+    from tests.fixtures.waiting import until
+
+    def announced() -> float:
+        labels = {"policy": "heuristic", "action": "advance"}
+        return REGISTRY.get_sample_value("esper_tamiyo_decisions_total", labels) or 0.0
+
+    async with tamiyo() as (_, stub, _c):
+        client, _ = await open_session(stub, "run-announced")
+        before = announced()
+        for step in (10, 20, 30):
+            await client.send(snapshot=snap(step, "run-announced", [seed("s1", S.SEED_STAGE_GERMINATED)]))
+            decision = (await client.next("decision")).decision
+            await client.send(ack=DecisionAck(decision_id=decision.decision_id, run_id="run-announced",
+                                              status=AckStatus.ACK_STATUS_REJECTED, step=step))
+        assert await until(lambda: announced() == before + 3, WAIT_S), announced() - before
+        await client.close()
+
+
 async def test_first_message_must_be_open_and_version_is_negotiated():
     async with tamiyo() as (_, stub, _c):
         client = Client(stub)

@@ -132,9 +132,8 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 return
             for response in responses:
                 await out.put(response)
-            if protocol.has_unannounced:
-                await asyncio.sleep(0)  # the sending side takes the decision first
-                protocol.announce()
+            if protocol.has_unannounced:  # once the sending side (woken by put) took the decision
+                asyncio.get_running_loop().call_soon(protocol.announce)
         await out.put(_END)
 
     async def _beat(self, protocol: SessionProtocol, out: Outbox) -> None:
