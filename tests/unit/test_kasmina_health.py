@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from esper.kasmina import HealthMonitor, wrap
-from esper.kasmina.health import squared_norms
+from esper.kasmina.health import grad_squares, squared_norms
 
 
 def test_layer_health_matches_hand_computed_statistics():
@@ -70,8 +70,9 @@ def test_sampling_observes_one_training_step_in_k_and_never_eval():
         relu.train()
         out = monitor.step()
     h = out[0]
-    # Steps 0 and 2 were sampled (values 1 and 3); steps 1 and 3 and every eval pass were not.
-    assert h.activation_mean == pytest.approx(2.0)
+    # The last step of each pair was sampled (values 10 and 20); steps 0 and 2 and every
+    # eval pass were not.
+    assert h.activation_mean == pytest.approx(15.0)
     assert h.dead_fraction == 0.0
     monitor.close()
     with pytest.raises(ValueError):
@@ -79,7 +80,8 @@ def test_sampling_observes_one_training_step_in_k_and_never_eval():
 
 
 def test_activations_sampled_apart_from_gradient_norms():
-    # Gradient norms every step, activations one step in two (their hooks only then).
+    # Gradient norms every step, activations the last step of each two (their hooks only
+    # then).
     layer = nn.Linear(1, 1, bias=False)
     nn.init.ones_(layer.weight)
     monitor = HealthMonitor({"layer": layer}, every=4, sample_every=1, activation_every=2)
@@ -91,8 +93,8 @@ def test_activations_sampled_apart_from_gradient_norms():
         layer.zero_grad()
         out = monitor.step()
     h = out[0]
-    assert hooked == [True, False, True, False]
-    assert h.activation_mean == pytest.approx(2.0)  # steps 0 and 2: values 1 and 3
+    assert hooked == [False, True, False, True]
+    assert h.activation_mean == pytest.approx(15.0)  # steps 1 and 3: values 10 and 20
     assert h.gradient_norm == pytest.approx((1 + 10 + 3 + 20) / 4)
     monitor.close()
     with pytest.raises(ValueError):
@@ -122,6 +124,21 @@ def test_update_ratios_of_consecutive_windows(dtype, rel):
         base = math.sqrt(sum(s.square().sum().item() for s in start))
         assert h.update_ratio == pytest.approx(delta / base, rel=rel)
         assert h.gradient_norm == pytest.approx(grad, rel=rel)
+    monitor.close()
+
+
+def test_given_gradient_squares_are_not_read_again():
+    # The snapshot step's global norm reads every gradient once (grad_squares); layer
+    # health takes its layers' squared norms from there.
+    layer = nn.Linear(3, 2)
+    monitor = HealthMonitor({"layer": layer}, every=1)
+    layer(torch.ones(1, 3)).sum().backward()
+    squares = grad_squares(layer.parameters())
+    assert squares == {id(p): pytest.approx(p.grad.double().square().sum().item())
+                       for p in layer.parameters()}
+    squares = {key: 4.0 for key in squares}  # so the norm shows where it came from
+    monitor.after_backward(squares)
+    assert monitor.step()[0].gradient_norm == pytest.approx(math.sqrt(8.0))
     monitor.close()
 
 

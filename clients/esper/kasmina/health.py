@@ -4,8 +4,8 @@ Forward hooks add each activation's statistics into small accumulators, and
 `after_backward()` folds the layer's gradient norm in the same way. `step()` returns
 LayerHealth protos every `every` steps, then starts a new window. Only training-mode
 forwards are observed (validation passes are not training health), and with
-`sample_every = k` only one training step in k (with `activation_every = m`, the
-activations of one in m), so the counts (NaN/Inf included) are those of the sampled steps.
+`sample_every = k` only one training step in k, the last of each k (with
+`activation_every = m`, the activations of one in m), so the counts (NaN/Inf included) are those of the sampled steps.
 The hooks are installed only for the steps whose activations are sampled: between them the
 monitored modules run with no hook at all.
 
@@ -97,9 +97,11 @@ class HealthMonitor:
         self._handles: list = []
         # Whether the current step's gradient norms are observed, and its activations
         # (the hooks are installed); eval-mode forwards (validation) never are.
+        # The last step of each sampling period is sampled (with the default periods, the
+        # snapshot step, whose gradients are read for the global norm anyway).
         self._sampling = False
         self._hooked = False
-        self._set_sampling(True, True)
+        self._set_sampling(sample_every == 1, activation_every == 1)
 
     @classmethod
     def for_slots(cls, model, **kwargs) -> HealthMonitor:
@@ -176,32 +178,39 @@ class HealthMonitor:
             acc[_SAT] += int(np.count_nonzero(np.abs(flat) > self.saturation))
         return True
 
-    def after_backward(self) -> None:
-        """Fold this step's gradient norms in (call after backward, before zero_grad)."""
+    def after_backward(self, squares: dict[int, float] | None = None) -> None:
+        """Fold this step's gradient norms in (call after backward, before zero_grad).
+        `squares`: the squared norms of gradients already read this step, by id of their
+        parameter (grad_squares), so they are not read again."""
         if not self._sampling:
             return
         host: list[tuple[_LayerStats, int]] = []
-        host_grads: list[torch.Tensor] = []
+        host_params: list[nn.Parameter] = []
         for stats in self._layers:
-            grads = [p.grad for p in stats.params if p.grad is not None]
-            if not grads:
+            params = [p for p in stats.params if p.grad is not None]
+            if not params:
                 continue
-            if grads[0].is_cpu:
-                host.append((stats, len(grads)))
-                host_grads.extend(grads)
+            if params[0].grad.is_cpu:
+                host.append((stats, len(params)))
+                host_params.extend(params)
                 continue
+            grads = [p.grad for p in params]
             norm = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads)).to(stats.grad.dtype))
             stats.grad.add_(torch.stack([norm, norm * norm, torch.ones_like(norm)]))
             stats.on_device = True
         if not host:
             return
-        # CPU layers: every parameter's squared norm read at once; the layer norm is the
-        # float64 norm of its parameters' norms.
-        squares = squared_norms(host_grads)
+        # CPU layers: every parameter's squared norm read at once (those not given); the
+        # layer norm is the float64 norm of its parameters' norms.
+        known = squares or {}
+        if all(id(p) in known for p in host_params):
+            values = [known[id(p)] for p in host_params]
+        else:
+            values = squared_norms([p.grad for p in host_params])
         start = 0
         for stats, count in host:
-            norm = math.sqrt(math.fsum(squares[start:start + count]))
+            norm = math.sqrt(math.fsum(values[start:start + count]))
             start += count
             acc = stats.grad_host
             acc[_GSUM] += norm
@@ -211,8 +220,8 @@ class HealthMonitor:
     def step(self) -> list[LayerHealth] | None:
         """Count a step; every `every` steps return the window's LayerHealth list."""
         steps = self.steps = self.steps + 1
-        sample = steps % self.sample_every == 0
-        activations = steps % self.activation_every == 0
+        sample = (steps + 1) % self.sample_every == 0  # whether the next step is sampled
+        activations = (steps + 1) % self.activation_every == 0
         if sample != self._sampling or activations != self._hooked:  # this runs every step
             self._set_sampling(sample, activations)
         return self.read() if steps % self.every == 0 else None
@@ -270,6 +279,13 @@ class HealthMonitor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def grad_squares(params) -> dict[int, float]:
+    """The squared norm of each parameter's gradient (those that have one), by id of the
+    parameter, all read at once (squared_norms)."""
+    params = [p for p in params if p.grad is not None]
+    return dict(zip(map(id, params), squared_norms([p.grad for p in params])))
 
 
 def squared_norms(tensors: list[torch.Tensor]) -> list[float]:

@@ -11,7 +11,6 @@ from array import array
 
 import torch
 
-from esper.kasmina.health import squared_norms
 from esper.leyline.v1.signals_pb2 import TrainingMetrics
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ LOSS_SMOOTHING_STEPS = 50.0
 # A CPU step waiting to be counted, a plain tuple (a NamedTuple's Python-level __new__
 # cost ~10 us per step in a training loop): its logits (or predictions), whether they are
 # logits, their version counter at the step, its targets and their version counter.
-_OUTPUTS, _LOGITS, _OUTPUTS_VERSION, _TARGETS, _TARGETS_VERSION = range(5)
 _Held = tuple
 
 
@@ -132,37 +130,40 @@ class MetricsWindow:
             self._count_held()
 
     def _count_held(self) -> None:
-        """Fold the held CPU steps into the hit, target and sample counts: a few
-        operations for the whole window (held logits and predictions each concatenated)."""
+        """Fold the held CPU steps into the hit, target and sample counts: one pass over
+        them (each Python loop over a window's steps costs ~20 us at a safe point, cold
+        caches), then a few operations for the whole window (held logits and predictions
+        each concatenated)."""
         if not self._held:
             return
-        self._samples += sum(h[_TARGETS].shape[0] for h in self._held)
-        held, self._held = self._unchanged(self._held), []
-        if not held:
+        held, self._held = self._held, []
+        groups: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+        samples = labelled = changed = 0
+        for outputs, logits, outputs_version, targets, targets_version in held:
+            samples += targets.shape[0]
+            if outputs._version != outputs_version or targets._version != targets_version:
+                changed += 1  # its targets are gone: it leaves the accuracy count
+                continue
+            labelled += targets.numel()
+            group = groups[logits]
+            group[0].append(outputs)
+            group[1].append(targets)
+        self._samples += samples
+        self._labelled += labelled
+        if changed:
+            self._changed_in_place()
+        if changed == len(held):
             return
-        self._labelled += sum(h[_TARGETS].numel() for h in held)
-        hits = 0
-        for logits in (True, False):
-            group = [h for h in held if h[_LOGITS] is logits]
-            if group:
-                hits += _hits([h[_OUTPUTS] for h in group], [h[_TARGETS] for h in group],
-                              logits)
+        hits = sum(_hits(outputs, targets, logits)
+                   for logits, (outputs, targets) in groups.items() if outputs)
         self._correct = hits if self._correct is None else hits + self._correct
 
-    def _unchanged(self, held: list[_Held]) -> list[_Held]:
-        """The held steps whose tensors are as they were at their step. The others leave
-        the accuracy count (their targets are gone), and later steps copy their targets."""
-        kept, changed = [], []
-        for h in held:
-            same = h[_OUTPUTS]._version == h[_OUTPUTS_VERSION] \
-                and h[_TARGETS]._version == h[_TARGETS_VERSION]
-            (kept if same else changed).append(h)
-        if changed:
-            if not self._copy_targets:
-                log.warning("training targets or logits were changed in place after "
-                            "session.step(); from now on each step's targets are copied")
-            self._copy_targets = True
-        return kept
+    def _changed_in_place(self) -> None:
+        """Some held step's tensors changed after it: later steps copy their targets."""
+        if not self._copy_targets:
+            log.warning("training targets or logits were changed in place after "
+                        "session.step(); from now on each step's targets are copied")
+        self._copy_targets = True
 
     def _window_loss(self) -> float:
         """The float32 sum of the window's losses."""
@@ -312,10 +313,10 @@ def _or_zero(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def global_grad_norm(parameters) -> float:
-    """L2 norm of every gradient (one sync; called only at snapshot steps)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+def global_grad_norm(squares: dict[int, float]) -> float:
+    """L2 norm of every gradient from their squared norms (esper.kasmina.health's
+    grad_squares: one sync, at snapshot steps only)."""
+    if not squares:
         return 0.0
-    norm = math.sqrt(math.fsum(squared_norms(grads)))
+    norm = math.sqrt(math.fsum(squares.values()))
     return norm if math.isfinite(norm) else float("inf")

@@ -22,6 +22,7 @@ import torch
 
 from esper.blueprints.artifact import read_kernel_header
 from esper.kasmina import BlueprintSeedBuilder, DecisionApplier, HealthMonitor, KernelCache
+from esper.kasmina.health import grad_squares
 from esper.kasmina.wrap import MorphableModel
 from esper.leyline.lifecycle import stage_name
 from esper.leyline.v1.common_pb2 import Dtype, SlotKind
@@ -149,15 +150,19 @@ class TolariaSession:
         `last_in_epoch=True` on an epoch's last step skips a periodic snapshot there: the
         epoch-end snapshot follows at the same step (snapshot steps must increase)."""
         self.model.seed_step()
-        self.health.after_backward()
-        self.metrics.observe(loss, outputs, targets)
         every = self.snapshot_every
+        snapshot = self.model.global_step % every == 0 and not last_in_epoch
+        squares = None
+        if snapshot:  # the global norm's gradient reads serve layer health's sample too
+            squares = grad_squares(self.model.parameters())
+            self.metrics.grad_norm = global_grad_norm(squares)
+        self.health.after_backward(squares)
+        self.metrics.observe(loss, outputs, targets)
         self.health.every = every
         layers = self.health.step()
         if layers is not None:
             self._layers = layers
-        if self.model.global_step % every == 0 and not last_in_epoch:
-            self.metrics.grad_norm = global_grad_norm(self.model.parameters())
+        if snapshot:
             self._safe_point(epoch_end=False)
         elif self.replicas is None and (self.pending or self._decisions_between):
             # Replicas apply decisions at safe points only; so does a session whose
