@@ -152,9 +152,10 @@ class TolariaSession:
         self.model.seed_step()
         every = self.snapshot_every
         snapshot = self.model.global_step % every == 0 and not last_in_epoch
-        squares = None
+        squares = params = None
         if snapshot:  # the global norm's gradient reads serve layer health's sample too
-            squares = grad_squares(self.model.parameters())
+            params = list(self.model.parameters())  # one walk of the modules
+            squares = grad_squares(params)
             self.metrics.grad_norm = global_grad_norm(squares)
         self.health.after_backward(squares)
         self.metrics.observe(loss, outputs, targets)
@@ -163,7 +164,7 @@ class TolariaSession:
         if layers is not None:
             self._layers = layers
         if snapshot:
-            self._safe_point(epoch_end=False)
+            self._safe_point(epoch_end=False, params=params)
         elif self.replicas is None and (self.pending or self._decisions_between):
             # Replicas apply decisions at safe points only; so does a session whose
             # sources decide only when they observe a snapshot, unless one waits.
@@ -205,25 +206,27 @@ class TolariaSession:
         return set(self.applier.answered)
 
     # ---- safe points -----------------------------------------------------------------------
-    def _safe_point(self, epoch_end: bool) -> TrainingSnapshot:
+    def _safe_point(self, epoch_end: bool, params: list | None = None) -> TrainingSnapshot:
         # One span per safe point: the snapshot, acks and transitions published under it
         # carry its traceparent through Kafka into Nissa.
         if not spans_recorded():
-            return self._safe_point_inner(epoch_end)
+            return self._safe_point_inner(epoch_end, params)
         with _tracer.start_as_current_span(
             "tolaria.safe_point",
             attributes={"esper.run_id": self.config.run_id, "esper.step": self.model.global_step,
                         "esper.epoch_end": epoch_end},
         ):
-            return self._safe_point_inner(epoch_end)
+            return self._safe_point_inner(epoch_end, params)
 
-    def _safe_point_inner(self, epoch_end: bool) -> TrainingSnapshot:
+    def _safe_point_inner(self, epoch_end: bool, params: list | None) -> TrainingSnapshot:
         if self.replicas is not None:
             self.replicas.reduce_window(self)
         self.metrics.read()
         raw = self.metrics.last_train_loss
-        self.model.safe_point(self._gate_loss(), breaker_loss=raw if math.isfinite(raw) else None)
-        snapshot = self._snapshot(epoch_end)
+        if self.model.safe_point(self._gate_loss(),
+                                 breaker_loss=raw if math.isfinite(raw) else None):
+            params = None  # a tripped breaker culled a seed: its parameters are gone
+        snapshot = self._snapshot(epoch_end, params)
         if self.replicas is None or self.replicas.leader:
             self.telemetry.publish(snapshot=snapshot)
             self._apply_arrived(observe=snapshot)
@@ -411,19 +414,23 @@ class TolariaSession:
                 source.field_report(report)
 
     # ---- messages --------------------------------------------------------------------------
-    def _snapshot(self, epoch_end: bool) -> TrainingSnapshot:
+    def _snapshot(self, epoch_end: bool, params: list | None = None) -> TrainingSnapshot:
+        """The safe point's TrainingSnapshot; `params`: the model's parameters, when the
+        caller has listed them this step."""
         self.sequence += 1
         snap = TrainingSnapshot(
             run_id=self.run_id, step=self.model.global_step, epoch=self.model.epoch,
             sequence=self.sequence, metrics=self.metrics.to_proto(host_learning_rate(self.optimizer)),
-            layers=self._layers, seeds=self.model.seed_states(), resources=self._resources(),
+            layers=self._layers, seeds=self.model.seed_states(),
+            resources=self._resources(params),
             epoch_end=epoch_end,
         )
         snap.time.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime
         return snap
 
-    def _resources(self) -> ResourceState:
-        params = list(self.model.parameters())  # one walk of the modules per snapshot
+    def _resources(self, params: list | None = None) -> ResourceState:
+        if params is None:
+            params = list(self.model.parameters())  # one walk of the modules per snapshot
         device = params[0].device if params else torch.device("cpu")
         used = total = 0
         if device.type == "cuda":
