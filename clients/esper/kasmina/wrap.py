@@ -35,11 +35,14 @@ from esper.kasmina.slot import SeedSlot
 from esper.kasmina.widen import WidenSeed, find_widen_sites, merged_layers
 from esper.leyline import lifecycle
 from esper.leyline.v1.common_pb2 import SlotShape
+from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 HOST_PREFIX = "host."
+# The stages tick_embargo moves on from (any other slot has no embargo to end).
+_EMBARGO_STAGES = frozenset({SeedStage.SEED_STAGE_EMBARGOED, SeedStage.SEED_STAGE_RESETTING})
 SLOTS_ATTR = "esper_slots"
 SlotChoice = None | Iterable[str] | Callable[[str, nn.Module], bool]
 SeedListener = Callable[[SeedSlot, list[nn.Parameter]], None]
@@ -141,8 +144,6 @@ class MorphableModel(nn.Module):
         caller has one, else a smoothed train loss) to live seeds, trip circuit breakers
         (cull at once) on `breaker_loss` (the latest unsmoothed loss; `loss` when not
         given), end elapsed embargoes. Returns the transitions made."""
-        from esper.leyline.v1.control_pb2 import CullReason
-
         start = len(self.transitions)
         live = lifecycle.LIVE_STAGES
         for slot in self._slot_list:
@@ -153,7 +154,8 @@ class MorphableModel(nn.Module):
                 why = slot.tripped(loss if breaker_loss is None else breaker_loss)
                 if why is not None:
                     slot.cull(self.global_step, CullReason.CULL_REASON_INSTABILITY, why)
-            slot.tick_embargo(self.global_step)
+            if slot.record.stage in _EMBARGO_STAGES:  # (a slot culled just now included)
+                slot.tick_embargo(self.global_step)
         self.refresh_live()
         return self.transitions[start:]
 
