@@ -60,3 +60,20 @@ def test_targets_changed_in_place_after_their_step_are_not_counted(caplog) -> No
     window.observe(0.5, logits, buffer)  # 1 hit
     window.read()
     assert window.last_train_accuracy == 0.75
+
+
+def test_numpy_hits_match_torch_on_ties_nan_and_dtypes() -> None:
+    # A window's float logits and integer targets are counted in NumPy: the same first
+    # maximum as torch's argmax on ties, NaN counting as the maximum.
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        classes = 2 + trial % 4
+        logits = torch.randint(0, 3, (40, classes), generator=g).float()  # many ties
+        if trial % 2:
+            logits[torch.rand(40, classes, generator=g) < 0.1] = float("nan")
+        targets = torch.randint(0, classes, (40,), generator=g)
+        if trial % 3 == 0:
+            logits, targets = logits.double(), targets.int()
+        want = torch.count_nonzero(torch.eq(logits.argmax(-1), targets)).item()
+        assert metrics._numpy_hits(logits, targets) == want
+        assert metrics._hits([logits[:20], logits[20:]], [targets[:20], targets[20:]], True) == want
