@@ -169,6 +169,9 @@ def test_slowdown_detection_compares_recent_gains_with_the_first_ones() -> None:
     assert not is_slowing(IMPROVING, window=2, ratio=0.5)  # steady progress
     noisy = [1.0, 0.8, 0.7, 0.75, 0.69, 0.72, 0.71]  # one bad epoch is not progress lost
     assert is_slowing(noisy, window=2, ratio=0.25)
+    # judged against the fastest pace, not the first window: a slow first epoch (a warm-up)
+    # does not make every later epoch look fast
+    assert is_slowing([1.0, 0.99, 0.80, 0.78], window=1, ratio=0.5)  # 0.02 against 0.19
 
 
 def test_the_heuristic_grows_on_a_slowdown_only_when_asked() -> None:

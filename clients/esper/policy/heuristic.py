@@ -70,14 +70,14 @@ class HeuristicConfig:
     # Relative improvement of the best validation loss that still counts as progress (1%).
     plateau_min_delta: float = 0.01
     # Grow on diminishing returns too (0: off, only plateaus): when the best validation loss
-    # gained less over the last `plateau_patience` epochs than this fraction of its gain over
-    # the run's first ones (esper.policy.plateau.is_slowing). A capacity-bound host keeps
-    # improving slowly and never plateaus within its run, so the plateau rule grows it late
-    # or never.
+    # gained less over the last `slowdown_window` epochs than this fraction of its fastest
+    # pace, the most it gained over any such window so far (esper.policy.plateau.is_slowing).
+    # A capacity-bound host keeps improving slowly and never plateaus within its run, so the
+    # plateau rule grows it late or never.
     slowdown_ratio: float = 0.0
-    # Epochs in each of the slowdown rule's two windows (the first ones, the latest ones);
-    # 0: plateau_patience. One epoch can fire from epoch 3, when a small host's fastest
-    # learning is over: under a decaying learning rate, a seed grown later trains less.
+    # Epochs in each window the slowdown rule compares; 0: plateau_patience. One epoch can
+    # fire from epoch 3, when a small host's fastest learning is over: under a decaying
+    # learning rate, a seed grown later trains less.
     slowdown_window: int = 0
     # Live seeds at once (the process's max_live_seeds applies too): one at a time keeps each
     # seed's effect on the validation loss attributable.
