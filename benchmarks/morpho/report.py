@@ -8,6 +8,8 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED
 
 
@@ -106,16 +108,6 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
-def _interpolate(points: list[tuple[float, float]], x: float) -> float:
-    """Piecewise-linear value at `x` of (x, y) points sorted by x (clamped at the ends)."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
-    return points[-1][1]
-
-
 def growth_headroom(runs: dict[str, list[dict]]) -> dict | None:
     """How much faster per FLOP the small host learns than Esper's final architecture
     trained static: along the small host's per-epoch test curve, its accuracy minus the
@@ -133,8 +125,9 @@ def growth_headroom(runs: dict[str, list[dict]]) -> dict | None:
     for k in range(n):
         flops.append(statistics.fmean(small[s][k]["flops"] for s in seeds))
         ahead.append(statistics.fmean(
-            100 * (small[s][k]["test_accuracy"]
-                   - _interpolate([(c["flops"], c["test_accuracy"]) for c in final[s]], small[s][k]["flops"]))
+            100 * (small[s][k]["test_accuracy"] - float(np.interp(  # clamped at the ends
+                small[s][k]["flops"], [c["flops"] for c in final[s]],
+                [c["test_accuracy"] for c in final[s]])))
             for s in seeds))
     best = max(range(n), key=ahead.__getitem__)
     return {"seeds": len(seeds), "flops": flops, "small_minus_final_pp": ahead,
