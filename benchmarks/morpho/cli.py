@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
         "Does growth pay? Esper against its alternatives on Fashion-MNIST at matched "
         "training FLOPs. Writes morphogenesis.json, .md and .png to --out-dir."))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, metavar="I",
+                   help="run seeds I .. I+seeds-1 (so seeds can run in parallel processes and "
+                        "be put together with --merge)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--hosts", type=_csv(HOSTS), default=list(HOSTS))
     p.add_argument("--arms", type=_csv(ARMS), default=list(ARMS),
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.seeds, args.epochs = 1, 2
-    if args.seeds < 1 or args.epochs < 1:
-        print("--seeds and --epochs must be >= 1", file=sys.stderr)
+    if args.seeds < 1 or args.epochs < 1 or args.first_seed < 0:
+        print("--seeds and --epochs must be >= 1, --first-seed >= 0", file=sys.stderr)
         return 2
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only contend
     try:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for host in args.hosts:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
-        for i in range(args.seeds):
+        for i in range(args.first_seed, args.first_seed + args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule)
             if (host, ctx.seed) in earlier:
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{record['flops']['total'] / 1e9:7.2f} GFLOP params {record['params']:6d} "
                       f"{record['wall_s']:.0f}s", flush=True)
             h["summary"] = report.summarise(h["runs"])
-            result["config"]["seeds_done"] = i + 1
+            result["config"]["seeds_done"] = i + 1 - args.first_seed
             result["config"]["wall_s"] = time.perf_counter() - t0
             _write(result, paths)  # after every seed: a long run is never all-or-nothing
     _render(result, paths)
@@ -171,7 +174,9 @@ def _load(family: str, quick: bool):
 
 
 def merge(result: dict, other: dict) -> str | None:
-    """Put `other`'s arms into `result` (replacing those arms); why not, or None."""
+    """Put `other`'s runs into `result`, seed by seed: a seed `other` ran replaces that seed's
+    run of the arm, a seed it adds is added (so an arm run later, or seeds run in another
+    process, join one result). Why not, or None."""
     problem = config_mismatch(result["config"], other["config"])
     if problem:
         return problem
@@ -181,13 +186,18 @@ def merge(result: dict, other: dict) -> str | None:
             result["config"]["hosts"] = [*result["config"]["hosts"], host]
         target = result["hosts"][host]
         for arm, runs in h["runs"].items():
-            target["runs"][arm] = runs
+            by_seed = {r["seed"]: r for r in target["runs"].get(arm, [])}
+            by_seed.update({r["seed"]: r for r in runs})
+            target["runs"][arm] = [by_seed[s] for s in sorted(by_seed)]
             target["unavailable"].pop(arm, None)
         for arm, why in h["unavailable"].items():
             if arm not in target["runs"]:
                 target["unavailable"][arm] = why
         target["summary"] = report.summarise(target["runs"])
     result["config"].setdefault("merged", []).append(other["config"]["command"])
+    seeds = max((len({r["seed"] for runs in h["runs"].values() for r in runs})
+                 for h in result["hosts"].values()), default=0)
+    result["config"]["seeds"] = result["config"]["seeds_done"] = seeds
     return None
 
 

@@ -156,6 +156,25 @@ def test_merge_adds_a_host_measured_in_a_run_of_its_own() -> None:
     assert "epochs differs" in merge(mlp, other)
 
 
+def test_merge_joins_seeds_run_in_other_processes_seed_by_seed() -> None:
+    from morpho.cli import merge
+
+    def result(seeds: list[int], accuracy: float) -> dict:
+        runs = [{"seed": s, "test_accuracy": accuracy, "flops": {"total": 1.0}, "params": 10,
+                 "wall_s": 1.0, "curve": []} for s in seeds]
+        return {"config": {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3,
+                           "hosts": ["cnn"], "command": str(seeds), "seeds": len(seeds)},
+                "hosts": {"cnn": {"runs": {"esper": runs}, "unavailable": {}, "summary": {}}}}
+
+    first = result([0], 0.8)
+    assert merge(first, result([3, 1], 0.7)) is None
+    assert merge(first, result([1], 0.9)) is None  # a seed run again replaces that seed's run
+    runs = first["hosts"]["cnn"]["runs"]["esper"]
+    assert [(r["seed"], r["test_accuracy"]) for r in runs] == [(0, 0.8), (1, 0.9), (3, 0.7)]
+    assert first["config"]["seeds"] == first["config"]["seeds_done"] == 3
+    assert first["hosts"]["cnn"]["summary"]["arms"]["esper"]["seeds"] == 3
+
+
 def test_esper_from_takes_each_seeds_run_of_an_earlier_result(tmp_path) -> None:
     from morpho.cli import _earlier_esper
 
