@@ -155,3 +155,31 @@ def test_squared_norms_match_torch_on_every_path():
             assert math.isnan(value)
         else:
             assert value == pytest.approx(want, rel=1e-2 if t.dtype == torch.bfloat16 else 1e-5)
+
+
+def test_a_large_cpu_layers_update_ratio_is_estimated_from_a_sample_of_its_weights():
+    # 784x256 weights: over UPDATE_SAMPLE elements, so only a fixed sample of them is read
+    # at a window's end; the bias (256) is read whole. The estimate is within a few
+    # percent of the exact ratio, window after window.
+    from esper.kasmina.health import UPDATE_SAMPLE
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    assert model[0].weight.numel() > UPDATE_SAMPLE >= model[0].bias.numel()
+    wrapped = wrap(model, ["0"])
+    monitor = HealthMonitor.for_slots(wrapped, every=1)
+    stats = monitor._layers[0]
+    assert [p.numel() for p in stats.prev] == [UPDATE_SAMPLE, 256]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        start = [p.detach().double().clone() for p in model[0].parameters()]
+        wrapped(torch.randn(32, 784)).square().mean().backward()
+        monitor.after_backward()
+        opt.step()
+        opt.zero_grad()
+        h = monitor.step()[0]
+        now = [p.detach().double() for p in model[0].parameters()]
+        delta = math.sqrt(sum((n - s).square().sum().item() for n, s in zip(now, start)))
+        base = math.sqrt(sum(s.square().sum().item() for s in start))
+        assert h.update_ratio == pytest.approx(delta / base, rel=0.05)
+    monitor.close()

@@ -1,6 +1,9 @@
 """Tolaria's metric window counts accuracy per target: one class per image, or one per
 token of a sequence (logits (batch, tokens, vocab), targets (batch, tokens))."""
 
+import math
+import warnings
+
 import torch
 
 from esper.tolaria import metrics
@@ -77,3 +80,25 @@ def test_numpy_hits_match_torch_on_ties_nan_and_dtypes() -> None:
         want = torch.count_nonzero(torch.eq(logits.argmax(-1), targets)).item()
         assert metrics._numpy_hits(logits, targets) == want
         assert metrics._hits([logits[:20], logits[20:]], [targets[:20], targets[20:]], True) == want
+
+
+def test_a_windows_cpu_losses_sum_as_float32_tensors_would() -> None:
+    # In step order, each sum rounded to float32 once, bit for bit.
+    values = [0.1 * i + 1e-3 for i in range(40)] + [1e7, 3.3e-4]
+    window = MetricsWindow()
+    expected = torch.zeros((), dtype=torch.float32)
+    for v in values:
+        window.observe(torch.tensor(v))
+        expected = expected + torch.tensor(v, dtype=torch.float32)
+    window.read()
+    assert window.last_train_loss == expected.item() / len(values)
+
+
+def test_losses_beyond_float32s_range_sum_to_inf_without_a_warning() -> None:
+    window = MetricsWindow()
+    for v in (3e38, 3e38, 1.0):
+        window.observe(v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        window.read()
+    assert window.last_train_loss == math.inf

@@ -177,11 +177,19 @@ class MetricsWindow:
 
     def _add_loss_values(self) -> None:
         """Add the CPU losses read since the last call to the float32 sum, one by one as
-        float32 tensors would add them."""
-        host = self._loss_host
-        for value in self._loss_values:
-            host = _round32(value if host is None else host + _round32(value))
-        self._loss_host = host
+        float32 tensors would add them (NumPy's accumulate adds in order, in float32, each
+        sum rounded once: a window's losses in one call rather than one Python rounding
+        each)."""
+        if not self._loss_values:
+            return
+        values = self._loss_values if self._loss_host is None \
+            else [self._loss_host, *self._loss_values]
+        if max(map(abs, values)) * len(values) < _NO_OVERFLOW:
+            total = np.add.accumulate(np.array(values, dtype=np.float32))[-1]
+        else:  # beyond float32's range the sum is inf, as a tensor's would be, silently
+            with np.errstate(over="ignore"):
+                total = np.add.accumulate(np.array(values, dtype=np.float32))[-1]
+        self._loss_host = float(total)
         self._loss_values = []
 
     def add_samples(self, n: int) -> None:
@@ -283,6 +291,10 @@ class MetricsWindow:
 
 _SAVED = ("last_train_loss", "last_train_accuracy", "val_loss", "val_accuracy", "best_val_loss",
           "plateau_epochs", "grad_norm")
+
+
+# A float32 sum of values whose magnitudes add up to less than this cannot overflow.
+_NO_OVERFLOW = 3e38
 
 
 def _round32(x: float) -> float:
