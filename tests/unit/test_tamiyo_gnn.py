@@ -24,7 +24,7 @@ from esper.tamiyo.policies.artifact import (
     save_policy,
     tensors_digest,
 )
-from esper.tamiyo.policies.features import NODE_FEATURES, encode_graph
+from esper.tamiyo.policies.features import FEATURE_SCHEMA, NODE_FEATURES, encode_graph
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
 from esper.tamiyo.policies.network import DropoutBank, NetworkShape, PolicyNet, propagate
@@ -193,7 +193,7 @@ def test_load_refuses_tampered_and_mismatched_files(tmp_path) -> None:
     small = PolicyNet(NetworkShape(vocabulary=len(VOCAB), hidden=8))
     tensors = {k: v.contiguous() for k, v in small.state_dict().items()}
     meta = {"format": "esper-tamiyo-gnn", "format_version": "1", "policy_version": "gnn@x",
-            "feature_schema": "tamiyo-features@1", "vocabulary": json.dumps(list(VOCAB.refs)),
+            "feature_schema": FEATURE_SCHEMA, "vocabulary": json.dumps(list(VOCAB.refs)),
             "vocabulary_version": VOCAB.version, "tensors_sha256": tensors_digest(tensors),
             "architecture": json.dumps(NetworkShape(vocabulary=len(VOCAB)).as_dict())}
     mismatched = tmp_path / "mismatched.safetensors"
@@ -303,3 +303,14 @@ def test_dropout_masks_are_a_function_of_the_seed_and_graph_size() -> None:
     policy.decide(other_ctx)
     again = policy.decide(ctx)
     assert _without_identity(alone) == _without_identity(again)
+
+
+def test_the_global_pace_feature_says_how_much_learning_has_slowed() -> None:
+    from esper.tamiyo.policies.features import global_features
+
+    def pace_feature(history) -> float:
+        return float(global_features(context(val_history=history), 3, 0.01)[-1])
+
+    assert pace_feature([1.0, 0.8, 0.75]) == pytest.approx(0.25)
+    assert pace_feature([1.0, 0.8]) == 1.0  # no history to judge by: as fast as ever
+    assert pace_feature([1.0, 0.8, 0.9]) == 0.0

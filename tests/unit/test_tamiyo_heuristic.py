@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import GateLevel, GateResult, SeedStage
 from esper.policy import HeuristicConfig, HeuristicPolicy, NoCandidateProvider, RunHistory
 from esper.policy.health import health_score
-from esper.policy.plateau import is_plateau, is_slowing
+from esper.policy.plateau import is_plateau, is_slowing, pace
 from tests.unit.test_tamiyo_support import (
     IMPROVING,
     candidate,
@@ -172,6 +174,15 @@ def test_slowdown_detection_compares_recent_gains_with_the_first_ones() -> None:
     # judged against the fastest pace, not the first window: a slow first epoch (a warm-up)
     # does not make every later epoch look fast
     assert is_slowing([1.0, 0.99, 0.80, 0.78], window=1, ratio=0.5)  # 0.02 against 0.19
+
+
+def test_pace_is_the_last_gain_against_the_fastest() -> None:
+    assert pace([1.0, 0.8, 0.7], window=1) == pytest.approx(0.5)  # 0.1 against 0.2
+    assert pace([1.0, 0.9, 0.6], window=1) == pytest.approx(1.0)  # as fast as ever
+    assert pace([1.0, 0.8, 0.9], window=1) == 0.0  # a worse epoch gains nothing on the best
+    assert pace([1.0, 0.8], window=1) is None  # one gain: nothing to compare with
+    assert pace([1.0, 1.1, 1.2], window=1) is None  # never improved
+    assert pace([1.0, float("nan"), 0.8, 0.7], window=1) == pytest.approx(0.5)
 
 
 def test_the_heuristic_grows_on_a_slowdown_only_when_asked() -> None:

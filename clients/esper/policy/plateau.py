@@ -20,17 +20,30 @@ def is_plateau(
     return best_recent > best_before - min_delta * abs(best_before)
 
 
+def pace(val_losses: Sequence[float], window: int) -> float | None:
+    """How fast the best validation loss improved over the last `window` epochs, as a
+    fraction of its fastest pace (the most it improved over any `window` epochs so far):
+    1.0 while learning is as fast as it has been, near 0 at diminishing returns. None with
+    too little history (fewer than two windows after the first epoch) or no gain yet. Bests
+    rather than raw values, so one noisy epoch neither lowers nor raises it."""
+    finite = [v for v in val_losses if math.isfinite(v)]
+    if window < 1 or len(finite) < 2 * window + 1:
+        return None
+    best = [min(finite[:i + 1]) for i in range(len(finite))]
+    gains = [best[j - window] - best[j] for j in range(window, len(best))]
+    fastest = max(gains)
+    return gains[-1] / fastest if fastest > 0 else None
+
+
 def is_slowing(val_losses: Sequence[float], window: int, ratio: float) -> bool:
     """True when learning has slowed to diminishing returns: the best validation loss
     improved over the last `window` epochs by less than `ratio` times its fastest pace, the
-    most it improved over any `window` epochs so far. A model that keeps improving slowly (a
-    capacity-bound host, whose loss never goes flat within the run) reaches this long before
-    a plateau. Bests rather than raw values, so one noisy epoch neither fires nor blocks it;
-    the fastest pace rather than the first window's, so a slow first epoch (a warm-up, an
-    unlucky batch order) does not hold growth back."""
-    finite = [v for v in val_losses if math.isfinite(v)]
-    if window < 1 or ratio <= 0 or len(finite) < 2 * window + 1:
+    most it improved over any `window` epochs so far (`pace` below `ratio`). A model that
+    keeps improving slowly (a capacity-bound host, whose loss never goes flat within the
+    run) reaches this long before a plateau. The fastest pace rather than the first
+    window's, so a slow first epoch (a warm-up, an unlucky batch order) does not hold
+    growth back."""
+    if ratio <= 0:
         return False
-    best = [min(finite[:i + 1]) for i in range(len(finite))]
-    gains = [best[j - window] - best[j] for j in range(window, len(best))]
-    return max(gains) > 0 and gains[-1] < ratio * max(gains)
+    now = pace(val_losses, window)
+    return now is not None and now < ratio

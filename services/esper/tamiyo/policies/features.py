@@ -24,10 +24,10 @@ from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
-from esper.policy.plateau import is_plateau
+from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
-FEATURE_SCHEMA = "tamiyo-features@1"
+FEATURE_SCHEMA = "tamiyo-features@2"  # @2: the global pace feature
 
 # Op families recognised by substring of GraphNode.op_type (lower-cased); anything else is "other".
 OP_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -44,7 +44,10 @@ HEALTH_FEATURES = 10
 STAGES = len(SeedStage.values())  # index 0 (UNSPECIFIED) doubles as "no seed"
 SEED_FEATURES = STAGES + 6
 NODE_FEATURES = STATIC_FEATURES + HEALTH_FEATURES + SEED_FEATURES
-GLOBAL_FEATURES = 9
+GLOBAL_FEATURES = 10
+# The pace feature compares one-epoch gains of the best validation loss (the window of the
+# local heuristic's slowdown rule), whatever thresholds the policy's heuristic has.
+PACE_WINDOW = 1
 
 # Squashing scales: log1p of a count divided by these lands near [0, 1] for real models.
 LOG_DIM_SCALE = 10.0  # widths up to ~20k
@@ -187,6 +190,13 @@ def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
     return np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
 
+def _pace(val_losses) -> float:
+    """The last epoch's gain as a fraction of the fastest (esper.policy.plateau.pace), in
+    [0, 1]; 1.0 (learning as fast as ever) until there is history to say otherwise."""
+    now = pace(val_losses, PACE_WINDOW)
+    return 1.0 if now is None else min(max(now, 0.0), 1.0)
+
+
 def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.ndarray:
     """(GLOBAL_FEATURES,) from the metrics, history and budget."""
     m = ctx.snapshot.metrics
@@ -205,6 +215,7 @@ def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.n
         live / live_limit if live_limit else 0.0,
         math.log10(lr) / 5.0 if math.isfinite(lr) and lr > 0 else 0.0,
         1.0 if limit and used >= 1.0 else 0.0,
+        _pace(ctx.history.val_losses),
     ], dtype=np.float32)
     _zero_non_finite(g)
     return np.clip(g, -FEATURE_CLIP, FEATURE_CLIP, out=g)
