@@ -204,6 +204,42 @@ def test_fossil_merge_math_matches_residual():
     torch.testing.assert_close(model.host[0](x), expected, atol=1e-5, rtol=1e-5)
 
 
+_FOSSIL_HOSTS = {  # slot kind -> (shape, host layer, input)
+    "FEATURES": (dict(channels=16), lambda: nn.Linear(16, 16), (4, 16)),
+    "SEQUENCE": (dict(channels=16, length=8), lambda: nn.Linear(16, 16), (2, 8, 16)),
+    "CONV2D": (dict(channels=8, height=6, width=6), lambda: nn.Conv2d(8, 8, 3, padding=1),
+               (2, 8, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_FOSSIL_HOSTS))
+def test_every_builtin_blueprint_fossilizes_into_a_torch_only_residual(kind):
+    # unwrap() traces each unmerged fossil with torch.fx: every op a blueprint can hold
+    # must trace (an attention seed once failed here, at the end of a grown run).
+    from esper.blueprints.catalog import builtin_blueprints
+    from esper.kasmina.merge import residual_module
+    from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
+
+    dims, make_host, size = _FOSSIL_HOSTS[kind]
+    shape = SlotShape(kind=SlotKind.Value(f"SLOT_KIND_{kind}"), **dims)
+    built = 0
+    for spec in builtin_blueprints():
+        try:
+            seed = build_seed(spec, shape, seed=0)
+        except Exception:  # the blueprint does not support this slot kind
+            continue
+        built += 1
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in seed.parameters():
+                p.normal_(0, 0.1)  # not the zero init: the residual must show in the output
+        host, x = make_host(), torch.randn(size)
+        fossil = residual_module(host, seed)
+        assert all(type(m).__module__.startswith("torch") for m in fossil.modules()), spec.name
+        torch.testing.assert_close(fossil(x), host(x) + seed(host(x)), atol=1e-5, rtol=1e-5)
+    assert built >= 4
+
+
 def test_cull_frees_seed_and_optimizer_state():
     x, y = data()
     model = wrap(mlp(), example_input=x)

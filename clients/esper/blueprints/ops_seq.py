@@ -38,7 +38,10 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        # Indexed, not unpacked: torch.fx traces this op into a fossil (unpacking a traced
+        # value would iterate it).
+        qkv = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (_split_heads(qkv[i], self.num_heads) for i in range(3))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(_merge_heads(y))
 
