@@ -6,7 +6,8 @@ lengths (the GNN takes schedules and its fallback from the heuristic it is given
 Esper's local defaults), so it differs from the heuristic arm only in its decisions.
 
 The policy is trained once per output directory and reused (its file name says how it
-was made); the episodes and training are not counted in any arm's FLOPs (a policy is
+was made, and for which layout of the GNN's features: a policy of an older layout is not
+loaded but trained again); the episodes and training are not counted in any arm's FLOPs (a policy is
 trained once, for every later run)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from esper.policy.context import PolicyContext
 from esper.policy.heuristic import HeuristicPolicy
+from esper.tamiyo.policies.features import FEATURE_SCHEMA
 from esper.tamiyo.policies.gnn import GnnPolicy
 from esper.tamiyo.simic.dataset import load_dataset
 from esper.tamiyo.simic.episodes import EpisodeConfig, collect
@@ -30,7 +32,8 @@ QUICK = (2, 3, 2)
 
 def policy_file(work_dir: Path, quick: bool) -> Path:
     episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
-    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t.safetensors"
+    layout = FEATURE_SCHEMA.rpartition("@")[2]
+    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t-f{layout}.safetensors"
     if not path.exists():
         with tempfile.TemporaryDirectory(prefix="morpho-simic-") as tmp:
             collect(tmp, episodes, seed=0, config=EpisodeConfig(epochs=epochs))
