@@ -101,6 +101,13 @@ def test_activations_sampled_apart_from_gradient_norms():
         HealthMonitor({"layer": layer}, activation_every=0)
 
 
+def _ratio_since(start: list[torch.Tensor], layer: nn.Module) -> float:
+    """The exact ||dW|| / ||W|| of `layer`'s parameters since `start` (float64)."""
+    now = [p.detach().double() for p in layer.parameters()]
+    delta = math.sqrt(sum((n - s).square().sum().item() for n, s in zip(now, start)))
+    return delta / math.sqrt(sum(s.square().sum().item() for s in start))
+
+
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-5), (torch.float64, 1e-9),
                                             (torch.bfloat16, 2e-2)])
 def test_update_ratios_of_consecutive_windows(dtype, rel):
@@ -119,10 +126,7 @@ def test_update_ratios_of_consecutive_windows(dtype, rel):
         opt.step()
         opt.zero_grad()
         h = monitor.step()[0]
-        now = [p.detach().double() for p in model[0].parameters()]
-        delta = math.sqrt(sum((n - s).square().sum().item() for n, s in zip(now, start)))
-        base = math.sqrt(sum(s.square().sum().item() for s in start))
-        assert h.update_ratio == pytest.approx(delta / base, rel=rel)
+        assert h.update_ratio == pytest.approx(_ratio_since(start, model[0]), rel=rel)
         assert h.gradient_norm == pytest.approx(grad, rel=rel)
     monitor.close()
 
@@ -178,8 +182,5 @@ def test_a_large_cpu_layers_update_ratio_is_estimated_from_a_sample_of_its_weigh
         opt.step()
         opt.zero_grad()
         h = monitor.step()[0]
-        now = [p.detach().double() for p in model[0].parameters()]
-        delta = math.sqrt(sum((n - s).square().sum().item() for n, s in zip(now, start)))
-        base = math.sqrt(sum(s.square().sum().item() for s in start))
-        assert h.update_ratio == pytest.approx(delta / base, rel=0.05)
+        assert h.update_ratio == pytest.approx(_ratio_since(start, model[0]), rel=0.05)
     monitor.close()
