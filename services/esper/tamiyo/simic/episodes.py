@@ -152,10 +152,6 @@ def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURIST
         blend_steps=rng.choice((10, 15, 25)),
         probation_steps=rng.choice((10, 15, 25)),
         regression_tolerance=rng.choice((0.01, 0.02, 0.05)),
-        # Growth on diminishing returns too, in some episodes (the local heuristic's rule):
-        # the recorded germinations then come at every pace, not only at plateaus.
-        slowdown_ratio=rng.choice((0.0, 0.25, 0.5)),
-        slowdown_window=1,
     )
 
 
