@@ -9,7 +9,7 @@ field, e.g. ``graph.nodes[3].attrs.out_features``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from esper.blueprints.attrs import MAX_DIM, read_attrs
 from esper.blueprints.errors import BlueprintError
@@ -103,7 +103,33 @@ def resolve_for_shape(spec: bp.BlueprintSpec, shape: common.SlotShape) -> Resolv
     if shape.kind not in spec.slot_kinds:
         kinds = ", ".join(kind_name(k) for k in spec.slot_kinds)
         raise BlueprintError("shape.kind", f"{spec.name} supports {kinds}, not {kind_name(shape.kind)}")
-    return _resolve(spec, order, shape.channels, MAX_BUILD_PARAMS, shape.widen_params_per_unit)
+    resolved = _resolve(spec, order, shape.channels, MAX_BUILD_PARAMS, shape.widen_params_per_unit)
+    return _causal(resolved) if shape.causal else resolved
+
+
+def _causal(graph: ResolvedGraph) -> ResolvedGraph:
+    """The graph with every op that mixes positions made causal: on a causal slot a seed
+    that looked ahead would read the very tokens its host is trained to predict. The
+    attention ops have a `causal` attribute, set here; a mean over all tokens cannot be
+    made causal, so a graph with one is refused."""
+    for n in graph.nodes:
+        if n.op == bp.OP_TYPE_GLOBAL_AVG_POOL:
+            raise BlueprintError("shape.causal", f"node {n.id!r} averages over every token, "
+                                 "which would look ahead on a causal slot")
+    nodes = tuple(replace(n, attrs={**n.attrs, "causal": True}) if "causal" in n.attrs else n
+                  for n in graph.nodes)
+    return replace(graph, nodes=nodes)
+
+
+# Ops that mix a position with others along the sequence (what SlotShape.causal restricts).
+POSITION_MIXING_OPS = frozenset({bp.OP_TYPE_SELF_ATTENTION, bp.OP_TYPE_GQA_ROPE,
+                                 bp.OP_TYPE_GLOBAL_AVG_POOL})
+
+
+def mixes_positions(spec: bp.BlueprintSpec) -> bool:
+    """Whether a seed of `spec` on a sequence slot mixes positions (so whether it is built
+    differently on a causal slot)."""
+    return any(node.op in POSITION_MIXING_OPS for node in spec.graph.nodes)
 
 
 def validate_slot_shape(shape: common.SlotShape, field: str = "shape") -> None:

@@ -80,6 +80,7 @@ def _from_kernel(spec, shape, data, sha256, device, dtype) -> nn.Module:
     """Rebuild the seed from kernel bytes; the artifact loader verifies the digest again
     and never unpickles. The kernel must be for this blueprint and this slot's shape."""
     from esper.blueprints.artifact import unpack_kernel
+    from esper.blueprints.graph import mixes_positions
 
     k_spec, k_shape, module = unpack_kernel(data, sha256.lower(), device=device)
     ref, k_ref = f"{spec.name}@{spec.version}", f"{k_spec.name}@{k_spec.version}"
@@ -89,4 +90,20 @@ def _from_kernel(spec, shape, data, sha256, device, dtype) -> nn.Module:
         raise SeedBuildError(f"kernel built for slot kind {k_shape.kind} with "
                              f"{k_shape.channels} channels; slot is kind {shape.kind} with "
                              f"{shape.channels}")
+    if shape.causal and not k_shape.causal and mixes_positions(k_spec):
+        module = _made_causal(k_spec, k_shape, module, device)
     return module.to(dtype=dtype)
+
+
+def _made_causal(spec, k_shape, module: nn.Module, device) -> nn.Module:
+    """A kernel built for a slot that may look ahead, rebuilt for a causal slot with the
+    kernel's own weights (causality changes no parameter, only which positions attention
+    reads): otherwise the seed would read the tokens the host is trained to predict."""
+    from esper.blueprints.builder import build_seed
+
+    causal = SlotShape()
+    causal.CopyFrom(k_shape)
+    causal.causal = True
+    rebuilt = build_seed(spec, causal, device=device, seed=0)  # weights replaced below
+    rebuilt.load_state_dict(module.state_dict())
+    return rebuilt

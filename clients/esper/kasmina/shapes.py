@@ -141,14 +141,45 @@ def module_device_dtype(module: nn.Module, fallback: nn.Module) -> tuple[torch.d
 
 
 def observe_shapes(model: nn.Module, names: list[str], example_input: object) -> dict[str, SlotShape]:
-    """Run one no-grad forward with temporary hooks and read every slot's shape."""
-    seen: dict[str, SlotShape] = {}
+    """Run no-grad forwards with temporary hooks: read every slot's shape, and for each
+    sequence slot whether it is causal (SlotShape.causal): causal unless a second forward,
+    with the input's last position changed, shows the slot's earlier positions changing
+    too. A slot the probe cannot judge stays causal: a causal seed on a bidirectional host
+    only sees less, while a seed that looks ahead in a causal model reads its targets."""
+    first = _observe(model, names, example_input)
+    seen = {name: shape for name, (shape, _) in first.items()}
+    sequence = {name: act for name, (shape, act) in first.items()
+                if shape.kind == SlotKind.SLOT_KIND_SEQUENCE}
+    for name in sequence:
+        seen[name].causal = True
+    later = _with_last_position_changed(example_input, {a.shape[1] for a in sequence.values()})
+    if later is not None:
+        second = _observe(model, list(sequence), later)
+        for name, act in sequence.items():
+            mixes = _mixes_later(act, second[name][1]) if name in second else None
+            if mixes is not None:
+                seen[name].causal = not mixes
+    return seen
+
+
+def _observe(model: nn.Module, names: list[str], example_input: object) -> dict[str, tuple]:
+    """name -> (SlotShape, the activation as (batch, tokens, C) for a sequence slot, else
+    None), from one no-grad eval-mode forward."""
+    seen: dict[str, tuple] = {}
     handles = []
     for name in names:
         module = model.get_submodule(name)
 
         def record(mod, args, out, name=name):
-            seen.setdefault(name, shape_from_activation(mod, primary_output(out)))
+            if name in seen:
+                return
+            act = primary_output(out)
+            shape = shape_from_activation(mod, act)
+            if shape.kind == SlotKind.SLOT_KIND_SEQUENCE:
+                act = (act if _batch_first(mod) else act.transpose(0, 1)).detach().double()
+            else:
+                act = None
+            seen[name] = (shape, act)
 
         handles.append(module.register_forward_hook(record))
     was_training = model.training
@@ -164,3 +195,40 @@ def observe_shapes(model: nn.Module, names: list[str], example_input: object) ->
         for h in handles:
             h.remove()
     return seen
+
+
+def _with_last_position_changed(example_input: object, lengths: set[int]) -> object | None:
+    """The example input with the last position of its first (batch, tokens, ...) tensor
+    changed (a token id swapped for another the input holds; a float input shifted by
+    an uneven amount), or
+    None when no argument has a token dimension of a sequence slot's length."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    for i, x in enumerate(args):
+        if not (isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] in lengths):
+            continue
+        changed = x.clone()
+        last = x[:, -1]
+        if x.is_floating_point():  # uneven across features: a norm would erase a constant
+            ramp = torch.linspace(0.5, 1.5, last[0].numel(), dtype=x.dtype, device=x.device)
+            changed[:, -1] = last + ramp.reshape(last.shape[1:])
+        else:
+            lo, hi = x.min(), x.max()
+            if lo == hi:
+                return None  # one token value throughout: nothing to swap it for
+            changed[:, -1] = torch.where(last == lo, hi, lo)
+        out = (*args[:i], changed, *args[i + 1:])
+        return out if isinstance(example_input, tuple) else out[0]
+    return None
+
+
+def _mixes_later(before: torch.Tensor, after: torch.Tensor) -> bool | None:
+    """Whether a (batch, tokens, C) activation's earlier positions changed when only the
+    input's last position did; None when the change did not reach the last position of
+    every sequence in the batch (the probe changed something else than that position)."""
+    if before.shape != after.shape or before.shape[1] < 2:
+        return None
+    diff = (after - before).abs().amax(dim=2)  # (batch, tokens)
+    reached = diff[:, -1]
+    if not bool((reached > 0).all()):
+        return None
+    return bool((diff[:, :-1] > 1e-6 * reached.max()).any())

@@ -34,7 +34,7 @@ from esper.kasmina.shapes import (
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.widen import WidenSeed, find_widen_sites, merged_layers
 from esper.leyline import lifecycle
-from esper.leyline.v1.common_pb2 import SlotShape
+from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import ModelGraph
@@ -308,13 +308,21 @@ def wrap(model: nn.Module, slots: SlotChoice = None, *, example_input: object = 
     for name in names:
         module = model.get_submodule(name)
         device, dtype = module_device_dtype(module, model)
-        shape = seen.get(name) or SlotShape(kind=default_kind(module), channels=channels_of(module))
+        shape = seen.get(name) or _unobserved_shape(module)
         widen = widenable.get(name)
         if widen is not None:
             shape.widen_params_per_unit = widen.params_per_unit
         sites.append(SlotSite(node_id=name, module=module, shape=shape, device=device, dtype=dtype,
                               widen=widen))
     return MorphableModel(model, sites, config or KasminaConfig())
+
+
+def _unobserved_shape(module: nn.Module) -> SlotShape:
+    """A slot's shape from its module's type alone (no example input to observe): a
+    sequence slot is taken as causal, the safe side (observe_shapes)."""
+    kind = default_kind(module)
+    return SlotShape(kind=kind, channels=channels_of(module),
+                     causal=kind == SlotKind.SLOT_KIND_SEQUENCE)
 
 
 __all__ = ["MorphableModel", "wrap", "slot_key", "lifecycle"]

@@ -41,8 +41,8 @@ def spec_ref(spec: bp.BlueprintSpec) -> str:
     return f"{spec.name}@{spec.version}"
 
 
-def _shape_key(shape: common_pb2.SlotShape) -> tuple[int, int, int]:
-    return shape.kind, shape.channels, shape.widen_params_per_unit
+def _shape_key(shape: common_pb2.SlotShape) -> tuple[int, int, int, bool]:
+    return shape.kind, shape.channels, shape.widen_params_per_unit, shape.causal
 
 
 class LocalKernels:
@@ -64,7 +64,7 @@ class LocalKernels:
             specs = [s for s in specs if s.family not in OPT_IN_FAMILIES]
         self.specs = specs
         self.catalog = {spec_ref(s): s for s in specs}
-        self._by_shape: dict[tuple[int, int], list[KernelCandidate]] = {}
+        self._by_shape: dict[tuple, list[KernelCandidate]] = {}
 
     @property
     def unavailable_reason(self) -> str | None:

@@ -121,12 +121,12 @@ class _OpTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpType.ValueTy
     OP_TYPE_SELF_ATTENTION: _OpType.ValueType  # 14
     """Multi-head self-attention over SEQUENCE inputs. attrs: num_heads (int), init
     ("default" | "zeros" for a zero output projection).
-    Also causal (bool, default false). num_heads divides C.
+    Also causal (bool, default false; true on a causal slot, SlotShape.causal). num_heads divides C.
     """
     OP_TYPE_GQA_ROPE: _OpType.ValueType  # 15
     """Grouped-query self-attention with rotary position embeddings. attrs: num_heads (int),
     num_kv_heads (int), init.
-    Also causal (bool, default false). num_kv_heads divides num_heads; C / num_heads is even.
+    Also causal (bool, default false; true on a causal slot, SlotShape.causal). num_kv_heads divides num_heads; C / num_heads is even.
     """
     OP_TYPE_MOE: _OpType.ValueType  # 16
     """Top-k routed mixture of MLP experts. attrs: num_experts (int), top_k (int),
@@ -208,12 +208,12 @@ OP_TYPE_GLOBAL_AVG_POOL: OpType.ValueType  # 13
 OP_TYPE_SELF_ATTENTION: OpType.ValueType  # 14
 """Multi-head self-attention over SEQUENCE inputs. attrs: num_heads (int), init
 ("default" | "zeros" for a zero output projection).
-Also causal (bool, default false). num_heads divides C.
+Also causal (bool, default false; true on a causal slot, SlotShape.causal). num_heads divides C.
 """
 OP_TYPE_GQA_ROPE: OpType.ValueType  # 15
 """Grouped-query self-attention with rotary position embeddings. attrs: num_heads (int),
 num_kv_heads (int), init.
-Also causal (bool, default false). num_kv_heads divides num_heads; C / num_heads is even.
+Also causal (bool, default false; true on a causal slot, SlotShape.causal). num_kv_heads divides num_heads; C / num_heads is even.
 """
 OP_TYPE_MOE: OpType.ValueType  # 16
 """Top-k routed mixture of MLP experts. attrs: num_experts (int), top_k (int),

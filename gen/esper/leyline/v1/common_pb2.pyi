@@ -33,6 +33,8 @@ class _ContractVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contr
     tamiyo.proto; width growth (BLUEPRINT_FAMILY_WIDTH, OP_TYPE_WIDEN,
     SlotShape.widen_params_per_unit).
     """
+    CONTRACT_VERSION_1_2_0: _ContractVersion.ValueType  # 10200
+    """1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
 
 class ContractVersion(_ContractVersion, metaclass=_ContractVersionEnumTypeWrapper):
     """The Leyline contract versions, one value per released version, so that every language
@@ -54,6 +56,8 @@ SessionAccept.idle_timeout_seconds and the whole Session protocol written down i
 tamiyo.proto; width growth (BLUEPRINT_FAMILY_WIDTH, OP_TYPE_WIDEN,
 SlotShape.widen_params_per_unit).
 """
+CONTRACT_VERSION_1_2_0: ContractVersion.ValueType  # 10200
+"""1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
 Global___ContractVersion: _TypeAlias = ContractVersion  # noqa: Y015
 
 class _Dtype:
@@ -168,6 +172,7 @@ class SlotShape(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     WIDEN_PARAMS_PER_UNIT_FIELD_NUMBER: _builtins.int
+    CAUSAL_FIELD_NUMBER: _builtins.int
     kind: Global___SlotKind.ValueType
     """How the dimensions below are to be read."""
     channels: _builtins.int
@@ -183,6 +188,13 @@ class SlotShape(_message.Message):
     widen it in place (its incoming weights and bias, plus the next layer's new input
     weights); 0 when the layer cannot be widened (v1.1, additive).
     """
+    causal: _builtins.bool
+    """SEQUENCE only: a position of this activation depends on no later position (a causal
+    language model's blocks), so a seed here must not mix a position with later ones: its
+    attention is causal whatever its blueprint says, or it would read the tokens it is
+    trained to predict. Kasmina sets it unless a probe at wrap time shows the host mixing
+    later positions in (v1.2, additive).
+    """
     def __init__(
         self,
         *,
@@ -192,10 +204,11 @@ class SlotShape(_message.Message):
         height: _builtins.int = ...,
         width: _builtins.int = ...,
         widen_params_per_unit: _builtins.int = ...,
+        causal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "height", b"height", "kind", b"kind", "length", b"length", "widen_params_per_unit", b"widen_params_per_unit", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal", b"causal", "channels", b"channels", "height", b"height", "kind", b"kind", "length", b"length", "widen_params_per_unit", b"widen_params_per_unit", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
