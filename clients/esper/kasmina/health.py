@@ -346,13 +346,12 @@ def _scale(p: torch.Tensor, idx: np.ndarray | None) -> float:
 
 
 def _restart(prev: list[torch.Tensor], now: list[torch.Tensor],
-             samples: list[np.ndarray | None] | None = None) -> tuple[list[float], list[float]]:
+             samples: list[np.ndarray | None]) -> tuple[list[float], list[float]]:
     """Squared norms of now - prev and of now, then prev := now (for a sampled parameter,
     of its sampled elements, scaled to its size). CPU float32/float64 tensors go one at a
     time through NumPy views (subtract, dot, copy, dot: the last three on data the first
     left in cache), the others through torch's foreach calls."""
     deltas, now_sq = [0.0] * len(prev), [0.0] * len(prev)
-    samples = samples or [None] * len(prev)
     rest = []
     with np.errstate(over="ignore", invalid="ignore"):
         for i, (p, n, idx) in enumerate(zip(prev, now, samples)):

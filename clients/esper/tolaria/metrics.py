@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -184,12 +185,12 @@ class MetricsWindow:
             return
         values = self._loss_values if self._loss_host is None \
             else [self._loss_host, *self._loss_values]
-        if max(map(abs, values)) * len(values) < _NO_OVERFLOW:
-            total = np.add.accumulate(np.array(values, dtype=np.float32))[-1]
-        else:  # beyond float32's range the sum is inf, as a tensor's would be, silently
-            with np.errstate(over="ignore"):
-                total = np.add.accumulate(np.array(values, dtype=np.float32))[-1]
-        self._loss_host = float(total)
+        # Beyond float32's range the sum is inf, as a tensor's would be, silently (an
+        # errstate costs more than the sum, so only where an overflow is possible).
+        quiet = np.errstate(over="ignore") if max(map(abs, values)) * len(values) >= _NO_OVERFLOW \
+            else contextlib.nullcontext()
+        with quiet:
+            self._loss_host = float(np.add.accumulate(np.array(values, dtype=np.float32))[-1])
         self._loss_values = []
 
     def add_samples(self, n: int) -> None:
