@@ -150,3 +150,37 @@ async def test_stages_are_reported_in_order():
     await build_kernel(get_builtin("BP-IA3"), features(), FAST, record)
     assert seen == ["BUILDING", "VALIDATING", "CHARACTERISING"]
     assert asyncio.get_running_loop()  # ran on the test's loop, torch work off it
+
+
+async def test_concurrent_builds_run_their_torch_steps_one_at_a_time(monkeypatch):
+    # torch.export patches nn.Module.__call__ process-wide while it traces; two traces
+    # interleaved on two threads once left the patch in place, and every later
+    # torch.compile in the process failed. The torch steps of all workers share one thread.
+    import threading
+
+    from esper.tezzeret import pipeline
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    real_check = pipeline.check
+
+    def counted_check(*args):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return real_check(*args)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(pipeline, "check", counted_check)
+    original_call = nn.Module.__call__
+    exporting = PipelineSettings(latency_samples=3, warmup_runs=0, try_export=True)
+    specs = [get_builtin(ref) for ref in ("BP-MLP-GELU", "BP-IA3", "BP-LORA-R8", "BP-MLP-GELU")]
+    built = await asyncio.gather(*(build_kernel(s, features(8 + 8 * i), exporting, _noop)
+                                   for i, s in enumerate(specs)))
+    assert most == 1
+    assert nn.Module.__call__ is original_call
+    assert all(b.report.passed for b in built)

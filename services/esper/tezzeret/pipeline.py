@@ -1,7 +1,7 @@
 """The compile pipeline for one target: build -> validate -> optimise -> characterise ->
 serialise -> store -> register.
 
-The torch steps are plain functions run in a thread executor; `compile_target` strings
+The torch steps are plain functions run on one dedicated thread; `compile_target` strings
 them together, reporting each stage through a callback (the worker records it in the job
 and on Oona). Everything is deterministic: the initial weights come from a seed derived
 from the blueprint and the target, so every worker produces the same bytes and therefore
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,13 @@ def init_seed(spec: blueprint_pb2.BlueprintSpec, target: kernel_pb2.KernelTarget
     return int.from_bytes(digest[:8], "big") >> (64 - INIT_SEED_BITS)
 
 
-# ---- the torch steps (run in a thread executor) ------------------------------------------
+# ---- the torch steps (run on TORCH_THREAD) ----------------------------------------------
+
+# One thread for every worker in the process: torch.export and torch.fx patch process-wide
+# state (nn.Module.__call__) while they trace, and two traces interleaved on two threads can
+# leave the patch in place for good, breaking every later trace and torch.compile.
+TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tezzeret-torch")
+
 
 def build(spec, target) -> tuple[nn.Module, bytes]:
     """The seed module and its artifact bytes, packed before any forward touches buffers.
@@ -129,11 +136,11 @@ async def build_kernel(spec: blueprint_pb2.BlueprintSpec, target: kernel_pb2.Ker
     target = resolved_target(target)
     where = describe_target(target)
     await on_stage(jobs.BUILDING, f"building for {where}")
-    module, artifact = await loop.run_in_executor(None, build, spec, target)
+    module, artifact = await loop.run_in_executor(TORCH_THREAD, build, spec, target)
     await on_stage(jobs.VALIDATING, f"validating for {where}")
-    report = await loop.run_in_executor(None, check, module, spec, target, settings)
+    report = await loop.run_in_executor(TORCH_THREAD, check, module, spec, target, settings)
     await on_stage(jobs.CHARACTERISING, f"characterising for {where}")
-    stats = await loop.run_in_executor(None, measure, module, target, settings)
+    stats = await loop.run_in_executor(TORCH_THREAD, measure, module, target, settings)
     if isinstance(module, WidenStandIn):  # its real size is the slot's, not the stand-in's
         stats.params = estimate_params(spec, target.shape.channels,
                                        target.shape.widen_params_per_unit)
