@@ -337,7 +337,7 @@ def run_gromo(ctx: Context) -> dict:
 def run_learned(ctx: Context) -> dict:
     from .learned import local_policy
 
-    policy, counting, path = local_policy(ctx.work_dir, ctx.quick)
+    policy, counting, path = local_policy(ctx.work_dir, ctx.quick, ctx.lr_schedule)
     record, _ = _grown(ctx, policy)
     record.update({"policy": path.name, "policy_version": counting.version,
                    "own_decisions": counting.own, "fallback_decisions": counting.fallbacks,

@@ -1,5 +1,6 @@
 """The learned-policy arm: Simic's GNN policy, trained offline (behaviour cloning + IQL) on
 episodes Simic records on the digits example task, never on Fashion-MNIST (no leakage),
+under the run's own learning-rate schedule (a decaying rate changes when growth pays),
 then used on Fashion-MNIST through the user-facing API: `attach(model, optimizer,
 policy=LocalPolicy(policy=GnnPolicy))`. Its germinations carry the local heuristic's stage
 lengths (the GNN takes schedules and its fallback from the heuristic it is given, here at
@@ -30,13 +31,17 @@ EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS = 20, 30, 30
 QUICK = (2, 3, 2)
 
 
-def policy_file(work_dir: Path, quick: bool) -> Path:
+def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
+    """The policy for runs under `lr_schedule`, trained on episodes under the same
+    schedule (the name says which: "-cos" for cosine)."""
     episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
     layout = FEATURE_SCHEMA.rpartition("@")[2]
-    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t-f{layout}.safetensors"
+    schedule = "" if lr_schedule == "constant" else "-cos"
+    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t-f{layout}{schedule}.safetensors"
     if not path.exists():
         with tempfile.TemporaryDirectory(prefix="morpho-simic-") as tmp:
-            collect(tmp, episodes, seed=0, config=EpisodeConfig(epochs=epochs))
+            collect(tmp, episodes, seed=0,
+                    config=EpisodeConfig(epochs=epochs, lr_schedule=lr_schedule))
             result = train_policy(load_dataset(Path(tmp)), SimicConfig(epochs=simic))
             result.save(path)
     return path
@@ -66,7 +71,8 @@ class CountingPolicy:
         return decision
 
 
-def local_policy(work_dir: Path, quick: bool) -> tuple[LocalPolicy, CountingPolicy, Path]:
-    path = policy_file(work_dir, quick)
+def local_policy(work_dir: Path, quick: bool, lr_schedule: str
+                 ) -> tuple[LocalPolicy, CountingPolicy, Path]:
+    path = policy_file(work_dir, quick, lr_schedule)
     counting = CountingPolicy(GnnPolicy.load(str(path), heuristic=HeuristicPolicy(LOCAL_HEURISTIC)))
     return LocalPolicy(policy=counting), counting, path

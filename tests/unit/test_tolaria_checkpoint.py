@@ -125,3 +125,48 @@ def test_checkpoint_is_plain_data_and_refuses_pickles(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     full.session.close()
+
+
+@pytest.mark.parametrize("interval,factory", [
+    ("step", lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3 * STEPS_PER_EPOCH)),
+    ("epoch", lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)),
+])
+def test_a_trainer_scheduler_is_stepped_and_resumed(tmp_path, interval, factory) -> None:
+    # The seed's decision sets its own rate (SCHEDULE.learning_rate): it keeps it, while the
+    # host group follows the scheduler; a resumed run continues both exactly.
+    path = str(tmp_path / "ckpt-{step}.pt")
+    kwargs = {"scheduler": factory, "scheduler_interval": interval}
+    full, full_losses, _ = _trainer(tmp_path, 0, checkpoint_path=path, checkpoint_every=30, **kwargs)
+    rates: list[float] = []
+    full.session.ack_listeners.append(lambda ack: rates.append(full.optimizer.param_groups[0]["lr"]))
+    full.fit()
+    host_lr = full.optimizer.param_groups[0]["lr"]
+    expected = 0.05 * 0.5 ** 3 if interval == "epoch" else 0.0
+    assert host_lr == pytest.approx(expected, abs=1e-12)
+    assert len(set(rates)) > 1  # the rate moved during the run
+    for step in (STEPS_PER_EPOCH, 30):
+        resumed, losses, _ = _trainer(tmp_path, model_seed=123,
+                                      resume=str(tmp_path / f"ckpt-{step}.pt"), **kwargs)
+        assert resumed.optimizer.param_groups[0]["lr"] != 0.05  # not restarted at its first rate
+        resumed.fit()
+        assert losses == full_losses[step:], f"resumed at {step}"
+        assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(host_lr, abs=1e-12)
+
+
+def test_trainer_scheduler_settings_are_checked(tmp_path) -> None:
+    plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        _trainer(tmp_path, 0, scheduler=plateau, scheduler_interval="batch")
+    with pytest.raises(TypeError, match="scheduler factory"):
+        _trainer(tmp_path, 0, scheduler=lambda opt: opt)
+    with pytest.raises(TypeError, match="scheduler must be a factory"):
+        _trainer(tmp_path, 0, scheduler=3)
+    trainer, _, _ = _trainer(tmp_path, 0, scheduler=plateau)
+    trainer.val_loader = None
+    with pytest.raises(ValueError, match="ReduceLROnPlateau needs a finite validation loss"):
+        trainer.train_epoch()
+    saved = str(tmp_path / "with-scheduler.pt")
+    trainer, _, _ = _trainer(tmp_path, 0, scheduler=plateau)
+    trainer.save_checkpoint(saved)
+    with pytest.raises(ValueError, match="pass the same scheduler factory"):
+        _trainer(tmp_path, 0, resume=saved)

@@ -6,7 +6,12 @@
 
 The loop is the plain PyTorch one (zero_grad, forward, loss, backward, step), with
 `session.step` after each step and `session.end_epoch` after validation; the optimizer
-is built by the factory from the model's parameters, and seeds get their own groups.
+is built by the factory from the model's parameters, and seeds get their own groups. A
+learning-rate scheduler, when given, is built by its factory from the optimizer and
+stepped after every epoch (`scheduler_interval="epoch"`) or every optimizer step
+(`"step"`; ReduceLROnPlateau is stepped per epoch with the validation loss whatever the
+interval); seed groups follow its schedule
+(esper.tolaria.schedulers) and checkpoints carry its state.
 Under torch.distributed, pass the model wrapped in DistributedDataParallel and loaders
 with a DistributedSampler (its epoch is set each epoch; rank 0 alone shows progress and
 writes checkpoints).
@@ -20,6 +25,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +34,8 @@ from esper.tolaria.progress import EpochProgress
 from esper.tolaria.summary import RunSummary
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], LRScheduler | ReduceLROnPlateau]
+SCHEDULER_INTERVALS = ("epoch", "step")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -41,9 +49,15 @@ class Trainer:
                  policy="local", config: TolariaConfig | None = None,
                  device: str | torch.device = "cpu", checkpoint_path: str | None = None,
                  checkpoint_every: int | None = None, resume: str | None = None,
-                 classification: bool = True, **attach_kwargs) -> None:
+                 classification: bool = True, scheduler: SchedulerFactory | None = None,
+                 scheduler_interval: str = "epoch", **attach_kwargs) -> None:
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
+        if scheduler is not None and not callable(scheduler):
+            raise TypeError("scheduler must be a factory: optimizer -> LR scheduler")
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got "
+                             f"{scheduler_interval!r}")
         self.config = config or TolariaConfig()
         if checkpoint_every is not None and (
                 checkpoint_every <= 0 or checkpoint_every % self.config.snapshot_every):
@@ -67,12 +81,46 @@ class Trainer:
         self.session = attach(self.model, self.optimizer, policy, config=self.config,
                               resume=state, **attach_kwargs)
         loop = self.session.loop_state
+        self.scheduler_interval = scheduler_interval
+        self.scheduler = self._scheduler(scheduler, loop.get("scheduler"))
         self.epoch = int(loop.get("epoch", 0))
         self.batch_index = int(loop.get("batch", 0))
         self._epoch_rng = loop.get("epoch_rng")
         if "rng" in loop:
             self._set_rng(loop["rng"])  # after restore_session set the global RNGs
         self.history: list[dict] = []  # per epoch: train/val metrics
+
+    def _scheduler(self, factory: SchedulerFactory | None, saved: dict | None):
+        """The scheduler, built after `attach` (a resumed run's seed groups are in the
+        optimizer by then) and, on resume, given its saved state. Building one steps it
+        once (setting every group's rate to its first-epoch value): the resumed rates are
+        put back, as they were when the checkpoint was taken."""
+        if factory is None:
+            if saved is not None:
+                raise ValueError("the checkpoint has a learning-rate scheduler's state: pass "
+                                 "the same scheduler factory to resume it")
+            return None
+        rates = [group["lr"] for group in self.optimizer.param_groups]
+        scheduler = factory(self.optimizer)
+        if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)) \
+                or scheduler.optimizer is not self.optimizer:
+            raise TypeError("scheduler factory must return a torch.optim.lr_scheduler "
+                            "scheduler of the optimizer it is given")
+        if saved is not None:
+            scheduler.load_state_dict(saved)
+            for group, lr in zip(self.optimizer.param_groups, rates):
+                group["lr"] = lr
+        return scheduler
+
+    def _step_scheduler(self, val: dict) -> None:
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            metric = val.get("val_loss", math.nan)
+            if not math.isfinite(metric):
+                raise ValueError("ReduceLROnPlateau needs a finite validation loss each "
+                                 "epoch: pass a val_loader")
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
 
     # ---- the loop ------------------------------------------------------------------------
     def fit(self) -> RunSummary:
@@ -106,6 +154,9 @@ class Trainer:
                        self.session.live_seed_count())
         val = self.evaluate()
         self.session.end_epoch(val)
+        if self.scheduler is not None and (self.scheduler_interval == "epoch"
+                                           or isinstance(self.scheduler, ReduceLROnPlateau)):
+            self._step_scheduler(val)
         bar.finish(val, self.session.live_seed_count())
         record = {"epoch": self.epoch + 1,
                   "train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
@@ -158,6 +209,9 @@ class Trainer:
         loss = self.loss_fn(outputs, targets)
         loss.backward()
         self.optimizer.step()
+        if self.scheduler_interval == "step" and self.scheduler is not None \
+                and not isinstance(self.scheduler, ReduceLROnPlateau):  # it needs a metric
+            self.scheduler.step()
         self.session.step(loss, outputs if self.classification else None,
                           targets if self.classification else None, last_in_epoch=last_in_epoch)
         hits = (outputs.detach().argmax(-1) == targets).sum() if self.classification else None
@@ -193,6 +247,8 @@ class Trainer:
         loop = {"epoch": self.epoch, "batch": self.batch_index, "rng": self._rng()}
         if self._epoch_rng is not None and self.batch_index:
             loop["epoch_rng"] = self._epoch_rng
+        if self.scheduler is not None:
+            loop["scheduler"] = self.scheduler.state_dict()
         save_checkpoint(path, self.session, loop)
 
 

@@ -1,10 +1,11 @@
 """`esper tamiyo`: Tamiyo's offline tools (Simic).
 
-    esper tamiyo collect --episodes N --out DIR [--seed S] [--epochs E] [--epsilon LOW HIGH]
+    esper tamiyo collect --episodes N --out DIR [--seed S] [--epochs E] [--lr-schedule cosine]
+                         [--epsilon LOW HIGH]
     esper tamiyo train --data DIR --out PATH [--epochs N] [--bc-weight W] [--awr-weight W] [--seed S]
     esper tamiyo train --oona-dump FILE [FILE...] --out PATH     (recorded Oona topics, kcat framing)
     esper tamiyo train --nissa [HOST:PORT] --out PATH [--run RUN...] (runs Nissa recorded)
-    esper tamiyo evaluate --policy PATH [--episodes N] [--json OUT]
+    esper tamiyo evaluate --policy PATH [--episodes N] [--lr-schedule cosine] [--json OUT]
 
 `collect` runs short real training episodes of the built-in digits task and records every
 snapshot, decision, ack and field report; `train` learns the GNN policy from them (behaviour
@@ -46,12 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_evaluate(actions)
 
 
+# esper.tamiyo.simic.episodes.LR_SCHEDULES (not imported: `esper --help` loads no torch).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _lr_schedule_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="each episode's learning rate: constant, or decayed to zero on a cosine "
+                        "over the episode (default constant)")
+
+
 def _register_collect(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("collect", help="record short real training episodes of the digits task")
     p.add_argument("--episodes", type=int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the episode files")
     p.add_argument("--seed", type=int, default=0, help="collection seed (episode seeds and policies)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per episode (default 12)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per episode (default 30)")
+    _lr_schedule_flag(p)
     p.add_argument("--epsilon", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="range of the per-episode exploration rate (default 0.05 0.3)")
     p.set_defaults(func=run_collect)
@@ -83,6 +95,7 @@ def _register_evaluate(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("evaluate", help="learned policy vs heuristic on held-out episodes")
     p.add_argument("--policy", required=True, metavar="PATH", help="policy artifact")
     p.add_argument("--episodes", type=int, default=5, metavar="N")
+    _lr_schedule_flag(p)
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
     p.set_defaults(func=run_evaluate)
 
@@ -117,7 +130,7 @@ def run_collect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    config = EpisodeConfig(epochs=args.epochs) if args.epochs else EpisodeConfig()
+    config = EpisodeConfig(lr_schedule=args.lr_schedule, **({"epochs": args.epochs} if args.epochs else {}))
 
     def progress(i: int, result) -> None:
         s = result.summary
@@ -199,6 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from esper.tamiyo.policies.artifact import PolicyArtifactError, load_policy
+    from esper.tamiyo.simic.episodes import EpisodeConfig
     from esper.tamiyo.simic.evaluate import evaluate
 
     _positive("--episodes", args.episodes, MAX_EPISODES)
@@ -207,7 +221,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except PolicyArtifactError as exc:
         raise UsageError(f"--policy: {exc}") from None
     out = _writable_file(args.json, "--json") if args.json else None
-    result = evaluate(args.policy, args.episodes)
+    result = evaluate(args.policy, args.episodes, config=EpisodeConfig(lr_schedule=args.lr_schedule))
     table = {name: arm["aggregate"] for name, arm in result["arms"].items()}
     print(json.dumps({"policy_version": result["policy_version"], "arms": table}, indent=2))
     if out is not None:

@@ -49,6 +49,9 @@ EPISODE_HEURISTIC = HeuristicConfig(
 )
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class EpisodeConfig:
     """One episode's setup, each value with its reason."""
@@ -63,11 +66,19 @@ class EpisodeConfig:
     batch_size: int = 64
     # Adam at 3e-3 brings the CNN to ~90% in a few epochs, then it plateaus.
     learning_rate: float = 3e-3
+    # The rate over the episode, one of LR_SCHEDULES: constant, or decayed to zero on a
+    # cosine over the episode's steps (the regime of a run trained with such a schedule,
+    # where growth pays only early: a policy learns the timing of the runs it saw).
+    lr_schedule: str = "constant"
     # Growth budget sent with the run (Tolaria tightens it to Kasmina's cap, half the
     # narrow host's 2,570 parameters, so the larger kernels do not fit).
     max_added_params: int = 5000
     # One torch thread: episodes are tiny and the machine is shared (threads only contend).
     torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 class EventRecorder:
@@ -202,11 +213,15 @@ def run_episode(policy: Policy, seed: int, config: EpisodeConfig | None = None,
     recorder = EventRecorder()
     tconf = TolariaConfig(run_id=run_id or f"simic-{seed}", snapshot_every=cfg.snapshot_every, progress=False)
     local = LocalPolicy(policy=RecordingPolicy(policy, recorder))
+    total_steps = cfg.epochs * len(task.train_loader)
+    cosine = None if cfg.lr_schedule == "constant" else \
+        (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps))
     trainer = Trainer(
         task.model, lambda params: torch.optim.Adam(params, lr=cfg.learning_rate),
         task.train_loader, task.val_loader, epochs=cfg.epochs, policy=local, config=tconf,
         example_input=task.example_input, telemetry=Telemetry(tconf.run_id, producer=recorder),
         budget=ResourceBudget(max_added_params=cfg.max_added_params),
+        scheduler=cosine, scheduler_interval="step",
     )
     session = trainer.session
     summary = trainer.fit()
