@@ -34,3 +34,16 @@ def test_collect_two_real_episodes_and_train(tmp_path) -> None:
     policy = GnnPolicy.load(str(path), heuristic=HeuristicPolicy(EPISODE_HEURISTIC))
     ctx = transitions[-1].context()
     assert violation(policy.decide(ctx), ctx, 0.5, 1) is None
+
+
+def test_a_cosine_episode_decays_the_rate_to_zero() -> None:
+    from esper.tamiyo.simic.episodes import run_episode
+
+    with pytest.raises(ValueError, match="lr_schedule"):
+        EpisodeConfig(lr_schedule="linear")
+    config = EpisodeConfig(epochs=2, lr_schedule="cosine")
+    result = run_episode(HeuristicPolicy(EPISODE_HEURISTIC), seed=3, config=config)
+    rates = [e.snapshot.metrics.learning_rate for e in result.episode.events
+             if e.WhichOneof("payload") == "snapshot"]
+    assert rates[0] < config.learning_rate and rates[-1] < 0.01 * config.learning_rate
+    assert rates == sorted(rates, reverse=True)
