@@ -14,7 +14,6 @@ from esper.blueprints.catalog import get_builtin
 from esper.blueprints.errors import KernelFormatError
 from esper.kasmina import wrap
 from esper.leyline import ids
-from esper.oona.envelope import random_event_id
 from esper.tezzeret.servicer import check_job_id
 from esper.tolaria import TolariaConfig
 from esper.urza.errors import InvalidArgument
@@ -27,7 +26,7 @@ def test_every_maker_matches_its_pattern():
         assert ids.SEED_ID_PATTERN.fullmatch(ids.new_seed_id())
         assert ids.UUID_PATTERN.fullmatch(ids.new_decision_id())
         assert ids.UUID_PATTERN.fullmatch(ids.new_session_id())
-        assert ids.UUID_PATTERN.fullmatch(random_event_id())
+        assert ids.UUID_PATTERN.fullmatch(ids.new_event_id())
         assert ids.JOB_ID_PATTERN.fullmatch(ids.new_job_id())
     assert TolariaConfig().run_id.startswith(ids.RUN_ID_PREFIX)
 

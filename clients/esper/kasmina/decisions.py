@@ -12,10 +12,12 @@ from esper.kasmina.seeds import SeedBuilder, SeedBuildError
 from esper.kasmina.slot import GateRefused, SeedSlot
 from esper.kasmina.wrap import MorphableModel
 from esper.leyline import lifecycle
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
-from esper.leyline.v1.lifecycle_pb2 import SeedStage
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 
 
 class Rejected(Exception):

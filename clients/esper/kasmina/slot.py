@@ -19,12 +19,15 @@ from esper.kasmina.shapes import SlotSite, probe_shape
 from esper.kasmina.widen import WidenSeed, run_path
 from esper.leyline import lifecycle
 from esper.leyline.ids import new_seed_id
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.common_pb2 import SlotShape
 from esper.leyline.v1.control_pb2 import BlendSchedule, CullReason
-from esper.leyline.v1.lifecycle_pb2 import GateCheck, GateResult, SeedMetrics, SeedStage, SeedState
+from esper.leyline.v1.lifecycle_pb2 import GateCheck, GateResult, SeedMetrics, SeedState
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 # Fixed seed of the probe generator: G0/G1 probes must not consume the training RNG
 # (a germination would otherwise change the data order of the rest of the run).
 PROBE_SEED = 0x5EED

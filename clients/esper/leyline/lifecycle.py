@@ -7,9 +7,12 @@ keeps the two in step.
 
 from __future__ import annotations
 
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.lifecycle_pb2 import GateLevel, SeedStage
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 
 # stage -> stages it may move to. FOSSILIZED is terminal; every live stage may be culled.
 TRANSITIONS: dict[int, frozenset[int]] = {

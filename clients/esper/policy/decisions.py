@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -44,7 +45,7 @@ def make_decision(
 ) -> AdaptationDecision:
     """A decision for the context's step, expiring `horizon_steps` later."""
     issued = Timestamp()
-    issued.GetCurrentTime()
+    issued.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime: 4x slower
     decision = AdaptationDecision(
         decision_id=new_decision_id(),
         run_id=ctx.run_id,

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from esper.leyline.lifecycle import BLENDED_STAGES, LIVE_STAGES, gate_for, next_stage
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.control_pb2 import (
     AdaptationDecision,
     AdvanceAction,
@@ -38,7 +39,9 @@ from esper.policy.health import health_score
 from esper.policy.plateau import is_plateau, is_slowing
 from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 POLICY_NAME = "heuristic"
 POLICY_VERSION = "1.0.0"
 

@@ -6,12 +6,15 @@ again on its side."""
 from __future__ import annotations
 
 from esper.leyline.lifecycle import is_allowed, next_stage
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.policy.budget import rejection_reason
 from esper.policy.context import PolicyContext
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 
 # Stages a policy may advance with an AdvanceAction. Germination and fossilization have
 # their own actions; the failure path (culled -> embargoed -> resetting -> dormant) is the
@@ -64,7 +67,7 @@ def violation(
     if kind == "germinate":
         return germinate_violation(decision, ctx, risk_limit, max_live)
     slot_id = getattr(decision, kind).slot_id
-    if slot_id not in {s.slot_id for s in ctx.graph.slots}:
+    if slot_id not in ctx.slot_ids:
         return f"{kind} names unknown slot {slot_id!r}"
     stage = ctx.stage_of(slot_id)
     if kind == "cull":

@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from esper.leyline.lifecycle import FINAL_STAGES
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.control_pb2 import CullReason
-from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.telemetry_pb2 import FieldReport, SeedTransition
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 
 
 @dataclass

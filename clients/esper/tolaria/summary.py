@@ -14,10 +14,12 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from esper.leyline.lifecycle import stage_name
-from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
-S = SeedStage
+# The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
+# (~1 us each), on every decision and step.
+S = lifecycle_pb2
 FATES = {S.SEED_STAGE_FOSSILIZED: "fossilized", S.SEED_STAGE_CULLED: "culled"}
 
 

@@ -3,7 +3,6 @@ envelope and in Kafka headers, and strict decoding of untrusted bytes."""
 
 from __future__ import annotations
 
-import random
 import time as _time
 from collections.abc import Iterable
 
@@ -13,6 +12,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from esper.leyline.ids import new_event_id
 from esper.leyline.v1 import telemetry_pb2
 
 MESSAGE_TYPE = "esper.leyline.v1.TelemetryEvent"
@@ -32,8 +32,6 @@ PAYLOAD_KINDS: tuple[str, ...] = tuple(
 )
 _PAYLOAD_KIND_SET = frozenset(PAYLOAD_KINDS)
 _NANOS_PER_SECOND = 1_000_000_000
-# RFC 4122 variant nibbles (10xx) of a random UUID, indexed by two random bits.
-_UUID_VARIANT_NIBBLES = "89ab"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -62,7 +60,7 @@ def new_event(
     if kind not in _PAYLOAD_KIND_SET:
         raise ValueError(f"unknown payload kind {kind!r}; expected one of {PAYLOAD_KINDS}")
     event = telemetry_pb2.TelemetryEvent(
-        event_id=event_id or random_event_id(), source=source, run_id=run_id, severity=severity
+        event_id=event_id or new_event_id(), source=source, run_id=run_id, severity=severity
     )
     if time is None:  # Timestamp.GetCurrentTime is pure Python and 5x slower than this
         seconds, nanos = divmod(_time.time_ns(), _NANOS_PER_SECOND)
@@ -73,17 +71,6 @@ def new_event(
     getattr(event, kind).CopyFrom(body)
     stamp_trace(event)
     return event
-
-
-def random_event_id() -> str:
-    """A random (version 4) UUID string, as str(uuid.uuid4()) gives, without building a
-    UUID object and without os.urandom: new_event runs on the training thread, and
-    os.urandom releases the GIL, handing it to the producer's sender thread for up to a
-    switch interval. `random` is seeded from os.urandom and reseeded in forked children,
-    so ids of different processes collide no more than uuid4's; they are not secrets."""
-    h = f"{random.getrandbits(128):032x}"
-    variant = _UUID_VARIANT_NIBBLES[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def stamp_trace(

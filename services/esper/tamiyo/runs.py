@@ -63,6 +63,7 @@ class RunState:
     session_id: str = ""
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _slot_ids: tuple | None = field(default=None, repr=False, compare=False)
     # The identity that opened the run (esper.runtime.auth): only it may resume it.
     owner: str = ANONYMOUS
     max_step_advance: int = DEFAULT_MAX_STEP_ADVANCE
@@ -118,9 +119,17 @@ class RunState:
         self.last_sequence = max(self.last_sequence, snapshot.sequence)
         return None
 
+    @property
+    def slot_ids(self) -> frozenset[str]:
+        """The graph's slot ids, read once per graph (it changes only on a reopen)."""
+        cached = self._slot_ids
+        if cached is None or cached[0] is not self.graph:
+            cached = self._slot_ids = (self.graph, frozenset(s.slot_id for s in self.graph.slots))
+        return cached[1]
+
     def take_seeds(self, snapshot: TrainingSnapshot) -> list[str]:
         """Adopt the snapshot's seed states; returns the unknown slot ids it named."""
-        known = {s.slot_id for s in self.graph.slots}
+        known = self.slot_ids
         unknown = []
         for seed in snapshot.seeds:
             if seed.slot_id in known:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import REGISTRY, Counter
 
+from esper.leyline.ids import new_session_id
 from esper.leyline.v1.tamiyo_pb2 import (
     SessionAccept,
     SessionHeartbeat,
@@ -107,7 +107,7 @@ class SessionProtocol:
 
     def __init__(self, shared: SessionContext) -> None:
         self.shared = shared
-        self.session_id = str(uuid.uuid4())
+        self.session_id = new_session_id()
         self.run: RunState | None = None
         self._heartbeat_seq = 0
         # Decisions handed out but not yet announced (Oona event, metric, log): see announce.
