@@ -159,6 +159,14 @@ def _schedule_line(schedule: str) -> str:
             "Esper's FLOPs.")
 
 
+def _test_set_line(hosts: list[str]) -> str:
+    """What the test accuracy is measured on, per host family."""
+    image = "Fashion-MNIST's official 10,000-image test set" if set(hosts) - {"char"} else ""
+    text = ("held-out Shakespeare plays (next-character accuracy over every position of "
+            "their sequences; no line of a test play is ever trained on)") if "char" in hosts else ""
+    return "Test accuracy on " + " and on ".join(x for x in (image, text) if x)
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     done = cfg.get("seeds_done", cfg["seeds"])
@@ -169,7 +177,7 @@ def markdown(result: dict) -> str:
              "", f"Command: `{cfg['command']}`", ""]
     lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
     lines += ["",
-             "Test accuracy on the official 10,000-image test set (mean ± sd over seeds); training "
+             _test_set_line(cfg["hosts"]) + " (mean ± sd over seeds); training "
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
              "validation passes, Esper's safe points, GroMo's statistics and line searches); "
              "paired differences are Esper minus the arm, per seed, in percentage points.", "",
