@@ -9,6 +9,10 @@ print and write JSON (benchmarks/results/simic_policy.json): final validation ac
 parameters added, seeds germinated/fossilized/culled, per arm and as learned/heuristic ratios.
 
     .venv/bin/python benchmarks/bench_simic_policy.py [--train-episodes 20] [--eval-episodes 8]
+                                                      [--lr-schedule constant|cosine]
+
+`--lr-schedule cosine` runs every episode, training and held-out, with the learning rate
+decayed to zero on a cosine (and writes simic_policy_cosine.json unless --out says).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from pathlib import Path
 
 from esper.tamiyo.simic.dataset import load_dataset
-from esper.tamiyo.simic.episodes import collect
+from esper.tamiyo.simic.episodes import LR_SCHEDULES, EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import evaluate
 from esper.tamiyo.simic.train import SimicConfig, train_policy
 
@@ -38,14 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=SimicConfig().epochs, help="Simic training epochs")
     parser.add_argument("--data", default=None, help="reuse this episode directory instead of collecting")
-    parser.add_argument("--out", default=str(RESULTS / "simic_policy.json"))
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    suffix = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
+    args.out = args.out or str(RESULTS / f"simic_policy{suffix}.json")
+    episodes = EpisodeConfig(lr_schedule=args.lr_schedule)
 
     work = Path(tempfile.mkdtemp(prefix="simic-bench-"))
     data = Path(args.data) if args.data else work / "episodes"
     t0 = time.perf_counter()
     if not args.data:
-        collect(str(data), args.train_episodes, seed=0)
+        collect(str(data), args.train_episodes, seed=0, config=episodes)
     t_collect = time.perf_counter() - t0
     dataset = load_dataset(data)
     t0 = time.perf_counter()
@@ -54,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     artifact = work / "policy.safetensors"
     result.save(artifact)
     t0 = time.perf_counter()
-    report = evaluate(str(artifact), args.eval_episodes)
+    report = evaluate(str(artifact), args.eval_episodes, config=episodes)
     t_eval = time.perf_counter() - t0
 
     arms = {name: arm["aggregate"] for name, arm in report["arms"].items()}
     h, lrn = arms["heuristic"], arms["learned"]
     summary = {
         "claim": "learned (Simic BC+IQL) vs heuristic on held-out digits episodes",
+        "lr_schedule": args.lr_schedule,
         "train_episodes": len(dataset.episodes),
         "train_transitions": result.samples,
         "train_action_counts": result.tensors.counts,

@@ -117,10 +117,22 @@ class LocalKernels:
 
 
 def _flops(spec: bp.BlueprintSpec, shape: common_pb2.SlotShape) -> int:
+    """Forward FLOPs of one example of the slot's shape, as KernelStats.flops means (and as
+    Tezzeret measures a compiled kernel): the blueprint's per-position estimate times the
+    slot's positions (pixels of a conv map, tokens of a sequence; 1 for features)."""
     try:
-        return int(estimate_flops(spec, shape.channels, shape.widen_params_per_unit))
+        per_position = int(estimate_flops(spec, shape.channels, shape.widen_params_per_unit))
     except Exception:  # noqa: BLE001 - unknown cost is reported as 0, never fatal
         return 0
+    return per_position * _positions(shape)
+
+
+def _positions(shape: common_pb2.SlotShape) -> int:
+    if shape.kind == common_pb2.SLOT_KIND_CONV2D:
+        return max(1, shape.height) * max(1, shape.width)
+    if shape.kind in (common_pb2.SLOT_KIND_SEQUENCE, common_pb2.SLOT_KIND_CONV1D):
+        return max(1, shape.length)
+    return 1
 
 
 class UrzaKernelFetcher:

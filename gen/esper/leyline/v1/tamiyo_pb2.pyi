@@ -142,7 +142,10 @@ class ResourceBudget(_message.Message):
     max_added_params: _builtins.int
     """Maximum parameters all seeds together may add; 0 means unlimited."""
     max_seed_flops: _builtins.int
-    """Maximum forward FLOPs per position a single seed may add; 0 means unlimited."""
+    """Maximum forward FLOPs a single seed may add for one example of its slot's shape (all
+    its positions: pixels of a conv map, tokens of a sequence), compared with
+    KernelStats.flops; 0 means unlimited.
+    """
     max_seed_latency_ms: _builtins.float
     """Maximum extra latency in ms a single seed may add; 0 means unlimited."""
     max_seed_memory_bytes: _builtins.int

@@ -548,7 +548,7 @@ class CostBudget(_message.Message):
     max_params: _builtins.int
     """Maximum parameters."""
     max_flops: _builtins.int
-    """Maximum FLOPs."""
+    """Maximum forward FLOPs for one example of the kernel's target shape (KernelStats.flops)."""
     max_latency_ms: _builtins.float
     """Maximum p99 latency in ms."""
     max_memory_bytes: _builtins.int
