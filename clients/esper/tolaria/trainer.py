@@ -10,8 +10,8 @@ is built by the factory from the model's parameters, and seeds get their own gro
 learning-rate scheduler, when given, is built by its factory from the optimizer and
 stepped after every epoch (`scheduler_interval="epoch"`) or every optimizer step
 (`"step"`; ReduceLROnPlateau is stepped per epoch with the validation loss whatever the
-interval); seed groups follow its schedule
-(esper.tolaria.schedulers) and checkpoints carry its state.
+interval); seed groups follow its schedule (esper.tolaria.schedulers) and checkpoints
+carry its state.
 Under torch.distributed, pass the model wrapped in DistributedDataParallel and loaders
 with a DistributedSampler (its epoch is set each epoch; rank 0 alone shows progress and
 writes checkpoints).
