@@ -35,3 +35,21 @@ def test_train_from_a_directory(tmp_path, capsys) -> None:
                  "--version", "gnn@test-1"]) == 0
     assert "gnn@test-1" in capsys.readouterr().out
     assert out.is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--lr-schedule", "linear"],
+    ["tamiyo", "evaluate", "--policy", "p.safetensors", "--lr-schedule", ""],
+])
+def test_an_unknown_schedule_is_refused(capsys, argv) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "--lr-schedule" in capsys.readouterr().err
+
+
+def test_the_cli_schedules_match_the_episodes() -> None:
+    from esper.cli.tamiyo import LR_SCHEDULES as CLI
+    from esper.tamiyo.simic.episodes import LR_SCHEDULES
+
+    assert CLI == LR_SCHEDULES
