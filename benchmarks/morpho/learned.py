@@ -1,7 +1,9 @@
 """The learned-policy arm: Simic's GNN policy, trained offline (behaviour cloning + IQL) on
 episodes Simic records on the digits example task, never on Fashion-MNIST (no leakage),
-under the run's own learning-rate schedule (a decaying rate changes when growth pays),
-then used on Fashion-MNIST through the user-facing API: `attach(model, optimizer,
+under the run's own learning-rate schedule (a decaying rate changes when growth pays) and
+with a recorded heuristic that grows on diminishing returns as the local heuristic does
+(`growth_rule="slowdown"`: a policy learns the timing of the heuristic it imitates), then
+used on Fashion-MNIST through the user-facing API: `attach(model, optimizer,
 policy=LocalPolicy(policy=GnnPolicy))`. Its germinations carry the local heuristic's stage
 lengths (the GNN takes schedules and its fallback from the heuristic it is given, here at
 Esper's local defaults), so it differs from the heuristic arm only in its decisions.
@@ -29,19 +31,22 @@ from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 # Simic's benchmark uses 20 digits episodes of 30 epochs and 30 training epochs.
 EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS = 20, 30, 30
 QUICK = (2, 3, 2)
+# The local heuristic grows on diminishing returns: so does the heuristic the policy imitates.
+GROWTH_RULE = "slowdown"
 
 
 def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
-    """The policy for runs under `lr_schedule`, trained on episodes under the same
-    schedule (the name says which: "-cos" for cosine)."""
+    """The policy for runs under `lr_schedule`, trained on slowdown episodes under the same
+    schedule (the name says which: "-slow", and "-cos" for cosine)."""
     episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
     layout = FEATURE_SCHEMA.rpartition("@")[2]
     schedule = "" if lr_schedule == "constant" else "-cos"
-    path = work_dir / f"simic-digits-{episodes}ep-{epochs}e-{simic}t-f{layout}{schedule}.safetensors"
+    path = work_dir / (f"simic-digits-{episodes}ep-{epochs}e-{simic}t-f{layout}-{GROWTH_RULE[:4]}"
+                       f"{schedule}.safetensors")
     if not path.exists():
         with tempfile.TemporaryDirectory(prefix="morpho-simic-") as tmp:
-            collect(tmp, episodes, seed=0,
-                    config=EpisodeConfig(epochs=epochs, lr_schedule=lr_schedule))
+            collect(tmp, episodes, seed=0, config=EpisodeConfig(
+                epochs=epochs, lr_schedule=lr_schedule, growth_rule=GROWTH_RULE))
             result = train_policy(load_dataset(Path(tmp)), SimicConfig(epochs=simic))
             result.save(path)
     return path

@@ -40,16 +40,18 @@ def test_train_from_a_directory(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("argv", [
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--lr-schedule", "linear"],
     ["tamiyo", "evaluate", "--policy", "p.safetensors", "--lr-schedule", ""],
+    ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--growth-rule", "schedule"],
 ])
-def test_an_unknown_schedule_is_refused(capsys, argv) -> None:
+def test_an_unknown_schedule_or_rule_is_refused(capsys, argv) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert "--lr-schedule" in capsys.readouterr().err
+    assert argv[-2] in capsys.readouterr().err
 
 
 def test_the_cli_schedules_match_the_episodes() -> None:
-    from esper.cli.tamiyo import LR_SCHEDULES as CLI
-    from esper.tamiyo.simic.episodes import LR_SCHEDULES
+    from esper.cli import tamiyo as cli
+    from esper.tamiyo.simic import episodes
 
-    assert CLI == LR_SCHEDULES
+    assert cli.LR_SCHEDULES == episodes.LR_SCHEDULES
+    assert cli.GROWTH_RULES == episodes.GROWTH_RULES

@@ -47,3 +47,17 @@ def test_a_cosine_episode_decays_the_rate_to_zero() -> None:
              if e.WhichOneof("payload") == "snapshot"]
     assert rates[0] < config.learning_rate and rates[-1] < 0.01 * config.learning_rate
     assert rates == sorted(rates, reverse=True)
+
+
+def test_slowdown_episodes_record_a_heuristic_that_grows_on_diminishing_returns() -> None:
+    import random
+
+    from esper.tamiyo.simic.episodes import SLOWDOWN_RATIOS, SLOWDOWN_WINDOW, sample_heuristic
+
+    plateau = sample_heuristic(random.Random(5))
+    slowdown = sample_heuristic(random.Random(5), growth_rule="slowdown")
+    assert plateau.slowdown_ratio == 0.0  # plateau episodes draw what they always drew
+    assert slowdown.slowdown_ratio in SLOWDOWN_RATIOS and slowdown.slowdown_window == SLOWDOWN_WINDOW
+    assert dataclasses.replace(slowdown, slowdown_ratio=0.0, slowdown_window=0) == plateau
+    with pytest.raises(ValueError, match="growth_rule"):
+        EpisodeConfig(growth_rule="schedule")

@@ -1,7 +1,7 @@
 """`esper tamiyo`: Tamiyo's offline tools (Simic).
 
     esper tamiyo collect --episodes N --out DIR [--seed S] [--epochs E] [--lr-schedule cosine]
-                         [--epsilon LOW HIGH]
+                         [--growth-rule slowdown] [--epsilon LOW HIGH]
     esper tamiyo train --data DIR --out PATH [--epochs N] [--bc-weight W] [--awr-weight W] [--seed S]
     esper tamiyo train --oona-dump FILE [FILE...] --out PATH     (recorded Oona topics, kcat framing)
     esper tamiyo train --nissa [HOST:PORT] --out PATH [--run RUN...] (runs Nissa recorded)
@@ -47,8 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_evaluate(actions)
 
 
-# esper.tamiyo.simic.episodes.LR_SCHEDULES (not imported: `esper --help` loads no torch).
+# esper.tamiyo.simic.episodes.LR_SCHEDULES and GROWTH_RULES (not imported: `esper --help`
+# loads no torch).
 LR_SCHEDULES = ("constant", "cosine")
+GROWTH_RULES = ("plateau", "slowdown")
 
 
 def _lr_schedule_flag(p: argparse.ArgumentParser) -> None:
@@ -64,6 +66,9 @@ def _register_collect(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="collection seed (episode seeds and policies)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per episode (default 30)")
     _lr_schedule_flag(p)
+    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
+                   help="what the recorded heuristic grows on: validation plateaus, or also "
+                        "diminishing returns as Tolaria's local heuristic (default plateau)")
     p.add_argument("--epsilon", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="range of the per-episode exploration rate (default 0.05 0.3)")
     p.set_defaults(func=run_collect)
@@ -130,7 +135,8 @@ def run_collect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    config = EpisodeConfig(lr_schedule=args.lr_schedule, **({"epochs": args.epochs} if args.epochs else {}))
+    config = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule,
+                           **({"epochs": args.epochs} if args.epochs else {}))
 
     def progress(i: int, result) -> None:
         s = result.summary

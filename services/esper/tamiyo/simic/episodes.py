@@ -9,6 +9,11 @@ seed transition and field report as TelemetryEvents (what Oona would carry).
 For diverse actions the collector varies the data order and initialisation (seed), the
 heuristic's thresholds (`sample_heuristic`) and explores: with probability epsilon a decision
 is a uniformly random legal choice under the safety mask instead of the heuristic's.
+
+What the recorded heuristic grows on is the episodes' `growth_rule`: validation plateaus
+only, or also diminishing returns (the slowdown rule of Tolaria's local heuristic, which
+grows early). A policy learns the timing of the heuristic it imitates, so a policy meant to
+replace the local heuristic learns from slowdown episodes.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ EPISODE_HEURISTIC = HeuristicConfig(
 
 
 LR_SCHEDULES = ("constant", "cosine")
+GROWTH_RULES = ("plateau", "slowdown")
+# The slowdown rule's ratios a slowdown episode draws from (the local heuristic's 0.5, and
+# a more patient 0.25), judged epoch by epoch as the local heuristic does.
+SLOWDOWN_RATIOS = (0.5, 0.25)
+SLOWDOWN_WINDOW = 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class EpisodeConfig:
     # cosine over the episode's steps (the regime of a run trained with such a schedule,
     # where growth pays only early: a policy learns the timing of the runs it saw).
     lr_schedule: str = "constant"
+    # What the recorded heuristic grows on, one of GROWTH_RULES (see the module docstring).
+    growth_rule: str = "plateau"
     # Growth budget sent with the run (Tolaria tightens it to Kasmina's cap, half the
     # narrow host's 2,570 parameters, so the larger kernels do not fit).
     max_added_params: int = 5000
@@ -79,6 +91,8 @@ class EpisodeConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.growth_rule not in GROWTH_RULES:
+            raise ValueError(f"growth_rule must be one of {GROWTH_RULES}, got {self.growth_rule!r}")
 
 
 class EventRecorder:
@@ -153,9 +167,11 @@ class RecordingPolicy:
         return decision
 
 
-def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURISTIC) -> HeuristicConfig:
-    """Randomized thresholds around `base`, so the recorded heuristic is not one fixed rule."""
-    return dataclasses.replace(
+def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURISTIC,
+                     growth_rule: str = "plateau") -> HeuristicConfig:
+    """Randomized thresholds around `base`, so the recorded heuristic is not one fixed rule
+    (the slowdown rule's ratio drawn last: plateau episodes draw what they always drew)."""
+    config = dataclasses.replace(
         base,
         plateau_patience=rng.choice((1, 1, 2)),
         plateau_min_delta=rng.choice((0.02, 0.05, 0.1, 0.2)),
@@ -164,6 +180,10 @@ def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURIST
         probation_steps=rng.choice((10, 15, 25)),
         regression_tolerance=rng.choice((0.01, 0.02, 0.05)),
     )
+    if growth_rule == "slowdown":
+        config = dataclasses.replace(config, slowdown_ratio=rng.choice(SLOWDOWN_RATIOS),
+                                     slowdown_window=SLOWDOWN_WINDOW)
+    return config
 
 
 @dataclass
@@ -229,11 +249,13 @@ def run_episode(policy: Policy, seed: int, config: EpisodeConfig | None = None,
     return EpisodeResult(episode, summary, trainer.history)
 
 
-def collection_policy(index: int, seed: int, epsilon_range: tuple[float, float]) -> ExploringHeuristic:
+def collection_policy(index: int, seed: int, epsilon_range: tuple[float, float],
+                      growth_rule: str = "plateau") -> ExploringHeuristic:
     """The policy of the `index`-th collected episode: sampled thresholds and epsilon."""
     rng = random.Random(seed * 100_003 + index)
     low, high = epsilon_range
-    return ExploringHeuristic(sample_heuristic(rng), rng.uniform(low, high), rng)
+    heuristic = sample_heuristic(rng, growth_rule=growth_rule)
+    return ExploringHeuristic(heuristic, rng.uniform(low, high), rng)
 
 
 # Episode seeds of collection start here; held-out evaluation seeds start at
@@ -259,7 +281,7 @@ def collect(out_dir: str, episodes: int, *, seed: int = 0, config: EpisodeConfig
     results = []
     for i in range(episodes):
         episode_seed = COLLECT_SEED_BASE + seed * 10_000 + i
-        policy = collection_policy(i, seed, epsilon)
+        policy = collection_policy(i, seed, epsilon, (config or EpisodeConfig()).growth_rule)
         result = run_episode(policy, episode_seed, config, run_id=f"simic-s{seed}-e{i:04d}")
         write_episode(out_dir, result.episode)
         results.append(result)
