@@ -59,7 +59,7 @@ LABELS = {
     "esper-arch-static@esper-flops": "  the same, stopped at Esper's FLOPs",
     "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
     "static-large": "static large reference",
-    "learned": "Esper, learned policy (Simic GNN trained on digits episodes under the same schedule)",
+    "learned": "Esper, learned policy (Simic GNN trained on digits episodes of a heuristic growing on slowdowns, under the same schedule)",
 }
 # The FLOP-matched rows under a decaying learning rate: second runs, not cuts.
 FITTED_LABEL = "  the same, a second run whose schedule ends at Esper's FLOPs"
