@@ -10,9 +10,12 @@ parameters added, seeds germinated/fossilized/culled, per arm and as learned/heu
 
     .venv/bin/python benchmarks/bench_simic_policy.py [--train-episodes 20] [--eval-episodes 8]
                                                       [--lr-schedule constant|cosine]
+                                                      [--growth-rule plateau|slowdown]
 
 `--lr-schedule cosine` runs every episode, training and held-out, with the learning rate
-decayed to zero on a cosine (and writes simic_policy_cosine.json unless --out says).
+decayed to zero on a cosine; `--growth-rule slowdown` records (and compares against) a
+heuristic that also grows on diminishing returns. Each choice off its default is named in
+the output file (simic_policy_cosine_slowdown.json) unless --out says.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 from esper.tamiyo.simic.dataset import load_dataset
-from esper.tamiyo.simic.episodes import LR_SCHEDULES, EpisodeConfig, collect
+from esper.tamiyo.simic.episodes import GROWTH_RULES, LR_SCHEDULES, EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import evaluate
 from esper.tamiyo.simic.train import SimicConfig, train_policy
 
@@ -43,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=SimicConfig().epochs, help="Simic training epochs")
     parser.add_argument("--data", default=None, help="reuse this episode directory instead of collecting")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    parser.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    suffix = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
+    suffix = "".join(f"_{v}" for v, default in ((args.lr_schedule, "constant"),
+                                                 (args.growth_rule, "plateau")) if v != default)
     args.out = args.out or str(RESULTS / f"simic_policy{suffix}.json")
-    episodes = EpisodeConfig(lr_schedule=args.lr_schedule)
+    episodes = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule)
 
     work = Path(tempfile.mkdtemp(prefix="simic-bench-"))
     data = Path(args.data) if args.data else work / "episodes"
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "claim": "learned (Simic BC+IQL) vs heuristic on held-out digits episodes",
         "lr_schedule": args.lr_schedule,
+        "growth_rule": args.growth_rule,
         "train_episodes": len(dataset.episodes),
         "train_transitions": result.samples,
         "train_action_counts": result.tensors.counts,

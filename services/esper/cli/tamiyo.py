@@ -5,7 +5,8 @@
     esper tamiyo train --data DIR --out PATH [--epochs N] [--bc-weight W] [--awr-weight W] [--seed S]
     esper tamiyo train --oona-dump FILE [FILE...] --out PATH     (recorded Oona topics, kcat framing)
     esper tamiyo train --nissa [HOST:PORT] --out PATH [--run RUN...] (runs Nissa recorded)
-    esper tamiyo evaluate --policy PATH [--episodes N] [--lr-schedule cosine] [--json OUT]
+    esper tamiyo evaluate --policy PATH [--episodes N] [--lr-schedule cosine]
+                          [--growth-rule slowdown] [--json OUT]
 
 `collect` runs short real training episodes of the built-in digits task and records every
 snapshot, decision, ack and field report; `train` learns the GNN policy from them (behaviour
@@ -53,10 +54,13 @@ LR_SCHEDULES = ("constant", "cosine")
 GROWTH_RULES = ("plateau", "slowdown")
 
 
-def _lr_schedule_flag(p: argparse.ArgumentParser) -> None:
+def _episode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="each episode's learning rate: constant, or decayed to zero on a cosine "
                         "over the episode (default constant)")
+    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
+                   help="what the episodes' heuristic grows on: validation plateaus, or also "
+                        "diminishing returns as Tolaria's local heuristic (default plateau)")
 
 
 def _register_collect(actions: argparse._SubParsersAction) -> None:
@@ -65,10 +69,7 @@ def _register_collect(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the episode files")
     p.add_argument("--seed", type=int, default=0, help="collection seed (episode seeds and policies)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per episode (default 30)")
-    _lr_schedule_flag(p)
-    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
-                   help="what the recorded heuristic grows on: validation plateaus, or also "
-                        "diminishing returns as Tolaria's local heuristic (default plateau)")
+    _episode_flags(p)
     p.add_argument("--epsilon", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="range of the per-episode exploration rate (default 0.05 0.3)")
     p.set_defaults(func=run_collect)
@@ -100,7 +101,7 @@ def _register_evaluate(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("evaluate", help="learned policy vs heuristic on held-out episodes")
     p.add_argument("--policy", required=True, metavar="PATH", help="policy artifact")
     p.add_argument("--episodes", type=int, default=5, metavar="N")
-    _lr_schedule_flag(p)
+    _episode_flags(p)
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
     p.set_defaults(func=run_evaluate)
 
@@ -227,7 +228,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except PolicyArtifactError as exc:
         raise UsageError(f"--policy: {exc}") from None
     out = _writable_file(args.json, "--json") if args.json else None
-    result = evaluate(args.policy, args.episodes, config=EpisodeConfig(lr_schedule=args.lr_schedule))
+    config = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule)
+    result = evaluate(args.policy, args.episodes, config=config)
     table = {name: arm["aggregate"] for name, arm in result["arms"].items()}
     print(json.dumps({"policy_version": result["policy_version"], "arms": table}, indent=2))
     if out is not None:

@@ -167,6 +167,16 @@ class RecordingPolicy:
         return decision
 
 
+def episode_heuristic(growth_rule: str = "plateau") -> HeuristicConfig:
+    """The heuristic held-out episodes are judged against, for a growth rule: the episodes'
+    thresholds, plus the local heuristic's slowdown rule (0.5, epoch by epoch) for
+    "slowdown"."""
+    if growth_rule == "slowdown":
+        return dataclasses.replace(EPISODE_HEURISTIC, slowdown_ratio=SLOWDOWN_RATIOS[0],
+                                   slowdown_window=SLOWDOWN_WINDOW)
+    return EPISODE_HEURISTIC
+
+
 def sample_heuristic(rng: random.Random, base: HeuristicConfig = EPISODE_HEURISTIC,
                      growth_rule: str = "plateau") -> HeuristicConfig:
     """Randomized thresholds around `base`, so the recorded heuristic is not one fixed rule

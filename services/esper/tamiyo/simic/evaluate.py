@@ -1,7 +1,8 @@
 """The learned policy against the heuristic on held-out episodes of the example task.
 
 Both policies run the same episodes (same seeds: same initialisation and data order, seeds
-disjoint from collection's) with the same schedule thresholds (`episodes.EPISODE_HEURISTIC`);
+disjoint from collection's) with the same schedule thresholds (`episodes.episode_heuristic`
+of the config's growth rule, which is also the heuristic arm);
 a third arm that never grows gives the static model's numbers for scale. Per arm: final
 validation accuracy, parameters added, seeds fossilized and culled, and for the learned
 policy how many of its decisions were its own rather than heuristic fallbacks.
@@ -20,9 +21,9 @@ from esper.policy.decisions import make_decision
 from esper.policy.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.simic.episodes import (
-    EPISODE_HEURISTIC,
     HELD_OUT_SEED_BASE,
     EpisodeConfig,
+    episode_heuristic,
     run_episode,
 )
 
@@ -87,10 +88,11 @@ def evaluate(artifact_path: str, episodes: int, *, config: EpisodeConfig | None 
              include_static: bool = True, progress=None) -> dict:
     """Run every arm on `episodes` held-out seeds; returns per-run records and aggregates."""
     cfg = config or EpisodeConfig()
+    heuristic = episode_heuristic(cfg.growth_rule)
     arms = {
-        "heuristic": lambda: HeuristicPolicy(EPISODE_HEURISTIC),
+        "heuristic": lambda: HeuristicPolicy(heuristic),
         "learned": lambda: GnnPolicy.load(artifact_path, config=gnn_config or GnnConfig(),
-                                           heuristic=HeuristicPolicy(EPISODE_HEURISTIC)),
+                                           heuristic=HeuristicPolicy(heuristic)),
     }
     if include_static:
         arms["static"] = StaticPolicy
