@@ -132,6 +132,7 @@ class TamiyoServicer(tamiyo_pb2_grpc.TamiyoServiceServicer):
                 return
             for response in responses:
                 await out.put(response)
+            seen[0] = clock()  # idle is waiting for the client, not handling its message
             if protocol.has_unannounced:  # once the sending side (woken by put) took the decision
                 asyncio.get_running_loop().call_soon(protocol.announce)
         await out.put(_END)
