@@ -242,3 +242,33 @@ def test_growth_kernel_beats_a_mergeable_adapter_without_field_reports() -> None
     assert benefit_per_cost(growth, policy.config) > benefit_per_cost(adapter, policy.config)
     d = policy.decide(context(candidates=[adapter, growth]))
     assert d.WhichOneof("action") == "germinate" and d.germinate.blueprint_ref == "BP-MLP-GELU@1.0.0"
+
+
+def _with_flops(c, flops: int):
+    c.kernel.stats.flops = flops
+    return c
+
+
+def test_compute_hungry_kernel_pays_for_its_flops() -> None:
+    """A kernel that doubles the model's forward loses to a cheaper one of less capacity
+    once the model's FLOPs are known; unknown model FLOPs (0) or flops_weight 0 leave
+    compute unpriced, as before."""
+    from esper.policy.heuristic import benefit_per_cost, compute_cost
+
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296, risk=0.1), 460_000)
+    cheap = _with_flops(candidate("BP-CONV-1X1", params=20, risk=0.1), 25_000)
+    config = policy.config
+    assert benefit_per_cost(hungry, config) > benefit_per_cost(cheap, config)  # unpriced
+    assert benefit_per_cost(hungry, config, 174_000.0) < benefit_per_cost(cheap, config, 174_000.0)
+    free = HeuristicConfig(flops_weight=0.0)
+    assert benefit_per_cost(hungry, free, 174_000.0) == benefit_per_cost(hungry, free)
+    assert compute_cost(460_000, 0.0, config) == 0.0
+    assert compute_cost(460_000, float("nan"), config) == 0.0
+    assert compute_cost(0, 174_000.0, config) == 0.0
+    assert compute_cost(174_000, 174_000.0, config) == pytest.approx(config.flops_weight)
+
+    ctx = context(candidates=[hungry, cheap])
+    assert policy.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"
+    ctx.snapshot.resources.model_flops_per_example = 174_000.0
+    d = policy.decide(ctx)
+    assert d.germinate.blueprint_ref == "BP-CONV-1X1@1.0.0", d.rationale

@@ -241,3 +241,29 @@ def test_a_run_that_lost_no_telemetry_has_no_telemetry_line() -> None:
     session.close()
     assert session.summary().telemetry_dropped == 0
     assert "telemetry" not in str(session.summary())
+
+
+class _Recording(ReplayPolicy):
+    """The replayed decisions, keeping every snapshot the session sends."""
+
+    def __init__(self, decisions) -> None:
+        super().__init__(decisions)
+        self.snapshots = []
+
+    def observe(self, snapshot) -> None:
+        self.snapshots.append(snapshot)
+        super().observe(snapshot)
+
+
+def test_snapshots_carry_the_model_forward_flops_per_example() -> None:
+    """ResourceState.model_flops_per_example: the host's per-example forward FLOPs until a
+    seed computes, then the host's and the seed's (what a policy prices kernels against)."""
+    model = _model()
+    policy = _Recording(DECISIONS[:3])  # germinate slot 0 at step 2, TRAINING at step 4
+    optimizer, session = _attach(model, policy)
+    _train(model, optimizer, session, 8)
+    per_step = {s.step: s.resources.model_flops_per_example for s in policy.snapshots}
+    assert per_step[2] == pytest.approx(HOST_FLOPS_PER_EXAMPLE)
+    seed_weights = sum(p.numel() for p in session.model.slot("0").seed.parameters() if p.dim() == 2)
+    assert per_step[8] == pytest.approx(HOST_FLOPS_PER_EXAMPLE + 2 * seed_weights)
+    session.close()

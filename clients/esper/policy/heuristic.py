@@ -124,6 +124,13 @@ class HeuristicConfig:
     reference_params: int = 100_000
     # Latency (ms, p99) that costs as much as the fixed cost of any germination.
     reference_latency_ms: float = 1.0
+    # What a kernel's compute costs, in fixed costs of a germination per model-forward: a
+    # kernel whose forward FLOPs per example equal the whole model's (ResourceState.
+    # model_flops_per_example) costs this much more. Every step from germination to the
+    # end of the run pays a seed's FLOPs, so a compute-hungry kernel must add that much
+    # more capacity to win (measured on the Fashion-MNIST CNN: unpriced, a 3x3 residual
+    # block on the 28x28 conv won and made every step 3.9x the host's). 0: FLOPs are free.
+    flops_weight: float = 1.0
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -140,18 +147,29 @@ def capacity_factor(candidate: KernelCandidate) -> float:
     return 1.0 + math.log1p(params / width)
 
 
-def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig) -> float:
+def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig,
+                     model_flops: float = 0.0) -> float:
     """(prior_gain * capacity + max(0, past gain)) * (1 - risk) / (1 + params/ref +
-    latency/ref). Without field reports every blueprint gets the same prior, so the
-    capacity factor is what tells a growth kernel from a cheap rescaling (without it the
-    cheapest, lowest-risk kernel always won: IA3, which cannot add capacity)."""
+    latency/ref + flops_weight * kernel FLOPs / model FLOPs). Without field reports every
+    blueprint gets the same prior, so the capacity factor is what tells a growth kernel
+    from a cheap rescaling (without it the cheapest, lowest-risk kernel always won: IA3,
+    which cannot add capacity). `model_flops` is the model's forward FLOPs per example
+    (ResourceState.model_flops_per_example); 0 (unknown) leaves compute unpriced."""
     meta, stats = candidate.blueprint.metadata, candidate.kernel.stats
     gain = meta.past_accuracy_gain_estimate if math.isfinite(meta.past_accuracy_gain_estimate) else 0.0
     prior = config.prior_gain * capacity_factor(candidate)
     benefit = (prior + max(0.0, gain)) * (1.0 - min(1.0, max(0.0, meta.risk_score)))
     latency = stats.latency_p99_ms if math.isfinite(stats.latency_p99_ms) else 0.0
     cost = 1.0 + stats.params / config.reference_params + max(0.0, latency) / config.reference_latency_ms
-    return benefit / cost
+    return benefit / (cost + compute_cost(stats.flops, model_flops, config))
+
+
+def compute_cost(kernel_flops: float, model_flops: float, config: HeuristicConfig) -> float:
+    """The FLOPs term of a kernel's cost: flops_weight per model-forward it adds; 0 when
+    either count is unknown (0) or not finite."""
+    if not (model_flops > 0 and math.isfinite(model_flops) and kernel_flops > 0):
+        return 0.0
+    return config.flops_weight * kernel_flops / model_flops
 
 
 def blend_schedule(config: HeuristicConfig) -> BlendSchedule:
@@ -299,12 +317,13 @@ class HeuristicPolicy:
         refusals: list[str] = []
         check = budgeting.BudgetCheck(ctx, self._risk(ctx))
         best: tuple[float, SlotInfo, float, KernelCandidate] | None = None
+        model_flops = ctx.snapshot.resources.model_flops_per_example
         for slot in slots:
-            pick = self._best_candidate(ctx, slot, check, refusals)
+            pick = self._best_candidate(ctx, slot, check, refusals, model_flops)
             if pick is None:
                 continue
             health = health_score(ctx.health_of(slot))
-            value = benefit_per_cost(pick, self.config) * (1.0 + HEALTH_WEIGHT * (1.0 - health))
+            value = benefit_per_cost(pick, self.config, model_flops) * (1.0 + HEALTH_WEIGHT * (1.0 - health))
             if best is None or value > best[0]:
                 best = (value, slot, health, pick)
         if best is not None:
@@ -332,7 +351,8 @@ class HeuristicPolicy:
         return None
 
     def _best_candidate(
-        self, ctx: PolicyContext, slot: SlotInfo, check: budgeting.BudgetCheck, refusals: list[str]
+        self, ctx: PolicyContext, slot: SlotInfo, check: budgeting.BudgetCheck, refusals: list[str],
+        model_flops: float,
     ) -> KernelCandidate | None:
         offered = ctx.candidates.candidates(slot, ctx.budget)
         if not offered:
@@ -342,7 +362,7 @@ class HeuristicPolicy:
         refusals.extend(refused)
         if not ok:
             return None
-        return max(ok, key=lambda c: (benefit_per_cost(c, self.config), c.score))
+        return max(ok, key=lambda c: (benefit_per_cost(c, self.config, model_flops), c.score))
 
     def _germination(
         self, ctx: PolicyContext, slot: SlotInfo, health: float, pick: KernelCandidate
@@ -360,5 +380,5 @@ class HeuristicPolicy:
             "validation loss gains are diminishing (slowdown)"
         why = (f"{trigger}; slot {slot.slot_id} (health {health:.2f}) with "
                f"kernel {pick.kernel.kernel_id} ({ref}) has the best benefit per cost "
-               f"{benefit_per_cost(pick, c):.4g}")
+               f"{benefit_per_cost(pick, c, ctx.snapshot.resources.model_flops_per_example):.4g}")
         return action, CONFIDENCE_GERMINATE, why

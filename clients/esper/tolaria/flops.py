@@ -70,6 +70,16 @@ class FlopMeter:
         return (self.done[0] + (step - self.since) * host,
                 self.done[1] + (step - self.since) * seeds)
 
+    def forward_per_example(self) -> float:
+        """Forward FLOPs of one example through the model as it computes now (host and
+        seeds), the scale a policy prices a kernel's FLOPs against; 0.0 before the first
+        training forward or when the model cannot be measured."""
+        if self.per_step is None:
+            self.per_step = self._measure()
+        if self.per_step is None:
+            return 0.0
+        return sum(self.per_step) / (FORWARDS_PER_STEP * self.batch_size)
+
     def state_dict(self, step: int) -> dict:
         """The FLOPs of steps 1..`step` (a resumed run measures its own rate again)."""
         totals = self.totals(step)

@@ -441,6 +441,7 @@ class TolariaSession:
             device=device.type, memory_used_bytes=used, memory_total_bytes=total,
             total_params=trainable, seed_params=self.model.seed_param_count(),
             step_time_ms=self.metrics.step_time_ms, telemetry_dropped=self.telemetry.dropped(),
+            model_flops_per_example=self.flops.forward_per_example(),
         )
 
     def _device(self) -> torch.device:

@@ -161,6 +161,7 @@ class ResourceState(_message.Message):
     SEED_PARAMS_FIELD_NUMBER: _builtins.int
     STEP_TIME_MS_FIELD_NUMBER: _builtins.int
     TELEMETRY_DROPPED_FIELD_NUMBER: _builtins.int
+    MODEL_FLOPS_PER_EXAMPLE_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """Device type, e.g. "cpu", "cuda"."""
     memory_used_bytes: _builtins.int
@@ -175,6 +176,12 @@ class ResourceState(_message.Message):
     """Mean step time in milliseconds over the window."""
     telemetry_dropped: _builtins.int
     """Telemetry events dropped by the producer so far."""
+    model_flops_per_example: _builtins.float
+    """Forward FLOPs of one example through the model as it computes now (host and live
+    seeds), counted as torch.utils.flop_counter counts them (2 per multiply-add); the
+    scale a policy prices a kernel's KernelStats.flops (also per example) against.
+    0 when unknown.
+    """
     def __init__(
         self,
         *,
@@ -185,10 +192,11 @@ class ResourceState(_message.Message):
         seed_params: _builtins.int = ...,
         step_time_ms: _builtins.float = ...,
         telemetry_dropped: _builtins.int = ...,
+        model_flops_per_example: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "seed_params", b"seed_params", "step_time_ms", b"step_time_ms", "telemetry_dropped", b"telemetry_dropped", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "model_flops_per_example", b"model_flops_per_example", "seed_params", b"seed_params", "step_time_ms", b"step_time_ms", "telemetry_dropped", b"telemetry_dropped", "total_params", b"total_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

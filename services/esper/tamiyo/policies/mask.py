@@ -95,6 +95,7 @@ def _mask_germination(
         mask.notes.append(f"no germination: {ctx.candidates.unavailable_reason}")
         return
     check = budgeting.BudgetCheck(ctx, risk_limit)
+    flops = ctx.snapshot.resources.model_flops_per_example
     for slot in ctx.graph.slots:
         i = enc.slot_node.get(slot.slot_id)
         if i is None or ctx.stage_of(slot.slot_id) != DORMANT or ctx.is_embargoed(slot.slot_id):
@@ -105,7 +106,7 @@ def _mask_germination(
             if j is None:
                 continue
             best = mask.kernels.get((i, j))
-            if best is None or benefit_per_cost(candidate, config) > benefit_per_cost(best, config):
+            if best is None or benefit_per_cost(candidate, config, flops) > benefit_per_cost(best, config, flops):
                 mask.kernels[(i, j)] = candidate
                 mask.blueprints[i, j] = True
     if not mask.kernels:
