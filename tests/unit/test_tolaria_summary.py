@@ -267,3 +267,28 @@ def test_snapshots_carry_the_model_forward_flops_per_example() -> None:
     seed_weights = sum(p.numel() for p in session.model.slot("0").seed.parameters() if p.dim() == 2)
     assert per_step[8] == pytest.approx(HOST_FLOPS_PER_EXAMPLE + 2 * seed_weights)
     session.close()
+
+
+def test_a_transformer_host_is_counted_whole() -> None:
+    """Measured without gradients, an eval-mode nn.TransformerEncoderLayer takes its fused
+    fast path, which FlopCounterMode cannot see; the meter must count the blocks too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True),
+        torch.nn.Linear(16, 4))
+    x = torch.randn(BATCH, 8, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    session = attach(model, optimizer, "none", example_input=x[:2],
+                     config=TolariaConfig(run_id="flops-transformer", progress=False))
+    out = session.model(x)
+    loss = out.pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    session.step(loss)
+    with FlopCounterMode(display=False) as counter:  # a training-mode forward of one example
+        model(x[:1])
+    assert session.flops.forward_per_example() == pytest.approx(counter.get_total_flops())
+    assert session.flops.forward_per_example() > 2 * 8 * 16 * 4 * 10  # far more than the head
+    session.close()

@@ -129,8 +129,12 @@ class HeuristicConfig:
     # model_flops_per_example) costs this much more. Every step from germination to the
     # end of the run pays a seed's FLOPs, so a compute-hungry kernel must add that much
     # more capacity to win (measured on the Fashion-MNIST CNN: unpriced, a 3x3 residual
-    # block on the 28x28 conv won and made every step 3.9x the host's). 0: FLOPs are free.
-    flops_weight: float = 1.0
+    # block on the 28x28 conv won and made every step 3.9x the host's). At 0.5 a kernel
+    # that multiplies the forward loses to one of less capacity, while residual blocks a
+    # third to half the model's size keep their rank (the MLP and transformer hosts grow
+    # what they grew unpriced); at 1.0 those tip over (measured: the transformer host
+    # then grew a LayerNorm first). 0: FLOPs are free.
+    flops_weight: float = 0.5
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:

@@ -109,7 +109,10 @@ class FlopMeter:
         modes = {m: m.training for m in self.model.modules()}
         try:
             self.model.eval()  # no BatchNorm statistics updated, no dropout drawn
-            with torch.no_grad():
+            # With gradients on: under no_grad an eval-mode nn.TransformerEncoderLayer
+            # takes its fused fast path, which FlopCounterMode cannot see (a transformer's
+            # blocks counted as 0 FLOPs); training steps never take it.
+            with torch.enable_grad():
                 with self.model._hooks_detached():
                     host = _forward_flops(self.model.host, args, kwargs)
                 total = _forward_flops(self.model.host, args, kwargs)
