@@ -19,6 +19,7 @@ from esper.nissa.workers import IngestWorkers
 from esper.runtime.config import ConfigError
 from esper.runtime.infra import free_port
 from esper.runtime.server import StartupError, start_server
+from tests.fixtures.processes import children_running
 from tests.fixtures.waiting import eventually
 from tests.integration.test_nissa import _counts, _publish, _run_events
 
@@ -27,14 +28,7 @@ WORKER_MODULE = "esper.nissa.worker"
 
 
 def _workers_of(pid: int) -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            if WORKER_MODULE in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    return children_running(pid, WORKER_MODULE)
 
 
 def _config(dsn: str, bootstrap: str, **changes) -> NissaConfig:

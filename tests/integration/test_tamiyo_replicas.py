@@ -204,13 +204,13 @@ async def test_another_identitys_run_is_refused_on_every_replica(fresh_database)
 
 
 @contextlib.contextmanager
-def tamiyo_process(port: int, dsn: str, urza_address: str):
-    """`esper serve tamiyo` on `port`; SIGKILLed at the end if still alive."""
+def tamiyo_process(port: int, dsn: str, urza_address: str, *flags: str):
+    """`esper serve tamiyo` on `port` (and `flags`); SIGKILLed at the end if still alive."""
     env = {**os.environ, "ESPER_POSTGRES_DSN": dsn, "ESPER_URZA_ADDRESS": urza_address,
            "ESPER_URZA_TIMEOUT_S": "5", "ESPER_PUBLISH_EVENTS": "false",
            "ESPER_HEARTBEAT_SECONDS": "1", "ESPER_IDLE_HEARTBEATS": "30", "ESPER_SNAPSHOT_EVERY_STEPS": "10"}
     process = subprocess.Popen([sys.executable, "-m", "esper.cli.main", "serve", "tamiyo", "--port", str(port),
-                                "--metrics-port", "-1", "--tezzeret-address", ""], env=env, stdout=subprocess.PIPE,
+                                "--metrics-port", "-1", "--tezzeret-address", "", *flags], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -98,18 +98,22 @@ class ChannelSecurity:
 
 def open_channel(address: str, *, security: ChannelSecurity | None = None, aio: bool = True,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, keepalive_s: float = KEEPALIVE_S,
-                 retry_attempts: int = RETRY_ATTEMPTS):
+                 retry_attempts: int = RETRY_ATTEMPTS, own_connection: bool = False):
     """A channel to the Esper service at `address`: HOST:PORT, or several replicas of it —
     an address list (`127.0.0.1:7001,127.0.0.1:7002`, or gRPC's `ipv4:`/`ipv6:` form) or a
     DNS name with several addresses (`dns:///tamiyo.internal:50051`), called round robin
     (a replica that is down is skipped). `grpc.aio.Channel` by default, a blocking
-    `grpc.Channel` with `aio=False`."""
+    `grpc.Channel` with `aio=False`. gRPC lets the channels of one process to one address
+    share a connection; `own_connection` gives this one its own, as a channel in another
+    process has (a server spread over processes by connection sees them apart)."""
     target, hosts = parse_target(address)
     security = security if security is not None else ChannelSecurity.from_env()
     for host in hosts:
         security.check(host)
     options = channel_options(security, max_message_bytes, keepalive_s, retry_attempts,
                               balanced=target != address or target.startswith(TARGET_SCHEMES))
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     address = target
     if aio:
         interceptors = [*client_interceptors(), *aio_token_interceptors(security.token)]

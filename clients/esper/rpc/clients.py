@@ -54,10 +54,11 @@ class ServiceClient:
     service: ClassVar[str] = ""
 
     def __init__(self, address: str, *, security: ChannelSecurity | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, own_connection: bool = False) -> None:
+        """`own_connection`: not shared with this process's other channels (open_channel)."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = open_channel(address, security=security)
+        self._channel = open_channel(address, security=security, own_connection=own_connection)
         self._stub = self._make_stub(self._channel)
 
     def _make_stub(self, channel: grpc.aio.Channel) -> Any:

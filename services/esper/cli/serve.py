@@ -11,6 +11,7 @@ import asyncio
 import sys
 
 from esper.runtime.config import ConfigError, add_config_flags, load_config, overrides_from_args
+from esper.runtime.processes import serve_processes, serves_in_processes
 from esper.runtime.registry import SERVICE_NAMES, known_config_tables, load_spec
 from esper.runtime.server import StartupError, serve_forever
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             overrides=overrides_from_args(settings, spec.config_cls),
             known_tables=known_config_tables(),
         )
+        if serves_in_processes(config):
+            return serve_processes(spec, config)
         asyncio.run(serve_forever(spec, config))
     except (ConfigError, StartupError) as exc:
         print(f"esper serve {spec.name}: configuration error: {exc}", file=sys.stderr)

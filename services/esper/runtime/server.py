@@ -115,8 +115,10 @@ def transport_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer:
-    """Start `spec` with `config`; returns once it is SERVING."""
+async def start_server(spec: ServiceSpec, config: ServerConfig, *, reuse_port: bool = False) -> RunningServer:
+    """Start `spec` with `config`; returns once it is SERVING. `reuse_port`: bind with
+    SO_REUSEPORT, sharing the port with the other processes of the same server
+    (esper.runtime.processes); off, a port already bound is refused."""
     configure_tracing(spec.name, config.otel_exporter, config.otlp_endpoint)
     try:  # bad security settings fail before anything is connected or bound
         credentials = server_credentials(config)
@@ -128,7 +130,7 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
             *transport_options(config),
         ],
     )
@@ -171,11 +173,17 @@ async def start_server(spec: ServiceSpec, config: ServerConfig) -> RunningServer
     return RunningServer(spec, config, server, health, port, metrics_port, closer)
 
 
-async def serve_forever(spec: ServiceSpec, config: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+def _print_serving(running: RunningServer) -> None:
+    print(f"{running.spec.name} serving on {running.address} (metrics :{running.metrics_port})", flush=True)
+
+
+async def serve_forever(spec: ServiceSpec, config: ServerConfig, *, reuse_port: bool = False,
+                        on_serving: Callable[[RunningServer], None] = _print_serving) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; `on_serving` is told once it
+    serves (by default it prints where)."""
     configure_logging(config.log_format, config.log_level)
-    running = await start_server(spec, config)
-    print(f"{spec.name} serving on {running.address} (metrics :{running.metrics_port})", flush=True)
+    running = await start_server(spec, config, reuse_port=reuse_port)
+    on_serving(running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esper.runtime.config import ConfigError, ServerConfig, check_address, check_choice, check_url
+from esper.runtime.processes import ProcessesSettings
 from esper.runtime.settings import KafkaSettings, UrzaClientSettings
 
 POLICY_NAMES = ("heuristic", "gnn")
 
 
 @dataclass(frozen=True)
-class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
+class TamiyoConfig(KafkaSettings, UrzaClientSettings, ProcessesSettings, ServerConfig):
     # Publish every decision on Oona (esper.control.decisions) for Nissa's run history.
     publish_events: bool = True
     # Policy of a session that names none.
@@ -128,6 +129,9 @@ class TamiyoConfig(KafkaSettings, UrzaClientSettings, ServerConfig):
             check_address("tezzeret_address", self.tezzeret_address)
         if self.postgres_dsn:
             check_url("postgres_dsn", self.postgres_dsn, ("postgresql", "postgres"))
+        elif self.processes > 1:  # a client reconnecting may reach another process
+            raise ConfigError(f"processes: {self.processes} processes need postgres_dsn: a session that "
+                              "reconnects may reach another process, which must find its run there")
         if not 0 < self.postgres_connect_timeout <= 120:
             raise ConfigError("postgres_connect_timeout: must be within (0, 120] seconds")
         if self.gnn_artifact_sha256 and len(self.gnn_artifact_sha256) != 64:
