@@ -255,8 +255,10 @@ def test_compute_hungry_kernel_pays_for_its_flops() -> None:
     compute unpriced, as before."""
     from esper.policy.heuristic import benefit_per_cost, compute_cost
 
+    # As on the Fashion-MNIST CNN's conv1 slot (the host's forward is 174k FLOPs per
+    # example): a 3x3 residual block against a squeeze-excitation block.
     hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296, risk=0.1), 460_000)
-    cheap = _with_flops(candidate("BP-CONV-1X1", params=20, risk=0.1), 25_000)
+    cheap = _with_flops(candidate("BP-CONV-SE", params=41, risk=0.1), 9_400)
     config = policy.config
     assert benefit_per_cost(hungry, config) > benefit_per_cost(cheap, config)  # unpriced
     assert benefit_per_cost(hungry, config, 174_000.0) < benefit_per_cost(cheap, config, 174_000.0)
@@ -271,4 +273,4 @@ def test_compute_hungry_kernel_pays_for_its_flops() -> None:
     assert policy.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"
     ctx.snapshot.resources.model_flops_per_example = 174_000.0
     d = policy.decide(ctx)
-    assert d.germinate.blueprint_ref == "BP-CONV-1X1@1.0.0", d.rationale
+    assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0", d.rationale
