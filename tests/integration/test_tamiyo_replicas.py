@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from esper.leyline.ids import new_decision_id
-from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import TrainingMetrics, TrainingSnapshot
 from esper.rpc.channels import ChannelSecurity
@@ -196,6 +196,24 @@ async def test_another_identitys_run_is_refused_on_every_replica(fresh_database)
             await book.open(open_message("run-owned"), "heuristic", "mallory", "s", 1000)
         run, resumed = await book.open(open_message("run-owned"), "heuristic", ANONYMOUS, "s", 1000)
         assert resumed and run.owner == ANONYMOUS
+    finally:
+        await store.close()
+
+
+async def test_a_snapshot_and_an_ack_cost_the_run_store_one_statement_each(fresh_database):
+    store = await RunStore.connect(fresh_database, 5.0, max_runs=10, max_runs_per_owner=10)
+    try:
+        book = RunBook(RunRegistry(10), store)
+        run, _ = await book.open(open_message("run-trips"), "heuristic", ANONYMOUS, "s", 1000)
+        statements: list[str] = []
+        async with store.pool.acquire() as conn:  # the pool's one connection: used one at a time
+            conn.add_query_logger(lambda logged: statements.append(logged.query))
+        statements.clear()
+        decision = new_decision_id()
+        run.issue(AdaptationDecision(decision_id=decision, run_id="run-trips"))
+        await book.save(run, run.issued[decision])
+        await book.ack(run, DecisionAck(decision_id=decision, run_id="run-trips", status=AckStatus.ACK_STATUS_APPLIED))
+        assert len(statements) == 2, statements  # no reset of the connection after each
     finally:
         await store.close()
 
