@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from . import data as data_mod
 from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
+from .flops import count_every_pass
 from .hosts import HOSTS
 from .loop import LR_SCHEDULES
 
@@ -71,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    count_every_pass()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}

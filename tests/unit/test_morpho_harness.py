@@ -16,7 +16,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from morpho import hosts, report  # noqa: E402
-from morpho.flops import FlopMeter  # noqa: E402
+from morpho.flops import FlopMeter, count_every_pass  # noqa: E402
 from morpho.growth import Planned, ScheduledGrowth  # noqa: E402
 
 import esper.tolaria  # noqa: E402
@@ -34,6 +34,28 @@ def test_flop_meter_measures_once_per_key_and_charges_per_sample() -> None:
         lin(torch.randn(3, 8))
     assert meter.by_kind["extra"] == 2 * 8 * 4 * 3
     assert meter.total == 2 * 8 * 4 * 28
+
+
+def test_a_transformer_validation_pass_is_counted_whole() -> None:
+    """An eval-mode, gradient-free pass of a TransformerEncoderLayer (a validation pass)
+    costs what a training-mode forward does, once the harness has made every pass
+    countable (its fused fast path is invisible to FlopCounterMode)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    x = torch.randn(4, 8, 16)
+    train = FlopMeter()
+    train.run("train", "k", 4, lambda: layer(x))
+    fast = torch.backends.mha.get_fastpath_enabled()
+    try:
+        count_every_pass()
+        layer.eval()
+        validation = FlopMeter()
+        with torch.no_grad():
+            validation.run("validation", "k", 4, lambda: layer(x))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    assert train.by_kind["train"] > 0
+    assert validation.by_kind["validation"] == pytest.approx(train.by_kind["train"])
 
 
 def test_paired_differences_are_esper_minus_arm_per_seed() -> None:
