@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from . import data as data_mod
 from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
