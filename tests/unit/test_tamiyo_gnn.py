@@ -60,9 +60,10 @@ def test_sparse_propagation_equals_gcnconv() -> None:
         assert torch.allclose(propagate(conv, h, enc.adjacency), conv(h, enc.edge_index, enc.edge_weight), atol=1e-5)
 
 
-def _random_context(rng: random.Random):
-    n = rng.randint(1, 12)
-    g = graph(n, slot_every=rng.randint(1, 3))
+def _random_context(rng: random.Random, g=None):
+    """Random seeds, candidates and limits, on a random graph unless `g` is given."""
+    if g is None:
+        g = graph(rng.randint(1, 12), slot_every=rng.randint(1, 3))
     stages = [s for s in S.values() if s != S.SEED_STAGE_UNSPECIFIED]
     seeds = [
         seed(slot.slot_id, rng.choice(stages), steps=rng.randint(0, 300), alpha=rng.random(),
@@ -261,6 +262,27 @@ def test_batched_decisions_are_exactly_the_unbatched_ones(config) -> None:
     assert len({d.WhichOneof("action") for d in expected}) > 1  # the batch mixes decisions
     for e, g in zip(expected, got, strict=True):
         assert _without_identity(g) == _without_identity(e)
+
+
+@pytest.mark.parametrize("config", [ALWAYS, GnnConfig()], ids=["gnn-always", "default-thresholds"])
+def test_runs_of_one_model_decide_together_exactly_as_alone(config) -> None:
+    """Sessions of one model, each run with its own seeds and its own copy of the graph,
+    decide together as they would alone: their graphs share an encoding (the batch's
+    adjacency is built once and reused), their slots are chosen together (one graph size),
+    among runs of other models; the same batch twice decides the same."""
+    rng = random.Random(11)
+    model = graph(12, slot_every=2)
+    contexts = [_random_context(rng, type(model).FromString(model.SerializeToString())) for _ in range(12)]
+    contexts += [_random_context(rng) for _ in range(6)]
+    rng.shuffle(contexts)
+    alone, batched = (GnnPolicy(config=config, vocabulary=VOCAB) for _ in range(2))
+    for policy in (alone, batched):
+        _randomise(policy.net, random.Random(2))
+    expected = [_without_identity(alone.decide(ctx)) for ctx in contexts]
+    for _ in range(2):
+        assert [_without_identity(d) for d in batched.decide_batch(contexts)] == expected
+    one_model = {d.WhichOneof("action") for d, ctx in zip(expected, contexts) if ctx.graph == model}
+    assert len(one_model - {"wait"}) > 1  # several slot actions among the runs of one model
 
 
 def test_batched_inference_computes_the_trained_forward() -> None:

@@ -75,6 +75,7 @@ class GraphEncoding:
     node_ids: tuple[str, ...]
     node_index: dict[str, int]
     slot_node: dict[str, int]  # slot id -> node index (one slot per node)
+    slot_nodes: np.ndarray  # slot_node's node indices, for masks that set every slot's column at once
     edge_index: torch.Tensor  # (2, E) with self-loops, both directions
     edge_weight: torch.Tensor  # (E,) symmetric GCN normalisation
     adjacency: torch.Tensor  # (N, N) sparse CSR of the same weights, rows = targets
@@ -120,7 +121,8 @@ def encode_graph(graph: ModelGraph) -> GraphEncoding:
         warnings.simplefilter("ignore", UserWarning)
         adjacency = coo.coalesce().to_sparse_csr()
     ids = tuple(node.node_id for node in nodes)
-    return GraphEncoding(ids, index, slot_node, edge_index, edge_weight, adjacency, static)
+    slot_nodes = np.fromiter(slot_node.values(), dtype=np.intp, count=len(slot_node))
+    return GraphEncoding(ids, index, slot_node, slot_nodes, edge_index, edge_weight, adjacency, static)
 
 
 def _normalised_edges(pairs: set[tuple[int, int]], n: int) -> tuple[torch.Tensor, torch.Tensor]:

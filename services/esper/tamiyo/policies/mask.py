@@ -53,6 +53,7 @@ def _stage_legal(stage: int) -> list[bool]:
 
 # Every stage's row, computed once: a mask asks for each slot of every decision.
 _STAGE_LEGAL = {int(stage): _stage_legal(int(stage)) for stage in S.values()}
+_DORMANT_LEGAL = np.array(_STAGE_LEGAL[DORMANT], dtype=bool)[:, None]  # (SLOT_ACTIONS, 1)
 
 
 def build_mask(
@@ -67,10 +68,13 @@ def build_mask(
     slots = np.zeros((SLOT_ACTIONS, n), dtype=bool)
     blueprints = np.zeros((n, v), dtype=bool)
     mask = SafetyMask(np.zeros(len(ACTIONS), dtype=bool), slots, blueprints)
-    for slot in ctx.graph.slots:
-        i = enc.slot_node.get(slot.slot_id)
+    # A slot without a seed is dormant: every slot's column at once, then the few with seeds
+    # (a pass over the graph's slots cost most of the mask).
+    slots[:, enc.slot_nodes] = _DORMANT_LEGAL
+    for slot_id, seed in ctx.seeds.items():
+        i = enc.slot_node.get(slot_id)
         if i is not None:
-            stage = ctx.stage_of(slot.slot_id)
+            stage = seed.stage
             slots[:, i] = _STAGE_LEGAL.get(stage) or _stage_legal(stage)
     _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
     slots[GERMINATE] = blueprints.any(axis=1) if v else False

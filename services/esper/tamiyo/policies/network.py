@@ -87,10 +87,29 @@ def _tiled(blocks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     return out, starts
 
 
-@functools.lru_cache(maxsize=256)  # keyed by the tensor's identity: a run's cached encoding
-def _padded(adjacency: torch.Tensor) -> torch.Tensor:
-    """One graph's adjacency as a batch of one (what a lone session's decision uses)."""
-    return block_diagonal([adjacency])
+class _SameAdjacencies:
+    """A batch's adjacencies as a cache key, equal to another only for the very same tensors
+    in the same order: each is a run's cached encoding, so the runs deciding together
+    (sessions of one model, or one run alone) ask for the same batch again and again."""
+
+    __slots__ = ("adjacencies", "_hash")
+
+    def __init__(self, adjacencies: Sequence[torch.Tensor]) -> None:
+        self.adjacencies = tuple(adjacencies)
+        self._hash = hash(tuple(map(id, self.adjacencies)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _SameAdjacencies) and len(other.adjacencies) == len(self.adjacencies)
+                and all(a is b for a, b in zip(self.adjacencies, other.adjacencies)))
+
+
+@functools.lru_cache(maxsize=256)  # holds its adjacencies, so no id is reused while cached
+def _batch_adjacency(batch: _SameAdjacencies) -> torch.Tensor:
+    """`block_diagonal` of a batch, built once per batch of the same encodings."""
+    return block_diagonal(batch.adjacencies)
 
 
 def block_diagonal(adjacencies: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -197,29 +216,32 @@ class PolicyNet(nn.Module):
         masks (see ROW_TILE: every product here is over one graph's own rows or whole tiles)."""
         k = 1 if keeps is None else keeps[0][1].shape[0]
         x, starts = _tiled([features for features, _ in graphs])
-        adjacency = _padded(graphs[0][1]) if len(graphs) == 1 else block_diagonal([a for _, a in graphs])
+        adjacency = _batch_adjacency(_SameAdjacencies([a for _, a in graphs]))
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             mixed = adjacency @ conv.lin(h)
             h = h + F.relu(mixed + conv.bias if conv.bias is not None else mixed)
-        tiled_g, g_rows = _tiled(list(g.split(1)))
-        context = F.relu(self.global_in(tiled_g))[g_rows]  # (B, H)
-        hidden, dropped = self.shape.hidden, []
-        action_starts, total = _tile_starts([k] * len(graphs))
-        pooled = h.new_zeros(total, 2 * hidden)  # [context, max over nodes] per pass, tiled
-        for i, ((features, _), start, row) in enumerate(zip(graphs, starts, action_starts)):
-            nodes = h[start : start + features.shape[0]]  # (N, H)
-            c = nodes.mean(dim=0, keepdim=True) + context[i : i + 1]  # (1, H)
-            if keeps is not None:  # broadcasting makes the K passes: (K, N, H), (K, H)
-                nodes, c = nodes * keeps[i][0], c * keeps[i][1]
-            else:
-                nodes = nodes.unsqueeze(0)
-            dropped.append((nodes, c))
-            pooled[row : row + k, :hidden] = c
-            pooled[row : row + k, hidden:] = nodes.amax(dim=1)
-        actions = self.action_head(pooled)
+        tiled_g = g.new_zeros(len(graphs), ROW_TILE, g.shape[1])  # each graph's row alone in its tile
+        tiled_g[:, 0] = g
+        context = F.relu(self.global_in(tiled_g.view(-1, g.shape[1]))).view(len(graphs), ROW_TILE, -1)[:, 0]  # (B, H)
+        # Per graph only what depends on its size (its rows' mean and max, its node masks);
+        # the rest is one op for the whole batch, elementwise, so each graph's numbers are
+        # those it gets alone.
+        sizes = [features.shape[0] for features, _ in graphs]
+        nodes = [h[start : start + n] for start, n in zip(starts, sizes)]  # (N, H) each
+        c = torch.cat([rows.mean(dim=0, keepdim=True) for rows in nodes]) + context  # (B, H)
+        if keeps is not None:  # broadcasting makes the K passes: (K, N, H), (B, K, H)
+            nodes = [rows * keep for rows, (keep, _) in zip(nodes, keeps)]
+            c = c.unsqueeze(1) * torch.stack([keep for _, keep in keeps])
+        else:
+            nodes, c = [rows.unsqueeze(0) for rows in nodes], c.unsqueeze(1)
+        hidden, block = self.shape.hidden, k + (-k) % ROW_TILE  # each graph's K passes, tiled
+        pooled = h.new_zeros(len(graphs), block, 2 * hidden)  # [context, max over nodes] per pass
+        pooled[:, :k, :hidden] = c
+        pooled[:, :k, hidden:] = torch.stack([rows.amax(dim=1) for rows in nodes])
+        actions = self.action_head(pooled.view(-1, 2 * hidden))
         head = (self.node_head.weight.detach(), self.node_head.bias.detach(), self.shape)
-        return [GraphOutputs(actions[a : a + k], nodes, c, *head) for a, (nodes, c) in zip(action_starts, dropped)]
+        return [GraphOutputs(actions[i * block : i * block + k], rows, c[i], *head) for i, rows in enumerate(nodes)]
 
 
 @dataclass(frozen=True)
