@@ -27,7 +27,7 @@ from esper.tamiyo.policies.artifact import (
 from esper.tamiyo.policies.features import FEATURE_SCHEMA, NODE_FEATURES, encode_graph
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
-from esper.tamiyo.policies.network import DropoutBank, NetworkShape, PolicyNet, propagate
+from esper.tamiyo.policies.network import DropoutBank, NetworkShape, PolicyNet, propagate, tile
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
 
@@ -294,7 +294,7 @@ def test_batched_inference_computes_the_trained_forward() -> None:
     g = torch.randn(len(graphs), net.shape.global_features)
     with torch.inference_mode():
         keeps = net.dropout_keeps([len(x) for x, _ in graphs], torch.Generator().manual_seed(1), passes=5)
-        batched = net.infer(graphs, g, keeps)
+        batched = net.infer(tile([x for x, _ in graphs])[0], [adjacency for _, adjacency in graphs], g, keeps)
         generator = torch.Generator().manual_seed(1)
         for i, (x, adjacency) in enumerate(graphs):
             actions, slots, blueprints = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5)[:3]

@@ -9,6 +9,7 @@ import pytest
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
+from esper.policy.context import graph_digest
 from esper.tamiyo.runs import RunRegistry, RunState
 from esper.tamiyo.validation import (
     InvalidInput,
@@ -89,6 +90,15 @@ def test_unknown_slot_ids_are_reported() -> None:
     r = run()
     assert r.take_seeds(snapshot(1, seeds=[seed("s0", 3), seed("nope", 3)])) == ["nope"]
     assert set(r.seeds) == {"s0"}
+
+
+def test_a_runs_graph_digest_is_its_graphs_and_follows_a_reopen() -> None:
+    """The digest a run hands its policy contexts (the learned policy's encoding key) is its
+    graph's, computed once per graph, and a reopen with another graph gets that one's."""
+    r = run()
+    assert r.graph_digest == graph_digest(r.graph) and r.graph_digest is r.graph_digest
+    r.reconcile(SessionOpen(run_id="r", graph=graph(7)), "gnn")
+    assert r.graph_digest == graph_digest(graph(7)) != graph_digest(graph(4))
 
 
 def test_registry_forgets_least_recently_used() -> None:

@@ -4,6 +4,7 @@ process can host and afford, the seed states, the history it needs and a candida
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,12 @@ _EMBARGOED = int(SeedStage.SEED_STAGE_EMBARGOED)
 # Validation losses kept per run: plateau detection looks back a handful of epochs, and a
 # bounded list keeps a long run's state small.
 MAX_VAL_LOSS_HISTORY = 256
+
+
+def graph_digest(graph: ModelGraph) -> str:
+    """The graph's SHA-256 (of its deterministic encoding): equal graphs, whoever sent them,
+    share what a policy derives from them (the learned policy's encoding)."""
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 @dataclass
@@ -58,6 +65,9 @@ class PolicyContext:
     ignored_slot_ids: tuple[str, ...] = ()
     # The graph's slot ids (read once per decision: a pass over the graph costs ~10 us).
     slot_ids: frozenset[str] = frozenset()
+    # `graph_digest(graph)` where the caller keeps it (Tamiyo's run: once per graph, where a
+    # decision's hash of a 100-node graph cost ~20 us); "" when not known.
+    graph_digest: str = ""
 
     @classmethod
     def build(
@@ -71,6 +81,7 @@ class PolicyContext:
         history: RunHistory | None = None,
         candidates: CandidateProvider | None = None,
         run_id: str | None = None,
+        graph_digest: str = "",
     ) -> PolicyContext:
         """A context from a snapshot. Seeds default to the snapshot's; seeds naming slots the
         graph does not have are dropped and listed in `ignored_slot_ids`."""
@@ -91,6 +102,7 @@ class PolicyContext:
             candidates=candidates or NoCandidateProvider(),
             ignored_slot_ids=tuple(ignored),
             slot_ids=known,
+            graph_digest=graph_digest,
         )
 
     @property

@@ -42,8 +42,10 @@ class Decider:
         seeds: dict[str, SeedState] | None = None,
         history: RunHistory | None = None,
         run_id: str | None = None,
+        graph_digest: str = "",
     ) -> AdaptationDecision:
-        """Raises PolicyUnavailable for an unknown or unloaded policy."""
+        """Raises PolicyUnavailable for an unknown or unloaded policy. `graph_digest`: the
+        graph's, where the caller keeps it (esper.policy.PolicyContext.graph_digest)."""
         policy = self.policies.get(policy_name)
         provider = await self.urza.fetch(graph, capabilities, budget)
         if provider.unavailable_reason is None and provider.empty_slots(graph):
@@ -53,7 +55,7 @@ class Decider:
                     f"Urza has no kernel for this run's slots yet; {self.supply.reason()}")
         ctx = PolicyContext.build(
             snapshot, graph, capabilities=capabilities, budget=budget, seeds=seeds,
-            history=history, candidates=provider, run_id=run_id,
+            history=history, candidates=provider, run_id=run_id, graph_digest=graph_digest,
         )
         if policy is self.policies.heuristic:
             return policy.decide(ctx)

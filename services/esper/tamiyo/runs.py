@@ -16,6 +16,7 @@ from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import FieldReport
 from esper.policy import RunHistory
+from esper.policy.context import graph_digest
 from esper.runtime.auth import ANONYMOUS
 from esper.runtime.errors import PermissionDenied
 from esper.runtime.limits import MAX_COUNTER
@@ -64,6 +65,7 @@ class RunState:
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _slot_ids: tuple | None = field(default=None, repr=False, compare=False)
+    _graph_digest: tuple | None = field(default=None, repr=False, compare=False)
     # The identity that opened the run (esper.runtime.auth): only it may resume it.
     owner: str = ANONYMOUS
     max_step_advance: int = DEFAULT_MAX_STEP_ADVANCE
@@ -125,6 +127,14 @@ class RunState:
         cached = self._slot_ids
         if cached is None or cached[0] is not self.graph:
             cached = self._slot_ids = (self.graph, frozenset(s.slot_id for s in self.graph.slots))
+        return cached[1]
+
+    @property
+    def graph_digest(self) -> str:
+        """The graph's digest (esper.policy.context.graph_digest), hashed once per graph."""
+        cached = self._graph_digest
+        if cached is None or cached[0] is not self.graph:
+            cached = self._graph_digest = (self.graph, graph_digest(self.graph))
         return cached[1]
 
     def take_seeds(self, snapshot: TrainingSnapshot) -> list[str]:

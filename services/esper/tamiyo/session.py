@@ -239,7 +239,7 @@ class SessionProtocol:
         try:
             decision = await self.shared.decider.decide(
                 run.policy, snapshot, run.graph, run.capabilities, run.budget,
-                seeds=run.seeds, history=run.history, run_id=run.run_id)
+                seeds=run.seeds, history=run.history, run_id=run.run_id, graph_digest=run.graph_digest)
         except PolicyUnavailable as exc:  # e.g. the gnn was unloaded under the session
             log.warning("policy unavailable", extra={"run_id": run.run_id, "error": str(exc)})
             return None

@@ -11,9 +11,9 @@ squashed to a bounded range and NaN/Inf become 0, so hostile snapshots cannot po
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
 from esper.policy import budget as budgeting
-from esper.policy.context import PolicyContext
+from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
@@ -87,7 +87,7 @@ class GraphEncoding:
 
 
 def graph_key(graph: ModelGraph) -> str:
-    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+    return graph_digest(graph)
 
 
 def encode_graph(graph: ModelGraph) -> GraphEncoding:
@@ -154,17 +154,36 @@ def _health_row(h: LayerHealth) -> list[float]:
     ]
 
 
-def _zero_non_finite(a: np.ndarray) -> None:
-    """NaN and +-Inf become 0, in place: np.nan_to_num's result, without its Python-level
-    checks (~20 us a call, twice per decision)."""
+def _bounded(a: np.ndarray) -> np.ndarray:
+    """`a` with NaN and +-Inf at 0 and clipped to FEATURE_CLIP, in place: np.nan_to_num's
+    result without its Python-level checks (~20 us a call). Elementwise, so a batch's
+    features are bounded in one go exactly as each decision's alone."""
     bad = ~np.isfinite(a)
     if bad.any():
         a[bad] = 0.0
+    return np.clip(a, -FEATURE_CLIP, FEATURE_CLIP, out=a)
 
 
 def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
     """(N, NODE_FEATURES) for this snapshot."""
     x = np.zeros((enc.num_nodes, NODE_FEATURES), dtype=np.float32)
+    _write_node_features(x, ctx, enc)
+    return _bounded(x)
+
+
+def batch_node_features(graphs: Sequence[tuple[PolicyContext, GraphEncoding]], starts: Sequence[int],
+                        rows: int) -> np.ndarray:
+    """`node_features` of several graphs in one (rows, NODE_FEATURES) array, graph i's from
+    row starts[i] (a batch's layout: esper.tamiyo.policies.network.tile_starts), the other
+    rows 0; bounded once for the batch."""
+    x = np.zeros((rows, NODE_FEATURES), dtype=np.float32)
+    for (ctx, enc), start in zip(graphs, starts):
+        _write_node_features(x[start : start + enc.num_nodes], ctx, enc)
+    return _bounded(x)
+
+
+def _write_node_features(x: np.ndarray, ctx: PolicyContext, enc: GraphEncoding) -> None:
+    """The features into `x` (N zero rows), unbounded."""
     x[:, :STATIC_FEATURES] = enc.static
     h0, s0 = STATIC_FEATURES, STATIC_FEATURES + HEALTH_FEATURES
     for h in ctx.snapshot.layers:
@@ -188,8 +207,6 @@ def node_features(ctx: PolicyContext, enc: GraphEncoding) -> np.ndarray:
             1.0 if m.non_finite_count else 0.0,
             1.0 if ctx.is_embargoed(slot_id) else 0.0,
         ]
-    _zero_non_finite(x)
-    return np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
 
 def _pace(val_losses) -> float:
@@ -201,13 +218,22 @@ def _pace(val_losses) -> float:
 
 def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.ndarray:
     """(GLOBAL_FEATURES,) from the metrics, history and budget."""
+    return _bounded(np.array(_global_row(ctx, patience, min_delta), dtype=np.float32))
+
+
+def batch_global_features(contexts: Sequence[PolicyContext], patience: int, min_delta: float) -> np.ndarray:
+    """(B, GLOBAL_FEATURES): `global_features` of each context, bounded once for the batch."""
+    return _bounded(np.array([_global_row(ctx, patience, min_delta) for ctx in contexts], dtype=np.float32))
+
+
+def _global_row(ctx: PolicyContext, patience: int, min_delta: float) -> list[float]:
     m = ctx.snapshot.metrics
     limit = ctx.budget.max_added_params
     used = budgeting.params_used(ctx) / limit if limit else 0.0
     live_limit = ctx.capabilities.max_live_seeds
     live = sum(1 for s in ctx.seeds.values() if s.stage in LIVE_STAGES)
     lr = m.learning_rate
-    g = np.array([
+    return [
         math.log1p(max(0.0, _safe(m.train_loss))),
         math.log1p(max(0.0, _safe(m.val_loss))),
         _safe(m.val_accuracy),
@@ -218,6 +244,4 @@ def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.n
         math.log10(lr) / 5.0 if math.isfinite(lr) and lr > 0 else 0.0,
         1.0 if limit and used >= 1.0 else 0.0,
         _pace(ctx.history.val_losses),
-    ], dtype=np.float32)
-    _zero_non_finite(g)
-    return np.clip(g, -FEATURE_CLIP, FEATURE_CLIP, out=g)
+    ]

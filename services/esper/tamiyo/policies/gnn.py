@@ -38,13 +38,19 @@ from esper.policy.safety import live_seed_limit, violation
 from esper.tamiyo.policies.artifact import PolicyArtifact, load_policy
 from esper.tamiyo.policies.features import (
     GraphEncoding,
+    batch_global_features,
+    batch_node_features,
     encode_graph,
-    global_features,
     graph_key,
-    node_features,
 )
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
-from esper.tamiyo.policies.network import DropoutBank, GraphOutputs, NetworkShape, PolicyNet
+from esper.tamiyo.policies.network import (
+    DropoutBank,
+    GraphOutputs,
+    NetworkShape,
+    PolicyNet,
+    tile_starts,
+)
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 
 POLICY_NAME = "gnn"
@@ -168,7 +174,7 @@ class GnnPolicy:
     # -- encoding ---------------------------------------------------------------------------
 
     def encoding(self, ctx: PolicyContext) -> GraphEncoding:
-        key = graph_key(ctx.graph)
+        key = ctx.graph_digest or graph_key(ctx.graph)
         with self._graphs_lock:
             enc = self._graphs.get(key)
             if enc is not None:
@@ -239,13 +245,14 @@ class GnnPolicy:
     def forward_passes(self, graphs: Sequence[tuple[PolicyContext, GraphEncoding]]) -> list[GraphOutputs]:
         """K MC-dropout passes for each graph, all in one forward."""
         hc = self.heuristic.config
-        nodes = [(torch.from_numpy(node_features(ctx, enc)), enc.adjacency) for ctx, enc in graphs]
-        g = torch.from_numpy(np.stack([global_features(ctx, hc.plateau_patience, hc.plateau_min_delta)
-                                       for ctx, _ in graphs]))
+        starts, rows = tile_starts([enc.num_nodes for _, enc in graphs])
+        x = torch.from_numpy(batch_node_features(graphs, starts, rows))  # the layout infer takes
+        g = torch.from_numpy(batch_global_features([ctx for ctx, _ in graphs], hc.plateau_patience,
+                                                   hc.plateau_min_delta))
         bank = self._bank()
         keeps = bank.keeps([enc.num_nodes for _, enc in graphs]) if bank else None
         with torch.inference_mode():
-            return self.net.infer(nodes, g, keeps)
+            return self.net.infer(x, [enc.adjacency for _, enc in graphs], g, keeps)
 
     def _bank(self) -> DropoutBank | None:
         """The dropout masks of the net in use (Simic and tests may swap `net`); None: no

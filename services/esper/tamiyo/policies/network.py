@@ -67,7 +67,7 @@ ROW_TILE = 16
 BANK_ROWS = 128
 
 
-def _tile_starts(rows: Sequence[int]) -> tuple[list[int], int]:
+def tile_starts(rows: Sequence[int]) -> tuple[list[int], int]:
     """Each block's first row when blocks of these row counts are stacked, each padded to a
     multiple of ROW_TILE; and the total."""
     starts, row = [], 0
@@ -77,10 +77,10 @@ def _tile_starts(rows: Sequence[int]) -> tuple[list[int], int]:
     return starts, row
 
 
-def _tiled(blocks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+def tile(blocks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     """The blocks' rows stacked, each block padded with zero rows to a multiple of
     ROW_TILE; returns the stack and each block's first row."""
-    starts, total = _tile_starts([block.shape[0] for block in blocks])
+    starts, total = tile_starts([block.shape[0] for block in blocks])
     out = blocks[0].new_zeros(total, *blocks[0].shape[1:])
     for block, start in zip(blocks, starts):
         out[start : start + block.shape[0]] = block
@@ -114,7 +114,7 @@ def _batch_adjacency(batch: _SameAdjacencies) -> torch.Tensor:
 
 def block_diagonal(adjacencies: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sparse CSR (N, N) adjacencies as one disjoint graph, torch-geometric's way of
-    batching graphs: graph i's nodes follow graph i-1's (padded, like `_tiled`, with
+    batching graphs: graph i's nodes follow graph i-1's (padded, like `tile`, with
     isolated nodes) and no edge crosses graphs. Each row keeps its entries in their order,
     so a node's aggregation is the same sum as in its own graph. Built from the cached CSR
     parts: torch_geometric's Batch.from_data_list and a COO->CSR conversion cost more than
@@ -203,31 +203,35 @@ class PolicyNet(nn.Module):
         return [(factors((k, n, hidden)), factors((k, hidden))) for n in sizes]
 
     def infer(
-        self, graphs: Sequence[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor,
+        self, x: torch.Tensor, adjacencies: Sequence[torch.Tensor], g: torch.Tensor,
         keeps: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[GraphOutputs]:
         """`forward` for a batch of graphs outside training, without the value head (no
-        decision reads it): `graphs` are (node features (N, F), adjacency (N, N) CSR) each,
-        g (B, G), `keeps` their MC-dropout factors (K passes each: `dropout_keeps`, or a
-        DropoutBank's). The graph layers run once over all graphs as one disjoint graph and
+        decision reads it): x is their node features as `tile` stacks them (graph i's N_i
+        rows from tile_starts' i-th row: built so, they need no copy), `adjacencies` their
+        (N_i, N_i) CSR adjacencies, g (B, G), `keeps` their MC-dropout factors (K passes
+        each: `dropout_keeps`, or a DropoutBank's). The graph layers run once over all graphs as one disjoint graph and
         the action head once over all passes; the node head is left to each graph's
         GraphOutputs, which a decision asks for one slot action's column and one node's
         blueprints only. A graph's outputs are exactly those it gets alone with the same
         masks (see ROW_TILE: every product here is over one graph's own rows or whole tiles)."""
         k = 1 if keeps is None else keeps[0][1].shape[0]
-        x, starts = _tiled([features for features, _ in graphs])
-        adjacency = _batch_adjacency(_SameAdjacencies([a for _, a in graphs]))
+        sizes = [adjacency.shape[0] for adjacency in adjacencies]
+        starts, rows = tile_starts(sizes)
+        if x.shape[0] != rows:
+            raise ValueError(f"infer: {x.shape[0]} feature rows, the tiled graphs have {rows}")
+        adjacency = _batch_adjacency(_SameAdjacencies(adjacencies))
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             mixed = adjacency @ conv.lin(h)
             h = h + F.relu(mixed + conv.bias if conv.bias is not None else mixed)
-        tiled_g = g.new_zeros(len(graphs), ROW_TILE, g.shape[1])  # each graph's row alone in its tile
+        batch = len(adjacencies)
+        tiled_g = g.new_zeros(batch, ROW_TILE, g.shape[1])  # each graph's row alone in its tile
         tiled_g[:, 0] = g
-        context = F.relu(self.global_in(tiled_g.view(-1, g.shape[1]))).view(len(graphs), ROW_TILE, -1)[:, 0]  # (B, H)
+        context = F.relu(self.global_in(tiled_g.view(-1, g.shape[1]))).view(batch, ROW_TILE, -1)[:, 0]  # (B, H)
         # Per graph only what depends on its size (its rows' mean and max, its node masks);
         # the rest is one op for the whole batch, elementwise, so each graph's numbers are
         # those it gets alone.
-        sizes = [features.shape[0] for features, _ in graphs]
         nodes = [h[start : start + n] for start, n in zip(starts, sizes)]  # (N, H) each
         c = torch.cat([rows.mean(dim=0, keepdim=True) for rows in nodes]) + context  # (B, H)
         if keeps is not None:  # broadcasting makes the K passes: (K, N, H), (B, K, H)
@@ -236,7 +240,7 @@ class PolicyNet(nn.Module):
         else:
             nodes, c = [rows.unsqueeze(0) for rows in nodes], c.unsqueeze(1)
         hidden, block = self.shape.hidden, k + (-k) % ROW_TILE  # each graph's K passes, tiled
-        pooled = h.new_zeros(len(graphs), block, 2 * hidden)  # [context, max over nodes] per pass
+        pooled = h.new_zeros(batch, block, 2 * hidden)  # [context, max over nodes] per pass
         pooled[:, :k, :hidden] = c
         pooled[:, :k, hidden:] = torch.stack([rows.amax(dim=1) for rows in nodes])
         actions = self.action_head(pooled.view(-1, 2 * hidden))
