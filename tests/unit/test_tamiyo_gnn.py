@@ -27,7 +27,15 @@ from esper.tamiyo.policies.artifact import (
 from esper.tamiyo.policies.features import FEATURE_SCHEMA, NODE_FEATURES, encode_graph
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
-from esper.tamiyo.policies.network import DropoutBank, NetworkShape, PolicyNet, propagate, tile
+from esper.tamiyo.policies.network import (
+    DropoutBank,
+    NetworkShape,
+    PolicyNet,
+    _BatchAdjacencies,
+    block_diagonal,
+    propagate,
+    tile,
+)
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
 
@@ -305,6 +313,20 @@ def test_batched_inference_computes_the_trained_forward() -> None:
                 assert torch.allclose(out.slot_logits(a), slots[..., a], atol=1e-5)
             for node in range(len(x)):
                 assert torch.allclose(out.blueprint_logits(node), blueprints[:, node], atol=1e-5)
+
+
+def test_batch_adjacencies_are_kept_per_batch_of_encodings_and_bounded() -> None:
+    """A batch of the same encodings, in the same order, gets the block-diagonal adjacency
+    built for it before; another order is another batch; the kept entries stay within the
+    bound, least recently used out first."""
+    a, b = (encode_graph(graph(n)).adjacency for n in (5, 9))
+    size = block_diagonal([a, b]).values().numel()
+    kept = _BatchAdjacencies(max_entries=2 * size)
+    first = kept.get([a, b])
+    assert kept.get([a, b]) is first and kept.get([b, a]) is not first
+    assert torch.equal(kept.get([b, a]).to_dense(), block_diagonal([b, a]).to_dense())
+    kept.get([a, b, a])  # over the bound: the least recently used goes
+    assert kept.get([a, b]) is not first and kept._entries <= 2 * size
 
 
 def test_dropout_masks_are_a_function_of_the_seed_and_graph_size() -> None:

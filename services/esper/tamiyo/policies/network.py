@@ -14,9 +14,9 @@ graphs: their nodes stacked into one disjoint graph (a block-diagonal adjacency,
 
 from __future__ import annotations
 
-import functools
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -87,29 +87,44 @@ def tile(blocks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     return out, starts
 
 
-class _SameAdjacencies:
-    """A batch's adjacencies as a cache key, equal to another only for the very same tensors
-    in the same order: each is a run's cached encoding, so the runs deciding together
-    (sessions of one model, or one run alone) ask for the same batch again and again."""
-
-    __slots__ = ("adjacencies", "_hash")
-
-    def __init__(self, adjacencies: Sequence[torch.Tensor]) -> None:
-        self.adjacencies = tuple(adjacencies)
-        self._hash = hash(tuple(map(id, self.adjacencies)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, _SameAdjacencies) and len(other.adjacencies) == len(self.adjacencies)
-                and all(a is b for a, b in zip(self.adjacencies, other.adjacencies)))
+# Entries (edges with self-loops) of the batch adjacencies kept, ~16 bytes each: ~32 MB. The
+# sessions of one model need one batch per batch size.
+BATCH_ADJACENCY_ENTRIES = 2**21
 
 
-@functools.lru_cache(maxsize=256)  # holds its adjacencies, so no id is reused while cached
-def _batch_adjacency(batch: _SameAdjacencies) -> torch.Tensor:
-    """`block_diagonal` of a batch, built once per batch of the same encodings."""
-    return block_diagonal(batch.adjacencies)
+class _BatchAdjacencies:
+    """`block_diagonal` of the batches seen lately, keyed by their adjacencies' identities
+    in order: each is a run's cached encoding, so runs deciding together (sessions of one
+    model, or one run alone) ask for the same batch again and again. An entry holds its
+    adjacencies, so their ids are not reused while it is kept; least recently used out first
+    once the entries pass `max_entries` (many large graphs in ever new batches)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._batches: OrderedDict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], torch.Tensor]] = OrderedDict()
+        self._entries = 0
+        self._lock = threading.Lock()  # decisions run on a pool of threads
+
+    def get(self, adjacencies: Sequence[torch.Tensor]) -> torch.Tensor:
+        key = tuple(map(id, adjacencies))
+        with self._lock:
+            kept = self._batches.get(key)
+            if kept is not None:
+                self._batches.move_to_end(key)
+                return kept[1]
+        batch = block_diagonal(adjacencies)  # outside the lock: two threads may both build it, alike
+        size = batch.values().numel()
+        with self._lock:
+            if size <= self.max_entries and key not in self._batches:
+                self._batches[key] = (tuple(adjacencies), batch)
+                self._entries += size
+                while self._entries > self.max_entries:
+                    _, (_, dropped) = self._batches.popitem(last=False)
+                    self._entries -= dropped.values().numel()
+        return batch
+
+
+_BATCH_ADJACENCIES = _BatchAdjacencies(BATCH_ADJACENCY_ENTRIES)
 
 
 def block_diagonal(adjacencies: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -220,7 +235,7 @@ class PolicyNet(nn.Module):
         starts, rows = tile_starts(sizes)
         if x.shape[0] != rows:
             raise ValueError(f"infer: {x.shape[0]} feature rows, the tiled graphs have {rows}")
-        adjacency = _batch_adjacency(_SameAdjacencies(adjacencies))
+        adjacency = _BATCH_ADJACENCIES.get(adjacencies)
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             mixed = adjacency @ conv.lin(h)
