@@ -86,6 +86,7 @@ class Context:
     quick: bool = False
     work_dir: Path = Path(tempfile.gettempdir())  # where the learned policy is cached
     lr_schedule: str = "constant"  # loop.LR_SCHEDULES
+    flops_weight: float | None = None  # the esper arm's HeuristicConfig.flops_weight (None: default)
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -225,7 +226,11 @@ def _fossil(morph, state) -> dict:
 
 
 def run_esper(ctx: Context) -> dict:
-    record, _ = _grown(ctx, "local")
+    if ctx.flops_weight is None:
+        record, _ = _grown(ctx, "local")
+        return record
+    config = dataclasses.replace(LOCAL_HEURISTIC, flops_weight=ctx.flops_weight)
+    record, _ = _grown(ctx, LocalPolicy(config=config))
     return record
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
                         "FLOP-matched controls are then second runs whose schedule ends at "
                         "Esper's FLOPs), or constant (they are read where their run crossed "
                         "Esper's FLOPs)")
+    p.add_argument("--flops-weight", type=_weight, default=None, metavar="W",
+                   help="the esper arm's HeuristicConfig.flops_weight (default: the local "
+                        "heuristic's, 0: compute unpriced); the arms that follow Esper's run "
+                        "follow whatever it grew")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
+                         "flops_weight": args.flops_weight,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -116,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         h = result["hosts"][host] = {"runs": {}, "unavailable": {}, "summary": {}}
         for i in range(args.first_seed, args.first_seed + args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
-                          quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule)
+                          quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
+                          flops_weight=args.flops_weight)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
@@ -162,6 +169,13 @@ def config_mismatch(ours: dict, theirs: dict) -> str | None:
         if ours.get(key, default) != theirs.get(key, default):
             return f"config {key} differs: {ours.get(key, default)} vs {theirs.get(key, default)}"
     return None
+
+
+def _weight(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _family(host: str) -> str:

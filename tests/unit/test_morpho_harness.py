@@ -303,3 +303,13 @@ def test_at_a_constant_rate_a_flop_milestone_is_read_where_the_run_crosses_it(on
     assert half["reached"] and half["flops"] >= 4.5 * per_step and 1 < half["epoch"] < 2
     assert not never["reached"] and never["flops"] == record["flops"]["total"]
     assert optimizer.param_groups[0]["lr"] == 1e-3  # no schedule
+
+
+def test_flops_weight_is_checked_and_recorded() -> None:
+    from morpho.cli import parser
+
+    assert parser().parse_args(["--flops-weight", "0.5"]).flops_weight == 0.5
+    assert parser().parse_args([]).flops_weight is None  # the local heuristic's default
+    for bad in ("-1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--flops-weight", bad])

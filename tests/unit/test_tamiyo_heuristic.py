@@ -259,7 +259,9 @@ def test_compute_hungry_kernel_pays_for_its_flops() -> None:
     # example): a 3x3 residual block against a squeeze-excitation block.
     hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296, risk=0.1), 460_000)
     cheap = _with_flops(candidate("BP-CONV-SE", params=41, risk=0.1), 9_400)
-    config = policy.config
+    assert policy.config.flops_weight == 0.0  # opt-in
+    priced = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, flops_weight=0.5))
+    config = priced.config
     assert benefit_per_cost(hungry, config) > benefit_per_cost(cheap, config)  # unpriced
     assert benefit_per_cost(hungry, config, 174_000.0) < benefit_per_cost(cheap, config, 174_000.0)
     free = HeuristicConfig(flops_weight=0.0)
@@ -270,7 +272,8 @@ def test_compute_hungry_kernel_pays_for_its_flops() -> None:
     assert compute_cost(174_000, 174_000.0, config) == pytest.approx(config.flops_weight)
 
     ctx = context(candidates=[hungry, cheap])
-    assert policy.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"
+    assert priced.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"
     ctx.snapshot.resources.model_flops_per_example = 174_000.0
-    d = policy.decide(ctx)
+    assert policy.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"  # the default
+    d = priced.decide(ctx)
     assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0", d.rationale
