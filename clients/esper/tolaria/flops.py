@@ -60,13 +60,18 @@ class FlopMeter:
         self._advance(step)
         self.per_step = self._measure()
 
-    def totals(self, step: int) -> tuple[float, float] | None:
-        """(host, seed) training FLOPs of steps 1..`step`, or None if never measured."""
+    def _rate(self) -> tuple[float, float] | None:
+        """(host, seeds) FLOPs of a step now, measured on first need; None if unmeasurable."""
         if self.per_step is None:
             self.per_step = self._measure()
-        if self.per_step is None:
+        return self.per_step
+
+    def totals(self, step: int) -> tuple[float, float] | None:
+        """(host, seed) training FLOPs of steps 1..`step`, or None if never measured."""
+        rate = self._rate()
+        if rate is None:
             return None
-        host, seeds = self.per_step
+        host, seeds = rate
         return (self.done[0] + (step - self.since) * host,
                 self.done[1] + (step - self.since) * seeds)
 
@@ -74,11 +79,8 @@ class FlopMeter:
         """Forward FLOPs of one example through the model as it computes now (host and
         seeds), the scale a policy prices a kernel's FLOPs against; 0.0 before the first
         training forward or when the model cannot be measured."""
-        if self.per_step is None:
-            self.per_step = self._measure()
-        if self.per_step is None:
-            return 0.0
-        return sum(self.per_step) / (FORWARDS_PER_STEP * self.batch_size)
+        rate = self._rate()
+        return sum(rate) / (FORWARDS_PER_STEP * self.batch_size) if rate else 0.0
 
     def state_dict(self, step: int) -> dict:
         """The FLOPs of steps 1..`step` (a resumed run measures its own rate again)."""

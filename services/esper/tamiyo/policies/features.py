@@ -23,7 +23,7 @@ from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
 from esper.policy import budget as budgeting
-from esper.policy.context import PolicyContext, graph_digest
+from esper.policy.context import PolicyContext
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
@@ -84,10 +84,6 @@ class GraphEncoding:
     @property
     def num_nodes(self) -> int:
         return len(self.node_ids)
-
-
-def graph_key(graph: ModelGraph) -> str:
-    return graph_digest(graph)
 
 
 def encode_graph(graph: ModelGraph) -> GraphEncoding:

@@ -31,7 +31,7 @@ from esper.leyline.v1.control_pb2 import (
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedState
 from esper.policy import budget as budgeting
-from esper.policy.context import PolicyContext
+from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.decisions import Action, make_decision
 from esper.policy.heuristic import HeuristicPolicy, blend_schedule
 from esper.policy.safety import live_seed_limit, violation
@@ -41,7 +41,6 @@ from esper.tamiyo.policies.features import (
     batch_global_features,
     batch_node_features,
     encode_graph,
-    graph_key,
 )
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
 from esper.tamiyo.policies.network import (
@@ -174,7 +173,7 @@ class GnnPolicy:
     # -- encoding ---------------------------------------------------------------------------
 
     def encoding(self, ctx: PolicyContext) -> GraphEncoding:
-        key = ctx.graph_digest or graph_key(ctx.graph)
+        key = ctx.graph_digest or graph_digest(ctx.graph)
         with self._graphs_lock:
             enc = self._graphs.get(key)
             if enc is not None:

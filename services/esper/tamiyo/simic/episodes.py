@@ -30,10 +30,10 @@ from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
 from esper.leyline.v1.urza_pb2 import KernelCandidate
 from esper.policy import budget as budgeting
 from esper.policy.base import Policy
-from esper.policy.context import PolicyContext
+from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.policy.safety import live_seed_limit, violation
-from esper.tamiyo.policies.features import encode_graph, graph_key
+from esper.tamiyo.policies.features import encode_graph
 from esper.tamiyo.policies.mask import build_mask
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.actions import decision_for, random_choice
@@ -138,7 +138,7 @@ class ExploringHeuristic:
     def decide(self, ctx: PolicyContext) -> AdaptationDecision:
         if self.rng.random() >= self.epsilon:
             return self.heuristic.decide(ctx)
-        key = graph_key(ctx.graph)
+        key = graph_digest(ctx.graph)
         enc = self._encodings.setdefault(key, encode_graph(ctx.graph))
         c = self.heuristic.config
         risk, live = budgeting.max_risk(ctx, c.max_risk), live_seed_limit(ctx, c.max_live_seeds)

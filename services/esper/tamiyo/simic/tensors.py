@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from esper.policy import budget as budgeting
+from esper.policy.context import graph_digest
 from esper.policy.heuristic import HeuristicConfig
 from esper.policy.safety import live_seed_limit
 from esper.tamiyo.policies.features import (
     GraphEncoding,
     encode_graph,
     global_features,
-    graph_key,
     node_features,
 )
 from esper.tamiyo.policies.mask import build_mask
@@ -83,7 +83,7 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
     encodings: dict[str, GraphEncoding] = {}
     out = TensorSet([])
     for t in transitions:
-        key = graph_key(t.episode.open.graph)
+        key = graph_digest(t.episode.open.graph)
         enc = encodings.get(key) or encodings.setdefault(key, encode_graph(t.episode.open.graph))
         choice = indices(t.decision, enc, vocab)
         if choice is None:
