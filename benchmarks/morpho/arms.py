@@ -87,6 +87,9 @@ class Context:
     work_dir: Path = Path(tempfile.gettempdir())  # where the learned policy is cached
     lr_schedule: str = "constant"  # loop.LR_SCHEDULES
     flops_weight: float | None = None  # the esper arm's HeuristicConfig.flops_weight (None: default)
+    # KasminaConfig.slot_depth of every grown arm (Esper and the random and scheduled
+    # growth that replay its seed count or seeds, whose slots must exist in their runs too).
+    slot_depth: int = 1
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -176,6 +179,8 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
+    if kasmina is None and ctx.slot_depth != 1:
+        kasmina = KasminaConfig(slot_depth=ctx.slot_depth)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
                                    config=config, blueprints=blueprints, kasmina=kasmina)
@@ -225,12 +230,16 @@ def _fossil(morph, state) -> dict:
     return record
 
 
-def run_esper(ctx: Context) -> dict:
+def _esper_policy(ctx: Context) -> str | LocalPolicy:
+    """The esper arms' policy: the local heuristic at its defaults, or with compute priced
+    at --flops-weight."""
     if ctx.flops_weight is None:
-        record, _ = _grown(ctx, "local")
-        return record
-    config = dataclasses.replace(LOCAL_HEURISTIC, flops_weight=ctx.flops_weight)
-    record, _ = _grown(ctx, LocalPolicy(config=config))
+        return "local"
+    return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, flops_weight=ctx.flops_weight))
+
+
+def run_esper(ctx: Context) -> dict:
+    record, _ = _grown(ctx, _esper_policy(ctx))
     return record
 
 
@@ -243,9 +252,10 @@ def run_esper_width(ctx: Context) -> dict:
 
 
 def run_esper_stack(ctx: Context) -> dict:
-    """Esper at its defaults with seeds that stack (KasminaConfig.slot_depth=STACK_DEPTH):
-    the policy and the parameter budget, not one slot per layer, end growth."""
-    record, _ = _grown(ctx, "local", kasmina=KasminaConfig(slot_depth=STACK_DEPTH))
+    """Esper (at its defaults, or priced at --flops-weight) with seeds that stack
+    (KasminaConfig.slot_depth=STACK_DEPTH): the policy and the parameter budget, not one
+    slot per layer, end growth."""
+    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH))
     return record
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from esper.kasmina.config import MAX_SLOT_DEPTH
+
 from . import data as data_mod
 from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
@@ -56,9 +58,12 @@ def parser() -> argparse.ArgumentParser:
                         "Esper's FLOPs), or constant (they are read where their run crossed "
                         "Esper's FLOPs)")
     p.add_argument("--flops-weight", type=_weight, default=None, metavar="W",
-                   help="the esper arm's HeuristicConfig.flops_weight (default: the local "
+                   help="the esper and esper-stack arms' HeuristicConfig.flops_weight (default: the local "
                         "heuristic's, 0: compute unpriced); the arms that follow Esper's run "
                         "follow whatever it grew")
+    p.add_argument("--slot-depth", type=_depth, default=1, metavar="N",
+                   help="seeds that stack: KasminaConfig.slot_depth of every grown arm (Esper, "
+                        "random growth, the fixed schedule; default 1, one seed per slot)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
-                         "flops_weight": args.flops_weight,
+                         "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.first_seed, args.first_seed + args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
-                          flops_weight=args.flops_weight)
+                          flops_weight=args.flops_weight, slot_depth=args.slot_depth)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
@@ -175,6 +180,16 @@ def _weight(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SLOT_DEPTH:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_SLOT_DEPTH}, got {text!r}")
     return value
 
 
