@@ -313,3 +313,25 @@ def test_flops_weight_is_checked_and_recorded() -> None:
     for bad in ("-1", "nan", "inf", "x"):
         with pytest.raises(SystemExit):
             parser().parse_args(["--flops-weight", bad])
+
+
+def test_slot_depth_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
+    from morpho.arms import Context, _grown
+    from morpho.cli import parser
+    from morpho.data import Splits
+
+    assert parser().parse_args(["--slot-depth", "3"]).slot_depth == 3
+    assert parser().parse_args([]).slot_depth == 1
+    for bad in ("0", "9", "2.5", "x"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--slot-depth", bad])
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    data = Splits(*images(8), *images(4), *images(4), batch_size=4)
+    for depth, stacked in ((1, set()), (2, {"fc1@2", "fc2@2"})):
+        ctx = Context(host="mlp", seed=7, epochs=1, data=data, slot_depth=depth)
+        _, morph = _grown(ctx, "local")
+        assert {s for s in morph.slots if "@" in s} == stacked
