@@ -146,7 +146,20 @@ def order(names) -> list[str]:
 def label_of(arm: str, cfg: dict) -> str:
     if arm in MATCHED and cfg.get("lr_schedule", "constant") != "constant":
         return FITTED_LABEL
+    settings = _esper_settings(cfg) if arm == "esper" else []
+    if settings:
+        return "Esper, heuristic, " + ", ".join(settings)
     return LABELS.get(arm, arm)
+
+
+def _esper_settings(cfg: dict) -> list[str]:
+    """What the esper arm ran with other than the defaults (--slot-depth, --flops-weight)."""
+    settings = []
+    if cfg.get("slot_depth", 1) > 1:
+        settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
+    if cfg.get("flops_weight") is not None:
+        settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
+    return settings
 
 
 def _schedule_line(schedule: str) -> str:

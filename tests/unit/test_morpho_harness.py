@@ -335,3 +335,13 @@ def test_slot_depth_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
         ctx = Context(host="mlp", seed=7, epochs=1, data=data, slot_depth=depth)
         _, morph = _grown(ctx, "local")
         assert {s for s in morph.slots if "@" in s} == stacked
+
+
+def test_the_esper_row_says_what_it_ran_with() -> None:
+    assert report.label_of("esper", {}) == "Esper, heuristic at defaults"
+    assert report.label_of("esper", {"slot_depth": 1, "flops_weight": None}) == "Esper, heuristic at defaults"
+    assert report.label_of("esper", {"slot_depth": 3}) == \
+        "Esper, heuristic, seeds that stack (slot_depth 3)"
+    assert report.label_of("esper", {"slot_depth": 3, "flops_weight": 0.5}) == \
+        "Esper, heuristic, seeds that stack (slot_depth 3), compute priced (flops_weight 0.5)"
+    assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
