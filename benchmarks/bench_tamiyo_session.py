@@ -23,9 +23,18 @@ is a ratio against a baseline of the same run:
 - gnn one-session p99 <= 5 ms at 100 nodes; gnn N-session p50 <= 3x its one-session p50
   (one process).
 
+What the last one could reach at best is measured too, as ratios to the GNN's one-session
+p50 (`gnn_sessions_p50_floors_vs_one`): N bare echo streams at once, each on its own
+connection (gRPC alone); N heuristic sessions (the same server, transport and session work,
+with a decision that costs next to nothing); and the cycle of a session when every core is
+busy with the CPU one GNN decision costs the server and this client (`cpu_ms_per_decision`
+of each path, read from /proc). With `--profile S`, py-spy then samples the batched server
+and this client for S seconds under N GNN sessions: the busiest functions, by share of the
+samples that were not waiting.
+
 Prints and writes JSON to benchmarks/results/bench_tamiyo_session.json.
 
-    .venv/bin/python benchmarks/bench_tamiyo_session.py [--rounds 300] [--sessions 16] [--repeats 5] [--processes P]
+    .venv/bin/python benchmarks/bench_tamiyo_session.py [--rounds 300] [--sessions 16] [--repeats 5] [--processes P] [--profile S]
 """
 
 from __future__ import annotations
