@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from esper.kasmina.config import MAX_SLOT_DEPTH
+from esper.kasmina.config import KasminaConfig
 
 from . import data as data_mod
 from . import report, text
@@ -184,13 +184,15 @@ def _weight(text: str) -> float:
 
 
 def _depth(text: str) -> int:
+    """A slot depth as KasminaConfig accepts it (its check, its message)."""
     try:
-        value = int(text)
+        depth = int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_SLOT_DEPTH:
-        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_SLOT_DEPTH}, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        return KasminaConfig(slot_depth=depth).slot_depth
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _family(host: str) -> str:
