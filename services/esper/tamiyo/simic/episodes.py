@@ -139,7 +139,9 @@ class ExploringHeuristic:
         if self.rng.random() >= self.epsilon:
             return self.heuristic.decide(ctx)
         key = graph_digest(ctx.graph)
-        enc = self._encodings.setdefault(key, encode_graph(ctx.graph))
+        enc = self._encodings.get(key)
+        if enc is None:  # encoded once per graph, not on every exploring decision
+            enc = self._encodings[key] = encode_graph(ctx.graph)
         c = self.heuristic.config
         risk, live = budgeting.max_risk(ctx, c.max_risk), live_seed_limit(ctx, c.max_live_seeds)
         mask = build_mask(ctx, enc, self.vocabulary, risk, live, c)  # type: ignore[arg-type]
