@@ -11,7 +11,7 @@ from torch import nn
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
 from esper.kasmina import wrap
-from esper.kasmina.testing import force_fossilize
+from esper.kasmina.testing import force_advance, force_fossilize
 from esper.leyline.v1.common_pb2 import SlotKind
 
 
@@ -145,3 +145,31 @@ def test_unwrap_of_a_routed_fossil_traces_and_matches():
     plain = model.unwrap()
     assert not any(type(m).__module__.startswith("esper") for m in plain.modules())
     torch.testing.assert_close(plain(x), model(x))
+
+
+def _ids(params):
+    return [id(p) for p in params]
+
+
+def test_parameter_list_follows_every_change_of_the_parameters():
+    """parameter_list() is kept between changes: a germination adds the seed's, a merge
+    into the host (fossilization) and a cull take them away, moving the model forgets it;
+    after each it equals a fresh parameters() walk."""
+    x = torch.randn(2, 7, 5)
+    model = wrap(TinyTransformer(), example_input=x)
+    assert _ids(model.parameter_list()) == _ids(model.parameters())
+    assert model.parameter_list() is model.parameter_list()  # kept, not rebuilt
+    host = len(model.parameter_list())
+    a, b = model.slots["encoder.layers.0"], model.slots["encoder.layers.1"]
+    a.germinate(build_seed(get_builtin("BP-MLP-GELU@1.0.0"), a.shape), step=0)
+    assert len(model.parameter_list()) > host
+    assert _ids(model.parameter_list()) == _ids(model.parameters())
+    b.germinate(build_seed(get_builtin("BP-ATTN-MHA@1.0.0"), b.shape), step=0)
+    b.cull(1, detail="test")
+    assert _ids(model.parameter_list()) == _ids(model.parameters())
+    force_advance(a, step=2)  # fossilized, merged or kept as a branch
+    assert _ids(model.parameter_list()) == _ids(model.parameters())
+    before = model.parameter_list()
+    model.double()
+    assert model.parameter_list() is not before
+    assert _ids(model.parameter_list()) == _ids(model.parameters())

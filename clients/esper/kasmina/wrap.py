@@ -79,6 +79,7 @@ class MorphableModel(nn.Module):
         # transition(), refreshed at each safe point and by refresh_live().
         self._slot_list = list(self.esper_slots.values())
         self._live_slots: list[SeedSlot] = []
+        self._parameter_list: list[nn.Parameter] | None = None  # parameter_list()'s
         self._register_state_dict_hook(_strip_host_prefix)
         self._register_load_state_dict_pre_hook(_add_host_prefix)
 
@@ -101,19 +102,41 @@ class MorphableModel(nn.Module):
             raise KeyError(f"unknown slot {slot_id!r}; slots: {sorted(self.slots)}")
         return self.esper_slots[key]
 
+    def parameter_list(self) -> list[nn.Parameter]:
+        """The model's parameters, host and seeds, in parameters() order, kept from one
+        change of them to the next: a safe point reads them without walking the modules
+        (a walk costs ~35 us at a safe point on a small CPU step, cold caches). Seeds change
+        them only through the events below (a seed added or removed; a stage change, which
+        a merge into the host is), and moving the model (`.to()`, `.half()`) through
+        `_apply`: each forgets the list. A module registered by hand after wrapping is not
+        seen until the next of them."""
+        if self._parameter_list is None:
+            self.__dict__["_parameter_list"] = list(self.parameters())
+        return self._parameter_list
+
+    def _forget_parameters(self) -> None:
+        self.__dict__["_parameter_list"] = None
+
+    def _apply(self, *args, **kwargs):
+        self._forget_parameters()  # .to() may replace parameters (e.g. swap_module_params)
+        return super()._apply(*args, **kwargs)
+
     # ---- SlotEvents ------------------------------------------------------------------
     def transition(self, event: SeedTransition) -> None:
         event.epoch = self.epoch
         self.transitions.append(event)
+        self._forget_parameters()
         self.refresh_live()
         for listener in self.transition_listeners:
             listener(event)
 
     def seed_added(self, slot: SeedSlot, params: list[nn.Parameter]) -> None:
+        self._forget_parameters()
         for listener in self.seed_added_listeners:
             listener(slot, params)
 
     def seed_removed(self, slot: SeedSlot, params: list[nn.Parameter]) -> None:
+        self._forget_parameters()
         for listener in self.seed_removed_listeners:
             listener(slot, params)
 

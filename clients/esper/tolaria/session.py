@@ -154,7 +154,7 @@ class TolariaSession:
         snapshot = self.model.global_step % every == 0 and not last_in_epoch
         squares = params = None
         if snapshot:  # the global norm's gradient reads serve layer health's sample too
-            params = list(self.model.parameters())  # one walk of the modules
+            params = self.model.parameter_list()
             squares = grad_squares(params)
             self.metrics.grad_norm = global_grad_norm(squares)
         self.health.after_backward(squares)
@@ -430,7 +430,7 @@ class TolariaSession:
 
     def _resources(self, params: list | None = None) -> ResourceState:
         if params is None:
-            params = list(self.model.parameters())  # one walk of the modules per snapshot
+            params = self.model.parameter_list()
         device = params[0].device if params else torch.device("cpu")
         used = total = 0
         if device.type == "cuda":
