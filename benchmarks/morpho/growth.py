@@ -24,8 +24,9 @@ from esper.policy.heuristic import blend_schedule
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
 # The heuristic at Esper's local defaults, except that it never sees a reason to grow:
-# no plateau, and the slowdown rule off.
-LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9, slowdown_ratio=0.0)
+# no plateau, the slowdown rule off and no eager growth of cheap kernels.
+LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9, slowdown_ratio=0.0,
+                                     eager_flops_fraction=0.0)
 MAX_TRIES = 3
 
 

@@ -13,6 +13,7 @@ from esper.policy.health import health_score
 from esper.policy.plateau import is_plateau, is_slowing, pace
 from tests.unit.test_tamiyo_support import (
     IMPROVING,
+    PLATEAU,
     candidate,
     context,
     graph,
@@ -277,3 +278,54 @@ def test_compute_hungry_kernel_pays_for_its_flops() -> None:
     assert policy.decide(ctx).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"  # the default
     d = priced.decide(ctx)
     assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0", d.rationale
+
+
+def _eager_context(candidates, history=IMPROVING, model_flops: float = 100_000.0):
+    ctx = context(val_history=history, candidates=candidates)
+    ctx.snapshot.resources.model_flops_per_example = model_flops
+    return ctx
+
+
+def test_a_cheap_best_kernel_grows_at_once_without_a_signal() -> None:
+    """Eager growth: with the validation loss still improving, a slot whose best kernel adds
+    at most eager_flops_fraction of the model's forward FLOPs germinates now (waiting would
+    save no compute); the rationale says so."""
+    cheap = _with_flops(candidate("BP-CONV-SE", params=2000), 5_000)  # 5% of the model
+    d = policy.decide(_eager_context([cheap]))
+    assert d.WhichOneof("action") == "germinate", d.rationale
+    assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0"
+    assert "cheap kernel grows at once (5.0% of the model's forward FLOPs" in d.rationale
+
+
+def test_eager_growth_never_changes_which_kernel_a_slot_gets() -> None:
+    """A slot whose best kernel is costly waits for the signal even when a cheap, weaker
+    kernel is offered there (growing that one would take the slot from the best); with
+    compute priced the cheap kernel is the best, and grows at once."""
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=2000), 600_000)  # 6x the model
+    cheap = _with_flops(candidate("BP-CONV-SE", params=41), 1_000)
+    d = policy.decide(_eager_context([hungry, cheap]))
+    assert d.WhichOneof("action") == "wait"
+    assert "no slowdown" in d.rationale or "no plateau" in d.rationale
+    assert "best kernel is cheap enough" in d.rationale
+    priced = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, flops_weight=0.5))
+    d = priced.decide(_eager_context([hungry, cheap]))
+    assert d.WhichOneof("action") == "germinate" and d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0"
+    # With a signal, the costly best kernel grows as before.
+    d = policy.decide(_eager_context([hungry, cheap], history=PLATEAU))
+    assert d.germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0" and "plateau" in d.rationale
+
+
+def test_eager_growth_waits_for_its_epochs_is_off_at_zero_and_needs_known_flops() -> None:
+    cheap = _with_flops(candidate("BP-CONV-SE", params=2000), 1_000)
+    assert policy.decide(_eager_context([cheap], history=[])).WhichOneof("action") == "wait"
+    late = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, eager_after_epochs=3))
+    assert late.decide(_eager_context([cheap], history=[1.0, 0.9])).WhichOneof("action") == "wait"
+    assert late.decide(_eager_context([cheap], history=[1.0, 0.9, 0.8])).WhichOneof("action") \
+        == "germinate"
+    off = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, eager_flops_fraction=0.0))
+    d = off.decide(_eager_context([cheap]))
+    assert d.WhichOneof("action") == "wait" and d.rationale.startswith("validation loss still improving")
+    for unknown in (0.0, float("nan"), float("inf")):
+        assert policy.decide(_eager_context([cheap], model_flops=unknown)).WhichOneof("action") == "wait"
+    free = _with_flops(candidate("BP-CONV-SE", params=2000), 0)  # no FLOPs: cheap
+    assert policy.decide(_eager_context([free])).WhichOneof("action") == "germinate"
