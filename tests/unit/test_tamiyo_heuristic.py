@@ -317,7 +317,8 @@ def test_eager_growth_never_changes_which_kernel_a_slot_gets() -> None:
 
 def test_eager_growth_waits_for_its_epochs_is_off_at_zero_and_needs_known_flops() -> None:
     cheap = _with_flops(candidate("BP-CONV-SE", params=2000), 1_000)
-    assert policy.decide(_eager_context([cheap], history=[])).WhichOneof("action") == "wait"
+    assert policy.config.eager_after_epochs == 0  # from the first safe point
+    assert policy.decide(_eager_context([cheap], history=[])).WhichOneof("action") == "germinate"
     late = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, eager_after_epochs=3))
     assert late.decide(_eager_context([cheap], history=[1.0, 0.9])).WhichOneof("action") == "wait"
     assert late.decide(_eager_context([cheap], history=[1.0, 0.9, 0.8])).WhichOneof("action") \

@@ -140,21 +140,24 @@ class HeuristicConfig:
     # unpriced; at 1.0 near-ties between residual blocks tip over.
     flops_weight: float = 0.0
     # A slot whose best kernel adds at most this fraction of the model's forward FLOPs per
-    # example is grown without waiting for a plateau or slowdown (0: never). Waiting is how
-    # growth saves compute, and such a kernel saves next to none: grown at epoch 1 rather
-    # than 3 of 20, a kernel at 10% adds 1% to the run's FLOPs, while the seed trains two
-    # more epochs. Measured on the Fashion-MNIST CNN (benchmarks/morphogenesis.py, 5 seeds,
-    # compute priced): its final architecture with the cheap seeds (SE blocks at 2.7% and
-    # 5.4%, a small MLP block at 2.4%) trained from the start beat growing the same seeds at
-    # epochs 3-5 by 0.8 pp in every seed. The best kernels of the other hosts' slots cost
-    # far more (MLP blocks: 32% of the MLP, 44% of the transformer; a residual 3x3 conv
-    # block: 265% of the CNN) and wait for the signal. The slot's best kernel is the one the
-    # signal would grow there, so eager growth changes when a seed grows, never which: a
-    # slot whose best kernel is costly waits (a cheaper one would take the slot from it).
+    # example is grown at once, without waiting for a plateau or slowdown (0: never).
+    # Waiting is how growth saves compute, and such a kernel saves next to none: grown at
+    # step 0 rather than at epoch 3 of 20, a kernel at 10% adds 1.5% to the run's FLOPs,
+    # while the seed trains the whole run. Measured on the Fashion-MNIST CNN
+    # (benchmarks/morphogenesis.py, compute priced: SE blocks at 2.7% and 5.4%, a small MLP
+    # block at 2.4%): grown on the slowdown signal (epochs 3-5) they ended 0.8 pp below the
+    # same architecture trained from the start, in every seed; grown from the first epoch's
+    # end, 0.6 pp below; grown at once, level with it. The best kernels of the other
+    # hosts' slots cost far more (MLP blocks: 32% of the MLP, 44% of the transformer; a
+    # residual 3x3 conv block: 265% of the CNN) and wait for the signal. The slot's best
+    # kernel is the one the signal would grow there, so eager growth changes when a seed
+    # grows, never which: a slot whose best kernel is costly waits (a cheaper kernel would
+    # take the slot from it).
     eager_flops_fraction: float = 0.10
-    # Epochs the host trains alone before eager growth: the slot ranking reads layer health
-    # and the validation history, which a first epoch gives.
-    eager_after_epochs: int = 1
+    # Epochs the host trains alone before eager growth may start (0: from the first safe
+    # point; the slot ranking then reads one window of layer health, which only orders the
+    # cheap seeds, all of which grow).
+    eager_after_epochs: int = 0
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
