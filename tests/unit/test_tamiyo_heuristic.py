@@ -330,3 +330,31 @@ def test_eager_growth_waits_for_its_epochs_is_off_at_zero_and_needs_known_flops(
         assert policy.decide(_eager_context([cheap], model_flops=unknown)).WhichOneof("action") == "wait"
     free = _with_flops(candidate("BP-CONV-SE", params=2000), 0)  # no FLOPs: cheap
     assert policy.decide(_eager_context([free])).WhichOneof("action") == "germinate"
+
+
+def test_a_fruitless_eager_check_is_not_repeated_until_the_run_changes() -> None:
+    """While the model's FLOPs, the seeds' parameters and the slots' stages stay as they
+    were when eager growth found nothing cheap, the candidates are not queried again (a
+    query per decision would cost every snapshot ~0.1 ms); a change queries again."""
+    from esper.policy import StaticCandidateProvider
+
+    class Counting(StaticCandidateProvider):
+        calls = 0
+
+        def candidates(self, slot, budget):
+            Counting.calls += 1
+            return super().candidates(slot, budget)
+
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=2000), 300_000)
+    ctx = _eager_context([hungry])
+    ctx.candidates = Counting([hungry])
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") == "wait" and "cheap enough" in d.rationale
+    queried = Counting.calls
+    assert queried > 0 and ctx.history.eager_idle is not None
+    d = policy.decide(ctx)
+    assert "cheap enough" in d.rationale and Counting.calls == queried  # not queried again
+    ctx.snapshot.resources.model_flops_per_example = 10_000_000.0  # the model grew
+    d = policy.decide(ctx)
+    assert Counting.calls > queried
+    assert d.WhichOneof("action") == "germinate"  # 3% of the grown model: cheap now

@@ -199,6 +199,19 @@ def compute_cost(kernel_flops: float, model_flops: float, config: HeuristicConfi
     return config.flops_weight * kernel_flops / model_flops
 
 
+_NOTHING_CHEAP = "no open slot's best kernel is cheap enough to grow at once"
+
+
+def eager_state(ctx: PolicyContext) -> tuple:
+    """What eager growth's outcome depends on, besides the library: the model's FLOPs, the
+    seeds' parameters and every slot's stage and embargo. While it is unchanged, a check
+    that found nothing cheap to grow would find nothing again (a kernel added to the
+    library is seen at the next change, or on the growth signal)."""
+    res, step = ctx.snapshot.resources, ctx.step
+    return (res.model_flops_per_example, res.seed_params,
+            tuple((s.slot_id, s.stage, s.embargo_until_step > step) for s in ctx.seeds.values()))
+
+
 def blend_schedule(config: HeuristicConfig) -> BlendSchedule:
     """The training and blending schedule germinations carry."""
     return BlendSchedule(
@@ -338,6 +351,9 @@ class HeuristicPolicy:
         if blocked:
             return self._wait(), CONFIDENCE_WAIT, blocked
         but = f"{no_signal}; " if no_signal else "plateau, but "
+        state = eager_state(ctx) if no_signal else None
+        if state is not None and state == ctx.history.eager_idle:
+            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOTHING_CHEAP}"
         slots = ctx.open_slots()
         if not slots:
             return self._wait(), CONFIDENCE_WAIT, f"{but}no open slot (dormant, outside embargo, not stacked on a live seed)"
@@ -359,7 +375,8 @@ class HeuristicPolicy:
         if best is not None:
             return self._germination(ctx, best[1], best[2], best[3], eager=no_signal is not None)
         if no_signal:
-            return self._wait(), CONFIDENCE_WAIT, f"{but}no open slot's best kernel is cheap enough to grow at once"
+            ctx.history.eager_idle = state
+            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOTHING_CHEAP}"
         detail = "; ".join(refusals[:5]) or "the library offered no kernel for any open slot"
         return self._wait(), CONFIDENCE_WAIT, f"plateau, but no affordable candidate: {detail}"
 
