@@ -139,24 +139,26 @@ class HeuristicConfig:
     # growth to exploit). The MLP and transformer hosts grow the same seeds at 0.5 as
     # unpriced; at 1.0 near-ties between residual blocks tip over.
     flops_weight: float = 0.0
-    # A slot whose best kernel adds at most this fraction of the model's forward FLOPs per
-    # example is grown at once, without waiting for a plateau or slowdown (0: never).
-    # Waiting is how growth saves compute, and such a kernel saves next to none: grown at
-    # step 0 rather than at epoch 3 of 20, a kernel at 10% adds 1.5% to the run's FLOPs,
-    # while the seed trains the whole run. Measured on the Fashion-MNIST CNN
-    # (benchmarks/morphogenesis.py, compute priced: SE blocks at 2.7% and 5.4%, a small MLP
-    # block at 2.4%): grown on the slowdown signal (epochs 3-5) they ended 0.8 pp below the
-    # same architecture trained from the start, in every seed; grown from the first epoch's
-    # end, 0.6 pp below; grown at once, level with it. The best kernels of the other
-    # hosts' slots cost far more (MLP blocks: 32% of the MLP, 44% of the transformer; a
-    # residual 3x3 conv block: 265% of the CNN) and wait for the signal. The slot's best
-    # kernel is the one the signal would grow there, so eager growth changes when a seed
-    # grows, never which: a slot whose best kernel is costly waits (a cheaper kernel would
-    # take the slot from it).
+    # Eager growth: when the best kernel of every open slot adds at most this fraction of
+    # the model's forward FLOPs per example, they grow at once, one after another, without
+    # waiting for a plateau or slowdown (0: never). Waiting is how growth saves compute;
+    # when all the growth left is this cheap, the grown model costs what the host costs,
+    # and the best use of the run is to train it from the start (a kernel at 10% grown at
+    # step 0 rather than at epoch 3 of 20 adds 1.5% to the run's FLOPs). Each slot gets
+    # the kernel the signal would grow there. While any open slot's best kernel is costly,
+    # growth timing is what saves compute, and the signal times every seed, the cheap
+    # ones too. Measured on the Fashion-MNIST CNN (benchmarks/morphogenesis.py, 5 seeds,
+    # cosine): with compute priced (flops_weight 0.5) every slot's best kernel is cheap
+    # (SE blocks at 2.7% and 5.4%, an MLP block at 2.4%), and growing them at once beat
+    # growing them on the signal (epochs 3-5) by 0.58 pp in every seed; at the defaults
+    # the conv slots' best kernel is a residual 3x3 block (265%), and growing only the
+    # cheap MLP block at once lost 0.32 pp to the signal-timed run in each of 3 seeds. On
+    # the MLP and the transformer the best kernels cost 32% and 44%: no eager growth.
     eager_flops_fraction: float = 0.10
     # Epochs the host trains alone before eager growth may start (0: from the first safe
     # point; the slot ranking then reads one window of layer health, which only orders the
-    # cheap seeds, all of which grow).
+    # cheap seeds, all of which grow; from the first epoch's end instead, the priced CNN
+    # ended 0.55-0.77 pp lower in each of seeds 0-2).
     eager_after_epochs: int = 0
 
 
@@ -199,14 +201,15 @@ def compute_cost(kernel_flops: float, model_flops: float, config: HeuristicConfi
     return config.flops_weight * kernel_flops / model_flops
 
 
-_NOTHING_CHEAP = "no open slot's best kernel is cheap enough to grow at once"
+_NOT_ALL_CHEAP = ("eager growth waits: not every open slot's best kernel is cheap "
+                  "(growth timing saves compute, so the signal times every seed)")
 
 
 def eager_state(ctx: PolicyContext) -> tuple:
     """What eager growth's outcome depends on, besides the library: the model's FLOPs, the
     seeds' parameters and every slot's stage and embargo. While it is unchanged, a check
-    that found nothing cheap to grow would find nothing again (a kernel added to the
-    library is seen at the next change, or on the growth signal)."""
+    that found a costly kernel to grow would find it again (a change of the library is
+    seen at the next change of these, or on the growth signal)."""
     res, step = ctx.snapshot.resources, ctx.step
     return (res.model_flops_per_example, res.seed_params,
             tuple((s.slot_id, s.stage, s.embargo_until_step > step) for s in ctx.seeds.values()))
@@ -345,7 +348,7 @@ class HeuristicPolicy:
     # -- growth ---------------------------------------------------------------------------
 
     def _germinate(self, ctx: PolicyContext) -> tuple[Action, float, str]:
-        # Without a plateau or slowdown only cheap kernels grow (eager growth), if any may.
+        # Without a plateau or slowdown, growth is eager or waits: see eager_flops_fraction.
         no_signal = self._no_signal(ctx)
         blocked = self._growth_blocker(ctx, no_signal)
         if blocked:
@@ -353,7 +356,7 @@ class HeuristicPolicy:
         but = f"{no_signal}; " if no_signal else "plateau, but "
         state = eager_state(ctx) if no_signal else None
         if state is not None and state == ctx.history.eager_idle:
-            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOTHING_CHEAP}"
+            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOT_ALL_CHEAP}"
         slots = ctx.open_slots()
         if not slots:
             return self._wait(), CONFIDENCE_WAIT, f"{but}no open slot (dormant, outside embargo, not stacked on a live seed)"
@@ -366,8 +369,13 @@ class HeuristicPolicy:
         model_flops = ctx.snapshot.resources.model_flops_per_example
         for slot in slots:
             pick = self._best_candidate(ctx, slot, check, refusals, model_flops)
-            if pick is None or (no_signal and not self._cheap(pick, model_flops)):
+            if pick is None:
                 continue
+            if no_signal and not self._cheap(pick, model_flops):
+                # A costly seed is still to grow: its timing is what saves compute, and the
+                # signal times every seed (see eager_flops_fraction).
+                ctx.history.eager_idle = state
+                return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOT_ALL_CHEAP}"
             health = health_score(ctx.health_of(slot))
             value = benefit_per_cost(pick, self.config, model_flops) * (1.0 + HEALTH_WEIGHT * (1.0 - health))
             if best is None or value > best[0]:
@@ -375,10 +383,9 @@ class HeuristicPolicy:
         if best is not None:
             return self._germination(ctx, best[1], best[2], best[3], eager=no_signal is not None)
         if no_signal:
-            ctx.history.eager_idle = state
-            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOTHING_CHEAP}"
+            ctx.history.eager_idle = state  # nothing to grow: the same until the run changes
         detail = "; ".join(refusals[:5]) or "the library offered no kernel for any open slot"
-        return self._wait(), CONFIDENCE_WAIT, f"plateau, but no affordable candidate: {detail}"
+        return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
 
     def _no_signal(self, ctx: PolicyContext) -> str | None:
         """Why growth has no signal (the validation loss neither plateaued nor slowed), or
