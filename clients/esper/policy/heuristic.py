@@ -7,9 +7,9 @@ One decision per call, in this order of priority:
 3. advance a seed whose next gate would pass (the runtime's gates decide for real);
 4. on a validation-loss plateau (or slowdown), germinate the best kernel over every
    dormant slot, by benefit per cost weighted up by the slot's ill health (see
-   `esper.policy.health`); without one, germinate at once where a slot's best kernel is
-   cheap in compute (`eager_flops_fraction`): waiting for the signal would save no
-   compute, and a seed grown at once trains longest;
+   `esper.policy.health`); without one, germinate at once when every open slot's best
+   kernel is cheap in compute (`eager_flops_fraction`): waiting would save no compute,
+   and a seed grown at once trains longest;
 5. otherwise wait, saying why.
 Every decision goes through `safety.violation` before it leaves.
 """
