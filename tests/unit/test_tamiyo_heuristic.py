@@ -372,9 +372,12 @@ def test_a_fruitless_eager_check_is_not_repeated_until_the_run_changes() -> None
     assert d.WhichOneof("action") == "wait" and "not every open slot" in d.rationale
     queried = Counting.calls
     assert queried > 0 and ctx.history.eager_idle is not None
-    d = policy.decide(ctx)
-    assert "not every open slot" in d.rationale and Counting.calls == queried  # not again
+    again = policy.decide(ctx)
+    assert again.rationale == d.rationale and Counting.calls == queried  # not queried again
     ctx.snapshot.resources.model_flops_per_example = 10_000_000.0  # the model grew
     d = policy.decide(ctx)
     assert Counting.calls > queried
     assert d.WhichOneof("action") == "germinate"  # 3% of the grown model: cheap now
+    empty = _eager_context([])  # nothing offered: remembered with its own reason
+    assert "no affordable candidate" in policy.decide(empty).rationale
+    assert "no affordable candidate" in policy.decide(empty).rationale

@@ -36,9 +36,10 @@ class RunHistory:
 
     val_losses: list[float] = field(default_factory=list)
     last_epoch: int = -1
-    # The run's state (esper.policy.heuristic.eager_state) when the heuristic's eager
-    # growth last found no cheap kernel to grow: until the state changes it does not query
-    # the candidates again (~0.1 ms a decision). Not persisted: a resumed run checks once.
+    # (state, why): the run's state (esper.policy.heuristic.eager_state) when the
+    # heuristic's eager growth last found nothing to grow, and why; until the state
+    # changes it does not query the candidates again (~0.1 ms a decision). Not persisted:
+    # a resumed run checks once.
     eager_idle: tuple | None = field(default=None, compare=False, repr=False)
 
     def record(self, snapshot: TrainingSnapshot) -> bool:

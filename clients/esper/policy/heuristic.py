@@ -356,8 +356,9 @@ class HeuristicPolicy:
             return self._wait(), CONFIDENCE_WAIT, blocked
         but = f"{no_signal}; " if no_signal else "plateau, but "
         state = eager_state(ctx) if no_signal else None
-        if state is not None and state == ctx.history.eager_idle:
-            return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOT_ALL_CHEAP}"
+        idle = ctx.history.eager_idle
+        if state is not None and idle is not None and idle[0] == state:
+            return self._wait(), CONFIDENCE_WAIT, idle[1]  # as found in this same state
         slots = ctx.open_slots()
         if not slots:
             return self._wait(), CONFIDENCE_WAIT, f"{but}no open slot (dormant, outside embargo, not stacked on a live seed)"
@@ -375,18 +376,22 @@ class HeuristicPolicy:
             if no_signal and not self._cheap(pick, model_flops):
                 # A costly seed is still to grow: its timing is what saves compute, and the
                 # signal times every seed (see eager_flops_fraction).
-                ctx.history.eager_idle = state
-                return self._wait(), CONFIDENCE_WAIT, f"{but}{_NOT_ALL_CHEAP}"
+                return self._eager_idle(ctx, state, f"{but}{_NOT_ALL_CHEAP}")
             health = health_score(ctx.health_of(slot))
             value = benefit_per_cost(pick, self.config, model_flops) * (1.0 + HEALTH_WEIGHT * (1.0 - health))
             if best is None or value > best[0]:
                 best = (value, slot, health, pick)
         if best is not None:
             return self._germination(ctx, best[1], best[2], best[3], eager=no_signal is not None)
-        if no_signal:
-            ctx.history.eager_idle = state  # nothing to grow: the same until the run changes
         detail = "; ".join(refusals[:5]) or "the library offered no kernel for any open slot"
+        if no_signal:  # nothing to grow: the same until the run changes
+            return self._eager_idle(ctx, state, f"{but}no affordable candidate: {detail}")
         return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
+
+    def _eager_idle(self, ctx: PolicyContext, state: tuple, why: str) -> tuple[Action, float, str]:
+        """Wait, remembering that eager growth found nothing to grow in this state (and why)."""
+        ctx.history.eager_idle = (state, why)
+        return self._wait(), CONFIDENCE_WAIT, why
 
     def _no_signal(self, ctx: PolicyContext) -> str | None:
         """Why growth has no signal (the validation loss neither plateaued nor slowed), or
