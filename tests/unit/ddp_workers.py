@@ -15,6 +15,8 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -103,10 +105,24 @@ def run(rank: int, spec: RunSpec) -> None:
         result = (_fit if spec.trainer else _train)(rank, spec, out)
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    finally:
-        if spec.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    if spec.world > 1:
+        _leave()
+
+
+def _leave() -> None:
+    """A spawned rank's end, once its result is written: the process group destroyed, then
+    an immediate exit. In a full test run a rank has aborted in interpreter teardown
+    ("terminate called without an active exception", SIGABRT: a C++ thread still
+    joinable as the process exits), which failed a run whose ranks had all finished;
+    os._exit skips that teardown (the result file is closed, nothing else is pending)."""
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _policy(spec: RunSpec):
