@@ -194,12 +194,19 @@ def benefit_per_cost(candidate: KernelCandidate, config: HeuristicConfig,
     return benefit / (cost + compute_cost(stats.flops, model_flops, config))
 
 
+def flops_share(kernel_flops: float, model_flops: float) -> float | None:
+    """A kernel's forward FLOPs as a fraction of the model's (both per example); None when
+    the model's count is unknown (0) or not finite, or the kernel's is not a count."""
+    if not (model_flops > 0 and math.isfinite(model_flops) and kernel_flops >= 0):
+        return None
+    return kernel_flops / model_flops
+
+
 def compute_cost(kernel_flops: float, model_flops: float, config: HeuristicConfig) -> float:
     """The FLOPs term of a kernel's cost: flops_weight per model-forward it adds; 0 when
     either count is unknown (0) or not finite."""
-    if not (model_flops > 0 and math.isfinite(model_flops) and kernel_flops > 0):
-        return 0.0
-    return config.flops_weight * kernel_flops / model_flops
+    share = flops_share(kernel_flops, model_flops)
+    return config.flops_weight * share if share else 0.0
 
 
 _NOT_ALL_CHEAP = ("eager growth waits: not every open slot's best kernel is cheap "
@@ -351,10 +358,10 @@ class HeuristicPolicy:
     def _germinate(self, ctx: PolicyContext) -> tuple[Action, float, str]:
         # Without a plateau or slowdown, growth is eager or waits: see eager_flops_fraction.
         no_signal = self._no_signal(ctx)
-        blocked = self._growth_blocker(ctx, no_signal)
+        but = f"{no_signal}; " if no_signal else "plateau, but "
+        blocked = self._growth_blocker(ctx, no_signal, but)
         if blocked:
             return self._wait(), CONFIDENCE_WAIT, blocked
-        but = f"{no_signal}; " if no_signal else "plateau, but "
         state = eager_state(ctx) if no_signal else None
         idle = ctx.history.eager_idle
         if state is not None and idle is not None and idle[0] == state:
@@ -404,7 +411,7 @@ class HeuristicPolicy:
         return "validation loss still improving (no plateau" + \
             (", no slowdown)" if c.slowdown_ratio > 0 else ")")
 
-    def _growth_blocker(self, ctx: PolicyContext, no_signal: str | None) -> str | None:
+    def _growth_blocker(self, ctx: PolicyContext, no_signal: str | None, but: str) -> str | None:
         c = self.config
         max_live = self._max_live(ctx)
         if max_live and ctx.live_seed_count() >= max_live:
@@ -417,16 +424,14 @@ class HeuristicPolicy:
             return f"germination cooldown until step {last + c.germination_cooldown_steps}"
         left = budgeting.params_left(ctx)
         if left == 0:
-            return f"{no_signal}; the parameter budget is spent" if no_signal \
-                else "plateau, but the parameter budget is spent"
+            return f"{but}the parameter budget is spent"
         return None
 
     def _cheap(self, pick: KernelCandidate, model_flops: float) -> bool:
         """Whether the kernel adds at most eager_flops_fraction of the model's forward FLOPs
         per example (an unknown count is never cheap)."""
-        flops = pick.kernel.stats.flops
-        return model_flops > 0 and math.isfinite(model_flops) and math.isfinite(flops) \
-            and 0 <= flops <= self.config.eager_flops_fraction * model_flops
+        share = flops_share(pick.kernel.stats.flops, model_flops)
+        return share is not None and share <= self.config.eager_flops_fraction
 
     def _best_candidate(
         self, ctx: PolicyContext, slot: SlotInfo, check: budgeting.BudgetCheck, refusals: list[str],
@@ -457,7 +462,7 @@ class HeuristicPolicy:
                              ctx.snapshot.metrics.plateau_epochs)
         model_flops = ctx.snapshot.resources.model_flops_per_example
         if eager:
-            share = pick.kernel.stats.flops / model_flops
+            share = flops_share(pick.kernel.stats.flops, model_flops)
             trigger = (f"a cheap kernel grows at once ({share:.1%} of the model's forward FLOPs, "
                        f"at most {c.eager_flops_fraction:.0%}: waiting would save no compute)")
         elif plateau:
