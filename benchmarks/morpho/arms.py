@@ -25,7 +25,7 @@ from esper.kasmina.merge import residual_module
 from esper.kasmina.widen import WidenSeed, widened_copy
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy, TolariaConfig
+from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy, ResourceBudget, TolariaConfig
 from esper.tolaria.kernels import LOCAL_KERNEL_SEED
 
 from . import hosts
@@ -90,6 +90,8 @@ class Context:
     # KasminaConfig.slot_depth of every grown arm (Esper and the random and scheduled
     # growth that replay its seed count or seeds, whose slots must exist in their runs too).
     slot_depth: int = 1
+    # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
+    training_flops_budget: float | None = None
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -174,8 +176,10 @@ def static_final_size(ctx: Context) -> dict:
 
 
 def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
-           kasmina: KasminaConfig | None = None) -> tuple[dict, object]:
-    """The small host under an Esper session with `policy`, through the user-facing API."""
+           kasmina: KasminaConfig | None = None,
+           budget: ResourceBudget | None = None) -> tuple[dict, object]:
+    """The small host under an Esper session with `policy` (and `budget`), through the
+    user-facing API."""
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
@@ -183,7 +187,8 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
         kasmina = KasminaConfig(slot_depth=ctx.slot_depth)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
-                                   config=config, blueprints=blueprints, kasmina=kasmina)
+                                   config=config, blueprints=blueprints, kasmina=kasmina,
+                                   budget=budget)
     morph = session.model
     every = config.snapshot_every  # the local policies ask for no other interval
 
@@ -238,8 +243,16 @@ def _esper_policy(ctx: Context) -> str | LocalPolicy:
     return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, flops_weight=ctx.flops_weight))
 
 
+def _esper_budget(ctx: Context) -> ResourceBudget | None:
+    """The esper arms' budget: --training-flops-budget over the run's planned steps."""
+    if ctx.training_flops_budget is None:
+        return None
+    return ResourceBudget(max_training_flops=ctx.training_flops_budget * 1e9,
+                          planned_steps=ctx.epochs * ctx.data.steps_per_epoch)
+
+
 def run_esper(ctx: Context) -> dict:
-    record, _ = _grown(ctx, _esper_policy(ctx))
+    record, _ = _grown(ctx, _esper_policy(ctx), budget=_esper_budget(ctx))
     return record
 
 
@@ -255,7 +268,8 @@ def run_esper_stack(ctx: Context) -> dict:
     """Esper (at its defaults, or priced at --flops-weight) with seeds that stack
     (KasminaConfig.slot_depth=STACK_DEPTH): the policy and the parameter budget, not one
     slot per layer, end growth."""
-    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH))
+    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH),
+                       budget=_esper_budget(ctx))
     return record
 
 

@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the esper and esper-stack arms' HeuristicConfig.flops_weight (default: the local "
                         "heuristic's, 0: compute unpriced); the arms that follow Esper's run "
                         "follow whatever it grew")
+    p.add_argument("--training-flops-budget", type=_gflops, default=None, metavar="GFLOPS",
+                   help="the esper and esper-stack arms' ResourceBudget.max_training_flops, in "
+                        "GFLOPs of training steps as Tolaria counts them (validation and safe "
+                        "points come on top), projected over the run's planned steps "
+                        "(default: none)")
     p.add_argument("--slot-depth", type=_depth, default=1, metavar="N",
                    help="seeds that stack: KasminaConfig.slot_depth of every grown arm (Esper, "
                         "random growth, the fixed schedule; default 1, one seed per slot)")
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
+                         "training_flops_budget": args.training_flops_budget,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.first_seed, args.first_seed + args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
-                          flops_weight=args.flops_weight, slot_depth=args.slot_depth)
+                          flops_weight=args.flops_weight, slot_depth=args.slot_depth,
+                          training_flops_budget=args.training_flops_budget)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
@@ -180,6 +187,13 @@ def _weight(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _gflops(text: str) -> float:
+    value = _weight(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0 (leave it out for no budget)")
     return value
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import math
 import uuid
 
 import grpc
@@ -195,6 +196,39 @@ async def test_first_message_must_be_open_and_version_is_negotiated():
         await client.send(open=open_message("run-big", graph=graph(50)))
         # within limits: accepted
         assert (await client.next("accept")).accept.run_id == "run-big"
+        await client.close()
+
+
+async def test_a_training_flops_budget_is_checked_at_open_and_bounds_growth(urza):
+    """A budget without its horizon is refused naming the field, and the server keeps
+    serving; a run whose projected training FLOPs already exceed its budget is told to
+    wait, with the reason, where the same plateau grows a seed without one."""
+    running, _ = urza
+    async with tamiyo(urza_address=running.address, urza_timeout_s=5.0) as (_, stub, _c):
+        client = Client(stub)
+        await client.send(open=open_message(
+            "run-nohorizon", budget=tamiyo_pb2.ResourceBudget(max_training_flops=1e12)))
+        await expect_abort(client, grpc.StatusCode.INVALID_ARGUMENT, "open.budget.planned_steps")
+        client = Client(stub)
+        await client.send(open=open_message(
+            "run-nanbudget", budget=tamiyo_pb2.ResourceBudget(max_training_flops=math.nan,
+                                                               planned_steps=10)))
+        await expect_abort(client, grpc.StatusCode.INVALID_ARGUMENT, "open.budget.max_training_flops")
+
+        def spent(run_id: str):  # step 100 of 1,000 at 1 GFLOP a step: 1,000 projected
+            s = snap(100, run_id, plateau_epochs=10)
+            s.resources.model_flops_per_example = 1e6
+            s.resources.training_flops, s.resources.training_flops_per_step = 1e11, 1e9
+            return s
+
+        tight = tamiyo_pb2.ResourceBudget(max_training_flops=9e11, planned_steps=1000)
+        d = (await stub.Decide(tamiyo_pb2.DecideRequest(
+            snapshot=spent("run-budget"), graph=graph(4, width=WIDTH), budget=tight))).decision
+        assert d.WhichOneof("action") == "wait" and "training-FLOPs budget" in d.rationale, d.rationale
+        client, _ = await open_session(stub, "run-free")  # the stream: a germination arrives
+        await client.send(snapshot=spent("run-free"))
+        d = (await client.next("decision")).decision
+        assert d.WhichOneof("action") == "germinate", d.rationale
         await client.close()
 
 

@@ -381,3 +381,74 @@ def test_a_fruitless_eager_check_is_not_repeated_until_the_run_changes() -> None
     empty = _eager_context([])  # nothing offered: remembered with its own reason
     assert "no affordable candidate" in policy.decide(empty).rationale
     assert "no affordable candidate" in policy.decide(empty).rationale
+
+
+def _budgeted(candidates, *, spent: float, per_step: float, budget: float, planned: int,
+              step: int = 1000, history=PLATEAU, model_flops: float = 100_000.0):
+    """A context whose run has a training-FLOPs budget: `spent` so far, `per_step` now."""
+    ctx = context(val_history=history, candidates=candidates, step=step)
+    res = ctx.snapshot.resources
+    res.model_flops_per_example = model_flops
+    res.training_flops, res.training_flops_per_step = spent, per_step
+    ctx.budget.max_training_flops, ctx.budget.planned_steps = budget, planned
+    return ctx
+
+
+def test_training_flops_budget_refuses_what_the_run_cannot_afford() -> None:
+    """The projection: spent + remaining planned steps x step cost x (1 + kernel share).
+    At step 1000 of 2000, 1e12 spent at 1e9 a step projects 2e12 without growth; a
+    kernel of 50% of the model's FLOPs adds 0.5e12 over the last 1000 steps; one of 10%
+    0.1e12."""
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296), 50_000)
+    light = _with_flops(candidate("BP-CONV-SE", params=41), 10_000)
+    args = {"spent": 1e12, "per_step": 1e9, "planned": 2000}
+    d = policy.decide(_budgeted([hungry, light], budget=2.6e12, **args))
+    assert d.germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0", d.rationale  # both fit
+    d = policy.decide(_budgeted([hungry, light], budget=2.3e12, **args))
+    assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0", d.rationale  # only the light one
+    d = policy.decide(_budgeted([hungry, light], budget=2.05e12, **args))
+    assert d.WhichOneof("action") == "wait"
+    assert "would spend 500.0 GFLOPs over the remaining planned steps, 50.0 left in the " \
+           "training-FLOPs budget" in d.rationale
+    assert "would spend 100.0 GFLOPs" in d.rationale
+
+
+def test_training_flops_budget_affords_more_as_the_run_nears_its_end() -> None:
+    """The same kernel that overran the budget at step 1000 fits at step 1900, when only
+    100 planned steps remain to pay for it; past the planned steps it costs nothing more."""
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296), 50_000)
+    early = _budgeted([hungry], spent=1e12, per_step=1e9, budget=2.2e12, planned=2000)
+    assert policy.decide(early).WhichOneof("action") == "wait"
+    late = _budgeted([hungry], spent=1.9e12, per_step=1e9, budget=2.2e12, planned=2000, step=1900)
+    assert policy.decide(late).WhichOneof("action") == "germinate"
+    over = _budgeted([hungry], spent=2.1e12, per_step=1e9, budget=2.2e12, planned=2000, step=2100)
+    assert policy.decide(over).WhichOneof("action") == "germinate"
+    spent = _budgeted([hungry], spent=2.3e12, per_step=1e9, budget=2.2e12, planned=2000, step=2100)
+    assert policy.decide(spent).WhichOneof("action") == "wait"
+
+
+def test_training_flops_budget_unmeasured_refuses_growth() -> None:
+    """A budget that cannot be checked (no FLOPs measured yet) refuses every kernel rather
+    than letting the run overrun it; without a budget the same context grows."""
+    light = _with_flops(candidate("BP-CONV-SE", params=41), 10_000)
+    ctx = _budgeted([light], spent=0.0, per_step=0.0, budget=2e12, planned=2000)
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") == "wait"
+    assert "training FLOPs are not measured yet" in d.rationale
+    ctx.budget.max_training_flops = 0.0
+    assert policy.decide(ctx).WhichOneof("action") == "germinate"
+
+
+def test_training_flops_budget_eager_checks_are_not_remembered() -> None:
+    """Eager growth's fruitless check is remembered while the run is unchanged, except under
+    a training-FLOPs budget, which affords more as steps pass: the kernel refused at step
+    1000 grows eagerly at step 1900."""
+    cheap = _with_flops(candidate("BP-CONV-SE", params=41), 5_000)
+    ctx = _budgeted([cheap], spent=1e12, per_step=1e9, budget=2.02e12, planned=2000,
+                    history=IMPROVING)
+    assert policy.decide(ctx).WhichOneof("action") == "wait"
+    later = _budgeted([cheap], spent=1.9e12, per_step=1e9, budget=2.02e12, planned=2000,
+                      step=1900, history=IMPROVING)
+    later.history.eager_idle = ctx.history.eager_idle
+    d = policy.decide(later)
+    assert d.WhichOneof("action") == "germinate", d.rationale

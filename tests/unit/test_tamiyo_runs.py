@@ -133,6 +133,13 @@ def test_graph_and_budget_checks_name_the_field() -> None:
         check_budget("b", ResourceBudget(max_risk=2.0))
     with pytest.raises(InvalidInput, match="b.max_seed_latency_ms"):
         check_budget("b", ResourceBudget(max_seed_latency_ms=math.inf))
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(InvalidInput, match="b.max_training_flops"):
+            check_budget("b", ResourceBudget(max_training_flops=bad, planned_steps=10))
+    with pytest.raises(InvalidInput, match="b.planned_steps: must be > 0 when max_training_flops"):
+        check_budget("b", ResourceBudget(max_training_flops=1e12))
+    check_budget("b", ResourceBudget(max_training_flops=1e12, planned_steps=10))
+    check_budget("b", ResourceBudget(planned_steps=10))  # a horizon alone limits nothing
 
 
 def test_snapshot_problems() -> None:

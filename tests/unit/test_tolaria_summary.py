@@ -7,13 +7,14 @@ logged at INFO; end_epoch refuses metric keys it does not know."""
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from esper.kasmina import KasminaConfig
+from esper.kasmina import KasminaConfig, MorphableModel
 from esper.kasmina.testing import force_advance
 from esper.leyline.v1.control_pb2 import (
     AckStatus,
@@ -25,7 +26,14 @@ from esper.leyline.v1.control_pb2 import (
     WaitAction,
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.tolaria import ReplayPolicy, RunSummary, TolariaConfig, attach, save_checkpoint
+from esper.tolaria import (
+    ReplayPolicy,
+    ResourceBudget,
+    RunSummary,
+    TolariaConfig,
+    attach,
+    save_checkpoint,
+)
 from esper.tolaria.flops import FORWARDS_PER_STEP
 
 S = SeedStage
@@ -267,6 +275,41 @@ def test_snapshots_carry_the_model_forward_flops_per_example() -> None:
     seed_weights = sum(p.numel() for p in session.model.slot("0").seed.parameters() if p.dim() == 2)
     assert per_step[8] == pytest.approx(HOST_FLOPS_PER_EXAMPLE + 2 * seed_weights)
     session.close()
+
+
+def test_snapshots_carry_the_training_flops_spent_and_per_step() -> None:
+    """ResourceState.training_flops: the FLOPs of every step so far (what the summary
+    totals), and training_flops_per_step: a step's cost now (3 forwards of the batch), both
+    growing with the seed once it computes; a training-FLOPs budget is projected on them."""
+    model = _model()
+    policy = _Recording(DECISIONS[:3])  # germinate slot 0 at step 2, TRAINING at step 4
+    optimizer, session = _attach(model, policy)
+    _train(model, optimizer, session, 8)
+    res = {s.step: s.resources for s in policy.snapshots}
+    host_step = 3 * BATCH * HOST_FLOPS_PER_EXAMPLE
+    assert res[2].training_flops_per_step == pytest.approx(host_step)
+    assert res[2].training_flops == pytest.approx(2 * host_step)
+    grown = 3 * BATCH * res[8].model_flops_per_example
+    assert res[8].training_flops_per_step == pytest.approx(grown) and grown > host_step
+    summary = session.summary()
+    assert res[8].training_flops == pytest.approx(summary.host_flops + summary.seed_flops)
+    session.close()
+
+
+@pytest.mark.parametrize(("budget", "field"), [
+    (ResourceBudget(max_training_flops=1e12), "budget.planned_steps: must be > 0"),
+    (ResourceBudget(max_training_flops=-1.0, planned_steps=10), "budget.max_training_flops"),
+    (ResourceBudget(max_training_flops=math.nan, planned_steps=10), "budget.max_training_flops"),
+    (ResourceBudget(max_risk=1.5), "budget.max_risk"),
+])
+def test_attach_refuses_a_budget_that_breaks_the_rule(budget, field) -> None:
+    """The rule Tamiyo applies to a session's budget (esper.leyline.budget), checked at
+    attach before the model is wrapped: the caller's model is left as it was."""
+    model = _model()
+    with pytest.raises(ValueError, match=field):
+        _attach(model, "none", budget=budget)
+    assert not isinstance(model, MorphableModel)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_a_transformer_host_is_counted_whole() -> None:

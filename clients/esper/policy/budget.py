@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.blueprint_pb2 import BlueprintSpec
 from esper.leyline.v1.kernel_pb2 import KernelState
@@ -32,6 +34,27 @@ def params_left(ctx: PolicyContext) -> int | None:
     return None if limit == 0 else max(0, limit - params_used(ctx))
 
 
+def training_flops_left(ctx: PolicyContext) -> tuple[float, float] | None:
+    """(training FLOPs the budget leaves for growth, training FLOPs the remaining planned
+    steps spend per forward FLOP a kernel adds to one example) when the run has a
+    training-FLOPs budget, else None.
+
+    The run's projected total without more growth is what it spent plus every remaining
+    planned step at its current step cost; a kernel whose forward FLOPs are a share `s` of
+    the model's raises each remaining step's cost by `s` times it (a seed's backward
+    scales with its forward, as the host's does). Unmeasured FLOPs give (NaN, NaN): a
+    budget that cannot be checked refuses growth rather than letting it overrun."""
+    b, r = ctx.budget, ctx.snapshot.resources
+    if b.max_training_flops <= 0:
+        return None
+    if r.training_flops_per_step <= 0 or r.model_flops_per_example <= 0:
+        return math.nan, math.nan
+    remaining = max(int(b.planned_steps) - ctx.step, 0)
+    projected = r.training_flops + remaining * r.training_flops_per_step
+    per_kernel_flop = remaining * r.training_flops_per_step / r.model_flops_per_example
+    return b.max_training_flops - projected, per_kernel_flop
+
+
 def max_risk(ctx: PolicyContext, policy_default: float = DEFAULT_MAX_RISK) -> float:
     return ctx.budget.max_risk if ctx.budget.max_risk > 0 else policy_default
 
@@ -47,6 +70,7 @@ class BudgetCheck:
     def __init__(self, ctx: PolicyContext, risk_limit: float) -> None:
         b = ctx.budget
         self.params_left = params_left(ctx)
+        self.training = training_flops_left(ctx)
         self.risk_limit = risk_limit
         self.capabilities = frozenset(ctx.capabilities.tags)
         self.limits = (
@@ -69,6 +93,10 @@ class BudgetCheck:
         for (limit, name), value in zip(self.limits, values, strict=True):
             if limit and not value <= limit:  # `not <=` also refuses NaN
                 return f"kernel {kernel.kernel_id} {name} {value} exceeds the budget {limit}"
+        if self.training is not None:
+            problem = self._training_flops(kernel)
+            if problem:
+                return problem
         if not meta.risk_score <= self.risk_limit:
             return f"blueprint {blueprint_ref(spec)} risk {meta.risk_score:.2f} > {self.risk_limit:.2f}"
         missing = set(meta.requires_capability) - self.capabilities
@@ -77,6 +105,17 @@ class BudgetCheck:
         kind = slot.shape.kind
         if kind and spec.slot_kinds and kind not in spec.slot_kinds:
             return f"blueprint {blueprint_ref(spec)} does not fit slot kind {kind}"
+        return None
+
+    def _training_flops(self, kernel) -> str | None:
+        """Why the kernel would take the run past its training-FLOPs budget, or None."""
+        left, per_kernel_flop = self.training
+        if math.isnan(left):
+            return "training FLOPs are not measured yet: the training-FLOPs budget cannot be checked"
+        cost = kernel.stats.flops * per_kernel_flop
+        if not cost <= left:  # `not <=` also refuses NaN
+            return (f"kernel {kernel.kernel_id} would spend {_giga(cost)} GFLOPs over the remaining "
+                    f"planned steps, {_giga(max(left, 0.0))} left in the training-FLOPs budget")
         return None
 
     def split(self, candidates: list[KernelCandidate], slot: SlotInfo) -> tuple[list[KernelCandidate], list[str]]:
@@ -105,3 +144,7 @@ def affordable(
 ) -> tuple[list[KernelCandidate], list[str]]:
     """Split candidates into the affordable ones and the reasons the others were refused."""
     return BudgetCheck(ctx, risk_limit).split(candidates, slot)
+
+
+def _giga(flops: float) -> str:
+    return f"{flops / 1e9:,.1f}"

@@ -213,11 +213,15 @@ _NOT_ALL_CHEAP = ("eager growth waits: not every open slot's best kernel is chea
                   "(growth timing saves compute, so the signal times every seed)")
 
 
-def eager_state(ctx: PolicyContext) -> tuple:
+def eager_state(ctx: PolicyContext) -> tuple | None:
     """What eager growth's outcome depends on, besides the library: the model's FLOPs, the
     seeds' parameters and every slot's stage and embargo. While it is unchanged, a check
     that found a costly kernel to grow would find it again (a change of the library is
-    seen at the next change of these, or on the growth signal)."""
+    seen at the next change of these, or on the growth signal). None under a
+    training-FLOPs budget: what it affords grows as the remaining steps shrink, so every
+    check is made afresh."""
+    if ctx.budget.max_training_flops > 0:
+        return None
     res, step = ctx.snapshot.resources, ctx.step
     return (res.model_flops_per_example, res.seed_params,
             tuple((s.slot_id, s.stage, s.embargo_until_step > step) for s in ctx.seeds.values()))

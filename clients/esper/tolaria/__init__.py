@@ -12,6 +12,7 @@ optimizer param groups, and `save_checkpoint` / `resume=` make runs resumable. U
 torch.distributed (DDP) the same code runs on every rank (esper.tolaria.distributed).
 """
 
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget  # attach(budget=...): what growth may afford
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
@@ -37,6 +38,7 @@ __all__ = [
     "RemotePolicy",
     "ReplayPolicy",
     "ReplicaDivergence",
+    "ResourceBudget",
     "RunSummary",
     "SeedSummary",
     "TolariaConfig",

@@ -30,6 +30,7 @@ from torch import nn
 from esper.kasmina import BlueprintSeedBuilder, KasminaConfig, KernelCache, wrap
 from esper.kasmina.wrap import MorphableModel, SlotChoice
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
+from esper.tolaria.budget import validate_budget
 from esper.tolaria.checkpoint import load_checkpoint, restore_session
 from esper.tolaria.config import TolariaConfig
 from esper.tolaria.distributed import process_replicas, unwrap_ddp
@@ -63,6 +64,7 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
     if state is not None:
         config.run_id = state["run_id"]
     config.validate()
+    validate_budget(budget)  # before the model is wrapped
     replicas = process_replicas()
     model = unwrap_ddp(model)  # seeds hook into the module DDP runs
     morph = model if isinstance(model, MorphableModel) else wrap(

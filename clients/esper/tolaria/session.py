@@ -437,11 +437,15 @@ class TolariaSession:
             used = torch.cuda.memory_allocated(device)
             total = torch.cuda.get_device_properties(device).total_memory
         trainable = sum(p.numel() for p in params if p.requires_grad)
+        spent = self.flops.totals(self.model.global_step)  # None: never measured
+        rate = self.flops.per_step
         return ResourceState(
             device=device.type, memory_used_bytes=used, memory_total_bytes=total,
             total_params=trainable, seed_params=self.model.seed_param_count(),
             step_time_ms=self.metrics.step_time_ms, telemetry_dropped=self.telemetry.dropped(),
             model_flops_per_example=self.flops.forward_per_example(),
+            training_flops=sum(spent) if spent else 0.0,
+            training_flops_per_step=sum(rate) if rate else 0.0,
         )
 
     def _device(self) -> torch.device:

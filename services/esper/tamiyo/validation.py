@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from esper.leyline.budget import budget_problem
 from esper.leyline.ids import run_id_problem
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
@@ -63,10 +64,10 @@ def check_graph(field: str, graph: ModelGraph, limits: Limits) -> None:
 
 
 def check_budget(field: str, budget: ResourceBudget) -> None:
-    if not math.isfinite(budget.max_seed_latency_ms) or budget.max_seed_latency_ms < 0:
-        raise InvalidInput(f"{field}.max_seed_latency_ms", "must be finite and >= 0")
-    if not math.isfinite(budget.max_risk) or not 0 <= budget.max_risk <= 1:
-        raise InvalidInput(f"{field}.max_risk", "must be within [0, 1]")
+    """The shared rule of esper.leyline.budget (Tolaria checks the same one at attach)."""
+    problem = budget_problem(budget)
+    if problem is not None:
+        raise InvalidInput(f"{field}.{problem[0]}", problem[1])
 
 
 def snapshot_problem(snapshot: TrainingSnapshot, limits: Limits) -> tuple[str, str] | None:

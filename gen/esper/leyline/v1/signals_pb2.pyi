@@ -162,6 +162,8 @@ class ResourceState(_message.Message):
     STEP_TIME_MS_FIELD_NUMBER: _builtins.int
     TELEMETRY_DROPPED_FIELD_NUMBER: _builtins.int
     MODEL_FLOPS_PER_EXAMPLE_FIELD_NUMBER: _builtins.int
+    TRAINING_FLOPS_FIELD_NUMBER: _builtins.int
+    TRAINING_FLOPS_PER_STEP_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """Device type, e.g. "cpu", "cuda"."""
     memory_used_bytes: _builtins.int
@@ -182,6 +184,15 @@ class ResourceState(_message.Message):
     scale a policy prices a kernel's KernelStats.flops (also per example) against.
     0 when unknown.
     """
+    training_flops: _builtins.float
+    """Training FLOPs spent so far (forward and backward of every training step, host and
+    seeds, counted as model_flops_per_example is, on this process's batches: under
+    torch.distributed one replica's share); 0 when unknown.
+    """
+    training_flops_per_step: _builtins.float
+    """Training FLOPs of one step as the model computes now (host and live seeds); 0 when
+    unknown.
+    """
     def __init__(
         self,
         *,
@@ -193,10 +204,12 @@ class ResourceState(_message.Message):
         step_time_ms: _builtins.float = ...,
         telemetry_dropped: _builtins.int = ...,
         model_flops_per_example: _builtins.float = ...,
+        training_flops: _builtins.float = ...,
+        training_flops_per_step: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "model_flops_per_example", b"model_flops_per_example", "seed_params", b"seed_params", "step_time_ms", b"step_time_ms", "telemetry_dropped", b"telemetry_dropped", "total_params", b"total_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "model_flops_per_example", b"model_flops_per_example", "seed_params", b"seed_params", "step_time_ms", b"step_time_ms", "telemetry_dropped", b"telemetry_dropped", "total_params", b"total_params", "training_flops", b"training_flops", "training_flops_per_step", b"training_flops_per_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

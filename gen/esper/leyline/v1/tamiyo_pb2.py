@@ -29,45 +29,45 @@ from esper.leyline.v1 import signals_pb2 as esper_dot_leyline_dot_v1_dot_signals
 from esper.leyline.v1 import telemetry_pb2 as esper_dot_leyline_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65sper/leyline/v1/tamiyo.proto\x12\x10\x65sper.leyline.v1\x1a\x1d\x65sper/leyline/v1/common.proto\x1a\x1e\x65sper/leyline/v1/control.proto\x1a esper/leyline/v1/lifecycle.proto\x1a\x1e\x65sper/leyline/v1/signals.proto\x1a esper/leyline/v1/telemetry.proto\"l\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.esper.leyline.v1.Dtype\x12\x16\n\x0emax_live_seeds\x18\x03 \x01(\r\x12\x0c\n\x04tags\x18\x04 \x03(\t\"\x90\x01\n\x0eResourceBudget\x12\x18\n\x10max_added_params\x18\x01 \x01(\x04\x12\x16\n\x0emax_seed_flops\x18\x02 \x01(\x04\x12\x1b\n\x13max_seed_latency_ms\x18\x03 \x01(\x01\x12\x1d\n\x15max_seed_memory_bytes\x18\x04 \x01(\x04\x12\x10\n\x08max_risk\x18\x05 \x01(\x01\"\x81\x03\n\x0bSessionOpen\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12;\n\x10\x63ontract_version\x18\x02 \x01(\x0b\x32!.esper.leyline.v1.SemanticVersion\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x12+\n\x05graph\x18\x04 \x01(\x0b\x32\x1c.esper.leyline.v1.ModelGraph\x12\x34\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x1e.esper.leyline.v1.Capabilities\x12\x30\n\x06\x62udget\x18\x06 \x01(\x0b\x32 .esper.leyline.v1.ResourceBudget\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12 \n\x18last_applied_decision_id\x18\x08 \x01(\t\x12*\n\x05seeds\x18\t \x03(\x0b\x32\x1b.esper.leyline.v1.SeedState\x12\x1a\n\x12\x61\x63ked_decision_ids\x18\n \x03(\t\"\xf0\x01\n\rSessionAccept\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12;\n\x10\x63ontract_version\x18\x03 \x01(\x0b\x32!.esper.leyline.v1.SemanticVersion\x12\x1c\n\x14snapshot_every_steps\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x0f\n\x07resumed\x18\x07 \x01(\x08\x12\x1c\n\x14idle_timeout_seconds\x18\x08 \x01(\r\"2\n\x10SessionHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\"\xa0\x02\n\x0eSessionRequest\x12-\n\x04open\x18\x01 \x01(\x0b\x32\x1d.esper.leyline.v1.SessionOpenH\x00\x12\x36\n\x08snapshot\x18\x02 \x01(\x0b\x32\".esper.leyline.v1.TrainingSnapshotH\x00\x12,\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1d.esper.leyline.v1.DecisionAckH\x00\x12\x35\n\x0c\x66ield_report\x18\x04 \x01(\x0b\x32\x1d.esper.leyline.v1.FieldReportH\x00\x12\x37\n\theartbeat\x18\x05 \x01(\x0b\x32\".esper.leyline.v1.SessionHeartbeatH\x00\x42\t\n\x07message\"j\n\x0eSessionWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12:\n\x0cwarning_code\x18\x03 \x01(\x0e\x32$.esper.leyline.v1.SessionWarningCode\"\xf7\x01\n\x0fSessionResponse\x12\x31\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x1f.esper.leyline.v1.SessionAcceptH\x00\x12\x38\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32$.esper.leyline.v1.AdaptationDecisionH\x00\x12\x37\n\theartbeat\x18\x03 \x01(\x0b\x32\".esper.leyline.v1.SessionHeartbeatH\x00\x12\x33\n\x07warning\x18\x04 \x01(\x0b\x32 .esper.leyline.v1.SessionWarningH\x00\x42\t\n\x07message\"\xea\x01\n\rDecideRequest\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".esper.leyline.v1.TrainingSnapshot\x12+\n\x05graph\x18\x02 \x01(\x0b\x32\x1c.esper.leyline.v1.ModelGraph\x12\x34\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1e.esper.leyline.v1.Capabilities\x12\x30\n\x06\x62udget\x18\x04 \x01(\x0b\x32 .esper.leyline.v1.ResourceBudget\x12\x0e\n\x06policy\x18\x05 \x01(\t\"H\n\x0e\x44\x65\x63ideResponse\x12\x36\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.esper.leyline.v1.AdaptationDecision\"M\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x10\n\x08\x61rtifact\x18\x04 \x01(\t\"\x15\n\x13ListPoliciesRequest\"F\n\x14ListPoliciesResponse\x12.\n\x08policies\x18\x01 \x03(\x0b\x32\x1c.esper.leyline.v1.PolicyInfo\":\n\x13ReloadPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rartifact_path\x18\x02 \x01(\t\"D\n\x14ReloadPolicyResponse\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.esper.leyline.v1.PolicyInfo*\xc0\x04\n\x12SessionWarningCode\x12$\n SESSION_WARNING_CODE_UNSPECIFIED\x10\x00\x12.\n*SESSION_WARNING_CODE_OUT_OF_ORDER_SNAPSHOT\x10\x01\x12*\n&SESSION_WARNING_CODE_REPEATED_SNAPSHOT\x10\x02\x12%\n!SESSION_WARNING_CODE_UNKNOWN_SLOT\x10\x03\x12#\n\x1fSESSION_WARNING_CODE_NON_FINITE\x10\x04\x12\"\n\x1eSESSION_WARNING_CODE_WRONG_RUN\x10\x05\x12\"\n\x1eSESSION_WARNING_CODE_OVERSIZED\x10\x06\x12)\n%SESSION_WARNING_CODE_UNKNOWN_DECISION\x10\x07\x12&\n\"SESSION_WARNING_CODE_DUPLICATE_ACK\x10\x08\x12$\n SESSION_WARNING_CODE_INVALID_ACK\x10\t\x12&\n\"SESSION_WARNING_CODE_REPEATED_OPEN\x10\n\x12&\n\"SESSION_WARNING_CODE_EMPTY_MESSAGE\x10\x0b\x12\"\n\x1eSESSION_WARNING_CODE_STEP_JUMP\x10\x0c\x12\'\n#SESSION_WARNING_CODE_QUOTA_EXCEEDED\x10\r2\xee\x02\n\rTamiyoService\x12R\n\x07Session\x12 .esper.leyline.v1.SessionRequest\x1a!.esper.leyline.v1.SessionResponse(\x01\x30\x01\x12K\n\x06\x44\x65\x63ide\x12\x1f.esper.leyline.v1.DecideRequest\x1a .esper.leyline.v1.DecideResponse\x12]\n\x0cListPolicies\x12%.esper.leyline.v1.ListPoliciesRequest\x1a&.esper.leyline.v1.ListPoliciesResponse\x12]\n\x0cReloadPolicy\x12%.esper.leyline.v1.ReloadPolicyRequest\x1a&.esper.leyline.v1.ReloadPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65sper/leyline/v1/tamiyo.proto\x12\x10\x65sper.leyline.v1\x1a\x1d\x65sper/leyline/v1/common.proto\x1a\x1e\x65sper/leyline/v1/control.proto\x1a esper/leyline/v1/lifecycle.proto\x1a\x1e\x65sper/leyline/v1/signals.proto\x1a esper/leyline/v1/telemetry.proto\"l\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.esper.leyline.v1.Dtype\x12\x16\n\x0emax_live_seeds\x18\x03 \x01(\r\x12\x0c\n\x04tags\x18\x04 \x03(\t\"\xc3\x01\n\x0eResourceBudget\x12\x18\n\x10max_added_params\x18\x01 \x01(\x04\x12\x16\n\x0emax_seed_flops\x18\x02 \x01(\x04\x12\x1b\n\x13max_seed_latency_ms\x18\x03 \x01(\x01\x12\x1d\n\x15max_seed_memory_bytes\x18\x04 \x01(\x04\x12\x10\n\x08max_risk\x18\x05 \x01(\x01\x12\x1a\n\x12max_training_flops\x18\x06 \x01(\x01\x12\x15\n\rplanned_steps\x18\x07 \x01(\x04\"\x81\x03\n\x0bSessionOpen\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12;\n\x10\x63ontract_version\x18\x02 \x01(\x0b\x32!.esper.leyline.v1.SemanticVersion\x12\x16\n\x0e\x63lient_version\x18\x03 \x01(\t\x12+\n\x05graph\x18\x04 \x01(\x0b\x32\x1c.esper.leyline.v1.ModelGraph\x12\x34\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x1e.esper.leyline.v1.Capabilities\x12\x30\n\x06\x62udget\x18\x06 \x01(\x0b\x32 .esper.leyline.v1.ResourceBudget\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12 \n\x18last_applied_decision_id\x18\x08 \x01(\t\x12*\n\x05seeds\x18\t \x03(\x0b\x32\x1b.esper.leyline.v1.SeedState\x12\x1a\n\x12\x61\x63ked_decision_ids\x18\n \x03(\t\"\xf0\x01\n\rSessionAccept\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12;\n\x10\x63ontract_version\x18\x03 \x01(\x0b\x32!.esper.leyline.v1.SemanticVersion\x12\x1c\n\x14snapshot_every_steps\x18\x04 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x0f\n\x07resumed\x18\x07 \x01(\x08\x12\x1c\n\x14idle_timeout_seconds\x18\x08 \x01(\r\"2\n\x10SessionHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\"\xa0\x02\n\x0eSessionRequest\x12-\n\x04open\x18\x01 \x01(\x0b\x32\x1d.esper.leyline.v1.SessionOpenH\x00\x12\x36\n\x08snapshot\x18\x02 \x01(\x0b\x32\".esper.leyline.v1.TrainingSnapshotH\x00\x12,\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1d.esper.leyline.v1.DecisionAckH\x00\x12\x35\n\x0c\x66ield_report\x18\x04 \x01(\x0b\x32\x1d.esper.leyline.v1.FieldReportH\x00\x12\x37\n\theartbeat\x18\x05 \x01(\x0b\x32\".esper.leyline.v1.SessionHeartbeatH\x00\x42\t\n\x07message\"j\n\x0eSessionWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12:\n\x0cwarning_code\x18\x03 \x01(\x0e\x32$.esper.leyline.v1.SessionWarningCode\"\xf7\x01\n\x0fSessionResponse\x12\x31\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x1f.esper.leyline.v1.SessionAcceptH\x00\x12\x38\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32$.esper.leyline.v1.AdaptationDecisionH\x00\x12\x37\n\theartbeat\x18\x03 \x01(\x0b\x32\".esper.leyline.v1.SessionHeartbeatH\x00\x12\x33\n\x07warning\x18\x04 \x01(\x0b\x32 .esper.leyline.v1.SessionWarningH\x00\x42\t\n\x07message\"\xea\x01\n\rDecideRequest\x12\x34\n\x08snapshot\x18\x01 \x01(\x0b\x32\".esper.leyline.v1.TrainingSnapshot\x12+\n\x05graph\x18\x02 \x01(\x0b\x32\x1c.esper.leyline.v1.ModelGraph\x12\x34\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1e.esper.leyline.v1.Capabilities\x12\x30\n\x06\x62udget\x18\x04 \x01(\x0b\x32 .esper.leyline.v1.ResourceBudget\x12\x0e\n\x06policy\x18\x05 \x01(\t\"H\n\x0e\x44\x65\x63ideResponse\x12\x36\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.esper.leyline.v1.AdaptationDecision\"M\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x10\n\x08\x61rtifact\x18\x04 \x01(\t\"\x15\n\x13ListPoliciesRequest\"F\n\x14ListPoliciesResponse\x12.\n\x08policies\x18\x01 \x03(\x0b\x32\x1c.esper.leyline.v1.PolicyInfo\":\n\x13ReloadPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rartifact_path\x18\x02 \x01(\t\"D\n\x14ReloadPolicyResponse\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.esper.leyline.v1.PolicyInfo*\xc0\x04\n\x12SessionWarningCode\x12$\n SESSION_WARNING_CODE_UNSPECIFIED\x10\x00\x12.\n*SESSION_WARNING_CODE_OUT_OF_ORDER_SNAPSHOT\x10\x01\x12*\n&SESSION_WARNING_CODE_REPEATED_SNAPSHOT\x10\x02\x12%\n!SESSION_WARNING_CODE_UNKNOWN_SLOT\x10\x03\x12#\n\x1fSESSION_WARNING_CODE_NON_FINITE\x10\x04\x12\"\n\x1eSESSION_WARNING_CODE_WRONG_RUN\x10\x05\x12\"\n\x1eSESSION_WARNING_CODE_OVERSIZED\x10\x06\x12)\n%SESSION_WARNING_CODE_UNKNOWN_DECISION\x10\x07\x12&\n\"SESSION_WARNING_CODE_DUPLICATE_ACK\x10\x08\x12$\n SESSION_WARNING_CODE_INVALID_ACK\x10\t\x12&\n\"SESSION_WARNING_CODE_REPEATED_OPEN\x10\n\x12&\n\"SESSION_WARNING_CODE_EMPTY_MESSAGE\x10\x0b\x12\"\n\x1eSESSION_WARNING_CODE_STEP_JUMP\x10\x0c\x12\'\n#SESSION_WARNING_CODE_QUOTA_EXCEEDED\x10\r2\xee\x02\n\rTamiyoService\x12R\n\x07Session\x12 .esper.leyline.v1.SessionRequest\x1a!.esper.leyline.v1.SessionResponse(\x01\x30\x01\x12K\n\x06\x44\x65\x63ide\x12\x1f.esper.leyline.v1.DecideRequest\x1a .esper.leyline.v1.DecideResponse\x12]\n\x0cListPolicies\x12%.esper.leyline.v1.ListPoliciesRequest\x1a&.esper.leyline.v1.ListPoliciesResponse\x12]\n\x0cReloadPolicy\x12%.esper.leyline.v1.ReloadPolicyRequest\x1a&.esper.leyline.v1.ReloadPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'esper.leyline.v1.tamiyo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONWARNINGCODE']._serialized_start=2419
-  _globals['_SESSIONWARNINGCODE']._serialized_end=2995
+  _globals['_SESSIONWARNINGCODE']._serialized_start=2470
+  _globals['_SESSIONWARNINGCODE']._serialized_end=3046
   _globals['_CAPABILITIES']._serialized_start=214
   _globals['_CAPABILITIES']._serialized_end=322
   _globals['_RESOURCEBUDGET']._serialized_start=325
-  _globals['_RESOURCEBUDGET']._serialized_end=469
-  _globals['_SESSIONOPEN']._serialized_start=472
-  _globals['_SESSIONOPEN']._serialized_end=857
-  _globals['_SESSIONACCEPT']._serialized_start=860
-  _globals['_SESSIONACCEPT']._serialized_end=1100
-  _globals['_SESSIONHEARTBEAT']._serialized_start=1102
-  _globals['_SESSIONHEARTBEAT']._serialized_end=1152
-  _globals['_SESSIONREQUEST']._serialized_start=1155
-  _globals['_SESSIONREQUEST']._serialized_end=1443
-  _globals['_SESSIONWARNING']._serialized_start=1445
-  _globals['_SESSIONWARNING']._serialized_end=1551
-  _globals['_SESSIONRESPONSE']._serialized_start=1554
-  _globals['_SESSIONRESPONSE']._serialized_end=1801
-  _globals['_DECIDEREQUEST']._serialized_start=1804
-  _globals['_DECIDEREQUEST']._serialized_end=2038
-  _globals['_DECIDERESPONSE']._serialized_start=2040
-  _globals['_DECIDERESPONSE']._serialized_end=2112
-  _globals['_POLICYINFO']._serialized_start=2114
-  _globals['_POLICYINFO']._serialized_end=2191
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=2193
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=2214
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=2216
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2286
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=2288
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=2346
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=2348
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2416
-  _globals['_TAMIYOSERVICE']._serialized_start=2998
-  _globals['_TAMIYOSERVICE']._serialized_end=3364
+  _globals['_RESOURCEBUDGET']._serialized_end=520
+  _globals['_SESSIONOPEN']._serialized_start=523
+  _globals['_SESSIONOPEN']._serialized_end=908
+  _globals['_SESSIONACCEPT']._serialized_start=911
+  _globals['_SESSIONACCEPT']._serialized_end=1151
+  _globals['_SESSIONHEARTBEAT']._serialized_start=1153
+  _globals['_SESSIONHEARTBEAT']._serialized_end=1203
+  _globals['_SESSIONREQUEST']._serialized_start=1206
+  _globals['_SESSIONREQUEST']._serialized_end=1494
+  _globals['_SESSIONWARNING']._serialized_start=1496
+  _globals['_SESSIONWARNING']._serialized_end=1602
+  _globals['_SESSIONRESPONSE']._serialized_start=1605
+  _globals['_SESSIONRESPONSE']._serialized_end=1852
+  _globals['_DECIDEREQUEST']._serialized_start=1855
+  _globals['_DECIDEREQUEST']._serialized_end=2089
+  _globals['_DECIDERESPONSE']._serialized_start=2091
+  _globals['_DECIDERESPONSE']._serialized_end=2163
+  _globals['_POLICYINFO']._serialized_start=2165
+  _globals['_POLICYINFO']._serialized_end=2242
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=2244
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=2265
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=2267
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2337
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=2339
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=2397
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=2399
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2467
+  _globals['_TAMIYOSERVICE']._serialized_start=3049
+  _globals['_TAMIYOSERVICE']._serialized_end=3415
 # @@protoc_insertion_point(module_scope)

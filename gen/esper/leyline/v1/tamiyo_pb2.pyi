@@ -139,6 +139,8 @@ class ResourceBudget(_message.Message):
     MAX_SEED_LATENCY_MS_FIELD_NUMBER: _builtins.int
     MAX_SEED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RISK_FIELD_NUMBER: _builtins.int
+    MAX_TRAINING_FLOPS_FIELD_NUMBER: _builtins.int
+    PLANNED_STEPS_FIELD_NUMBER: _builtins.int
     max_added_params: _builtins.int
     """Maximum parameters all seeds together may add; 0 means unlimited."""
     max_seed_flops: _builtins.int
@@ -152,6 +154,18 @@ class ResourceBudget(_message.Message):
     """Maximum extra memory in bytes a single seed may add; 0 means unlimited."""
     max_risk: _builtins.float
     """Maximum blueprint risk score allowed, in [0, 1]; 0 means the server default."""
+    max_training_flops: _builtins.float
+    """Training FLOPs the whole run may spend (every training step's forward and backward,
+    host and seeds, as ResourceState.training_flops counts them). A germination is refused
+    when the run's projected total would exceed it: the FLOPs spent so far plus every
+    remaining planned step at the model's step cost with the kernel added (its
+    KernelStats.flops as a share of ResourceState.model_flops_per_example). 0 means
+    unlimited; when set, planned_steps must be set too.
+    """
+    planned_steps: _builtins.int
+    """Training steps the run plans in all: the horizon max_training_flops is projected
+    over. 0 means unknown.
+    """
     def __init__(
         self,
         *,
@@ -160,10 +174,12 @@ class ResourceBudget(_message.Message):
         max_seed_latency_ms: _builtins.float = ...,
         max_seed_memory_bytes: _builtins.int = ...,
         max_risk: _builtins.float = ...,
+        max_training_flops: _builtins.float = ...,
+        planned_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_added_params", b"max_added_params", "max_risk", b"max_risk", "max_seed_flops", b"max_seed_flops", "max_seed_latency_ms", b"max_seed_latency_ms", "max_seed_memory_bytes", b"max_seed_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_added_params", b"max_added_params", "max_risk", b"max_risk", "max_seed_flops", b"max_seed_flops", "max_seed_latency_ms", b"max_seed_latency_ms", "max_seed_memory_bytes", b"max_seed_memory_bytes", "max_training_flops", b"max_training_flops", "planned_steps", b"planned_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
