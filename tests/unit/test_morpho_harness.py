@@ -36,6 +36,26 @@ def test_flop_meter_measures_once_per_key_and_charges_per_sample() -> None:
     assert meter.total == 2 * 8 * 4 * 28
 
 
+@pytest.mark.parametrize("groups", [1, 4, 16])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_convolution_step_costs_three_forwards_whatever_its_groups(groups, stride) -> None:
+    """Each gradient of a convolution is one pass over the forward's multiply-adds: a
+    training step costs 3 forwards (2 where the input needs no gradient). torch's formula
+    charges a grouped convolution's weight gradient as dense (a depthwise 3x3 over 16
+    channels at 18 forwards): the harness's counter corrects it, dense counts unchanged."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=groups, stride=stride)
+    x = torch.randn(4, 16, 10, 10)
+    meter = FlopMeter()
+    meter.run("validation", "fwd", 4, lambda: conv(x))
+    meter.run("train", "first", 4, lambda: conv(x).sum().backward())
+    meter.run("extra", "inner", 4, lambda: conv(x.requires_grad_()).sum().backward())
+    forward = meter.by_kind["validation"]
+    assert forward == 2 * 4 * 16 * (16 // groups) * 9 * (10 // stride) ** 2
+    assert meter.by_kind["train"] == 2 * forward  # forward + weight gradient
+    assert meter.by_kind["extra"] == 3 * forward  # + the input's gradient
+
+
 def test_a_transformer_validation_pass_is_counted_whole() -> None:
     """An eval-mode, gradient-free pass of a TransformerEncoderLayer (a validation pass)
     costs what a training-mode forward does, once the harness has made every pass
