@@ -30,3 +30,28 @@ def test_session_open_carries_the_runtime_budget() -> None:
         assert session.open_message.budget.max_added_params == int(0.25 * host)
     finally:
         session.close()
+
+
+def test_trainer_plans_the_steps_of_a_training_flops_budget() -> None:
+    """A budget with max_training_flops and no planned_steps gets the Trainer's epochs x
+    batches; the caller's message is not changed; a budget with its own horizon keeps it."""
+    from esper.tolaria import Trainer
+    from esper.tolaria.tasks import load_task
+
+    task = load_task("digits", batch_size=64, seed=0)
+    budget = ResourceBudget(max_training_flops=1e12)
+    trainer = Trainer(task.model, lambda p: torch.optim.SGD(p, lr=0.1), task.train_loader,
+                      task.val_loader, epochs=3, budget=budget,
+                      config=TolariaConfig(progress=False))
+    try:
+        assert trainer.session.open_message.budget.planned_steps == 3 * len(task.train_loader)
+        assert budget.planned_steps == 0
+    finally:
+        trainer.session.close()
+    own = ResourceBudget(max_training_flops=1e12, planned_steps=7)
+    trainer = Trainer(task.model, lambda p: torch.optim.SGD(p, lr=0.1), task.train_loader,
+                      epochs=3, budget=own, config=TolariaConfig(progress=False))
+    try:
+        assert trainer.session.open_message.budget.planned_steps == 7
+    finally:
+        trainer.session.close()

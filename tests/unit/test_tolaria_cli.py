@@ -30,6 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     (["--slot-depth", "99"], "--slot-depth must be in 1..8"),
     (["--run-id", "a b"], "--run-id: 'a b' is not a run id"),
     (["--static", "--tamiyo", "127.0.0.1:5"], "--static trains without a policy"),
+    (["--max-training-gflops", "0"], "--max-training-gflops must be a positive number"),
+    (["--max-training-gflops", "nan"], "--max-training-gflops must be a positive number"),
+    (["--max-training-gflops", "-2"], "--max-training-gflops must be a positive number"),
+    (["--static", "--max-training-gflops", "5"], "--static grows nothing"),
 ])
 def test_bad_input_exits_2(argv, words, capsys) -> None:
     assert main(["train", *argv]) == 2
@@ -69,6 +73,19 @@ def test_static_grows_nothing(capsys) -> None:
     out = capsys.readouterr().out
     assert "host 2,570 at attach -> 2,570 final" in out
     assert "decisions: 0 applied" in out and "seeds: 0 germinated" in out
+
+
+def test_a_training_budget_the_host_alone_spends_grows_nothing(capsys) -> None:
+    """--max-training-gflops below what the host's own steps cost: training runs its
+    epochs, and every germination is refused for the budget (without it, the same run
+    germinates)."""
+    assert main(["train", "--epochs", "3", "--no-progress", "--run-id", "rich"]) == 0
+    assert "seeds: 0 germinated" not in capsys.readouterr().out
+    assert main(["train", "--epochs", "3", "--no-progress", "--run-id", "poor",
+                 "--max-training-gflops", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "run poor: 3 epochs" in out and "seeds: 0 germinated" in out
+    assert "host 2,570 at attach -> 2,570 final" in out
 
 
 def test_entry_point_trains_a_users_model(tmp_path, monkeypatch, capsys) -> None:

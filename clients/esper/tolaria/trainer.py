@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
@@ -42,7 +43,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Trainer:
     """Trains `model` for `epochs` on `train_loader` (batches of (inputs, targets)),
     evaluating on `val_loader` after each epoch. Extra keyword arguments go to `attach`
-    (slots, example_input, urza, blueprints, budget, kasmina...)."""
+    (slots, example_input, urza, blueprints, budget, kasmina...); a `budget` with
+    `max_training_flops` and no `planned_steps` is given the run's (epochs x batches of a
+    sized loader)."""
 
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory, train_loader,
                  val_loader=None, *, loss_fn: LossFn = F.cross_entropy, epochs: int = 10,
@@ -78,6 +81,8 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.classification = classification
         state = load_checkpoint(resume) if resume else None
+        if attach_kwargs.get("budget") is not None:
+            attach_kwargs["budget"] = _planned(attach_kwargs["budget"], epochs, _len(train_loader))
         self.session = attach(self.model, self.optimizer, policy, config=self.config,
                               resume=state, **attach_kwargs)
         loop = self.session.loop_state
@@ -250,6 +255,17 @@ class Trainer:
         if self.scheduler is not None:
             loop["scheduler"] = self.scheduler.state_dict()
         save_checkpoint(path, self.session, loop)
+
+
+def _planned(budget: ResourceBudget, epochs: int, batches: int | None) -> ResourceBudget:
+    """A copy of `budget` with the run's planned steps where a training-FLOPs budget lacks
+    them (the caller's message is left as it was)."""
+    if budget.max_training_flops <= 0 or budget.planned_steps or not batches:
+        return budget
+    out = ResourceBudget()
+    out.CopyFrom(budget)
+    out.planned_steps = epochs * batches
+    return out
 
 
 def _len(loader) -> int | None:

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slot-depth", type=int, default=1, metavar="N",
                    help="seeds that may stack at each slot's layer (slot k opens once "
                         "slot k-1 has fossilized; default 1)")
+    p.add_argument("--max-training-gflops", type=float, default=None, metavar="GFLOPS",
+                   help="a training-compute budget: no germination whose projected training "
+                        "FLOPs (host and seeds, over the planned epochs) would exceed it")
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="save after every epoch")
     p.add_argument("--resume", default=None, metavar="PATH", help="continue a checkpointed run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,6 +77,11 @@ def _check(args: argparse.Namespace) -> None:
 
     if not 1 <= args.slot_depth <= MAX_SLOT_DEPTH:
         raise UsageError(f"--slot-depth must be in 1..{MAX_SLOT_DEPTH}, got {args.slot_depth}")
+    budget = args.max_training_gflops
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--max-training-gflops must be a positive number, got {budget}")
+    if budget is not None and args.static:
+        raise UsageError("--static grows nothing: drop --max-training-gflops")
     if args.urza is not None and not _valid_address(args.urza):
         raise UsageError(f"--urza must be HOST:PORT, got {args.urza!r}")
     if args.tamiyo is not None:
@@ -91,6 +99,15 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("give --task or --entry, not both")
     if args.run_id is not None and (problem := run_id_problem(args.run_id)):
         raise UsageError(f"--run-id: {problem}")
+
+
+def _budget(gflops: float | None):
+    """The run's ResourceBudget: --max-training-gflops (the Trainer plans its steps)."""
+    if gflops is None:
+        return None
+    from esper.tolaria import ResourceBudget
+
+    return ResourceBudget(max_training_flops=gflops * 1e9)
 
 
 def _valid_address(value: str) -> bool:
@@ -165,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
                           val_loader, loss_fn=loss_fn, epochs=args.epochs, policy=policy,
                           config=config, checkpoint_path=args.checkpoint, resume=args.resume,
                           example_input=example, urza=args.urza,
-                          kasmina=KasminaConfig(slot_depth=args.slot_depth))
+                          kasmina=KasminaConfig(slot_depth=args.slot_depth),
+                          budget=_budget(args.max_training_gflops))
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
     print(trainer.fit())  # the run's report: parameters, FLOPs, decisions, each seed's life
