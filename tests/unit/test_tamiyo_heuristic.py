@@ -452,3 +452,19 @@ def test_training_flops_budget_eager_checks_are_not_remembered() -> None:
     later.history.eager_idle = ctx.history.eager_idle
     d = policy.decide(later)
     assert d.WhichOneof("action") == "germinate", d.rationale
+
+
+def test_training_flops_budget_vets_any_policys_germination() -> None:
+    """The safety check every policy's decision passes (the learned policy's and a remote
+    one's too) applies the training-FLOPs budget: a germination of a kernel the run cannot
+    afford is withheld with the reason; the same decision passes without the budget."""
+    from esper.policy.safety import violation
+
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296), 50_000)
+    ctx = _budgeted([hungry], spent=1e12, per_step=1e9, budget=2.2e12, planned=2000)
+    d = policy.decide(_budgeted([hungry], spent=1e12, per_step=1e9, budget=3e12, planned=2000))
+    assert d.WhichOneof("action") == "germinate"
+    problem = violation(d, ctx, 0.5, 2)
+    assert problem and "training-FLOPs budget" in problem, problem
+    ctx.budget.max_training_flops = 0.0
+    assert violation(d, ctx, 0.5, 2) is None
