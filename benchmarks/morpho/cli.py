@@ -191,9 +191,13 @@ def _weight(text: str) -> float:
 
 
 def _gflops(text: str) -> float:
-    value = _weight(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0 (leave it out for no budget)")
+    try:
+        value = _weight(text)
+    except (ValueError, argparse.ArgumentTypeError):  # not a number, or not finite
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (leave it out for no "
+                                         f"budget), got {text!r}")
     return value
 
 

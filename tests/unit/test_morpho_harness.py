@@ -335,6 +335,26 @@ def test_flops_weight_is_checked_and_recorded() -> None:
             parser().parse_args(["--flops-weight", bad])
 
 
+def test_training_flops_budget_is_checked_and_reaches_the_esper_arms() -> None:
+    from morpho.arms import Context, _esper_budget
+    from morpho.cli import parser
+
+    args = parser().parse_args(["--training-flops-budget", "755"])
+    assert args.training_flops_budget == 755.0
+    assert parser().parse_args([]).training_flops_budget is None
+    for bad in ("0", "-1", "nan", "inf", "abc"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--training-flops-budget", bad])
+
+    class Data:
+        steps_per_epoch = 391
+
+    ctx = Context(host="cnn", seed=0, epochs=20, data=Data(), training_flops_budget=755.0)
+    budget = _esper_budget(ctx)
+    assert budget.max_training_flops == 755e9 and budget.planned_steps == 20 * 391
+    assert _esper_budget(Context(host="cnn", seed=0, epochs=20, data=Data())) is None
+
+
 def test_slot_depth_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
     from morpho.arms import Context, _grown
     from morpho.cli import parser
