@@ -92,6 +92,8 @@ class Context:
     slot_depth: int = 1
     # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
     training_flops_budget: float | None = None
+    # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
+    budget_flops_weight: float | None = None
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -237,10 +239,13 @@ def _fossil(morph, state) -> dict:
 
 def _esper_policy(ctx: Context) -> str | LocalPolicy:
     """The esper arms' policy: the local heuristic at its defaults, or with compute priced
-    at --flops-weight."""
-    if ctx.flops_weight is None:
+    at --flops-weight (or under a budget at --budget-flops-weight)."""
+    changes = {name: value for name, value in (("flops_weight", ctx.flops_weight),
+                                               ("budget_flops_weight", ctx.budget_flops_weight))
+               if value is not None}
+    if not changes:
         return "local"
-    return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, flops_weight=ctx.flops_weight))
+    return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, **changes))
 
 
 def _esper_budget(ctx: Context) -> ResourceBudget | None:

@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
                         "GFLOPs of training steps as Tolaria counts them (validation and safe "
                         "points come on top), projected over the run's planned steps "
                         "(default: none)")
+    p.add_argument("--budget-flops-weight", type=_weight, default=None, metavar="W",
+                   help="the esper and esper-stack arms' HeuristicConfig.budget_flops_weight: "
+                        "the price of compute under --training-flops-budget when "
+                        "--flops-weight leaves it unpriced (default: the heuristic's, 0: none)")
     p.add_argument("--slot-depth", type=_depth, default=1, metavar="N",
                    help="seeds that stack: KasminaConfig.slot_depth of every grown arm (Esper, "
                         "random growth, the fixed schedule; default 1, one seed per slot)")
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "training_flops_budget": args.training_flops_budget,
+                         "budget_flops_weight": args.budget_flops_weight,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
-                          training_flops_budget=args.training_flops_budget)
+                          training_flops_budget=args.training_flops_budget,
+                          budget_flops_weight=args.budget_flops_weight)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:

@@ -154,14 +154,16 @@ def label_of(arm: str, cfg: dict) -> str:
 
 def _esper_settings(cfg: dict) -> list[str]:
     """What the esper arm ran with other than the defaults (--slot-depth, --flops-weight,
-    --training-flops-budget)."""
+    --training-flops-budget, --budget-flops-weight)."""
     settings = []
     if cfg.get("slot_depth", 1) > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
     if cfg.get("flops_weight") is not None:
         settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
     if cfg.get("training_flops_budget") is not None:
-        settings.append(f"a training budget of {cfg['training_flops_budget']:,g} GFLOPs")
+        priced = "" if cfg.get("budget_flops_weight") is None \
+            else f" (compute priced under it at {cfg['budget_flops_weight']:g})"
+        settings.append(f"a training budget of {cfg['training_flops_budget']:,g} GFLOPs{priced}")
     return settings
 
 
@@ -192,6 +194,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Does growth pay? {data}, {seeds}, {cfg['epochs']} epochs",
              "", f"Command: `{cfg['command']}`", ""]
     lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
+    if cfg.get("note"):  # what a reader must know to regenerate it with today's code
+        lines += ["", f"Note: {cfg['note']}."]
     lines += ["",
              _test_set_line(cfg["hosts"]) + " (mean ± sd over seeds); training "
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "

@@ -468,3 +468,26 @@ def test_training_flops_budget_vets_any_policys_germination() -> None:
     assert problem and "training-FLOPs budget" in problem, problem
     ctx.budget.max_training_flops = 0.0
     assert violation(d, ctx, 0.5, 2) is None
+
+
+def test_a_training_flops_budget_prices_compute_when_the_policy_does_not() -> None:
+    """Under a training-FLOPs budget an unpriced heuristic ranks kernels with compute
+    priced at budget_flops_weight (the squeeze-excitation block over the residual 3x3
+    block that the unpriced ranking picks, both fitting the budget), and says so; an own
+    flops_weight, or budget_flops_weight=0, is kept as it is."""
+    hungry = _with_flops(candidate("BP-CONV-RES3X3", params=296, risk=0.1), 460_000)
+    cheap = _with_flops(candidate("BP-CONV-SE", params=41, risk=0.1), 9_400)
+    roomy = {"spent": 1e12, "per_step": 1e9, "budget": 1e15, "planned": 2000,
+             "model_flops": 174_000.0}
+    unbudgeted = _budgeted([hungry, cheap], **roomy)
+    unbudgeted.budget.max_training_flops = 0.0
+    assert policy.decide(unbudgeted).germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0"
+    d = policy.decide(_budgeted([hungry, cheap], **roomy))
+    assert d.germinate.blueprint_ref == "BP-CONV-SE@1.0.0", d.rationale
+    assert "compute priced at 0.5 under the training-FLOPs budget" in d.rationale
+    free = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, budget_flops_weight=0.0))
+    assert free.decide(_budgeted([hungry, cheap], **roomy)).germinate.blueprint_ref \
+        == "BP-CONV-RES3X3@1.0.0"
+    own = HeuristicPolicy(HeuristicConfig(max_live_seeds=2, flops_weight=0.01))
+    d = own.decide(_budgeted([hungry, cheap], **roomy))
+    assert d.germinate.blueprint_ref == "BP-CONV-RES3X3@1.0.0" and "priced at" not in d.rationale
