@@ -198,10 +198,10 @@ def _weight(text: str) -> float:
 
 def _gflops(text: str) -> float:
     try:
-        value = _weight(text)
-    except (ValueError, argparse.ArgumentTypeError):  # not a number, or not finite
-        value = 0.0
-    if value <= 0:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (leave it out for no "
                                          f"budget), got {text!r}")
     return value

@@ -257,7 +257,9 @@ class HeuristicPolicy:
 
     def __init__(self, config: HeuristicConfig | None = None) -> None:
         self.config = config or HeuristicConfig()
-        self._budget_priced: HeuristicConfig | None = None  # _ranking's, made on first need
+        # What _ranking ranks with under a training-FLOPs budget (the config is frozen).
+        self._budget_priced = dataclasses.replace(self.config,
+                                                  flops_weight=self.config.budget_flops_weight)
 
     @property
     def version(self) -> str:
@@ -288,8 +290,6 @@ class HeuristicPolicy:
         c = self.config
         if c.flops_weight > 0 or c.budget_flops_weight <= 0 or ctx.budget.max_training_flops <= 0:
             return c
-        if self._budget_priced is None:
-            self._budget_priced = dataclasses.replace(c, flops_weight=c.budget_flops_weight)
         return self._budget_priced
 
     def _risk(self, ctx: PolicyContext) -> float:

@@ -22,8 +22,8 @@ from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 def runtime_budget(budget: ResourceBudget | None, host_params: int,
                    max_seed_param_fraction: float) -> ResourceBudget:
     """A copy of `budget` whose max_added_params is at most Kasmina's seed-parameter cap
-    (0, unlimited, becomes the cap)."""
-    validate_budget(budget)
+    (0, unlimited, becomes the cap). `budget` has passed validate_budget (attach checks
+    it before the model is wrapped)."""
     out = ResourceBudget()
     if budget is not None:
         out.CopyFrom(budget)
