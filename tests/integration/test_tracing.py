@@ -10,16 +10,17 @@ import uuid
 import grpc
 import pytest
 import torch
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import REGISTRY
 
 import esper.tolaria
 from esper.nissa import service as nissa_service
 from esper.nissa.config import NissaConfig
-from esper.nissa.worker import CONSUMER_REPORT_S
+from esper.oona.topics import EVENT_TOPIC_NAMES
 from esper.runtime.server import start_server
 from esper.tolaria.config import TolariaConfig
 
@@ -57,19 +58,33 @@ def _train(run_id: str, bootstrap: str) -> None:
         session.close()
 
 
-async def _caught_up(group: str) -> None:
-    """Until Nissa's consumer group has ingested the broker's backlog (the session broker
-    holds every earlier test's events). A backlog batch carries spans of many producers,
-    and Nissa records at most MAX_SPANS_PER_BATCH per batch, the most frequent first: the
-    run's few events must not share a batch with it. Lag is forwarded once a second."""
-    await asyncio.sleep(2 * CONSUMER_REPORT_S)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        lags = [s.value for m in REGISTRY.collect() if m.name == "esper_oona_consumer_lag_records"
-                for s in m.samples if s.labels["group"] == group]
-        if not any(lags):
-            return
-        await asyncio.sleep(0.2)
+async def _caught_up(group: str, bootstrap: str) -> None:
+    """Until Nissa's consumer group has committed the broker's whole backlog (the session
+    broker holds every earlier test's events). A backlog batch carries spans of many
+    producers, and Nissa records at most MAX_SPANS_PER_BATCH per batch, the most frequent
+    first: the run's few events must not share a batch with it. The broker's committed
+    offsets are the truth here: the lag gauge keeps a partition's last value after a
+    rebalance hands it to the other worker, which re-reads what was not committed."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    # A member of the group that never subscribes (so never joins): it only reads offsets.
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    await admin.start()
+    await reader.start()
+    try:
+        described = await admin.describe_topics(list(EVENT_TOPIC_NAMES))
+        partitions = [TopicPartition(t["topic"], p["partition"])
+                      for t in described for p in t["partitions"]]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ends = await reader.end_offsets(partitions)
+            committed = {tp: await reader.committed(tp) for tp in ends}
+            if all((committed[tp] or 0) >= end for tp, end in ends.items()):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await reader.stop()
+        await admin.close()
     raise AssertionError("Nissa did not catch up with the broker's backlog")
 
 
@@ -81,7 +96,7 @@ async def test_tolaria_trace_continues_into_nissa(fresh_database, kafka_bootstra
     nissa = await start_server(nissa_service.SPEC, config)
     run_id = f"run-trace-{uuid.uuid4().hex[:8]}"
     try:
-        await _caught_up(config.consumer_group)
+        await _caught_up(config.consumer_group, kafka_bootstrap)
         await asyncio.to_thread(_train, run_id, kafka_bootstrap)
         deadline = time.monotonic() + 30
         ingest: list = []
