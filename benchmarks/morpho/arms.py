@@ -90,6 +90,8 @@ class Context:
     # KasminaConfig.slot_depth of every grown arm (Esper and the random and scheduled
     # growth that replay its seed count or seeds, whose slots must exist in their runs too).
     slot_depth: int = 1
+    # KasminaConfig.seed_init of every grown arm (how a new seed's entry layer starts).
+    seed_init: str = "default"
     # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
     training_flops_budget: float | None = None
     # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
@@ -185,8 +187,8 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model)
-    if kasmina is None and ctx.slot_depth != 1:
-        kasmina = KasminaConfig(slot_depth=ctx.slot_depth)
+    if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"):
+        kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
                                    config=config, blueprints=blueprints, kasmina=kasmina,
@@ -273,7 +275,8 @@ def run_esper_stack(ctx: Context) -> dict:
     """Esper (at its defaults, or priced at --flops-weight) with seeds that stack
     (KasminaConfig.slot_depth=STACK_DEPTH): the policy and the parameter budget, not one
     slot per layer, end growth."""
-    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH),
+    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH,
+                                                                seed_init=ctx.seed_init),
                        budget=_esper_budget(ctx))
     return record
 

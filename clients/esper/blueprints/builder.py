@@ -48,6 +48,10 @@ class SeedModule(nn.Module):
             values[node_id] = self.ops[node_id](*(values[s] for s in inputs))
         return values[self._output]
 
+    def input_readers(self) -> list[str]:
+        """The ids of the nodes that read the seed's input."""
+        return [node_id for node_id, inputs in self._plan if INPUT_ID in inputs]
+
     def extra_repr(self) -> str:
         return f"blueprint={self.blueprint_ref}, slot={common.SlotKind.Name(self.slot_kind)}, C={self.channels}"
 

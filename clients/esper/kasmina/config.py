@@ -19,6 +19,9 @@ DEFAULT_BLEND_STEPS = 100
 DEFAULT_SHADOW_STEPS = 20
 DEFAULT_PROBATION_STEPS = 20
 
+# How a new seed's entry layer may start (KasminaConfig.seed_init).
+SEED_INITS = ("default", "bottleneck")
+
 # Most seeds one layer may stack (slot_depth): deep enough for a long run's growth, small
 # enough that a wrapped model's slot list stays readable.
 MAX_SLOT_DEPTH = 8
@@ -70,8 +73,15 @@ class KasminaConfig:
     # seed per layer) growth stops when every layer holds a fossil, whatever the policy
     # would decide; deeper stacks leave that to the policy and the parameter budget.
     slot_depth: int = 1
+    # How a new seed's entry layer starts: "default", as its blueprint initialises it, or
+    # "bottleneck": its first units along the slot's bottleneck statistic, gathered while
+    # the seed is GERMINATED (esper.kasmina.bottleneck; GradMax's rule). Opt-in: measured
+    # on the MLP host only (see the README's "Does growth pay?").
+    seed_init: str = "default"
 
     def __post_init__(self) -> None:
+        if self.seed_init not in SEED_INITS:
+            raise ValueError(f"seed_init: {self.seed_init!r} is not one of {', '.join(SEED_INITS)}")
         depth = self.slot_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_SLOT_DEPTH:
             raise ValueError(f"slot_depth: {self.slot_depth!r} is not an integer in 1..{MAX_SLOT_DEPTH}")

@@ -13,6 +13,7 @@ from torch import nn
 
 from esper.kasmina import gates, hooks
 from esper.kasmina.blending import alpha_at, with_defaults
+from esper.kasmina.bottleneck import BottleneckStatistic, entry_linear
 from esper.kasmina.config import KasminaConfig
 from esper.kasmina.record import SeedRecord
 from esper.kasmina.shapes import SlotSite, probe_shape
@@ -90,6 +91,8 @@ class SeedSlot(nn.Module):
         self._handles: list = []
         # Width growth: where this slot's layer can be widened (None: it cannot).
         self.__dict__["widen_site"] = widen
+        # A GERMINATED seed's bottleneck statistic, while one is gathered (seed_init).
+        self.__dict__["bottleneck"] = None
         self.register_buffer("alpha_t", torch.zeros((), device=site.device), persistent=False)
         self.register_buffer("non_finite_acc", torch.zeros((), dtype=torch.int64,
                                                            device=site.device), persistent=False)
@@ -216,6 +219,8 @@ class SeedSlot(nn.Module):
         )
         self.seed = seed
         self._reset_accumulators()
+        if self.cfg.seed_init == "bottleneck" and entry_linear(seed, self.shape.kind) is not None:
+            self.__dict__["bottleneck"] = BottleneckStatistic(self.shape.channels, self.device)
         self._move(S.SEED_STAGE_GERMINATED, step, "germinated", result, loss)
         self._events.seed_added(self, self.seed_parameters())
         return result
@@ -234,13 +239,15 @@ class SeedSlot(nn.Module):
         if loss is not None:
             self.record.observe_loss(float(loss))
         inputs = self._gate_inputs(step)
+        note = ""
         if level == gates.GateLevel.GATE_LEVEL_G1:
+            note = self._initialise_from_bottleneck()
             inputs = self._probe(self.seed, backward=True, step=step)
         result = gates.evaluate(level, inputs, self.cfg)
         self.record.last_gate = result.SerializeToString()
         if not result.passed:
             raise GateRefused(result, self.slot_id)
-        self._move(nxt, step, f"gate {gate_name(level)} passed", result, loss)
+        self._move(nxt, step, f"gate {gate_name(level)} passed{note}", result, loss)
         return result
 
     def cull(self, step: int, reason: int = CullReason.CULL_REASON_MANUAL, detail: str = "",
@@ -313,6 +320,10 @@ class SeedSlot(nn.Module):
     def install_hook(self) -> None:
         """(Re)install the forward hook the current stage needs (none when dormant)."""
         self.remove_hook()
+        if self.stage == S.SEED_STAGE_GERMINATED and self.bottleneck is not None:
+            # Only observes: the seed is not in the forward until TRAINING.
+            self._handles = [self.host_module.register_forward_hook(self.bottleneck.hook)]
+            return
         factory = _HOOK_BY_STAGE.get(self.stage)
         if self.stage == S.SEED_STAGE_FOSSILIZED and not self.record.merged:
             factory = hooks.fossil_hook
@@ -349,7 +360,22 @@ class SeedSlot(nn.Module):
             self._events.seed_removed(self, params)
         self.install_hook()
 
+    def _initialise_from_bottleneck(self) -> str:
+        """Set the seed's entry units from the statistic gathered while GERMINATED (see
+        esper.kasmina.bottleneck), once, as it enters TRAINING; what was done, for the
+        transition's reason ("" when nothing)."""
+        stat, self.__dict__["bottleneck"] = self.bottleneck, None
+        if stat is None or self.seed is None:
+            return ""
+        layer = entry_linear(self.seed, self.shape.kind)
+        rows = stat.apply(layer)
+        if rows == 0:
+            return "; bottleneck init skipped: no gradient seen while germinated"
+        return (f"; {rows} of {layer.out_features} entry units from the bottleneck of "
+                f"{stat.samples} samples")
+
     def _drop_seed(self) -> None:
+        self.__dict__["bottleneck"] = None
         self.remove_hook()
         params = self.seed_parameters()
         self.seed = None
