@@ -377,6 +377,25 @@ def test_slot_depth_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
         assert {s for s in morph.slots if "@" in s} == stacked
 
 
+def test_seed_init_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
+    from morpho.arms import Context, _grown
+    from morpho.cli import parser
+    from morpho.data import Splits
+
+    assert parser().parse_args(["--seed-init", "bottleneck"]).seed_init == "bottleneck"
+    assert parser().parse_args([]).seed_init == "default"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--seed-init", "zeros"])
+    g = torch.Generator().manual_seed(0)
+    data = Splits(torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  batch_size=4)
+    for init in ("default", "bottleneck"):
+        _, morph = _grown(Context(host="mlp", seed=7, epochs=1, data=data, seed_init=init), "local")
+        assert morph.cfg.seed_init == init
+
+
 def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("esper", {}) == "Esper, heuristic at defaults"
     assert report.label_of("esper", {"slot_depth": 1, "flops_weight": None}) == "Esper, heuristic at defaults"
@@ -384,4 +403,6 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
         "Esper, heuristic, seeds that stack (slot_depth 3)"
     assert report.label_of("esper", {"slot_depth": 3, "flops_weight": 0.5}) == \
         "Esper, heuristic, seeds that stack (slot_depth 3), compute priced (flops_weight 0.5)"
+    assert report.label_of("esper", {"seed_init": "bottleneck"}) == \
+        "Esper, heuristic, seeds initialised from the bottleneck statistic"
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
