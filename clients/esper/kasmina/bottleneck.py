@@ -19,7 +19,8 @@ rank at most C; an MLP seed has 4C units). The output layer stays at zero, so th
 function is preserved exactly as before.
 
 Only seeds whose entry op is a Linear reading the slot's input on a FEATURES or SEQUENCE
-slot qualify; other seeds initialise as their blueprint says.
+slot qualify; other seeds initialise as their blueprint says. A checkpoint does not carry
+the statistic: a seed restored while GERMINATED starts as its blueprint says.
 """
 
 from __future__ import annotations
