@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esper.cli.run_views import compare_runs, seed_lives
+from esper.cli.run_views import compare_runs, measured, seed_lives
 from esper.leyline.v1 import lifecycle_pb2, nissa_pb2, telemetry_pb2
 
 S = lifecycle_pb2.SeedStage
@@ -51,3 +51,8 @@ def test_compare_runs_lines_up_epochs_and_says_the_difference() -> None:
     assert "+5.00" in next(line for line in lines if line.split()[:1] == ["2"])
     assert "A 80.00% vs B 65.00% (+15.00 pp) with 120 vs 100 parameters" in lines[-1]
     assert compare_runs(_summary("a", [], 1), _summary("b", [], 1)).endswith("no epochs to compare yet")
+
+
+def test_an_unmeasured_validation_number_prints_as_unknown():
+    assert measured(0.75441) == "0.7544"
+    assert measured(float("nan")) == "unknown" and measured(float("inf")) == "unknown"

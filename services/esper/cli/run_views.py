@@ -78,6 +78,12 @@ def _verdict(ids: tuple[str, str], a: nissa_pb2.EpochPoint | None,
             f"morphogenesis experiment for paired results)")
 
 
+def measured(value: float) -> str:
+    """A validation number as the report prints it; "unknown" before any was measured (a
+    seed settled before the first validation pass reports NaN)."""
+    return f"{value:.4f}" if math.isfinite(value) else "unknown"
+
+
 def _acc(p) -> str:
     return f"{100 * p.val_accuracy:.2f}%" if p is not None and math.isfinite(p.val_accuracy) \
         else "-"

@@ -129,7 +129,7 @@ def run_show(args: argparse.Namespace) -> int:
     run = s.run
     print(
         f"run {run.run_id}: {run.event_count} events, step {run.last_step}, epoch "
-        f"{run.last_epoch}, val accuracy {run.last_val_accuracy:.4f}, "
+        f"{run.last_epoch}, val accuracy {run_views.measured(run.last_val_accuracy)}, "
         f"{run.fossilized} fossilized, {run.culled} culled"
     )
     print("\nepochs:")
@@ -171,7 +171,8 @@ def run_show(args: argparse.Namespace) -> int:
     for f in s.field_reports:
         print(
             f"  {f.seed_id} {f.blueprint_ref}: {stage_name(f.final_stage)}, val acc "
-            f"{f.val_accuracy_before:.4f} -> {f.val_accuracy_after:.4f}, "
+            f"{run_views.measured(f.val_accuracy_before)} -> "
+            f"{run_views.measured(f.val_accuracy_after)}, "
             f"+{f.params_added} params"
         )
     print("\nalerts:")
