@@ -13,36 +13,12 @@ from esper.kasmina import KasminaConfig, wrap
 from esper.kasmina.bottleneck import BottleneckStatistic, entry_linear
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from tests.unit.test_kasmina_slot import data as _data
+from tests.unit.test_kasmina_slot import mlp as _mlp
+from tests.unit.test_kasmina_slot import seed_for
+from tests.unit.test_kasmina_slot import train_steps as _steps
 
 S = SeedStage
-
-
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def _data():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-
-
-def _seed(model, ref="BP-MLP-GELU@1.0.0"):
-    slot = model.slots["0"]
-    torch.manual_seed(2)
-    return build_seed(get_builtin(ref), slot.shape, device=slot.device, dtype=slot.dtype)
-
-
-def _steps(model, opt, n, x, y) -> list[float]:
-    losses = []
-    for _ in range(n):
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        model.seed_step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 def test_only_seeds_with_a_linear_reading_the_slot_qualify():
@@ -100,7 +76,7 @@ def test_a_germinated_seed_gathers_and_initialises_as_it_enters_training():
     losses = {}
     for name, m in (("plain", plain), ("bottleneck", model)):
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        m.slots["0"].germinate(_seed(m), step=0)
+        m.slots["0"].germinate(seed_for(m, "0"), step=0)
         losses[name] = _steps(m, opt, 3, x, y)
     # GERMINATED: the capture only observes; training is the same to the bit.
     assert losses["plain"] == losses["bottleneck"]
@@ -126,7 +102,7 @@ def test_a_seed_that_does_not_qualify_initialises_as_its_blueprint_says():
     x, y = _data()
     model = wrap(_mlp(), ["0"], example_input=x, config=KasminaConfig(seed_init="bottleneck"))
     slot = model.slots["0"]
-    slot.germinate(_seed(model, "BP-NORM-LAYER@1.0.0"), step=0)
+    slot.germinate(seed_for(model, "0", "BP-NORM-LAYER@1.0.0"), step=0)
     assert slot.bottleneck is None
     slot.advance(0)
     assert "bottleneck" not in model.transitions[-1].reason
@@ -136,7 +112,7 @@ def test_a_cull_while_germinated_drops_the_statistic():
     x, y = _data()
     model = wrap(_mlp(), ["0"], example_input=x, config=KasminaConfig(seed_init="bottleneck"))
     slot = model.slots["0"]
-    slot.germinate(_seed(model), step=0)
+    slot.germinate(seed_for(model, "0"), step=0)
     assert slot.bottleneck is not None
     slot.cull(0)
     assert slot.bottleneck is None and slot._handles == []
