@@ -16,8 +16,10 @@ from esper.runtime.infra import free_port
 from esper.runtime.server import start_server
 from esper.tamiyo import urza_candidates
 from esper.tamiyo.urza_candidates import UrzaCandidates
+from esper.tolaria.policy.remote import RemotePolicy
 from esper.urza import service as urza_service
-from tests.fixtures.waiting import until
+from tests.fixtures.waiting import eventually, until
+from tests.integration.test_tamiyo_server import open_message, tamiyo
 from tests.integration.test_urza import urza_config
 
 pytestmark = pytest.mark.integration
@@ -56,3 +58,32 @@ async def test_field_reports_are_retried_until_urza_is_back_and_recorded_once(
             await running.stop(0)
     finally:
         await forwarder.close()
+
+
+async def test_field_reports_queued_just_before_close_reach_urza(
+        fresh_database, fresh_bucket, kafka_bootstrap):
+    """What session.close() does: it settles the live seeds (each settled seed's field report
+    is queued on the remote policy) and closes the policy at once. The stream delivers the
+    queued reports and half-closes before it ends; cancelling it at close lost them."""
+    urza = await start_server(urza_service.SPEC, urza_config(fresh_database, fresh_bucket,
+                                                             kafka_bootstrap))
+    try:
+        async with tamiyo(urza_address=urza.address) as (running, _stub, _channel):
+            policy = RemotePolicy(running.address)
+            policy.start(open_message("run-close"))
+            assert await until(lambda: policy.outage() is None, timeout_s=30)
+            for i in range(3):
+                policy.field_report(telemetry_pb2.FieldReport(
+                    run_id="run-close", seed_id=f"seed-{i}", blueprint_ref=BLUEPRINT,
+                    final_stage=lifecycle_pb2.SEED_STAGE_FOSSILIZED))
+            await asyncio.to_thread(policy.close)  # at once, as session.close() does
+            async with UrzaClient(urza.address, security=ChannelSecurity()) as client:
+                async def used() -> int:
+                    return (await client.get_blueprint(BLUEPRINT)).times_used
+                assert await eventually(lambda: _is(used, 3), timeout_s=30) is True
+    finally:
+        await urza.stop(0)
+
+
+async def _is(probe, value) -> bool:
+    return await probe() == value

@@ -581,8 +581,24 @@ async def test_field_reports_update_aggregates_idempotently(urza: Urza) -> None:
     assert got.blueprint == two.blueprint
     await expect_error(urza.stub.RecordFieldReport(report("s3", lc.SEED_STAGE_TRAINING, 0.5, 0.6)),
                        grpc.StatusCode.INVALID_ARGUMENT, "report.final_stage")
-    await expect_error(urza.stub.RecordFieldReport(report("s3", lc.SEED_STAGE_CULLED, 0.5, float("nan"))),
-                       grpc.StatusCode.INVALID_ARGUMENT, "report.val_accuracy_after")
+    for value in (float("inf"), -0.1, 1.5):
+        await expect_error(urza.stub.RecordFieldReport(report("s3", lc.SEED_STAGE_CULLED, 0.5, value)),
+                           grpc.StatusCode.INVALID_ARGUMENT, "report.val_accuracy_after")
+    # A seed germinated before its run's first validation pass: NaN = not measured. It counts
+    # as a use and a fate, and leaves the estimate where the measured gains put it.
+    unmeasured = await urza.stub.RecordFieldReport(report("s3", lc.SEED_STAGE_FOSSILIZED, float("nan"), 0.7))
+    record = unmeasured.blueprint
+    assert (record.times_used, record.fossilized_count, record.culled_count) == (3, 2, 1)
+    assert record.spec.metadata.past_accuracy_gain_estimate == pytest.approx(expected)
+    # ... and as a blueprint's first report, it leaves the submitted prior as the estimate.
+    other = "BP-IA3@1.0.0"
+    before = await urza.stub.GetBlueprint(urza_pb2.GetBlueprintRequest(blueprint_ref=other))
+    first = await urza.stub.RecordFieldReport(urza_pb2.RecordFieldReportRequest(report=tm.FieldReport(
+        run_id="run-7", seed_id="s4", blueprint_ref=other, final_stage=lc.SEED_STAGE_CULLED,
+        val_accuracy_before=float("nan"), val_accuracy_after=float("nan"))))
+    assert (first.blueprint.times_used, first.blueprint.culled_count) == (1, 1)
+    assert (first.blueprint.spec.metadata.past_accuracy_gain_estimate
+            == pytest.approx(before.blueprint.spec.metadata.past_accuracy_gain_estimate))
     await expect_error(urza.stub.RecordFieldReport(report("", lc.SEED_STAGE_CULLED, 0.5, 0.6)),
                        grpc.StatusCode.INVALID_ARGUMENT, "report.seed_id")
     await expect_error(urza.stub.RecordFieldReport(urza_pb2.RecordFieldReportRequest(report=tm.FieldReport(

@@ -4,10 +4,13 @@ past_accuracy_gain_estimate is a shrunk mean: the estimate submitted with the bl
 acts as PRIOR_WEIGHT pseudo-reports, so one lucky seed does not make a blueprint the top
 search hit, and a blueprint with many reports is judged by them:
 
-    estimate = (PRIOR_WEIGHT * prior + sum of gains) / (PRIOR_WEIGHT + reports)
+    estimate = (PRIOR_WEIGHT * prior + sum of gains) / (PRIOR_WEIGHT + measured gains)
 
 A report's gain is val_accuracy_after - val_accuracy_before, as reported (culled seeds
-included: a cull that cost accuracy counts against the blueprint).
+included: a cull that cost accuracy counts against the blueprint). An accuracy reported as
+NaN was not measured (the seed germinated before its run's first validation pass): such a
+report counts as a use and a fate, and its gain is unknown, so it moves neither the mean
+nor the estimate.
 """
 
 from __future__ import annotations
@@ -36,28 +39,33 @@ RETURNING seed_id
 
 _UPSERT_OUTCOME = """
 INSERT INTO blueprint_outcomes AS o (blueprint_name, blueprint_version, times_used,
-    fossilized_count, culled_count, accuracy_gain_sum, mean_accuracy_gain,
+    fossilized_count, culled_count, gains_measured, accuracy_gain_sum, mean_accuracy_gain,
     past_accuracy_gain_estimate)
-VALUES ($1, $2, 1, $3, $4, $5, $5, ($6::float8 * $7::float8 + $5) / ($6::float8 + 1))
+VALUES ($1, $2, 1, $3, $4, $8::bigint, $5::float8, $5::float8 / GREATEST($8::bigint, 1),
+        ($6::float8 * $7::float8 + $5::float8) / ($6::float8 + $8::bigint))
 ON CONFLICT (blueprint_name, blueprint_version) DO UPDATE SET
     times_used = o.times_used + 1,
     fossilized_count = o.fossilized_count + EXCLUDED.fossilized_count,
     culled_count = o.culled_count + EXCLUDED.culled_count,
+    gains_measured = o.gains_measured + EXCLUDED.gains_measured,
     accuracy_gain_sum = o.accuracy_gain_sum + EXCLUDED.accuracy_gain_sum,
-    mean_accuracy_gain = (o.accuracy_gain_sum + EXCLUDED.accuracy_gain_sum) / (o.times_used + 1),
+    mean_accuracy_gain = (o.accuracy_gain_sum + EXCLUDED.accuracy_gain_sum)
+        / GREATEST(o.gains_measured + EXCLUDED.gains_measured, 1),
     past_accuracy_gain_estimate =
         ($6::float8 * $7::float8 + o.accuracy_gain_sum + EXCLUDED.accuracy_gain_sum)
-        / ($6::float8 + o.times_used + 1),
+        / ($6::float8 + o.gains_measured + EXCLUDED.gains_measured),
     updated_at = now()
 """
 
 
-def accuracy_gain(report: tm.FieldReport) -> float:
+def accuracy_gain(report: tm.FieldReport) -> float | None:
+    """The report's accuracy gain; None when either accuracy was not measured (NaN)."""
     for name in ("val_accuracy_before", "val_accuracy_after"):
         value = getattr(report, name)
-        if not math.isfinite(value) or not 0 <= value <= 1:
-            raise InvalidArgument(f"report.{name}", f"{value} is not an accuracy in [0, 1]")
-    return report.val_accuracy_after - report.val_accuracy_before
+        if not math.isnan(value) and not 0 <= value <= 1:
+            raise InvalidArgument(f"report.{name}", f"{value} is not an accuracy in [0, 1] (or NaN: not measured)")
+    gain = report.val_accuracy_after - report.val_accuracy_before
+    return None if math.isnan(gain) else gain
 
 
 async def record_field_report(db: Database, report: tm.FieldReport) -> bp.BlueprintRecord:
@@ -76,6 +84,6 @@ async def record_field_report(db: Database, report: tm.FieldReport) -> bp.Bluepr
                                     report.kernel_id, stage, gain, report.params_added)
         if fresh is not None:
             fossilized = int(stage == "FOSSILIZED")
-            await conn.execute(_UPSERT_OUTCOME, name, version, fossilized, 1 - fossilized, gain,
-                               PRIOR_WEIGHT, prior)
+            await conn.execute(_UPSERT_OUTCOME, name, version, fossilized, 1 - fossilized,
+                               gain or 0.0, PRIOR_WEIGHT, prior, int(gain is not None))
         return await fetch_record(conn, name, version)

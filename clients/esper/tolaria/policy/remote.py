@@ -4,7 +4,9 @@ A daemon thread runs its own asyncio loop holding the gRPC stream, so the traini
 never waits on the network: `observe`/`acked`/`field_report` post to the loop
 (`call_soon_threadsafe`, O(1)) and `decisions` drains a deque. Snapshots are coalesced
 (when the stream is slow, only the newest waits), acks and field reports are kept in a
-bounded outbox while disconnected and sent after the next open.
+bounded outbox while disconnected and sent after the next open. `close()` sends what is
+still queued (the field reports of the seeds a closing session settles) before the
+stream ends, within CLOSE_FLUSH_S.
 
 When Tamiyo is unreachable, refuses the open, or goes silent for `SILENCE_HEARTBEATS`
 heartbeat periods, `outage()` says why (the session then uses the local policy or no
@@ -53,6 +55,10 @@ OUTBOX_MAX = 1_000
 INBOX_MAX = 1_000
 # Seconds close() waits for the stream thread to finish.
 CLOSE_TIMEOUT_S = 5.0
+# How long close() lets the stream deliver what is still queued (acks, and the field
+# reports of the seeds close() settles) before it cuts the call: the request stream
+# drains its outbox and half-closes, and Tamiyo then ends the call at once.
+CLOSE_FLUSH_S = 2.0
 
 _STOP = object()
 
@@ -148,8 +154,14 @@ class RemotePolicy:
             self._loop.close()
 
     def _stop(self) -> None:
+        """Stop once the queued messages are sent (see CLOSE_FLUSH_S); a stream that is
+        down keeps its outbox unsent."""
         self._stopping = True
         self._wake.set()
+        if self._call is not None:
+            self._loop.call_later(CLOSE_FLUSH_S, self._cut)
+
+    def _cut(self) -> None:
         if self._call is not None:
             self._call.cancel()
 
@@ -230,14 +242,17 @@ class RemotePolicy:
             return accepted
 
     async def _read(self, call) -> bool:
+        """Read until the stream ends: Tamiyo ends it, falls silent, or (on close, once
+        the requests half-closed) finishes the call."""
         self._accepted_flag = False
         iterator = call.__aiter__()
-        while not self._stopping:
+        while True:
             limit = self.heartbeat_s * SILENCE_HEARTBEATS
             try:
                 response: SessionResponse = await asyncio.wait_for(iterator.__anext__(), limit)
             except StopAsyncIteration:
-                self._outage = f"Tamiyo at {self.address} ended the session"
+                if not self._stopping:  # on close, ending the call is what we asked for
+                    self._outage = f"Tamiyo at {self.address} ended the session"
                 return self._accepted_flag
             except TimeoutError:
                 self._outage = f"Tamiyo at {self.address} silent for {limit:.0f}s"
@@ -251,7 +266,6 @@ class RemotePolicy:
             elif kind == "warning":
                 self.warnings[response.warning.code] += 1
                 log.warning("Tamiyo warning %s: %s", response.warning.code, response.warning.detail)
-        return self._accepted_flag
 
     def _accepted(self, accept) -> None:
         self.connects += 1
@@ -286,3 +300,6 @@ class RemotePolicy:
                 await within(self.heartbeat_s, self._wake.wait())
             except TimeoutError:
                 pass
+        # Stopping: what is still queued goes out, then the stream half-closes.
+        while self._outbox:
+            yield self._outbox.popleft()

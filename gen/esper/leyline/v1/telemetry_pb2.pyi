@@ -274,11 +274,11 @@ class FieldReport(_message.Message):
     final_stage: _lifecycle_pb2.SeedStage.ValueType
     """Final stage (FOSSILIZED or CULLED)."""
     val_loss_before: _builtins.float
-    """Validation loss before germination."""
+    """Validation loss before germination; NaN when the run had not validated yet."""
     val_loss_after: _builtins.float
     """Validation loss at the end of the seed's life."""
     val_accuracy_before: _builtins.float
-    """Validation accuracy before germination."""
+    """Validation accuracy before germination; NaN when the run had not validated yet."""
     val_accuracy_after: _builtins.float
     """Validation accuracy at the end of the seed's life."""
     params_added: _builtins.int
