@@ -92,6 +92,8 @@ class Context:
     slot_depth: int = 1
     # KasminaConfig.seed_init of every grown arm (how a new seed's entry layer starts).
     seed_init: str = "default"
+    # TolariaConfig.seed_lr of every grown arm (the rate a new seed's group starts at).
+    seed_lr: str = "follow"
     # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
     training_flops_budget: float | None = None
     # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
@@ -189,7 +191,7 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     optimizer = _adam(model)
     if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"):
         kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init)
-    config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False)
+    config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False, seed_lr=ctx.seed_lr)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
                                    config=config, blueprints=blueprints, kasmina=kasmina,
                                    budget=budget)

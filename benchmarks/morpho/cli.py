@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from esper.kasmina.config import SEED_INITS, KasminaConfig
+from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
 from . import report, text
@@ -77,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
                    help="KasminaConfig.seed_init of every grown arm: 'bottleneck' starts a "
                         "seed's entry units along the slot's bottleneck statistic (default: "
                         "as the blueprint initialises them)")
+    p.add_argument("--seed-lr", choices=SEED_LR_RULES, default="follow",
+                   help="TolariaConfig.seed_lr of every grown arm: 'rewarm' starts a seed "
+                        "germinated after the schedule decayed at the initial rate, then "
+                        "follows the schedule scaled (default: the host's current rate)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
-                         "seed_init": args.seed_init,
+                         "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
@@ -145,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
-                          seed_init=args.seed_init, training_flops_budget=args.training_flops_budget,
+                          seed_init=args.seed_init, seed_lr=args.seed_lr,
+                          training_flops_budget=args.training_flops_budget,
                           budget_flops_weight=args.budget_flops_weight)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]

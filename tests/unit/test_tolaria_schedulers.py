@@ -73,7 +73,7 @@ def _germinate(schedule: BlendSchedule) -> AdaptationDecision:
         germinate=GerminateAction(slot_id="0", blueprint_ref=BLUEPRINT, schedule=schedule))
 
 
-def _run(name: str, ending: str, seed_lr: float = 0.0):
+def _run(name: str, ending: str, seed_lr: float = 0.0, rule: str = "follow"):
     """Train STEPS steps with the scheduler stepping after each; the seed germinates at
     GERMINATE_AT and is culled or fossilized at END_AT. Returns what was seen per step."""
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def _run(name: str, ending: str, seed_lr: float = 0.0):
     policy = ReplayPolicy(decisions)
     session = attach(model, optimizer, policy, slots=["0"],
                      kasmina=KasminaConfig(max_seed_param_fraction=10.0),  # a tiny host
-                     config=TolariaConfig(snapshot_every=2, progress=False))
+                     config=TolariaConfig(snapshot_every=2, progress=False, seed_lr=rule))
     stepped_lrs: list[dict] = []  # the rates each optimizer step actually used
     optimizer.register_step_post_hook(lambda opt, args, kwargs: stepped_lrs.append(
         {g.get(SEED_GROUP_KEY, "host"): g["lr"] for g in opt.param_groups}))
@@ -149,6 +149,56 @@ def test_seed_with_its_own_rate_keeps_it(name: str) -> None:
     assert all(lrs["0"] == pytest.approx(SEED_LR) for lrs in with_seed)
     assert len({round(lrs["host"], 12) for lrs in with_seed}) > 1  # while the host's moved
     assert host_lrs == pytest.approx(_reference_host_lrs(name))
+
+
+@pytest.mark.parametrize("ending", ["cull", "fossilize"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_a_rewarmed_seed_group_starts_at_the_hosts_initial_rate(name: str, ending: str) -> None:
+    host_lrs, stepped, _ = _run(name, ending, rule="rewarm")
+    with_seed = [lrs for lrs in stepped if "0" in lrs]
+    assert len(with_seed) == END_AT - GERMINATE_AT
+    # The host's rate when the seed's group was added (the step before its first step).
+    at_birth = host_lrs[GERMINATE_AT - 2]
+    initial = {"OneCycleLR": 0.2 / 25}.get(name, LR)  # OneCycleLR starts at max_lr / 25
+    if name == "ReduceLROnPlateau" or at_birth >= initial:
+        # No initial_lr kept (ReduceLROnPlateau), or not decayed (OneCycleLR warming up):
+        # the seed follows the host.
+        assert all(lrs["0"] == pytest.approx(lrs["host"]) for lrs in with_seed)
+    else:
+        scale = initial / at_birth
+        assert scale > 1
+        # Each scheduler step moves it as it moves the host's, from higher up: exactly
+        # proportional for the multiplicative schedules, towards the same floor for the
+        # cosine (eta_min) and within the rescaled cycle for OneCycleLR.
+        assert all(lrs["0"] > lrs["host"] for lrs in with_seed)
+        if name in ("LambdaLR", "StepLR"):
+            assert all(lrs["0"] == pytest.approx(lrs["host"] * scale) for lrs in with_seed)
+    assert all(set(lrs) == {"host"} for lrs in stepped[END_AT:])
+    assert host_lrs == pytest.approx(_reference_host_lrs(name))
+
+
+def test_rewarm_without_a_scheduler_follows_the_constant_rate() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    session = attach(model, optimizer, ReplayPolicy([_germinate(BlendSchedule())]), slots=["0"],
+                     kasmina=KasminaConfig(max_seed_param_fraction=10.0),
+                     config=TolariaConfig(snapshot_every=2, progress=False, seed_lr="rewarm"))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    for _ in range(GERMINATE_AT + 2):
+        optimizer.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        session.step(loss, out, y)
+    assert session.groups.learning_rate("0") == LR
+    session.close()
+
+
+def test_seed_lr_rule_is_validated() -> None:
+    with pytest.raises(ValueError, match="seed_lr"):
+        TolariaConfig(seed_lr="warm")
 
 
 def test_a_resumed_run_keeps_its_schedulers_in_step(tmp_path) -> None:

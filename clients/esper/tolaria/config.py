@@ -33,6 +33,10 @@ DEFAULT_HEALTH_SAMPLE_EVERY = 10
 # on the digits CNN (3 seeds x 40 epochs) and the Fashion-MNIST MLP (6,000 images, batch
 # 32, 2 seeds x 12 epochs, with germinations).
 DEFAULT_HEALTH_ACTIVATION_EVERY = 20
+# The learning rate a seed's param group starts at when its decision sets none
+# (esper.tolaria.optim): "follow" the host's current rate, or "rewarm" to the host's
+# initial rate (a scheduler's `initial_lr`) when the schedule has decayed below it.
+SEED_LR_RULES = ("follow", "rewarm")
 
 
 @dataclass
@@ -52,6 +56,8 @@ class TolariaConfig:
     # norms, and activations (the forward hooks) on 1 step in health_activation_every.
     health_sample_every: int = DEFAULT_HEALTH_SAMPLE_EVERY
     health_activation_every: int = DEFAULT_HEALTH_ACTIVATION_EVERY
+    # How a seed's param group starts when its decision sets no rate, one of SEED_LR_RULES.
+    seed_lr: str = "follow"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,5 +76,7 @@ class TolariaConfig:
         if self.health_activation_every <= 0:
             raise ValueError("health_activation_every must be > 0, got "
                              f"{self.health_activation_every}")
+        if self.seed_lr not in SEED_LR_RULES:
+            raise ValueError(f"seed_lr must be one of {SEED_LR_RULES}, got {self.seed_lr!r}")
         if self.on_outage not in OUTAGE_MODES:
             raise ValueError(f"on_outage must be one of {OUTAGE_MODES}, got {self.on_outage!r}")

@@ -7,6 +7,14 @@ Learning rate of a seed group:
   and is registered with every learning-rate scheduler of the optimizer as a copy of the
   host group (esper.tolaria.schedulers), so each scheduler step moves it as it moves the
   host's;
+- with `TolariaConfig.seed_lr = "rewarm"` it follows the host's schedule from a rewarmed
+  start: a seed germinated after the schedule has decayed starts at the host's initial
+  rate (the `initial_lr` a scheduler keeps in the group) and is registered with the
+  schedulers as a copy of the host group with every rate scaled by the same factor, so
+  each scheduler step moves it as it moves the host's, from higher up. Under a cosine
+  schedule a late seed then gets a short cosine of its own, from the peak rate to the
+  end of training, instead of training at the tail's small rates. Where the host has not
+  decayed (no scheduler, a warm-up), the factor is 1 and the seed follows;
 - when the germinate decision sets its own rate (BlendSchedule.learning_rate > 0), the
   group trains at that rate for the seed's whole life: it is registered with the
   schedulers too (so they keep working), but its rate is put back before every optimizer
@@ -47,8 +55,9 @@ class SeedParamGroups:
     """Keeps one param group per live seed in `optimizer`, following the model's seeds,
     and the optimizer's learning-rate schedulers in step with them."""
 
-    def __init__(self, model, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, model, optimizer: torch.optim.Optimizer, rule: str = "follow") -> None:
         self.optimizer = optimizer
+        self.rule = rule  # TolariaConfig.seed_lr
         self.own_rates: dict[str, float] = {}  # slot id -> the rate its decision set
         self._pin_handle = None
         model.seed_added_listeners.append(self.seed_added)
@@ -65,13 +74,23 @@ class SeedParamGroups:
         host = host_group_index(self.optimizer)
         host_group = self.optimizer.param_groups[host]
         own = slot.record.blend_schedule().learning_rate
-        group = {**scheduler_keys(host_group), "params": list(params),
-                 "lr": own or host_group["lr"], SEED_GROUP_KEY: slot.slot_id}
+        scale = self._start_scale(host_group) if not own else 1.0
+        group = {**scheduler_keys(host_group, scale), "params": list(params),
+                 "lr": own or host_group["lr"] * scale, SEED_GROUP_KEY: slot.slot_id}
         self.optimizer.add_param_group(group)
-        register_group(self.optimizer, host)
+        register_group(self.optimizer, host, scale)
         if own:
             self.own_rates[slot.slot_id] = float(own)
             self._pin()
+
+    def _start_scale(self, host_group: dict) -> float:
+        """The factor between a new seed group's rates and the host's: 1 to follow, and
+        for "rewarm" what lifts the host's current rate back to its initial one (never
+        below 1; 1 when the host has no initial rate or a rate of 0)."""
+        current, initial = host_group["lr"], host_group.get("initial_lr")
+        if self.rule != "rewarm" or not initial or current <= 0:
+            return 1.0
+        return max(1.0, float(initial) / float(current))
 
     def seed_removed(self, slot, params: list[nn.Parameter]) -> None:
         self.remove(slot.slot_id)

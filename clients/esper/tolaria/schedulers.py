@@ -39,21 +39,33 @@ def attached_schedulers(optimizer: torch.optim.Optimizer) -> list[LRScheduler]:
             if isinstance(obj, LRScheduler) and getattr(obj, "optimizer", None) is optimizer]
 
 
-def scheduler_keys(host_group: dict) -> dict:
-    """The scheduler keys of the host group, for a new group that follows it."""
-    return {k: host_group[k] for k in SCHEDULER_GROUP_KEYS if k in host_group}
+# Of those, the ones that are learning rates (scaled with a group that starts scaled).
+RATE_LISTS = ("base_lrs", "min_lrs", "max_lrs")
+RATE_KEYS = ("initial_lr", "max_lr", "min_lr")
 
 
-def register_group(optimizer: torch.optim.Optimizer, host_index: int) -> None:
+def scheduler_keys(host_group: dict, scale: float = 1.0) -> dict:
+    """The scheduler keys of the host group, for a new group that follows it (its rates
+    times `scale`, for a group that follows the host's schedule from a scaled start)."""
+    return {k: host_group[k] * scale if k in RATE_KEYS else host_group[k]
+            for k in SCHEDULER_GROUP_KEYS if k in host_group}
+
+
+def register_group(optimizer: torch.optim.Optimizer, host_index: int, scale: float = 1.0) -> None:
     """The last param group was just added: give it, in every scheduler's per-group
-    lists, a copy of the entry of the group at `host_index`."""
+    lists, a copy of the entry of the group at `host_index` (its rates times `scale`)."""
     count = len(optimizer.param_groups)
     new_lr = optimizer.param_groups[-1]["lr"]
     for scheduler in attached_schedulers(optimizer):
         for name in PER_GROUP_LISTS:
             values = getattr(scheduler, name, None)
             if isinstance(values, list) and len(values) == count - 1:
-                values.append(new_lr if name == "_last_lr" else values[host_index])
+                entry = values[host_index]
+                if name == "_last_lr":
+                    entry = new_lr
+                elif name in RATE_LISTS and isinstance(entry, float | int):
+                    entry = entry * scale
+                values.append(entry)
 
 
 def unregister_group(optimizer: torch.optim.Optimizer, index: int) -> None:

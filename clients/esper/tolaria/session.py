@@ -84,7 +84,7 @@ class TolariaSession:
         self.local_kernels = None  # LocalKernels, when the built-in catalogue is in use
         self.loop_state: dict = {}  # the training loop's position restored from a checkpoint
         self.telemetry = telemetry or Telemetry(config.run_id)
-        self.groups = SeedParamGroups(model, optimizer)
+        self.groups = SeedParamGroups(model, optimizer, rule=self.config.seed_lr)
         if replicas is not None:
             replicas.bind(model)
         self.seed_builder = seed_builder
