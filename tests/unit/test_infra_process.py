@@ -21,6 +21,7 @@ from esper.runtime.infra.process import (
     ProcessSpec,
     read_pid_file,
     tail,
+    with_death_signal,
     write_pid_file,
 )
 
@@ -221,6 +222,19 @@ def test_die_with_parent_kills_the_child_when_its_parent_exits(tmp_path: Path) -
         assert not orphan.is_running(), "child outlived its parent despite die_with_parent"
     finally:
         orphan.stop(grace_s=0.5)
+
+
+def test_the_death_signal_wrapper_runs_the_command_only_under_the_parent_that_started_it() -> None:
+    """The race the parent guard closes: a parent that exits before setpriv armed the
+    signal would leave the process running for good. Seen from the wrapped process, that
+    parent is no longer its parent; simulated here by naming another pid as the starter."""
+    import subprocess
+
+    argv = with_death_signal([sys.executable, "-c", "raise SystemExit(7)"], signal.SIGTERM)
+    assert subprocess.run(argv, timeout=30).returncode == 7  # started by us: it runs
+    pid_at = argv.index(str(os.getpid()))
+    orphaned = [*argv[:pid_at], "1", *argv[pid_at + 1:]]
+    assert subprocess.run(orphaned, timeout=30).returncode == 0  # not its starter: it never runs
 
 
 def test_port_helpers() -> None:

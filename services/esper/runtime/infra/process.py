@@ -243,13 +243,19 @@ def _reap_if_our_child(record: PidRecord | None) -> None:
 # Python runs between fork and exec: a preexec_fn in a process with gRPC threads (pytest)
 # occasionally aborted the child.
 SETPRIV = "setpriv"
+# A parent that exits before setpriv has armed the signal never sends it (the process was
+# already handed to init). So the armed process first checks that its parent is still the
+# one that started it ($1), and exits if not; from then on the signal covers it.
+_PARENT_GUARD = 'if [ "$PPID" != "$1" ]; then exit 0; fi; shift; exec "$@"'
 
 
 def with_death_signal(argv: Sequence[str], signum: int) -> list[str]:
-    """`argv` wrapped so the process gets `signum` when its parent dies."""
+    """`argv` wrapped so the process gets `signum` when its parent (this process) dies,
+    also when it dies while the process is still starting."""
     if shutil.which(SETPRIV) is None:
         raise InfraError(f"{SETPRIV} not found (Debian package util-linux); it arms die_with_parent")
-    return [SETPRIV, f"--pdeathsig={signal.Signals(signum).name.removeprefix('SIG')}", "--", *argv]
+    return [SETPRIV, f"--pdeathsig={signal.Signals(signum).name.removeprefix('SIG')}", "--",
+            "sh", "-c", _PARENT_GUARD, "esper-parent-guard", str(os.getpid()), *argv]
 
 
 def _probe_quietly(probe: Probe) -> bool:
