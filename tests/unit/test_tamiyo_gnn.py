@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -37,7 +38,7 @@ from esper.tamiyo.policies.network import (
     tile,
 )
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
-from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed
+from tests.unit.test_tamiyo_support import candidate, context, graph, health, seed, snapshot
 
 S = SeedStage
 VOCAB = BlueprintVocabulary(("BP-LORA@1.0.0", "BP-MLP-GELU@1.0.0", "BP-MOE@1.0.0"))
@@ -358,3 +359,26 @@ def test_the_global_pace_feature_says_how_much_learning_has_slowed() -> None:
     assert pace_feature([1.0, 0.8, 0.75]) == pytest.approx(0.25)
     assert pace_feature([1.0, 0.8]) == 1.0  # no history to judge by: as fast as ever
     assert pace_feature([1.0, 0.8, 0.9]) == 0.0
+
+
+def test_the_global_features_read_losses_on_one_scale_across_tasks() -> None:
+    """A character model's losses (~2.3) and a digits model's (~0.2) at the same point of
+    their runs give the same global features: the losses enter as ratios."""
+    from esper.policy.context import PolicyContext, RunHistory
+    from esper.tamiyo.policies.features import global_features
+
+    def features(scale: float) -> np.ndarray:
+        snap = snapshot(val_loss=0.6 * scale)
+        snap.metrics.train_loss, snap.metrics.best_val_loss = 0.5 * scale, 0.55 * scale
+        snap.metrics.val_accuracy = 0.9 if scale == 1 else 0.35  # accuracies are task-specific
+        ctx = PolicyContext.build(snap, graph(), history=RunHistory(
+            val_losses=[v * scale for v in (1.2, 0.8, 0.6)]))
+        return global_features(ctx, 3, 0.01)
+
+    digits, chars = features(1.0), features(11.5)
+    np.testing.assert_allclose(digits, chars, rtol=1e-5)
+    assert digits[:3] == pytest.approx([0.5 / 0.6, 0.6 / 1.2, 0.6 / 0.55 - 1], rel=1e-5)
+    # Unknown (NaN, zero) losses read as "no gap, no progress, at its best".
+    empty = snapshot(val_loss=float("nan"))
+    row = global_features(PolicyContext.build(empty, graph(), history=RunHistory()), 3, 0.01)
+    assert row[:3].tolist() == [1.0, 1.0, 0.0]

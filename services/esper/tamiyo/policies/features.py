@@ -5,7 +5,10 @@ Node features = static (op type one-hot, log dims, log params, relative depth, h
               + health (LayerHealth of the node or its slot)
               + seed (one-hot stage, alpha, log steps in stage, log params, val-loss change,
                 non-finite flag, embargo flag).
-Global features come from TrainingMetrics, the history and the budget. Every value is
+Global features come from TrainingMetrics, the history and the budget. The losses enter
+as ratios (train to validation, validation to the run's first and to its best), never as
+their values: a policy trained on one task's episodes then reads another task's run (a
+character model's loss of 2.3, a digits model's of 0.2) on the same scale. Every value is
 squashed to a bounded range and NaN/Inf become 0, so hostile snapshots cannot poison the net.
 """
 
@@ -27,7 +30,7 @@ from esper.policy.context import PolicyContext
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
-FEATURE_SCHEMA = "tamiyo-features@2"  # @2: the global pace feature
+FEATURE_SCHEMA = "tamiyo-features@3"  # @2: the global pace feature; @3: losses as ratios
 
 # Op families recognised by substring of GraphNode.op_type (lower-cased); anything else is "other".
 OP_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -222,6 +225,13 @@ def batch_global_features(contexts: Sequence[PolicyContext], patience: int, min_
     return _bounded(np.array([_global_row(ctx, patience, min_delta) for ctx in contexts], dtype=np.float32))
 
 
+def _ratio(num: float, den: float, default: float) -> float:
+    """num / den for finite positive values, clipped to [0, 4]; `default` otherwise."""
+    if not (math.isfinite(num) and math.isfinite(den) and num >= 0 and den > 0):
+        return default
+    return min(num / den, 4.0)
+
+
 def _global_row(ctx: PolicyContext, patience: int, min_delta: float) -> list[float]:
     m = ctx.snapshot.metrics
     limit = ctx.budget.max_added_params
@@ -229,10 +239,12 @@ def _global_row(ctx: PolicyContext, patience: int, min_delta: float) -> list[flo
     live_limit = ctx.capabilities.max_live_seeds
     live = sum(1 for s in ctx.seeds.values() if s.stage in LIVE_STAGES)
     lr = m.learning_rate
+    losses = ctx.history.val_losses
+    first = losses[0] if losses else math.nan
     return [
-        math.log1p(max(0.0, _safe(m.train_loss))),
-        math.log1p(max(0.0, _safe(m.val_loss))),
-        _safe(m.val_accuracy),
+        _ratio(m.train_loss, m.val_loss, 1.0),  # the generalisation gap
+        _ratio(m.val_loss, first, 1.0),  # how far the run has come
+        _ratio(m.val_loss, m.best_val_loss, 1.0) - 1.0,  # how far above its best
         min(m.plateau_epochs, 100) / 10.0,
         1.0 if is_plateau(ctx.history.val_losses, patience, min_delta, m.plateau_epochs) else 0.0,
         min(used, 1.0),
