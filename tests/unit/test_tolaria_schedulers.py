@@ -73,13 +73,14 @@ def _germinate(schedule: BlendSchedule) -> AdaptationDecision:
         germinate=GerminateAction(slot_id="0", blueprint_ref=BLUEPRINT, schedule=schedule))
 
 
-def _run(name: str, ending: str, seed_lr: float = 0.0, rule: str = "follow"):
+def _run(name: str | None, ending: str, seed_lr: float = 0.0, rule: str = "follow"):
     """Train STEPS steps with the scheduler stepping after each; the seed germinates at
     GERMINATE_AT and is culled or fossilized at END_AT. Returns what was seen per step."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    scheduler = SCHEDULERS[name](optimizer)  # built before attach, as most loops do
+    # Built before attach, as most loops do (None: a constant rate, no scheduler).
+    scheduler = SCHEDULERS[name](optimizer) if name else None
     decisions = [_germinate(BlendSchedule(learning_rate=seed_lr))]
     if ending == "cull":
         decisions.append(AdaptationDecision(
@@ -103,10 +104,11 @@ def _run(name: str, ending: str, seed_lr: float = 0.0, rule: str = "follow"):
         session.step(loss, out, y)
         if ending == "fossilize" and step == END_AT:
             force_advance(session.model.slot("0"), step)
-        _step_scheduler(scheduler, step)
+        if scheduler is not None:
+            _step_scheduler(scheduler, step)
+            _assert_aligned(scheduler, optimizer)
         host_lrs.append(optimizer.param_groups[0]["lr"])
         stages.append(session.model.slot("0").stage)
-        _assert_aligned(scheduler, optimizer)
     session.close()
     assert all(a.status == AckStatus.ACK_STATUS_APPLIED for a in policy.acks.values()), \
         list(policy.acks.values())
@@ -178,22 +180,11 @@ def test_a_rewarmed_seed_group_starts_at_the_hosts_initial_rate(name: str, endin
 
 
 def test_rewarm_without_a_scheduler_follows_the_constant_rate() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    session = attach(model, optimizer, ReplayPolicy([_germinate(BlendSchedule())]), slots=["0"],
-                     kasmina=KasminaConfig(max_seed_param_fraction=10.0),
-                     config=TolariaConfig(snapshot_every=2, progress=False, seed_lr="rewarm"))
-    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
-    for _ in range(GERMINATE_AT + 2):
-        optimizer.zero_grad()
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        loss.backward()
-        optimizer.step()
-        session.step(loss, out, y)
-    assert session.groups.learning_rate("0") == LR
-    session.close()
+    host_lrs, stepped, _ = _run(None, "cull", rule="rewarm")
+    with_seed = [lrs for lrs in stepped if "0" in lrs]
+    assert len(with_seed) == END_AT - GERMINATE_AT
+    assert all(lrs == {"host": LR, "0": LR} for lrs in with_seed)
+    assert host_lrs == [LR] * STEPS
 
 
 def test_seed_lr_rule_is_validated() -> None:
