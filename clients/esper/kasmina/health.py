@@ -106,6 +106,8 @@ class HealthMonitor:
         self.steps = 0
         self._closed = False
         self._layers = [_LayerStats(n, m, _device_of(m)) for n, m in layers.items()]
+        # Each layer's hook, built once: installed and removed around every sampled step.
+        self._hooks = [self._hook(s) for s in self._layers]
         self._handles: list = []
         # Whether the current step's gradient norms are observed, and its activations
         # (the hooks are installed); eval-mode forwards (validation) never are.
@@ -128,20 +130,21 @@ class HealthMonitor:
             return
         self._hooked = activations
         if activations and not self._closed:
-            self._handles = [self._attach(s) for s in self._layers]
+            # First among each module's hooks: health is the host module's own output,
+            # before a seed's hook adds to it (seed hooks come and go with the seed's stage).
+            self._handles = [s.module.register_forward_hook(hook, prepend=True)
+                             for s, hook in zip(self._layers, self._hooks)]
         elif not activations:
             for h in self._handles:
                 h.remove()
             self._handles = []
 
-    def _attach(self, stats: _LayerStats):
+    def _hook(self, stats: _LayerStats):
         def hook(module, args, output):
             if module.training:
                 self._observe(stats, primary_output(output))
 
-        # First among the module's hooks: health is the host module's own output, before
-        # a seed's hook adds to it (seed hooks come and go with the seed's stage).
-        return stats.module.register_forward_hook(hook, prepend=True)
+        return hook
 
     def _observe(self, stats: _LayerStats, x: torch.Tensor) -> None:
         x = x.detach()

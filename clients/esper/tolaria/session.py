@@ -89,6 +89,10 @@ class TolariaSession:
             replicas.bind(model)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
+        # The snapshot cadence in force (the `snapshot_every` property's value), read once
+        # per safe point and wherever decisions are looked for between them (a remote
+        # Tamiyo may ask for a cadence at any time), not at every step.
+        self._every = config.snapshot_every
         self.health = self._health_monitor(config.snapshot_every)
         self.metrics = MetricsWindow()
         self.outcomes = SeedOutcomes(config.run_id)
@@ -131,12 +135,14 @@ class TolariaSession:
                 source.start(self.open_message)
         if self.replicas is not None:
             self.replicas.start(self, self._policy_every())
+        self._refresh_cadence()
         return self
 
     def reset_health(self) -> None:
         """Start a fresh health window (after the weights were replaced by a restore)."""
         self.health.close()
         self.health = self._health_monitor(self.snapshot_every)
+        self._refresh_cadence()
 
     def _health_monitor(self, every: int) -> HealthMonitor:
         return HealthMonitor.for_slots(self.model, every=every,
@@ -149,17 +155,16 @@ class TolariaSession:
         """One training step is done (call after optimizer.step(), before zero_grad()).
         `last_in_epoch=True` on an epoch's last step skips a periodic snapshot there: the
         epoch-end snapshot follows at the same step (snapshot steps must increase)."""
-        self.model.seed_step()
-        every = self.snapshot_every
-        snapshot = self.model.global_step % every == 0 and not last_in_epoch
+        model = self.model
+        model.seed_step()
+        snapshot = model.global_step % self._every == 0 and not last_in_epoch
         squares = params = None
         if snapshot:  # the global norm's gradient reads serve layer health's sample too
-            params = self.model.parameter_list()
+            params = model.parameter_list()
             squares = grad_squares(params)
             self.metrics.grad_norm = global_grad_norm(squares)
         self.health.after_backward(squares)
         self.metrics.observe(loss, outputs, targets)
-        self.health.every = every
         layers = self.health.step()
         if layers is not None:
             self._layers = layers
@@ -194,6 +199,10 @@ class TolariaSession:
         if self.replicas is not None and self.replicas.every:
             return self.replicas.every  # rank 0's cadence as of the last safe point
         return self._policy_every()
+
+    def _refresh_cadence(self) -> None:
+        """Take the cadence now in force: snapshots, and layer health's windows with them."""
+        self._every = self.health.every = self.snapshot_every
 
     def _policy_every(self) -> int:
         asked = self.policy.snapshot_every() if self.policy is not None else None
@@ -232,6 +241,7 @@ class TolariaSession:
             self._apply_arrived(observe=snapshot)
         if self.replicas is not None:
             self.replicas.publish(self, self._policy_every())
+        self._refresh_cadence()
         return snapshot
 
     def _gate_loss(self) -> float | None:
@@ -263,6 +273,7 @@ class TolariaSession:
                                  f"({reason}); training continues with {mode}")
 
     def _apply_arrived(self, observe: TrainingSnapshot | None) -> None:
+        self._refresh_cadence()
         active = self._active_source()
         if observe is not None:
             if self.policy is not None and active is not self.policy:
