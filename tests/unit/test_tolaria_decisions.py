@@ -228,3 +228,39 @@ def test_a_source_deciding_at_snapshots_is_asked_at_safe_points_only(at_snapshot
     _train(session, model, optimizer, 8, [])
     assert source.asked == asked
     session.close()
+
+
+class _CadenceReplay(ReplayPolicy):
+    """A source that asks for a snapshot every `every` steps once `after` steps ran (as a
+    remote Tamiyo's accept may arrive mid-run); records the steps it observed."""
+
+    def __init__(self, at_snapshots: bool, after: int, every: int) -> None:
+        super().__init__([])
+        self.decides_at_snapshots = at_snapshots
+        self.after, self.every = after, every
+        self.model = None
+        self.seen: list[int] = []
+
+    def snapshot_every(self) -> int | None:
+        running = self.model is not None and self.model.global_step >= self.after
+        return self.every if running else None
+
+    def observe(self, snapshot) -> None:
+        self.seen.append(snapshot.step)
+        super().observe(snapshot)
+
+
+@pytest.mark.parametrize(("at_snapshots", "seen"), [
+    # Asked for between safe points (looked for at every step): in force from step 7 on.
+    (False, [2, 4, 6, 10, 15, 20]),
+    # A source deciding at snapshots only: in force from the next safe point (step 8).
+    (True, [2, 4, 6, 8, 10, 15, 20]),
+])
+def test_a_cadence_asked_for_mid_run_takes_effect(at_snapshots, seen) -> None:
+    source = _CadenceReplay(at_snapshots, after=7, every=5)
+    model, optimizer, session, _ = _session(source)  # a safe point every 2 steps
+    source.model = session.model
+    _train(session, model, optimizer, 20, [])
+    assert source.seen == seen
+    assert session.snapshot_every == 5 and session.health.every == 5
+    session.close()
