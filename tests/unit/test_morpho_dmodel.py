@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from morpho.dmodel import double_d_model  # noqa: E402
+from morpho.dmodel import double_d_model, grow_d_model  # noqa: E402
 from morpho.text import SEQ_LEN, CharTransformer  # noqa: E402
 
 VOCAB = 17
@@ -68,3 +68,46 @@ def test_noise_and_fresh_moments():
     assert not torch.allclose(after, before)  # the symmetry breaking moves the function
     state = new.state[model.head.weight]
     assert torch.count_nonzero(state["exp_avg"]) == 0 and state["step"] > 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_growing_by_k_features_keeps_the_function_twice(training):
+    model, optimizer, x = _trained()
+    model.train(training)
+    with torch.no_grad():
+        before = model(x)
+    for width in (24, 32):  # 16 -> 24 -> 32, 8 features at a time
+        optimizer = grow_d_model(model, optimizer, extra=8, seed=width)
+        assert model.norm.normalized_shape == (width,)
+        assert model.blocks[0].linear1.out_features == 2 * width
+        assert model.blocks[0].self_attn.head_dim == width // 4
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in model.parameters()}
+    state = optimizer.state[model.head.weight]  # Adam's step count kept, moments fresh
+    assert state["step"] == 3 and torch.count_nonzero(state["exp_avg"]) == 0
+
+
+def test_grown_features_learn_and_are_not_tied():
+    model, optimizer, x = _trained()
+    grow_d_model(model, optimizer, extra=8, seed=1)
+    F.cross_entropy(model(x).flatten(0, -2), x.flatten()).backward()
+    # The new stream features' writers, the new MLP units' output columns and the new
+    # query dims all get a gradient (none is stuck at a saddle) ...
+    assert torch.count_nonzero(model.embed.weight.grad[:, 16:]) > 0
+    assert torch.count_nonzero(model.blocks[0].linear2.weight.grad[:, 32:]) > 0
+    attn = model.blocks[0].self_attn
+    new_q = torch.tensor([i % 6 >= 4 for i in range(24)])  # heads of 4 -> 6 dims
+    assert torch.count_nonzero(attn.in_proj_weight.grad[:24][new_q]) > 0
+    # ... and different ones: the new features, equal at growth, do not stay tied.
+    grad = model.embed.weight.grad[:, 16:]
+    assert not torch.allclose(grad[:, :1].expand_as(grad), grad)
+
+
+def test_growth_must_be_a_multiple_of_the_heads():
+    model, optimizer, _ = _trained()
+    for extra in (0, 6, -4):
+        with pytest.raises(ValueError, match="multiple of the 4 heads"):
+            grow_d_model(model, optimizer, extra=extra)
+
