@@ -135,21 +135,33 @@ def double_d_model(model: CharTransformer, optimizer: torch.optim.Adam | None = 
         _antisymmetric_noise(wide, d, noise, g)
     new_opt = None
     if optimizer is not None:
-        new_opt = torch.optim.Adam(wide.parameters(), **{
-            k: v for k, v in optimizer.defaults.items() if k not in ("params",)})
-        for group, old_group in zip(new_opt.param_groups, optimizer.param_groups, strict=True):
-            group.update({k: v for k, v in old_group.items() if k != "params"})
+        new_opt = _adam_over(wide, optimizer)
         for name, p in wide.named_parameters():
             state = optimizer.state.get(old[name])
             if state and fresh_moments:
-                new_opt.state[p] = {"step": state["step"].clone(),
-                                    "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                new_opt.state[p] = _fresh_state(state, p)
             elif state:
                 new_opt.state[p] = {k: (maps[name].index(v).clone() if v.dim() else v.clone())
                                     for k, v in state.items()}
     for name in ("embed", "pos", "blocks", "norm", "head"):
         setattr(model, name, getattr(wide, name))
     return new_opt
+
+
+def _adam_over(wide: CharTransformer, optimizer: torch.optim.Adam) -> torch.optim.Adam:
+    """An Adam over the wider model's parameters with `optimizer`'s hyperparameters and its
+    groups' settings (the scheduled rate, initial_lr), no state yet."""
+    new_opt = torch.optim.Adam(wide.parameters(), **{
+        k: v for k, v in optimizer.defaults.items() if k != "params"})
+    for group, old_group in zip(new_opt.param_groups, optimizer.param_groups, strict=True):
+        group.update({k: v for k, v in old_group.items() if k != "params"})
+    return new_opt
+
+
+def _fresh_state(state: dict, p: torch.Tensor) -> dict:
+    """Adam state for `p` with the old step count (its bias correction) and moments at 0."""
+    return {"step": state["step"].clone(), "exp_avg": torch.zeros_like(p),
+            "exp_avg_sq": torch.zeros_like(p)}
 
 
 def _antisymmetric_noise(wide: CharTransformer, d: int, scale: float, g: torch.Generator) -> None:
@@ -203,10 +215,10 @@ def _grow_attention(new: nn.MultiheadAttention, old: nn.MultiheadAttention, d: i
     D, idx = d + k, _head_index(d, k, heads)
     q_scale = math.sqrt(((d + k) // heads) / (d // heads))
     w, b = old.in_proj_weight, old.in_proj_bias
-    for part in range(3):
-        rows = part * D + idx
-        new.in_proj_weight[rows, :d] = w[part * d:(part + 1) * d] * (q_scale if part == 0 else 1.0)
-        new.in_proj_bias[rows] = b[part * d:(part + 1) * d] * (q_scale if part == 0 else 1.0)
+    for part in range(3):  # queries, keys, values
+        rows, scale = part * D + idx, q_scale if part == 0 else 1.0
+        new.in_proj_weight[rows, :d] = w[part * d:(part + 1) * d] * scale
+        new.in_proj_bias[rows] = b[part * d:(part + 1) * d] * scale
     fresh_q = torch.ones(D, dtype=torch.bool)
     fresh_q[idx] = False
     new.in_proj_weight[:D][fresh_q] = 0.0
@@ -264,16 +276,12 @@ def grow_d_model(model: CharTransformer, optimizer: torch.optim.Adam | None = No
     wide.head.bias.copy_(model.head.bias)
     new_opt = None
     if optimizer is not None:
-        new_opt = torch.optim.Adam(wide.parameters(), **{
-            k: v for k, v in optimizer.defaults.items() if k != "params"})
-        for group, old_group in zip(new_opt.param_groups, optimizer.param_groups, strict=True):
-            group.update({k: v for k, v in old_group.items() if k != "params"})
+        new_opt = _adam_over(wide, optimizer)
         old_params = dict(model.named_parameters())
         for name, p in wide.named_parameters():
             state = optimizer.state.get(old_params[name])
-            if state:  # its step count (Adam's bias correction), fresh moments
-                new_opt.state[p] = {"step": state["step"].clone(), "exp_avg": torch.zeros_like(p),
-                                    "exp_avg_sq": torch.zeros_like(p)}
+            if state:
+                new_opt.state[p] = _fresh_state(state, p)
     for name in ("embed", "pos", "blocks", "norm", "head"):
         setattr(model, name, getattr(wide, name))
     return new_opt
