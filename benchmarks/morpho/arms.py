@@ -37,13 +37,15 @@ from .loop import LEARNING_RATE, train
 # Arms in the order they run within a seed (dependents after "esper").
 ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-late-slowdown",
         "esper-plateau-only", "random",
-        "schedule", "static-final-size", "esper-arch-static", "gromo", "static-large", "learned")
+        "schedule", "static-final-size", "esper-arch-static", "esper-arch-restarts", "gromo",
+        "static-large", "learned")
 # Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed. At a
 # constant learning rate, where its run crossed that budget; under a decaying schedule (where
 # a run cut short has not annealed), a second run of the same model and initialisation whose
 # schedule ends at that budget.
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
-           "esper-arch-static@esper-flops": "esper-arch-static"}
+           "esper-arch-static@esper-flops": "esper-arch-static",
+           "esper-arch-restarts@esper-flops": "esper-arch-restarts"}
 LABELS = {
     "static-small": "static small host",
     "esper": "Esper, heuristic at defaults",
@@ -52,11 +54,13 @@ LABELS = {
     "esper-late-slowdown": "Esper, the previous default (slowdown over 2-epoch windows, ratio 0.25)",
     "esper-plateau-only": "Esper, heuristic growing on plateaus only (slowdown_ratio 0)",
     "random": "random growth (same seed count, random slots/blueprints/times)",
-    "schedule": "fixed schedule (Esper's blueprints and slots, every E/10 epochs)",
+    "schedule": "fixed schedule (Esper's widenings, blueprints and slots, every E/10 epochs)",
     "static-final-size": "static, Esper's final parameter count, same epochs",
     "static-final-size@esper-flops": "  the same, stopped at Esper's FLOPs",
     "esper-arch-static": "Esper's final architecture, trained static from the start",
     "esper-arch-static@esper-flops": "  the same, stopped at Esper's FLOPs",
+    "esper-arch-restarts": "Esper's final architecture trained static, Adam's moments restarted where Esper widened its stream",
+    "esper-arch-restarts@esper-flops": "  the same, stopped at Esper's FLOPs",
     "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
     "static-large": "static large reference",
     "learned": "Esper, learned policy (Simic GNN trained on digits episodes of a heuristic growing on slowdowns, under the same schedule)",
@@ -115,24 +119,25 @@ def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None,
-            max_steps: int | None = None) -> dict:
+            max_steps: int | None = None, restarts: tuple[int, ...] = ()) -> dict:
     return train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
                  meter=FlopMeter(), milestones=milestones, lr_schedule=ctx.lr_schedule,
-                 max_steps=max_steps)
+                 max_steps=max_steps, restarts=restarts)
 
 
 def _matched(ctx: Context) -> dict:
     return {"esper-flops": ctx.esper()["flops"]["total"]}
 
 
-def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module]) -> dict:
+def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module],
+                         restarts: tuple[int, ...] = ()) -> dict:
     """A static control's full run, with its test accuracy at Esper's FLOPs in
     record["milestones"]["esper-flops"] (see MATCHED). `build` makes the model right after
     torch.manual_seed(ctx.seed), so both runs start from the same weights."""
     torch.manual_seed(ctx.seed)
     if ctx.lr_schedule == "constant":
-        return _static(ctx, build(), _matched(ctx))
-    record = _static(ctx, build())
+        return _static(ctx, build(), _matched(ctx), restarts=restarts)
+    record = _static(ctx, build(), restarts=restarts)
     steps = fitted_steps(record, ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch, ctx.epochs)
     if steps is None:  # Esper spent at least this run's FLOPs: its end is the matched point
         record["milestones"] = {"esper-flops": {
@@ -140,7 +145,7 @@ def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module]) -> 
             "epoch": float(ctx.epochs), "reached": False}}
         return record
     torch.manual_seed(ctx.seed)
-    fitted = _static(ctx, build(), max_steps=steps)
+    fitted = _static(ctx, build(), max_steps=steps, restarts=restarts)
     record["milestones"] = {"esper-flops": {
         "test_accuracy": fitted["test_accuracy"], "flops": fitted["flops"]["total"],
         "epoch": steps / ctx.data.steps_per_epoch, "reached": True, "fitted_run": True,
@@ -220,11 +225,21 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
         "fossilized": [_fossil(morph, s) for s in states
                        if s.stage == SeedStage.SEED_STAGE_FOSSILIZED],
         "culled": sum(t.to_stage == SeedStage.SEED_STAGE_CULLED for t in morph.transitions),
+        # the residual stream's widenings (WidenStreamAction), where the host declares one
+        "stream": _stream(morph),
         "live_at_end": sum(1 for s in states if s.stage not in (
             SeedStage.SEED_STAGE_DORMANT, SeedStage.SEED_STAGE_FOSSILIZED,
             SeedStage.SEED_STAGE_EMBARGOED, SeedStage.SEED_STAGE_RESETTING)),
     })
     return record, morph
+
+
+def _stream(morph) -> dict | None:
+    site = morph.stream
+    if site is None:
+        return None
+    return {"declared": site.declared_width, "width": site.width,
+            "widenings": [dict(h) for h in site.history]}
 
 
 def _fossil(morph, state) -> dict:
@@ -300,8 +315,14 @@ def run_esper_late_slowdown(ctx: Context) -> dict:
     return record
 
 
+def _growth_count(record: dict) -> int:
+    """Growth events of a grown run: its germinations and its stream's widenings."""
+    stream = record.get("stream") or {}
+    return len(record["germinations"]) + len(stream.get("widenings", []))
+
+
 def run_random(ctx: Context) -> dict:
-    count = len(ctx.esper()["germinations"])
+    count = _growth_count(ctx.esper())
     if ctx.quick:
         count = max(count, 1)
     rng = random.Random(ctx.seed)
@@ -319,12 +340,18 @@ def schedule_epochs(epochs: int, count: int) -> list[int]:
 
 
 def run_schedule(ctx: Context) -> dict:
+    """Esper's growth replayed at fixed times: its stream's widenings first (as it widens
+    before growing seeds), then its fossils in the order they germinated, one every E/10
+    epochs."""
     fossils = ctx.esper()["fossilized"]
     order = {g["slot"]: g["step"] for g in ctx.esper()["germinations"]}
     fossils = sorted(fossils, key=lambda f: order.get(f["slot"], 0))
-    epochs = schedule_epochs(ctx.epochs, len(fossils))
-    plan = [Planned(step=e * ctx.data.steps_per_epoch, slot_id=f["slot"], blueprint_ref=f["blueprint"])
-            for e, f in zip(epochs, fossils, strict=True)]
+    widenings = ((ctx.esper().get("stream") or {}).get("widenings")) or []
+    epochs = schedule_epochs(ctx.epochs, len(widenings) + len(fossils))
+    steps = [e * ctx.data.steps_per_epoch for e in epochs]
+    plan = [Planned(step=step, features=w["to"] - w["from"]) for step, w in zip(steps, widenings, strict=False)]
+    plan += [Planned(step=step, slot_id=f["slot"], blueprint_ref=f["blueprint"])
+             for step, f in zip(steps[len(widenings):], fossils, strict=True)]
     source = ScheduledGrowth(plan)
     record, _ = _grown(ctx, source)
     record.update({"schedule_epochs": epochs, "applied": source.applied, "dropped": source.dropped})
@@ -343,7 +370,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     finds it affine and folds it away.)"""
     catalog = {f"{s.name}@{s.version}": s for s in builtin_blueprints()}
     torch.manual_seed(ctx.seed)
-    host = hosts.small(ctx.host, ctx.data.vocab_size)
+    host = hosts.small(ctx.host, ctx.data.vocab_size, width=_final_stream_width(ctx))
     shapes = {slot.node_id: slot.shape
               for slot in wrap(copy.deepcopy(host), example_input=ctx.example).slots.values()}
     for fossil in ctx.esper()["fossilized"]:
@@ -361,9 +388,30 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
     return host
 
 
+def _final_stream_width(ctx: Context) -> int | None:
+    """The residual stream's width at the end of Esper's run (None: it never widened)."""
+    stream = ctx.esper().get("stream")
+    return stream["width"] if stream and stream["widenings"] else None
+
+
 def run_esper_arch(ctx: Context) -> dict:
     record = _static_with_matched(ctx, lambda: esper_architecture(ctx))
     record["fossils"] = ctx.esper()["fossilized"]
+    return record
+
+
+def run_esper_arch_restarts(ctx: Context) -> dict:
+    """Esper's final architecture trained static from the start, with Adam's moments
+    restarted at the steps where Esper widened its residual stream (a widening restarts
+    them: esper.tolaria.optim.swap_parameters). The restart alone lifted the char host's
+    wide model by 1.5-1.7 pp in the d_model probe, so this is the control that separates
+    what growing the stream adds from what restarting Adam does."""
+    stream = ctx.esper().get("stream") or {}
+    steps = tuple(w["step"] for w in stream.get("widenings", []))
+    if not steps:
+        raise NotAvailable("Esper's run did not widen a residual stream")
+    record = _static_with_matched(ctx, lambda: esper_architecture(ctx), restarts=steps)
+    record.update({"fossils": ctx.esper()["fossilized"], "restarts": list(steps)})
     return record
 
 
@@ -390,6 +438,7 @@ RUNNERS: dict[str, Callable[[Context], dict]] = {
     "esper-plateau-only": run_esper_plateau_only,
     "random": run_random,
     "schedule": run_schedule, "static-final-size": static_final_size,
-    "esper-arch-static": run_esper_arch, "gromo": run_gromo, "static-large": static_large,
+    "esper-arch-static": run_esper_arch, "esper-arch-restarts": run_esper_arch_restarts,
+    "gromo": run_gromo, "static-large": static_large,
     "learned": run_learned,
 }

@@ -6,7 +6,10 @@ controls differ from Esper only in *when, where and what* they grow.
 `ScheduledGrowth` is a LocalPolicy (attach() hands it the local kernel catalogue) whose
 heuristic never germinates (no plateau is ever long enough, no slowdown counts); the planned germinations are
 issued as ordinary GerminateAction decisions through the session, one live seed at a time
-(as the heuristic does), each re-planned on a rejection at most MAX_TRIES times."""
+(as the heuristic does), each re-planned on a rejection at most MAX_TRIES times. On a host
+that declares its residual stream, a planned widening (`features`) is a WidenStreamAction,
+and a random draw may pick the stream (widened as Esper's heuristic widens it) as one more
+place to grow, while it can widen and no seed has grown."""
 
 from __future__ import annotations
 
@@ -16,11 +19,17 @@ import uuid
 from dataclasses import dataclass
 
 from esper.leyline.lifecycle import LIVE_STAGES
-from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, GerminateAction
+from esper.leyline.v1.control_pb2 import (
+    AckStatus,
+    AdaptationDecision,
+    GerminateAction,
+    WidenStreamAction,
+)
+from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
-from esper.leyline.v1.tamiyo_pb2 import SessionOpen
 from esper.policy.context import PolicyContext
-from esper.policy.heuristic import blend_schedule
+from esper.policy.heuristic import blend_schedule, stream_features
+from esper.policy.safety import widen_stream_violation
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
 # The heuristic at Esper's local defaults, except that it never sees a reason to grow:
@@ -28,16 +37,20 @@ from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 LIFECYCLE_ONLY = dataclasses.replace(LOCAL_HEURISTIC, plateau_patience=10**9, slowdown_ratio=0.0,
                                      eager_flops_fraction=0.0)
 MAX_TRIES = 3
+# A random draw's name for the residual stream among the slots.
+STREAM = "<stream>"
 
 
 @dataclass
 class Planned:
     """A germination due at `step`: `slot_id` / `blueprint_ref` None = drawn at random
-    (a dormant slot at that time; a blueprint that fits the slot)."""
+    (a dormant slot at that time, or the stream; a blueprint that fits the slot); or, with
+    `features`, a widening of the residual stream by that many features."""
 
     step: int
     slot_id: str | None = None
     blueprint_ref: str | None = None
+    features: int = 0
     tries: int = 0
     chosen: tuple[str, str] | None = None  # (slot, blueprint) of the decision in flight
 
@@ -52,11 +65,6 @@ class ScheduledGrowth(LocalPolicy):
         self.in_flight: dict[str, Planned] = {}
         self.applied: list[dict] = []
         self.dropped: list[str] = []
-        self._shapes: dict = {}
-
-    def start(self, open_message: SessionOpen) -> None:
-        super().start(open_message)
-        self._shapes = {s.slot_id: s.shape for s in open_message.graph.slots}
 
     def observe(self, snapshot: TrainingSnapshot) -> None:
         super().observe(snapshot)  # the heuristic manages live seeds
@@ -66,13 +74,25 @@ class ScheduledGrowth(LocalPolicy):
             return  # one live seed at a time, as the heuristic grows
         item = self.plan.pop(0)
         # The slots the heuristic itself could germinate in (dormant, outside embargo, not
-        # stacked on a seed that has not fossilized): the one open-slot rule.
-        dormant = sorted(s.slot_id for s in PolicyContext.build(snapshot, self._graph).open_slots())
-        slot_id = item.slot_id or (self.rng.choice(dormant) if dormant else None)
+        # stacked on a seed that has not fossilized): the one open-slot rule; the graph
+        # with the slots' current shapes (a widened stream changes them).
+        ctx = PolicyContext.build(snapshot, self._graph)
+        dormant = sorted(s.slot_id for s in ctx.open_slots())
+        widening = item.features
+        if not widening and item.slot_id is None:
+            options = dormant + ([STREAM] if self._stream_open(ctx) else [])
+            drawn = self.rng.choice(options) if options else None
+            widening = stream_features(ctx, self.policy.config.stream_growth_fraction) if drawn == STREAM else 0
+            slot_id = None if drawn == STREAM else drawn
+        else:
+            slot_id = item.slot_id
+        if widening:
+            self._issue(snapshot, item, WidenStreamAction(features=widening), (STREAM, f"+{widening}"))
+            return
         if slot_id not in dormant:
             self.dropped.append(f"step {snapshot.step}: slot {slot_id} not dormant")
             return
-        shape = self._shapes[slot_id]
+        shape = next(s.shape for s in ctx.graph.slots if s.slot_id == slot_id)
         refs = sorted(c.kernel.blueprint_ref for c in self.candidates.kernels_for(shape))
         ref = item.blueprint_ref or self.rng.choice(refs)
         try:
@@ -80,16 +100,26 @@ class ScheduledGrowth(LocalPolicy):
         except KeyError as exc:
             self.dropped.append(str(exc))
             return
+        self._issue(snapshot, item, GerminateAction(
+            slot_id=slot_id, blueprint_ref=ref, kernel_id=cand.kernel.kernel_id,
+            kernel_sha256=cand.kernel.sha256, schedule=blend_schedule(self.policy.config)),
+            (slot_id, ref))
+
+    def _stream_open(self, ctx: PolicyContext) -> bool:
+        """Whether the stream can widen now, as Esper's heuristic would widen it."""
+        k = stream_features(ctx, self.policy.config.stream_growth_fraction)
+        return bool(k) and widen_stream_violation(k, ctx) is None \
+            and all(s.stage == SeedStage.SEED_STAGE_DORMANT for s in ctx.seeds.values())
+
+    def _issue(self, snapshot: TrainingSnapshot, item: Planned, action, chosen: tuple[str, str]) -> None:
         decision = AdaptationDecision(
             decision_id=str(uuid.uuid4()), run_id=self._run_id, issued_at_step=snapshot.step,
             expires_at_step=snapshot.step + self.policy.config.decision_horizon_steps,
-            policy_version="scheduled-growth", rationale=f"planned germination (step {item.step})",
-            germinate=GerminateAction(slot_id=slot_id, blueprint_ref=ref,
-                                      kernel_id=cand.kernel.kernel_id,
-                                      kernel_sha256=cand.kernel.sha256,
-                                      schedule=blend_schedule(self.policy.config)))
+            policy_version="scheduled-growth", rationale=f"planned growth (step {item.step})")
+        field = "widen_stream" if isinstance(action, WidenStreamAction) else "germinate"
+        getattr(decision, field).CopyFrom(action)
         self._queue.append(decision)
-        item.chosen = (slot_id, ref)
+        item.chosen = chosen
         self.in_flight[decision.decision_id] = item
 
     def acked(self, ack) -> None:

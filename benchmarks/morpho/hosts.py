@@ -67,9 +67,10 @@ def cnn_params(c1: int, c2: int, hidden: int) -> int:
     return (9 + 1) * c1 + (9 * c1 + 1) * c2 + (16 * c2 + 1) * hidden + (hidden + 1) * CLASSES
 
 
-def small(host: str, vocab: int = 0) -> nn.Module:
+def small(host: str, vocab: int = 0, width: int | None = None) -> nn.Module:
+    """The small host; `width`: the char host's stream as wide as a grown run ended."""
     if host == "char":
-        return CharTransformer(vocab, CHAR_SMALL)
+        return CharTransformer(vocab, width or CHAR_SMALL)
     return MLP(*MLP_SMALL) if host == "mlp" else CNN(**CNN_SMALL)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from esper.tolaria.optim import swap_parameters
 
 from .data import Splits
 from .flops import FlopMeter
@@ -46,7 +48,7 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
           after_epoch: AfterEpoch | None = None, milestones: dict[str, float] | None = None,
           safe_point: Callable[[], bool] | None = None,
           finish: Callable[[], object] | None = None, lr_schedule: str = "constant",
-          max_steps: int | None = None) -> dict:
+          max_steps: int | None = None, restarts: Collection[int] = ()) -> dict:
     """Train `net` (with an Esper `session`, called the way its README says) and return the
     run's record: final test accuracy, FLOPs by kind, wall time, per-epoch curve, and the
     test accuracy at each FLOP milestone the run crosses (name -> budget).
@@ -61,7 +63,11 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
     last epoch, counted in full; the final test accuracy is that of the model after it.
 
     `max_steps` ends the run after that many steps (the last epoch partial, still validated)
-    and is the length the learning-rate schedule decays over: a run fitted to a budget."""
+    and is the length the learning-rate schedule decays over: a run fitted to a budget.
+
+    `restarts`: steps after which the optimizer's per-element state (Adam's moments)
+    restarts at 0, its step count kept, as a widening of Esper's residual stream restarts
+    it (the control for what the restart alone does)."""
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule {lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
     key = state_key or (lambda: params(net))
@@ -89,6 +95,8 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
 
             out, loss = meter.run("train", ("train", key()), len(y), step)
             done += 1
+            if done in restarts:
+                swap_parameters(optimizer, {p: p for g in optimizer.param_groups for p in g["params"]})
             if session is not None:
                 last = i == steps - 1 or done == total
                 if safe_point is None or safe_point():

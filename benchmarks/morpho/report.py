@@ -85,6 +85,8 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
 
     beats("static-final-size@esper-flops", "Esper > static of its final size, at matched FLOPs")
     beats("esper-arch-static@esper-flops", "Esper > its own final architecture trained static, at matched FLOPs")
+    if "esper-arch-restarts@esper-flops" in pair:  # only where Esper widened a stream
+        beats("esper-arch-restarts@esper-flops", "  and with Adam restarted where Esper widened, at matched FLOPs")
     for arm in ("static-final-size", "esper-arch-static"):
         if arm in arms and "esper" in arms:
             ratio = arms["esper"]["flops_mean"] / arms[arm]["flops_mean"]

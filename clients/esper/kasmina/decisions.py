@@ -71,6 +71,8 @@ class DecisionApplier:
             raise Rejected("decision has no action")
         if kind == "wait":
             return f"waiting {d.wait.steps} steps"
+        if kind == "widen_stream":
+            return self._widen_stream(d.widen_stream.features)
         slot = self._slot(getattr(d, kind).slot_id)
         step = self.model.global_step
         if kind == "germinate":
@@ -89,6 +91,18 @@ class DecisionApplier:
         lifecycle.check_transition(slot.stage, target)
         ack.gate.CopyFrom(slot.advance(step, target, loss))
         return f"{lifecycle.stage_name(target)}: gate passed"
+
+    def _widen_stream(self, features: int) -> str:
+        model = self.model
+        if model.live_seed_count():  # one change at a time: a live seed's gains stay its own
+            raise Rejected(f"widen_stream: {model.live_seed_count()} live seeds; the stream "
+                           "widens only when none is live")
+        width = model.stream.width if model.stream is not None else 0
+        try:
+            added = model.widen_stream(features)
+        except ValueError as exc:
+            raise Rejected(f"widen_stream: {exc}") from exc
+        return f"widened the residual stream {width} -> {model.stream.width} ({added} params)"
 
     def _slot(self, slot_id: str) -> SeedSlot:
         try:

@@ -25,10 +25,17 @@ def kasmina_state(model: MorphableModel, applied_decisions: set[str] | None = No
         seed = {k: v.detach().cpu().clone() for k, v in slot.seed.state_dict().items()} \
             if slot.seed is not None else {}
         slots[slot.slot_id] = {"record": slot.record.to_dict(), "seed": seed}
-    return {
+    state = {
         "version": STATE_VERSION, "global_step": model.global_step, "epoch": model.epoch,
         "slots": slots, "applied_decisions": sorted(applied_decisions or ()),
     }
+    if model.stream is not None:
+        site = model.stream
+        state["stream"] = {"width": site.width, "widenings": site.widenings,
+                           "last_widened_step": site.last_widened_step,
+                           "params_added": site.params_added,
+                           "history": [dict(h) for h in site.history]}
+    return state
 
 
 def builder_rebuilder(build_seed) -> SeedRebuilder:
@@ -51,12 +58,34 @@ def load_kasmina_state(model: MorphableModel, state: dict, rebuild: SeedRebuilde
     unknown = set(state["slots"]) - set(model.slots)
     if unknown:
         raise ValueError(f"checkpoint has slots this model lacks: {sorted(unknown)}")
+    _restore_stream(model, state.get("stream"))
     model.global_step = int(state["global_step"])
     model.epoch = int(state["epoch"])
     for slot_id, saved in state["slots"].items():
         _restore_slot(model.slot(slot_id), saved, rebuild)
     model.refresh_live()  # restored records changed stages without transitions
     return list(state.get("applied_decisions", []))
+
+
+def _restore_stream(model: MorphableModel, saved: dict | None) -> None:
+    """Widen the host's residual stream to the saved width (before its weights are loaded:
+    only the shapes matter, load_state_dict sets the values), while every slot is still
+    as attached."""
+    site = model.stream
+    if saved is None or site is None:
+        if saved is not None:
+            raise ValueError("checkpoint widened a residual stream this model does not declare")
+        return
+    grow = int(saved["width"]) - site.width
+    if grow < 0:
+        raise ValueError(f"checkpoint's residual stream is {saved['width']} wide, this model's "
+                         f"already {site.width}")
+    if grow:
+        model.widen_stream(grow)
+    site.widenings = int(saved["widenings"])
+    site.last_widened_step = int(saved["last_widened_step"])
+    site.params_added = int(saved["params_added"])
+    site.history = [{k: int(v) for k, v in h.items()} for h in saved["history"]]
 
 
 def _restore_slot(slot: SeedSlot, saved: dict, rebuild: SeedRebuilder) -> None:

@@ -32,12 +32,13 @@ from esper.kasmina.shapes import (
     observe_shapes,
 )
 from esper.kasmina.slot import SeedSlot
-from esper.kasmina.widen import WidenSeed, find_widen_sites, merged_layers
+from esper.kasmina.stream import StreamSite, declared
+from esper.kasmina.widen import WidenSeed, find_widen_sites, merged_layers, rng_seed_for
 from esper.leyline import lifecycle
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import CullReason
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
-from esper.leyline.v1.signals_pb2 import ModelGraph
+from esper.leyline.v1.signals_pb2 import ModelGraph, ResidualStreamState
 from esper.leyline.v1.telemetry_pb2 import SeedTransition
 
 HOST_PREFIX = "host."
@@ -46,6 +47,8 @@ _EMBARGO_STAGES = frozenset({SeedStage.SEED_STAGE_EMBARGOED, SeedStage.SEED_STAG
 SLOTS_ATTR = "esper_slots"
 SlotChoice = None | Iterable[str] | Callable[[str, nn.Module], bool]
 SeedListener = Callable[[SeedSlot, list[nn.Parameter]], None]
+# Told old parameter -> new one after the residual stream widened (optimizer state moves).
+StreamListener = Callable[[dict[nn.Parameter, nn.Parameter]], None]
 
 
 def slot_key(slot_id: str) -> str:
@@ -57,10 +60,16 @@ class MorphableModel(nn.Module):
     """A host model with seed slots. Calls, attributes and state_dict keys pass through
     to the host; `slots` maps slot id -> SeedSlot."""
 
-    def __init__(self, host: nn.Module, sites: list[SlotSite], cfg: KasminaConfig) -> None:
+    def __init__(self, host: nn.Module, sites: list[SlotSite], cfg: KasminaConfig,
+                 stream: StreamSite | None = None) -> None:
         super().__init__()
         self.host = host
         self.cfg = cfg
+        # The host's residual stream, when it declares one (esper.kasmina.stream).
+        self.__dict__["stream"] = stream
+        # Why this process cannot widen the stream now (e.g. under torch.distributed), or None.
+        self.stream_frozen: str | None = None
+        self.stream_listeners: list[StreamListener] = []
         self.esper_slots = nn.ModuleDict()
         self.transitions: list[SeedTransition] = []
         self.transition_listeners: list[Callable[[SeedTransition], None]] = []
@@ -182,6 +191,53 @@ class MorphableModel(nn.Module):
         self.refresh_live()
         return self.transitions[start:]
 
+    # ---- residual stream ------------------------------------------------------------------
+    def stream_state(self) -> ResidualStreamState | None:
+        """The residual stream as a policy sees it (None when the host declares none)."""
+        site = self.stream
+        if site is None:
+            return None
+        return ResidualStreamState(
+            width=site.width, declared_width=site.declared_width, max_width=site.max_width,
+            feature_multiple=site.feature_multiple, params_per_feature=site.params_per_feature(),
+            widenings=site.widenings, last_widened_step=site.last_widened_step,
+            params_added=site.params_added)
+
+    def stream_blockers(self) -> list[str]:
+        """Slots on or inside a stream module holding a seed (sized to the stream as it is:
+        the stream stays as wide while one is there)."""
+        names = self.stream.names() if self.stream is not None else ()
+        return [slot.slot_id for slot in self._slot_list
+                if slot.stage != SeedStage.SEED_STAGE_DORMANT and _on(slot.node_id, names)]
+
+    def widen_stream(self, features: int) -> int:
+        """Widen the host's residual stream by `features` (esper.kasmina.stream) at this
+        step; returns the parameters added. Raises ValueError when refused (nothing
+        changed)."""
+        site = self.stream
+        if site is None:
+            raise ValueError(f"the host declares no residual stream ({type(self.host).__name__} "
+                             f"has no esper_residual_stream())")
+        if self.stream_frozen:
+            raise ValueError(self.stream_frozen)
+        blockers = self.stream_blockers()
+        if blockers:
+            raise ValueError(f"slots on the stream hold seeds sized to it: {blockers}")
+        before, old_width = self.host_param_count(), site.width
+        replaced = site.widen(self.host, features, rng_seed_for("stream", self.global_step),
+                              self.global_step)
+        for slot in self._slot_list:  # dormant slots on the stream see the wider stream
+            if _on(slot.node_id, site.names()) and slot.shape.channels == old_width:
+                slot.shape.channels = site.width
+        added = self.host_param_count() - before
+        site.params_added += added
+        site.history.append({"step": self.global_step, "epoch": self.epoch, "from": old_width,
+                             "to": site.width, "params": added})
+        self._forget_parameters()
+        for listener in self.stream_listeners:
+            listener(replaced)
+        return added
+
     # ---- reporting -----------------------------------------------------------------------
     def seed_states(self) -> list[SeedState]:
         return [slot.seed_state() for slot in self.esper_slots.values()]
@@ -268,6 +324,11 @@ def output_layers(model: nn.Module) -> set[str]:
     return heads
 
 
+def _on(node_id: str, names: tuple[str, ...]) -> bool:
+    """Whether module `node_id` is one of `names` or inside one."""
+    return any(node_id == n or node_id.startswith(n + ".") for n in names)
+
+
 def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -337,7 +398,18 @@ def wrap(model: nn.Module, slots: SlotChoice = None, *, example_input: object = 
             shape.widen_params_per_unit = widen.params_per_unit
         sites.append(SlotSite(node_id=name, module=module, shape=shape, device=device, dtype=dtype,
                               widen=widen))
-    return MorphableModel(model, sites, config or KasminaConfig())
+    decl = declared(model)
+    stream = StreamSite(model, decl, _example_rows(example_input)) if decl is not None else None
+    return MorphableModel(model, sites, config or KasminaConfig(), stream)
+
+
+def _example_rows(example_input: object) -> object:
+    """The example's first two rows (all a widening's output check needs), detached."""
+    if example_input is None:
+        return None
+    if isinstance(example_input, tuple):
+        return tuple(a[:2].detach() if hasattr(a, "detach") else a for a in example_input)
+    return example_input[:2].detach()
 
 
 def _unobserved_shape(module: nn.Module) -> SlotShape:

@@ -22,10 +22,12 @@ PARAM_COUNTED_STAGES = LIVE_STAGES | {SeedStage.SEED_STAGE_FOSSILIZED}
 
 
 def params_used(ctx: PolicyContext) -> int:
-    """Parameters seeds have added so far (the larger of the process's own count and the
-    sum over seed states, so neither an old snapshot nor a missing seed under-counts)."""
+    """Parameters growth has added so far: the seeds' (the larger of the process's own count
+    and the sum over seed states, so neither an old snapshot nor a missing seed
+    under-counts) and a widened residual stream's."""
     from_seeds = sum(s.metrics.params for s in ctx.seeds.values() if s.stage in PARAM_COUNTED_STAGES)
-    return max(int(ctx.snapshot.resources.seed_params), int(from_seeds))
+    seeds = max(int(ctx.snapshot.resources.seed_params), int(from_seeds))
+    return seeds + int(ctx.snapshot.stream.params_added)
 
 
 def params_left(ctx: PolicyContext) -> int | None:

@@ -54,6 +54,25 @@ class RunHistory:
         return True
 
 
+def _current_shapes(graph: ModelGraph, seeds: Mapping[str, SeedState]) -> ModelGraph:
+    """The graph with each slot's shape as its seed state reports it now: the graph was
+    sent when the session opened, and a widened residual stream (WidenStreamAction) has
+    since changed the width of the slots on it. The graph itself when nothing changed."""
+    def moved(slot: SlotInfo) -> bool:
+        seed = seeds.get(slot.slot_id)
+        return seed is not None and seed.HasField("slot_shape") \
+            and seed.slot_shape.channels != slot.shape.channels
+
+    if not any(moved(slot) for slot in graph.slots):
+        return graph
+    current = ModelGraph()
+    current.CopyFrom(graph)
+    for slot in current.slots:
+        if moved(slot):
+            slot.shape.CopyFrom(seeds[slot.slot_id].slot_shape)
+    return current
+
+
 @dataclass
 class PolicyContext:
     """Everything one decision is made from. Build it with `PolicyContext.build`."""
@@ -96,10 +115,11 @@ class PolicyContext:
         ignored: list[str] = []
         for seed in source:
             (kept.__setitem__(seed.slot_id, seed) if seed.slot_id in known else ignored.append(seed.slot_id))
+        current = _current_shapes(graph, kept)
         return cls(
             run_id=run_id if run_id is not None else snapshot.run_id,
             snapshot=snapshot,
-            graph=graph,
+            graph=current,
             capabilities=capabilities or Capabilities(),
             budget=budget or ResourceBudget(),
             seeds=kept,
@@ -107,7 +127,7 @@ class PolicyContext:
             candidates=candidates or NoCandidateProvider(),
             ignored_slot_ids=tuple(ignored),
             slot_ids=known,
-            graph_digest=graph_digest,
+            graph_digest=graph_digest if current is graph else "",
         )
 
     @property

@@ -15,10 +15,11 @@ from esper.leyline.v1.control_pb2 import (
     FossilizeAction,
     GerminateAction,
     WaitAction,
+    WidenStreamAction,
 )
 from esper.policy.context import PolicyContext
 
-Action = GerminateAction | AdvanceAction | CullAction | FossilizeAction | WaitAction
+Action = GerminateAction | AdvanceAction | CullAction | FossilizeAction | WaitAction | WidenStreamAction
 
 _ACTION_FIELD = {
     GerminateAction: "germinate",
@@ -26,7 +27,10 @@ _ACTION_FIELD = {
     CullAction: "cull",
     FossilizeAction: "fossilize",
     WaitAction: "wait",
+    WidenStreamAction: "widen_stream",
 }
+# Actions that name no slot.
+_SLOTLESS = frozenset({None, "wait", "widen_stream"})
 
 
 def _clip01(value: float) -> float:
@@ -62,6 +66,6 @@ def make_decision(
 
 
 def action_slot(decision: AdaptationDecision) -> str | None:
-    """The slot a decision acts on, or None for a wait."""
+    """The slot a decision acts on, or None for a wait or a widening of the stream."""
     kind = decision.WhichOneof("action")
-    return None if kind in (None, "wait") else getattr(decision, kind).slot_id
+    return None if kind in _SLOTLESS else getattr(decision, kind).slot_id

@@ -32,6 +32,7 @@ from esper.leyline.v1.control_pb2 import (
     FossilizeAction,
     GerminateAction,
     WaitAction,
+    WidenStreamAction,
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import SlotInfo
@@ -41,7 +42,12 @@ from esper.policy.context import PolicyContext
 from esper.policy.decisions import Action, make_decision
 from esper.policy.health import health_score
 from esper.policy.plateau import is_plateau, is_slowing
-from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
+from esper.policy.safety import (
+    ADVANCEABLE_STAGES,
+    live_seed_limit,
+    violation,
+    widen_stream_violation,
+)
 
 # The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
 # (~1 us each), on every decision and step.
@@ -171,6 +177,18 @@ class HeuristicConfig:
     # cheap seeds, all of which grow; from the first epoch's end instead, the priced CNN
     # ended 0.55-0.77 pp lower in each of seeds 0-2).
     eager_after_epochs: int = 0
+    # Residual-stream growth, for a host that declares its stream (TrainingSnapshot.stream):
+    # on a plateau or slowdown, before any seed grows, widen the stream by this fraction of
+    # its declared width (rounded to its feature multiple), while it is below its limit
+    # (ResidualStreamState.max_width: 1.5x by default, so two widenings of 25%). 0: never.
+    # A small transformer lacks stream width, which seeds cannot add (they grow blocks and
+    # MLPs on a stream as narrow as before): on the char host, its own grown architecture
+    # trained static scored 1.7 pp below the static model of its size with a wider stream.
+    # Grown 32 -> 40 -> 48 after epochs 2 and 4, it beat d_model 48 trained from the start at
+    # the same FLOPs in 5 of 5 seeds (benchmarks/probe_dmodel_growth.py). Seeds grow once
+    # the stream has reached its limit. Not under a training-FLOPs budget: a widening's
+    # cost per step is known only once it is made.
+    stream_growth_fraction: float = 0.25
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -235,6 +253,19 @@ def eager_state(ctx: PolicyContext) -> tuple | None:
     res, step = ctx.snapshot.resources, ctx.step
     return (res.model_flops_per_example, res.seed_params,
             tuple((s.slot_id, s.stage, s.embargo_until_step > step) for s in ctx.seeds.values()))
+
+
+def stream_features(ctx: PolicyContext, fraction: float) -> int:
+    """Features one widening of the residual stream adds: `fraction` of its declared width
+    rounded to its feature multiple (at least one multiple), or what room is left below its
+    limit; 0 when the host declares no stream, `fraction` is 0 or no room is left."""
+    if fraction <= 0 or not ctx.snapshot.HasField("stream"):
+        return 0
+    stream = ctx.snapshot.stream
+    multiple = max(1, stream.feature_multiple)
+    step = max(multiple, round(fraction * stream.declared_width / multiple) * multiple)
+    room = (stream.max_width - stream.width) // multiple * multiple
+    return min(step, max(room, 0))
 
 
 def blend_schedule(config: HeuristicConfig) -> BlendSchedule:
@@ -387,6 +418,10 @@ class HeuristicPolicy:
         blocked = self._growth_blocker(ctx, no_signal, but)
         if blocked:
             return self._wait(), CONFIDENCE_WAIT, blocked
+        if no_signal is None:
+            widening = self._widening(ctx)
+            if widening is not None:
+                return widening
         state = eager_state(ctx) if no_signal else None
         idle = ctx.history.eager_idle
         if state is not None and idle is not None and idle[0] == state:
@@ -421,6 +456,23 @@ class HeuristicPolicy:
         if no_signal:  # nothing to grow: the same until the run changes
             return self._eager_idle(ctx, state, f"{but}no affordable candidate: {detail}")
         return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
+
+    def _widening(self, ctx: PolicyContext) -> tuple[Action, float, str] | None:
+        """Widen the residual stream on the growth signal while it has room and no seed has
+        grown (seeds are sized to the stream as it is), else None."""
+        features = stream_features(ctx, self.config.stream_growth_fraction)
+        if not features or ctx.budget.max_training_flops > 0 \
+                or any(s.stage != S.SEED_STAGE_DORMANT for s in ctx.seeds.values()) \
+                or widen_stream_violation(features, ctx) is not None:
+            return None
+        stream = ctx.snapshot.stream
+        trigger = ("validation loss plateaued" if is_plateau(
+            ctx.history.val_losses, self.config.plateau_patience, self.config.plateau_min_delta,
+            ctx.snapshot.metrics.plateau_epochs) else "validation loss gains are diminishing (slowdown)")
+        why = (f"{trigger}; widen the residual stream {stream.width} -> {stream.width + features} "
+               f"(limit {stream.max_width}, {features * stream.params_per_feature} parameters) "
+               "before growing seeds on it")
+        return WidenStreamAction(features=features), CONFIDENCE_GERMINATE, why
 
     def _eager_idle(self, ctx: PolicyContext, state: tuple, why: str) -> tuple[Action, float, str]:
         """Wait, remembering that eager growth found nothing to grow in this state (and why)."""

@@ -9,7 +9,7 @@ from esper.leyline.lifecycle import is_allowed, next_stage
 from esper.leyline.v1 import lifecycle_pb2
 from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.policy.budget import rejection_reason
+from esper.policy.budget import params_left, rejection_reason
 from esper.policy.context import PolicyContext
 
 # The stage ints as plain module constants: SeedStage.X goes through a Python __getattr__
@@ -55,6 +55,25 @@ def germinate_violation(
     return rejection_reason(offered[0], slot, ctx, risk_limit)
 
 
+def widen_stream_violation(features: int, ctx: PolicyContext) -> str | None:
+    """Why widening the residual stream by `features` must not be sent, or None."""
+    if not ctx.snapshot.HasField("stream"):
+        return "widen_stream: the host declares no residual stream"
+    stream = ctx.snapshot.stream
+    multiple = max(1, stream.feature_multiple)
+    if features <= 0 or features % multiple:
+        return f"widen_stream: features {features} is not a positive multiple of {multiple}"
+    if stream.width + features > stream.max_width:
+        return f"widen_stream: {stream.width} + {features} exceeds the stream's limit {stream.max_width}"
+    if ctx.live_seed_count():
+        return f"widen_stream: {ctx.live_seed_count()} live seeds (the stream widens only when none is)"
+    left = params_left(ctx)
+    cost = features * stream.params_per_feature
+    if left is not None and cost > left:
+        return f"widen_stream: {cost} parameters, the budget has {left} left"
+    return None
+
+
 def violation(
     decision: AdaptationDecision, ctx: PolicyContext, risk_limit: float, max_live: int
 ) -> str | None:
@@ -66,6 +85,8 @@ def violation(
         return None
     if kind == "germinate":
         return germinate_violation(decision, ctx, risk_limit, max_live)
+    if kind == "widen_stream":
+        return widen_stream_violation(decision.widen_stream.features, ctx)
     slot_id = getattr(decision, kind).slot_id
     if slot_id not in ctx.slot_ids:
         return f"{kind} names unknown slot {slot_id!r}"

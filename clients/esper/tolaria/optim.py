@@ -139,3 +139,21 @@ class SeedParamGroups:
             rate = self.own_rates.get(group.get(SEED_GROUP_KEY))
             if rate is not None:
                 group["lr"] = rate
+
+
+def swap_parameters(optimizer: torch.optim.Optimizer,
+                    replaced: dict[nn.Parameter, nn.Parameter]) -> None:
+    """Put the new parameters of a widened residual stream in their old ones' places (same
+    groups, same rates). Their state restarts: every per-element state tensor (Adam's
+    moments, a momentum buffer) starts at 0 in the new shape, while scalar state (Adam's
+    step count, so its bias correction) is kept. Measured on the char transformer
+    (benchmarks/probe_dmodel_growth.py): fresh moments train a grown stream better than
+    moments carried into the new shape."""
+    for group in optimizer.param_groups:
+        group["params"] = [replaced.get(p, p) for p in group["params"]]
+    for old, new in replaced.items():
+        state = optimizer.state.pop(old, None)
+        if state:
+            optimizer.state[new] = {
+                k: torch.zeros_like(new) if torch.is_tensor(v) and v.shape == old.shape and v.dim()
+                else v for k, v in state.items()}

@@ -37,7 +37,7 @@ from esper.tolaria.config import TolariaConfig
 from esper.tolaria.distributed import Replicas
 from esper.tolaria.flops import FlopMeter
 from esper.tolaria.metrics import MetricsWindow, global_grad_norm
-from esper.tolaria.optim import SeedParamGroups, host_learning_rate
+from esper.tolaria.optim import SeedParamGroups, host_learning_rate, swap_parameters
 from esper.tolaria.outcomes import SeedOutcomes
 from esper.tolaria.policy.base import PolicySource
 from esper.tolaria.settle import settle_seeds
@@ -87,6 +87,10 @@ class TolariaSession:
         self.groups = SeedParamGroups(model, optimizer, rule=self.config.seed_lr)
         if replicas is not None:
             replicas.bind(model)
+            model.stream_frozen = ("the residual stream cannot widen under torch.distributed "
+                                   "yet (every rank's DistributedDataParallel holds its "
+                                   "parameters)")
+        model.stream_listeners.append(self._on_stream_widened)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)
         # The snapshot cadence in force (the `snapshot_every` property's value), read once
@@ -424,6 +428,18 @@ class TolariaSession:
             if source is not None:
                 source.field_report(report)
 
+    def _on_stream_widened(self, replaced: dict) -> None:
+        """The host's residual stream widened: its new parameters take the old ones'
+        places in the optimizer, the FLOPs rate and layer health start again on the new
+        shapes, and the graph is rebuilt (slot shapes on the stream changed)."""
+        swap_parameters(self.optimizer, replaced)
+        self.flops.changed(self.model.global_step)
+        self.graph = self.model.model_graph()
+        self.reset_health()
+        stream = self.model.stream
+        log.info("run %s: residual stream widened to %d at step %d", self.run_id, stream.width,
+                 self.model.global_step)
+
     # ---- messages --------------------------------------------------------------------------
     def _snapshot(self, epoch_end: bool, params: list | None = None) -> TrainingSnapshot:
         """The safe point's TrainingSnapshot; `params`: the model's parameters, when the
@@ -436,6 +452,9 @@ class TolariaSession:
             resources=self._resources(params),
             epoch_end=epoch_end,
         )
+        stream = self.model.stream_state()
+        if stream is not None:
+            snap.stream.CopyFrom(stream)
         snap.time.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime
         return snap
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65sper/leyline/v1/common.proto\x12\x10\x65sper.leyline.v1\">\n\x0fSemanticVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\x12\r\n\x05patch\x18\x03 \x01(\r\"\xa5\x01\n\tSlotShape\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x1d\n\x15widen_params_per_unit\x18\x06 \x01(\r\x12\x0e\n\x06\x63\x61usal\x18\x07 \x01(\x08*\x8a\x01\n\x0f\x43ontractVersion\x12 \n\x1c\x43ONTRACT_VERSION_UNSPECIFIED\x10\x00\x12\x1b\n\x16\x43ONTRACT_VERSION_1_0_0\x10\x90N\x12\x1b\n\x16\x43ONTRACT_VERSION_1_1_0\x10\xf4N\x12\x1b\n\x16\x43ONTRACT_VERSION_1_2_0\x10\xd8O*k\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04*\x81\x01\n\x08SlotKind\x12\x19\n\x15SLOT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_KIND_FEATURES\x10\x01\x12\x14\n\x10SLOT_KIND_CONV2D\x10\x02\x12\x14\n\x10SLOT_KIND_CONV1D\x10\x03\x12\x16\n\x12SLOT_KIND_SEQUENCE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65sper/leyline/v1/common.proto\x12\x10\x65sper.leyline.v1\">\n\x0fSemanticVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\x12\r\n\x05patch\x18\x03 \x01(\r\"\xa5\x01\n\tSlotShape\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x1d\n\x15widen_params_per_unit\x18\x06 \x01(\r\x12\x0e\n\x06\x63\x61usal\x18\x07 \x01(\x08*\xa7\x01\n\x0f\x43ontractVersion\x12 \n\x1c\x43ONTRACT_VERSION_UNSPECIFIED\x10\x00\x12\x1b\n\x16\x43ONTRACT_VERSION_1_0_0\x10\x90N\x12\x1b\n\x16\x43ONTRACT_VERSION_1_1_0\x10\xf4N\x12\x1b\n\x16\x43ONTRACT_VERSION_1_2_0\x10\xd8O\x12\x1b\n\x16\x43ONTRACT_VERSION_1_3_0\x10\xbcP*k\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04*\x81\x01\n\x08SlotKind\x12\x19\n\x15SLOT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_KIND_FEATURES\x10\x01\x12\x14\n\x10SLOT_KIND_CONV2D\x10\x02\x12\x14\n\x10SLOT_KIND_CONV1D\x10\x03\x12\x16\n\x12SLOT_KIND_SEQUENCE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'esper.leyline.v1.common_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTRACTVERSION']._serialized_start=284
-  _globals['_CONTRACTVERSION']._serialized_end=422
-  _globals['_DTYPE']._serialized_start=424
-  _globals['_DTYPE']._serialized_end=531
-  _globals['_SLOTKIND']._serialized_start=534
-  _globals['_SLOTKIND']._serialized_end=663
+  _globals['_CONTRACTVERSION']._serialized_end=451
+  _globals['_DTYPE']._serialized_start=453
+  _globals['_DTYPE']._serialized_end=560
+  _globals['_SLOTKIND']._serialized_start=563
+  _globals['_SLOTKIND']._serialized_end=692
   _globals['_SEMANTICVERSION']._serialized_start=51
   _globals['_SEMANTICVERSION']._serialized_end=113
   _globals['_SLOTSHAPE']._serialized_start=116

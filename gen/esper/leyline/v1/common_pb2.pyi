@@ -35,6 +35,10 @@ class _ContractVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contr
     """
     CONTRACT_VERSION_1_2_0: _ContractVersion.ValueType  # 10200
     """1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
+    CONTRACT_VERSION_1_3_0: _ContractVersion.ValueType  # 10300
+    """1.3.0: residual-stream growth (WidenStreamAction, ResidualStreamState,
+    TrainingSnapshot.stream).
+    """
 
 class ContractVersion(_ContractVersion, metaclass=_ContractVersionEnumTypeWrapper):
     """The Leyline contract versions, one value per released version, so that every language
@@ -58,6 +62,10 @@ SlotShape.widen_params_per_unit).
 """
 CONTRACT_VERSION_1_2_0: ContractVersion.ValueType  # 10200
 """1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
+CONTRACT_VERSION_1_3_0: ContractVersion.ValueType  # 10300
+"""1.3.0: residual-stream growth (WidenStreamAction, ResidualStreamState,
+TrainingSnapshot.stream).
+"""
 Global___ContractVersion: _TypeAlias = ContractVersion  # noqa: Y015
 
 class _Dtype:

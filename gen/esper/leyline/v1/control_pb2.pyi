@@ -297,6 +297,36 @@ class WaitAction(_message.Message):
 Global___WaitAction: _TypeAlias = WaitAction  # noqa: Y015
 
 @_typing.final
+class WidenStreamAction(_message.Message):
+    """Widen the host's residual stream (v1.3, additive): every layer the host declared as
+    writing, reading or normalising its residual stream (TrainingSnapshot.stream) gains
+    `features` features, function-preserving when applied (each new feature starts as the
+    mean of the old ones, which the stream's norms map to 0, and whatever would change the
+    output at once starts at 0). Not a seed: it is applied at once and for good, with no
+    isolated training, blending or cull; its ack says what grew.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURES_FIELD_NUMBER: _builtins.int
+    features: _builtins.int
+    """Features to add: > 0, a multiple of ResidualStreamState.feature_multiple, and the
+    stream no wider than ResidualStreamState.max_width afterwards.
+    """
+    def __init__(
+        self,
+        *,
+        features: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WidenStreamAction: _TypeAlias = WidenStreamAction  # noqa: Y015
+
+@_typing.final
 class AdaptationDecision(_message.Message):
     """A decision about how the model should grow."""
 
@@ -312,6 +342,7 @@ class AdaptationDecision(_message.Message):
     CULL_FIELD_NUMBER: _builtins.int
     FOSSILIZE_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    WIDEN_STREAM_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     UNCERTAINTY_FIELD_NUMBER: _builtins.int
     RATIONALE_FIELD_NUMBER: _builtins.int
@@ -358,6 +389,12 @@ class AdaptationDecision(_message.Message):
     def wait(self) -> Global___WaitAction:
         """Do nothing."""
 
+    @_builtins.property
+    def widen_stream(self) -> Global___WidenStreamAction:
+        """Widen the residual stream (v1.3, additive; a runtime that predates it finds no
+        action it knows and rejects the decision).
+        """
+
     def __init__(
         self,
         *,
@@ -371,16 +408,17 @@ class AdaptationDecision(_message.Message):
         cull: Global___CullAction | None = ...,
         fossilize: Global___FossilizeAction | None = ...,
         wait: Global___WaitAction | None = ...,
+        widen_stream: Global___WidenStreamAction | None = ...,
         confidence: _builtins.float = ...,
         uncertainty: _builtins.float = ...,
         rationale: _builtins.str = ...,
         policy_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "advance", b"advance", "cull", b"cull", "fossilize", b"fossilize", "germinate", b"germinate", "issued_at", b"issued_at", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "advance", b"advance", "cull", b"cull", "fossilize", b"fossilize", "germinate", b"germinate", "issued_at", b"issued_at", "wait", b"wait", "widen_stream", b"widen_stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "advance", b"advance", "confidence", b"confidence", "cull", b"cull", "decision_id", b"decision_id", "expires_at_step", b"expires_at_step", "fossilize", b"fossilize", "germinate", b"germinate", "issued_at", b"issued_at", "issued_at_step", b"issued_at_step", "policy_version", b"policy_version", "rationale", b"rationale", "run_id", b"run_id", "uncertainty", b"uncertainty", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "advance", b"advance", "confidence", b"confidence", "cull", b"cull", "decision_id", b"decision_id", "expires_at_step", b"expires_at_step", "fossilize", b"fossilize", "germinate", b"germinate", "issued_at", b"issued_at", "issued_at_step", b"issued_at_step", "policy_version", b"policy_version", "rationale", b"rationale", "run_id", b"run_id", "uncertainty", b"uncertainty", "wait", b"wait", "widen_stream", b"widen_stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["germinate", "advance", "cull", "fossilize", "wait"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["germinate", "advance", "cull", "fossilize", "wait", "widen_stream"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

@@ -360,6 +360,62 @@ class ModelGraph(_message.Message):
 Global___ModelGraph: _TypeAlias = ModelGraph  # noqa: Y015
 
 @_typing.final
+class ResidualStreamState(_message.Message):
+    """The host's residual stream, where the host declares one (v1.3, additive): the width
+    every block reads and writes, and what a WidenStreamAction may add to it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    DECLARED_WIDTH_FIELD_NUMBER: _builtins.int
+    MAX_WIDTH_FIELD_NUMBER: _builtins.int
+    FEATURE_MULTIPLE_FIELD_NUMBER: _builtins.int
+    PARAMS_PER_FEATURE_FIELD_NUMBER: _builtins.int
+    WIDENINGS_FIELD_NUMBER: _builtins.int
+    LAST_WIDENED_STEP_FIELD_NUMBER: _builtins.int
+    PARAMS_ADDED_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    """Features of the stream now."""
+    declared_width: _builtins.int
+    """Features when the host was wrapped (before any widening)."""
+    max_width: _builtins.int
+    """The widest the process lets the stream grow (its limit; width <= max_width)."""
+    feature_multiple: _builtins.int
+    """A widening adds a multiple of this many features (e.g. the attention heads, whose
+    dimensions grow evenly).
+    """
+    params_per_feature: _builtins.int
+    """Trainable parameters that one more feature adds to the host, at the current width."""
+    widenings: _builtins.int
+    """Widenings applied so far."""
+    last_widened_step: _builtins.int
+    """Step of the last widening (0 when none)."""
+    params_added: _builtins.int
+    """Parameters the widenings have added to the host so far; they count against
+    ResourceBudget.max_added_params as seeds' parameters do.
+    """
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        declared_width: _builtins.int = ...,
+        max_width: _builtins.int = ...,
+        feature_multiple: _builtins.int = ...,
+        params_per_feature: _builtins.int = ...,
+        widenings: _builtins.int = ...,
+        last_widened_step: _builtins.int = ...,
+        params_added: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_width", b"declared_width", "feature_multiple", b"feature_multiple", "last_widened_step", b"last_widened_step", "max_width", b"max_width", "params_added", b"params_added", "params_per_feature", b"params_per_feature", "widenings", b"widenings", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResidualStreamState: _TypeAlias = ResidualStreamState  # noqa: Y015
+
+@_typing.final
 class TrainingSnapshot(_message.Message):
     """A point-in-time report of a training run."""
 
@@ -375,6 +431,7 @@ class TrainingSnapshot(_message.Message):
     SEEDS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     EPOCH_END_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run id (1-128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit); inside a
     Session, empty means the session's run.
@@ -407,6 +464,10 @@ class TrainingSnapshot(_message.Message):
     def resources(self) -> Global___ResourceState:
         """Resources."""
 
+    @_builtins.property
+    def stream(self) -> Global___ResidualStreamState:
+        """The host's residual stream; unset when the host declares none (v1.3, additive)."""
+
     def __init__(
         self,
         *,
@@ -420,10 +481,11 @@ class TrainingSnapshot(_message.Message):
         seeds: _abc.Iterable[_lifecycle_pb2.SeedState] | None = ...,
         resources: Global___ResourceState | None = ...,
         epoch_end: _builtins.bool = ...,
+        stream: Global___ResidualStreamState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "resources", b"resources", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "resources", b"resources", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epoch_end", b"epoch_end", "layers", b"layers", "metrics", b"metrics", "resources", b"resources", "run_id", b"run_id", "seeds", b"seeds", "sequence", b"sequence", "step", b"step", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epoch_end", b"epoch_end", "layers", b"layers", "metrics", b"metrics", "resources", b"resources", "run_id", b"run_id", "seeds", b"seeds", "sequence", b"sequence", "step", b"step", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
