@@ -173,7 +173,7 @@ def _train(session, model, optimizer, steps: int) -> list[float]:
     return losses
 
 
-def _session(decisions, tmp_path=None):
+def _session(decisions):
     torch.manual_seed(0)
     host = Tiny()
     optimizer = torch.optim.Adam(host.parameters(), lr=1e-2)
@@ -210,8 +210,7 @@ def test_tolaria_moves_the_optimizer_to_the_widened_stream_and_keeps_training(tm
 
 
 def test_a_germination_after_a_widening_uses_the_slots_new_width() -> None:
-    _, _, session, replay = _session([_decision("w", 1, widen_stream=WidenStreamAction(features=2))])
-    host, optimizer = session.model.host, session.optimizer
+    _, optimizer, session, replay = _session([_decision("w", 1, widen_stream=WidenStreamAction(features=2))])
     _train(session, session.model, optimizer, 2)
     shape = session.model.slot("norm").shape
     assert shape.channels == 10
