@@ -47,11 +47,15 @@ async def test_every_warning_carries_its_code_as_text_and_as_enum():
         oversized = snap(12, "run-codes")
         for i in range(9):
             oversized.seeds.add(slot_id=f"x{i}")
+        bad_stream = snap(12, "run-codes")
+        bad_stream.stream.width, bad_stream.stream.declared_width = 64, 32
+        bad_stream.stream.max_width, bad_stream.stream.feature_multiple = 48, 4
         ack = {"decision_id": decision.decision_id, "run_id": "run-codes"}
         applied = DecisionAck(**ack, status=AckStatus.ACK_STATUS_APPLIED)
         steps = [  # (request, the warning it draws, or None for a good message)
             (SessionRequest(snapshot=non_finite), W.SESSION_WARNING_CODE_NON_FINITE),
             (SessionRequest(snapshot=oversized), W.SESSION_WARNING_CODE_OVERSIZED),
+            (SessionRequest(snapshot=bad_stream), W.SESSION_WARNING_CODE_INVALID_STREAM),
             (SessionRequest(snapshot=snap(10, "run-codes")), W.SESSION_WARNING_CODE_REPEATED_SNAPSHOT),
             (SessionRequest(snapshot=snap(9, "run-codes")), W.SESSION_WARNING_CODE_OUT_OF_ORDER_SNAPSHOT),
             (SessionRequest(snapshot=snap(13, "run-codes", [seed("ghost", S.SEED_STAGE_TRAINING)])),

@@ -8,6 +8,7 @@ import pytest
 
 from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, DecisionAck
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
+from esper.leyline.v1.signals_pb2 import ResidualStreamState
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
 from esper.policy.context import graph_digest
 from esper.tamiyo.runs import RunRegistry, RunState
@@ -154,3 +155,20 @@ def test_snapshot_problems() -> None:
     assert snapshot_problem(bad, LIMITS)[0] == "non_finite"
     big = snapshot(1, seeds=[seed(f"s{i}", 1) for i in range(6)])
     assert snapshot_problem(big, LIMITS)[0] == "oversized"
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"width": 40, "declared_width": 32, "max_width": 48, "feature_multiple": 4}, None),
+    ({"width": 56, "declared_width": 32, "max_width": 48, "feature_multiple": 4}, "outside"),
+    ({"width": 30, "declared_width": 32, "max_width": 48, "feature_multiple": 4}, "outside"),
+    ({"width": 38, "declared_width": 32, "max_width": 48, "feature_multiple": 4}, "multiple"),
+    ({"width": 40, "declared_width": 32, "max_width": 48, "feature_multiple": 0}, "must be > 0"),
+])
+def test_snapshot_stream_problems(fields, words) -> None:
+    snap = snapshot(1)
+    snap.stream.CopyFrom(ResidualStreamState(**fields))
+    problem = snapshot_problem(snap, LIMITS)
+    if words is None:
+        assert problem is None
+    else:
+        assert problem[0] == "invalid_stream" and words in problem[1] and "snapshot.stream" in problem[1]

@@ -84,4 +84,19 @@ def snapshot_problem(snapshot: TrainingSnapshot, limits: Limits) -> tuple[str, s
         for name, value in layer.ListFields():
             if isinstance(value, float) and not math.isfinite(value):
                 return "non_finite", f"snapshot.layers[{i}].{name.name} is {value}"
+    if snapshot.HasField("stream"):
+        return _stream_problem(snapshot.stream)
+    return None
+
+
+def _stream_problem(stream) -> tuple[str, str] | None:
+    """A residual stream no widening could have produced (a policy would widen from it)."""
+    if not stream.width or not stream.declared_width or not stream.feature_multiple:
+        return "invalid_stream", "snapshot.stream: width, declared_width and feature_multiple must be > 0"
+    if not stream.declared_width <= stream.width <= stream.max_width:
+        return "invalid_stream", (f"snapshot.stream.width {stream.width} is outside "
+                                  f"[declared_width {stream.declared_width}, max_width {stream.max_width}]")
+    if (stream.width - stream.declared_width) % stream.feature_multiple:
+        return "invalid_stream", (f"snapshot.stream.width {stream.width} is not declared_width plus a "
+                                  f"multiple of feature_multiple {stream.feature_multiple}")
     return None

@@ -37,7 +37,7 @@ class _ContractVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contr
     """1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
     CONTRACT_VERSION_1_3_0: _ContractVersion.ValueType  # 10300
     """1.3.0: residual-stream growth (WidenStreamAction, ResidualStreamState,
-    TrainingSnapshot.stream).
+    TrainingSnapshot.stream, SESSION_WARNING_CODE_INVALID_STREAM).
     """
 
 class ContractVersion(_ContractVersion, metaclass=_ContractVersionEnumTypeWrapper):
@@ -64,7 +64,7 @@ CONTRACT_VERSION_1_2_0: ContractVersion.ValueType  # 10200
 """1.2.0: SlotShape.causal (seeds on a causal sequence slot do not look ahead)."""
 CONTRACT_VERSION_1_3_0: ContractVersion.ValueType  # 10300
 """1.3.0: residual-stream growth (WidenStreamAction, ResidualStreamState,
-TrainingSnapshot.stream).
+TrainingSnapshot.stream, SESSION_WARNING_CODE_INVALID_STREAM).
 """
 Global___ContractVersion: _TypeAlias = ContractVersion  # noqa: Y015
 

@@ -58,6 +58,8 @@ class _SessionWarningCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Se
     """A snapshot's step or sequence is absurd or implausibly far past the last one."""
     SESSION_WARNING_CODE_QUOTA_EXCEEDED: _SessionWarningCode.ValueType  # 13
     """The caller's quota (e.g. field reports per minute) is spent."""
+    SESSION_WARNING_CODE_INVALID_STREAM: _SessionWarningCode.ValueType  # 14
+    """A snapshot's residual stream is inconsistent (e.g. wider than its own limit) (v1.3)."""
 
 class SessionWarningCode(_SessionWarningCode, metaclass=_SessionWarningCodeEnumTypeWrapper):
     """Why a client message of a running Session was dropped."""
@@ -90,6 +92,8 @@ SESSION_WARNING_CODE_STEP_JUMP: SessionWarningCode.ValueType  # 12
 """A snapshot's step or sequence is absurd or implausibly far past the last one."""
 SESSION_WARNING_CODE_QUOTA_EXCEEDED: SessionWarningCode.ValueType  # 13
 """The caller's quota (e.g. field reports per minute) is spent."""
+SESSION_WARNING_CODE_INVALID_STREAM: SessionWarningCode.ValueType  # 14
+"""A snapshot's residual stream is inconsistent (e.g. wider than its own limit) (v1.3)."""
 Global___SessionWarningCode: _TypeAlias = SessionWarningCode  # noqa: Y015
 
 @_typing.final
