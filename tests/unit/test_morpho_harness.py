@@ -406,3 +406,88 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("esper", {"seed_init": "bottleneck"}) == \
         "Esper, heuristic, seeds initialised from the bottleneck statistic"
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
+
+
+def _char_session(plan: list, rng=None):
+    import random
+
+    from morpho.text import SEQ_LEN
+
+    torch.manual_seed(0)
+    model = hosts.small("char", vocab=20)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    source = ScheduledGrowth(plan, rng=rng or random.Random(0))
+    x = torch.randint(0, 20, (8, SEQ_LEN), generator=torch.Generator().manual_seed(1))
+    session = esper.tolaria.attach(model, optimizer, policy=source, example_input=x[:2],
+                                   config=esper.tolaria.TolariaConfig(progress=False, snapshot_every=5))
+    for step in range(30):
+        optimizer.zero_grad()
+        out = session.model(x)
+        loss = F.cross_entropy(out.flatten(0, 1), x.flatten())
+        loss.backward()
+        optimizer.step()
+        session.step(loss, out, x)
+    session.close()
+    return session, source
+
+
+def test_scheduled_growth_widens_the_stream_as_planned(one_thread) -> None:
+    session, source = _char_session([Planned(step=5, features=8), Planned(step=15, features=8)])
+    assert [a["slot"] for a in source.applied] == ["<stream>", "<stream>"], source.dropped
+    assert [h["step"] for h in session.model.stream.history] == [5, 15]
+    assert session.model.stream.width == 48
+    assert session.model.slot("blocks.0").shape.channels == 48
+
+
+def test_random_growth_may_draw_the_stream_and_then_fits_seeds_to_it(one_thread) -> None:
+    import random
+
+    class Stream(random.Random):  # draws the stream first, then the first slot
+        drawn = False
+
+        def choice(self, seq):
+            if "<stream>" in seq and not self.drawn:
+                self.drawn = True
+                return "<stream>"
+            return sorted(s for s in seq if s != "<stream>")[0]
+
+    session, source = _char_session([Planned(step=5), Planned(step=10)], rng=Stream(0))
+    assert source.applied[0]["slot"] == "<stream>" and session.model.stream.width == 40
+    assert source.applied[1]["slot"] == "blocks.0", source.dropped  # a seed at the new width
+
+
+def test_esper_architecture_is_as_wide_as_the_stream_grew() -> None:
+    from morpho.arms import Context, esper_architecture
+    from morpho.data import Splits
+    from morpho.text import SEQ_LEN
+
+    empty = torch.zeros(0)
+    data = Splits(torch.zeros(4, SEQ_LEN, dtype=torch.long), torch.zeros(4, SEQ_LEN, dtype=torch.long),
+                  empty, empty, empty, empty, batch_size=2, vocab_size=20)
+    ctx = Context(host="char", seed=7, epochs=1, data=data)
+    ctx.done["esper"] = {"fossilized": [], "stream": {"declared": 32, "width": 48, "widenings": [
+        {"step": 10, "epoch": 1, "from": 32, "to": 40, "params": 1}]}}
+    model = esper_architecture(ctx)
+    assert model.norm.normalized_shape == (48,)
+    assert hosts.params(model) == hosts.params(hosts.small("char", 20, width=48))
+
+
+def test_restarts_zero_the_moments_and_keep_the_step_count(one_thread) -> None:
+    from morpho.loop import train
+
+    data = _splits()  # 3 steps per epoch
+    torch.manual_seed(0)
+    net = hosts.small("mlp")
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    seen = []
+    original = optimizer.step
+
+    def spy(*a, **k):  # the moments as each step starts
+        state = optimizer.state.get(net.fc1.weight)
+        seen.append(None if not state else (int(state["step"]), float(state["exp_avg"].abs().sum())))
+        return original(*a, **k)
+
+    optimizer.step = spy
+    train(net, optimizer, data, seed=1, epochs=2, meter=FlopMeter(), restarts=(4,))
+    assert seen[4][0] == 4 and seen[4][1] == 0.0  # restarted after step 4, count kept
+    assert seen[3][1] > 0 and seen[5][1] > 0
