@@ -24,16 +24,19 @@ a tie with the wide model trained from the start at the same FLOPs.
 as the mean of the old ones, which LayerNorm (its old gains scaled by sqrt(d / (d + k)) and
 its eps by d / (d + k)) maps to exactly 0, so every weight that reads a new feature can
 start random and nothing is tied. It can grow in small steps (32 -> 40 -> 48); what it
-measured is in benchmarks/probe_dmodel_growth.py."""
+measured is in benchmarks/probe_dmodel_growth.py. It is now Kasmina's residual-stream
+growth (esper.kasmina.stream), called here outside a session."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
-from .text import CharTransformer
+from esper.kasmina.stream import StreamSite
+from esper.tolaria.optim import swap_parameters
+
+from .text import SEQ_LEN, CharTransformer
 
 
 def _copies(n: int) -> torch.Tensor:
@@ -177,111 +180,26 @@ def _antisymmetric_noise(wide: CharTransformer, d: int, scale: float, g: torch.G
         w[d:] -= e
 
 
-# ---- growth by k features: new features start as the mean of the old ones -------------------
-
-def _stream_rows(old: torch.Tensor, k: int) -> torch.Tensor:
-    """A stream writer's rows (or a bias) for d + k features: the old ones, then k copies of
-    their mean (each new feature of the residual stream starts as the old features' mean)."""
-    mean = old.mean(dim=0, keepdim=True)
-    return torch.cat([old, mean.expand(k, *old.shape[1:])])
-
-
-def _head_index(d: int, k: int, heads: int) -> torch.Tensor:
-    """New position of each old per-head dimension when every head widens by k / heads."""
-    hd, wide = d // heads, (d + k) // heads
-    old = torch.arange(d)
-    return (old // hd) * wide + old % hd
-
-
-def _grow_norm(new: nn.LayerNorm, old: nn.LayerNorm, d: int, k: int) -> None:
-    """With the new features at the old ones' mean, the mean is unchanged and the variance
-    is scaled by d / (d + k): the old gains and eps scaled to match keep the old outputs
-    exactly; the new features normalise to 0 (gain 1, bias 0)."""
-    scale = math.sqrt(d / (d + k))
-    new.weight[:d] = old.weight * scale
-    new.weight[d:] = 1.0
-    new.bias[:d] = old.bias
-    new.bias[d:] = 0.0
-    new.eps = old.eps * d / (d + k)
-
-
-def _grow_attention(new: nn.MultiheadAttention, old: nn.MultiheadAttention, d: int, k: int) -> None:
-    """Queries, keys and values widen per head. New query dims are 0 and the old queries are
-    scaled by sqrt(new head dim / old), so every score is unchanged; new key and value dims
-    keep their fresh initialisation (they give the new query dims and output columns a
-    gradient). Output columns of the new value dims are 0; the output's new rows write the
-    new stream features (the mean of its old rows)."""
-    heads = old.num_heads
-    D, idx = d + k, _head_index(d, k, heads)
-    q_scale = math.sqrt(((d + k) // heads) / (d // heads))
-    w, b = old.in_proj_weight, old.in_proj_bias
-    for part in range(3):  # queries, keys, values
-        rows, scale = part * D + idx, q_scale if part == 0 else 1.0
-        new.in_proj_weight[rows, :d] = w[part * d:(part + 1) * d] * scale
-        new.in_proj_bias[rows] = b[part * d:(part + 1) * d] * scale
-    fresh_q = torch.ones(D, dtype=torch.bool)
-    fresh_q[idx] = False
-    new.in_proj_weight[:D][fresh_q] = 0.0
-    new.in_proj_bias[:D][fresh_q] = 0.0
-    out = torch.zeros(d, D, dtype=w.dtype)
-    out[:, idx] = old.out_proj.weight
-    new.out_proj.weight.copy_(_stream_rows(out, k))
-    new.out_proj.bias.copy_(_stream_rows(old.out_proj.bias, k))
-
-
-def _grow_block(new: nn.TransformerEncoderLayer, old: nn.TransformerEncoderLayer, d: int, k: int) -> None:
-    _grow_norm(new.norm1, old.norm1, d, k)
-    _grow_norm(new.norm2, old.norm2, d, k)
-    _grow_attention(new.self_attn, old.self_attn, d, k)
-    ff = old.linear1.out_features
-    # The MLP's old hidden units read the old features (the new ones normalise to 0, so the
-    # fresh weights reading them change nothing); its new units keep their fresh weights
-    # and write through zero columns of linear2 at first.
-    new.linear1.weight[:ff, :d] = old.linear1.weight
-    new.linear1.bias[:ff] = old.linear1.bias
-    out = torch.zeros(d, new.linear2.in_features, dtype=old.linear2.weight.dtype)
-    out[:, :ff] = old.linear2.weight
-    new.linear2.weight.copy_(_stream_rows(out, k))
-    new.linear2.bias.copy_(_stream_rows(old.linear2.bias, k))
-
+# ---- growth by k features: Kasmina's residual-stream growth --------------------------------
 
 @torch.no_grad()
-def grow_d_model(model: CharTransformer, optimizer: torch.optim.Adam | None = None,
-                 extra: int = 8, seed: int = 0) -> torch.optim.Adam | None:
+def grow_d_model(model: CharTransformer, optimizer: torch.optim.Optimizer | None = None,
+                 extra: int = 8, seed: int = 0) -> torch.optim.Optimizer | None:
     """Widen `model`'s d_model by `extra` features (a multiple of the heads), in place and
-    exactly function-preserving, with no tied copies: each new feature of the residual
-    stream starts as the mean of the old ones (every stream writer's new row is the mean
-    of its old rows; the stream is a sum of writers, so this holds at every layer of a
-    pre-norm transformer), which LayerNorm then maps to 0 once its old gains and eps are
-    rescaled (_grow_norm). Every weight that reads a new feature, and every new attention
-    key, value and MLP unit, keeps the fresh initialisation of a model of the new width;
-    what would change the output at once (new query dims, the output columns of new value
-    dims and MLP units) starts at 0. Adam's moments are started fresh (the probe's best
-    variant for doubling). Returns the new optimizer."""
-    d = model.norm.normalized_shape[0]
+    exactly, with no tied copies: what this probe built became Kasmina's residual-stream
+    growth (esper.kasmina.stream, the WidenStreamAction Esper's heuristic sends), run here
+    outside a session and without the stream's width limit. Each new feature starts as the
+    mean of the old ones, which every LayerNorm (old gains and eps rescaled) maps to 0;
+    readers, new keys, values and MLP units start fresh; new query dims and new units'
+    output columns at 0. The optimizer's moments restart for the replaced parameters, step
+    count kept (esper.tolaria.optim.swap_parameters). Returns `optimizer`."""
     heads = model.blocks[0].self_attn.num_heads
     if extra <= 0 or extra % heads:
         raise ValueError(f"extra must be a positive multiple of the {heads} heads, got {extra}")
-    with torch.random.fork_rng():  # the fresh weights of the new width; the run's RNG untouched
-        torch.manual_seed(seed)
-        wide = CharTransformer(model.head.out_features, d + extra, layers=len(model.blocks),
-                               heads=heads)
-    wide.to(next(model.parameters()).dtype).train(model.training)
-    wide.embed.weight.copy_(_stream_rows(model.embed.weight.T, extra).T)
-    wide.pos.weight.copy_(_stream_rows(model.pos.weight.T, extra).T)
-    for new, old in zip(wide.blocks, model.blocks, strict=True):
-        _grow_block(new, old, d, extra)
-    _grow_norm(wide.norm, model.norm, d, extra)
-    wide.head.weight[:, :d] = model.head.weight
-    wide.head.bias.copy_(model.head.bias)
-    new_opt = None
+    example = torch.zeros(1, SEQ_LEN, dtype=torch.long, device=model.head.weight.device)
+    site = StreamSite(model, model.esper_residual_stream(), example)
+    site.max_width = site.width + extra  # the probe sets its own widths
+    replaced = site.widen(model, extra, rng_seed=seed, step=0)
     if optimizer is not None:
-        new_opt = _adam_over(wide, optimizer)
-        old_params = dict(model.named_parameters())
-        for name, p in wide.named_parameters():
-            state = optimizer.state.get(old_params[name])
-            if state:
-                new_opt.state[p] = _fresh_state(state, p)
-    for name in ("embed", "pos", "blocks", "norm", "head"):
-        setattr(model, name, getattr(wide, name))
-    return new_opt
+        swap_parameters(optimizer, replaced)
+    return optimizer

@@ -86,6 +86,7 @@ def test_growing_by_k_features_keeps_the_function_twice(training):
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
         {id(p) for p in model.parameters()}
     state = optimizer.state[model.head.weight]  # Adam's step count kept, moments fresh
+    assert state["exp_avg"].shape == model.head.weight.shape
     assert state["step"] == 3 and torch.count_nonzero(state["exp_avg"]) == 0
 
 
