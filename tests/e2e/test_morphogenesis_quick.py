@@ -39,7 +39,9 @@ def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
     assert set(result["hosts"]) == {"mlp", "cnn"}
     for host, h in result["hosts"].items():
         assert set(h["runs"]) | set(h["unavailable"]) == set(ARMS), host
-        assert not h["unavailable"], h["unavailable"]
+        # (these hosts declare no residual stream: there is no widening to restart Adam at)
+        assert set(h["unavailable"]) == {"esper-arch-restarts"}, h["unavailable"]
+        assert "did not widen" in h["unavailable"]["esper-arch-restarts"]
         for arm, runs in h["runs"].items():
             assert len(runs) == 1 and _finite(runs[0]), (host, arm, runs)
             assert runs[0]["flops"]["total"] > 0, (host, arm)

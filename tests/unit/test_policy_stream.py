@@ -96,3 +96,15 @@ def test_slot_shapes_follow_the_seed_states_after_a_widening() -> None:
     assert ctx.graph_digest == ""  # the digest was of the graph as sent
     same = PolicyContext.build(snapshot(), graph(), graph_digest="abc")
     assert same.graph_digest == "abc"
+
+
+def test_after_a_widening_growth_waits_for_a_validation_that_saw_it() -> None:
+    widened = _stream(width=40)
+    widened.widenings, widened.last_widened_epoch = 1, 5
+    ctx = _ctx(widened)
+    ctx.history.last_epoch = 5  # the validation that triggered the widening
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") == "wait" and "widened at epoch 5" in d.rationale
+    ctx.history.last_epoch = 6  # a validation after it, still on a plateau
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") == "widen_stream" and d.widen_stream.features == 8

@@ -92,7 +92,7 @@ class StreamSite:
             raise ValueError(f"residual stream: max_width {decl.max_width} is below its width {self.width}")
         self.example = example_input
         self.widenings = 0
-        self.last_widened_step = 0
+        self.last_widened_step = self.last_widened_epoch = 0
         self.params_added = 0
         # Each widening: {"step", "epoch", "from", "to", "params"} (plain data, checkpointed).
         self.history: list[dict] = []
@@ -126,7 +126,8 @@ class StreamSite:
         return None
 
     @torch.no_grad()
-    def widen(self, host: nn.Module, features: int, rng_seed: int, step: int) -> dict[nn.Parameter, nn.Parameter]:
+    def widen(self, host: nn.Module, features: int, rng_seed: int, step: int,
+              epoch: int = 0) -> dict[nn.Parameter, nn.Parameter]:
         """Widen the stream by `features` in place; returns old parameter -> new one for
         every parameter replaced. Raises ValueError (nothing changed) when refused."""
         why = self.refusal(features)
@@ -149,7 +150,7 @@ class StreamSite:
             raise
         self.width += features
         self.widenings += 1
-        self.last_widened_step = step
+        self.last_widened_step, self.last_widened_epoch = step, epoch
         return edits.replaced
 
     def _role(self, name: str) -> str:

@@ -201,7 +201,7 @@ class MorphableModel(nn.Module):
             width=site.width, declared_width=site.declared_width, max_width=site.max_width,
             feature_multiple=site.feature_multiple, params_per_feature=site.params_per_feature(),
             widenings=site.widenings, last_widened_step=site.last_widened_step,
-            params_added=site.params_added)
+            params_added=site.params_added, last_widened_epoch=site.last_widened_epoch)
 
     def stream_blockers(self) -> list[str]:
         """Slots on or inside a stream module holding a seed (sized to the stream as it is:
@@ -225,7 +225,7 @@ class MorphableModel(nn.Module):
             raise ValueError(f"slots on the stream hold seeds sized to it: {blockers}")
         before, old_width = self.host_param_count(), site.width
         replaced = site.widen(self.host, features, rng_seed_for("stream", self.global_step),
-                              self.global_step)
+                              self.global_step, self.epoch)
         for slot in self._slot_list:  # dormant slots on the stream see the wider stream
             if _on(slot.node_id, site.names()) and slot.shape.channels == old_width:
                 slot.shape.channels = site.width

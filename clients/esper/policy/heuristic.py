@@ -185,8 +185,10 @@ class HeuristicConfig:
     # MLPs on a stream as narrow as before): on the char host, its own grown architecture
     # trained static scored 1.7 pp below the static model of its size with a wider stream.
     # Grown 32 -> 40 -> 48 after epochs 2 and 4, it beat d_model 48 trained from the start at
-    # the same FLOPs in 5 of 5 seeds (benchmarks/probe_dmodel_growth.py). Seeds grow once
-    # the stream has reached its limit. Not under a training-FLOPs budget: a widening's
+    # the same FLOPs in 5 of 5 seeds (benchmarks/probe_dmodel_growth.py). After a widening,
+    # growth waits for a validation after it (else the same signal widens again at the next
+    # safe point, and the stream grows 32 -> 48 at once). Seeds grow once the stream has
+    # reached its limit. Not under a training-FLOPs budget: a widening's
     # cost per step is known only once it is made.
     stream_growth_fraction: float = 0.25
 
@@ -498,6 +500,12 @@ class HeuristicPolicy:
         if no_signal and not (c.eager_flops_fraction > 0
                               and len(ctx.history.val_losses) >= c.eager_after_epochs):
             return no_signal
+        stream = ctx.snapshot.stream
+        if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch:
+            # Growth on new evidence only: the signal that widened the stream is still the
+            # latest one until a validation after the widening shows what it did.
+            return (f"{but}the residual stream widened at epoch {stream.last_widened_epoch}; "
+                    "growth waits for a validation after it")
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)
         if last is not None and c.germination_cooldown_steps and ctx.step < last + c.germination_cooldown_steps:
             return f"germination cooldown until step {last + c.germination_cooldown_steps}"

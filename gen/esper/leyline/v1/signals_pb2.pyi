@@ -375,6 +375,7 @@ class ResidualStreamState(_message.Message):
     WIDENINGS_FIELD_NUMBER: _builtins.int
     LAST_WIDENED_STEP_FIELD_NUMBER: _builtins.int
     PARAMS_ADDED_FIELD_NUMBER: _builtins.int
+    LAST_WIDENED_EPOCH_FIELD_NUMBER: _builtins.int
     width: _builtins.int
     """Features of the stream now."""
     declared_width: _builtins.int
@@ -395,6 +396,10 @@ class ResidualStreamState(_message.Message):
     """Parameters the widenings have added to the host so far; they count against
     ResourceBudget.max_added_params as seeds' parameters do.
     """
+    last_widened_epoch: _builtins.int
+    """Epoch of the last widening (0 when none): a policy waits for a validation after it
+    before growing again, so a widening is judged by its own effect.
+    """
     def __init__(
         self,
         *,
@@ -406,10 +411,11 @@ class ResidualStreamState(_message.Message):
         widenings: _builtins.int = ...,
         last_widened_step: _builtins.int = ...,
         params_added: _builtins.int = ...,
+        last_widened_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_width", b"declared_width", "feature_multiple", b"feature_multiple", "last_widened_step", b"last_widened_step", "max_width", b"max_width", "params_added", b"params_added", "params_per_feature", b"params_per_feature", "widenings", b"widenings", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_width", b"declared_width", "feature_multiple", b"feature_multiple", "last_widened_epoch", b"last_widened_epoch", "last_widened_step", b"last_widened_step", "max_width", b"max_width", "params_added", b"params_added", "params_per_feature", b"params_per_feature", "widenings", b"widenings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
