@@ -269,7 +269,8 @@ def plot(result: dict, path: Path) -> None:
     colours = {"esper": "tab:blue", "learned": "navy", "esper-width": "tab:cyan",
                "esper-plateau-only": "teal", "esper-late-slowdown": "deepskyblue",
                "esper-stack": "tab:pink", "esper-arch-static": "tab:orange",
-               "esper-arch-static@esper-flops": "darkorange", "static-final-size": "tab:green",
+               "esper-arch-static@esper-flops": "darkorange", "esper-arch-restarts": "gold",
+               "esper-arch-restarts@esper-flops": "goldenrod", "static-final-size": "tab:green",
                "static-final-size@esper-flops": "darkgreen", "static-small": "grey",
                "random": "tab:red", "schedule": "tab:purple", "gromo": "tab:brown",
                "static-large": "black"}
