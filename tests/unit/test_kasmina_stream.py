@@ -197,6 +197,9 @@ def test_tolaria_moves_the_optimizer_to_the_widened_stream_and_keeps_training(tm
     snap = session._snapshot(epoch_end=False)
     assert snap.stream.width == 10 and snap.stream.widenings == 1 and snap.stream.params_added > 0
     assert snap.resources.total_params == sum(p.numel() for p in host.parameters())
+    summary = session.summary()
+    assert summary["stream_widenings"][0]["to"] == 10
+    assert "residual stream widened 8 -> 10 at step 4" in str(summary)
     losses += _train(session, host, optimizer, 20)
     assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
     # A checkpoint of the widened run resumes into a freshly attached (narrow) model.

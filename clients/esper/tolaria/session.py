@@ -550,4 +550,5 @@ class TolariaSession:
             decisions={**acks, "waits": self.waits},
             host_flops=flops[0] if flops else None, seed_flops=flops[1] if flops else None,
             telemetry_dropped=self.telemetry.dropped(),
+            stream_widenings=[dict(w) for w in self.model.stream.history] if self.model.stream else [],
         )

@@ -101,6 +101,9 @@ class RunSummary:
     # Telemetry events of the run that never reached the broker (the producer's buffer was
     # full, or events were still unsent at close): Nissa's history of the run lacks them.
     telemetry_dropped: int = 0
+    # The residual stream's widenings, where the host declares one: each {"step", "epoch",
+    # "from", "to", "params"} (esper.kasmina.stream).
+    stream_widenings: list[dict] = field(default_factory=list)
 
     # ---- counts ----------------------------------------------------------------------------
     @property
@@ -130,6 +133,7 @@ class RunSummary:
             "val_loss": self.val_loss, "val_accuracy": self.val_accuracy,
             "host_flops": self.host_flops, "seed_flops": self.seed_flops,
             "telemetry_dropped": self.telemetry_dropped,
+            "stream_widenings": [dict(w) for w in self.stream_widenings],
             "seeds": [asdict(s) for s in self.seeds],
         }
 
@@ -163,6 +167,8 @@ class RunSummary:
         if self.telemetry_dropped:
             lines.append(f"telemetry: {self.telemetry_dropped:,} events dropped, never sent "
                          f"to the broker (Nissa's history of this run is incomplete)")
+        lines += [f"residual stream widened {w['from']} -> {w['to']} at step {w['step']} "
+                  f"(epoch {w['epoch']}, {w['params']:,} params)" for w in self.stream_widenings]
         lines += [f"  {seed}" for seed in self.seeds]
         return "\n".join(lines)
 
