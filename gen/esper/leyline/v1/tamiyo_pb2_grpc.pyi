@@ -56,9 +56,11 @@ class TamiyoServiceStub:
        fresh validation metrics). Anything else is dropped with a SessionWarning
        (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT), and so is a step or sequence beyond
        2^53 or further past the last one than the server allows (STEP_JUMP); a dropped
-       snapshot changes nothing of the run's state.
+       snapshot changes nothing of the run's state. So is a snapshot whose `stream` no
+       widening could have produced (INVALID_STREAM: width outside [declared_width,
+       max_width], or not declared_width plus a multiple of feature_multiple).
     3. Decisions. The server answers a snapshot with at most one `decision`, and only with
-       an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+       an actionable one (germinate, advance, cull, fossilize, widen_stream): a wait is never sent on a
        Session (it would only cost an ack; Decide does return waits). At most one decision
        is outstanding per run: once one is sent, later snapshots update the run's state
        but make no decision until that decision is acked or the snapshots' step passes its
@@ -145,9 +147,11 @@ class TamiyoServiceAsyncStub(TamiyoServiceStub):
        fresh validation metrics). Anything else is dropped with a SessionWarning
        (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT), and so is a step or sequence beyond
        2^53 or further past the last one than the server allows (STEP_JUMP); a dropped
-       snapshot changes nothing of the run's state.
+       snapshot changes nothing of the run's state. So is a snapshot whose `stream` no
+       widening could have produced (INVALID_STREAM: width outside [declared_width,
+       max_width], or not declared_width plus a multiple of feature_multiple).
     3. Decisions. The server answers a snapshot with at most one `decision`, and only with
-       an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+       an actionable one (germinate, advance, cull, fossilize, widen_stream): a wait is never sent on a
        Session (it would only cost an ack; Decide does return waits). At most one decision
        is outstanding per run: once one is sent, later snapshots update the run's state
        but make no decision until that decision is acked or the snapshots' step passes its
@@ -237,9 +241,11 @@ class TamiyoServiceServicer(metaclass=_abc_1.ABCMeta):
            fresh validation metrics). Anything else is dropped with a SessionWarning
            (REPEATED_SNAPSHOT or OUT_OF_ORDER_SNAPSHOT), and so is a step or sequence beyond
            2^53 or further past the last one than the server allows (STEP_JUMP); a dropped
-           snapshot changes nothing of the run's state.
+           snapshot changes nothing of the run's state. So is a snapshot whose `stream` no
+           widening could have produced (INVALID_STREAM: width outside [declared_width,
+           max_width], or not declared_width plus a multiple of feature_multiple).
         3. Decisions. The server answers a snapshot with at most one `decision`, and only with
-           an actionable one (germinate, advance, cull, fossilize): a wait is never sent on a
+           an actionable one (germinate, advance, cull, fossilize, widen_stream): a wait is never sent on a
            Session (it would only cost an ack; Decide does return waits). At most one decision
            is outstanding per run: once one is sent, later snapshots update the run's state
            but make no decision until that decision is acked or the snapshots' step passes its
