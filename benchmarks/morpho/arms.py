@@ -90,6 +90,7 @@ class Context:
     quick: bool = False
     work_dir: Path = Path(tempfile.gettempdir())  # where the learned policy is cached
     lr_schedule: str = "constant"  # loop.LR_SCHEDULES
+    learning_rate: float = LEARNING_RATE  # Adam's peak rate in every arm
     flops_weight: float | None = None  # the esper arm's HeuristicConfig.flops_weight (None: default)
     # KasminaConfig.slot_depth of every grown arm (Esper and the random and scheduled
     # growth that replay its seed count or seeds, whose slots must exist in their runs too).
@@ -114,13 +115,13 @@ class Context:
         return self.done["esper"]
 
 
-def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+def _adam(model: torch.nn.Module, lr: float = LEARNING_RATE) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None,
             max_steps: int | None = None, restarts: tuple[int, ...] = ()) -> dict:
-    return train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
+    return train(model, _adam(model, ctx.learning_rate), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
                  meter=FlopMeter(), milestones=milestones, lr_schedule=ctx.lr_schedule,
                  max_steps=max_steps, restarts=restarts)
 
@@ -193,7 +194,7 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     user-facing API."""
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
-    optimizer = _adam(model)
+    optimizer = _adam(model, ctx.learning_rate)
     if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"):
         kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False, seed_lr=ctx.seed_lr)

@@ -20,7 +20,7 @@ from . import report, text
 from .arms import ARMS, RUNNERS, Context, NotAvailable
 from .flops import count_every_pass
 from .hosts import HOSTS
-from .loop import LR_SCHEDULES
+from .loop import LEARNING_RATE, LR_SCHEDULES
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 # Run seeds far from Simic's collection seeds (0..) and from bench_growth's.
@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
                    help="arms to run (those depending on Esper need esper too)")
     p.add_argument("--quick", action="store_true",
                    help="one seed, two epochs, a data subset: proves the harness runs, never the result")
+    p.add_argument("--learning-rate", type=_rate, default=LEARNING_RATE,
+                   help=f"Adam's peak learning rate in every arm (default {LEARNING_RATE:g}); "
+                        "results at another rate never merge with the default's")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
                    help="every arm's learning rate: a cosine decay to zero over the run (the "
                         "FLOP-matched controls are then second runs whose schedule ends at "
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
+                         "learning_rate": args.learning_rate,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "training_flops_budget": args.training_flops_budget,
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.first_seed, args.first_seed + args.seeds):
             ctx = Context(host=host, seed=SEED_BASE + i, epochs=args.epochs, data=data[_family(host)],
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
+                          learning_rate=args.learning_rate,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
                           seed_init=args.seed_init, seed_lr=args.seed_lr,
                           training_flops_budget=args.training_flops_budget,
@@ -194,10 +199,17 @@ def config_mismatch(ours: dict, theirs: dict) -> str | None:
     """Why runs of two results cannot be compared as one experiment, or None. (Results from
     before --lr-schedule existed ran at a constant rate.)"""
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
-                         ("lr_schedule", "constant")):
+                         ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE)):
         if ours.get(key, default) != theirs.get(key, default):
             return f"config {key} differs: {ours.get(key, default)} vs {theirs.get(key, default)}"
     return None
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
 
 
 def _weight(text: str) -> float:

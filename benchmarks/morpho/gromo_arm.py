@@ -135,9 +135,9 @@ def run(ctx: Context) -> dict:
         if neurons < 1:
             return None
         growths.append({"epoch": epoch + 1, **grow(model, ctx.data, meter, layer, neurons)})
-        return _adam(model)
+        return _adam(model, ctx.learning_rate)
 
-    record = train(model, _adam(model), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
+    record = train(model, _adam(model, ctx.learning_rate), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
                    meter=meter, after_epoch=after_epoch, lr_schedule=ctx.lr_schedule)
     record.update({"growths": growths, "target_params": target})
     return record

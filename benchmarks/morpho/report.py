@@ -173,11 +173,11 @@ def _esper_settings(cfg: dict) -> list[str]:
     return settings
 
 
-def _schedule_line(schedule: str) -> str:
+def _schedule_line(schedule: str, rate: float = 1e-3) -> str:
     if schedule == "constant":
-        return ("Learning rate: Adam at a constant 1e-3 in every arm; the FLOP-matched rows are "
+        return (f"Learning rate: Adam at a constant {rate:g} in every arm; the FLOP-matched rows are "
                 "the full run's test accuracy where its cumulative FLOPs reached Esper's.")
-    return ("Learning rate: Adam from 1e-3, decayed to zero on a cosine over the run in every "
+    return (f"Learning rate: Adam from {rate:g}, decayed to zero on a cosine over the run in every "
             "arm (Esper's seed groups follow it, as a user's scheduler); the FLOP-matched rows "
             "are second runs of the same model and initialisation whose schedule ends at "
             "Esper's FLOPs.")
@@ -207,7 +207,7 @@ def markdown(result: dict) -> str:
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
              "validation passes, Esper's safe points, GroMo's statistics and line searches); "
              "paired differences are Esper minus the arm, per seed, in percentage points.", "",
-             _schedule_line(cfg.get("lr_schedule", "constant")), ""]
+             _schedule_line(cfg.get("lr_schedule", "constant"), cfg.get("learning_rate", 1e-3)), ""]
     if cfg.get("quick"):
         lines += ["**--quick run: a data subset and a couple of epochs; it proves the harness "
                   "runs and says nothing about the result.**", ""]

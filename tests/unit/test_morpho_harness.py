@@ -491,3 +491,15 @@ def test_restarts_zero_the_moments_and_keep_the_step_count(one_thread) -> None:
     train(net, optimizer, data, seed=1, epochs=2, meter=FlopMeter(), restarts=(4,))
     assert seen[4][0] == 4 and seen[4][1] == 0.0  # restarted after step 4, count kept
     assert seen[3][1] > 0 and seen[5][1] > 0
+
+
+def test_learning_rate_is_checked_and_results_at_another_rate_never_merge() -> None:
+    from morpho.cli import config_mismatch, parser
+
+    assert parser().parse_args(["--learning-rate", "3e-3"]).learning_rate == 3e-3
+    for bad in ("0", "-1e-3", "nan", "2"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--learning-rate", bad])
+    base = {"epochs": 20, "quick": False, "data": {}, "seed_base": 1, "lr_schedule": "cosine"}
+    assert config_mismatch(base, {**base, "learning_rate": 1e-3}) is None  # older results: 1e-3
+    assert "learning_rate" in config_mismatch(base, {**base, "learning_rate": 3e-3})
