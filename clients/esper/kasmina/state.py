@@ -30,12 +30,7 @@ def kasmina_state(model: MorphableModel, applied_decisions: set[str] | None = No
         "slots": slots, "applied_decisions": sorted(applied_decisions or ()),
     }
     if model.stream is not None:
-        site = model.stream
-        state["stream"] = {"width": site.width, "widenings": site.widenings,
-                           "last_widened_step": site.last_widened_step,
-                           "last_widened_epoch": site.last_widened_epoch,
-                           "params_added": site.params_added,
-                           "history": [dict(h) for h in site.history]}
+        state["stream"] = model.stream.state_dict()
     return state
 
 
@@ -83,11 +78,7 @@ def _restore_stream(model: MorphableModel, saved: dict | None) -> None:
                          f"already {site.width}")
     if grow:
         model.widen_stream(grow)
-    site.widenings = int(saved["widenings"])
-    site.last_widened_step = int(saved["last_widened_step"])
-    site.last_widened_epoch = int(saved["last_widened_epoch"])
-    site.params_added = int(saved["params_added"])
-    site.history = [{k: int(v) for k, v in h.items()} for h in saved["history"]]
+    site.load_history(saved)
 
 
 def _restore_slot(slot: SeedSlot, saved: dict, rebuild: SeedRebuilder) -> None:

@@ -91,15 +91,37 @@ class StreamSite:
         if self.max_width < self.width:
             raise ValueError(f"residual stream: max_width {decl.max_width} is below its width {self.width}")
         self.example = example_input
-        self.widenings = 0
-        self.last_widened_step = self.last_widened_epoch = 0
-        self.params_added = 0
-        # Each widening: {"step", "epoch", "from", "to", "params"} (plain data, checkpointed).
+        # Each widening: {"step", "epoch", "from", "to", "params"} (plain data, checkpointed);
+        # every count a policy sees is read from it.
         self.history: list[dict] = []
         self._per_feature: tuple[int, int] | None = None  # (width, params_per_feature())
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.modules)
+
+    @property
+    def widenings(self) -> int:
+        return len(self.history)
+
+    @property
+    def params_added(self) -> int:
+        return sum(h["params"] for h in self.history)
+
+    @property
+    def last_widened_step(self) -> int:
+        return self.history[-1]["step"] if self.history else 0
+
+    @property
+    def last_widened_epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def state_dict(self) -> dict:
+        """The widenings as plain data (a checkpoint's)."""
+        return {"width": self.width, "history": [dict(h) for h in self.history]}
+
+    def load_history(self, state: dict) -> None:
+        """Take a checkpoint's widenings once the stream has been widened to its width."""
+        self.history = [{k: int(v) for k, v in h.items()} for h in state["history"]]
 
     def params_per_feature(self) -> int:
         """Trainable parameters one more feature adds at the current width (a widening by
@@ -148,9 +170,10 @@ class StreamSite:
         except Exception:
             edits.rollback()
             raise
+        added = sum(new.numel() - old.numel() for old, new in edits.replaced.items())
+        self.history.append({"step": step, "epoch": epoch, "from": self.width,
+                             "to": self.width + features, "params": added})
         self.width += features
-        self.widenings += 1
-        self.last_widened_step, self.last_widened_epoch = step, epoch
         return edits.replaced
 
     def _role(self, name: str) -> str:

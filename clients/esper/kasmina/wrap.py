@@ -223,20 +223,16 @@ class MorphableModel(nn.Module):
         blockers = self.stream_blockers()
         if blockers:
             raise ValueError(f"slots on the stream hold seeds sized to it: {blockers}")
-        before, old_width = self.host_param_count(), site.width
+        old_width = site.width
         replaced = site.widen(self.host, features, rng_seed_for("stream", self.global_step),
                               self.global_step, self.epoch)
         for slot in self._slot_list:  # dormant slots on the stream see the wider stream
             if _on(slot.node_id, site.names()) and slot.shape.channels == old_width:
                 slot.shape.channels = site.width
-        added = self.host_param_count() - before
-        site.params_added += added
-        site.history.append({"step": self.global_step, "epoch": self.epoch, "from": old_width,
-                             "to": site.width, "params": added})
         self._forget_parameters()
         for listener in self.stream_listeners:
             listener(replaced)
-        return added
+        return site.history[-1]["params"]
 
     # ---- reporting -----------------------------------------------------------------------
     def seed_states(self) -> list[SeedState]:
