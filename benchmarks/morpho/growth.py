@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import uuid
 from dataclasses import dataclass
 
 from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.control_pb2 import (
     AckStatus,
-    AdaptationDecision,
     GerminateAction,
     WidenStreamAction,
 )
-from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import TrainingSnapshot
 from esper.policy.context import PolicyContext
-from esper.policy.heuristic import blend_schedule, stream_features
-from esper.policy.safety import widen_stream_violation
+from esper.policy.decisions import make_decision
+from esper.policy.heuristic import blend_schedule, stream_widening
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 
 # The heuristic at Esper's local defaults, except that it never sees a reason to grow:
@@ -80,14 +77,15 @@ class ScheduledGrowth(LocalPolicy):
         dormant = sorted(s.slot_id for s in ctx.open_slots())
         widening = item.features
         if not widening and item.slot_id is None:
-            options = dormant + ([STREAM] if self._stream_open(ctx) else [])
+            open_stream = stream_widening(ctx, self.policy.config.stream_growth_fraction)
+            options = dormant + ([STREAM] if open_stream else [])
             drawn = self.rng.choice(options) if options else None
-            widening = stream_features(ctx, self.policy.config.stream_growth_fraction) if drawn == STREAM else 0
+            widening = open_stream if drawn == STREAM else 0
             slot_id = None if drawn == STREAM else drawn
         else:
             slot_id = item.slot_id
         if widening:
-            self._issue(snapshot, item, WidenStreamAction(features=widening), (STREAM, f"+{widening}"))
+            self._issue(ctx, item, WidenStreamAction(features=widening), (STREAM, f"+{widening}"))
             return
         if slot_id not in dormant:
             self.dropped.append(f"step {snapshot.step}: slot {slot_id} not dormant")
@@ -100,24 +98,15 @@ class ScheduledGrowth(LocalPolicy):
         except KeyError as exc:
             self.dropped.append(str(exc))
             return
-        self._issue(snapshot, item, GerminateAction(
+        self._issue(ctx, item, GerminateAction(
             slot_id=slot_id, blueprint_ref=ref, kernel_id=cand.kernel.kernel_id,
             kernel_sha256=cand.kernel.sha256, schedule=blend_schedule(self.policy.config)),
             (slot_id, ref))
 
-    def _stream_open(self, ctx: PolicyContext) -> bool:
-        """Whether the stream can widen now, as Esper's heuristic would widen it."""
-        k = stream_features(ctx, self.policy.config.stream_growth_fraction)
-        return bool(k) and widen_stream_violation(k, ctx) is None \
-            and all(s.stage == SeedStage.SEED_STAGE_DORMANT for s in ctx.seeds.values())
-
-    def _issue(self, snapshot: TrainingSnapshot, item: Planned, action, chosen: tuple[str, str]) -> None:
-        decision = AdaptationDecision(
-            decision_id=str(uuid.uuid4()), run_id=self._run_id, issued_at_step=snapshot.step,
-            expires_at_step=snapshot.step + self.policy.config.decision_horizon_steps,
-            policy_version="scheduled-growth", rationale=f"planned growth (step {item.step})")
-        field = "widen_stream" if isinstance(action, WidenStreamAction) else "germinate"
-        getattr(decision, field).CopyFrom(action)
+    def _issue(self, ctx: PolicyContext, item: Planned, action, chosen: tuple[str, str]) -> None:
+        decision = make_decision(ctx, action, policy_version="scheduled-growth",
+                                 horizon_steps=self.policy.config.decision_horizon_steps,
+                                 confidence=1.0, rationale=f"planned growth (step {item.step})")
         self._queue.append(decision)
         item.chosen = chosen
         self.in_flight[decision.decision_id] = item

@@ -275,6 +275,19 @@ def stream_features(ctx: PolicyContext, fraction: float) -> int:
     return min(step, max(room, 0))
 
 
+def stream_widening(ctx: PolicyContext, fraction: float) -> int:
+    """The features the heuristic widens the residual stream by now, on a growth signal:
+    stream_features while the stream has room, no seed has grown (seeds are sized to the
+    stream as it is), no training-FLOPs budget is set and nothing in the widening violates
+    the safety rules; else 0."""
+    features = stream_features(ctx, fraction)
+    if not features or ctx.budget.max_training_flops > 0 \
+            or any(s.stage != S.SEED_STAGE_DORMANT for s in ctx.seeds.values()) \
+            or widen_stream_violation(features, ctx) is not None:
+        return 0
+    return features
+
+
 def blend_schedule(config: HeuristicConfig) -> BlendSchedule:
     """The training and blending schedule germinations carry."""
     return BlendSchedule(
@@ -465,12 +478,9 @@ class HeuristicPolicy:
         return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
 
     def _widening(self, ctx: PolicyContext) -> tuple[Action, float, str] | None:
-        """Widen the residual stream on the growth signal while it has room and no seed has
-        grown (seeds are sized to the stream as it is), else None."""
-        features = stream_features(ctx, self.config.stream_growth_fraction)
-        if not features or ctx.budget.max_training_flops > 0 \
-                or any(s.stage != S.SEED_STAGE_DORMANT for s in ctx.seeds.values()) \
-                or widen_stream_violation(features, ctx) is not None:
+        """Widen the residual stream on the growth signal (see stream_widening), else None."""
+        features = stream_widening(ctx, self.config.stream_growth_fraction)
+        if not features:
             return None
         stream = ctx.snapshot.stream
         trigger = ("validation loss plateaued" if is_plateau(
