@@ -46,16 +46,9 @@ from morpho.dmodel import double_d_model, grow_d_model  # noqa: E402
 from morpho.flops import FlopMeter, count_every_pass  # noqa: E402
 from morpho.loop import LEARNING_RATE, train  # noqa: E402
 
+from esper.tolaria.optim import restart_moments  # noqa: E402
+
 SEED_BASE = 3_000_000  # the harness's: the same weights and batch order per seed
-
-
-def restart_moments(optimizer: torch.optim.Adam) -> torch.optim.Adam:
-    """The same Adam over the same parameters, its step counts kept and its moments at 0:
-    what growth with fresh moments does to the grown model's optimizer, without growth."""
-    for state in optimizer.state.values():
-        state["exp_avg"].zero_()
-        state["exp_avg_sq"].zero_()
-    return optimizer
 
 
 def _run(d: int, data, seed: int, epochs: int, grow_epochs: tuple[int, ...] = (),
@@ -71,7 +64,7 @@ def _run(d: int, data, seed: int, epochs: int, grow_epochs: tuple[int, ...] = ()
         if epoch + 1 not in grow_epochs:
             return None
         if d != 32:  # a wide arm with --reset-moments: Adam's moments restarted, no growth
-            holder["opt"] = restart_moments(holder["opt"])
+            restart_moments(holder["opt"])  # what growth does to the optimizer, without growth
         elif grow_by:
             holder["opt"] = grow_d_model(net, holder["opt"], extra=grow_by, seed=seed + epoch)
         else:

@@ -316,10 +316,14 @@ def run_esper_late_slowdown(ctx: Context) -> dict:
     return record
 
 
+def _widenings(record: dict) -> list[dict]:
+    """A grown run's widenings of its residual stream (none where the host declares none)."""
+    return (record.get("stream") or {}).get("widenings", [])
+
+
 def _growth_count(record: dict) -> int:
     """Growth events of a grown run: its germinations and its stream's widenings."""
-    stream = record.get("stream") or {}
-    return len(record["germinations"]) + len(stream.get("widenings", []))
+    return len(record["germinations"]) + len(_widenings(record))
 
 
 def run_random(ctx: Context) -> dict:
@@ -347,7 +351,7 @@ def run_schedule(ctx: Context) -> dict:
     fossils = ctx.esper()["fossilized"]
     order = {g["slot"]: g["step"] for g in ctx.esper()["germinations"]}
     fossils = sorted(fossils, key=lambda f: order.get(f["slot"], 0))
-    widenings = ((ctx.esper().get("stream") or {}).get("widenings")) or []
+    widenings = _widenings(ctx.esper())
     epochs = schedule_epochs(ctx.epochs, len(widenings) + len(fossils))
     steps = [e * ctx.data.steps_per_epoch for e in epochs]
     plan = [Planned(step=step, features=w["to"] - w["from"]) for step, w in zip(steps, widenings, strict=False)]
@@ -391,8 +395,7 @@ def esper_architecture(ctx: Context) -> torch.nn.Module:
 
 def _final_stream_width(ctx: Context) -> int | None:
     """The residual stream's width at the end of Esper's run (None: it never widened)."""
-    stream = ctx.esper().get("stream")
-    return stream["width"] if stream and stream["widenings"] else None
+    return ctx.esper()["stream"]["width"] if _widenings(ctx.esper()) else None
 
 
 def run_esper_arch(ctx: Context) -> dict:
@@ -407,8 +410,7 @@ def run_esper_arch_restarts(ctx: Context) -> dict:
     them: esper.tolaria.optim.swap_parameters). The restart alone lifted the char host's
     wide model by 1.5-1.7 pp in the d_model probe, so this is the control that separates
     what growing the stream adds from what restarting Adam does."""
-    stream = ctx.esper().get("stream") or {}
-    steps = tuple(w["step"] for w in stream.get("widenings", []))
+    steps = tuple(w["step"] for w in _widenings(ctx.esper()))
     if not steps:
         raise NotAvailable("Esper's run did not widen a residual stream")
     record = _static_with_matched(ctx, lambda: esper_architecture(ctx), restarts=steps)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.tolaria.optim import swap_parameters
+from esper.tolaria.optim import restart_moments
 
 from .data import Splits
 from .flops import FlopMeter
@@ -96,7 +96,7 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, *, see
             out, loss = meter.run("train", ("train", key()), len(y), step)
             done += 1
             if done in restarts:
-                swap_parameters(optimizer, {p: p for g in optimizer.param_groups for p in g["params"]})
+                restart_moments(optimizer)
             if session is not None:
                 last = i == steps - 1 or done == total
                 if safe_point is None or safe_point():

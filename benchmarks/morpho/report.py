@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED
+from .loop import LEARNING_RATE
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -173,7 +174,7 @@ def _esper_settings(cfg: dict) -> list[str]:
     return settings
 
 
-def _schedule_line(schedule: str, rate: float = 1e-3) -> str:
+def _schedule_line(schedule: str, rate: float = LEARNING_RATE) -> str:
     if schedule == "constant":
         return (f"Learning rate: Adam at a constant {rate:g} in every arm; the FLOP-matched rows are "
                 "the full run's test accuracy where its cumulative FLOPs reached Esper's.")
@@ -207,7 +208,7 @@ def markdown(result: dict) -> str:
              "GFLOPs counted with `torch.utils.flop_counter` on every pass run (training steps, "
              "validation passes, Esper's safe points, GroMo's statistics and line searches); "
              "paired differences are Esper minus the arm, per seed, in percentage points.", "",
-             _schedule_line(cfg.get("lr_schedule", "constant"), cfg.get("learning_rate", 1e-3)), ""]
+             _schedule_line(cfg.get("lr_schedule", "constant"), cfg.get("learning_rate", LEARNING_RATE)), ""]
     if cfg.get("quick"):
         lines += ["**--quick run: a data subset and a couple of epochs; it proves the harness "
                   "runs and says nothing about the result.**", ""]

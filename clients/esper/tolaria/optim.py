@@ -144,16 +144,26 @@ class SeedParamGroups:
 def swap_parameters(optimizer: torch.optim.Optimizer,
                     replaced: dict[nn.Parameter, nn.Parameter]) -> None:
     """Put the new parameters of a widened residual stream in their old ones' places (same
-    groups, same rates). Their state restarts: every per-element state tensor (Adam's
-    moments, a momentum buffer) starts at 0 in the new shape, while scalar state (Adam's
-    step count, so its bias correction) is kept. Measured on the char transformer
-    (benchmarks/probe_dmodel_growth.py): fresh moments train a grown stream better than
-    moments carried into the new shape."""
+    groups, same rates), their state restarted (restart_moments). Measured on the char
+    transformer (benchmarks/probe_dmodel_growth.py): fresh moments train a grown stream
+    better than moments carried into the new shape."""
     for group in optimizer.param_groups:
         group["params"] = [replaced.get(p, p) for p in group["params"]]
     for old, new in replaced.items():
         state = optimizer.state.pop(old, None)
         if state:
-            optimizer.state[new] = {
-                k: torch.zeros_like(new) if torch.is_tensor(v) and v.shape == old.shape and v.dim()
-                else v for k, v in state.items()}
+            optimizer.state[new] = _restarted(state, old.shape, new)
+
+
+def restart_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Restart every parameter's optimizer state as a widening does (swap_parameters)."""
+    for p, state in list(optimizer.state.items()):
+        optimizer.state[p] = _restarted(state, p.shape, p)
+
+
+def _restarted(state: dict, shape: torch.Size, p: nn.Parameter) -> dict:
+    """`state` with every per-element tensor (one of the parameter's old `shape`: Adam's
+    moments, a momentum buffer) at 0 in `p`'s shape, and scalar state (Adam's step count,
+    so its bias correction) kept."""
+    return {k: torch.zeros_like(p) if torch.is_tensor(v) and v.dim() and v.shape == shape else v
+            for k, v in state.items()}
