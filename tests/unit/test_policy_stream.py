@@ -90,7 +90,10 @@ def test_stream_parameters_count_against_the_budget() -> None:
 def test_slot_shapes_follow_the_seed_states_after_a_widening() -> None:
     grown = seed("s1", SeedStage.SEED_STAGE_DORMANT)
     grown.slot_shape.CopyFrom(SlotShape(kind=SlotKind.SLOT_KIND_FEATURES, channels=40))
-    ctx = PolicyContext.build(snapshot(seeds=[grown]), graph(), graph_digest="abc")
+    widened = snapshot(seeds=[grown])
+    widened.stream.CopyFrom(_stream(width=40))
+    widened.stream.widenings = 1
+    ctx = PolicyContext.build(widened, graph(), graph_digest="abc")
     shapes = {s.slot_id: s.shape.channels for s in ctx.open_slots()}
     assert shapes["s1"] == 40 and shapes["s0"] == 16
     assert ctx.graph_digest == ""  # the digest was of the graph as sent

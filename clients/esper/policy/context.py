@@ -115,7 +115,8 @@ class PolicyContext:
         ignored: list[str] = []
         for seed in source:
             (kept.__setitem__(seed.slot_id, seed) if seed.slot_id in known else ignored.append(seed.slot_id))
-        current = _current_shapes(graph, kept)
+        # Only a widened stream moves slot shapes: a run without one skips the pass.
+        current = _current_shapes(graph, kept) if snapshot.stream.widenings else graph
         return cls(
             run_id=run_id if run_id is not None else snapshot.run_id,
             snapshot=snapshot,
