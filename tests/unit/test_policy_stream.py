@@ -4,18 +4,23 @@ the parameter budget; the safety check withholds a widening that Kasmina would r
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import WidenStreamAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.leyline.v1.signals_pb2 import ResidualStreamState
+from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.policy import HeuristicPolicy, PolicyContext, RunHistory, StaticCandidateProvider
 from esper.policy.budget import params_used
 from esper.policy.decisions import action_slot, make_decision
 from esper.policy.heuristic import stream_features
+from esper.policy.plateau import pace
 from esper.policy.safety import violation
+from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
 from tests.unit.test_tamiyo_support import IMPROVING, PLATEAU, candidate, graph, seed, snapshot
 
 policy = HeuristicPolicy()
@@ -111,3 +116,69 @@ def test_after_a_widening_growth_waits_for_a_validation_that_saw_it() -> None:
     ctx.history.last_epoch = 6  # a validation after it, still on a plateau
     d = policy.decide(ctx)
     assert d.WhichOneof("action") == "widen_stream" and d.widen_stream.features == 8
+
+
+# -- the stream's own signal: the pace of learning from the run's start loss -------------------
+
+# Two validations after a fast first epoch: the seeds' slowdown rule cannot tell yet (it
+# needs three), paced from the start loss the second epoch's gain is a tenth of the first's.
+TWO_EPOCHS = [2.0, 1.8]
+START = 4.0
+
+
+def _early(stream: ResidualStreamState | None, start: float, config=LOCAL_HEURISTIC) -> str:
+    """What the slowdown heuristic (1-epoch windows, ratio 0.5) does after TWO_EPOCHS."""
+    ctx = _ctx(stream, history=TWO_EPOCHS)
+    ctx.history.start_loss = start
+    d = HeuristicPolicy(config).decide(ctx)
+    return d.WhichOneof("action") + ": " + d.rationale
+
+
+def test_pace_counts_the_first_epochs_gain_from_the_start_loss() -> None:
+    assert pace(TWO_EPOCHS, 1) is None  # the first epoch's gain is invisible
+    assert pace(TWO_EPOCHS, 1, start_loss=START) == pytest.approx(0.2 / 2.0)
+    assert pace([2.0, 1.8, 1.7], 1, start_loss=float("nan")) == pytest.approx(0.1 / 0.2)
+
+
+def test_the_stream_widens_one_epoch_earlier_paced_from_the_start() -> None:
+    said = _early(_stream(), START)
+    assert said.startswith("widen_stream") and "paced from the run's start loss" in said, said
+    assert _early(_stream(), float("nan")).startswith("wait")  # as before: too little history
+    off = dataclasses.replace(LOCAL_HEURISTIC, stream_pace_from_start=False)
+    assert _early(_stream(), START, off).startswith("wait")
+
+
+def test_seeds_keep_their_own_signal() -> None:
+    """Without a stream (or at its limit) the start loss changes nothing: seeds grow on the
+    validation losses alone."""
+    assert _early(None, START).startswith("wait")
+    assert _early(_stream(width=48), START).startswith("wait")
+
+
+def _snap(step: int, epoch: int, train_loss: float, epoch_end: bool = False, val: float = float("nan")):
+    return TrainingSnapshot(run_id="r", step=step, epoch=epoch, sequence=step, epoch_end=epoch_end,
+                            metrics=TrainingMetrics(train_loss=train_loss, val_loss=val))
+
+
+def test_the_start_loss_is_the_first_snapshot_of_epoch_zero() -> None:
+    h = RunHistory()
+    h.record(_snap(10, 0, float("nan")))  # not a loss yet
+    h.record(_snap(20, 0, 4.1))
+    h.record(_snap(30, 0, 3.0))
+    h.record(_snap(40, 0, 2.9, epoch_end=True, val=2.5))
+    assert h.start_loss == 4.1 and h.val_losses == [2.5]
+    joined = RunHistory()  # a policy that joined mid-run never learns where the run began
+    joined.record(_snap(500, 3, 1.2))
+    assert math.isnan(joined.start_loss)
+
+
+def test_a_local_policy_checkpoint_carries_the_start_loss() -> None:
+    source = LocalPolicy()
+    source.observe(_snap(10, 0, 4.1))
+    state = source.state_dict()
+    resumed = LocalPolicy()
+    resumed.load_state_dict(state)
+    assert resumed.history.start_loss == 4.1
+    older = {k: v for k, v in state.items() if k != "start_loss"}  # a checkpoint from before it
+    resumed.load_state_dict(older)
+    assert math.isnan(resumed.history.start_loss)

@@ -36,6 +36,11 @@ class RunHistory:
 
     val_losses: list[float] = field(default_factory=list)
     last_epoch: int = -1
+    # The loss the run started from: the training loss of its first snapshot, taken in
+    # epoch 0 before any validation (NaN until then, or when the policy joined mid-run).
+    # Validations come only at epoch ends, so without it the first epoch's gain, the run's
+    # fastest, is invisible to the pace of learning (esper.policy.plateau.pace).
+    start_loss: float = math.nan
     # (state, why): the run's state (esper.policy.heuristic.eager_state) when the
     # heuristic's eager growth last found nothing to grow, and why; until the state
     # changes it does not query the candidates again (~0.1 ms a decision). Not persisted:
@@ -45,6 +50,7 @@ class RunHistory:
     def record(self, snapshot: TrainingSnapshot) -> bool:
         """Fold in an epoch-end snapshot's validation loss; non-finite values and repeated
         epochs are ignored. Returns whether it was recorded."""
+        self._note_start(snapshot)
         val_loss = snapshot.metrics.val_loss
         if not snapshot.epoch_end or not math.isfinite(val_loss) or snapshot.epoch <= self.last_epoch:
             return False
@@ -52,6 +58,14 @@ class RunHistory:
         del self.val_losses[:-MAX_VAL_LOSS_HISTORY]
         self.last_epoch = snapshot.epoch
         return True
+
+    def _note_start(self, snapshot: TrainingSnapshot) -> None:
+        """Take the first snapshot's training loss as the start loss, if it is one of the
+        run's first epoch (a policy that joins later never learns where the run began)."""
+        loss = snapshot.metrics.train_loss
+        if math.isnan(self.start_loss) and self.last_epoch < 0 and snapshot.epoch == 0 \
+                and not self.val_losses and math.isfinite(loss) and loss > 0:
+            self.start_loss = loss
 
 
 def _current_shapes(graph: ModelGraph, seeds: Mapping[str, SeedState]) -> ModelGraph:

@@ -5,7 +5,10 @@ One decision per call, in this order of priority:
    beyond `regression_tolerance` while blended in (REGRESSION), or that stalled (NO_GAIN);
 2. fossilize a probationary seed whose probation is over;
 3. advance a seed whose next gate would pass (the runtime's gates decide for real);
-4. on a validation-loss plateau (or slowdown), germinate the best kernel over every
+4. for a host that declares its residual stream, widen the stream on its own signal (a
+   plateau, or a slowdown paced from the run's start loss) while it has room and no seed
+   has grown;
+5. on a validation-loss plateau (or slowdown), germinate the best kernel over every
    dormant slot, by benefit per cost weighted up by the slot's ill health (see
    `esper.policy.health`); without one, germinate at once when every open slot's best
    kernel is cheap in compute (`eager_flops_fraction`): waiting would save no compute,
@@ -196,6 +199,13 @@ class HeuristicConfig:
     # widens at epochs 2 and 4 beats it (the signal comes late), and at 3e-3 it only ties
     # the same architecture trained with the same restarts of Adam's moments.
     stream_growth_fraction: float = 0.25
+    # The stream's own growth signal: plateau or slowdown as for seeds, with the pace of
+    # learning measured from the loss the run started at (RunHistory.start_loss), so that
+    # the first epoch's gain, the fastest, counts, and the slowdown is seen after epoch 2
+    # rather than epoch 3. A widening grows every layer of the model: what it buys depends
+    # on how long the wider model then trains under the decaying learning rate, and the
+    # seeds' signal came late for it (see stream_growth_fraction). False: the seeds' signal.
+    stream_pace_from_start: bool = True
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -433,15 +443,14 @@ class HeuristicPolicy:
 
     def _germinate(self, ctx: PolicyContext) -> tuple[Action, float, str]:
         # Without a plateau or slowdown, growth is eager or waits: see eager_flops_fraction.
+        widening = self._widening(ctx)
+        if widening is not None:
+            return widening
         no_signal = self._no_signal(ctx)
         but = f"{no_signal}; " if no_signal else "plateau, but "
         blocked = self._growth_blocker(ctx, no_signal, but)
         if blocked:
             return self._wait(), CONFIDENCE_WAIT, blocked
-        if no_signal is None:
-            widening = self._widening(ctx)
-            if widening is not None:
-                return widening
         state = eager_state(ctx) if no_signal else None
         idle = ctx.history.eager_idle
         if state is not None and idle is not None and idle[0] == state:
@@ -478,18 +487,38 @@ class HeuristicPolicy:
         return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
 
     def _widening(self, ctx: PolicyContext) -> tuple[Action, float, str] | None:
-        """Widen the residual stream on the growth signal (see stream_widening), else None."""
+        """Widen the residual stream on its growth signal (see stream_widening and
+        stream_pace_from_start), else None: then seeds are considered."""
         features = stream_widening(ctx, self.config.stream_growth_fraction)
-        if not features:
+        if not features or self._widened_unseen(ctx):
+            return None
+        trigger = self._stream_trigger(ctx)
+        if trigger is None:
             return None
         stream = ctx.snapshot.stream
-        trigger = ("validation loss plateaued" if is_plateau(
-            ctx.history.val_losses, self.config.plateau_patience, self.config.plateau_min_delta,
-            ctx.snapshot.metrics.plateau_epochs) else "validation loss gains are diminishing (slowdown)")
         why = (f"{trigger}; widen the residual stream {stream.width} -> {stream.width + features} "
                f"(limit {stream.max_width}, {features * stream.params_per_feature} parameters) "
                "before growing seeds on it")
         return WidenStreamAction(features=features), CONFIDENCE_GERMINATE, why
+
+    def _stream_trigger(self, ctx: PolicyContext) -> str | None:
+        """Why the stream should widen now (a plateau or a slowdown), or None."""
+        c = self.config
+        losses = ctx.history.val_losses
+        if is_plateau(losses, c.plateau_patience, c.plateau_min_delta, ctx.snapshot.metrics.plateau_epochs):
+            return "validation loss plateaued"
+        start = ctx.history.start_loss if c.stream_pace_from_start else math.nan
+        if is_slowing(losses, c.slowdown_window or c.plateau_patience, c.slowdown_ratio, start):
+            return "validation loss gains are diminishing (slowdown" + \
+                (", paced from the run's start loss)" if math.isfinite(start) else ")")
+        return None
+
+    @staticmethod
+    def _widened_unseen(ctx: PolicyContext) -> bool:
+        """Whether the stream widened after the latest validation: growth on new evidence
+        only (else the signal that widened it widens it again at the next safe point)."""
+        stream = ctx.snapshot.stream
+        return bool(stream.widenings) and ctx.history.last_epoch <= stream.last_widened_epoch
 
     def _eager_idle(self, ctx: PolicyContext, state: tuple, why: str) -> tuple[Action, float, str]:
         """Wait, remembering that eager growth found nothing to grow in this state (and why)."""
@@ -515,10 +544,8 @@ class HeuristicPolicy:
         if no_signal and not (c.eager_flops_fraction > 0
                               and len(ctx.history.val_losses) >= c.eager_after_epochs):
             return no_signal
-        stream = ctx.snapshot.stream
-        if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch:
-            # Growth on new evidence only: the signal that widened the stream is still the
-            # latest one until a validation after the widening shows what it did.
+        if self._widened_unseen(ctx):
+            stream = ctx.snapshot.stream
             return (f"{but}the residual stream widened at epoch {stream.last_widened_epoch}; "
                     "growth waits for a validation after it")
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)

@@ -20,13 +20,18 @@ def is_plateau(
     return best_recent > best_before - min_delta * abs(best_before)
 
 
-def pace(val_losses: Sequence[float], window: int) -> float | None:
+def pace(val_losses: Sequence[float], window: int, start_loss: float = math.nan) -> float | None:
     """How fast the best validation loss improved over the last `window` epochs, as a
     fraction of its fastest pace (the most it improved over any `window` epochs so far):
     1.0 while learning is as fast as it has been, near 0 at diminishing returns. None with
-    too little history (fewer than two windows after the first epoch) or no gain yet. Bests
-    rather than raw values, so one noisy epoch neither lowers nor raises it."""
+    too little history (fewer than two windows after the first loss) or no gain yet. Bests
+    rather than raw values, so one noisy epoch neither lowers nor raises it. A finite
+    `start_loss` (RunHistory.start_loss) counts as the loss before the first epoch: the
+    first epoch's gain then counts among the paces, and the pace is known one epoch
+    earlier."""
     finite = [v for v in val_losses if math.isfinite(v)]
+    if math.isfinite(start_loss):
+        finite.insert(0, start_loss)
     if window < 1 or len(finite) < 2 * window + 1:
         return None
     best = [min(finite[:i + 1]) for i in range(len(finite))]
@@ -35,7 +40,8 @@ def pace(val_losses: Sequence[float], window: int) -> float | None:
     return gains[-1] / fastest if fastest > 0 else None
 
 
-def is_slowing(val_losses: Sequence[float], window: int, ratio: float) -> bool:
+def is_slowing(val_losses: Sequence[float], window: int, ratio: float,
+               start_loss: float = math.nan) -> bool:
     """True when learning has slowed to diminishing returns: the best validation loss
     improved over the last `window` epochs by less than `ratio` times its fastest pace, the
     most it improved over any `window` epochs so far (`pace` below `ratio`). A model that
@@ -45,5 +51,5 @@ def is_slowing(val_losses: Sequence[float], window: int, ratio: float) -> bool:
     growth back."""
     if ratio <= 0:
         return False
-    now = pace(val_losses, window)
+    now = pace(val_losses, window, start_loss)
     return now is not None and now < ratio

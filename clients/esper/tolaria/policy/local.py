@@ -4,6 +4,8 @@ a model grows with no server at all."""
 
 from __future__ import annotations
 
+import math
+
 from esper.leyline.v1.control_pb2 import AdaptationDecision, DecisionAck
 from esper.leyline.v1.signals_pb2 import ModelGraph, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget, SessionOpen
@@ -85,8 +87,12 @@ class LocalPolicy:
         self._queue.clear()
 
     def state_dict(self) -> dict:
-        return {"val_losses": list(self.history.val_losses), "last_epoch": self.history.last_epoch}
+        return {"val_losses": list(self.history.val_losses), "last_epoch": self.history.last_epoch,
+                "start_loss": self.history.start_loss}
 
     def load_state_dict(self, state: dict) -> None:
+        # A checkpoint from before start_loss resumes without it (the stream's pace is then
+        # measured from the first validation, as before).
         self.history = RunHistory(val_losses=list(state["val_losses"]),
-                                  last_epoch=int(state["last_epoch"]))
+                                  last_epoch=int(state["last_epoch"]),
+                                  start_loss=float(state.get("start_loss", math.nan)))

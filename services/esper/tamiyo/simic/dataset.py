@@ -18,6 +18,7 @@ pickle). Transitions are derived on load, so a change of the reward needs no re-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class State:
     snapshot: TrainingSnapshot
     val_losses: tuple[float, ...]  # the run's epoch-end validation losses up to then
     last_epoch: int
+    start_loss: float = math.nan  # RunHistory.start_loss as of then
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Transition:
         ep = self.episode
         return PolicyContext.build(
             s.snapshot, ep.open.graph, capabilities=ep.open.capabilities, budget=ep.open.budget,
-            history=RunHistory(list(s.val_losses), s.last_epoch),
+            history=RunHistory(list(s.val_losses), s.last_epoch, s.start_loss),
             candidates=StaticCandidateProvider(ep.candidates), run_id=ep.run_id,
         )
 
@@ -144,7 +146,7 @@ def episode_transitions(episode: Episode, config: RewardConfig) -> tuple[list[Tr
             snap = event.snapshot
             first = first or snap
             history.record(snap)
-            latest = State(snap, tuple(history.val_losses), history.last_epoch)
+            latest = State(snap, tuple(history.val_losses), history.last_epoch, history.start_loss)
         elif kind == "decision":
             if latest is None:
                 orphans += 1
