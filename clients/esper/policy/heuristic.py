@@ -13,7 +13,7 @@ One decision per call, in this order of priority:
    `esper.policy.health`); without one, germinate at once when every open slot's best
    kernel is cheap in compute (`eager_flops_fraction`): waiting would save no compute,
    and a seed grown at once trains longest;
-5. otherwise wait, saying why.
+6. otherwise wait, saying why.
 Every decision goes through `safety.violation` before it leaves.
 """
 
