@@ -68,9 +68,11 @@ def test_without_tezzeret_the_supply_is_off_and_says_so():
 
 def test_heuristic_file_overrides_defaults(tmp_path):
     path = tmp_path / "h.toml"
-    path.write_text("plateau_patience = 1\ntraining_steps = 30\nregression_tolerance = 0.5\n")
+    path.write_text("plateau_patience = 1\ntraining_steps = 30\nregression_tolerance = 0.5\n"
+                    "stream_pace_from_start = false\n")
     cfg = load_heuristic_config(str(path))
     assert (cfg.plateau_patience, cfg.training_steps, cfg.regression_tolerance) == (1, 30, 0.5)
+    assert cfg.stream_pace_from_start is False
     assert cfg.blend_steps == 100  # untouched default
 
 
@@ -79,6 +81,8 @@ def test_heuristic_file_overrides_defaults(tmp_path):
     ("training_steps = 1.5\n", "training_steps"),
     ("regression_tolerance = \"x\"\n", "regression_tolerance"),
     ("blend_steps = -3\n", "blend_steps"),
+    ("stream_pace_from_start = 1\n", "stream_pace_from_start: expected true or false"),
+    ("plateau_patience = true\n", "plateau_patience: expected a number"),
     ("not toml", "not valid TOML"),
 ])
 def test_heuristic_file_errors_name_the_key(tmp_path, text, named):

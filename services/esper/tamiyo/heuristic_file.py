@@ -45,8 +45,12 @@ def load_heuristic_config(path: str) -> HeuristicConfig:
     return replace(HeuristicConfig(), **values)
 
 
-def _checked(path: str, key: str, raw: object, want: type) -> int | float:
+def _checked(path: str, key: str, raw: object, want: type) -> int | float | bool:
     where = f"{SETTING}: {path}: {key}"
+    if want is bool:  # a switch: TOML's true or false, never a number standing in for one
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        return raw
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise ConfigError(f"{where}: expected a number, got {raw!r}")
     if want is int:
