@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from esper.leyline.lifecycle import next_stage
 from esper.leyline.v1.control_pb2 import AdvanceAction, CullAction, FossilizeAction, GerminateAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.leyline.v1.signals_pb2 import TrainingMetrics
+from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics
 from esper.policy import NoCandidateProvider
 from esper.policy import budget as budgeting
 from esper.policy.decisions import make_decision
@@ -143,6 +143,22 @@ def test_low_confidence_falls_back_to_heuristic() -> None:
     assert "fell back to the heuristic" in d.rationale and "low confidence" in d.rationale
     assert d.policy_version == "heuristic@1.0.0"
     assert d.WhichOneof("action") == "germinate"  # the heuristic's plateau decision
+
+
+def test_the_stream_widens_by_the_heuristics_rule_before_the_network_decides() -> None:
+    """The network has no widening action: a declared stream grows by the heuristic's rule
+    (here on a plateau), whatever the network would have chosen; at its limit the network
+    decides again."""
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    ctx = context(candidates=CANDIDATES)
+    ctx.snapshot.stream.CopyFrom(ResidualStreamState(width=32, declared_width=32, max_width=48,
+                                                     feature_multiple=4, params_per_feature=100))
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") == "widen_stream" and d.widen_stream.features == 8
+    assert "widens by the heuristic's stream rule" in d.rationale and "plateaued" in d.rationale
+    ctx.snapshot.stream.width = 48
+    d = policy.decide(ctx)
+    assert d.WhichOneof("action") != "widen_stream" and "stream rule" not in d.rationale
 
 
 def test_no_library_means_no_germinate() -> None:

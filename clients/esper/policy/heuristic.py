@@ -334,6 +334,17 @@ class HeuristicPolicy:
             return self._make(ctx, self._wait(), CONFIDENCE_WAIT, f"withheld {rationale!r}: {problem}")
         return decision
 
+    def stream_decision(self, ctx: PolicyContext) -> AdaptationDecision | None:
+        """The widening of the residual stream this policy makes now (rule 4), or None: the
+        rule a policy with no widening in its own action space (the GNN) defers to. Rules
+        1-3 concern live seeds, and the stream widens only while none is live, so none of
+        them could come first."""
+        chosen = self._widening(ctx)
+        if chosen is None:
+            return None
+        decision = self._make(ctx, *chosen)
+        return None if violation(decision, ctx, self._risk(ctx), self._max_live(ctx)) else decision
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _make(self, ctx: PolicyContext, action: Action, confidence: float, rationale: str) -> AdaptationDecision:

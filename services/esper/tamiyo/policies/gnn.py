@@ -203,6 +203,10 @@ class GnnPolicy:
         decisions: list[AdaptationDecision | None] = [None] * len(contexts)
         work: list[tuple[int, PolicyContext, GraphEncoding, SafetyMask]] = []
         for i, ctx in enumerate(contexts):
+            widening = self._stream_widening(ctx)
+            if widening is not None:
+                decisions[i] = widening
+                continue
             if len(ctx.graph.nodes) > self.config.max_nodes:
                 decisions[i] = self._fallback(ctx, f"graph has {len(ctx.graph.nodes)} nodes > {self.config.max_nodes}")
                 continue
@@ -235,6 +239,16 @@ class GnnPolicy:
         problem = violation(decision, ctx, budgeting.max_risk(ctx, self.heuristic.config.max_risk),
                             live_seed_limit(ctx, self.heuristic.config.max_live_seeds))
         return self._fallback(ctx, f"safety check refused it: {problem}") if problem else decision
+
+    def _stream_widening(self, ctx: PolicyContext) -> AdaptationDecision | None:
+        """The heuristic's widening of the residual stream, when its rule fires: the network
+        has no widening action (its actions are per slot, and Simic's episodes have none to
+        learn from), so the stream grows as under the heuristic and the network grows the
+        seeds on it."""
+        decision = self.heuristic.stream_decision(ctx)
+        if decision is not None:
+            decision.rationale = f"{self.version} widens by the heuristic's stream rule: {decision.rationale}"
+        return decision
 
     def _fallback(self, ctx: PolicyContext, why: str) -> AdaptationDecision:
         decision = self.heuristic.decide(ctx)
