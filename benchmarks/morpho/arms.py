@@ -431,6 +431,7 @@ def run_learned(ctx: Context) -> dict:
     record, _ = _grown(ctx, policy)
     record.update({"policy": path.name, "policy_version": counting.version,
                    "own_decisions": counting.own, "fallback_decisions": counting.fallbacks,
+                   "stream_rule_decisions": counting.stream_rule,
                    "own_actions": counting.own_actions})
     return record
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from esper.policy.context import PolicyContext
 from esper.policy.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.features import FEATURE_SCHEMA
-from esper.tamiyo.policies.gnn import GnnPolicy
+from esper.tamiyo.policies.gnn import STREAM_RULE_MARK, GnnPolicy
 from esper.tamiyo.simic.dataset import load_dataset
 from esper.tamiyo.simic.episodes import EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import FALLBACK_MARK
@@ -53,12 +53,13 @@ def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
 
 
 class CountingPolicy:
-    """Passes the GNN's decisions through, counting its own and its heuristic fallbacks."""
+    """Passes the GNN's decisions through, counting its own, its heuristic fallbacks and its
+    widenings of the stream by the heuristic's rule (GnnPolicy._stream_widening)."""
 
     def __init__(self, inner: GnnPolicy) -> None:
         self.inner = inner
         self.name = inner.name
-        self.own = self.fallbacks = 0
+        self.own = self.fallbacks = self.stream_rule = 0
         self.own_actions: dict[str, int] = {}
 
     @property
@@ -69,6 +70,8 @@ class CountingPolicy:
         decision = self.inner.decide(ctx)
         if FALLBACK_MARK in decision.rationale:
             self.fallbacks += 1
+        elif STREAM_RULE_MARK in decision.rationale:
+            self.stream_rule += 1
         else:
             self.own += 1
             kind = decision.WhichOneof("action") or "none"

@@ -53,6 +53,9 @@ from esper.tamiyo.policies.network import (
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 
 POLICY_NAME = "gnn"
+# In the rationale of a widening of the residual stream by the heuristic's rule (the
+# network has no widening action): how a reader tells it from the network's own decisions.
+STREAM_RULE_MARK = "widens by the heuristic's stream rule"
 # Graph encodings kept per policy instance: one per live run's graph is plenty.
 GRAPH_CACHE_SIZE = 64
 
@@ -247,7 +250,7 @@ class GnnPolicy:
         seeds on it."""
         decision = self.heuristic.stream_decision(ctx)
         if decision is not None:
-            decision.rationale = f"{self.version} widens by the heuristic's stream rule: {decision.rationale}"
+            decision.rationale = f"{self.version} {STREAM_RULE_MARK}: {decision.rationale}"
         return decision
 
     def _fallback(self, ctx: PolicyContext, why: str) -> AdaptationDecision:

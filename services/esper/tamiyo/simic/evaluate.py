@@ -19,7 +19,7 @@ from esper.policy.base import Policy
 from esper.policy.context import PolicyContext
 from esper.policy.decisions import make_decision
 from esper.policy.heuristic import HeuristicPolicy
-from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
+from esper.tamiyo.policies.gnn import STREAM_RULE_MARK, GnnConfig, GnnPolicy
 from esper.tamiyo.simic.episodes import (
     HELD_OUT_SEED_BASE,
     EpisodeConfig,
@@ -78,7 +78,8 @@ def _run_record(seed: int, policy: Policy, config: EpisodeConfig) -> dict:
         "seeds_culled": int(s["seeds_culled"]),
         "germinated": sum(1 for d in decisions if d.WhichOneof("action") == "germinate"),
         "decisions": len(decisions),
-        "own_decisions": sum(1 for d in decisions if FALLBACK_MARK not in d.rationale),
+        "own_decisions": sum(1 for d in decisions if FALLBACK_MARK not in d.rationale
+                             and STREAM_RULE_MARK not in d.rationale),
         "non_wait": sum(1 for d in decisions if d.WhichOneof("action") != "wait"),
     }
 
