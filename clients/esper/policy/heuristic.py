@@ -191,20 +191,24 @@ class HeuristicConfig:
     # the same FLOPs in 5 of 5 seeds (benchmarks/probe_dmodel_growth.py). After a widening,
     # growth waits for a validation after it (else the same signal widens again at the next
     # safe point, and the stream grows 32 -> 48 at once). Seeds grow once the stream has
-    # reached its limit. Not under a training-FLOPs budget: a widening's
-    # cost per step is known only once it is made. Measured as Esper's default on the char
-    # host (benchmarks/morphogenesis.py, 5 seeds; README "Does growth pay?"): it widens at
-    # epochs 3 and 6 and beats the static model of its final size at matched FLOPs by
-    # 2.50 pp (5/0) at Adam 1e-3 and by 0.77 pp (4/0) at 3e-3, but a fixed schedule that
-    # widens at epochs 2 and 4 beats it (the signal comes late), and at 3e-3 it only ties
-    # the same architecture trained with the same restarts of Adam's moments.
+    # reached its limit, or on their own signal when the stream's has not fired. Not under
+    # a training-FLOPs budget: a widening's cost per step is known only once it is made.
+    # Measured as Esper's default on the char host (benchmarks/morphogenesis.py, 5 seeds;
+    # README "Does growth pay?"): it widens after epochs 2 and 3 and beats the static model
+    # of its final size at matched FLOPs by 2.22 pp (5/0) at Adam 1e-3, and the same
+    # architecture trained with the same restarts of Adam's moments by 0.86 pp (5/0).
     stream_growth_fraction: float = 0.25
     # The stream's own growth signal: plateau or slowdown as for seeds, with the pace of
     # learning measured from the loss the run started at (RunHistory.start_loss), so that
     # the first epoch's gain, the fastest, counts, and the slowdown is seen after epoch 2
     # rather than epoch 3. A widening grows every layer of the model: what it buys depends
-    # on how long the wider model then trains under the decaying learning rate, and the
-    # seeds' signal came late for it (see stream_growth_fraction). False: the seeds' signal.
+    # on how long the wider model then trains under the decaying learning rate. On the
+    # seeds' signal the char host's stream widened at epochs 3 and 6 (5-9 at Adam 3e-3),
+    # and a fixed schedule widening at epochs 2 and 4 won by 0.32 pp (1/4) and 0.69 pp (0/4);
+    # paced from the start it widens after epochs 2 and 3 at both rates: -0.14 pp (0/5) at
+    # 1e-3, +0.07 pp (3/1) at 3e-3. Pacing a widened stream from its own widening instead
+    # (its own learning curve) widened at epoch 5 or never, and did worse (seeds 0-1).
+    # False: the seeds' signal.
     stream_pace_from_start: bool = True
 
 
