@@ -507,7 +507,8 @@ class HeuristicPolicy:
         features = stream_widening(ctx, self.config.stream_growth_fraction)
         if not features or self._widened_unseen(ctx):
             return None
-        trigger = self._stream_trigger(ctx)
+        start = ctx.history.start_loss if self.config.stream_pace_from_start else math.nan
+        trigger = self._signal(ctx, start)
         if trigger is None:
             return None
         stream = ctx.snapshot.stream
@@ -516,16 +517,16 @@ class HeuristicPolicy:
                "before growing seeds on it")
         return WidenStreamAction(features=features), CONFIDENCE_GERMINATE, why
 
-    def _stream_trigger(self, ctx: PolicyContext) -> str | None:
-        """Why the stream should widen now (a plateau or a slowdown), or None."""
+    def _signal(self, ctx: PolicyContext, start_loss: float = math.nan) -> str | None:
+        """The growth signal: why to grow now (the validation loss plateaued, or its gains
+        diminished, their pace measured from `start_loss` when it is finite), or None."""
         c = self.config
         losses = ctx.history.val_losses
         if is_plateau(losses, c.plateau_patience, c.plateau_min_delta, ctx.snapshot.metrics.plateau_epochs):
             return "validation loss plateaued"
-        start = ctx.history.start_loss if c.stream_pace_from_start else math.nan
-        if is_slowing(losses, c.slowdown_window or c.plateau_patience, c.slowdown_ratio, start):
+        if is_slowing(losses, c.slowdown_window or c.plateau_patience, c.slowdown_ratio, start_loss):
             return "validation loss gains are diminishing (slowdown" + \
-                (", paced from the run's start loss)" if math.isfinite(start) else ")")
+                (", paced from the run's start loss)" if math.isfinite(start_loss) else ")")
         return None
 
     @staticmethod
@@ -543,13 +544,10 @@ class HeuristicPolicy:
     def _no_signal(self, ctx: PolicyContext) -> str | None:
         """Why growth has no signal (the validation loss neither plateaued nor slowed), or
         None when it has one."""
-        c = self.config
-        losses = ctx.history.val_losses
-        if is_plateau(losses, c.plateau_patience, c.plateau_min_delta, ctx.snapshot.metrics.plateau_epochs) \
-                or is_slowing(losses, c.slowdown_window or c.plateau_patience, c.slowdown_ratio):
+        if self._signal(ctx) is not None:
             return None
         return "validation loss still improving (no plateau" + \
-            (", no slowdown)" if c.slowdown_ratio > 0 else ")")
+            (", no slowdown)" if self.config.slowdown_ratio > 0 else ")")
 
     def _growth_blocker(self, ctx: PolicyContext, no_signal: str | None, but: str) -> str | None:
         c = self.config
@@ -602,17 +600,13 @@ class HeuristicPolicy:
             slot_id=slot.slot_id, blueprint_ref=ref, kernel_id=pick.kernel.kernel_id,
             kernel_sha256=pick.kernel.sha256, schedule=schedule,
         )
-        plateau = is_plateau(ctx.history.val_losses, c.plateau_patience, c.plateau_min_delta,
-                             ctx.snapshot.metrics.plateau_epochs)
         model_flops = ctx.snapshot.resources.model_flops_per_example
         if eager:
             share = flops_share(pick.kernel.stats.flops, model_flops)
             trigger = (f"a cheap kernel grows at once ({share:.1%} of the model's forward FLOPs, "
                        f"at most {c.eager_flops_fraction:.0%}: waiting would save no compute)")
-        elif plateau:
-            trigger = "validation loss plateaued"
-        else:
-            trigger = "validation loss gains are diminishing (slowdown)"
+        else:  # not eager: the signal fired
+            trigger = self._signal(ctx)
         why = (f"{trigger}; slot {slot.slot_id} (health {health:.2f}) with "
                f"kernel {pick.kernel.kernel_id} ({ref}) has the best benefit per cost "
                f"{benefit_per_cost(pick, ranking, model_flops):.4g}"
