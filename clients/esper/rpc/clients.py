@@ -16,6 +16,7 @@ to the event loop it was made on: make the client inside the coroutine).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, ClassVar, Self
@@ -37,6 +38,7 @@ from esper.leyline.v1 import (
 )
 from esper.rpc.channels import ChannelSecurity, open_channel
 from esper.rpc.errors import ServiceError
+from esper.rpc.metadata import UPLOAD_ACCEPTED
 
 # Seconds a unary call waits unless the client or the call says otherwise.
 DEFAULT_TIMEOUT_S = 10.0
@@ -176,15 +178,31 @@ class UrzaClient(ServiceClient):
         """Hand `data`, the bytes `kernel` describes (sha256, size_bytes), to Urza, which
         verifies, stores and registers them; (the stored artifact, created). The deadline
         grows with the size."""
-        def messages():
-            yield urza_pb2.UploadKernelRequest(kernel=kernel)
-            for start in range(0, len(data), KERNEL_CHUNK_BYTES):
-                yield urza_pb2.UploadKernelRequest(chunk=data[start:start + KERNEL_CHUNK_BYTES])
-
         base = self.timeout_s if timeout_s is None else timeout_s
-        response = await self._unary(self._stub.UploadKernel, messages(),
-                                     base + len(data) / UPLOAD_BYTES_PER_S)
+        call = self._stub.UploadKernel(timeout=base + len(data) / UPLOAD_BYTES_PER_S)
+        try:
+            response = await self._upload(call, kernel, data)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()  # a no-op once the call ended
         return response.kernel, response.created
+
+    @staticmethod
+    async def _upload(call, kernel: kernel_pb2.KernelArtifact, data: bytes) -> urza_pb2.UploadKernelResponse:
+        """The metadata first, the bytes only once Urza accepted it (UPLOAD_ACCEPTED in the
+        initial metadata). A refused upload thus has no bytes in flight: gRPC's asyncio client
+        reports a send that fails because the server already ended the call as INTERNAL,
+        hiding the status the server gave, and a large kernel is not sent only to be refused."""
+        await call.write(urza_pb2.UploadKernelRequest(kernel=kernel))
+        if UPLOAD_ACCEPTED in tuple(await call.initial_metadata() or ()):
+            try:
+                for start in range(0, len(data), KERNEL_CHUNK_BYTES):
+                    await call.write(urza_pb2.UploadKernelRequest(chunk=data[start:start + KERNEL_CHUNK_BYTES]))
+                await call.done_writing()
+            except asyncio.InvalidStateError:
+                pass  # the call ended while the bytes were going out: its status says why
+        return await call
 
     async def get_kernel(self, kernel_id: str, *, timeout_s: float | None = None) -> kernel_pb2.KernelArtifact:
         response = await self._unary(self._stub.GetKernel, urza_pb2.GetKernelRequest(kernel_id=kernel_id),

@@ -1,5 +1,6 @@
 """Call metadata every channel adds: the bearer token (`authorization: Bearer …`), for
-blocking and asyncio channels alike."""
+blocking and asyncio channels alike; and the initial metadata with which Urza accepts an
+upload's metadata before its bytes (`UPLOAD_ACCEPTED`, shared by server and client)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import collections
 import grpc
 
 AUTHORIZATION = "authorization"
+# UploadKernel's initial metadata: the artifact's metadata passed, the bytes may follow.
+UPLOAD_ACCEPTED = ("x-esper-upload", "accepted")
 
 
 def bearer(token: str) -> tuple[str, str]:

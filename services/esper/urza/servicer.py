@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from esper.leyline.v1 import urza_pb2, urza_pb2_grpc
+from esper.rpc.metadata import UPLOAD_ACCEPTED
 from esper.runtime.auth import caller
 from esper.runtime.errors import ServiceError, handle_errors, serves_errors
 from esper.runtime.quota import RateQuota
@@ -94,7 +95,9 @@ class UrzaServicer(urza_pb2_grpc.UrzaServiceServicer):
         if self._upload_slots is None:
             self._upload_slots = asyncio.Semaphore(upload.MAX_CONCURRENT_UPLOADS)
         kernel, created = await upload.upload(self.kernels, request_iterator, self.max_kernel_bytes,
-                                              slots=self._upload_slots, idle_s=upload.UPLOAD_IDLE_S)
+                                              slots=self._upload_slots, idle_s=upload.UPLOAD_IDLE_S,
+                                              accept=lambda: context.send_initial_metadata(
+                                                  (UPLOAD_ACCEPTED,)))
         return urza_pb2.UploadKernelResponse(kernel=kernel, created=created)
 
     @unary

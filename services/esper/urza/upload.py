@@ -10,6 +10,12 @@ and since the key is the digest of bytes Urza hashed itself, an object in the bu
 never anything but the bytes its key names. The same kernel uploaded twice stores the same
 object and registers it once (`created` false the second time).
 
+Once the metadata passes, Urza sends initial metadata `x-esper-upload: accepted` before it
+reads a byte; a refusal of the metadata ends the call without it. A client waits for that
+word before it sends the bytes (`UrzaClient.upload_kernel` does): a refused upload then never
+has bytes in flight, whose failed send gRPC's asyncio client would report as INTERNAL in
+place of the server's status, and a large kernel is not streamed only to be refused.
+
 A client that stops sending for `UPLOAD_IDLE_S` gets DEADLINE_EXCEEDED (nothing stored), and
 at most `MAX_CONCURRENT_UPLOADS` uploads receive bytes at once (more wait their turn), so
 stalled or many clients cannot hold Urza's memory.
@@ -20,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from esper.leyline.v1 import kernel_pb2 as kp
 from esper.leyline.v1 import urza_pb2
@@ -51,15 +57,19 @@ async def _next(messages: AsyncIterator, idle_s: float):
 
 async def upload(registry: KernelRegistry, requests: AsyncIterable[urza_pb2.UploadKernelRequest],
                  max_bytes: int = DEFAULT_MAX_KERNEL_BYTES, *, slots: asyncio.Semaphore | None = None,
-                 idle_s: float = UPLOAD_IDLE_S) -> tuple[kp.KernelArtifact, bool]:
+                 idle_s: float = UPLOAD_IDLE_S,
+                 accept: Callable[[], Awaitable[None]] | None = None) -> tuple[kp.KernelArtifact, bool]:
     """Receive, verify, store and register one kernel; (the stored artifact, created).
-    `slots` bounds the uploads receiving at once (None: no bound)."""
+    `slots` bounds the uploads receiving at once (None: no bound); `accept` is awaited once
+    the metadata passed, before any byte is read (the servicer sends UPLOAD_ACCEPTED)."""
     messages = aiter(requests)
     first = await _next(messages, idle_s)
     if first is None or first.WhichOneof("part") != "kernel":
         raise InvalidArgument("kernel", "the first message must carry the artifact's metadata")
     kernel = check_metadata(first.kernel, registry, max_bytes)
     await registry.check_blueprint(kernel)
+    if accept is not None:
+        await accept()
     if slots is None:
         received = await _receive_and_store(registry, kernel, messages, idle_s)
     else:

@@ -156,8 +156,10 @@ class UrzaServiceServicer:
         counts the bytes as they arrive and stores them under their content address only when
         they match `sha256` and `size_bytes`; a mismatch is INVALID_ARGUMENT naming the field
         and leaves nothing stored. A declared size above Urza's `max_kernel_bytes` is
-        RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Idempotent on the digest: the same
-        kernel uploaded again returns the stored artifact with `created` false.
+        RESOURCE_EXHAUSTED; an unknown blueprint NOT_FOUND. Once the metadata passes, before
+        any byte is read, Urza sends initial metadata `x-esper-upload: accepted` (never with a
+        refusal): a client may wait for it before sending the bytes. Idempotent on the digest:
+        the same kernel uploaded again returns the stored artifact with `created` false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
