@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision
+from esper.leyline.v1.control_pb2 import AckStatus, AdaptationDecision, WidenStreamAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.tolaria import (
     LOCAL_HEURISTIC,
@@ -34,6 +34,7 @@ from esper.tolaria import (
     ReplayPolicy,
     TolariaConfig,
     attach,
+    ddp_model,
     save_checkpoint,
 )
 from esper.tolaria.policy.remote import RemotePolicy
@@ -70,6 +71,7 @@ class RunSpec:
     resume: str = ""
     diverge_at: int = 0  # rank 1 renames its live seed after this step (a broken replica)
     trainer: bool = False  # the Trainer owns the loop (DistributedSampler, DDP model)
+    stream: bool = False  # a small transformer whose residual stream widens twice
 
 
 def make_model() -> nn.Module:
@@ -102,7 +104,8 @@ def run(rank: int, spec: RunSpec) -> None:
         if spec.world > 1:
             dist.init_process_group("gloo", init_method=f"file://{spec.init_file}", rank=rank,
                                     world_size=spec.world, timeout=PG_TIMEOUT)
-        result = (_fit if spec.trainer else _train)(rank, spec, out)
+        work = {(True, False): _fit, (True, True): _fit_stream, (False, True): _train_stream}
+        result = work.get((spec.trainer, spec.stream), _train)(rank, spec, out)
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
@@ -243,6 +246,93 @@ def _fit(rank: int, spec: RunSpec, out: Path) -> dict:
             "acks": [], "epochs": len(trainer.history),
             "summary": {k: session.summary()[k] for k in (
                 "seeds_germinated", "seeds_fossilized", "seeds_culled")}}
+
+
+# The stream host's widenings: (issued at step, features): 8 -> 10 -> 12.
+WIDENINGS = [(3, 2), (9, 2)]
+
+
+def _stream_host() -> nn.Module:
+    """A pre-norm transformer (tests/unit/test_kasmina_stream.py's) with one layer off the
+    stream after its head, which DDP keeps while Tolaria averages the stream."""
+    from tests.unit.test_kasmina_stream import Tiny
+
+    class Host(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(self.head.out_features, self.head.out_features)
+
+        def forward(self, x):
+            return self.out(super().forward(x))
+
+    torch.manual_seed(0)
+    return Host()
+
+
+def _tokens(step: int) -> torch.Tensor:
+    from tests.unit.test_kasmina_stream import SEQ, VOCAB
+
+    return torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(2000 + step))
+
+
+def _train_stream(rank: int, spec: RunSpec, out: Path) -> dict:
+    """The user's loop around a transformer whose stream widens (rank 0's ReplayPolicy):
+    DDP(session.model) after attach (`ddp_model`), or a DDP built before attach."""
+    host = _stream_host()
+    before = spec.world > 1 and not spec.wrap_after_attach
+    optimizer = torch.optim.SGD(host.parameters(), lr=0.1, momentum=0.9)
+    policy = ReplayPolicy(AdaptationDecision(
+        decision_id=f"widen-{i}", issued_at_step=step, expires_at_step=step + 100,
+        widen_stream=WidenStreamAction(features=k)) for i, (step, k) in enumerate(WIDENINGS))
+    session = attach(DDP(host) if before else host, optimizer, policy, slots=[],
+                     example_input=_tokens(-1)[:2],
+                     config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False,
+                                          on_outage="none"))
+    net = session.model if spec.world == 1 else ddp_model(session) if not before else None
+    if before:
+        net = DDP(session.model.host)  # as a user who wrapped first runs it
+    acks = []
+    session.ack_listeners.append(lambda a: acks.append([a.decision_id, AckStatus.Name(a.status), a.reason]))
+    for step in range(spec.steps):
+        tokens = shard(_tokens(step), rank, spec.world)
+        optimizer.zero_grad()
+        logits = net(tokens)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        loss.backward()
+        optimizer.step()
+        last = (step + 1) % spec.epoch_steps == 0
+        session.step(loss, logits, tokens, last_in_epoch=last)
+        if last:
+            session.end_epoch({"val_loss": loss.item()})
+    session.close()
+    state = session.model.state_dict()
+    torch.save({k: v.detach().clone() for k, v in state.items()}, out / f"rank{rank}.pt")
+    return {"digests": digests(state), "acks": acks, "width": session.model.stream.width,
+            "ddp": type(net).__name__, "ddp_ignored": sorted(getattr(net, "parameters_to_ignore", ()))}
+
+
+def _fit_stream(rank: int, spec: RunSpec, out: Path) -> dict:
+    """The Trainer given DDP(host) of a host with a stream: it rewraps it after attach."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from esper.tolaria import Trainer
+
+    data = TensorDataset(*(torch.cat([_tokens(step) for step in range(spec.epoch_steps)]),) * 2)
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // spec.world,
+                        sampler=DistributedSampler(data, num_replicas=spec.world, rank=rank, seed=0))
+    policy = ReplayPolicy(AdaptationDecision(
+        decision_id=f"widen-{i}", issued_at_step=step, expires_at_step=step + 100,
+        widen_stream=WidenStreamAction(features=k)) for i, (step, k) in enumerate(WIDENINGS))
+    trainer = Trainer(DDP(_stream_host()), lambda params: torch.optim.SGD(params, lr=0.1), loader,
+                      epochs=spec.steps // spec.epoch_steps, policy=policy, slots=[],
+                      loss_fn=lambda logits, t: F.cross_entropy(logits.flatten(0, 1), t.flatten()),
+                      example_input=_tokens(-1)[:2],
+                      config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False))
+    trainer.fit()
+    state = trainer.session.model.state_dict()
+    return {"digests": digests(state), "width": trainer.session.model.stream.width,
+            "acks": [[d, AckStatus.Name(a.status)] for d, a in sorted(policy.acks.items())],
+            "ddp": type(trainer.model).__name__}
 
 
 def _validate(net: nn.Module, rank: int, spec: RunSpec) -> dict:

@@ -144,6 +144,44 @@ def test_a_replica_that_drifts_stops_the_run(tmp_path) -> None:
     assert "error" in results[0]  # its peer is gone: rank 0 does not train on alone
 
 
+@pytest.mark.slow
+def test_the_residual_stream_widens_under_ddp_wrapped_after_attach(tmp_path) -> None:
+    """A transformer's stream widens twice on two ranks: DDP (built after attach) keeps the
+    layer off the stream, Tolaria averages the stream's gradients and moves with each
+    widening; the replicas stay identical and match one process on the whole batch."""
+    spec = dict(world=2, steps=14, epoch_steps=7, stream=True, wrap_after_attach=True)
+    results = ok(launch(RunSpec(out=str(tmp_path / "ddp"), **spec)))
+    assert results[0]["digests"] == results[1]["digests"]  # bit for bit
+    assert [a[:2] for a in results[0]["acks"]] == [["widen-0", "ACK_STATUS_APPLIED"],
+                                                  ["widen-1", "ACK_STATUS_APPLIED"]]
+    assert results[0]["width"] == results[1]["width"] == 12
+    assert results[0]["ddp"] == "DistributedDataParallel"
+    ignored = results[0]["ddp_ignored"]  # the stream's parameters, not the layer after it
+    assert "host.tok.weight" in ignored and "host.blocks.0.linear1.weight" in ignored
+    assert not any(name.startswith("host.out.") for name in ignored)
+    single = ok(launch(RunSpec(out=str(tmp_path / "single"), **{**spec, "world": 1})))[0]
+    assert single["width"] == 12
+    assert_close(tensors(tmp_path / "ddp"), tensors(tmp_path / "single"))
+
+
+@pytest.mark.slow
+def test_the_trainer_rewraps_a_ddp_model_whose_stream_may_widen(tmp_path) -> None:
+    results = ok(launch(RunSpec(out=str(tmp_path), world=2, steps=14, epoch_steps=7, stream=True,
+                                trainer=True)))
+    assert results[0]["digests"] == results[1]["digests"]
+    assert results[0]["acks"] == [["widen-0", "ACK_STATUS_APPLIED"], ["widen-1", "ACK_STATUS_APPLIED"]]
+    assert results[0]["width"] == 12 and results[0]["ddp"] == "DistributedDataParallel"
+
+
+@pytest.mark.slow
+def test_a_ddp_built_before_attach_keeps_the_stream_and_says_how_to_let_it_grow(tmp_path) -> None:
+    results = ok(launch(RunSpec(out=str(tmp_path), world=2, steps=8, epoch_steps=4, stream=True)))
+    assert results[0]["digests"] == results[1]["digests"]
+    assert results[0]["width"] == 8
+    status, reason = results[0]["acks"][0][1:]
+    assert status == "ACK_STATUS_REJECTED" and "DistributedDataParallel(session.model)" in reason
+
+
 def test_a_kernel_from_rank_0_is_verified_before_use() -> None:
     """A rank takes a germinated seed's kernel from rank 0's broadcast, never unverified."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))

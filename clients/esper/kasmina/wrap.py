@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
+import torch
 from torch import fx, nn
 
 from esper.kasmina.config import KasminaConfig
@@ -192,6 +193,16 @@ class MorphableModel(nn.Module):
         return self.transitions[start:]
 
     # ---- residual stream ------------------------------------------------------------------
+    def stream_tensors(self) -> list[tuple[str, nn.Parameter | torch.Tensor]]:
+        """The parameters and buffers of the modules on the residual stream (those a
+        widening replaces), by qualified name, in module order; [] without a stream."""
+        if self.stream is None:
+            return []
+        names = self.stream.names()
+        prefix = "host."
+        return [(name, tensor) for name, tensor in (*self.named_parameters(), *self.named_buffers())
+                if name.startswith(prefix) and _on(name[len(prefix):].rpartition(".")[0], names)]
+
     def stream_state(self) -> ResidualStreamState | None:
         """The residual stream as a policy sees it (None when the host declares none)."""
         site = self.stream

@@ -16,7 +16,7 @@ from esper.leyline.v1.tamiyo_pb2 import ResourceBudget  # attach(budget=...): wh
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
-from esper.tolaria.distributed import ReplicaDivergence
+from esper.tolaria.distributed import ReplicaDivergence, ddp_model
 from esper.tolaria.policy import (
     LOCAL_HEURISTIC,
     HeuristicConfig,
@@ -45,6 +45,7 @@ __all__ = [
     "TolariaSession",
     "Trainer",
     "attach",
+    "ddp_model",
     "load_checkpoint",
     "save_checkpoint",
 ]

@@ -65,8 +65,9 @@ def attach(model: nn.Module, optimizer, policy: str | PolicySource | None = "loc
         config.run_id = state["run_id"]
     config.validate()
     validate_budget(budget)  # before the model is wrapped
-    replicas = process_replicas()
-    model = unwrap_ddp(model)  # seeds hook into the module DDP runs
+    bare = unwrap_ddp(model)  # seeds hook into the module DDP runs
+    replicas = process_replicas(ddp_holds_host=bare is not model)
+    model = bare
     morph = model if isinstance(model, MorphableModel) else wrap(
         model, slots, example_input=example_input, config=kasmina)
     if urza and kernel_fetch:

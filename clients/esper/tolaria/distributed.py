@@ -27,6 +27,14 @@ group). What keeps the replicas identical:
   the backward pass (as DDP does), before any gradient clipping or optimizer step. A
   merged fossil changes the host weights in place, identically on every rank, so DDP's
   buckets stay valid and it never needs to be rebuilt.
+- **So does a growing residual stream.** Widening the stream replaces its parameters with
+  wider ones, which a DDP reducer cannot follow. When DDP wraps `session.model` after
+  attach, the stream's parameters are listed for DDP to ignore too and averaged by the
+  same end-of-backward all-reduce; a widening (applied by every rank from rank 0's
+  decision, its fresh weights drawn from a generator every rank seeds alike) moves the
+  hooks to the new parameters, and rank 0's stream weights are broadcast at attach and
+  after each widening. A DDP built before attach already holds the stream's parameters:
+  then the stream stays at its width, and the refusal says to wrap after attach.
 
 Collectives are tensors only (the broadcast record is JSON in a uint8 tensor): nothing is
 unpickled, and a kernel received from rank 0 is verified against its digest.
@@ -53,6 +61,12 @@ LEADER = 0  # the rank that holds the policy, decides the gates and writes check
 DDP_IGNORE_ATTR = "_ddp_params_and_buffers_to_ignore"
 
 
+# Why the stream cannot widen when attach was given a DDP-wrapped model.
+STREAM_HELD_BY_DDP = ("the residual stream cannot widen: the DistributedDataParallel built before "
+                      "attach holds its parameters; wrap DistributedDataParallel(session.model) "
+                      "after attach to let it grow")
+
+
 class ReplicaDivergence(RuntimeError):
     """A rank reached another seed state than rank 0: training must not go on."""
 
@@ -64,17 +78,40 @@ def unwrap_ddp(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def process_replicas() -> Replicas | None:
-    """The Replicas of this process when torch.distributed runs more than one rank."""
+def ddp_model(session, **ddp_kwargs) -> nn.Module:
+    """What a rank's loop runs once attached: DistributedDataParallel(session.model,
+    **ddp_kwargs) over the parameters Tolaria leaves to DDP, or session.model itself when
+    Tolaria averages every one (a host that is all residual stream; DDP refuses a module
+    with nothing to hold). Wrapping after attach is what lets the stream widen."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = session.model
+    ignored = set(getattr(model, DDP_IGNORE_ATTR, ()))
+    if not any(p.requires_grad and name not in ignored for name, p in model.named_parameters()):
+        return model
+    return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def ddp_options(ddp: nn.Module) -> dict:
+    """The options of an existing DistributedDataParallel that `ddp_model` can carry over
+    (the others take their defaults)."""
+    return {name: getattr(ddp, name) for name in (
+        "device_ids", "output_device", "dim", "process_group", "find_unused_parameters",
+        "gradient_as_bucket_view", "static_graph")}
+
+
+def process_replicas(ddp_holds_host: bool = False) -> Replicas | None:
+    """The Replicas of this process when torch.distributed runs more than one rank;
+    `ddp_holds_host`: the model was wrapped in DistributedDataParallel before attach."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
-    return Replicas()
+    return Replicas(ddp_holds_host)
 
 
 class Replicas:
     """This rank's side of the lock-step protocol (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ddp_holds_host: bool = False) -> None:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.leader = self.rank == LEADER
@@ -86,13 +123,26 @@ class Replicas:
         self._answers: list[tuple[AdaptationDecision, DecisionAck]] = []
         self._grad_hooks: dict[str, list] = {}
         self._sync_queued = False
+        # A DDP built before attach holds the host's parameters, the stream's among them.
+        self.ddp_holds_host = ddp_holds_host
+        self._stream_hooks: list = []
+        self._stream_averaged = False  # the stream's gradients are this rank's to average
+        self._stream_params: list[nn.Parameter] = []  # those parameters, hooked
 
-    # ---- seeds outside DDP -----------------------------------------------------------------
+    # ---- seeds (and the stream) outside DDP ----------------------------------------------
     def bind(self, model: MorphableModel) -> None:
-        """Follow `model`'s seeds (before a checkpoint restore adds any)."""
+        """Follow `model`'s seeds (before a checkpoint restore adds any) and its residual
+        stream, unless a DDP built before attach holds it (then it cannot widen)."""
         self._model = model
         model.seed_added_listeners.append(self._seed_added)
         model.seed_removed_listeners.append(self._seed_removed)
+        if model.stream is not None:
+            if self.ddp_holds_host:
+                model.stream_frozen = STREAM_HELD_BY_DDP
+            else:
+                self._stream_averaged = True
+                model.stream_listeners.append(self._stream_widened)
+                self._hook_stream()
         self._refresh_ddp_ignore()
 
     def _seed_added(self, slot, params: list[nn.Parameter]) -> None:
@@ -109,23 +159,40 @@ class Replicas:
         for handle in self._grad_hooks.pop(slot_id, []):
             handle.remove()
 
+    def _stream_widened(self, _replaced: dict) -> None:
+        """The stream's parameters were replaced (on every rank, at the same point): hook
+        the new ones. Their weights are broadcast in `publish`, where every rank is."""
+        self._hook_stream()
+        self._refresh_ddp_ignore()
+
+    def _hook_stream(self) -> None:
+        for handle in self._stream_hooks:
+            handle.remove()
+        self._stream_params = [t for _, t in self._model.stream_tensors()
+                               if isinstance(t, nn.Parameter) and t.requires_grad]
+        self._stream_hooks = [p.register_post_accumulate_grad_hook(self._grad_ready)
+                              for p in self._stream_params]
+
     def _refresh_ddp_ignore(self) -> None:
         model = self._model
         names = [name for name, _ in chain(model.named_parameters(), model.named_buffers())
                  if name.startswith(SLOTS_ATTR + ".")]
+        if self._stream_averaged:
+            names += [name for name, _ in model.stream_tensors()]
         model.__dict__[DDP_IGNORE_ATTR] = names
 
     def _grad_ready(self, _param: nn.Parameter) -> None:
         if not self._sync_queued:
             self._sync_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._average_seed_grads)
+            torch.autograd.Variable._execution_engine.queue_callback(self._average_grads)
 
-    def _average_seed_grads(self) -> None:
-        """End of a backward pass: average every seed gradient over the ranks (slot order
-        and parameter order are the same everywhere, so the flat buffers line up)."""
+    def _average_grads(self) -> None:
+        """End of a backward pass: average every gradient DDP leaves alone (the stream's,
+        then every seed's) over the ranks (module, slot and parameter order are the same
+        everywhere, so the flat buffers line up)."""
         self._sync_queued = False
-        grads = [p.grad for slot in self._model.esper_slots.values()
-                 for p in slot.seed_parameters() if p.grad is not None]
+        seeds = (p for slot in self._model.esper_slots.values() for p in slot.seed_parameters())
+        grads = [p.grad for p in chain(self._stream_params, seeds) if p.grad is not None]
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for g in grads:
             by_dtype.setdefault(g.dtype, []).append(g)
@@ -180,6 +247,7 @@ class Replicas:
         self.publish(session, every)
         self._broadcast_seeds(session.model, [s.slot_id for s in
                                               session.model.esper_slots.values()])
+        self._broadcast_stream(session.model)
 
     def publish(self, session, every: int) -> None:
         """End of a safe point (or a settle): rank 0 sends what it decided, the other
@@ -192,9 +260,11 @@ class Replicas:
             payload = json.loads(self._broadcast_bytes(None))
             answers = self._follow(session, payload)
         self.every = int(every if self.leader else payload["every"])
-        self._broadcast_seeds(session.model, [d.germinate.slot_id for d, a in answers
-                                              if d.WhichOneof("action") == "germinate"
-                                              and a.status == AckStatus.ACK_STATUS_APPLIED])
+        applied = [d for d, a in answers if a.status == AckStatus.ACK_STATUS_APPLIED]
+        self._broadcast_seeds(session.model, [d.germinate.slot_id for d in applied
+                                              if d.WhichOneof("action") == "germinate"])
+        if any(d.WhichOneof("action") == "widen_stream" for d in applied):
+            self._broadcast_stream(session.model)
 
     def _payload(self, session, answers, every: int) -> dict:
         kernels = {}
@@ -249,6 +319,15 @@ class Replicas:
             with torch.no_grad():
                 for tensor in seed.state_dict().values():
                     dist.broadcast(tensor, LEADER)
+
+    def _broadcast_stream(self, model: MorphableModel) -> None:
+        """Rank 0's stream weights, when this rank averages the stream (DDP, which would
+        have synced them when it was built, leaves them alone)."""
+        if not self._stream_averaged:
+            return
+        with torch.no_grad():
+            for _, tensor in model.stream_tensors():
+                dist.broadcast(tensor.data, LEADER)
 
     def _broadcast_bytes(self, data: bytes | None) -> bytes:
         size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64,

@@ -87,9 +87,6 @@ class TolariaSession:
         self.groups = SeedParamGroups(model, optimizer, rule=self.config.seed_lr)
         if replicas is not None:
             replicas.bind(model)
-            model.stream_frozen = ("the residual stream cannot widen under torch.distributed "
-                                   "yet (every rank's DistributedDataParallel holds its "
-                                   "parameters)")
         model.stream_listeners.append(self._on_stream_widened)
         self.seed_builder = seed_builder
         self.applier = DecisionApplier(model, seed_builder, run_id=config.run_id)

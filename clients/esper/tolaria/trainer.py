@@ -14,7 +14,9 @@ interval); seed groups follow its schedule (esper.tolaria.schedulers) and checkp
 carry its state.
 Under torch.distributed, pass the model wrapped in DistributedDataParallel and loaders
 with a DistributedSampler (its epoch is set each epoch; rank 0 alone shows progress and
-writes checkpoints).
+writes checkpoints). A host that declares a residual stream is rewrapped around the
+session's model (`ddp_model`, keeping the DDP's device, dim, process group and reducer
+switches), so that the stream can widen.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from esper.kasmina.stream import declared
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.tolaria.api import attach
 from esper.tolaria.checkpoint import load_checkpoint, save_checkpoint
 from esper.tolaria.config import TolariaConfig
+from esper.tolaria.distributed import ddp_model, ddp_options, unwrap_ddp
 from esper.tolaria.progress import EpochProgress
 from esper.tolaria.summary import RunSummary
 
@@ -83,8 +87,14 @@ class Trainer:
         state = load_checkpoint(resume) if resume else None
         if attach_kwargs.get("budget") is not None:
             attach_kwargs["budget"] = _planned(attach_kwargs["budget"], epochs, _len(train_loader))
-        self.session = attach(self.model, self.optimizer, policy, config=self.config,
-                              resume=state, **attach_kwargs)
+        # A DDP whose host declares a residual stream is rebuilt around the session's
+        # model (Tolaria then averages the stream, which DDP cannot follow as it widens).
+        regrow = self.model if unwrap_ddp(self.model) is not self.model and \
+            declared(unwrap_ddp(self.model)) is not None else None
+        self.session = attach(unwrap_ddp(self.model) if regrow else self.model, self.optimizer,
+                              policy, config=self.config, resume=state, **attach_kwargs)
+        if regrow is not None:
+            self.model = ddp_model(self.session, **ddp_options(regrow))
         loop = self.session.loop_state
         self.scheduler_interval = scheduler_interval
         self.scheduler = self._scheduler(scheduler, loop.get("scheduler"))
