@@ -103,6 +103,8 @@ class Context:
     training_flops_budget: float | None = None
     # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
     budget_flops_weight: float | None = None
+    # Epochs between the fixed schedule's growth events (None: E/10).
+    schedule_every: int | None = None
     done: dict[str, dict] = field(default_factory=dict)  # arm -> record, this seed
 
     @property
@@ -339,8 +341,9 @@ def run_random(ctx: Context) -> dict:
     return record
 
 
-def schedule_epochs(epochs: int, count: int) -> list[int]:
-    every = max(1, epochs // 10)
+def schedule_epochs(epochs: int, count: int, every: int | None = None) -> list[int]:
+    """The fixed schedule's epochs: one growth event every `every` epochs (default E/10)."""
+    every = every or max(1, epochs // 10)
     return [every * (i + 1) for i in range(count)]
 
 
@@ -352,7 +355,7 @@ def run_schedule(ctx: Context) -> dict:
     order = {g["slot"]: g["step"] for g in ctx.esper()["germinations"]}
     fossils = sorted(fossils, key=lambda f: order.get(f["slot"], 0))
     widenings = _widenings(ctx.esper())
-    epochs = schedule_epochs(ctx.epochs, len(widenings) + len(fossils))
+    epochs = schedule_epochs(ctx.epochs, len(widenings) + len(fossils), ctx.schedule_every)
     steps = [e * ctx.data.steps_per_epoch for e in epochs]
     plan = [Planned(step=step, features=w["to"] - w["from"]) for step, w in zip(steps, widenings, strict=False)]
     plan += [Planned(step=step, slot_id=f["slot"], blueprint_ref=f["blueprint"])

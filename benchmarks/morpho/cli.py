@@ -85,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
                    help="TolariaConfig.seed_lr of every grown arm: 'rewarm' starts a seed "
                         "germinated after the schedule decayed at the initial rate, then "
                         "follows the schedule scaled (default: the host's current rate)")
+    p.add_argument("--schedule-every", type=_positive_int, default=None, metavar="EPOCHS",
+                   help="epochs between the fixed schedule's growth events (default: E/10), "
+                        "to search for the best fixed schedule")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
     p.add_argument("--report-only", action="store_true",
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
+                         "schedule_every": args.schedule_every,
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
                           seed_init=args.seed_init, seed_lr=args.seed_lr,
                           training_flops_budget=args.training_flops_budget,
-                          budget_flops_weight=args.budget_flops_weight)
+                          budget_flops_weight=args.budget_flops_weight,
+                          schedule_every=args.schedule_every)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
             for arm in [a for a in ARMS if a in args.arms]:
@@ -227,6 +232,16 @@ def _gflops(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (leave it out for no "
                                          f"budget), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 

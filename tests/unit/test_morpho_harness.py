@@ -335,6 +335,19 @@ def test_flops_weight_is_checked_and_recorded() -> None:
             parser().parse_args(["--flops-weight", bad])
 
 
+def test_the_fixed_schedules_spacing_defaults_to_a_tenth_of_the_run_and_can_be_searched() -> None:
+    from morpho.arms import schedule_epochs
+    from morpho.cli import parser
+
+    assert schedule_epochs(20, 3) == [2, 4, 6] and schedule_epochs(5, 2) == [1, 2]
+    assert schedule_epochs(20, 3, every=3) == [3, 6, 9]
+    assert parser().parse_args(["--schedule-every", "1"]).schedule_every == 1
+    assert parser().parse_args([]).schedule_every is None
+    for bad in ("0", "-2", "1.5", "x"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--schedule-every", bad])
+
+
 def test_training_flops_budget_is_checked_and_reaches_the_esper_arms() -> None:
     from morpho.arms import Context, _esper_budget
     from morpho.cli import parser
