@@ -152,6 +152,8 @@ def label_of(arm: str, cfg: dict) -> str:
     settings = _esper_settings(cfg) if arm == "esper" else []
     if settings:
         return "Esper, heuristic, " + ", ".join(settings)
+    if arm == "schedule" and cfg.get("schedule_every"):
+        return LABELS[arm].replace("every E/10 epochs", f"every {cfg['schedule_every']} epoch(s)")
     return LABELS.get(arm, arm)
 
 

@@ -419,6 +419,8 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("esper", {"seed_init": "bottleneck"}) == \
         "Esper, heuristic, seeds initialised from the bottleneck statistic"
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
+    assert report.label_of("schedule", {}) == report.LABELS["schedule"]
+    assert "every 3 epoch(s)" in report.label_of("schedule", {"schedule_every": 3})
 
 
 def _char_session(plan: list, rng=None):
