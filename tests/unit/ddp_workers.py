@@ -285,7 +285,7 @@ def _train_stream(rank: int, spec: RunSpec, out: Path) -> dict:
         decision_id=f"widen-{i}", issued_at_step=step, expires_at_step=step + 100,
         widen_stream=WidenStreamAction(features=k)) for i, (step, k) in enumerate(WIDENINGS))
     session = attach(DDP(host) if before else host, optimizer, policy, slots=[],
-                     example_input=_tokens(-1)[:2],
+                     example_input=_tokens(-1)[:2], resume=spec.resume or None,
                      config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False,
                                           on_outage="none"))
     net = session.model if spec.world == 1 else ddp_model(session) if not before else None
@@ -293,7 +293,7 @@ def _train_stream(rank: int, spec: RunSpec, out: Path) -> dict:
         net = DDP(session.model.host)  # as a user who wrapped first runs it
     acks = []
     session.ack_listeners.append(lambda a: acks.append([a.decision_id, AckStatus.Name(a.status), a.reason]))
-    for step in range(spec.steps):
+    for step in range(session.model.global_step, spec.steps):
         tokens = shard(_tokens(step), rank, spec.world)
         optimizer.zero_grad()
         logits = net(tokens)
@@ -304,6 +304,8 @@ def _train_stream(rank: int, spec: RunSpec, out: Path) -> dict:
         session.step(loss, logits, tokens, last_in_epoch=last)
         if last:
             session.end_epoch({"val_loss": loss.item()})
+        if spec.checkpoint_at == step + 1:
+            save_checkpoint(out / "run.pt", session, {"step": step + 1})
     session.close()
     state = session.model.state_dict()
     torch.save({k: v.detach().clone() for k, v in state.items()}, out / f"rank{rank}.pt")

@@ -162,6 +162,14 @@ def test_the_residual_stream_widens_under_ddp_wrapped_after_attach(tmp_path) -> 
     single = ok(launch(RunSpec(out=str(tmp_path / "single"), **{**spec, "world": 1})))[0]
     assert single["width"] == 12
     assert_close(tensors(tmp_path / "ddp"), tensors(tmp_path / "single"))
+    # Rank 0's checkpoint after the first widening resumes on two ranks at width 10, widens
+    # again and ends where the uninterrupted run did.
+    part = ok(launch(RunSpec(out=str(tmp_path / "part"), **{**spec, "steps": 7}, checkpoint_at=7)))
+    assert part[0]["width"] == 10
+    resumed = ok(launch(RunSpec(out=str(tmp_path / "resumed"), **spec,
+                                resume=str(tmp_path / "part" / "run.pt"))))
+    assert resumed[0]["digests"] == resumed[1]["digests"] and resumed[0]["width"] == 12
+    assert_close(tensors(tmp_path / "resumed"), tensors(tmp_path / "ddp"))
 
 
 @pytest.mark.slow
