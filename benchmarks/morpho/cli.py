@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from esper.cli.numbers import non_negative_int, positive_int
 from esper.kasmina.config import SEED_INITS, KasminaConfig
 from esper.tolaria.config import SEED_LR_RULES
 
@@ -85,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                    help="TolariaConfig.seed_lr of every grown arm: 'rewarm' starts a seed "
                         "germinated after the schedule decayed at the initial rate, then "
                         "follows the schedule scaled (default: the host's current rate)")
-    p.add_argument("--schedule-every", type=_positive_int, default=None, metavar="EPOCHS",
+    p.add_argument("--schedule-every", type=positive_int, default=None, metavar="EPOCHS",
                    help="epochs between the fixed schedule's growth events (default: E/10), "
                         "to search for the best fixed schedule")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -235,22 +236,9 @@ def _gflops(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def _depth(text: str) -> int:
     """A slot depth as KasminaConfig accepts it (its check, its message)."""
-    try:
-        depth = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    depth = non_negative_int(text)
     try:
         return KasminaConfig(slot_depth=depth).slot_depth
     except ValueError as exc:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
+from esper.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from esper.leyline.v1 import blueprint_pb2 as bp
 from esper.leyline.v1 import common_pb2 as common
 from esper.leyline.v1 import kernel_pb2 as kp
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common_args.add_argument("--urza", default=None, metavar="HOST:PORT",
                              help=f"Urza's address (default ${ADDRESS_ENV}, the local stack, "
                                   f"{DEFAULT_ADDRESS})")
-    common_args.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+    common_args.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                              help="seconds to wait for Urza")
 
     listing = actions.add_parser("list", parents=[common_args], help="list blueprints")
@@ -70,54 +71,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     search = actions.add_parser("search", parents=[common_args],
                                 help="kernels that fit a slot and a budget, best first")
-    search.add_argument("--channels", type=_positive_int, required=True, help="slot width C")
+    search.add_argument("--channels", type=positive_int, required=True, help="slot width C")
     search.add_argument("--kind", choices=sorted(KINDS), default="features", help="slot kind")
     search.add_argument("--device", default="cpu")
-    search.add_argument("--max-params", type=_non_negative_int, default=0)
-    search.add_argument("--max-flops", type=_non_negative_int, default=0)
-    search.add_argument("--max-latency-ms", type=_non_negative_float, default=0.0)
-    search.add_argument("--max-memory", type=_non_negative_int, default=0, help="bytes")
-    search.add_argument("--max-risk", type=_non_negative_float, default=0.0, help="in [0, 1]")
+    search.add_argument("--max-params", type=non_negative_int, default=0)
+    search.add_argument("--max-flops", type=non_negative_int, default=0)
+    search.add_argument("--max-latency-ms", type=non_negative_float, default=0.0)
+    search.add_argument("--max-memory", type=non_negative_int, default=0, help="bytes")
+    search.add_argument("--max-risk", type=non_negative_float, default=0.0, help="in [0, 1]")
     search.add_argument("--family", action="append", choices=sorted(FAMILIES), default=[])
     search.add_argument("--capability", action="append", default=[],
                         help="a capability of the training process (repeatable)")
-    search.add_argument("--limit", type=_non_negative_int, default=10)
+    search.add_argument("--limit", type=non_negative_int, default=10)
     search.set_defaults(func=run_search)
 
 
 # -- argument types ------------------------------------------------------------------------
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
 
 
 def _ref(text: str) -> str:

@@ -22,6 +22,7 @@ from esper.blueprints import BlueprintError, parse_ref
 from esper.cli.addresses import checked_address, resolve_address
 from esper.cli.choices import enum_choices
 from esper.cli.errors import UsageError
+from esper.cli.numbers import positive_float, positive_int
 from esper.leyline.v1 import common_pb2, kernel_pb2, telemetry_pb2, tezzeret_pb2
 from esper.rpc.clients import TezzeretClient
 from esper.rpc.errors import ServiceError
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.required = True
 
     worker = actions.add_parser("worker", help="run standalone compile workers until stopped")
-    worker.add_argument("--count", type=_positive_int, default=1, help="workers in this process")
+    worker.add_argument("--count", type=positive_int, default=1, help="workers in this process")
     worker.add_argument("--config", dest="config_file", default=None, help="TOML config file")
     add_config_flags(worker, TezzeretConfig)
     worker.set_defaults(func=run_worker)
@@ -55,15 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--tezzeret", default=None, metavar="HOST:PORT",
                         help=f"Tezzeret's address (default ${ADDRESS_ENV}, the local stack, "
                              f"{DEFAULT_ADDRESS})")
-    client.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S)
+    client.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S)
 
     submit = actions.add_parser("submit", parents=[client], help="queue a compile job")
     submit.add_argument("ref", metavar="NAME@VERSION", type=_ref)
-    submit.add_argument("--channels", type=_positive_int, required=True, help="slot width C")
+    submit.add_argument("--channels", type=positive_int, required=True, help="slot width C")
     submit.add_argument("--kind", choices=sorted(KINDS), default="features")
-    submit.add_argument("--length", type=_positive_int, default=0, help="tokens or length")
-    submit.add_argument("--height", type=_positive_int, default=0)
-    submit.add_argument("--width", type=_positive_int, default=0)
+    submit.add_argument("--length", type=positive_int, default=0, help="tokens or length")
+    submit.add_argument("--height", type=positive_int, default=0)
+    submit.add_argument("--width", type=positive_int, default=0)
     submit.add_argument("--device", default="cpu")
     submit.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
@@ -72,28 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     jobs = actions.add_parser("jobs", parents=[client], help="list compile jobs, newest first")
     jobs.add_argument("--blueprint", default="", metavar="NAME@VERSION")
     jobs.add_argument("--stage", choices=sorted(STAGES))
-    jobs.add_argument("--limit", type=_positive_int, default=50)
+    jobs.add_argument("--limit", type=positive_int, default=50)
     jobs.set_defaults(func=run_jobs)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
 def _ref(text: str) -> str:
