@@ -153,8 +153,10 @@ def _shakespeare(batch_size: int, seed: int) -> Task:
     from esper.tolaria import shakespeare
 
     corpus = shakespeare.corpus_splits(SHAKESPEARE_TRAIN, SHAKESPEARE_VAL)
-    def pairs(seqs: torch.Tensor) -> TensorDataset:
+
+    def pairs(seqs: torch.Tensor) -> TensorDataset:  # inputs, and the characters that follow
         return TensorDataset(seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous())
+
     torch.manual_seed(seed)
     model = shakespeare.CharTransformer(len(corpus.vocab), SHAKESPEARE_D_MODEL)
     gen = torch.Generator().manual_seed(seed)

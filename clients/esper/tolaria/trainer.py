@@ -87,14 +87,14 @@ class Trainer:
         state = load_checkpoint(resume) if resume else None
         if attach_kwargs.get("budget") is not None:
             attach_kwargs["budget"] = _planned(attach_kwargs["budget"], epochs, _len(train_loader))
-        # A DDP whose host declares a residual stream is rebuilt around the session's
-        # model (Tolaria then averages the stream, which DDP cannot follow as it widens).
-        regrow = self.model if unwrap_ddp(self.model) is not self.model and \
-            declared(unwrap_ddp(self.model)) is not None else None
-        self.session = attach(unwrap_ddp(self.model) if regrow else self.model, self.optimizer,
-                              policy, config=self.config, resume=state, **attach_kwargs)
-        if regrow is not None:
-            self.model = ddp_model(self.session, **ddp_options(regrow))
+        # A DDP whose host declares a residual stream is rebuilt around the session's model
+        # after attach: Tolaria then averages the stream, which DDP cannot follow as it widens.
+        bare = unwrap_ddp(self.model)
+        rewrap = bare is not self.model and declared(bare) is not None
+        self.session = attach(bare if rewrap else self.model, self.optimizer, policy,
+                              config=self.config, resume=state, **attach_kwargs)
+        if rewrap:
+            self.model = ddp_model(self.session, **ddp_options(self.model))
         loop = self.session.loop_state
         self.scheduler_interval = scheduler_interval
         self.scheduler = self._scheduler(scheduler, loop.get("scheduler"))
