@@ -18,12 +18,13 @@ def test_good_values_pass_through() -> None:
 @pytest.mark.parametrize("parse, text, words", [
     (non_negative_int, "x", "'x' is not an integer"),
     (non_negative_int, "1.5", "is not an integer"),
-    (non_negative_int, "-1", "must be a finite number >= 0, got -1"),
-    (positive_int, "0", "must be > 0"),
-    (non_negative_float, "nan", "got nan"),
-    (non_negative_float, "inf", "got inf"),
+    (non_negative_int, "-1", "must be >= 0, got -1 \\(negative\\)"),
+    (positive_int, "0", "must be > 0, got 0"),
+    (positive_int, "-3", "must be > 0, got -3 \\(negative\\)"),
+    (non_negative_float, "nan", "must be a finite number, got nan"),
+    (non_negative_float, "inf", "must be a finite number, got inf"),
     (non_negative_float, "1e400", "got 1e400"),
-    (non_negative_float, "-0.5", "got -0.5"),
+    (non_negative_float, "-0.5", "must be >= 0, got -0.5"),
     (positive_float, "0", "must be > 0"),
     (positive_float, "five", "'five' is not a number"),
 ])
