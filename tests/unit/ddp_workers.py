@@ -284,13 +284,12 @@ def _train_stream(rank: int, spec: RunSpec, out: Path) -> dict:
     policy = ReplayPolicy(AdaptationDecision(
         decision_id=f"widen-{i}", issued_at_step=step, expires_at_step=step + 100,
         widen_stream=WidenStreamAction(features=k)) for i, (step, k) in enumerate(WIDENINGS))
-    session = attach(DDP(host) if before else host, optimizer, policy, slots=[],
+    wrapped = DDP(host) if before else None  # a user who wrapped first runs that DDP
+    session = attach(wrapped or host, optimizer, policy, slots=[],
                      example_input=_tokens(-1)[:2], resume=spec.resume or None,
                      config=TolariaConfig(run_id=spec.run_id, snapshot_every=2, progress=False,
                                           on_outage="none"))
-    net = session.model if spec.world == 1 else ddp_model(session) if not before else None
-    if before:
-        net = DDP(session.model.host)  # as a user who wrapped first runs it
+    net = wrapped or (ddp_model(session) if spec.world > 1 else session.model)
     acks = []
     session.ack_listeners.append(lambda a: acks.append([a.decision_id, AckStatus.Name(a.status), a.reason]))
     for step in range(session.model.global_step, spec.steps):
