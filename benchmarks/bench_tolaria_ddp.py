@@ -12,8 +12,9 @@ windows are the result; absolute times depend on the machine's load. No validati
 reported, so the heuristic never sees a plateau and no seed grows (the run is refused
 otherwise): this measures the protocol, not a seed.
 
-`--host transformer`: a pre-norm character transformer (d_model 64, 2 blocks, 64-character
-sequences, `--batch` of them per rank) that declares its residual stream. Its Tolaria arm
+`--host transformer`: the built-in character task's causal transformer
+(esper.tolaria.shakespeare.CharTransformer, d_model 64, 2 blocks, 64-character sequences,
+`--batch` of them per rank), which declares its residual stream. Its Tolaria arm
 runs `esper.tolaria.ddp_model(session)` after attach, as a stream that may widen needs:
 every parameter of this host is on the stream, so Tolaria averages all its gradients in
 one all-reduce at the end of the backward pass, where the plain arm's DDP overlaps its
@@ -40,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import esper.tolaria
 from esper.tolaria.config import DEFAULT_SNAPSHOT_EVERY, TolariaConfig
+from esper.tolaria.shakespeare import SEQ_LEN, CharTransformer
 
 RESULTS = Path(__file__).parent / "results"
 BATCHES = 50  # distinct batches, used in turn
@@ -51,41 +53,18 @@ def _mlp() -> nn.Module:
                          nn.ReLU(), nn.Linear(128, 10))
 
 
-SEQ, VOCAB, D_MODEL = 64, 65, 64
-
-
-class CharTransformer(nn.Module):
-    """A pre-norm character transformer that declares its residual stream."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(VOCAB, D_MODEL), nn.Embedding(SEQ, D_MODEL)
-        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(
-            D_MODEL, 4, 4 * D_MODEL, dropout=0.0, batch_first=True, norm_first=True) for _ in range(2))
-        self.norm, self.head = nn.LayerNorm(D_MODEL), nn.Linear(D_MODEL, VOCAB)
-
-    def esper_residual_stream(self):
-        from esper.kasmina import ResidualStream
-
-        return ResidualStream(embeddings=("tok", "pos"), blocks=("blocks.0", "blocks.1"),
-                              norms=("norm",), readers=("head",))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.norm(h))
+VOCAB, D_MODEL = 65, 64
 
 
 def _transformer() -> nn.Module:
     torch.manual_seed(0)
-    return CharTransformer()
+    return CharTransformer(VOCAB, D_MODEL)
 
 
 def _batches(args: argparse.Namespace, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(rank)
     if args.host == "transformer":
-        tokens = [torch.randint(0, VOCAB, (args.batch, SEQ), generator=gen) for _ in range(BATCHES)]
+        tokens = [torch.randint(0, VOCAB, (args.batch, SEQ_LEN), generator=gen) for _ in range(BATCHES)]
         return [(t, t) for t in tokens]
     return [(torch.rand(args.batch, 1, 28, 28, generator=gen),
              torch.randint(0, 10, (args.batch,), generator=gen)) for _ in range(BATCHES)]
@@ -162,7 +141,7 @@ def main() -> None:
     result = {
         "benchmark": "tolaria_ddp", "world": args.world, "backend": "gloo (CPU)",
         "model": "MLP 784-256-128-10" if args.host == "mlp" else
-                 "char transformer d64 x2, stream averaged by Tolaria (ddp_model)",
+                 "CharTransformer d_model 64 x2, stream averaged by Tolaria (ddp_model)",
         "batch_per_rank": args.batch,
         "snapshot_every": DEFAULT_SNAPSHOT_EVERY, "windows": args.windows,
         "ratio_median": round(statistics.median(measured["ratios"]), 4),
