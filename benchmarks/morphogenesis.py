@@ -8,7 +8,7 @@ stopped at Esper's FLOPs); GroMo growing the same host; a static large reference
 accuracy against training FLOPs counted on the passes actually run. The arms, FLOP
 accounting, data and reporting live in benchmarks/morpho/.
 
-    .venv/bin/python benchmarks/morphogenesis.py [--seeds 5] [--epochs 30] [--hosts mlp,cnn]
+    .venv/bin/python benchmarks/morphogenesis.py [--seeds 5] [--epochs 20] [--jobs 2] [--hosts mlp,cnn]
         [--arms static-small,esper,...] [--quick] [--out-dir benchmarks/results]
 """
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
 from . import report, text
-from .arms import ARMS, RUNNERS, Context, NotAvailable
+from .arms import ARMS, SCHEDULE_SPACINGS, Context, NotAvailable, runs_for
 from .flops import count_every_pass
 from .hosts import HOSTS
 from .loop import LEARNING_RATE, LR_SCHEDULES
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+SCRIPT = Path(__file__).resolve().parent.parent / "morphogenesis.py"
 # Run seeds far from Simic's collection seeds (0..) and from bench_growth's.
 SEED_BASE = 3_000_000
 BATCH_SIZE = 128
@@ -48,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0, metavar="I",
                    help="run seeds I .. I+seeds-1 (so seeds can run in parallel processes and "
                         "be put together with --merge)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--hosts", type=_csv(HOSTS), default=list(HOSTS))
     p.add_argument("--arms", type=_csv(ARMS), default=list(ARMS),
                    help="arms to run (those depending on Esper need esper too)")
@@ -86,11 +88,18 @@ def parser() -> argparse.ArgumentParser:
                    help="TolariaConfig.seed_lr of every grown arm: 'rewarm' starts a seed "
                         "germinated after the schedule decayed at the initial rate, then "
                         "follows the schedule scaled (default: the host's current rate)")
-    p.add_argument("--schedule-every", type=positive_int, default=None, metavar="EPOCHS",
-                   help="epochs between the fixed schedule's growth events (default: E/10), "
-                        "to search for the best fixed schedule")
+    p.add_argument("--schedule-every", type=_spacings, default=None, metavar="EPOCHS",
+                   help="the fixed schedule's spacings, epochs between its growth events, "
+                        f"comma-separated (default: {','.join(map(str, SCHEDULE_SPACINGS))}; "
+                        "--quick: 1): each runs as an arm schedule-every-N, and the one with "
+                        "the best mean validation accuracy is the schedule Esper is compared with")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--name", default="morphogenesis", help="output file stem")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="run the seeds in N processes at once (every arm uses one torch "
+                        "thread: one process per core), then merge them into --name")
+    # A child process of --jobs: it writes its part and leaves the table to its parent.
+    p.add_argument("--part", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--report-only", action="store_true",
                    help="re-render the .md and .png from the existing JSON")
     p.add_argument("--esper-from", type=Path, default=None, metavar="JSON",
@@ -126,17 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.seeds, args.epochs = 1, 2
+    args.schedule_every = args.schedule_every or ((1,) if args.quick else SCHEDULE_SPACINGS)
     if args.seeds < 1 or args.epochs < 1 or args.first_seed < 0:
         print("--seeds and --epochs must be >= 1, --first-seed >= 0", file=sys.stderr)
         return 2
+    if args.jobs > 1 and args.seeds > 1:
+        return _run_in_jobs(args, list(argv if argv is not None else sys.argv[1:]), paths)
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only contend
     try:
         data = {family: _load(family, args.quick) for family in {_family(h) for h in args.hosts}}
     except text.CorpusUnavailable as exc:
         print(f"--hosts char: {exc}", file=sys.stderr)
         return 2
-    command = "python benchmarks/morphogenesis.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    result = {"config": {"command": command.strip(), "seeds": args.seeds, "epochs": args.epochs,
+    result = {"config": {"command": _command(argv if argv is not None else sys.argv[1:]), "seeds": args.seeds, "epochs": args.epochs,
                          "hosts": args.hosts, "arms": args.arms, "quick": args.quick,
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "learning_rate": args.learning_rate,
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
-                         "schedule_every": args.schedule_every,
+                         "schedule_every": list(args.schedule_every),
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
@@ -166,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                           schedule_every=args.schedule_every)
             if (host, ctx.seed) in earlier:
                 ctx.done["esper"] = earlier[host, ctx.seed]
-            for arm in [a for a in ARMS if a in args.arms]:
+            for arm, runner in [pair for a in ARMS if a in args.arms for pair in runs_for(a, ctx)]:
                 if arm in h["unavailable"]:
                     continue
                 try:
-                    record = RUNNERS[arm](ctx)
+                    record = runner(ctx)
                 except NotAvailable as exc:
                     h["unavailable"][arm] = str(exc)
                     continue
@@ -186,8 +197,64 @@ def main(argv: list[str] | None = None) -> int:
             result["config"]["wall_s"] = time.perf_counter() - t0
             _write(result, paths)  # after every seed: a long run is never all-or-nothing
     _render(result, paths)
+    if not args.part:
+        print(paths["md"].read_text())
+    return 0
+
+
+def _run_in_jobs(args: argparse.Namespace, argv: list[str], paths: dict) -> int:
+    """The seeds split into args.jobs runs of this script at once, each writing its part
+    next to --name; the parts merged into --name (the command recorded is this one)."""
+    t0 = time.perf_counter()
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = min(args.jobs, len(seeds))
+    chunks = [seeds[j * len(seeds) // jobs:(j + 1) * len(seeds) // jobs] for j in range(jobs)]
+    common = _without(argv, ("--jobs", "--seeds", "--first-seed", "--name"))
+    children = []
+    for j, chunk in enumerate(chunks):
+        part = f"{args.name}.part{j}"
+        children.append((part, subprocess.Popen(
+            [sys.executable, str(SCRIPT), *common, "--part", "--first-seed", str(chunk[0]),
+             "--seeds", str(len(chunk)), "--name", part])))
+    failed = [(part, child.wait()) for part, child in children]
+    failed = [(part, rc) for part, rc in failed if rc != 0]
+    if failed:
+        print(f"--jobs: {', '.join(f'{part} exited {rc}' for part, rc in failed)}; "
+              f"the parts written are in {args.out_dir}", file=sys.stderr)
+        return 1
+    parts = [args.out_dir / f"{part}.{ext}" for part, _ in children for ext in ("json", "md", "png")]
+    result = json.loads(parts[0].read_text())
+    for other in parts[3::3]:
+        problem = merge(result, json.loads(other.read_text()))
+        if problem:  # the same command's parts: never expected
+            print(f"--jobs: {other}: {problem}", file=sys.stderr)
+            return 1
+    result["config"].pop("merged", None)
+    result["config"].update(command=_command(argv), first_seed=args.first_seed, jobs=jobs,
+                            wall_s=time.perf_counter() - t0)
+    _write(result, paths)
+    _render(result, paths)
+    for path in parts:
+        path.unlink(missing_ok=True)
     print(paths["md"].read_text())
     return 0
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv without `options` and their values (`--opt value` or `--opt=value`)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in options:
+            skip = True
+        elif not token.startswith(tuple(f"{o}=" for o in options)):
+            out.append(token)
+    return out
+
+
+def _command(argv: list[str]) -> str:
+    return ("python benchmarks/morphogenesis.py " + shlex.join(argv)).strip()
 
 
 def _earlier_esper(path: Path, result: dict) -> dict | str:
@@ -234,6 +301,14 @@ def _gflops(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (leave it out for no "
                                          f"budget), got {text!r}")
     return value
+
+
+def _spacings(text: str) -> tuple[int, ...]:
+    """Comma-separated positive epoch counts, each once, in increasing order."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"must be one or more epoch counts, e.g. 1,2,3; got {text!r}")
+    return tuple(sorted({positive_int(t) for t in items}))
 
 
 def _depth(text: str) -> int:

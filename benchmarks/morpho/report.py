@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED
+from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED, spacing_of
 from .loop import LEARNING_RATE
 
 
@@ -24,13 +24,14 @@ def rows(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per-seed rows of every arm, the FLOP-matched rows derived from their source runs
     included (test accuracy and FLOPs at the point the run reached Esper's FLOPs)."""
     out = {arm: [{"seed": r["seed"], "test_accuracy": r["test_accuracy"],
+                  "val_accuracy": r.get("val_accuracy", math.nan),
                   "test_loss": r.get("test_loss", math.nan),
                   "flops": r["flops"]["total"], "params": r["params"], "wall_s": r["wall_s"]}
                  for r in rs] for arm, rs in runs.items()}
     for derived, source in MATCHED.items():
         if source in runs:
             out[derived] = [{"seed": r["seed"], "test_accuracy": r["milestones"]["esper-flops"]["test_accuracy"],
-                             "test_loss": math.nan,
+                             "val_accuracy": math.nan, "test_loss": math.nan,
                              "flops": r["milestones"]["esper-flops"]["flops"], "params": r["params"],
                              "wall_s": math.nan}
                             for r in runs[source] if "esper-flops" in r.get("milestones", {})]
@@ -62,12 +63,27 @@ def paired(esper: list[dict], other: list[dict]) -> dict:
             "esper_flops_over_arm": _mean_sd(ratios)[0], "diffs_pp": diffs}
 
 
+def best_schedule(per: dict[str, list[dict]]) -> dict | None:
+    """The fixed schedule Esper is compared with: of the spacings run (schedule-every-N),
+    the one with the best mean validation accuracy over its seeds (the test set chooses
+    nothing). None when no spacing ran (results from before the search hold one "schedule"
+    arm, which is then the comparison)."""
+    val = {arm: statistics.fmean(r["val_accuracy"] for r in rs)
+           for arm, rs in per.items() if spacing_of(arm) and rs}
+    if not val:
+        return None
+    return {"arm": max(val, key=val.get), "val_accuracy_mean": val}
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
     per = rows(runs)
+    chosen = best_schedule(per)
+    if chosen is not None:
+        per["schedule"] = per[chosen["arm"]]
     arms = {arm: aggregate(rs) for arm, rs in per.items() if rs}
     pair = {arm: paired(per["esper"], rs) for arm, rs in per.items()
             if arm != "esper" and "esper" in per and rs}
-    return {"arms": arms, "paired_vs_esper": pair}
+    return {"arms": arms, "paired_vs_esper": pair, "best_schedule": chosen}
 
 
 def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
@@ -96,7 +112,10 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
             out.append((f"or: Esper's accuracy ≥ {arm}'s (full run) with ≤ 70% of its FLOPs",
                         f"{100 * ratio:.0f}% of its FLOPs, {p['esper_minus_arm_pp_mean']:+.2f} pp", ok))
     beats("random", "Esper > random growth")
-    beats("schedule", "Esper > the fixed schedule")
+    chosen = summary.get("best_schedule")
+    beats("schedule", "Esper > the fixed schedule" if chosen is None else
+          f"Esper > the best fixed schedule (every {spacing_of(chosen['arm'])} epoch(s), "
+          "chosen on validation accuracy)")
     if "gromo" in pair and "esper" in arms:
         p = pair["gromo"]
         cheaper = arms["esper"]["flops_mean"] <= arms["gromo"]["flops_mean"]
@@ -143,7 +162,18 @@ def order(names) -> list[str]:
     for arm in ARMS:
         seq.append(arm)
         seq.extend(d for d, s in MATCHED.items() if s == arm)
+        if arm == "schedule":
+            seq.extend(sorted((a for a in names if spacing_of(a)), key=spacing_of))
     return [a for a in seq if a in names]
+
+
+def table_arms(summary: dict, unavailable) -> list[str]:
+    """The arms a table shows, in order: with a schedule search, each spacing rather than
+    the "schedule" alias of the best one."""
+    names = set(summary["arms"]) | set(unavailable)
+    if summary.get("best_schedule"):
+        names.discard("schedule")
+    return order(names)
 
 
 def label_of(arm: str, cfg: dict) -> str:
@@ -152,7 +182,10 @@ def label_of(arm: str, cfg: dict) -> str:
     settings = _esper_settings(cfg) if arm == "esper" else []
     if settings:
         return "Esper, heuristic, " + ", ".join(settings)
-    if arm == "schedule" and cfg.get("schedule_every"):
+    every = spacing_of(arm)
+    if every:
+        return LABELS["schedule"].replace("every E/10 epochs", f"every {every} epoch(s)")
+    if arm == "schedule" and isinstance(cfg.get("schedule_every"), int):  # before the search
         return LABELS[arm].replace("every E/10 epochs", f"every {cfg['schedule_every']} epoch(s)")
     return LABELS.get(arm, arm)
 
@@ -222,8 +255,9 @@ def markdown(result: dict) -> str:
                   "Esper − arm (pp) | Esper wins / losses |",
                   "|---|---|---|---|---|---|---|" + ("---|" if text else "")]
         summary = h["summary"]
-        for arm in order(set(summary["arms"]) | set(h["unavailable"])):
-            label = label_of(arm, cfg)
+        chosen = (summary.get("best_schedule") or {}).get("arm")
+        for arm in table_arms(summary, h["unavailable"]):
+            label = label_of(arm, cfg) + (", the best on validation" if arm == chosen else "")
             if arm in h["unavailable"]:
                 lines.append(f"| {label} | {h['unavailable'][arm]} | | | | | |" + (" |" if text else ""))
                 continue
@@ -279,9 +313,9 @@ def plot(result: dict, path: Path) -> None:
                "static-large": "black"}
     for ax, host in zip(axes[0], hosts, strict=True):
         h = result["hosts"][host]
-        names = order(h["summary"]["arms"])
+        names = table_arms(h["summary"], ())
         for arm in names:
-            c = colours.get(arm, "black")
+            c = colours.get("schedule" if spacing_of(arm) else arm, "black")
             if arm in h["runs"]:  # the mean curve over seeds, epoch by epoch
                 curves = [r["curve"] for r in h["runs"][arm] if r["curve"]]
                 n = min(len(cv) for cv in curves) if curves else 0

@@ -38,14 +38,17 @@ def test_quick_run_has_every_arm_with_finite_numbers(tmp_path: Path) -> None:
     assert result["config"]["quick"] and result["config"]["seeds_done"] == 1
     assert set(result["hosts"]) == {"mlp", "cnn"}
     for host, h in result["hosts"].items():
-        assert set(h["runs"]) | set(h["unavailable"]) == set(ARMS), host
+        # the fixed schedule runs once per spacing searched (--quick: every epoch)
+        assert set(h["runs"]) | set(h["unavailable"]) == set(ARMS) - {"schedule"} | {"schedule-every-1"}, host
         # (these hosts declare no residual stream: there is no widening to restart Adam at)
         assert set(h["unavailable"]) == {"esper-arch-restarts"}, h["unavailable"]
         assert "did not widen" in h["unavailable"]["esper-arch-restarts"]
         for arm, runs in h["runs"].items():
             assert len(runs) == 1 and _finite(runs[0]), (host, arm, runs)
             assert runs[0]["flops"]["total"] > 0, (host, arm)
+        assert h["summary"]["best_schedule"]["arm"] == "schedule-every-1"
         summary = h["summary"]["arms"]
+        assert "schedule" in summary  # the best spacing, what Esper is compared with
         assert "static-final-size@esper-flops" in summary and "esper-arch-static@esper-flops" in summary
         for arm, row in summary.items():
             assert math.isfinite(row["test_accuracy_mean"]) and row["flops_mean"] > 0, (host, arm)
@@ -72,3 +75,24 @@ def test_quick_char_run_trains_the_transformer_on_shakespeare(tmp_path: Path) ->
         assert len(runs) == 1 and _finite(runs[0]) and math.isfinite(runs[0]["test_loss"]), arm
     table = (tmp_path / "morphogenesis.md").read_text()
     assert "test bits/char" in table and "Shakespeare" in table
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="needs the dataset-fashion-mnist package (scripts/bootstrap.sh)")
+def test_jobs_split_the_seeds_and_merge_into_what_one_process_writes(tmp_path: Path) -> None:
+    args = ["--seeds", "2", "--epochs", "1", "--hosts", "mlp", "--arms", "static-small,esper,schedule",
+            "--schedule-every", "1,2", "--out-dir", str(tmp_path)]
+    for extra in (["--name", "one"], ["--jobs=2", "--name", "two"]):
+        done = subprocess.run([sys.executable, str(SCRIPT), *args, *extra],
+                              capture_output=True, text=True, timeout=230, cwd=ROOT)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert "--jobs=2" in two["config"]["command"] and two["config"]["jobs"] == 2
+    assert two["config"]["seeds_done"] == 2 and "merged" not in two["config"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        sorted(f"{n}.{ext}" for n in ("one", "two") for ext in ("json", "md", "png"))  # no parts left
+    runs_one, runs_two = one["hosts"]["mlp"]["runs"], two["hosts"]["mlp"]["runs"]
+    assert set(runs_two) == {"static-small", "esper", "schedule-every-1", "schedule-every-2"}
+    for arm, runs in runs_one.items():  # the same seeds, the same numbers, in seed order
+        assert [(r["seed"], r["test_accuracy"], r["flops"]["total"]) for r in runs] == \
+            [(r["seed"], r["test_accuracy"], r["flops"]["total"]) for r in runs_two[arm]], arm

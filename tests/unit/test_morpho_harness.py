@@ -335,17 +335,52 @@ def test_flops_weight_is_checked_and_recorded() -> None:
             parser().parse_args(["--flops-weight", bad])
 
 
-def test_the_fixed_schedules_spacing_defaults_to_a_tenth_of_the_run_and_can_be_searched() -> None:
-    from morpho.arms import schedule_epochs
+def test_the_fixed_schedule_is_searched_over_its_spacings() -> None:
+    from morpho.arms import SCHEDULE_SPACINGS, Context, runs_for, schedule_epochs, spacing_of
     from morpho.cli import parser
 
     assert schedule_epochs(20, 3) == [2, 4, 6] and schedule_epochs(5, 2) == [1, 2]
     assert schedule_epochs(20, 3, every=3) == [3, 6, 9]
-    assert parser().parse_args(["--schedule-every", "1"]).schedule_every == 1
-    assert parser().parse_args([]).schedule_every is None
-    for bad in ("0", "-2", "1.5", "x"):
+    assert parser().parse_args(["--schedule-every", "1"]).schedule_every == (1,)
+    assert parser().parse_args(["--schedule-every", "3, 1,3"]).schedule_every == (1, 3)
+    assert parser().parse_args([]).schedule_every is None  # main: SCHEDULE_SPACINGS (--quick: 1)
+    for bad in ("0", "-2", "1.5", "x", "1,,0", ","):
         with pytest.raises(SystemExit):
             parser().parse_args(["--schedule-every", bad])
+    ctx = Context(host="mlp", seed=1, epochs=20, data=None)
+    assert [arm for arm, _ in runs_for("schedule", ctx)] == \
+        [f"schedule-every-{k}" for k in SCHEDULE_SPACINGS]
+    assert [arm for arm, _ in runs_for("random", ctx)] == ["random"]
+    assert [spacing_of(a) for a in ("schedule-every-2", "schedule", "schedule-every-x", "esper")] == \
+        [2, None, None, None]
+
+
+def _row(seed: int, test: float, val: float, flops: float = 1e9) -> dict:
+    return {"seed": seed, "test_accuracy": test, "val_accuracy": val, "flops": {"total": flops},
+            "params": 10, "wall_s": 1.0, "curve": []}
+
+
+def test_the_best_fixed_schedule_is_chosen_on_validation_never_on_test() -> None:
+    runs = {"esper": [_row(s, 0.80, 0.80) for s in (1, 2)],
+            # every 1 epoch: the better test accuracy, the worse validation accuracy
+            "schedule-every-1": [_row(s, 0.85, 0.70) for s in (1, 2)],
+            "schedule-every-2": [_row(1, 0.78, 0.75), _row(2, 0.79, 0.76)]}
+    summary = report.summarise(runs)
+    assert summary["best_schedule"]["arm"] == "schedule-every-2"
+    assert summary["best_schedule"]["val_accuracy_mean"]["schedule-every-1"] == pytest.approx(0.70)
+    pair = summary["paired_vs_esper"]["schedule"]
+    assert pair["esper_wins"] == 2 and pair["esper_minus_arm_pp_mean"] == pytest.approx(1.5)
+    measured = dict((label, ok) for label, _, ok in report.targets(summary))
+    assert measured["Esper > the best fixed schedule (every 2 epoch(s), chosen on validation accuracy)"]
+    # the table shows each spacing, the chosen one marked, not the alias
+    assert report.table_arms(summary, {}) == ["esper", "schedule-every-1", "schedule-every-2"]
+    md = report.markdown({"config": {"command": "x", "seeds": 2, "epochs": 20, "hosts": ["mlp"]},
+                          "hosts": {"mlp": {"runs": runs, "unavailable": {}, "summary": summary}}})
+    assert "every 2 epoch(s)), the best on validation |" in md
+    assert "every 1 epoch(s)) |" in md
+    # a result from before the search: its one schedule arm is the comparison
+    old = report.summarise({"esper": runs["esper"], "schedule": runs["schedule-every-1"]})
+    assert old["best_schedule"] is None and old["paired_vs_esper"]["schedule"]["esper_losses"] == 2
 
 
 def test_training_flops_budget_is_checked_and_reaches_the_esper_arms() -> None:
@@ -421,6 +456,7 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
     assert report.label_of("schedule", {}) == report.LABELS["schedule"]
     assert "every 3 epoch(s)" in report.label_of("schedule", {"schedule_every": 3})
+    assert "every 2 epoch(s)" in report.label_of("schedule-every-2", {"schedule_every": [1, 2]})
 
 
 def _char_session(plan: list, rng=None):
