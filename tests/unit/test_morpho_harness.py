@@ -554,3 +554,11 @@ def test_learning_rate_is_checked_and_results_at_another_rate_never_merge() -> N
     base = {"epochs": 20, "quick": False, "data": {}, "seed_base": 1, "lr_schedule": "cosine"}
     assert config_mismatch(base, {**base, "learning_rate": 1e-3}) is None  # older results: 1e-3
     assert "learning_rate" in config_mismatch(base, {**base, "learning_rate": 3e-3})
+
+
+def test_jobs_children_get_the_command_without_the_options_their_parent_splits() -> None:
+    from morpho.cli import _without
+
+    argv = ["--seeds", "5", "--hosts", "mlp", "--jobs=2", "--name", "x", "--first-seed=1", "--quick"]
+    assert _without(argv, ("--jobs", "--seeds", "--first-seed", "--name")) == ["--hosts", "mlp", "--quick"]
+    assert _without(["--seedsX", "1"], ("--seeds",)) == ["--seedsX", "1"]  # a prefix is another option
