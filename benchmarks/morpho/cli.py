@@ -19,7 +19,7 @@ from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
 from . import report, text
-from .arms import ARMS, SCHEDULE_SPACINGS, Context, NotAvailable, runs_for
+from .arms import ARMS, SCHEDULE_SPACINGS, Context, NotAvailable, runs_for, schedule_arm
 from .flops import count_every_pass
 from .hosts import HOSTS
 from .loop import LEARNING_RATE, LR_SCHEDULES
@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}
     if args.report_only or args.merge:
-        result = json.loads(paths["json"].read_text())
+        result = spaced_schedule(json.loads(paths["json"].read_text()))
         for h in result["hosts"].values():  # summaries from the runs, by this version's rules
             h["summary"] = report.summarise(h["runs"])
         for other in args.merge:
-            problem = merge(result, json.loads(other.read_text()))
+            problem = merge(result, spaced_schedule(json.loads(other.read_text())))
             if problem:
                 print(f"--merge {other}: {problem}", file=sys.stderr)
                 return 2
@@ -331,6 +331,24 @@ def _load(family: str, quick: bool):
     return data_mod.load(BATCH_SIZE, quick=quick)
 
 
+def spaced_schedule(result: dict) -> dict:
+    """A result from before the schedule search (one "schedule" arm at one spacing, E/10 or
+    --schedule-every N) with that arm named by its spacing, as the search names it, so
+    spacings run at different times merge into one search."""
+    cfg = result["config"]
+    if isinstance(cfg.get("schedule_every"), list):
+        return result
+    every = cfg.get("schedule_every") or max(1, cfg["epochs"] // 10)
+    ran = False
+    for h in result["hosts"].values():
+        for table in (h["runs"], h["unavailable"]):
+            if "schedule" in table:
+                table[schedule_arm(every)] = table.pop("schedule")
+                ran = True
+    cfg["schedule_every"] = [every] if ran else []
+    return result
+
+
 def merge(result: dict, other: dict) -> str | None:
     """Put `other`'s runs into `result`, seed by seed: a seed `other` ran replaces that seed's
     run of the arm, a seed it adds is added (so an arm run later, or seeds run in another
@@ -352,6 +370,8 @@ def merge(result: dict, other: dict) -> str | None:
             if arm not in target["runs"]:
                 target["unavailable"][arm] = why
         target["summary"] = report.summarise(target["runs"])
+    spacings = set(result["config"].get("schedule_every") or []) | set(other["config"].get("schedule_every") or [])
+    result["config"]["schedule_every"] = sorted(spacings)
     result["config"].setdefault("merged", []).append(other["config"]["command"])
     seeds = max((len({r["seed"] for runs in h["runs"].values() for r in runs})
                  for h in result["hosts"].values()), default=0)

@@ -562,3 +562,25 @@ def test_jobs_children_get_the_command_without_the_options_their_parent_splits()
     argv = ["--seeds", "5", "--hosts", "mlp", "--jobs=2", "--name", "x", "--first-seed=1", "--quick"]
     assert _without(argv, ("--jobs", "--seeds", "--first-seed", "--name")) == ["--hosts", "mlp", "--quick"]
     assert _without(["--seedsX", "1"], ("--seeds",)) == ["--seedsX", "1"]  # a prefix is another option
+
+
+def test_schedules_run_before_the_search_merge_into_one_search_by_their_spacing() -> None:
+    from morpho.cli import merge, spaced_schedule
+
+    def result(every, val: float) -> dict:
+        runs = {"esper": [_row(1, 0.80, 0.80)], "schedule": [_row(1, 0.81, val)]}
+        return {"config": {"command": f"every {every}", "epochs": 20, "quick": False, "data": {},
+                           "seed_base": 1, "schedule_every": every, "hosts": ["mlp"]},
+                "hosts": {"mlp": {"runs": runs, "unavailable": {}, "summary": {}}}}
+
+    base = spaced_schedule(result(None, 0.70))  # E/10: every 2 epochs
+    assert set(base["hosts"]["mlp"]["runs"]) == {"esper", "schedule-every-2"}
+    assert base["config"]["schedule_every"] == [2]
+    assert merge(base, spaced_schedule(result(1, 0.75))) is None
+    assert base["config"]["schedule_every"] == [1, 2]
+    summary = base["hosts"]["mlp"]["summary"]
+    assert summary["best_schedule"]["arm"] == "schedule-every-1"
+    assert set(summary["arms"]) == {"esper", "schedule", "schedule-every-1", "schedule-every-2"}
+    # a result of the search is left as it is
+    searched = {"config": {"schedule_every": [1, 3]}, "hosts": {}}
+    assert spaced_schedule(searched) is searched and searched["config"]["schedule_every"] == [1, 3]
