@@ -150,13 +150,24 @@ def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module],
         return _static(ctx, build(), _matched(ctx), restarts=restarts)
     record = _static(ctx, build(), restarts=restarts)
     steps = fitted_steps(record, ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch, ctx.epochs)
+
+    def rerun(max_steps: int) -> dict:
+        torch.manual_seed(ctx.seed)
+        return _static(ctx, build(), max_steps=max_steps, restarts=restarts)
+    return _with_fitted_run(ctx, record, steps, rerun)
+
+
+def _with_fitted_run(ctx: Context, record: dict, steps: int | None,
+                     rerun: Callable[[int], dict]) -> dict:
+    """`record` with its point at Esper's FLOPs in record["milestones"]["esper-flops"]: a
+    second run of `steps` steps (`rerun`), whose learning rate anneals within them, or the
+    full run itself when it spent no more than Esper (`steps` None)."""
     if steps is None:  # Esper spent at least this run's FLOPs: its end is the matched point
         record["milestones"] = {"esper-flops": {
             "test_accuracy": record["test_accuracy"], "flops": record["flops"]["total"],
             "epoch": float(ctx.epochs), "reached": False}}
         return record
-    torch.manual_seed(ctx.seed)
-    fitted = _static(ctx, build(), max_steps=steps, restarts=restarts)
+    fitted = rerun(steps)
     record["milestones"] = {"esper-flops": {
         "test_accuracy": fitted["test_accuracy"], "flops": fitted["flops"]["total"],
         "epoch": steps / ctx.data.steps_per_epoch, "reached": True, "fitted_run": True,
@@ -176,6 +187,25 @@ def fitted_steps(record: dict, budget: float, steps_per_epoch: int, epochs: int)
     while steps > 1 and steps * per_step + math.ceil(steps / steps_per_epoch) * per_validation > budget:
         steps -= 1
     return steps
+
+
+def fitted_steps_grown(record: dict, budget: float, steps_per_epoch: int) -> int | None:
+    """Training steps of a second run of a scheduled growth whose FLOPs come closest to
+    `budget` without exceeding it, read off the full run's cumulative FLOPs per epoch: up to
+    its cut the second run is the same run (the same growth at the same steps). Within the
+    epoch where the budget falls, a step costs what that epoch's steps did, the epoch's
+    validation pass taken at the run's share of validation. None when the full run fits."""
+    if record["flops"]["total"] <= budget:
+        return None
+    share = record["flops"]["validation"] / record["flops"]["total"]
+    before = 0.0
+    for k, point in enumerate(record["curve"]):
+        cost = point["flops"] - before
+        if point["flops"] > budget:
+            per_step = cost * (1 - share) / steps_per_epoch
+            return k * steps_per_epoch + max(1, int((budget - before - cost * share) // per_step))
+        before = point["flops"]
+    return len(record["curve"]) * steps_per_epoch  # only the closing pass went over
 
 
 def static_small(ctx: Context) -> dict:
@@ -199,7 +229,7 @@ def static_final_size(ctx: Context) -> dict:
 
 def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
            kasmina: KasminaConfig | None = None,
-           budget: ResourceBudget | None = None) -> tuple[dict, object]:
+           budget: ResourceBudget | None = None, max_steps: int | None = None) -> tuple[dict, object]:
     """The small host under an Esper session with `policy` (and `budget`), through the
     user-facing API."""
     torch.manual_seed(ctx.seed)
@@ -221,7 +251,7 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     record = train(morph, optimizer, ctx.data, seed=ctx.seed, epochs=ctx.epochs, meter=meter,
                    session=session, state_key=state_key, lr_schedule=ctx.lr_schedule,
                    safe_point=lambda: (morph.global_step + 1) % every == 0,
-                   finish=session.close)
+                   finish=session.close, max_steps=max_steps)
     with warnings.catch_warnings():  # live seeds are left out, as intended
         warnings.simplefilter("ignore")
         function_params = hosts.params(morph.unwrap())
@@ -383,13 +413,21 @@ def run_schedule(ctx: Context, every: int | None = None) -> dict:
     widenings = _widenings(ctx.esper())
     epochs = schedule_epochs(ctx.epochs, len(widenings) + len(fossils), every)
     steps = [e * ctx.data.steps_per_epoch for e in epochs]
-    plan = [Planned(step=step, features=w["to"] - w["from"]) for step, w in zip(steps, widenings, strict=False)]
-    plan += [Planned(step=step, slot_id=f["slot"], blueprint_ref=f["blueprint"])
+
+    def plan() -> list[Planned]:  # afresh for each run (a run marks its items)
+        return [Planned(step=step, features=w["to"] - w["from"])
+                for step, w in zip(steps, widenings, strict=False)] + \
+            [Planned(step=step, slot_id=f["slot"], blueprint_ref=f["blueprint"])
              for step, f in zip(steps[len(widenings):], fossils, strict=True)]
-    source = ScheduledGrowth(plan)
+    source = ScheduledGrowth(plan())
     record, _ = _grown(ctx, source)
     record.update({"schedule_epochs": epochs, "applied": source.applied, "dropped": source.dropped})
-    return record
+    if ctx.lr_schedule == "constant":  # no second run: the matched point would be a cut
+        return record
+    # Growing earlier costs more: at Esper's FLOPs, a second run annealed within them.
+    fitted = fitted_steps_grown(record, ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch)
+    return _with_fitted_run(ctx, record, fitted,
+                            lambda max_steps: _grown(ctx, ScheduledGrowth(plan()), max_steps=max_steps)[0])
 
 
 def esper_architecture(ctx: Context) -> torch.nn.Module:

@@ -13,6 +13,9 @@ import numpy as np
 from .arms import ARMS, FITTED_LABEL, LABELS, MATCHED, spacing_of
 from .loop import LEARNING_RATE
 
+# The suffix of a row read at Esper's FLOPs (see MATCHED).
+AT_ESPER = "@esper-flops"
+
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
@@ -28,7 +31,8 @@ def rows(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
                   "test_loss": r.get("test_loss", math.nan),
                   "flops": r["flops"]["total"], "params": r["params"], "wall_s": r["wall_s"]}
                  for r in rs] for arm, rs in runs.items()}
-    for derived, source in MATCHED.items():
+    spaced = {f"{arm}{AT_ESPER}": arm for arm in runs if spacing_of(arm)}
+    for derived, source in {**MATCHED, **spaced}.items():
         if source in runs:
             out[derived] = [{"seed": r["seed"], "test_accuracy": r["milestones"]["esper-flops"]["test_accuracy"],
                              "val_accuracy": math.nan, "test_loss": math.nan,
@@ -80,6 +84,10 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     chosen = best_schedule(per)
     if chosen is not None:
         per["schedule"] = per[chosen["arm"]]
+        chosen["fitted"] = any(r.get("milestones", {}).get("esper-flops", {}).get("fitted_run")
+                               for r in runs[chosen["arm"]])
+        if chosen["fitted"]:
+            per["schedule" + AT_ESPER] = per[chosen["arm"] + AT_ESPER]
     arms = {arm: aggregate(rs) for arm, rs in per.items() if rs}
     pair = {arm: paired(per["esper"], rs) for arm, rs in per.items()
             if arm != "esper" and "esper" in per and rs}
@@ -112,7 +120,10 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
             out.append((f"or: Esper's accuracy ≥ {arm}'s (full run) with ≤ 70% of its FLOPs",
                         f"{100 * ratio:.0f}% of its FLOPs, {p['esper_minus_arm_pp_mean']:+.2f} pp", ok))
     beats("random", "Esper > random growth")
-    beats("schedule", _schedule_target(summary.get("best_schedule")))
+    target = _schedule_target(summary.get("best_schedule"))
+    beats("schedule", target)
+    if "schedule" + AT_ESPER in pair:  # where it spent more than Esper: a second, annealed run
+        beats("schedule" + AT_ESPER, f"  {target.replace('Esper > ', '')}, at matched FLOPs")
     if "gromo" in pair and "esper" in arms:
         p = pair["gromo"]
         cheaper = arms["esper"]["flops_mean"] <= arms["gromo"]["flops_mean"]
@@ -169,7 +180,9 @@ def order(names) -> list[str]:
         seq.append(arm)
         seq.extend(d for d, s in MATCHED.items() if s == arm)
         if arm == "schedule":
-            seq.extend(sorted((a for a in names if spacing_of(a)), key=spacing_of))
+            seq.append("schedule" + AT_ESPER)
+            for spaced in sorted((a for a in names if spacing_of(a)), key=spacing_of):
+                seq += [spaced, spaced + AT_ESPER]
     return [a for a in seq if a in names]
 
 
@@ -178,12 +191,12 @@ def table_arms(summary: dict, unavailable) -> list[str]:
     the "schedule" alias of the best one."""
     names = set(summary["arms"]) | set(unavailable)
     if summary.get("best_schedule"):
-        names.discard("schedule")
+        names -= {"schedule", "schedule" + AT_ESPER}
     return order(names)
 
 
 def label_of(arm: str, cfg: dict) -> str:
-    if arm in MATCHED and cfg.get("lr_schedule", "constant") != "constant":
+    if arm.endswith(AT_ESPER) and cfg.get("lr_schedule", "constant") != "constant":
         return FITTED_LABEL
     settings = _esper_settings(cfg) if arm == "esper" else []
     if settings:
@@ -322,7 +335,7 @@ def plot(result: dict, path: Path) -> None:
         h = result["hosts"][host]
         names = table_arms(h["summary"], ())
         for arm in names:
-            c = colours.get("schedule" if spacing_of(arm) else arm, "black")
+            c = colours.get("schedule" if spacing_of(arm.removesuffix(AT_ESPER)) else arm, "black")
             if arm in h["runs"]:  # the mean curve over seeds, epoch by epoch
                 curves = [r["curve"] for r in h["runs"][arm] if r["curve"]]
                 n = min(len(cv) for cv in curves) if curves else 0

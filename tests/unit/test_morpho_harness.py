@@ -584,3 +584,40 @@ def test_schedules_run_before_the_search_merge_into_one_search_by_their_spacing(
     # a result of the search is left as it is
     searched = {"config": {"schedule_every": [1, 3]}, "hosts": {}}
     assert spaced_schedule(searched) is searched and searched["config"]["schedule_every"] == [1, 3]
+
+
+def test_a_schedule_that_spends_more_than_esper_is_fitted_to_its_flops_by_its_own_curve() -> None:
+    from morpho.arms import fitted_steps_grown
+
+    # 10 steps an epoch; epochs cost 100, then 200 after growth (10% of it validation)
+    curve = [{"flops": f} for f in (100.0, 300.0, 500.0, 700.0)]
+    record = {"flops": {"total": 700.0, "validation": 70.0}, "curve": curve}
+    assert fitted_steps_grown(record, 700.0, 10) is None  # it fits: its end is the point
+    # 400 falls in epoch 3 (300 -> 500): its validation costs 20, a step 18, so (400-300-20)//18
+    assert fitted_steps_grown(record, 400.0, 10) == 2 * 10 + 4
+    assert fitted_steps_grown(record, 50.0, 10) == 4  # (50 - 10) // 9 in the first epoch
+    assert fitted_steps_grown(record, 5.0, 10) == 1  # at least one step
+    steps = fitted_steps_grown(record, 699.0, 10)
+    assert 30 < steps < 40
+
+
+def test_the_best_schedule_is_also_compared_at_esper_flops_when_it_spent_more() -> None:
+    def fitted(row: dict, test: float, flops: float) -> dict:
+        row["milestones"] = {"esper-flops": {"test_accuracy": test, "flops": flops, "fitted_run": True}}
+        return row
+
+    runs = {"esper": [_row(s, 0.80, 0.80, flops=100.0) for s in (1, 2)],
+            "schedule-every-1": [fitted(_row(s, 0.81, 0.75, flops=110.0), 0.79, 99.0) for s in (1, 2)],
+            "schedule-every-2": [_row(s, 0.80, 0.70, flops=95.0) for s in (1, 2)]}
+    summary = report.summarise(runs)
+    assert summary["best_schedule"]["arm"] == "schedule-every-1" and summary["best_schedule"]["fitted"]
+    assert summary["paired_vs_esper"]["schedule"]["esper_losses"] == 2
+    assert summary["paired_vs_esper"]["schedule@esper-flops"]["esper_wins"] == 2
+    measured = {label: (text, ok) for label, text, ok in report.targets(summary)}
+    label = "Esper > the best fixed schedule (every 1 epoch(s), chosen on validation accuracy)"
+    assert measured[label][1] is False
+    assert measured["  the best fixed schedule (every 1 epoch(s), chosen on validation accuracy), "
+                    "at matched FLOPs"][1] is True
+    assert report.table_arms(summary, {}) == ["esper", "schedule-every-1", "schedule-every-1@esper-flops",
+                                              "schedule-every-2"]
+    assert report.label_of("schedule-every-1@esper-flops", {"lr_schedule": "cosine"}) == report.FITTED_LABEL
