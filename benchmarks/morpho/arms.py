@@ -203,7 +203,9 @@ def fitted_steps_grown(record: dict, budget: float, steps_per_epoch: int) -> int
         cost = point["flops"] - before
         if point["flops"] > budget:
             per_step = cost * (1 - share) / steps_per_epoch
-            return k * steps_per_epoch + max(1, int((budget - before - cost * share) // per_step))
+            more = int((budget - before - cost * share) // per_step)
+            # (no step of this epoch fits with its validation pass: end at the epoch before)
+            return k * steps_per_epoch + more if more >= 1 else max(1, k * steps_per_epoch)
         before = point["flops"]
     return len(record["curve"]) * steps_per_epoch  # only the closing pass went over
 

@@ -597,6 +597,8 @@ def test_a_schedule_that_spends_more_than_esper_is_fitted_to_its_flops_by_its_ow
     assert fitted_steps_grown(record, 400.0, 10) == 2 * 10 + 4
     assert fitted_steps_grown(record, 50.0, 10) == 4  # (50 - 10) // 9 in the first epoch
     assert fitted_steps_grown(record, 5.0, 10) == 1  # at least one step
+    # 301 is past epoch 2's end, but no step of epoch 3 fits with its validation pass
+    assert fitted_steps_grown(record, 301.0, 10) == 2 * 10
     steps = fitted_steps_grown(record, 699.0, 10)
     assert 30 < steps < 40
 
