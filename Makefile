@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 # `make experiment`: the README's headline tables (scripts/experiment.sh; HOSTS=mlp for the
-# MLP's alone, about 15 minutes); EXPERIMENT_ARGS="..." runs benchmarks/morphogenesis.py
+# MLP's alone, about 12 minutes); EXPERIMENT_ARGS="..." runs benchmarks/morphogenesis.py
 # with those arguments instead.
 EXPERIMENT_ARGS ?=
 HOSTS ?= mlp cnn char
