@@ -222,9 +222,9 @@ def _run_in_jobs(args: argparse.Namespace, argv: list[str], paths: dict) -> int:
         print(f"--jobs: {', '.join(f'{part} exited {rc}' for part, rc in failed)}; "
               f"the parts written are in {args.out_dir}", file=sys.stderr)
         return 1
-    parts = [args.out_dir / f"{part}.{ext}" for part, _ in children for ext in ("json", "md", "png")]
+    parts = [args.out_dir / f"{part}.json" for part, _ in children]
     result = json.loads(parts[0].read_text())
-    for other in parts[3::3]:
+    for other in parts[1:]:
         problem = merge(result, json.loads(other.read_text()))
         if problem:  # the same command's parts: never expected
             print(f"--jobs: {other}: {problem}", file=sys.stderr)
@@ -235,7 +235,8 @@ def _run_in_jobs(args: argparse.Namespace, argv: list[str], paths: dict) -> int:
     _write(result, paths)
     _render(result, paths)
     for path in parts:
-        path.unlink(missing_ok=True)
+        for ext in (".json", ".md", ".png"):
+            path.with_suffix(ext).unlink(missing_ok=True)
     print(paths["md"].read_text())
     return 0
 

@@ -138,11 +138,16 @@ def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def searched(chosen: dict | None) -> bool:
+    """Whether the best schedule was chosen among several spacings (not one spacing run)."""
+    return chosen is not None and len(chosen["val_accuracy_mean"]) > 1
+
+
 def _schedule_target(chosen: dict | None) -> str:
     if chosen is None:
         return "Esper > the fixed schedule"
     every = spacing_of(chosen["arm"])
-    if len(chosen["val_accuracy_mean"]) == 1:
+    if not searched(chosen):
         return f"Esper > the fixed schedule (every {every} epoch(s))"
     return f"Esper > the best fixed schedule (every {every} epoch(s), chosen on validation accuracy)"
 
@@ -274,8 +279,8 @@ def markdown(result: dict) -> str:
                   "Esper − arm (pp) | Esper wins / losses |",
                   "|---|---|---|---|---|---|---|" + ("---|" if text else "")]
         summary = h["summary"]
-        search = summary.get("best_schedule") or {"val_accuracy_mean": {}}
-        chosen = search["arm"] if len(search["val_accuracy_mean"]) > 1 else None
+        search = summary.get("best_schedule")
+        chosen = search["arm"] if searched(search) else None
         for arm in table_arms(summary, h["unavailable"]):
             label = label_of(arm, cfg) + (", the best on validation" if arm == chosen else "")
             if arm in h["unavailable"]:
