@@ -114,7 +114,8 @@ def test_after_a_widening_growth_waits_for_a_validation_that_saw_it() -> None:
     d = policy.decide(ctx)
     assert d.WhichOneof("action") == "wait" and "widened at epoch 5" in d.rationale
     ctx.history.last_epoch = 6  # a validation after it, still on a plateau
-    d = policy.decide(ctx)
+    at_every_signal = HeuristicPolicy(dataclasses.replace(policy.config, stream_wait_unless_faster=False))
+    d = at_every_signal.decide(ctx)
     assert d.WhichOneof("action") == "widen_stream" and d.widen_stream.features == 8
 
 
@@ -182,3 +183,47 @@ def test_a_local_policy_checkpoint_carries_the_start_loss() -> None:
     older = {k: v for k, v in state.items() if k != "start_loss"}  # a checkpoint from before it
     resumed.load_state_dict(older)
     assert math.isnan(resumed.history.start_loss)
+
+
+# -- after a widening: the next one at once only if the widening sped learning up --------------
+
+def _after_widening(losses: list[float], width: int = 40, config=LOCAL_HEURISTIC):
+    """The slowdown heuristic's decision when the stream widened after the second of
+    `losses` (epoch 2) and the run has validated up to epoch len(losses)."""
+    stream = _stream(width=width)
+    stream.widenings, stream.last_widened_epoch = 1, 2
+    ctx = _ctx(stream, history=losses)
+    ctx.history.start_loss, ctx.history.last_epoch = START, len(losses)
+    return HeuristicPolicy(config).decide(ctx)
+
+
+def test_a_widening_that_did_not_speed_learning_up_gets_a_second_epoch() -> None:
+    slower = [2.0, 1.8, 1.65]  # 0.2 gained the epoch before the widening, 0.15 after it
+    d = _after_widening(slower)
+    assert d.WhichOneof("action") == "wait", d.rationale
+    assert "did not speed learning up" in d.rationale and "0.15 in the epoch after" in d.rationale
+    assert "width 40" in d.rationale
+    d = _after_widening(slower + [1.55])  # the second epoch at the new width: widen now
+    assert d.WhichOneof("action") == "widen_stream" and d.widen_stream.features == 8, d.rationale
+
+
+def test_a_widening_that_sped_learning_up_is_followed_at_the_next_signal() -> None:
+    d = _after_widening([2.0, 1.8, 1.5])  # 0.3 after against 0.2 before: width binds
+    assert d.WhichOneof("action") == "widen_stream", d.rationale
+
+
+def test_the_first_epochs_gain_counts_from_the_start_loss() -> None:
+    stream = _stream(width=40)
+    stream.widenings, stream.last_widened_epoch = 1, 1  # widened after the first validation
+    ctx = _ctx(stream, history=[2.0, 1.5])
+    ctx.history.start_loss, ctx.history.last_epoch = START, 2
+    d = HeuristicPolicy(LOCAL_HEURISTIC).decide(ctx)  # 0.5 after against 2.0 from the start
+    assert d.WhichOneof("action") == "wait" and "2 in the epoch before" in d.rationale, d.rationale
+
+
+def test_the_wait_ends_at_the_streams_limit_and_can_be_turned_off() -> None:
+    slower = [2.0, 1.8, 1.65]
+    at_limit = _after_widening(slower, width=48)  # seeds: their own rules, as before
+    assert "did not speed learning up" not in at_limit.rationale
+    off = dataclasses.replace(LOCAL_HEURISTIC, stream_wait_unless_faster=False)
+    assert _after_widening(slower, config=off).WhichOneof("action") == "widen_stream"
