@@ -206,8 +206,9 @@ class HeuristicConfig:
     # seeds' signal the char host's stream widened at epochs 3 and 6 (5-9 at Adam 3e-3),
     # and a fixed schedule widening at epochs 2 and 4 won by 0.32 pp (1/4) and 0.69 pp (0/4);
     # paced from the start it widened after epochs 2 and 3 at both rates: -0.14 pp (0/5) at
-    # 1e-3, +0.06 pp (3/1) at 3e-3 (before stream_wait_unless_faster). Pacing a widened stream from its own widening instead
-    # (its own learning curve) widened at epoch 5 or never, and did worse (seeds 0-1).
+    # 1e-3, +0.06 pp (3/1) at 3e-3 (before stream_wait_unless_faster). Pacing a widened
+    # stream from its own widening instead (its own learning curve) widened at epoch 5 or
+    # never, and did worse (seeds 0-1).
     # False: the seeds' signal.
     stream_pace_from_start: bool = True
     # Paced from the start, the stream's signal fires at every validation once the first
