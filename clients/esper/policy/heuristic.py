@@ -519,7 +519,7 @@ class HeuristicPolicy:
         """Widen the residual stream on its growth signal (see stream_widening and
         stream_pace_from_start), else None: then seeds are considered."""
         features = stream_widening(ctx, self.config.stream_growth_fraction)
-        if not features or self._widened_unseen(ctx) or self._stream_settling(ctx):
+        if not features or self._stream_hold(ctx):
             return None
         start = ctx.history.start_loss if self.config.stream_pace_from_start else math.nan
         trigger = self._signal(ctx, start)
@@ -543,12 +543,16 @@ class HeuristicPolicy:
                 (", paced from the run's start loss)" if math.isfinite(start_loss) else ")")
         return None
 
-    @staticmethod
-    def _widened_unseen(ctx: PolicyContext) -> bool:
-        """Whether the stream widened after the latest validation: growth on new evidence
-        only (else the signal that widened it widens it again at the next safe point)."""
+    def _stream_hold(self, ctx: PolicyContext) -> str | None:
+        """Why growth of any kind waits on the stream's last widening, or None: the stream
+        widened after the latest validation (growth on new evidence only, else the signal
+        that widened it widens it again at the next safe point), or it is settling (see
+        _stream_settling)."""
         stream = ctx.snapshot.stream
-        return bool(stream.widenings) and ctx.history.last_epoch <= stream.last_widened_epoch
+        if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch:
+            return (f"the residual stream widened at epoch {stream.last_widened_epoch}; "
+                    "growth waits for a validation after it")
+        return self._stream_settling(ctx)
 
     def _stream_settling(self, ctx: PolicyContext) -> str | None:
         """Why growth waits a second validation after the stream's last widening, or None:
@@ -562,8 +566,10 @@ class HeuristicPolicy:
                 or not stream_features(ctx, self.config.stream_growth_fraction):
             return None
         losses = ctx.history.val_losses
+        if len(losses) < 2:
+            return None
         before = losses[-3] if len(losses) >= 3 else ctx.history.start_loss
-        if len(losses) < 2 or not math.isfinite(before):
+        if not math.isfinite(before):
             return None
         gain_before, gain_after = before - losses[-2], losses[-2] - losses[-1]
         if gain_after > gain_before:
@@ -594,13 +600,9 @@ class HeuristicPolicy:
         if no_signal and not (c.eager_flops_fraction > 0
                               and len(ctx.history.val_losses) >= c.eager_after_epochs):
             return no_signal
-        if self._widened_unseen(ctx):
-            stream = ctx.snapshot.stream
-            return (f"{but}the residual stream widened at epoch {stream.last_widened_epoch}; "
-                    "growth waits for a validation after it")
-        settling = self._stream_settling(ctx)
-        if settling:
-            return f"{but}{settling}"
+        hold = self._stream_hold(ctx)
+        if hold:
+            return f"{but}{hold}"
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)
         if last is not None and c.germination_cooldown_steps and ctx.step < last + c.germination_cooldown_steps:
             return f"germination cooldown until step {last + c.germination_cooldown_steps}"
