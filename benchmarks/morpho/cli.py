@@ -46,11 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="morphogenesis.py", description=(
         "Does growth pay? Esper against its alternatives on Fashion-MNIST at matched "
         "training FLOPs. Writes morphogenesis.json, .md and .png to --out-dir."))
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--first-seed", type=int, default=0, metavar="I",
+    p.add_argument("--seeds", type=positive_int, default=5)
+    p.add_argument("--first-seed", type=non_negative_int, default=0, metavar="I",
                    help="run seeds I .. I+seeds-1 (so seeds can run in parallel processes and "
                         "be put together with --merge)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--hosts", type=_csv(HOSTS), default=list(HOSTS))
     p.add_argument("--arms", type=_csv(ARMS), default=list(ARMS),
                    help="arms to run (those depending on Esper need esper too)")
@@ -121,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{args.name}.{ext}" for ext in ("json", "md", "png")}
     if args.report_only or args.merge:
-        result = spaced_schedule(json.loads(paths["json"].read_text()))
+        try:
+            result = spaced_schedule(read_result(paths["json"]))
+            others = [(other, spaced_schedule(read_result(other))) for other in args.merge]
+        except ResultUnreadable as exc:
+            print(f"{'--merge' if args.merge else '--report-only'}: {exc}", file=sys.stderr)
+            return 2
         for h in result["hosts"].values():  # summaries from the runs, by this version's rules
             h["summary"] = report.summarise(h["runs"])
-        for other in args.merge:
-            problem = merge(result, spaced_schedule(json.loads(other.read_text())))
+        for other, theirs in others:
+            problem = merge(result, theirs)
             if problem:
                 print(f"--merge {other}: {problem}", file=sys.stderr)
                 return 2
@@ -136,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.epochs = 1, 2
     args.schedule_every = args.schedule_every or ((1,) if args.quick else SCHEDULE_SPACINGS)
-    if args.seeds < 1 or args.epochs < 1 or args.first_seed < 0:
-        print("--seeds and --epochs must be >= 1, --first-seed >= 0", file=sys.stderr)
-        return 2
     if args.jobs > 1 and args.seeds > 1:
         return _run_in_jobs(args, list(argv if argv is not None else sys.argv[1:]), paths)
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only contend
@@ -159,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
-    earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
+    try:
+        earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
+    except ResultUnreadable as exc:
+        earlier = str(exc)
     if isinstance(earlier, str):
         print(f"--esper-from {args.esper_from}: {earlier}", file=sys.stderr)
         return 2
@@ -223,9 +228,9 @@ def _run_in_jobs(args: argparse.Namespace, argv: list[str], paths: dict) -> int:
               f"the parts written are in {args.out_dir}", file=sys.stderr)
         return 1
     parts = [args.out_dir / f"{part}.json" for part, _ in children]
-    result = json.loads(parts[0].read_text())
+    result = read_result(parts[0])
     for other in parts[1:]:
-        problem = merge(result, json.loads(other.read_text()))
+        problem = merge(result, read_result(other))
         if problem:  # the same command's parts: never expected
             print(f"--jobs: {other}: {problem}", file=sys.stderr)
             return 1
@@ -260,13 +265,42 @@ def _command(argv: list[str]) -> str:
 
 def _earlier_esper(path: Path, result: dict) -> dict | str:
     """(host, seed) -> the esper record of an earlier result, or why it cannot be used."""
-    other = json.loads(path.read_text())
+    other = read_result(path)
     problem = config_mismatch(result["config"], other["config"])
     if problem:
         return problem
     result["config"]["esper_from"] = other["config"]["command"]
     return {(host, r["seed"]): r for host, h in other["hosts"].items()
             for r in h["runs"].get("esper", [])}
+
+
+class ResultUnreadable(Exception):
+    """A result file that is missing, not JSON, or not shaped as this harness writes it."""
+
+
+def read_result(path: Path) -> dict:
+    """A result this harness wrote (JSON: config and hosts, each host's runs by arm), read as
+    data only; ResultUnreadable says what is wrong with it and where."""
+    try:
+        result = json.loads(path.read_text())
+    except OSError as exc:
+        raise ResultUnreadable(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultUnreadable(f"{path}: not a JSON result ({exc})") from None
+    if not (isinstance(result, dict) and isinstance(result.get("config"), dict)
+            and isinstance(result["config"].get("command"), str)
+            and isinstance(result.get("hosts"), dict)):
+        raise ResultUnreadable(f"{path}: not a result of this harness (wants an object with "
+                               "'config', holding its 'command', and 'hosts')")
+    for host, h in result["hosts"].items():
+        runs = h.get("runs") if isinstance(h, dict) else None
+        if not (isinstance(runs, dict) and all(
+                isinstance(rs, list) and all(isinstance(r, dict) and "seed" in r for r in rs)
+                for rs in runs.values())):
+            raise ResultUnreadable(f"{path}: host {host!r}: 'runs' must map each arm to a "
+                                   "list of runs, each with its 'seed'")
+        h.setdefault("unavailable", {})
+    return result
 
 
 def config_mismatch(ours: dict, theirs: dict) -> str | None:

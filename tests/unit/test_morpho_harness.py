@@ -623,3 +623,43 @@ def test_the_best_schedule_is_also_compared_at_esper_flops_when_it_spent_more() 
     assert report.table_arms(summary, {}) == ["esper", "schedule-every-1", "schedule-every-1@esper-flops",
                                               "schedule-every-2"]
     assert report.label_of("schedule-every-1@esper-flops", {"lr_schedule": "cosine"}) == report.FITTED_LABEL
+
+
+def test_seed_and_epoch_counts_are_checked_by_the_parser() -> None:
+    from morpho.cli import parser
+
+    args = parser().parse_args(["--seeds", "2", "--first-seed", "3", "--epochs", "4"])
+    assert (args.seeds, args.first_seed, args.epochs) == (2, 3, 4)
+    for bad in (["--seeds", "0"], ["--epochs", "-1"], ["--first-seed", "-3"], ["--seeds", "x"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(bad)
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot read it"),
+    ("{not json", "not a JSON result"),
+    (b"\xff\xfe", "not a JSON result"),
+    ("[]", "not a result of this harness"),
+    ('{"config": {}, "hosts": {}}', "not a result of this harness"),
+    ('{"config": {"command": "c"}, "hosts": {"cnn": {"runs": {"esper": [{}]}}}}', "'seed'"),
+    ('{"config": {"command": "c"}, "hosts": {"cnn": []}}', "host 'cnn'"),
+])
+def test_merge_report_and_esper_from_refuse_a_result_they_cannot_read(tmp_path, capsys, content, says) -> None:
+    from morpho.cli import main
+
+    bad = tmp_path / "bad.json"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    elif content is not None:
+        bad.write_text(content)
+    good = {"config": {"command": "first", "epochs": 2, "quick": True, "data": {}, "seed_base": 1,
+                       "lr_schedule": "cosine", "schedule_every": [1]},
+            "hosts": {"mlp": {"runs": {}, "unavailable": {}, "summary": {}}}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    before = (tmp_path / "good.json").read_text()
+    for argv in (["--name", "good", "--merge", str(bad)], ["--name", "bad", "--report-only"],
+                 ["--quick", "--hosts", "mlp", "--arms", "static-small", "--esper-from", str(bad)]):
+        assert main([*argv, "--out-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "bad.json" in err and "Traceback" not in err
+    assert (tmp_path / "good.json").read_text() == before  # nothing written over
