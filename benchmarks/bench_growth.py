@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from esper.cli.numbers import positive_int
 from esper.leyline.v1.control_pb2 import AckStatus
 from esper.tolaria import TolariaConfig, Trainer
 from esper.tolaria.tasks import HOSTS, SmallCNN, load_task
@@ -102,8 +103,8 @@ def paired(runs: dict[str, list[dict]], arm: str, base: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=positive_int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--task", default="digits", choices=("digits", "fashion-mnist"))
     parser.add_argument("--out", default=str(RESULTS / "bench_growth.json"))
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ from torch import nn
 
 from esper.blueprints.builder import build_seed
 from esper.blueprints.catalog import get_builtin
+from esper.cli.numbers import positive_int
 from esper.kasmina import wrap
 from esper.kasmina.testing import force_fossilize
 
@@ -134,8 +135,8 @@ def fossil(trials, n):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--trials", type=positive_int, default=15)
+    parser.add_argument("--steps", type=positive_int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)  # stable timings on a shared machine
     out = {"device": "cpu", "torch": torch.__version__, "machine": platform.machine(),

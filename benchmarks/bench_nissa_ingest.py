@@ -41,6 +41,7 @@ from pathlib import Path
 
 import asyncpg
 
+from esper.cli.numbers import positive_int
 from esper.leyline.v1 import control_pb2, lifecycle_pb2, signals_pb2, telemetry_pb2
 from esper.nissa.alerts import AlertRules
 from esper.nissa.config import NissaConfig
@@ -275,9 +276,9 @@ async def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5_000)
-    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--events", type=positive_int, default=200_000)
+    parser.add_argument("--batch", type=positive_int, default=5_000)
+    parser.add_argument("--runs", type=positive_int, default=RUNS)
     result = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from esper.cli.numbers import positive_int
 from esper.leyline.v1 import lifecycle_pb2, signals_pb2
 from esper.oona import ThreadedOonaProducer, new_event
 from esper.runtime.infra import Broker, free_port
@@ -235,7 +236,7 @@ def _cadences(text: str) -> list[int]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=150)
+    parser.add_argument("--rounds", type=positive_int, default=150)
     parser.add_argument(
         "--every", type=_cadences, default=sorted({1, 10, DEFAULT_SNAPSHOT_EVERY})
     )

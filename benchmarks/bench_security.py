@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from esper.cli.numbers import positive_int
 from esper.leyline.v1 import tamiyo_pb2
 from esper.rpc.channels import ChannelSecurity
 from esper.rpc.clients import TamiyoClient
@@ -95,8 +96,8 @@ async def main(rounds: int, calls: int) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--calls", type=positive_int, default=300)
     args = parser.parse_args()
     result = asyncio.run(main(args.rounds, args.calls))
     RESULTS.mkdir(exist_ok=True)

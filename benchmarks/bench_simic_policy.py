@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from esper.cli.numbers import positive_int
 from esper.tamiyo.simic.dataset import load_dataset
 from esper.tamiyo.simic.episodes import GROWTH_RULES, LR_SCHEDULES, EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import evaluate
@@ -41,9 +42,9 @@ def _ratio(a: float, b: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-episodes", type=int, default=20)
-    parser.add_argument("--eval-episodes", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=SimicConfig().epochs, help="Simic training epochs")
+    parser.add_argument("--train-episodes", type=positive_int, default=20)
+    parser.add_argument("--eval-episodes", type=positive_int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=SimicConfig().epochs, help="Simic training epochs")
     parser.add_argument("--data", default=None, help="reuse this episode directory instead of collecting")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     parser.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from esper.cli.numbers import positive_int
 from esper.leyline.v1.blueprint_pb2 import BlueprintMetadata, BlueprintSpec
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.kernel_pb2 import KernelArtifact, KernelState, KernelStats, KernelTarget
@@ -108,10 +109,10 @@ def measure(policy, ctx: PolicyContext, iterations: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--iterations", type=positive_int, default=500)
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op threads (1 is fastest for these tiny matrices)")
-    parser.add_argument("--mc-passes", type=int, default=GnnConfig().mc_passes)
+    parser.add_argument("--mc-passes", type=positive_int, default=GnnConfig().mc_passes)
     parser.add_argument("--out", default="benchmarks/results/bench_tamiyo_gnn.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

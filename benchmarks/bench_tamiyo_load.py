@@ -40,6 +40,7 @@ import grpc
 # Run as a script, this directory is on sys.path.
 from tamiyo_workload import Stream, free_port, model_graph, percentiles, snapshot
 
+from esper.cli.numbers import non_negative_float, positive_float, positive_int
 from esper.leyline.v1 import tamiyo_pb2
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
 from esper.leyline.version import contract_version
@@ -223,15 +224,15 @@ def summarize(args, stats: list[SessionStats], wall_s: float, killed_at_s: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--duration-s", type=float, default=60.0, help="length of the loaded run")
+    parser.add_argument("--sessions", type=positive_int, default=50)
+    parser.add_argument("--duration-s", type=positive_float, default=60.0, help="length of the loaded run")
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the run when a replica is killed")
-    parser.add_argument("--step-ms", type=float, default=20.0, help="simulated training step time")
-    parser.add_argument("--snapshot-every", type=int, default=10, help="steps between snapshots (Tamiyo's default)")
-    parser.add_argument("--epoch-snapshots", type=int, default=10, help="snapshots per epoch")
-    parser.add_argument("--ramp-s", type=float, default=5.0, help="the sessions start spread over this long")
-    parser.add_argument("--resume-timeout-s", type=float, default=30.0, help="longer than this to resume: lost")
-    parser.add_argument("--alone-s", type=float, default=20.0, help="length of the one-session baseline")
+    parser.add_argument("--step-ms", type=positive_float, default=20.0, help="simulated training step time")
+    parser.add_argument("--snapshot-every", type=positive_int, default=10, help="steps between snapshots (Tamiyo's default)")
+    parser.add_argument("--epoch-snapshots", type=positive_int, default=10, help="snapshots per epoch")
+    parser.add_argument("--ramp-s", type=non_negative_float, default=5.0, help="the sessions start spread over this long")
+    parser.add_argument("--resume-timeout-s", type=positive_float, default=30.0, help="longer than this to resume: lost")
+    parser.add_argument("--alone-s", type=positive_float, default=20.0, help="length of the one-session baseline")
     args = parser.parse_args()
     checks = (("--sessions", args.sessions >= 1), ("--duration-s", args.duration_s > 0),
               ("--kill-at", 0 < args.kill_at < 1), ("--step-ms", args.step_ms > 0),

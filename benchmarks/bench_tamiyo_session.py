@@ -55,6 +55,7 @@ from pathlib import Path
 
 from tamiyo_workload import NODES, Stream, free_port, model_graph, percentiles, snapshot
 
+from esper.cli.numbers import non_negative_int, positive_int
 from esper.leyline.v1 import tamiyo_pb2
 from esper.leyline.v1.control_pb2 import AckStatus, DecisionAck
 from esper.leyline.v1.signals_pb2 import ModelGraph
@@ -397,14 +398,14 @@ def report(paths: dict[str, Samples], base: Samples, n: int, prefixes: list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=300, help="one-session round trips per path, over all repeats")
-    parser.add_argument("--sessions", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of every path")
+    parser.add_argument("--rounds", type=positive_int, default=300, help="one-session round trips per path, over all repeats")
+    parser.add_argument("--sessions", type=positive_int, default=16)
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds of every path")
     parser.add_argument("--no-unbatched", action="store_true", help="skip the server with GNN batching off")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--processes", type=positive_int, default=os.cpu_count() or 1,
                         help="processes of the multi-process server (default: the cores; 1 skips it)")
     parser.add_argument("--tamiyo-args", default="", help="more flags for both Tamiyo servers, e.g. '--gnn-workers 2'")
-    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+    parser.add_argument("--profile", type=non_negative_int, default=0, metavar="SECONDS",
                         help="after the measurement, sample the batched server and this client with "
                              "py-spy for this long under N GNN sessions (0: off)")
     parser.add_argument("--out", default="benchmarks/results/bench_tamiyo_session.json")

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from esper.blueprints import builtin_blueprints
+from esper.cli.numbers import positive_int
 from esper.leyline.v1 import (
     blueprint_pb2,
     common_pb2,
@@ -176,8 +177,8 @@ async def stack_throughput(channels: int) -> dict:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--channels", type=positive_int, default=64)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 16 channels")
     args = parser.parse_args()
     repeats, channels = (1, 16) if args.quick else (args.repeats, args.channels)

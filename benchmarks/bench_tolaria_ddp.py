@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import esper.tolaria
+from esper.cli.numbers import non_negative_int, positive_int
 from esper.tolaria.config import DEFAULT_SNAPSHOT_EVERY, TolariaConfig
 from esper.tolaria.shakespeare import SEQ_LEN, CharTransformer
 
@@ -125,10 +126,10 @@ def _worker(rank: int, args: argparse.Namespace, init_file: str, out: str) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--windows", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--world", type=positive_int, default=2)
+    parser.add_argument("--windows", type=positive_int, default=30)
+    parser.add_argument("--warmup", type=non_negative_int, default=40)
+    parser.add_argument("--batch", type=positive_int, default=64)
     parser.add_argument("--host", choices=("mlp", "transformer"), default="mlp")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

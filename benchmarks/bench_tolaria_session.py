@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 import esper.tolaria
+from esper.cli.numbers import non_negative_int, positive_int
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
 from esper.tolaria.config import (
     DEFAULT_HEALTH_ACTIVATION_EVERY,
@@ -189,13 +190,13 @@ def main() -> None:
     # 300: on the shared 2-core machine a burst of load hits one arm's 20-step block and
     # not the other's, so the per-window ratios' quartiles span ~0.2; the median of 100
     # moved by ~2% between runs.
-    parser.add_argument("--windows", type=int, default=300,
+    parser.add_argument("--windows", type=positive_int, default=300,
                         help="measured windows per model and block length")
-    parser.add_argument("--window", type=int, default=DEFAULT_SNAPSHOT_EVERY,
+    parser.add_argument("--window", type=positive_int, default=DEFAULT_SNAPSHOT_EVERY,
                         help="steps per window (default: one snapshot period)")
-    parser.add_argument("--blocks", type=int, nargs="+", default=[1, DEFAULT_SNAPSHOT_EVERY],
+    parser.add_argument("--blocks", type=positive_int, nargs="+", default=[1, DEFAULT_SNAPSHOT_EVERY],
                         help="steps per block: each is measured in turn")
-    parser.add_argument("--warmup", type=int, default=2 * DEFAULT_SNAPSHOT_EVERY)
+    parser.add_argument("--warmup", type=non_negative_int, default=2 * DEFAULT_SNAPSHOT_EVERY)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args()
     if args.windows < 2 or args.window <= 0 or args.warmup % args.window \

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import asyncpg
 
+from esper.cli.numbers import positive_float, positive_int
 from esper.leyline.v1 import telemetry_pb2 as tm
 from esper.runtime.infra import PostgresServer, free_port
 from esper.urza import db as dbmod
@@ -163,8 +164,8 @@ async def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--watchers", type=int, default=DEFAULT_WATCHERS)
-    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_S)
+    parser.add_argument("--watchers", type=positive_int, default=DEFAULT_WATCHERS)
+    parser.add_argument("--window", type=positive_float, default=DEFAULT_WINDOW_S)
     result = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

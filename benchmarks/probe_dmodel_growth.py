@@ -46,6 +46,7 @@ from morpho.dmodel import double_d_model, grow_d_model  # noqa: E402
 from morpho.flops import FlopMeter, count_every_pass  # noqa: E402
 from morpho.loop import LEARNING_RATE, train  # noqa: E402
 
+from esper.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from esper.tolaria.optim import restart_moments  # noqa: E402
 
 SEED_BASE = 3_000_000  # the harness's: the same weights and batch order per seed
@@ -77,22 +78,22 @@ def _run(d: int, data, seed: int, epochs: int, grow_epochs: tuple[int, ...] = ()
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--epochs", type=positive_int, default=20)
     ap.add_argument("--grow-epoch", default="3",
                     help="the epoch(s) after which d_model grows, comma-separated")
-    ap.add_argument("--grow-by", type=int, default=0,
+    ap.add_argument("--grow-by", type=non_negative_int, default=0,
                     help="features added at each growth (a multiple of the 4 heads; new "
                          "features start at the old ones' mean, morpho.dmodel.grow_d_model); "
                          "0: d_model doubled once, its features duplicated (double_d_model)")
     ap.add_argument("--arms", default="grow,wide-fitted")
-    ap.add_argument("--budget-gflops", type=float, default=None,
+    ap.add_argument("--budget-gflops", type=positive_float, default=None,
                     help="wide-fitted's FLOPs (default: this run's grow arm)")
     ap.add_argument("--fresh-moments", action="store_true")
     ap.add_argument("--reset-moments", action="store_true",
                     help="the wide arms restart Adam's moments after the growth epochs, as "
                          "--grow-by's growth does (a control for that restart alone)")
-    ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--noise", type=non_negative_float, default=0.0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
