@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 # `make experiment`: the README's headline tables (scripts/experiment.sh; HOSTS=mlp for the
-# MLP's alone, about 12 minutes); EXPERIMENT_ARGS="..." runs benchmarks/morphogenesis.py
-# with those arguments instead.
+# MLP's alone, about 12 minutes; PIECE=A-B for seeds A..B of a table, MERGE=1 to put the
+# pieces together); EXPERIMENT_ARGS="..." runs benchmarks/morphogenesis.py with those
+# arguments instead.
 EXPERIMENT_ARGS ?=
 HOSTS ?= mlp cnn char
+PIECE ?=
+MERGE ?=
 
 .PHONY: help install gen check-gen test test-unit demo up down status bench experiment lint
 
@@ -20,7 +23,8 @@ help:
 	@echo "make gen        regenerate gen/ from proto/"
 	@echo "make bench      run every benchmark (JSON in benchmarks/results/)"
 	@echo "make experiment does growth pay? the README's tables: MLP, CNN, char hosts"
-	@echo "                (benchmarks/results/morphogenesis*.{json,md,png}; HOSTS=mlp, EXPERIMENT_ARGS=...)"
+	@echo "                (benchmarks/results/morphogenesis*.{json,md,png}; HOSTS=mlp, PIECE=0-1,"
+	@echo "                MERGE=1, EXPERIMENT_ARGS=...)"
 	@echo "make lint       buf lint + ruff + import contracts (lint-imports)"
 
 install:
@@ -55,7 +59,7 @@ bench: install
 
 experiment: install
 ifeq ($(strip $(EXPERIMENT_ARGS)),)
-	HOSTS="$(HOSTS)" bash scripts/experiment.sh
+	HOSTS="$(HOSTS)" PIECE="$(PIECE)" MERGE="$(MERGE)" bash scripts/experiment.sh
 else
 	$(BIN)/python benchmarks/morphogenesis.py $(EXPERIMENT_ARGS)
 endif

@@ -96,3 +96,39 @@ def test_jobs_split_the_seeds_and_merge_into_what_one_process_writes(tmp_path: P
     for arm, runs in runs_one.items():  # the same seeds, the same numbers, in seed order
         assert [(r["seed"], r["test_accuracy"], r["flops"]["total"]) for r in runs] == \
             [(r["seed"], r["test_accuracy"], r["flops"]["total"]) for r in runs_two[arm]], arm
+
+
+def _experiment(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", str(ROOT / "scripts" / "experiment.sh")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "RESULTS_DIR": str(tmp_path), **env})
+
+
+def test_make_experiment_refuses_a_piece_or_host_it_cannot_run(tmp_path: Path) -> None:
+    for env, says in (({"PIECE": "3-1"}, "first seed comes first"), ({"PIECE": "x"}, "want A-B"),
+                      ({"HOSTS": "foo"}, "unknown host 'foo'"),
+                      ({"HOSTS": "cnn", "MERGE": "1"}, "no pieces")):
+        done = _experiment(tmp_path, **env)
+        assert done.returncode == 2 and says in done.stderr, (env, done.stderr)
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing written
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="needs the dataset-fashion-mnist package (scripts/bootstrap.sh)")
+def test_make_experiment_puts_a_tables_pieces_together_seed_by_seed(tmp_path: Path) -> None:
+    for seed in (1, 0):  # pieces as PIECE=A-B names them, written in any order
+        done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--hosts", "mlp", "--arms",
+                               "static-small,esper", "--first-seed", str(seed), "--out-dir",
+                               str(tmp_path), "--name", f"morphogenesis-seeds{seed}-{seed}"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = _experiment(tmp_path, HOSTS="mlp", MERGE="1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = json.loads((tmp_path / "morphogenesis.json").read_text())
+    pieces = [json.loads((tmp_path / f"morphogenesis-seeds{s}-{s}.json").read_text()) for s in (0, 1)]
+    assert table["config"]["seeds"] == 2
+    for arm in ("static-small", "esper"):
+        assert table["hosts"]["mlp"]["runs"][arm] == [p["hosts"]["mlp"]["runs"][arm][0] for p in pieces]
+    assert "Esper, heuristic at defaults" in (tmp_path / "morphogenesis.md").read_text()
