@@ -161,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                          "data": {f: d.describe() for f, d in sorted(data.items())},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
               "hosts": {}}
-    try:
-        earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
-    except ResultUnreadable as exc:
-        earlier = str(exc)
+    earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
     if isinstance(earlier, str):
         print(f"--esper-from {args.esper_from}: {earlier}", file=sys.stderr)
         return 2
@@ -265,7 +262,10 @@ def _command(argv: list[str]) -> str:
 
 def _earlier_esper(path: Path, result: dict) -> dict | str:
     """(host, seed) -> the esper record of an earlier result, or why it cannot be used."""
-    other = read_result(path)
+    try:
+        other = read_result(path)
+    except ResultUnreadable as exc:
+        return str(exc)
     problem = config_mismatch(result["config"], other["config"])
     if problem:
         return problem
