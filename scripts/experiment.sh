@@ -31,18 +31,20 @@ merge_pieces() {  # name: every <name>-seeds*.json into <name>.json, the first a
         echo "MERGE=1: no pieces $results/$name-seeds*.json (run them with PIECE=A-B)" >&2
         return 2
     fi
-    cp "${pieces[0]}" "$results/$name.json"
-    local args=()
+    # Put together under a scratch name: a piece that does not merge leaves the table as it was.
+    local scratch=$name.merging args=()
+    cp "${pieces[0]}" "$results/$scratch.json"
     for piece in "${pieces[@]:1}"; do args+=(--merge "$piece"); done
     echo "== $name.json: ${pieces[*]}"
-    if (( ${#args[@]} )); then
-        .venv/bin/python benchmarks/morphogenesis.py --out-dir "$results" --name "$name" "${args[@]}"
-    else
-        .venv/bin/python benchmarks/morphogenesis.py --out-dir "$results" --name "$name" --report-only
+    if ! .venv/bin/python benchmarks/morphogenesis.py --out-dir "$results" --name "$scratch" \
+            "${args[@]:---report-only}"; then
+        rm -f "$results/$scratch".{json,md,png}
+        return 2
     fi
+    for ext in json md png; do mv "$results/$scratch.$ext" "$results/$name.$ext"; done
 }
 piece=${PIECE:-}
-if [[ -n $piece && ! $piece =~ ^([0-9]+)-([0-9]+)$ ]]; then
+if [[ -n $piece && ! $piece =~ ^(0|[1-9][0-9]*)-(0|[1-9][0-9]*)$ ]]; then
     echo "PIECE: want A-B, the first and last seed (e.g. 0-1), got '$piece'" >&2; exit 2
 fi
 if [[ -n $piece ]] && (( BASH_REMATCH[1] > BASH_REMATCH[2] )); then

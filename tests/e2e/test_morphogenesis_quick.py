@@ -132,3 +132,11 @@ def test_make_experiment_puts_a_tables_pieces_together_seed_by_seed(tmp_path: Pa
     for arm in ("static-small", "esper"):
         assert table["hosts"]["mlp"]["runs"][arm] == [p["hosts"]["mlp"]["runs"][arm][0] for p in pieces]
     assert "Esper, heuristic at defaults" in (tmp_path / "morphogenesis.md").read_text()
+    # A piece of another experiment (other epochs) does not merge: the table stays as it was.
+    before = (tmp_path / "morphogenesis.json").read_text()
+    odd = {**pieces[0], "config": {**pieces[0]["config"], "epochs": 7}}
+    (tmp_path / "morphogenesis-seeds9-9.json").write_text(json.dumps(odd))
+    done = _experiment(tmp_path, HOSTS="mlp", MERGE="1")
+    assert done.returncode == 2 and "epochs differs" in done.stderr, done.stderr[-3000:]
+    assert (tmp_path / "morphogenesis.json").read_text() == before
+    assert not list(tmp_path.glob("*merging*"))
