@@ -199,8 +199,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=non_negative_int, default=2 * DEFAULT_SNAPSHOT_EVERY)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args()
-    if args.windows < 2 or args.window <= 0 or args.warmup % args.window \
-            or any(b <= 0 or args.window % b for b in args.blocks):
+    if args.windows < 2 or args.warmup % args.window or any(args.window % b for b in args.blocks):
         parser.error("--windows must be >= 2, --warmup a multiple of --window, and each of "
                      "--blocks divide --window")
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,6 @@ def test_jobs_split_the_seeds_and_merge_into_what_one_process_writes(tmp_path: P
 
 
 def _experiment(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(["bash", str(ROOT / "scripts" / "experiment.sh")], capture_output=True,
                           text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "RESULTS_DIR": str(tmp_path), **env})
