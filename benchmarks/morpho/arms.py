@@ -107,6 +107,9 @@ class Context:
     seed_init: str = "default"
     # TolariaConfig.seed_lr of every grown arm (the rate a new seed's group starts at).
     seed_lr: str = "follow"
+    # Every grown arm may also draw the opt-in width blueprint (Esper and the random growth
+    # that must draw from the same catalogue; the schedule replays what Esper grew).
+    width_growth: bool = False
     # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
     training_flops_budget: float | None = None
     # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
@@ -237,6 +240,8 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     torch.manual_seed(ctx.seed)
     model = hosts.small(ctx.host, ctx.data.vocab_size)
     optimizer = _adam(model, ctx.learning_rate)
+    if blueprints is None and ctx.width_growth:
+        blueprints = growth_blueprints()
     if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"):
         kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False, seed_lr=ctx.seed_lr)
@@ -323,11 +328,16 @@ def run_esper(ctx: Context) -> dict:
     return record
 
 
+def growth_blueprints() -> list[str]:
+    """Every growth blueprint of the catalogue, the opt-in width blueprint included (all
+    but the diagnostic family)."""
+    return [f"{s.name}@{s.version}" for s in builtin_blueprints()
+            if s.family != bp.BLUEPRINT_FAMILY_DIAGNOSTIC]
+
+
 def run_esper_width(ctx: Context) -> dict:
     """Esper at its defaults plus the opt-in width blueprint (every growth family)."""
-    growth = [f"{s.name}@{s.version}" for s in builtin_blueprints()
-              if s.family != bp.BLUEPRINT_FAMILY_DIAGNOSTIC]
-    record, _ = _grown(ctx, "local", blueprints=growth)
+    record, _ = _grown(ctx, "local", blueprints=growth_blueprints())
     return record
 
 

@@ -88,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
                    help="TolariaConfig.seed_lr of every grown arm: 'rewarm' starts a seed "
                         "germinated after the schedule decayed at the initial rate, then "
                         "follows the schedule scaled (default: the host's current rate)")
+    p.add_argument("--width-growth", action="store_true",
+                   help="every grown arm (Esper, random growth, ...) may also grow the opt-in "
+                        "width blueprint BP-WIDEN-HALF, so the arms that follow Esper's run "
+                        "(its final size and architecture, the schedule) follow its widenings")
     p.add_argument("--schedule-every", type=_spacings, default=None, metavar="EPOCHS",
                    help="the fixed schedule's spacings, epochs between its growth events, "
                         f"comma-separated (default: {','.join(map(str, SCHEDULE_SPACINGS))}; "
@@ -115,7 +119,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.width_growth and args.slot_depth > 1:  # a stacked slot offers no widening
+        p.error("--width-growth and --slot-depth > 1 do not combine yet (no stacked slot widens)")
     count_every_pass()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                          "learning_rate": args.learning_rate,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
+                         "width_growth": args.width_growth,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
                          "schedule_every": list(args.schedule_every),
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                           learning_rate=args.learning_rate,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
                           seed_init=args.seed_init, seed_lr=args.seed_lr,
+                          width_growth=args.width_growth,
                           training_flops_budget=args.training_flops_budget,
                           budget_flops_weight=args.budget_flops_weight,
                           schedule_every=args.schedule_every)

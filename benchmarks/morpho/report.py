@@ -216,12 +216,14 @@ def label_of(arm: str, cfg: dict) -> str:
 
 def _esper_settings(cfg: dict) -> list[str]:
     """What the esper arm ran with other than the defaults (--slot-depth, --seed-init,
-    --seed-lr, --flops-weight, --training-flops-budget, --budget-flops-weight)."""
+    --width-growth, --seed-lr, --flops-weight, --training-flops-budget, --budget-flops-weight)."""
     settings = []
     if cfg.get("slot_depth", 1) > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
     if cfg.get("seed_init", "default") != "default":
         settings.append(f"seeds initialised from the {cfg['seed_init']} statistic")
+    if cfg.get("width_growth"):
+        settings.append("width growth opted in (BP-WIDEN-HALF)")
     if cfg.get("seed_lr", "follow") != "follow":
         settings.append(f"seed rates {cfg['seed_lr']}ed")
     if cfg.get("flops_weight") is not None:

@@ -444,6 +444,34 @@ def test_seed_init_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
         assert morph.cfg.seed_init == init
 
 
+def test_width_growth_is_checked_and_reaches_every_grown_arm(one_thread, monkeypatch) -> None:
+    from morpho.arms import Context, _grown
+    from morpho.cli import main, parser
+    from morpho.data import Splits
+
+    import esper.tolaria
+
+    assert parser().parse_args(["--width-growth"]).width_growth
+    assert not parser().parse_args([]).width_growth
+    with pytest.raises(SystemExit) as refused:  # a stacked slot offers no widening
+        main(["--width-growth", "--slot-depth", "2", "--quick"])
+    assert refused.value.code == 2
+    offered, attach = [], esper.tolaria.attach
+    monkeypatch.setattr(esper.tolaria, "attach",
+                        lambda *a, **kw: offered.append(kw["blueprints"]) or attach(*a, **kw))
+    g = torch.Generator().manual_seed(0)
+    data = Splits(torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  batch_size=4)
+    for width in (False, True):
+        _grown(Context(host="mlp", seed=7, epochs=1, data=data, width_growth=width), "local")
+    assert offered[0] is None  # the catalogue's defaults
+    assert "BP-WIDEN-HALF@1.0.0" in offered[1] and "BP-MLP-GELU@1.0.0" in offered[1]
+    assert report.label_of("esper", {"width_growth": True}) == \
+        "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)"
+
+
 def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("esper", {}) == "Esper, heuristic at defaults"
     assert report.label_of("esper", {"slot_depth": 1, "flops_weight": None}) == "Esper, heuristic at defaults"
