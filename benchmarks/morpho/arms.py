@@ -110,6 +110,8 @@ class Context:
     # Every grown arm may also draw the opt-in width blueprint (Esper and the random growth
     # that must draw from the same catalogue; the schedule replays what Esper grew).
     width_growth: bool = False
+    # The esper arms' HeuristicConfig fields changed from the local heuristic's (--heuristic).
+    heuristic: dict = field(default_factory=dict)
     # The esper arms' ResourceBudget.max_training_flops in GFLOPs (None: no budget).
     training_flops_budget: float | None = None
     # The esper arms' HeuristicConfig.budget_flops_weight (None: the default).
@@ -306,10 +308,12 @@ def _fossil(morph, state) -> dict:
 
 def _esper_policy(ctx: Context) -> str | LocalPolicy:
     """The esper arms' policy: the local heuristic at its defaults, or with compute priced
-    at --flops-weight (or under a budget at --budget-flops-weight)."""
+    at --flops-weight (or under a budget at --budget-flops-weight), or other fields
+    changed by --heuristic."""
     changes = {name: value for name, value in (("flops_weight", ctx.flops_weight),
                                                ("budget_flops_weight", ctx.budget_flops_weight))
                if value is not None}
+    changes.update(ctx.heuristic)
     if not changes:
         return "local"
     return LocalPolicy(config=dataclasses.replace(LOCAL_HEURISTIC, **changes))

@@ -9,12 +9,15 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import torch
 
 from esper.cli.numbers import non_negative_int, positive_int
 from esper.kasmina.config import SEED_INITS, KasminaConfig
+from esper.runtime.config import ConfigError
+from esper.tamiyo.heuristic_file import heuristic_overrides
 from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
@@ -77,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the esper and esper-stack arms' HeuristicConfig.budget_flops_weight: "
                         "the price of compute under --training-flops-budget when "
                         "--flops-weight leaves it unpriced (default: the heuristic's, 0: none)")
+    p.add_argument("--heuristic", type=_heuristic_setting, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="the esper and esper-stack arms' HeuristicConfig with KEY set to VALUE "
+                        "(a number, or true/false), on top of the local heuristic's defaults; "
+                        "repeatable (e.g. seed_pace_from_start=true)")
     p.add_argument("--slot-depth", type=_depth, default=1, metavar="N",
                    help="seeds that stack: KasminaConfig.slot_depth of every grown arm (Esper, "
                         "random growth, the fixed schedule; default 1, one seed per slot)")
@@ -123,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.width_growth and args.slot_depth > 1:  # a stacked slot offers no widening
         p.error("--width-growth and --slot-depth > 1 do not combine yet (no stacked slot widens)")
+    args.heuristic = dict(args.heuristic)
+    for key in ("flops_weight", "budget_flops_weight"):
+        if key in args.heuristic and getattr(args, key) is not None:
+            p.error(f"--heuristic {key}=... and --{key.replace('_', '-')}: give it once")
     count_every_pass()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                          "learning_rate": args.learning_rate,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
-                         "width_growth": args.width_growth,
+                         "width_growth": args.width_growth, "heuristic": args.heuristic,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
                          "schedule_every": list(args.schedule_every),
@@ -182,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                           learning_rate=args.learning_rate,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
                           seed_init=args.seed_init, seed_lr=args.seed_lr,
-                          width_growth=args.width_growth,
+                          width_growth=args.width_growth, heuristic=args.heuristic,
                           training_flops_budget=args.training_flops_budget,
                           budget_flops_weight=args.budget_flops_weight,
                           schedule_every=args.schedule_every)
@@ -327,6 +339,23 @@ def _rate(text: str) -> float:
     if not math.isfinite(value) or not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
     return value
+
+
+def _heuristic_setting(text: str) -> tuple[str, int | float | bool]:
+    """KEY=VALUE as one checked HeuristicConfig field (the checks of Tamiyo's heuristic file)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"want KEY=VALUE (a HeuristicConfig field), got {text!r}")
+    try:
+        doc = tomllib.loads(f"{key.strip()} = {value.strip()}")
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or true/false") from None
+    if len(doc) != 1:
+        raise argparse.ArgumentTypeError(f"want one KEY=VALUE, got {text!r}")
+    try:
+        return next(iter(heuristic_overrides(doc, "HeuristicConfig").items()))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _weight(text: str) -> float:

@@ -449,8 +449,6 @@ def test_width_growth_is_checked_and_reaches_every_grown_arm(one_thread, monkeyp
     from morpho.cli import main, parser
     from morpho.data import Splits
 
-    import esper.tolaria
-
     assert parser().parse_args(["--width-growth"]).width_growth
     assert not parser().parse_args([]).width_growth
     with pytest.raises(SystemExit) as refused:  # a stacked slot offers no widening
@@ -470,6 +468,44 @@ def test_width_growth_is_checked_and_reaches_every_grown_arm(one_thread, monkeyp
     assert "BP-WIDEN-HALF@1.0.0" in offered[1] and "BP-MLP-GELU@1.0.0" in offered[1]
     assert report.label_of("esper", {"width_growth": True}) == \
         "Esper, heuristic, width growth opted in (BP-WIDEN-HALF)"
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ("seed_pace_from_start", "want KEY=VALUE"),
+    ("=true", "want KEY=VALUE"),
+    ("seed_pace_from_starts=true", "unknown key 'seed_pace_from_starts'"),
+    ("seed_pace_from_start=1", "seed_pace_from_start: expected true or false"),
+    ("plateau_patience=2.5", "plateau_patience: expected an integer"),
+    ("slowdown_ratio=-0.5", "slowdown_ratio: -0.5 must be a finite number >= 0"),
+    ("slowdown_ratio=nan", "slowdown_ratio: nan must be a finite number"),
+    ("slowdown_ratio=x", "VALUE must be a number or true/false"),
+    ("a=1\nb=2", "want one KEY=VALUE"),
+])
+def test_heuristic_settings_are_checked_naming_the_field(capsys, setting, says) -> None:
+    from morpho.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--heuristic", setting])
+    assert says in capsys.readouterr().err
+
+
+def test_heuristic_settings_reach_the_esper_arms_policy(capsys) -> None:
+    from morpho.arms import Context, _esper_policy
+    from morpho.cli import main, parser
+
+    args = parser().parse_args(["--heuristic", "seed_pace_from_start=true",
+                                "--heuristic", "slowdown_ratio=0.4"])
+    assert dict(args.heuristic) == {"seed_pace_from_start": True, "slowdown_ratio": 0.4}
+    ctx = Context(host="mlp", seed=0, epochs=1, data=None, flops_weight=0.5, heuristic=dict(args.heuristic))
+    config = _esper_policy(ctx).policy.config
+    assert (config.seed_pace_from_start, config.slowdown_ratio, config.flops_weight) == (True, 0.4, 0.5)
+    assert config.training_steps == esper.tolaria.LOCAL_HEURISTIC.training_steps  # the local defaults underneath
+    assert _esper_policy(Context(host="mlp", seed=0, epochs=1, data=None)) == "local"
+    with pytest.raises(SystemExit):  # one field set two ways
+        main(["--heuristic", "flops_weight=0.5", "--flops-weight", "0.25", "--quick"])
+    assert "give it once" in capsys.readouterr().err
+    assert report.label_of("esper", {"heuristic": {"seed_pace_from_start": True}}) == \
+        "Esper, heuristic, seed_pace_from_start=true"
 
 
 def test_the_esper_row_says_what_it_ran_with() -> None:

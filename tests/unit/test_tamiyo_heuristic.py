@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
@@ -207,6 +208,23 @@ def test_the_slowdown_window_can_be_shorter_than_the_plateau_patience() -> None:
                                           slowdown_window=1))
     assert one.decide(context(val_history=early[:3])).WhichOneof("action") == "germinate"
     assert one.decide(context(val_history=[0.46, 0.40, 0.36])).WhichOneof("action") == "wait"
+
+
+def test_the_seeds_slowdown_can_be_paced_from_the_start_loss() -> None:
+    # Epoch 1 gained 1.0 from the start loss, epoch 2 0.06: the default waits for a second
+    # window after epoch 1, paced from the start the signal fires after epoch 2.
+    two_epochs = [0.46, 0.40]
+    config = HeuristicConfig(max_live_seeds=2, plateau_patience=2, slowdown_ratio=0.5, slowdown_window=1)
+    for paced, want in ((False, "wait"), (True, "germinate")):
+        ctx = context(val_history=two_epochs)
+        ctx.history.start_loss = 1.46
+        policy = HeuristicPolicy(dataclasses.replace(config, seed_pace_from_start=paced))
+        d = policy.decide(ctx)
+        assert d.WhichOneof("action") == want, d.rationale
+    assert "paced from the run's start loss" in d.rationale
+    ctx = context(val_history=two_epochs)  # no start loss known: as the default
+    assert HeuristicPolicy(dataclasses.replace(config, seed_pace_from_start=True)) \
+        .decide(ctx).WhichOneof("action") == "wait"
 
 
 def test_run_history_records_epoch_ends_once() -> None:

@@ -36,17 +36,23 @@ def load_heuristic_config(path: str) -> HeuristicConfig:
         raise ConfigError(f"{SETTING}: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{SETTING}: {path} is not valid TOML: {exc}") from None
+    return replace(HeuristicConfig(), **heuristic_overrides(doc, f"{SETTING}: {path}"))
+
+
+def heuristic_overrides(doc: dict, where: str) -> dict[str, int | float | bool]:
+    """`doc`'s keys as checked `HeuristicConfig` values (a ConfigError names the key,
+    prefixed with `where`)."""
     types = {f.name: type(f.default) for f in fields(HeuristicConfig)}
     values = {}
     for key, raw in doc.items():
         if key not in types:
-            raise ConfigError(f"{SETTING}: {path}: unknown key {key!r} (known: {', '.join(sorted(types))})")
-        values[key] = _checked(path, key, raw, types[key])
-    return replace(HeuristicConfig(), **values)
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(types))})")
+        values[key] = _checked(where, key, raw, types[key])
+    return values
 
 
-def _checked(path: str, key: str, raw: object, want: type) -> int | float | bool:
-    where = f"{SETTING}: {path}: {key}"
+def _checked(where: str, key: str, raw: object, want: type) -> int | float | bool:
+    where = f"{where}: {key}"
     if want is bool:  # a switch: TOML's true or false, never a number standing in for one
         if not isinstance(raw, bool):
             raise ConfigError(f"{where}: expected true or false, got {raw!r}")
