@@ -349,7 +349,8 @@ def _heuristic_setting(text: str) -> tuple[str, int | float | bool]:
     try:
         doc = tomllib.loads(f"{key.strip()} = {value.strip()}")
     except tomllib.TOMLDecodeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or true/false") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: VALUE must be a number or true/false") from None
     if len(doc) != 1:
         raise argparse.ArgumentTypeError(f"want one KEY=VALUE, got {text!r}")
     try:

@@ -217,7 +217,8 @@ def label_of(arm: str, cfg: dict) -> str:
 
 def _esper_settings(cfg: dict) -> list[str]:
     """What the esper arm ran with other than the defaults (--slot-depth, --seed-init,
-    --width-growth, --seed-lr, --heuristic, --flops-weight, --training-flops-budget, --budget-flops-weight)."""
+    --width-growth, --seed-lr, --heuristic, --flops-weight, --training-flops-budget,
+    --budget-flops-weight)."""
     settings = []
     if cfg.get("slot_depth", 1) > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
@@ -229,7 +230,8 @@ def _esper_settings(cfg: dict) -> list[str]:
         settings.append(f"seed rates {cfg['seed_lr']}ed")
     if cfg.get("flops_weight") is not None:
         settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
-    settings += [f"{key}={json.dumps(value)}" for key, value in (cfg.get("heuristic") or {}).items()]
+    heuristic = cfg.get("heuristic") or {}
+    settings += [f"{key}={json.dumps(value)}" for key, value in heuristic.items()]
     if cfg.get("training_flops_budget") is not None:
         priced = "" if cfg.get("budget_flops_weight") is None \
             else f" (compute priced under it at {cfg['budget_flops_weight']:g})"

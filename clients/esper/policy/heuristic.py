@@ -594,7 +594,8 @@ class HeuristicPolicy:
     def _seed_signal(self, ctx: PolicyContext) -> str | None:
         """The seeds' growth signal (paced from the run's start loss with
         seed_pace_from_start), or None."""
-        return self._signal(ctx, ctx.history.start_loss if self.config.seed_pace_from_start else math.nan)
+        start = ctx.history.start_loss if self.config.seed_pace_from_start else math.nan
+        return self._signal(ctx, start)
 
     def _no_signal(self, ctx: PolicyContext) -> str | None:
         """Why growth has no signal (the validation loss neither plateaued nor slowed), or
