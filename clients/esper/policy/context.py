@@ -14,6 +14,7 @@ from esper.leyline.v1.lifecycle_pb2 import SeedStage, SeedState
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph, SlotInfo, TrainingSnapshot
 from esper.leyline.v1.tamiyo_pb2 import Capabilities, ResourceBudget
 from esper.policy.candidates import CandidateProvider, NoCandidateProvider
+from esper.policy.plateau import first_epoch_pace
 
 # Plain ints: protobuf enum attribute lookups are slow on hot paths.
 _DORMANT = int(SeedStage.SEED_STAGE_DORMANT)
@@ -22,6 +23,9 @@ _EMBARGOED = int(SeedStage.SEED_STAGE_EMBARGOED)
 # Validation losses kept per run: plateau detection looks back a handful of epochs, and a
 # bounded list keeps a long run's state small.
 MAX_VAL_LOSS_HISTORY = 256
+# First-epoch training-loss points kept to find the epoch's middle: past this many, every
+# second one is dropped (a long epoch's middle is still found to within a few snapshots).
+MAX_FIRST_EPOCH_POINTS = 512
 
 
 def graph_digest(graph: ModelGraph) -> str:
@@ -41,16 +45,28 @@ class RunHistory:
     # Validations come only at epoch ends, so without it the first epoch's gain, the run's
     # fastest, is invisible to the pace of learning (esper.policy.plateau.pace).
     start_loss: float = math.nan
+    # How fast the training loss still fell at the end of the first epoch, as a fraction of
+    # its first half's gain (esper.policy.plateau.first_epoch_pace): known at the first
+    # epoch's end, NaN before, when the policy saw too little of that epoch, or joined
+    # later. It lets the seeds' growth signal fire after the first epoch
+    # (HeuristicConfig.seed_first_epoch_pace) rather than after the second at the soonest.
+    first_epoch_pace: float = math.nan
     # (state, why): the run's state (esper.policy.heuristic.eager_state) when the
     # heuristic's eager growth last found nothing to grow, and why; until the state
     # changes it does not query the candidates again (~0.1 ms a decision). Not persisted:
     # a resumed run checks once.
     eager_idle: tuple | None = field(default=None, compare=False, repr=False)
+    # The first epoch's (step, training loss) points, until its end turns them into
+    # first_epoch_pace. Not persisted: a policy that resumes within the first epoch sees
+    # only its later half, and the pace stays unknown unless a point near the middle is seen.
+    first_epoch_points: list[tuple[int, float]] = field(default_factory=list, compare=False,
+                                                        repr=False)
 
     def record(self, snapshot: TrainingSnapshot) -> bool:
         """Fold in an epoch-end snapshot's validation loss; non-finite values and repeated
         epochs are ignored. Returns whether it was recorded."""
         self._note_start(snapshot)
+        self._note_first_epoch(snapshot)
         val_loss = snapshot.metrics.val_loss
         if not snapshot.epoch_end or not math.isfinite(val_loss) or snapshot.epoch <= self.last_epoch:
             return False
@@ -66,6 +82,24 @@ class RunHistory:
         if math.isnan(self.start_loss) and self.last_epoch < 0 and snapshot.epoch == 0 \
                 and not self.val_losses and math.isfinite(loss) and loss > 0:
             self.start_loss = loss
+
+    def _note_first_epoch(self, snapshot: TrainingSnapshot) -> None:
+        """Keep the first epoch's training losses (its snapshots carry epoch 0; its end's,
+        the epochs finished: 1); at its end, measure its pace from them."""
+        loss = snapshot.metrics.train_loss
+        if self.last_epoch >= 0 or not math.isnan(self.first_epoch_pace) or not math.isfinite(loss):
+            return
+        if snapshot.epoch_end:
+            if self.first_epoch_points:
+                self.first_epoch_pace = first_epoch_pace(self.start_loss, self.first_epoch_points,
+                                                         snapshot.step, loss)
+            self.first_epoch_points = []
+            return
+        if snapshot.epoch != 0:
+            return
+        self.first_epoch_points.append((snapshot.step, loss))
+        if len(self.first_epoch_points) > MAX_FIRST_EPOCH_POINTS:
+            del self.first_epoch_points[1::2]
 
 
 def _current_shapes(graph: ModelGraph, seeds: Mapping[str, SeedState]) -> ModelGraph:

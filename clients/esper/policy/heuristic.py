@@ -231,6 +231,13 @@ class HeuristicConfig:
     # behind the fixed schedule that grows them after epochs 1 and 2 (6/9); on the CNN (5
     # seeds) +0.09 pp (3/2) for 5% more FLOPs, 0.09 pp behind that schedule (1/4).
     seed_pace_from_start: bool = False
+    # The seeds' signal also fires once learning slowed within the first epoch: the
+    # smoothed training loss gained less over the epoch's second half than slowdown_ratio
+    # times its first half's gain (RunHistory.first_epoch_pace), so seeds can grow after
+    # the first epoch, the soonest an epoch-end signal can see (opt-in). Not while the
+    # host's residual stream has room: seeds are sized to the stream, which widens on its
+    # own signal first.
+    seed_first_epoch_pace: bool = False
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -593,9 +600,23 @@ class HeuristicPolicy:
 
     def _seed_signal(self, ctx: PolicyContext) -> str | None:
         """The seeds' growth signal (paced from the run's start loss with
-        seed_pace_from_start), or None."""
+        seed_pace_from_start; from the first epoch's pace with seed_first_epoch_pace), or
+        None."""
         start = ctx.history.start_loss if self.config.seed_pace_from_start else math.nan
-        return self._signal(ctx, start)
+        signal = self._signal(ctx, start)
+        if signal is None and self.config.seed_first_epoch_pace:
+            return self._first_epoch_signal(ctx)
+        return signal
+
+    def _first_epoch_signal(self, ctx: PolicyContext) -> str | None:
+        """The seeds' signal from the first epoch's pace (see seed_first_epoch_pace), or None:
+        its fast learning was over before it ended, and no stream is still to widen."""
+        c, pace = self.config, ctx.history.first_epoch_pace
+        if not (c.slowdown_ratio > 0 and pace < c.slowdown_ratio) \
+                or stream_features(ctx, c.stream_growth_fraction):
+            return None
+        return (f"training loss gains diminished within the first epoch (its second half "
+                f"gained {pace:.2f}x the first half's, below {c.slowdown_ratio})")
 
     def _no_signal(self, ctx: PolicyContext) -> str | None:
         """Why growth has no signal (the validation loss neither plateaued nor slowed), or

@@ -53,3 +53,25 @@ def is_slowing(val_losses: Sequence[float], window: int, ratio: float,
         return False
     now = pace(val_losses, window, start_loss)
     return now is not None and now < ratio
+
+
+def first_epoch_pace(start_loss: float, points: Sequence[tuple[int, float]], end_step: int,
+                     end_loss: float) -> float:
+    """How fast the training loss still fell at the end of the first epoch: its gain over
+    the epoch's second half as a fraction of its gain over the first half, from the run's
+    start loss (RunHistory.start_loss), the (step, training loss) point of the epoch
+    nearest its middle and the loss at its end (`end_step`, steps counted from 0). NaN
+    when any of them is unknown or not finite, when no point lies within a quarter of the
+    epoch of its middle (too few snapshots to tell the halves apart), or when the first
+    half gained nothing. Validations come only at epoch ends, so the validation loss's
+    pace is known after the second epoch at the earliest; the smoothed training loss
+    within the first epoch says one epoch sooner whether its fast learning is over."""
+    finite = [(s, v) for s, v in points if math.isfinite(v) and 0 < s < end_step]
+    if not (math.isfinite(start_loss) and math.isfinite(end_loss) and finite and end_step > 0):
+        return math.nan
+    middle = end_step / 2
+    step, mid_loss = min(finite, key=lambda p: abs(p[0] - middle))
+    first_half = start_loss - mid_loss
+    if abs(step - middle) > end_step / 4 or first_half <= 0:
+        return math.nan
+    return max(0.0, mid_loss - end_loss) / first_half

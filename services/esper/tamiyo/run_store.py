@@ -56,7 +56,7 @@ ON CONFLICT (run_id) DO UPDATE
     SET generation = r.generation + 1, session_id = EXCLUDED.session_id, updated_at = now()
     WHERE r.owner = EXCLUDED.owner
 RETURNING generation, last_step, last_sequence, last_was_epoch_end, val_losses, last_epoch,
-          start_loss, decisions_sent
+          start_loss, first_epoch_pace, decisions_sent
 """
 _DECISIONS = """
 SELECT decision, ack_status FROM (
@@ -74,12 +74,13 @@ DELETE FROM tamiyo.runs WHERE run_id IN (
 """
 _POSITION = """
 UPDATE tamiyo.runs SET last_step = $3, last_sequence = $4, last_was_epoch_end = $5, val_losses = $6,
-                       last_epoch = $7, start_loss = $8, decisions_sent = $9, updated_at = now()
+                       last_epoch = $7, start_loss = $8, decisions_sent = $9, first_epoch_pace = $10,
+                       updated_at = now()
 WHERE run_id = $1 AND generation = $2
 """
 _POSITION_AND_DECISION = f"""
 WITH run AS ({_POSITION} RETURNING run_id)
-INSERT INTO tamiyo.decisions (run_id, seq, decision_id, decision) SELECT run_id, $10, $11, $12 FROM run
+INSERT INTO tamiyo.decisions (run_id, seq, decision_id, decision) SELECT run_id, $11, $12, $13 FROM run
 RETURNING seq
 """
 _PRUNE = "DELETE FROM tamiyo.decisions WHERE run_id = $1 AND seq <= $2"
@@ -113,7 +114,8 @@ class ClaimedRun:
         run.generation = self.generation
         run.last_step, run.last_sequence = row["last_step"], row["last_sequence"]
         run.last_was_epoch_end = row["last_was_epoch_end"]
-        run.history = RunHistory(list(row["val_losses"]), row["last_epoch"], row["start_loss"])
+        run.history = RunHistory(list(row["val_losses"]), row["last_epoch"], row["start_loss"],
+                                 row["first_epoch_pace"])
         run.decisions_sent = row["decisions_sent"]
         for data, status in self.decisions:
             decision = AdaptationDecision.FromString(data)
@@ -186,7 +188,7 @@ class RunStore:
         Aborted when a newer open (on any replica) superseded this session."""
         position = (run.run_id, run.generation, run.last_step, run.last_sequence, run.last_was_epoch_end,
                     run.history.val_losses, run.history.last_epoch, run.history.start_loss,
-                    run.decisions_sent)
+                    run.decisions_sent, run.history.first_epoch_pace)
         with _unavailable():
             if decision is None:
                 written = await self.pool.execute(_POSITION, *position, timeout=COMMAND_TIMEOUT_S) != "UPDATE 0"

@@ -88,11 +88,14 @@ class LocalPolicy:
 
     def state_dict(self) -> dict:
         return {"val_losses": list(self.history.val_losses), "last_epoch": self.history.last_epoch,
-                "start_loss": self.history.start_loss}
+                "start_loss": self.history.start_loss,
+                "first_epoch_pace": self.history.first_epoch_pace}
 
     def load_state_dict(self, state: dict) -> None:
-        # A checkpoint from before start_loss resumes without it (the stream's pace is then
-        # measured from the first validation, as before).
+        # A checkpoint from before start_loss (or first_epoch_pace) resumes without it (the
+        # stream's pace is then measured from the first validation, as before; the seeds'
+        # first-epoch signal stays silent).
         self.history = RunHistory(val_losses=list(state["val_losses"]),
                                   last_epoch=int(state["last_epoch"]),
-                                  start_loss=float(state.get("start_loss", math.nan)))
+                                  start_loss=float(state.get("start_loss", math.nan)),
+                                  first_epoch_pace=float(state.get("first_epoch_pace", math.nan)))

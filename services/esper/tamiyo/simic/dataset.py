@@ -72,6 +72,7 @@ class State:
     val_losses: tuple[float, ...]  # the run's epoch-end validation losses up to then
     last_epoch: int
     start_loss: float = math.nan  # RunHistory.start_loss as of then
+    first_epoch_pace: float = math.nan  # RunHistory.first_epoch_pace as of then
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Transition:
         ep = self.episode
         return PolicyContext.build(
             s.snapshot, ep.open.graph, capabilities=ep.open.capabilities, budget=ep.open.budget,
-            history=RunHistory(list(s.val_losses), s.last_epoch, s.start_loss),
+            history=RunHistory(list(s.val_losses), s.last_epoch, s.start_loss, s.first_epoch_pace),
             candidates=StaticCandidateProvider(ep.candidates), run_id=ep.run_id,
         )
 
@@ -146,7 +147,8 @@ def episode_transitions(episode: Episode, config: RewardConfig) -> tuple[list[Tr
             snap = event.snapshot
             first = first or snap
             history.record(snap)
-            latest = State(snap, tuple(history.val_losses), history.last_epoch, history.start_loss)
+            latest = State(snap, tuple(history.val_losses), history.last_epoch, history.start_loss,
+                           history.first_epoch_pace)
         elif kind == "decision":
             if latest is None:
                 orphans += 1
