@@ -220,25 +220,29 @@ async def test_a_snapshot_and_an_ack_cost_the_run_store_one_statement_each(fresh
 
 
 async def test_a_resumed_run_keeps_its_start_loss_on_another_replica(fresh_database):
-    """The loss the run started from (the stream's pace is measured from it) is stored with
-    its history: a replica that did not see the run's first snapshot still knows it."""
+    """The loss the run started from (the stream's pace is measured from it) and the first
+    epoch's pace (the seeds' first-epoch signal) are stored with its history: a replica that
+    did not see the run's first epoch still knows them."""
     store = await RunStore.connect(fresh_database, 5.0, max_runs=10, max_runs_per_owner=10)
     try:
         first = RunBook(RunRegistry(10), store)
         run, _ = await first.open(open_message("run-start"), "heuristic", ANONYMOUS, "s1", 1000)
         early = TrainingSnapshot(run_id="run-start", step=10, epoch=0, sequence=1,
                                  metrics=TrainingMetrics(train_loss=4.25))
-        end = TrainingSnapshot(run_id="run-start", step=40, epoch=0, sequence=2, epoch_end=True,
+        middle = TrainingSnapshot(run_id="run-start", step=20, epoch=0, sequence=2,
+                                  metrics=TrainingMetrics(train_loss=3.25))
+        end = TrainingSnapshot(run_id="run-start", step=40, epoch=1, sequence=3, epoch_end=True,
                                metrics=TrainingMetrics(train_loss=3.0, val_loss=2.5))
-        for snap in (early, end):
+        for snap in (early, middle, end):
             run.history.record(snap)
             await first.save(run)
         other = RunBook(RunRegistry(10), store)  # another replica: nothing in memory
         moved, resumed = await other.open(open_message("run-start"), "heuristic", ANONYMOUS, "s2", 1000)
         assert resumed
         assert moved.history.start_loss == 4.25 and moved.history.val_losses == [2.5]
+        assert moved.history.first_epoch_pace == 0.25  # (3.25 - 3.0) / (4.25 - 3.25)
         fresh, _ = await other.open(open_message("run-new"), "heuristic", ANONYMOUS, "s3", 1000)
-        assert math.isnan(fresh.history.start_loss)
+        assert math.isnan(fresh.history.start_loss) and math.isnan(fresh.history.first_epoch_pace)
     finally:
         await store.close()
 
