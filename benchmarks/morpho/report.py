@@ -207,6 +207,8 @@ def label_of(arm: str, cfg: dict) -> str:
     settings = _esper_settings(cfg) if arm == "esper" else []
     if settings:
         return "Esper, heuristic, " + ", ".join(settings)
+    if arm == "esper-stack" and _policy_settings(cfg):  # its policy follows the esper arm's
+        return ", ".join([LABELS[arm], *_policy_settings(cfg)])
     every = spacing_of(arm)
     if every:
         return LABELS["schedule"].replace("every E/10 epochs", f"every {every} epoch(s)")
@@ -217,8 +219,7 @@ def label_of(arm: str, cfg: dict) -> str:
 
 def _esper_settings(cfg: dict) -> list[str]:
     """What the esper arm ran with other than the defaults (--slot-depth, --seed-init,
-    --width-growth, --seed-lr, --heuristic, --flops-weight, --training-flops-budget,
-    --budget-flops-weight)."""
+    --width-growth, --seed-lr, and its policy's settings)."""
     settings = []
     if cfg.get("slot_depth", 1) > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
@@ -228,6 +229,13 @@ def _esper_settings(cfg: dict) -> list[str]:
         settings.append("width growth opted in (BP-WIDEN-HALF)")
     if cfg.get("seed_lr", "follow") != "follow":
         settings.append(f"seed rates {cfg['seed_lr']}ed")
+    return settings + _policy_settings(cfg)
+
+
+def _policy_settings(cfg: dict) -> list[str]:
+    """What the esper and esper-stack arms' policy and budget ran with other than the
+    defaults (--flops-weight, --heuristic, --training-flops-budget, --budget-flops-weight)."""
+    settings = []
     if cfg.get("flops_weight") is not None:
         settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
     heuristic = cfg.get("heuristic") or {}

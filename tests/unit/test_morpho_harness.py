@@ -518,6 +518,12 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
     assert report.label_of("esper", {"seed_init": "bottleneck"}) == \
         "Esper, heuristic, seeds initialised from the bottleneck statistic"
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
+    # The stacked-seed arm runs the esper arm's policy: its row says so too, and only that.
+    assert report.label_of("esper-stack", {"heuristic": {"seed_first_epoch_pace": True},
+                                           "seed_init": "bottleneck"}) == \
+        report.LABELS["esper-stack"] + ", seed_first_epoch_pace=true"
+    assert report.label_of("esper-stack", {}) == report.LABELS["esper-stack"]
+    assert report.label_of("esper-width", {"heuristic": {"x": 1}}) == report.LABELS["esper-width"]
     assert report.label_of("schedule", {}) == report.LABELS["schedule"]
     assert "every 3 epoch(s)" in report.label_of("schedule", {"schedule_every": 3})
     assert "every 2 epoch(s)" in report.label_of("schedule-every-2", {"schedule_every": [1, 2]})
