@@ -324,13 +324,26 @@ def read_result(path: Path) -> dict:
     return result
 
 
+# What the esper arm ran with, and the value a result from before the setting existed had:
+# runs of Esper under other settings are another Esper, whose table would be mislabelled,
+# and the controls that follow Esper's run follow the run they were given.
+ESPER_SETTINGS = (("flops_weight", None), ("slot_depth", 1), ("seed_init", "default"),
+                  ("seed_lr", "follow"), ("width_growth", False), ("heuristic", None),
+                  ("training_flops_budget", None), ("budget_flops_weight", None))
+
+
 def config_mismatch(ours: dict, theirs: dict) -> str | None:
-    """Why runs of two results cannot be compared as one experiment, or None. (Results from
-    before --lr-schedule existed ran at a constant rate.)"""
+    """Why runs of two results cannot be compared as one experiment (or their Esper runs be
+    taken as one Esper's), or None. (Results from before --lr-schedule existed ran at a
+    constant rate.)"""
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
-                         ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE)):
-        if ours.get(key, default) != theirs.get(key, default):
-            return f"config {key} differs: {ours.get(key, default)} vs {theirs.get(key, default)}"
+                         ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
+                         *ESPER_SETTINGS):
+        mine, other = ours.get(key, default), theirs.get(key, default)
+        if key == "heuristic":  # none set: {} now, null or absent before
+            mine, other = mine or {}, other or {}
+        if mine != other:
+            return f"config {key} differs: {mine} vs {other}"
     return None
 
 

@@ -288,6 +288,22 @@ def test_results_of_different_learning_rate_schedules_do_not_mix() -> None:
     assert "lr_schedule differs" in config_mismatch(base, {**base, "lr_schedule": "cosine"})
 
 
+def test_results_of_esper_under_other_settings_do_not_mix() -> None:
+    """An Esper run with other settings is another Esper: merged, or taken by --esper-from,
+    its table would be labelled with the wrong settings."""
+    from morpho.cli import config_mismatch
+
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    paced = {**base, "heuristic": {"seed_first_epoch_pace": True}}
+    assert "heuristic differs" in config_mismatch(base, paced)
+    assert config_mismatch(paced, {**paced}) is None
+    assert config_mismatch(base, {**base, "heuristic": {}}) is None  # none set, old or new
+    assert config_mismatch({**base, "heuristic": None}, {**base, "heuristic": {}}) is None
+    assert "slot_depth differs" in config_mismatch(base, {**base, "slot_depth": 3})
+    assert config_mismatch(base, {**base, "slot_depth": 1, "width_growth": False}) is None
+    assert "flops_weight differs" in config_mismatch(base, {**base, "flops_weight": 0.5})
+
+
 def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:
     def run(seed: int, points: list[tuple[float, float]]) -> dict:
         return {"seed": seed, "curve": [{"flops": f, "test_accuracy": a} for f, a in points]}
