@@ -118,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
                    help="take each seed's esper run from an earlier result (same epochs, "
                         "data and seeds) instead of running it again: the arms that depend on "
                         "Esper's run (its final size, architecture, FLOPs) then cost only "
-                        "their own training")
+                        "their own training (esper in --arms: its runs are taken into this "
+                        "result, not run again)")
     p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
                    help="add the arms (or hosts) of another result (same epochs and data; e.g. "
                         "an arm run later with --arms X --name other) to --name's JSON, then "
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             for arm, runner in [pair for a in ARMS if a in args.arms for pair in runs_for(a, ctx)]:
                 if arm in h["unavailable"]:
                     continue
-                try:
-                    record = runner(ctx)
+                try:  # an arm already done is Esper's run from --esper-from: taken, not rerun
+                    record = ctx.done[arm] if arm in ctx.done else runner(ctx)
                 except NotAvailable as exc:
                     h["unavailable"][arm] = str(exc)
                     continue

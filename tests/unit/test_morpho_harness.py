@@ -231,6 +231,24 @@ def test_esper_from_takes_each_seeds_run_of_an_earlier_result(tmp_path) -> None:
     assert "epochs differs" in _earlier_esper(tmp_path / "a.json", result)
 
 
+def test_esper_listed_with_esper_from_is_taken_not_run_again(tmp_path, monkeypatch) -> None:
+    import morpho.arms
+    from morpho.cli import main
+
+    assert main(["--quick", "--hosts", "mlp", "--arms", "esper", "--out-dir", str(tmp_path),
+                 "--name", "first"]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())["hosts"]["mlp"]["runs"]["esper"]
+
+    def not_again(ctx):
+        raise AssertionError("esper was run again")
+    monkeypatch.setitem(morpho.arms.RUNNERS, "esper", not_again)
+    assert main(["--quick", "--hosts", "mlp", "--arms", "esper,static-final-size",
+                 "--esper-from", str(tmp_path / "first.json"), "--out-dir", str(tmp_path),
+                 "--name", "again"]) == 0
+    runs = json.loads((tmp_path / "again.json").read_text())["hosts"]["mlp"]["runs"]
+    assert runs["esper"] == first and runs["static-final-size"]
+
+
 def test_cosine_schedule_decays_to_zero_over_the_run_and_restarts_nowhere() -> None:
     from morpho.loop import cosine_factor
 
