@@ -207,8 +207,8 @@ def label_of(arm: str, cfg: dict) -> str:
     settings = _esper_settings(cfg) if arm == "esper" else []
     if settings:
         return "Esper, heuristic, " + ", ".join(settings)
-    if arm == "esper-stack" and _policy_settings(cfg):  # its policy follows the esper arm's
-        return ", ".join([LABELS[arm], *_policy_settings(cfg)])
+    if arm == "esper-stack" and (policy := _policy_settings(cfg)):  # the esper arm's policy
+        return ", ".join([LABELS[arm], *policy])
     every = spacing_of(arm)
     if every:
         return LABELS["schedule"].replace("every E/10 epochs", f"every {every} epoch(s)")

@@ -10,19 +10,14 @@ import math
 
 import pytest
 
-from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics, TrainingSnapshot
+from esper.leyline.v1.signals_pb2 import ResidualStreamState
 from esper.policy import HeuristicPolicy, RunHistory
 from esper.policy.context import MAX_FIRST_EPOCH_POINTS
 from esper.policy.plateau import first_epoch_pace
 from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
-from tests.unit.test_tamiyo_support import context
+from tests.unit.test_tamiyo_support import context, loss_snapshot
 
 NAN = float("nan")
-
-
-def _snap(step: int, epoch: int, train_loss: float, epoch_end: bool = False, val: float = NAN):
-    return TrainingSnapshot(run_id="r", step=step, epoch=epoch, sequence=step, epoch_end=epoch_end,
-                            metrics=TrainingMetrics(train_loss=train_loss, val_loss=val))
 
 
 def test_the_pace_is_the_second_halfs_gain_over_the_first_halfs() -> None:
@@ -53,8 +48,8 @@ def _first_epoch(history: RunHistory, losses: list[float], every: int = 20) -> N
     """Feed a first epoch's snapshots (epoch 0, one every `every` steps) and its end (the
     epochs finished: 1, as Tolaria numbers it)."""
     for i, loss in enumerate(losses[:-1], start=1):
-        history.record(_snap(i * every, 0, loss))
-    history.record(_snap(len(losses) * every, 1, losses[-1], epoch_end=True, val=losses[-1]))
+        history.record(loss_snapshot(i * every, 0, loss))
+    history.record(loss_snapshot(len(losses) * every, 1, losses[-1], epoch_end=True, val=losses[-1]))
 
 
 def test_the_history_measures_the_first_epoch_at_its_end() -> None:
@@ -63,15 +58,15 @@ def test_the_history_measures_the_first_epoch_at_its_end() -> None:
     assert h.start_loss == 2.0 and h.val_losses == [0.8]
     assert h.first_epoch_pace == pytest.approx(0.2 / 1.0)
     assert h.first_epoch_points == []
-    h.record(_snap(200, 1, 0.1))  # later epochs change nothing
-    h.record(_snap(240, 2, 0.1, epoch_end=True, val=0.7))
+    h.record(loss_snapshot(200, 1, 0.1))  # later epochs change nothing
+    h.record(loss_snapshot(240, 2, 0.1, epoch_end=True, val=0.7))
     assert h.first_epoch_pace == pytest.approx(0.2)
 
 
 def test_a_policy_that_joins_later_never_knows_the_first_epochs_pace() -> None:
     h = RunHistory()
-    h.record(_snap(500, 3, 1.2))
-    h.record(_snap(520, 4, 1.1, epoch_end=True, val=1.0))
+    h.record(loss_snapshot(500, 3, 1.2))
+    h.record(loss_snapshot(520, 4, 1.1, epoch_end=True, val=1.0))
     assert math.isnan(h.first_epoch_pace) and h.first_epoch_points == []
 
 
@@ -82,7 +77,7 @@ def test_a_long_first_epoch_keeps_a_bounded_list_and_finds_its_middle() -> None:
     assert h.first_epoch_pace == pytest.approx(1.0, abs=0.02)  # a straight line: equal halves
     h = RunHistory()
     for i in range(1, n):
-        h.record(_snap(i, 0, 1.0))
+        h.record(loss_snapshot(i, 0, 1.0))
     assert len(h.first_epoch_points) <= MAX_FIRST_EPOCH_POINTS
 
 

@@ -12,7 +12,7 @@ import pytest
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
 from esper.leyline.v1.control_pb2 import WidenStreamAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
-from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics, TrainingSnapshot
+from esper.leyline.v1.signals_pb2 import ResidualStreamState
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
 from esper.policy import HeuristicPolicy, PolicyContext, RunHistory, StaticCandidateProvider
 from esper.policy.budget import params_used
@@ -21,7 +21,15 @@ from esper.policy.heuristic import stream_features
 from esper.policy.plateau import pace
 from esper.policy.safety import violation
 from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
-from tests.unit.test_tamiyo_support import IMPROVING, PLATEAU, candidate, graph, seed, snapshot
+from tests.unit.test_tamiyo_support import (
+    IMPROVING,
+    PLATEAU,
+    candidate,
+    graph,
+    loss_snapshot,
+    seed,
+    snapshot,
+)
 
 policy = HeuristicPolicy()
 
@@ -156,26 +164,21 @@ def test_seeds_keep_their_own_signal() -> None:
     assert _early(_stream(width=48), START).startswith("wait")
 
 
-def _snap(step: int, epoch: int, train_loss: float, epoch_end: bool = False, val: float = float("nan")):
-    return TrainingSnapshot(run_id="r", step=step, epoch=epoch, sequence=step, epoch_end=epoch_end,
-                            metrics=TrainingMetrics(train_loss=train_loss, val_loss=val))
-
-
 def test_the_start_loss_is_the_first_snapshot_of_epoch_zero() -> None:
     h = RunHistory()
-    h.record(_snap(10, 0, float("nan")))  # not a loss yet
-    h.record(_snap(20, 0, 4.1))
-    h.record(_snap(30, 0, 3.0))
-    h.record(_snap(40, 0, 2.9, epoch_end=True, val=2.5))
+    h.record(loss_snapshot(10, 0, float("nan")))  # not a loss yet
+    h.record(loss_snapshot(20, 0, 4.1))
+    h.record(loss_snapshot(30, 0, 3.0))
+    h.record(loss_snapshot(40, 0, 2.9, epoch_end=True, val=2.5))
     assert h.start_loss == 4.1 and h.val_losses == [2.5]
     joined = RunHistory()  # a policy that joined mid-run never learns where the run began
-    joined.record(_snap(500, 3, 1.2))
+    joined.record(loss_snapshot(500, 3, 1.2))
     assert math.isnan(joined.start_loss)
 
 
 def test_a_local_policy_checkpoint_carries_the_start_loss() -> None:
     source = LocalPolicy()
-    source.observe(_snap(10, 0, 4.1))
+    source.observe(loss_snapshot(10, 0, 4.1))
     state = source.state_dict()
     resumed = LocalPolicy()
     resumed.load_state_dict(state)

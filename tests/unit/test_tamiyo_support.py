@@ -75,6 +75,13 @@ def snapshot(step: int = 1000, *, seeds=(), layers=(), val_loss: float = 1.0, pl
     )
 
 
+def loss_snapshot(step: int, epoch: int, train_loss: float, epoch_end: bool = False,
+                  val: float = float("nan")) -> TrainingSnapshot:
+    """A snapshot carrying only its position and losses (what RunHistory reads)."""
+    return TrainingSnapshot(run_id="r", step=step, epoch=epoch, sequence=step, epoch_end=epoch_end,
+                            metrics=TrainingMetrics(train_loss=train_loss, val_loss=val))
+
+
 def health(layer_id: str, dead: float = 0.0, saturated: float = 0.0, grad: float = 0.1) -> LayerHealth:
     return LayerHealth(layer_id=layer_id, dead_fraction=dead, saturated_fraction=saturated, gradient_norm=grad)
 
