@@ -366,8 +366,10 @@ def run_esper_plateau_only(ctx: Context) -> dict:
 def run_esper_late_slowdown(ctx: Context) -> dict:
     """Esper whose heuristic grows on diminishing returns judged over two-epoch windows at a
     quarter of the pace (the previous default's windows and ratio, before slowdown_window=1
-    and ratio 0.5): it grows at epochs 5-9 instead of 3-4."""
-    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=0.25, slowdown_window=2)
+    and ratio 0.5, and before the seeds' first-epoch signal): it grows at epochs 5-9
+    instead of 2-4."""
+    config = dataclasses.replace(LOCAL_HEURISTIC, slowdown_ratio=0.25, slowdown_window=2,
+                                 seed_first_epoch_pace=False)
     record, _ = _grown(ctx, LocalPolicy(config=config))
     return record
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -18,6 +19,7 @@ from esper.cli.numbers import non_negative_int, positive_int
 from esper.kasmina.config import SEED_INITS, KasminaConfig
 from esper.runtime.config import ConfigError
 from esper.tamiyo.heuristic_file import heuristic_overrides
+from esper.tolaria import LOCAL_HEURISTIC
 from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "width_growth": args.width_growth, "heuristic": args.heuristic,
+                         "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC),
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
                          "schedule_every": list(args.schedule_every),
@@ -340,12 +343,38 @@ def config_mismatch(ours: dict, theirs: dict) -> str | None:
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
                          ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
                          *ESPER_SETTINGS):
+        if key == "heuristic":
+            problem = _heuristic_mismatch(esper_heuristic(ours), esper_heuristic(theirs))
+            if problem:
+                return problem
+            continue
         mine, other = ours.get(key, default), theirs.get(key, default)
-        if key == "heuristic":  # none set: {} now, null or absent before
-            mine, other = mine or {}, other or {}
         if mine != other:
             return f"config {key} differs: {mine} vs {other}"
     return None
+
+
+# Where the local heuristic's defaults differed, before results recorded them in full
+# ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in.
+EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False}
+
+
+def esper_heuristic(cfg: dict) -> dict:
+    """Every field of the local heuristic that a result's policy ran with (the esper arms',
+    and the learned policy's fallback): the defaults it recorded, or those of before they
+    were recorded, with its --heuristic changes (a field added since a result was written
+    counts at today's default)."""
+    today = dataclasses.asdict(LOCAL_HEURISTIC)
+    recorded = cfg.get("heuristic_defaults") or {**today, **EARLIER_HEURISTIC_DEFAULTS}
+    return {**today, **recorded, **(cfg.get("heuristic") or {})}
+
+
+def _heuristic_mismatch(mine: dict, other: dict) -> str | None:
+    fields = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+    if not fields:
+        return None
+    return "config heuristic differs: " + ", ".join(
+        f"{k} {json.dumps(mine.get(k))} vs {json.dumps(other.get(k))}" for k in fields)
 
 
 def _rate(text: str) -> float:

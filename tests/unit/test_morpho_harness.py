@@ -322,6 +322,32 @@ def test_results_of_esper_under_other_settings_do_not_mix() -> None:
     assert "flops_weight differs" in config_mismatch(base, {**base, "flops_weight": 0.5})
 
 
+def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_for() -> None:
+    """A result records the local heuristic's defaults: once a default changes, a result of
+    the old defaults does not mix with one of the new, and an opt-in that became the
+    default mixes with the defaults. Results from before the defaults were recorded ran
+    with the seeds' first-epoch signal off."""
+    import dataclasses
+
+    from esper.tolaria import LOCAL_HEURISTIC
+    from morpho.cli import config_mismatch, esper_heuristic
+
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    today = {**base, "heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
+    assert esper_heuristic(today) == dataclasses.asdict(LOCAL_HEURISTIC)
+    assert esper_heuristic(base)["seed_first_epoch_pace"] is False  # before it was recorded
+    opted_in = {**base, "heuristic": {"seed_first_epoch_pace": True}}  # then the opt-in
+    assert config_mismatch(today, opted_in) is None
+    problem = config_mismatch(today, base)
+    assert problem == "config heuristic differs: seed_first_epoch_pace true vs false"
+    older = {**today, "heuristic_defaults": {**today["heuristic_defaults"], "slowdown_ratio": 0.25}}
+    assert "slowdown_ratio 0.5 vs 0.25" in config_mismatch(today, older)
+    # A field added since a result was written counts at today's default.
+    fewer = {**today, "heuristic_defaults": {k: v for k, v in today["heuristic_defaults"].items()
+                                             if k != "eager_after_epochs"}}
+    assert config_mismatch(today, fewer) is None
+
+
 def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:
     def run(seed: int, points: list[tuple[float, float]]) -> dict:
         return {"seed": seed, "curve": [{"flops": f, "test_accuracy": a} for f, a in points]}

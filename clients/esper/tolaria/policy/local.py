@@ -23,14 +23,16 @@ __all__ = ["LOCAL_HEURISTIC", "HeuristicConfig", "LocalPolicy"]
 # plateau, and a seed goes from germination to fossilization in about 200 steps, so its
 # whole life fits in a short run. Growth also starts on diminishing returns: once the
 # best validation loss gains, in one epoch, less than half its fastest pace so far
-# (slowdown_ratio, slowdown_window), which a small host reaches by epoch 3-4. A plateau
-# comes late or never in a run of tens of epochs, and under a decaying learning rate a seed
+# (slowdown_ratio, slowdown_window), which a small host reaches by epoch 3-4, or, for the
+# seeds, once the training loss's gain slowed within the first epoch
+# (seed_first_epoch_pace), so that they can grow right after it. A plateau comes late or
+# never in a run of tens of epochs, and under a decaying learning rate a seed
 # grown late trains little (benchmarks/morphogenesis.py measures both against the
 # alternatives). Tamiyo's server defaults suit long runs.
 LOCAL_HEURISTIC = HeuristicConfig(
     plateau_patience=2, training_steps=40, blend_steps=40, shadow_steps=20,
     probation_steps=40, decision_horizon_steps=60, gate_retry_steps=20, slowdown_ratio=0.5,
-    slowdown_window=1,
+    slowdown_window=1, seed_first_epoch_pace=True,
 )
 
 
