@@ -11,7 +11,7 @@ import math
 import pytest
 
 from esper.leyline.v1.signals_pb2 import ResidualStreamState
-from esper.policy import HeuristicPolicy, RunHistory
+from esper.policy import HeuristicConfig, HeuristicPolicy, RunHistory
 from esper.policy.context import MAX_FIRST_EPOCH_POINTS
 from esper.policy.plateau import first_epoch_pace
 from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
@@ -81,7 +81,14 @@ def test_a_long_first_epoch_keeps_a_bounded_list_and_finds_its_middle() -> None:
     assert len(h.first_epoch_points) <= MAX_FIRST_EPOCH_POINTS
 
 
-CONFIG = dataclasses.replace(LOCAL_HEURISTIC, seed_first_epoch_pace=True)
+CONFIG = LOCAL_HEURISTIC
+
+
+def test_the_signal_is_on_for_in_process_runs_and_opt_in_for_tamiyos_server() -> None:
+    """Measured on the example tasks' short runs (benchmarks/morphogenesis.py); Tamiyo's
+    server defaults suit long runs, where a first epoch is a small part of the run."""
+    assert LOCAL_HEURISTIC.seed_first_epoch_pace is True
+    assert HeuristicConfig().seed_first_epoch_pace is False
 
 
 def _after_first_epoch(pace: float, config=CONFIG, stream: ResidualStreamState | None = None) -> str:
@@ -99,7 +106,8 @@ def test_seeds_grow_after_the_first_epoch_when_its_fast_learning_was_over() -> N
     assert "0.10x" in said
     assert _after_first_epoch(0.6).startswith("wait")  # still learning fast
     assert _after_first_epoch(NAN).startswith("wait")  # unknown
-    assert _after_first_epoch(0.1, LOCAL_HEURISTIC).startswith("wait")  # opt-in
+    switched_off = dataclasses.replace(LOCAL_HEURISTIC, seed_first_epoch_pace=False)
+    assert _after_first_epoch(0.1, switched_off).startswith("wait")
     no_slowdown = dataclasses.replace(CONFIG, slowdown_ratio=0.0)
     assert _after_first_epoch(0.1, no_slowdown).startswith("wait")
 
