@@ -414,6 +414,19 @@ def spacing_of(arm: str) -> int | None:
     return int(tail) if tail != arm and tail.isdigit() else None
 
 
+# Arms whose policy is the local heuristic at its defaults, or made from them (the random
+# and fixed schedules' lifecycle, the learned policy's fallback), whatever the esper arm's
+# settings: a change of the defaults changes them, --heuristic does not.
+DEFAULT_POLICY_ARMS = frozenset({"esper-width", "esper-late-slowdown", "esper-plateau-only",
+                                 "random", "learned"})
+
+
+def follows_defaults(arm: str) -> bool:
+    """Whether an arm's runs follow the local heuristic's defaults (DEFAULT_POLICY_ARMS, the
+    fixed schedules)."""
+    return arm in DEFAULT_POLICY_ARMS or arm == "schedule" or spacing_of(arm) is not None
+
+
 def runs_for(arm: str, ctx: Context) -> list[tuple[str, Callable[[Context], dict]]]:
     """The (arm, runner) pairs that `--arms ARM` runs: one per spacing for the schedule."""
     if arm == "schedule":

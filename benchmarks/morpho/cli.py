@@ -24,7 +24,15 @@ from esper.tolaria.config import SEED_LR_RULES
 
 from . import data as data_mod
 from . import report, text
-from .arms import ARMS, SCHEDULE_SPACINGS, Context, NotAvailable, runs_for, schedule_arm
+from .arms import (
+    ARMS,
+    SCHEDULE_SPACINGS,
+    Context,
+    NotAvailable,
+    follows_defaults,
+    runs_for,
+    schedule_arm,
+)
 from .flops import count_every_pass
 from .hosts import HOSTS
 from .loop import LEARNING_RATE, LR_SCHEDULES
@@ -359,14 +367,17 @@ def config_mismatch(ours: dict, theirs: dict) -> str | None:
 EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False}
 
 
+def heuristic_defaults(cfg: dict) -> dict:
+    """The local heuristic's defaults a result ran with: those it recorded, or those of
+    before they were recorded (a field added since counts at today's default)."""
+    return {**dataclasses.asdict(LOCAL_HEURISTIC),
+            **(cfg.get("heuristic_defaults") or EARLIER_HEURISTIC_DEFAULTS)}
+
+
 def esper_heuristic(cfg: dict) -> dict:
-    """Every field of the local heuristic that a result's policy ran with (the esper arms',
-    and the learned policy's fallback): the defaults it recorded, or those of before they
-    were recorded, with its --heuristic changes (a field added since a result was written
-    counts at today's default)."""
-    today = dataclasses.asdict(LOCAL_HEURISTIC)
-    recorded = cfg.get("heuristic_defaults") or {**today, **EARLIER_HEURISTIC_DEFAULTS}
-    return {**today, **recorded, **(cfg.get("heuristic") or {})}
+    """Every field of the local heuristic that a result's esper arms ran with: its defaults
+    with its --heuristic changes."""
+    return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {})}
 
 
 def _heuristic_mismatch(mine: dict, other: dict) -> str | None:
@@ -470,7 +481,7 @@ def merge(result: dict, other: dict) -> str | None:
     """Put `other`'s runs into `result`, seed by seed: a seed `other` ran replaces that seed's
     run of the arm, a seed it adds is added (so an arm run later, or seeds run in another
     process, join one result). Why not, or None."""
-    problem = config_mismatch(result["config"], other["config"])
+    problem = config_mismatch(result["config"], other["config"]) or _defaults_mismatch(result, other)
     if problem:
         return problem
     for host, h in other["hosts"].items():
@@ -494,6 +505,18 @@ def merge(result: dict, other: dict) -> str | None:
                  for h in result["hosts"].values()), default=0)
     result["config"]["seeds"] = result["config"]["seeds_done"] = seeds
     return None
+
+
+def _defaults_mismatch(result: dict, other: dict) -> str | None:
+    """Why `other`'s runs of the arms whose policy follows the local heuristic's defaults,
+    not the esper arm's settings, cannot join `result`: they ran under other defaults."""
+    arms = sorted({arm for h in other["hosts"].values() for arm in h["runs"] if follows_defaults(arm)})
+    if not arms:
+        return None
+    problem = _heuristic_mismatch(heuristic_defaults(result["config"]),
+                                  heuristic_defaults(other["config"]))
+    return problem and f"{problem} in the local heuristic's defaults, which its " \
+        f"{', '.join(arms)} runs follow"
 
 
 def _write(result: dict, paths: dict) -> None:

@@ -216,6 +216,33 @@ def test_merge_joins_seeds_run_in_other_processes_seed_by_seed() -> None:
     assert first["config"]["seeds"] == first["config"]["seeds_done"] == 3
     assert first["hosts"]["cnn"]["summary"]["arms"]["esper"]["seeds"] == 3
 
+def test_runs_that_follow_the_heuristics_defaults_join_only_a_result_of_the_same_defaults() -> None:
+    """An opt-in that became the default: its Esper runs join a result of the new defaults,
+    but the learned policy's (its fallback is the defaults) and the schedules' runs of that
+    result do not: they ran under the old defaults."""
+    import dataclasses
+
+    from morpho.cli import merge
+
+    from esper.tolaria import LOCAL_HEURISTIC
+
+    def result(arms: list[str], **cfg) -> dict:
+        run = {"seed": 1, "test_accuracy": 0.8, "flops": {"total": 1.0}, "params": 10,
+               "wall_s": 1.0, "curve": []}
+        return {"config": {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3,
+                           "hosts": ["cnn"], "command": "c", **cfg},
+                "hosts": {"cnn": {"runs": {arm: [run] for arm in arms}, "unavailable": {},
+                                  "summary": {}}}}
+
+    today = {"heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
+    opted_in = {"heuristic": {"seed_first_epoch_pace": True}}  # before the defaults were recorded
+    assert merge(result(["static-small"], **today), result(["esper", "esper-arch-static"], **opted_in)) is None
+    for arm in ("learned", "random", "schedule-every-1", "esper-plateau-only"):
+        problem = merge(result(["static-small"], **today), result(["esper", arm], **opted_in))
+        assert problem == ("config heuristic differs: seed_first_epoch_pace true vs false in the "
+                           f"local heuristic's defaults, which its {arm} runs follow"), problem
+
+
 
 def test_esper_from_takes_each_seeds_run_of_an_earlier_result(tmp_path) -> None:
     from morpho.cli import _earlier_esper
@@ -329,8 +356,9 @@ def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_
     with the seeds' first-epoch signal off."""
     import dataclasses
 
-    from esper.tolaria import LOCAL_HEURISTIC
     from morpho.cli import config_mismatch, esper_heuristic
+
+    from esper.tolaria import LOCAL_HEURISTIC
 
     base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
     today = {**base, "heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
