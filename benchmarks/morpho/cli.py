@@ -336,13 +336,6 @@ def read_result(path: Path) -> dict:
     return result
 
 
-# What the esper arm ran with, and the value a result from before the setting existed had:
-# runs of Esper under other settings are another Esper, whose table would be mislabelled,
-# and the controls that follow Esper's run follow the run they were given.
-ESPER_SETTINGS = (("flops_weight", None), ("slot_depth", 1), ("seed_init", "default"),
-                  ("seed_lr", "follow"), ("width_growth", False), ("heuristic", None),
-                  ("training_flops_budget", None), ("budget_flops_weight", None))
-
 
 def config_mismatch(ours: dict, theirs: dict) -> str | None:
     """Why runs of two results cannot be compared as one experiment (or their Esper runs be
@@ -350,7 +343,7 @@ def config_mismatch(ours: dict, theirs: dict) -> str | None:
     constant rate.)"""
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
                          ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
-                         *ESPER_SETTINGS):
+                         *report.ESPER_SETTINGS.items()):
         if key == "heuristic":
             problem = _heuristic_mismatch(esper_heuristic(ours), esper_heuristic(theirs))
             if problem:

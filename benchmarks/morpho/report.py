@@ -16,6 +16,18 @@ from .loop import LEARNING_RATE
 
 # The suffix of a row read at Esper's FLOPs (see MATCHED).
 AT_ESPER = "@esper-flops"
+# What the esper arm ran with, and the value a result from before the setting existed had:
+# runs of Esper under other settings are another Esper, whose table would be mislabelled
+# (its row says the settings that are not these), and the controls that follow Esper's
+# run follow the run they were given (cli.config_mismatch).
+ESPER_SETTINGS = {"flops_weight": None, "slot_depth": 1, "seed_init": "default",
+                  "seed_lr": "follow", "width_growth": False, "heuristic": None,
+                  "training_flops_budget": None, "budget_flops_weight": None}
+
+
+def esper_setting(cfg: dict, key: str):
+    """One of ESPER_SETTINGS as a result's config has it."""
+    return cfg.get(key, ESPER_SETTINGS[key])
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -221,13 +233,13 @@ def _esper_settings(cfg: dict) -> list[str]:
     """What the esper arm ran with other than the defaults (--slot-depth, --seed-init,
     --width-growth, --seed-lr, and its policy's settings)."""
     settings = []
-    if cfg.get("slot_depth", 1) > 1:
+    if esper_setting(cfg, "slot_depth") > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
-    if cfg.get("seed_init", "default") != "default":
+    if esper_setting(cfg, "seed_init") != ESPER_SETTINGS["seed_init"]:
         settings.append(f"seeds initialised from the {cfg['seed_init']} statistic")
-    if cfg.get("width_growth"):
+    if esper_setting(cfg, "width_growth"):
         settings.append("width growth opted in (BP-WIDEN-HALF)")
-    if cfg.get("seed_lr", "follow") != "follow":
+    if esper_setting(cfg, "seed_lr") != ESPER_SETTINGS["seed_lr"]:
         settings.append(f"seed rates {cfg['seed_lr']}ed")
     return settings + _policy_settings(cfg)
 
@@ -236,12 +248,12 @@ def _policy_settings(cfg: dict) -> list[str]:
     """What the esper and esper-stack arms' policy and budget ran with other than the
     defaults (--flops-weight, --heuristic, --training-flops-budget, --budget-flops-weight)."""
     settings = []
-    if cfg.get("flops_weight") is not None:
+    if esper_setting(cfg, "flops_weight") is not None:
         settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
-    heuristic = cfg.get("heuristic") or {}
+    heuristic = esper_setting(cfg, "heuristic") or {}
     settings += [f"{key}={json.dumps(value)}" for key, value in heuristic.items()]
-    if cfg.get("training_flops_budget") is not None:
-        priced = "" if cfg.get("budget_flops_weight") is None \
+    if esper_setting(cfg, "training_flops_budget") is not None:
+        priced = "" if esper_setting(cfg, "budget_flops_weight") is None \
             else f" (compute priced under it at {cfg['budget_flops_weight']:g})"
         settings.append(f"a training budget of {cfg['training_flops_budget']:,g} GFLOPs{priced}")
     return settings
