@@ -105,10 +105,6 @@ def test_garbled_frames_are_refused(payload):
         decode_frame(payload)
 
 
-def _batch_header(**changes):
-    header, _ = _split(encode_report(_report()))
-    header.update(changes)
-    return header
 
 
 @pytest.mark.parametrize(
@@ -123,11 +119,12 @@ def _batch_header(**changes):
     ],
 )
 def test_batch_headers_that_disagree_with_their_blobs_are_refused(changes):
-    frame = encode_report(_report())
-    _, blobs = _split(frame)
+    # One frame's header and blobs: each report's events carry their own ids and times,
+    # so another report's blobs may differ in size by a byte.
+    original, blobs = _split(encode_report(_report()))
     with pytest.raises(FrameError):
-        report_of(_batch_header(**changes), blobs)
-    header = _batch_header()
+        report_of({**original, **changes}, blobs)
+    header = dict(original)
     del header["stored_ns"]
     with pytest.raises(FrameError, match="malformed"):
         report_of(header, blobs)
