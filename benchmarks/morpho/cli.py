@@ -336,7 +336,6 @@ def read_result(path: Path) -> dict:
     return result
 
 
-
 def config_mismatch(ours: dict, theirs: dict) -> str | None:
     """Why runs of two results cannot be compared as one experiment (or their Esper runs be
     taken as one Esper's), or None. (Results from before --lr-schedule existed ran at a
