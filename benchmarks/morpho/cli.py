@@ -492,7 +492,9 @@ def merge(result: dict, other: dict) -> str | None:
         target["summary"] = report.summarise(target["runs"])
     spacings = set(result["config"].get("schedule_every") or []) | set(other["config"].get("schedule_every") or [])
     result["config"]["schedule_every"] = sorted(spacings)
-    result["config"].setdefault("merged", []).append(other["config"]["command"])
+    # Every command behind `other`'s runs: its own, and those of results merged into it.
+    result["config"].setdefault("merged", []).extend(
+        [other["config"]["command"], *other["config"].get("merged", [])])
     seeds = max((len({r["seed"] for runs in h["runs"].values() for r in runs})
                  for h in result["hosts"].values()), default=0)
     result["config"]["seeds"] = result["config"]["seeds_done"] = seeds

@@ -196,6 +196,9 @@ def test_merge_adds_a_host_measured_in_a_run_of_its_own() -> None:
     other = result("char", "c")
     other["config"]["epochs"] = 12
     assert "epochs differs" in merge(mlp, other)
+    char = result("char", "d")
+    assert merge(char, mlp) is None  # a merged result keeps every command behind its runs
+    assert char["config"]["merged"] == ["a", "b"]
 
 
 def test_merge_joins_seeds_run_in_other_processes_seed_by_seed() -> None:
