@@ -23,7 +23,7 @@ from esper.policy.heuristic import HeuristicPolicy
 from esper.tamiyo.policies.features import FEATURE_SCHEMA
 from esper.tamiyo.policies.gnn import STREAM_RULE_MARK, GnnPolicy
 from esper.tamiyo.simic.dataset import load_dataset
-from esper.tamiyo.simic.episodes import EpisodeConfig, collect, episode_heuristic
+from esper.tamiyo.simic.episodes import EpisodeConfig, collect
 from esper.tamiyo.simic.evaluate import FALLBACK_MARK
 from esper.tamiyo.simic.train import SimicConfig, train_policy
 from esper.tolaria import LOCAL_HEURISTIC, LocalPolicy
@@ -47,8 +47,7 @@ def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
         with tempfile.TemporaryDirectory(prefix="morpho-simic-") as tmp:
             collect(tmp, episodes, seed=0, config=EpisodeConfig(
                 epochs=epochs, lr_schedule=lr_schedule, growth_rule=GROWTH_RULE))
-            result = train_policy(load_dataset(Path(tmp)), SimicConfig(
-                epochs=simic, heuristic=episode_heuristic(GROWTH_RULE)))
+            result = train_policy(load_dataset(Path(tmp)), SimicConfig(epochs=simic))
             result.save(path)
     return path
 
