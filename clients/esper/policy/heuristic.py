@@ -241,6 +241,12 @@ class HeuristicConfig:
     # while the host's residual stream has room: seeds are sized to the stream, which
     # widens on its own signal first.
     seed_first_epoch_pace: bool = False
+    # The stream's signal also fires once learning slowed within the first epoch (the same
+    # measure and ratio as seed_first_epoch_pace), so a stream with room can widen right
+    # after it rather than after epoch 2 at the soonest (opt-in). The every-2-epochs
+    # schedule on the char host copies Esper's widenings at epochs 2 and 4 to the step;
+    # growing after epoch 1 is a timing no uniform schedule of Esper's events makes.
+    stream_first_epoch_pace: bool = False
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -540,6 +546,8 @@ class HeuristicPolicy:
             return None
         start = ctx.history.start_loss if self.config.stream_pace_from_start else math.nan
         trigger = self._signal(ctx, start)
+        if trigger is None and self.config.stream_first_epoch_pace:
+            trigger = self._first_epoch_slowed(ctx)
         if trigger is None:
             return None
         stream = ctx.snapshot.stream
@@ -614,9 +622,14 @@ class HeuristicPolicy:
     def _first_epoch_signal(self, ctx: PolicyContext) -> str | None:
         """The seeds' signal from the first epoch's pace (see seed_first_epoch_pace), or None:
         its fast learning was over before it ended, and no stream is still to widen."""
+        if stream_features(ctx, self.config.stream_growth_fraction):
+            return None
+        return self._first_epoch_slowed(ctx)
+
+    def _first_epoch_slowed(self, ctx: PolicyContext) -> str | None:
+        """Why learning slowed within the first epoch (its pace below slowdown_ratio), or None."""
         c, pace = self.config, ctx.history.first_epoch_pace
-        if not (c.slowdown_ratio > 0 and pace < c.slowdown_ratio) \
-                or stream_features(ctx, c.stream_growth_fraction):
+        if not (c.slowdown_ratio > 0 and pace < c.slowdown_ratio):
             return None
         return (f"training loss gains diminished within the first epoch (its second half "
                 f"gained {pace:.2f}x the first half's, below {c.slowdown_ratio})")
