@@ -245,7 +245,10 @@ class HeuristicConfig:
     # measure and ratio as seed_first_epoch_pace), so a stream with room can widen right
     # after it rather than after epoch 2 at the soonest (opt-in). The every-2-epochs
     # schedule on the char host copies Esper's widenings at epochs 2 and 4 to the step;
-    # growing after epoch 1 is a timing no uniform schedule of Esper's events makes.
+    # growing after epoch 1 is a timing no uniform schedule of Esper's events makes. There
+    # it widened at epochs 1 and 3 and did worse: -1.03 and -0.64 pp on seeds 0 and 1
+    # (benchmarks/morphogenesis.py, Adam 1e-3): the first epoch's width still had gains
+    # to give.
     stream_first_epoch_pace: bool = False
 
 
