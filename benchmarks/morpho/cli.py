@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                          "budget_flops_weight": args.budget_flops_weight,
                          "schedule_every": list(args.schedule_every),
                          "data": {f: d.describe() for f, d in sorted(data.items())},
-                         "torch": torch.__version__, "threads": torch.get_num_threads()},
+                         "torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "machine": this_machine()},
               "hosts": {}}
     earlier = _earlier_esper(args.esper_from, result) if args.esper_from else {}
     if isinstance(earlier, str):
@@ -303,8 +304,28 @@ def _earlier_esper(path: Path, result: dict) -> dict | str:
     if problem:
         return problem
     result["config"]["esper_from"] = other["config"]["command"]
+    _add_machines(result["config"], other["config"])
     return {(host, r["seed"]): r for host, h in other["hosts"].items()
             for r in h["runs"].get("esper", [])}
+
+
+def this_machine() -> str:
+    """The CPU the runs ran on and the vector instructions torch uses on it: the same
+    seed's run repeats to the bit on one machine, not across machines (another CPU rounds
+    differently: static runs of this harness moved by up to 0.4 pp between two)."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _add_machines(cfg: dict, other: dict) -> None:
+    cfg["machines"] = sorted(set(report.machines(cfg)) | set(report.machines(other)))
 
 
 class ResultUnreadable(Exception):
@@ -495,6 +516,7 @@ def merge(result: dict, other: dict) -> str | None:
     # Every command behind `other`'s runs: its own, and those of results merged into it.
     result["config"].setdefault("merged", []).extend(
         [other["config"]["command"], *other["config"].get("merged", [])])
+    _add_machines(result["config"], other["config"])
     seeds = max((len({r["seed"] for runs in h["runs"].values() for r in runs})
                  for h in result["hosts"].values()), default=0)
     result["config"]["seeds"] = result["config"]["seeds_done"] = seeds

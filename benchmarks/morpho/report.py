@@ -277,6 +277,22 @@ def _test_set_line(hosts: list[str]) -> str:
     return "Test accuracy on " + " and on ".join(x for x in (image, text) if x)
 
 
+def machines(cfg: dict) -> list[str]:
+    """Every machine behind a result's runs (its own, those of results merged into it or
+    whose Esper runs it took); "not recorded" for results from before machines were."""
+    own = cfg.get("machines") or [cfg.get("machine") or "not recorded"]
+    return sorted(set(own))
+
+
+def _machine_line(cfg: dict) -> str:
+    found = machines(cfg)
+    if len(found) == 1:
+        return f"Machine: {found[0]}."
+    return ("Machines: " + "; ".join(found) + ". A seed's run repeats to the bit on one machine, "
+            "not across machines (another CPU rounds differently), so a paired difference between "
+            "runs made on two of them also carries that.")
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     done = cfg.get("seeds_done", cfg["seeds"])
@@ -286,6 +302,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Does growth pay? {data}, {seeds}, {cfg['epochs']} epochs",
              "", f"Command: `{cfg['command']}`", ""]
     lines += [f"Merged in: `{c}`" for c in cfg.get("merged", [])]
+    lines += ["", _machine_line(cfg)]
     if cfg.get("note"):  # what a reader must know to regenerate it with today's code
         lines += ["", f"Note: {cfg['note']}."]
     lines += ["",

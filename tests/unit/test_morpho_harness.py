@@ -201,6 +201,33 @@ def test_merge_adds_a_host_measured_in_a_run_of_its_own() -> None:
     assert char["config"]["merged"] == ["a", "b"]
 
 
+def test_a_result_says_which_machines_its_runs_ran_on() -> None:
+    """A seed's run repeats to the bit on one machine only: a result names the machine of
+    every run in it, merged or taken with --esper-from, and says when there are several."""
+    from morpho.cli import merge, this_machine
+    from morpho.report import machines, markdown, summarise
+
+    def result(machine: str | None) -> dict:
+        run = {"seed": 1, "test_accuracy": 0.8, "flops": {"total": 1.0}, "params": 10,
+               "wall_s": 1.0, "curve": []}
+        cfg = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3, "hosts": ["mlp"],
+               "command": "c", "seeds": 1, "arms": ["esper"]}
+        if machine:
+            cfg["machine"] = machine
+        runs = {"esper": [run]}
+        return {"config": cfg, "hosts": {"mlp": {"runs": runs, "unavailable": {},
+                                                 "summary": summarise(runs)}}}
+
+    here = this_machine()
+    assert "torch CPU capability" in here
+    one = result(here)
+    assert "Machine: " + here in markdown(one) and "Machines:" not in markdown(one)
+    assert merge(one, result(here)) is None and machines(one["config"]) == [here]
+    assert merge(one, result(None)) is None  # a result from before machines were recorded
+    assert machines(one["config"]) == sorted([here, "not recorded"])
+    assert "Machines: " in markdown(one) and "not across machines" in markdown(one)
+
+
 def test_merge_joins_seeds_run_in_other_processes_seed_by_seed() -> None:
     from morpho.cli import merge
 
