@@ -542,8 +542,9 @@ class HeuristicPolicy:
         return self._wait(), CONFIDENCE_WAIT, f"{but}no affordable candidate: {detail}"
 
     def _widening(self, ctx: PolicyContext) -> tuple[Action, float, str] | None:
-        """Widen the residual stream on its growth signal (see stream_widening and
-        stream_pace_from_start), else None: then seeds are considered."""
+        """Widen the residual stream on its growth signal (see stream_widening,
+        stream_pace_from_start and stream_first_epoch_pace), else None: then seeds are
+        considered."""
         features = stream_widening(ctx, self.config.stream_growth_fraction)
         if not features or self._stream_hold(ctx):
             return None
