@@ -10,11 +10,14 @@ parameters added, seeds germinated/fossilized/culled, per arm and as learned/heu
 
     .venv/bin/python benchmarks/bench_simic_policy.py [--train-episodes 20] [--eval-episodes 8]
                                                       [--lr-schedule constant|cosine]
-                                                      [--growth-rule plateau|slowdown]
+                                                      [--growth-rule plateau|slowdown|first-epoch]
+                                                      [--epoch-repeats K]
 
 `--lr-schedule cosine` runs every episode, training and held-out, with the learning rate
 decayed to zero on a cosine; `--growth-rule slowdown` records (and compares against) a
-heuristic that also grows on diminishing returns. Each choice off its default is named in
+heuristic that also grows on diminishing returns (`first-epoch`: and on the first epoch's
+pace, which fires on digits only when `--epoch-repeats` makes an epoch several passes over
+the data, about 8). Each choice off its default is named in
 the output file (simic_policy_cosine_slowdown.json) unless --out says.
 """
 
@@ -29,7 +32,13 @@ from pathlib import Path
 
 from esper.cli.numbers import positive_int
 from esper.tamiyo.simic.dataset import load_dataset
-from esper.tamiyo.simic.episodes import GROWTH_RULES, LR_SCHEDULES, EpisodeConfig, collect
+from esper.tamiyo.simic.episodes import (
+    GROWTH_RULES,
+    LR_SCHEDULES,
+    EpisodeConfig,
+    collect,
+    episode_heuristic,
+)
 from esper.tamiyo.simic.evaluate import evaluate
 from esper.tamiyo.simic.train import SimicConfig, train_policy
 
@@ -48,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="reuse this episode directory instead of collecting")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     parser.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau")
+    parser.add_argument("--epoch-repeats", type=positive_int, default=1,
+                        help="passes over the training data per episode epoch")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     suffix = "".join(f"_{v}" for v, default in ((args.lr_schedule, "constant"),
                                                  (args.growth_rule, "plateau")) if v != default)
+    suffix += f"_x{args.epoch_repeats}" if args.epoch_repeats != 1 else ""
     args.out = args.out or str(RESULTS / f"simic_policy{suffix}.json")
-    episodes = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule)
+    episodes = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule,
+                             epoch_repeats=args.epoch_repeats)
 
     work = Path(tempfile.mkdtemp(prefix="simic-bench-"))
     data = Path(args.data) if args.data else work / "episodes"
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     t_collect = time.perf_counter() - t0
     dataset = load_dataset(data)
     t0 = time.perf_counter()
-    result = train_policy(dataset, SimicConfig(epochs=args.epochs))
+    result = train_policy(dataset, SimicConfig(epochs=args.epochs, heuristic=episode_heuristic(args.growth_rule)))
     t_train = time.perf_counter() - t0
     artifact = work / "policy.safetensors"
     result.save(artifact)
@@ -77,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "claim": "learned (Simic BC+IQL) vs heuristic on held-out digits episodes",
         "lr_schedule": args.lr_schedule,
         "growth_rule": args.growth_rule,
+        "epoch_repeats": args.epoch_repeats,
         "train_episodes": len(dataset.episodes),
         "train_transitions": result.samples,
         "train_action_counts": result.tensors.counts,

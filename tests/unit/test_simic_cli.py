@@ -10,6 +10,8 @@ from tests.unit.test_simic_dataset import synthetic_episode
 
 @pytest.mark.parametrize(("argv", "needle"), [
     (["tamiyo", "collect", "--episodes", "0", "--out", "{tmp}/d"], "--episodes"),
+    (["tamiyo", "collect", "--episodes", "2", "--out", "{tmp}/d", "--epoch-repeats", "0"], "--epoch-repeats"),
+    (["tamiyo", "evaluate", "--policy", "{tmp}/p.safetensors", "--epoch-repeats", "101"], "--epoch-repeats"),
     (["tamiyo", "collect", "--episodes", "2", "--out", "{tmp}/d", "--epsilon", "0.5", "0.1"], "--epsilon"),
     (["tamiyo", "train", "--data", "{tmp}/missing", "--out", "{tmp}/p.safetensors"], "no dataset directory"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--bc-weight", "-1"], "--bc-weight"),
@@ -35,12 +37,17 @@ def test_train_from_a_directory(tmp_path, capsys) -> None:
                  "--version", "gnn@test-1"]) == 0
     assert "gnn@test-1" in capsys.readouterr().out
     assert out.is_file()
+    # Episodes of the slowdown rule: the growth-signal feature reads that rule.
+    assert main(["tamiyo", "train", "--data", str(tmp_path / "data"), "--out", str(out), "--epochs", "2",
+                 "--growth-rule", "slowdown"]) == 0
 
 
 @pytest.mark.parametrize("argv", [
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--lr-schedule", "linear"],
     ["tamiyo", "evaluate", "--policy", "p.safetensors", "--lr-schedule", ""],
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--growth-rule", "schedule"],
+    ["tamiyo", "train", "--data", "d", "--out", "p.safetensors", "--growth-rule", "slow"],
+    ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--epoch-repeats", "two"],
 ])
 def test_an_unknown_schedule_or_rule_is_refused(capsys, argv) -> None:
     with pytest.raises(SystemExit) as exit_:

@@ -61,3 +61,41 @@ def test_slowdown_episodes_record_a_heuristic_that_grows_on_diminishing_returns(
     assert dataclasses.replace(slowdown, slowdown_ratio=0.0, slowdown_window=0) == plateau
     with pytest.raises(ValueError, match="growth_rule"):
         EpisodeConfig(growth_rule="schedule")
+
+
+def test_first_epoch_episodes_record_the_local_heuristics_rules() -> None:
+    import random
+
+    from esper.tamiyo.simic.episodes import episode_heuristic, sample_heuristic
+
+    slowdown = sample_heuristic(random.Random(5), growth_rule="slowdown")
+    first_epoch = sample_heuristic(random.Random(5), growth_rule="first-epoch")
+    assert not slowdown.seed_first_epoch_pace and first_epoch.seed_first_epoch_pace
+    assert dataclasses.replace(first_epoch, seed_first_epoch_pace=False) == slowdown
+    judged = episode_heuristic("first-epoch")
+    assert judged.seed_first_epoch_pace and judged.slowdown_ratio == 0.5
+    assert not episode_heuristic("slowdown").seed_first_epoch_pace
+
+
+def test_an_epoch_of_repeats_passes_over_the_data_that_many_times() -> None:
+    from esper.tamiyo.simic.episodes import RepeatedLoader
+
+    loader = RepeatedLoader([1, 2, 3], 3)
+    assert len(loader) == 9 and list(loader) == [1, 2, 3] * 3
+    assert list(RepeatedLoader([1, 2], 1)) == [1, 2]
+    with pytest.raises(ValueError, match="epoch_repeats"):
+        EpisodeConfig(epoch_repeats=0)
+
+
+@pytest.mark.slow
+def test_with_long_epochs_the_first_epoch_rule_grows_seeds_right_after_the_first_epoch() -> None:
+    """Eight passes over digits per epoch: the first epoch holds the fast learning, so the
+    first-epoch rule fires at its end and the heuristic germinates then (with one pass, the
+    first epoch ends before the fast learning does and the rule stays silent)."""
+    from esper.tamiyo.simic.episodes import episode_heuristic, run_episode
+
+    config = EpisodeConfig(epochs=2, epoch_repeats=8, lr_schedule="cosine", growth_rule="first-epoch")
+    result = run_episode(HeuristicPolicy(episode_heuristic("first-epoch")), seed=1_000_002, config=config)
+    germinations = [e.decision for e in result.episode.events if e.WhichOneof("payload") == "decision"
+                    and e.decision.WhichOneof("action") == "germinate"]
+    assert germinations and "first epoch" in germinations[0].rationale

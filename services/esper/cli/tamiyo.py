@@ -34,6 +34,7 @@ NISSA_ADDRESS_ENV = "ESPER_NISSA_ADDRESS"
 # Upper bounds that keep a typo from starting a day-long job.
 MAX_EPISODES = 10_000
 MAX_EPOCHS = 10_000
+MAX_EPOCH_REPEATS = 100
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # esper.tamiyo.simic.episodes.LR_SCHEDULES and GROWTH_RULES (not imported: `esper --help`
 # loads no torch).
 LR_SCHEDULES = ("constant", "cosine")
-GROWTH_RULES = ("plateau", "slowdown")
+GROWTH_RULES = ("plateau", "slowdown", "first-epoch")
 
 
 def _episode_flags(p: argparse.ArgumentParser) -> None:
@@ -59,8 +60,12 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
                    help="each episode's learning rate: constant, or decayed to zero on a cosine "
                         "over the episode (default constant)")
     p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
-                   help="what the episodes' heuristic grows on: validation plateaus, or also "
-                        "diminishing returns as Tolaria's local heuristic (default plateau)")
+                   help="what the episodes' heuristic grows on: validation plateaus, also "
+                        "diminishing returns, or also the first epoch's pace, as Tolaria's "
+                        "local heuristic (default plateau)")
+    p.add_argument("--epoch-repeats", type=int, default=1, metavar="K",
+                   help="passes over the training data per epoch (default 1; digits' first "
+                        "epoch holds its fast learning from about 8)")
 
 
 def _register_collect(actions: argparse._SubParsersAction) -> None:
@@ -94,6 +99,9 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", default=None, help="policy version to stamp (default gnn@simic-<digest>)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with any bad record")
+    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
+                   help="what the episodes' heuristic grew on (as collected): the policy's "
+                        "growth-signal feature reads the same rule (default plateau)")
     p.set_defaults(func=run_train)
 
 
@@ -125,6 +133,11 @@ def _writable_file(path: str, flag: str) -> Path:
     return p
 
 
+def _episode_repeats(args: argparse.Namespace) -> int:
+    _positive("--epoch-repeats", args.epoch_repeats, MAX_EPOCH_REPEATS)
+    return args.epoch_repeats
+
+
 def run_collect(args: argparse.Namespace) -> int:
     from esper.tamiyo.simic.episodes import DEFAULT_EPSILON, EpisodeConfig, collect
 
@@ -137,6 +150,7 @@ def run_collect(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     config = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule,
+                           epoch_repeats=_episode_repeats(args),
                            **({"epochs": args.epochs} if args.epochs else {}))
 
     def progress(i: int, result) -> None:
@@ -188,6 +202,7 @@ def _check_sources(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from esper.tamiyo.simic.episodes import episode_heuristic
     from esper.tamiyo.simic.train import SimicConfig, train_policy
 
     _check_sources(args)
@@ -197,7 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = _writable_file(args.out, "--out")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("bc_weight", args.bc_weight),
                                    ("awr_weight", args.awr_weight), ("seed", args.seed)) if v is not None}
-    config = dataclasses.replace(SimicConfig(), **overrides)
+    config = dataclasses.replace(SimicConfig(), heuristic=episode_heuristic(args.growth_rule), **overrides)
     dataset = _load(args)
     for message in dataset.problems.messages:
         print(f"warning: {message}", file=sys.stderr)
@@ -223,12 +238,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from esper.tamiyo.simic.evaluate import evaluate
 
     _positive("--episodes", args.episodes, MAX_EPISODES)
+    repeats = _episode_repeats(args)
     try:
         load_policy(args.policy)
     except PolicyArtifactError as exc:
         raise UsageError(f"--policy: {exc}") from None
     out = _writable_file(args.json, "--json") if args.json else None
-    config = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule)
+    config = EpisodeConfig(lr_schedule=args.lr_schedule, growth_rule=args.growth_rule,
+                           epoch_repeats=repeats)
     result = evaluate(args.policy, args.episodes, config=config)
     table = {name: arm["aggregate"] for name, arm in result["arms"].items()}
     print(json.dumps({"policy_version": result["policy_version"], "arms": table}, indent=2))
