@@ -99,9 +99,6 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", default=None, help="policy version to stamp (default gnn@simic-<digest>)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with any bad record")
-    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
-                   help="what the episodes' heuristic grew on (as collected): the policy's "
-                        "growth-signal feature reads the same rule (default plateau)")
     p.set_defaults(func=run_train)
 
 
@@ -202,7 +199,6 @@ def _check_sources(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from esper.tamiyo.simic.episodes import episode_heuristic
     from esper.tamiyo.simic.train import SimicConfig, train_policy
 
     _check_sources(args)
@@ -212,7 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = _writable_file(args.out, "--out")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("bc_weight", args.bc_weight),
                                    ("awr_weight", args.awr_weight), ("seed", args.seed)) if v is not None}
-    config = dataclasses.replace(SimicConfig(), heuristic=episode_heuristic(args.growth_rule), **overrides)
+    config = dataclasses.replace(SimicConfig(), **overrides)
     dataset = _load(args)
     for message in dataset.problems.messages:
         print(f"warning: {message}", file=sys.stderr)

@@ -67,8 +67,7 @@ class SimicConfig:
     # add synchronisation (on a shared 2-core machine 4+ threads ran ~30x slower than 1).
     torch_threads: int = 1
     reward: RewardConfig = field(default_factory=RewardConfig)
-    # Rules and thresholds of the plateau and growth-signal features and of the safety mask
-    # (the evaluation's too): episodes.episode_heuristic of the rule the episodes grew on.
+    # Thresholds used for the plateau feature and the safety mask (the evaluation's too).
     heuristic: HeuristicConfig = EPISODE_HEURISTIC
 
     def as_dict(self) -> dict:
