@@ -691,7 +691,7 @@ def test_random_growth_may_draw_the_stream_and_then_fits_seeds_to_it(one_thread)
             return sorted(s for s in seq if s != "<stream>")[0]
 
     session, source = _char_session([Planned(step=5), Planned(step=10)], rng=Stream(0))
-    assert source.applied[0]["slot"] == "<stream>" and session.model.stream.width == 40
+    assert source.applied[0]["slot"] == "<stream>" and session.model.stream.width == 36  # by an eighth
     assert source.applied[1]["slot"] == "blocks.0", source.dropped  # a seed at the new width
 
 

@@ -1,7 +1,8 @@
 """The seeds' first-epoch signal (HeuristicConfig.seed_first_epoch_pace): RunHistory measures
 how fast the smoothed training loss still fell at the first epoch's end, and the heuristic
 grows seeds after that epoch when its fast learning was over, unless a residual stream with
-room is still to widen; that stream widens on it too with stream_first_epoch_pace (opt-in)."""
+room is still to widen; that stream widens on it too with stream_first_epoch_pace (on in
+the local defaults, off in the server's)."""
 
 from __future__ import annotations
 
@@ -113,26 +114,31 @@ def test_seeds_grow_after_the_first_epoch_when_its_fast_learning_was_over() -> N
 
 
 def test_a_stream_with_room_widens_first() -> None:
+    """Seeds wait for a stream with room; the local defaults widen it right after the first
+    epoch, by an eighth of its width."""
     room = ResidualStreamState(width=32, declared_width=32, max_width=48, feature_multiple=4,
                                params_per_feature=100)
     said = _after_first_epoch(0.1, stream=room)
-    assert said.startswith("wait"), said
+    assert said.startswith("widen_stream") and "within the first epoch" in said, said
+    assert "32 -> 36" in said
+    assert _after_first_epoch(0.6, stream=room).startswith("wait")  # still fast
+    assert _after_first_epoch(NAN, stream=room).startswith("wait")  # unknown
     full = ResidualStreamState(width=48, declared_width=48, max_width=48, feature_multiple=4,
                                params_per_feature=100)  # no room left: seeds are free to grow
     assert _after_first_epoch(0.1, stream=full).startswith("germinate")
 
 
-def test_a_stream_with_room_widens_after_the_first_epoch_when_opted_in() -> None:
+def test_the_stream_waits_out_the_first_epoch_under_the_server_defaults() -> None:
     room = ResidualStreamState(width=32, declared_width=32, max_width=48, feature_multiple=4,
                                params_per_feature=100)
-    opted_in = dataclasses.replace(CONFIG, stream_first_epoch_pace=True)
+    server = dataclasses.replace(CONFIG, stream_first_epoch_pace=False,
+                                 stream_growth_fraction=HeuristicConfig.stream_growth_fraction)
+    assert _after_first_epoch(0.1, server, stream=room).startswith("wait")
+    opted_in = dataclasses.replace(server, stream_first_epoch_pace=True)
     said = _after_first_epoch(0.1, opted_in, stream=room)
-    assert said.startswith("widen_stream") and "within the first epoch" in said, said
-    assert "32 -> 40" in said
-    assert _after_first_epoch(0.6, opted_in, stream=room).startswith("wait")  # still fast
-    assert _after_first_epoch(NAN, opted_in, stream=room).startswith("wait")  # unknown
+    assert said.startswith("widen_stream") and "32 -> 40" in said, said
     assert HeuristicConfig().stream_first_epoch_pace is False
-    assert LOCAL_HEURISTIC.stream_first_epoch_pace is False
+    assert LOCAL_HEURISTIC.stream_first_epoch_pace is True
 
 
 def test_a_local_policy_checkpoint_carries_the_first_epochs_pace() -> None:

@@ -14,7 +14,13 @@ from esper.leyline.v1.control_pb2 import WidenStreamAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import ResidualStreamState
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
-from esper.policy import HeuristicPolicy, PolicyContext, RunHistory, StaticCandidateProvider
+from esper.policy import (
+    HeuristicConfig,
+    HeuristicPolicy,
+    PolicyContext,
+    RunHistory,
+    StaticCandidateProvider,
+)
 from esper.policy.budget import params_used
 from esper.policy.decisions import action_slot, make_decision
 from esper.policy.heuristic import stream_features
@@ -32,6 +38,12 @@ from tests.unit.test_tamiyo_support import (
 )
 
 policy = HeuristicPolicy()
+# The local thresholds with the stream's rules of Tamiyo's server defaults (a quarter of the
+# width per widening, a second epoch unless the widening sped learning up, nothing read off
+# the first epoch), which these tests pin; the local defaults are tested on their own below.
+SERVER_STREAM = dataclasses.replace(
+    LOCAL_HEURISTIC, stream_growth_fraction=HeuristicConfig.stream_growth_fraction,
+    stream_wait_unless_faster=True, stream_first_epoch_pace=False)
 
 
 def _stream(width: int = 32, max_width: int = 48, added: int = 0) -> ResidualStreamState:
@@ -135,7 +147,7 @@ TWO_EPOCHS = [2.0, 1.8]
 START = 4.0
 
 
-def _early(stream: ResidualStreamState | None, start: float, config=LOCAL_HEURISTIC) -> str:
+def _early(stream: ResidualStreamState | None, start: float, config=SERVER_STREAM) -> str:
     """What the slowdown heuristic (1-epoch windows, ratio 0.5) does after TWO_EPOCHS."""
     ctx = _ctx(stream, history=TWO_EPOCHS)
     ctx.history.start_loss = start
@@ -153,7 +165,7 @@ def test_the_stream_widens_one_epoch_earlier_paced_from_the_start() -> None:
     said = _early(_stream(), START)
     assert said.startswith("widen_stream") and "paced from the run's start loss" in said, said
     assert _early(_stream(), float("nan")).startswith("wait")  # as before: too little history
-    off = dataclasses.replace(LOCAL_HEURISTIC, stream_pace_from_start=False)
+    off = dataclasses.replace(SERVER_STREAM, stream_pace_from_start=False)
     assert _early(_stream(), START, off).startswith("wait")
 
 
@@ -190,7 +202,7 @@ def test_a_local_policy_checkpoint_carries_the_start_loss() -> None:
 
 # -- after a widening: the next one at once only if the widening sped learning up --------------
 
-def _after_widening(losses: list[float], width: int = 40, config=LOCAL_HEURISTIC):
+def _after_widening(losses: list[float], width: int = 40, config=SERVER_STREAM):
     """The slowdown heuristic's decision when the stream widened after the second of
     `losses` (epoch 2) and the run has validated up to epoch len(losses)."""
     stream = _stream(width=width)
@@ -220,7 +232,7 @@ def test_the_first_epochs_gain_counts_from_the_start_loss() -> None:
     stream.widenings, stream.last_widened_epoch = 1, 1  # widened after the first validation
     ctx = _ctx(stream, history=[2.0, 1.5])
     ctx.history.start_loss, ctx.history.last_epoch = START, 2
-    d = HeuristicPolicy(LOCAL_HEURISTIC).decide(ctx)  # 0.5 after against 2.0 from the start
+    d = HeuristicPolicy(SERVER_STREAM).decide(ctx)  # 0.5 after against 2.0 from the start
     assert d.WhichOneof("action") == "wait" and "2 in the epoch before" in d.rationale, d.rationale
 
 
@@ -228,5 +240,7 @@ def test_the_wait_ends_at_the_streams_limit_and_can_be_turned_off() -> None:
     slower = [2.0, 1.8, 1.65]
     at_limit = _after_widening(slower, width=48)  # seeds: their own rules, as before
     assert "did not speed learning up" not in at_limit.rationale
-    off = dataclasses.replace(LOCAL_HEURISTIC, stream_wait_unless_faster=False)
+    off = dataclasses.replace(SERVER_STREAM, stream_wait_unless_faster=False)
     assert _after_widening(slower, config=off).WhichOneof("action") == "widen_stream"
+    local = _after_widening(slower, config=LOCAL_HEURISTIC)  # the local defaults: no wait
+    assert local.WhichOneof("action") == "widen_stream" and local.widen_stream.features == 4
