@@ -227,7 +227,8 @@ class HeuristicConfig:
     # (+0.13 pp over 2 and 3, 5/0; level with the schedule at 2 and 4) and at 2 and 3 at
     # 3e-3, as before. False: widen at every signal (Tolaria's local defaults, whose
     # widenings are half as large: there the wait held the char host's stream back to
-    # epochs 2, 4, 5 and 7, 0.28 pp below widening at each of epochs 1-4 on seeds 0-1).
+    # epochs 2, 4, 5 and 7, 0.28 and 0.06 pp below widening after each of epochs 1-4 on
+    # seeds 0 and 1).
     stream_wait_unless_faster: bool = True
     # The seeds' slowdown paced from the run's start loss too, as the stream's is, so that
     # it can fire after epoch 2 rather than 3 (opt-in). Measured on the Fashion-MNIST MLP
