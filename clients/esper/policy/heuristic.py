@@ -226,9 +226,9 @@ class HeuristicConfig:
     # 3 beat 2 and 4 by 0.08 pp (4/1). With the rule, Esper widens at 2 and 4 at 1e-3
     # (+0.13 pp over 2 and 3, 5/0; level with the schedule at 2 and 4) and at 2 and 3 at
     # 3e-3, as before. False: widen at every signal (Tolaria's local defaults, whose
-    # widenings are half as large: there, with the first epoch's signal off, it held the char host's stream back to
-    # epochs 2, 4, 5 and 7, 0.28 and 0.06 pp below widening after each of epochs 1-4 on
-    # seeds 0 and 1).
+    # widenings are half as large: there, with the first epoch's signal off, the wait
+    # held the char host's stream back to epochs 2, 4, 5 and 7, 0.28 and 0.06 pp below
+    # widening after each of epochs 1-4 on seeds 0 and 1).
     stream_wait_unless_faster: bool = True
     # The seeds' slowdown paced from the run's start loss too, as the stream's is, so that
     # it can fire after epoch 2 rather than 3 (opt-in). Measured on the Fashion-MNIST MLP
