@@ -32,6 +32,7 @@ from .arms import (
     follows_defaults,
     runs_for,
     schedule_arm,
+    spacing_of,
 )
 from .flops import count_every_pass
 from .hosts import HOSTS
@@ -65,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
                         "be put together with --merge)")
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--hosts", type=_csv(HOSTS), default=list(HOSTS))
-    p.add_argument("--arms", type=_csv(ARMS), default=list(ARMS),
-                   help="arms to run (those depending on Esper need esper too)")
+    p.add_argument("--arms", type=_csv(ARMS), default=None,
+                   help="arms to run (those depending on Esper need esper too; default all); "
+                        "with --merge, the arms taken from each merged result")
     p.add_argument("--quick", action="store_true",
                    help="one seed, two epochs, a data subset: proves the harness runs, never the result")
     p.add_argument("--learning-rate", type=_rate, default=LEARNING_RATE,
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for h in result["hosts"].values():  # summaries from the runs, by this version's rules
             h["summary"] = report.summarise(h["runs"])
         for other, theirs in others:
-            problem = merge(result, theirs)
+            problem = merge(result, only_arms(theirs, args.arms) if args.arms else theirs)
             if problem:
                 print(f"--merge {other}: {problem}", file=sys.stderr)
                 return 2
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             _write(result, paths)
         _render(result, paths)
         return 0
+    args.arms = args.arms or list(ARMS)
     if args.quick:
         args.seeds, args.epochs = 1, 2
     args.schedule_every = args.schedule_every or ((1,) if args.quick else SCHEDULE_SPACINGS)
@@ -357,13 +360,15 @@ def read_result(path: Path) -> dict:
     return result
 
 
-def config_mismatch(ours: dict, theirs: dict) -> str | None:
+def config_mismatch(ours: dict, theirs: dict, esper_settings: bool = True) -> str | None:
     """Why runs of two results cannot be compared as one experiment (or their Esper runs be
-    taken as one Esper's), or None. (Results from before --lr-schedule existed ran at a
-    constant rate.)"""
+    taken as one Esper's), or None; Esper's settings are compared unless `esper_settings`
+    is False (runs that read nothing of Esper's, see reads_esper). (Results from before
+    --lr-schedule existed ran at a constant rate.)"""
+    settings = report.ESPER_SETTINGS.items() if esper_settings else ()
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
                          ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
-                         *report.ESPER_SETTINGS.items()):
+                         *settings):
         if key == "heuristic":
             problem = _heuristic_mismatch(esper_heuristic(ours), esper_heuristic(theirs))
             if problem:
@@ -490,11 +495,34 @@ def spaced_schedule(result: dict) -> dict:
     return result
 
 
+# Arms whose runs read nothing of Esper's run (its size, architecture, growth or FLOPs) nor
+# of the heuristic: their runs join a result whatever its Esper's settings. (A static large
+# run with a point at Esper's FLOPs, made under a constant rate, read Esper's FLOPs.)
+ESPER_FREE_ARMS = frozenset({"static-small", "static-large"})
+
+
+def reads_esper(result: dict) -> bool:
+    """Whether any run of `result` read Esper's run or settings (see ESPER_FREE_ARMS)."""
+    return any(arm not in ESPER_FREE_ARMS or any("esper-flops" in (r.get("milestones") or {}) for r in runs)
+               for h in result["hosts"].values() for arm, runs in h["runs"].items())
+
+
+def only_arms(result: dict, arms: list[str]) -> dict:
+    """`result` with the runs of `arms` only ("schedule": each of its spacings)."""
+    def wanted(arm: str) -> bool:
+        return arm in arms or ("schedule" in arms and spacing_of(arm) is not None)
+    hosts = {host: {**h, "runs": {a: rs for a, rs in h["runs"].items() if wanted(a)},
+                    "unavailable": {a: why for a, why in h["unavailable"].items() if wanted(a)}}
+             for host, h in result["hosts"].items()}
+    return {**result, "hosts": hosts}
+
+
 def merge(result: dict, other: dict) -> str | None:
     """Put `other`'s runs into `result`, seed by seed: a seed `other` ran replaces that seed's
     run of the arm, a seed it adds is added (so an arm run later, or seeds run in another
     process, join one result). Why not, or None."""
-    problem = config_mismatch(result["config"], other["config"]) or _defaults_mismatch(result, other)
+    problem = config_mismatch(result["config"], other["config"], esper_settings=reads_esper(other)) \
+        or _defaults_mismatch(result, other)
     if problem:
         return problem
     for host, h in other["hosts"].items():

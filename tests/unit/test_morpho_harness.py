@@ -851,3 +851,56 @@ def test_merge_report_and_esper_from_refuse_a_result_they_cannot_read(tmp_path, 
         err = capsys.readouterr().err
         assert says in err and "bad.json" in err and "Traceback" not in err
     assert (tmp_path / "good.json").read_text() == before  # nothing written over
+
+
+def test_runs_that_read_nothing_of_espers_join_a_result_of_other_settings() -> None:
+    """The static small and large hosts read nothing of Esper's run or rules: their runs join
+    a result whose Esper ran under other settings, any other arm's do not."""
+    from morpho.cli import merge, reads_esper
+
+    def result(runs: dict, **cfg) -> dict:
+        return {"config": {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3,
+                           "hosts": ["char"], "command": "c", "lr_schedule": "cosine", **cfg},
+                "hosts": {"char": {"runs": runs, "unavailable": {}, "summary": {}}}}
+
+    run = {"seed": 1, "test_accuracy": 0.4, "flops": {"total": 1.0}, "params": 10,
+           "wall_s": 1.0, "curve": [], "milestones": None}
+    new, old = {"heuristic": {"stream_growth_fraction": 0.125}}, {"heuristic": {}}
+    statics = result({"static-small": [run], "static-large": [run]}, **old)
+    assert not reads_esper(statics)
+    assert merge(result({"esper": [run]}, **new), statics) is None
+    matched = {**run, "milestones": {"esper-flops": {"test_accuracy": 0.4}}}  # read Esper's FLOPs
+    assert reads_esper(result({"static-large": [matched]}))
+    problem = merge(result({"esper": [run]}, **new), result({"static-large": [matched]}, **old))
+    assert problem and "stream_growth_fraction" in problem
+    problem = merge(result({"esper": [run]}, **new), result({"static-final-size": [run]}, **old))
+    assert problem and "stream_growth_fraction" in problem
+    assert "epochs differs" in merge(result({}, **new), result({"static-small": [run]}, epochs=10))
+
+
+def test_merge_takes_only_the_arms_asked_for(tmp_path) -> None:
+    """`--merge OTHER --arms A,B` takes A and B from OTHER ("schedule": every spacing) and
+    leaves the result's own runs of the other arms as they were."""
+    from morpho.cli import main
+
+    def run(seed: int, accuracy: float) -> dict:
+        return {"seed": seed, "test_accuracy": accuracy, "flops": {"total": 1.0}, "params": 10,
+                "wall_s": 1.0, "curve": []}
+
+    def result(accuracy: float, **cfg) -> dict:
+        arms = ("esper", "static-small", "static-large", "schedule-every-1")
+        return {"config": {"command": f"c{accuracy}", "epochs": 2, "quick": True, "data": {},
+                           "seed_base": 1, "lr_schedule": "cosine", "schedule_every": [1],
+                           "hosts": ["mlp"], **cfg},
+                "hosts": {"mlp": {"runs": {a: [run(1, accuracy)] for a in arms},
+                                  "unavailable": {}, "summary": {}}}}
+
+    (tmp_path / "new.json").write_text(json.dumps(result(0.5, heuristic={"slowdown_ratio": 0.25})))
+    (tmp_path / "old.json").write_text(json.dumps(result(0.4)))
+    assert main(["--name", "new", "--merge", str(tmp_path / "old.json"), "--arms", "esper",
+                 "--out-dir", str(tmp_path)]) == 2  # Esper's of other settings: refused
+    assert main(["--name", "new", "--merge", str(tmp_path / "old.json"),
+                 "--arms", "static-small,static-large", "--out-dir", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "new.json").read_text())["hosts"]["mlp"]["runs"]
+    taken = {arm: rs[0]["test_accuracy"] for arm, rs in runs.items()}
+    assert taken == {"esper": 0.5, "static-small": 0.4, "static-large": 0.4, "schedule-every-1": 0.5}
