@@ -254,8 +254,8 @@ class HeuristicConfig:
     # and 3 and did worse than at 2 and 4: -1.03 and -0.64 pp on seeds 0 and 1
     # (benchmarks/morphogenesis.py, Adam 1e-3). With widenings of an eighth at every
     # signal (the local defaults) it widens after each of epochs 1-4, +0.28 pp (5/0) over
-    # the quarter-width widenings after epochs 2 and 4: a smaller widening leaves less to
-    # fit, so the stream can grow sooner.
+    # the quarter-width widenings after epochs 2 and 4 (our reading: a smaller widening
+    # leaves less to fit at once, so the stream can start growing sooner).
     stream_first_epoch_pace: bool = False
 
 
