@@ -865,16 +865,16 @@ def test_runs_that_read_nothing_of_espers_join_a_result_of_other_settings() -> N
 
     run = {"seed": 1, "test_accuracy": 0.4, "flops": {"total": 1.0}, "params": 10,
            "wall_s": 1.0, "curve": [], "milestones": None}
-    new, old = {"heuristic": {"stream_growth_fraction": 0.125}}, {"heuristic": {}}
+    new, old = {"heuristic": {"slowdown_ratio": 0.25}}, {"heuristic": {}}
     statics = result({"static-small": [run], "static-large": [run]}, **old)
     assert not reads_esper(statics)
     assert merge(result({"esper": [run]}, **new), statics) is None
     matched = {**run, "milestones": {"esper-flops": {"test_accuracy": 0.4}}}  # read Esper's FLOPs
     assert reads_esper(result({"static-large": [matched]}))
     problem = merge(result({"esper": [run]}, **new), result({"static-large": [matched]}, **old))
-    assert problem and "stream_growth_fraction" in problem
+    assert problem and "slowdown_ratio" in problem
     problem = merge(result({"esper": [run]}, **new), result({"static-final-size": [run]}, **old))
-    assert problem and "stream_growth_fraction" in problem
+    assert problem and "slowdown_ratio" in problem
     assert "epochs differs" in merge(result({}, **new), result({"static-small": [run]}, epochs=10))
 
 
