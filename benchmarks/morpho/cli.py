@@ -35,7 +35,7 @@ from .arms import (
     spacing_of,
 )
 from .flops import count_every_pass
-from .hosts import HOSTS
+from .hosts import HOSTS, STREAM_HOSTS
 from .loop import LEARNING_RATE, LR_SCHEDULES
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -370,7 +370,7 @@ def config_mismatch(ours: dict, theirs: dict, esper_settings: bool = True) -> st
                          ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
                          *settings):
         if key == "heuristic":
-            problem = _heuristic_mismatch(esper_heuristic(ours), esper_heuristic(theirs))
+            problem = _heuristic_mismatch(*_acting_heuristics(ours, theirs))
             if problem:
                 return problem
             continue
@@ -396,6 +396,16 @@ def esper_heuristic(cfg: dict) -> dict:
     """Every field of the local heuristic that a result's esper arms ran with: its defaults
     with its --heuristic changes."""
     return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {})}
+
+
+def _acting_heuristics(ours: dict, theirs: dict) -> tuple[dict, dict]:
+    """Both results' heuristics, less the stream_* settings when neither ran a host with a
+    residual stream (they decide nothing there: an MLP's runs are the same under any)."""
+    mine, other = esper_heuristic(ours), esper_heuristic(theirs)
+    hosts = [cfg.get("hosts") for cfg in (ours, theirs)]
+    if all(hosts) and not STREAM_HOSTS & {h for hs in hosts for h in hs}:
+        mine, other = ({k: v for k, v in h.items() if not k.startswith("stream_")} for h in (mine, other))
+    return mine, other
 
 
 def _heuristic_mismatch(mine: dict, other: dict) -> str | None:

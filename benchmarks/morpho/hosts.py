@@ -12,6 +12,8 @@ from torch import nn
 from .text import CharTransformer
 
 HOSTS = ("mlp", "cnn", "char")
+# The hosts with a residual stream: the heuristic's stream_* settings act only on these.
+STREAM_HOSTS = frozenset({"char"})
 # The character-level transformer (width d_model; 2 blocks, 4 heads): small, ~3x large.
 CHAR_SMALL, CHAR_LARGE = 32, 56
 SIDE = 28

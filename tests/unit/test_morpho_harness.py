@@ -406,6 +406,27 @@ def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_
     assert config_mismatch(today, fewer) is None
 
 
+def test_stream_settings_separate_results_only_where_a_host_has_a_stream() -> None:
+    """The stream_* settings act only on a host with a residual stream (char): image hosts'
+    Esper runs under other stream settings are the same runs and join; a char run's are not."""
+    import dataclasses
+
+    from morpho.cli import config_mismatch
+
+    from esper.tolaria import LOCAL_HEURISTIC
+
+    defaults = dataclasses.asdict(LOCAL_HEURISTIC)
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3, "heuristic": {}}
+    today = {**base, "heuristic_defaults": defaults}
+    wider = {**base, "heuristic_defaults": {**defaults, "stream_growth_fraction": 0.25}}
+    assert config_mismatch({**today, "hosts": ["mlp"]}, {**wider, "hosts": ["mlp", "cnn"]}) is None
+    assert "stream_growth_fraction" in config_mismatch({**today, "hosts": ["char"]}, {**wider, "hosts": ["char"]})
+    assert "stream_growth_fraction" in config_mismatch({**today, "hosts": ["mlp"]}, {**wider, "hosts": ["char"]})
+    assert "stream_growth_fraction" in config_mismatch(today, {**wider, "hosts": ["mlp"]})  # hosts unknown
+    slower = {**base, "hosts": ["mlp"], "heuristic_defaults": {**defaults, "slowdown_ratio": 0.25}}
+    assert "slowdown_ratio" in config_mismatch({**today, "hosts": ["mlp"]}, slower)
+
+
 def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:
     def run(seed: int, points: list[tuple[float, float]]) -> dict:
         return {"seed": seed, "curve": [{"flops": f, "test_accuracy": a} for f, a in points]}
