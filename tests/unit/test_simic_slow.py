@@ -99,3 +99,23 @@ def test_with_long_epochs_the_first_epoch_rule_grows_seeds_right_after_the_first
     germinations = [e.decision for e in result.episode.events if e.WhichOneof("payload") == "decision"
                     and e.decision.WhichOneof("action") == "germinate"]
     assert germinations and "first epoch" in germinations[0].rationale
+
+
+def test_every_episode_snapshot_carries_the_health_a_deployed_window_does() -> None:
+    """Each 5-step snapshot of an episode has one step's activation statistics and a
+    gradient norm on every monitored layer, as a deployed run's 20-step window has; at
+    Tolaria's own sampling rates most of an episode's windows would read 0 there."""
+    from esper.tamiyo.simic.episodes import run_episode
+
+    for name in ("snapshot_every", "health_activation_every", "health_sample_every"):
+        with pytest.raises(ValueError, match=name):
+            EpisodeConfig(**{name: 0})
+    result = run_episode(HeuristicPolicy(EPISODE_HEURISTIC), seed=4, config=EpisodeConfig(epochs=1))
+    snapshots = [e.snapshot for e in result.episode.events if e.WhichOneof("payload") == "snapshot"]
+    periodic = [s for s in snapshots if not s.epoch_end]
+    assert len(periodic) >= 3
+    for snapshot in periodic:
+        assert snapshot.layers
+        for health in snapshot.layers:
+            assert health.activation_std > 0, (snapshot.step, health.layer_id)
+            assert health.gradient_norm > 0, (snapshot.step, health.layer_id)

@@ -77,6 +77,14 @@ class EpisodeConfig:
     epochs: int = 30
     # A snapshot (and a decision) every 5 steps: ~5 decisions per epoch of 23 steps.
     snapshot_every: int = 5
+    # Layer health sampled so that each snapshot window carries what a deployed run's does
+    # (Tolaria's defaults over its 20-step window: one step's activation statistics and two
+    # gradient norms). At Tolaria's own rates (1 in 20, 1 in 10) three windows in four of a
+    # 5-step episode read activations of 0 and half read no gradient, a state no deployed
+    # run shows: a policy trained on them read the Fashion-MNIST CNN's full health rows as
+    # unfamiliar and waited there (p(germinate) 0.03 after epoch 1, 0.09 with health zeroed).
+    health_activation_every: int = 5
+    health_sample_every: int = 2
     batch_size: int = 64
     # Adam at 3e-3 brings the CNN to ~90% in a few epochs, then it plateaus.
     learning_rate: float = 3e-3
@@ -104,6 +112,9 @@ class EpisodeConfig:
             raise ValueError(f"growth_rule must be one of {GROWTH_RULES}, got {self.growth_rule!r}")
         if self.epoch_repeats < 1:
             raise ValueError(f"epoch_repeats must be >= 1, got {self.epoch_repeats}")
+        for name in ("snapshot_every", "health_activation_every", "health_sample_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class EventRecorder:
@@ -276,7 +287,9 @@ def run_episode(policy: Policy, seed: int, config: EpisodeConfig | None = None,
     task = load_task(TASK, batch_size=cfg.batch_size, seed=seed)
     train_loader = RepeatedLoader(task.train_loader, cfg.epoch_repeats)
     recorder = EventRecorder()
-    tconf = TolariaConfig(run_id=run_id or f"simic-{seed}", snapshot_every=cfg.snapshot_every, progress=False)
+    tconf = TolariaConfig(run_id=run_id or f"simic-{seed}", snapshot_every=cfg.snapshot_every, progress=False,
+                          health_sample_every=cfg.health_sample_every,
+                          health_activation_every=cfg.health_activation_every)
     local = LocalPolicy(policy=RecordingPolicy(policy, recorder))
     total_steps = cfg.epochs * len(train_loader)
     cosine = None if cfg.lr_schedule == "constant" else \
