@@ -16,6 +16,10 @@ from tests.unit.test_simic_dataset import synthetic_episode
     (["tamiyo", "train", "--data", "{tmp}/missing", "--out", "{tmp}/p.safetensors"], "no dataset directory"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--bc-weight", "-1"], "--bc-weight"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--awr-weight", "nan"], "--awr-weight"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--action-balance", "-0.5"],
+     "--action-balance"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--action-balance", "inf"],
+     "--action-balance"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/nodir/p.safetensors"], "does not exist"),
     (["tamiyo", "evaluate", "--policy", "{tmp}/none.safetensors"], "--policy"),
     (["tamiyo", "train", "--nissa-dsn", "postgresql://x@h/db", "--out", "{tmp}/p.safetensors"], "--nissa HOST:PORT"),
@@ -37,12 +41,16 @@ def test_train_from_a_directory(tmp_path, capsys) -> None:
                  "--version", "gnn@test-1"]) == 0
     assert "gnn@test-1" in capsys.readouterr().out
     assert out.is_file()
+    # Episodes of the slowdown rule: the growth-signal feature reads that rule.
+    assert main(["tamiyo", "train", "--data", str(tmp_path / "data"), "--out", str(out), "--epochs", "2",
+                 "--growth-rule", "slowdown"]) == 0
 
 
 @pytest.mark.parametrize("argv", [
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--lr-schedule", "linear"],
     ["tamiyo", "evaluate", "--policy", "p.safetensors", "--lr-schedule", ""],
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--growth-rule", "schedule"],
+    ["tamiyo", "train", "--data", "d", "--out", "p.safetensors", "--growth-rule", "slow"],
     ["tamiyo", "collect", "--episodes", "2", "--out", "d", "--epoch-repeats", "two"],
 ])
 def test_an_unknown_schedule_or_rule_is_refused(capsys, argv) -> None:

@@ -54,6 +54,42 @@ def test_a_few_steps_reduce_the_bc_loss(tensors) -> None:
     assert after < 0.8 * before
 
 
+def test_action_weights_even_out_the_growth_decision_at_mean_one() -> None:
+    from esper.tamiyo.policies.mask import ACTIONS
+    from esper.tamiyo.simic.train import action_weights
+
+    counts = {"wait": 90, "germinate": 10, "cull": 5}
+    assert action_weights(counts, 0.0).tolist() == [1.0] * len(ACTIONS)
+    w = dict(zip(ACTIONS, action_weights(counts, 1.0).tolist()))
+    assert w["germinate"] * 10 == pytest.approx(w["wait"] * 90)  # both choices weigh alike in all
+    assert (w["germinate"] * 10 + w["wait"] * 90) / 100 == pytest.approx(1.0)
+    assert w["cull"] == w["advance"] == w["fossilize"] == 1.0  # a seed's lifecycle is not evened out
+    half = dict(zip(ACTIONS, action_weights(counts, 0.5).tolist()))
+    assert w["wait"] < half["wait"] < 1.0 < half["germinate"] < w["germinate"]
+    assert action_weights({}, 1.0).tolist() == [1.0] * len(ACTIONS)
+    assert action_weights({"wait": 7}, 1.0).tolist() == [1.0] * len(ACTIONS)
+
+
+def test_balanced_actions_raise_the_rare_choice_where_it_was_made(tensors) -> None:
+    """The rare recorded germinations get a higher probability at their own states when the
+    growth decision's choices weigh alike than when every decision does."""
+    from esper.tamiyo.policies.mask import GERMINATE
+
+    (batch,) = tensors.batches
+    rows = batch.action == GERMINATE
+    assert 0 < int(rows.sum()) < len(batch) // 4
+
+    def p_germinate(balance: float) -> float:
+        config = dataclasses.replace(FAST, epochs=8, awr_weight=0.0, value_weight=0.0, action_balance=balance)
+        trainer = SimicTrainer(tensors, config, default_vocabulary(), SMALL)
+        trainer.run()
+        with torch.no_grad():
+            logits = trainer.actor(batch.x, batch.encoding.adjacency, batch.g)[0]
+        return float(masked_log_softmax(logits, batch.action_mask).exp()[rows, GERMINATE].mean())
+
+    assert p_germinate(1.0) > p_germinate(0.0) + 0.1  # measured: 0.36 against 0.13
+
+
 def _illegal_probability(net, batch) -> float:
     net.eval()
     with torch.no_grad():

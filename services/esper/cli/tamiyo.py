@@ -96,9 +96,15 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--bc-weight", type=float, default=None, help="behaviour cloning weight (default 1)")
     p.add_argument("--awr-weight", type=float, default=None, help="IQL advantage-weighted term weight (default 1)")
+    p.add_argument("--action-balance", type=float, default=None, metavar="B",
+                   help="weigh each recorded action type by its share ** -B in the losses "
+                        "(0: every decision alike, the default; 1: balanced types)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", default=None, help="policy version to stamp (default gnn@simic-<digest>)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with any bad record")
+    p.add_argument("--growth-rule", choices=GROWTH_RULES, default="plateau",
+                   help="what the episodes' heuristic grew on (as collected): the policy's "
+                        "growth-signal feature reads the same rule (default plateau)")
     p.set_defaults(func=run_train)
 
 
@@ -199,16 +205,19 @@ def _check_sources(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from esper.tamiyo.simic.episodes import episode_heuristic
     from esper.tamiyo.simic.train import SimicConfig, train_policy
 
     _check_sources(args)
     _positive("--epochs", args.epochs, MAX_EPOCHS)
     _weight("--bc-weight", args.bc_weight)
     _weight("--awr-weight", args.awr_weight)
+    _weight("--action-balance", args.action_balance)
     out = _writable_file(args.out, "--out")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("bc_weight", args.bc_weight),
-                                   ("awr_weight", args.awr_weight), ("seed", args.seed)) if v is not None}
-    config = dataclasses.replace(SimicConfig(), **overrides)
+                                   ("awr_weight", args.awr_weight), ("action_balance", args.action_balance),
+                                   ("seed", args.seed)) if v is not None}
+    config = dataclasses.replace(SimicConfig(), heuristic=episode_heuristic(args.growth_rule), **overrides)
     dataset = _load(args)
     for message in dataset.problems.messages:
         print(f"warning: {message}", file=sys.stderr)

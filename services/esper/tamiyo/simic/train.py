@@ -25,6 +25,7 @@ import torch
 from esper.policy.heuristic import HeuristicConfig
 from esper.tamiyo.policies.artifact import save_policy, tensors_digest
 from esper.tamiyo.policies.gnn import POLICY_NAME
+from esper.tamiyo.policies.mask import ACTIONS
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.dataset import Dataset
@@ -47,6 +48,13 @@ class SimicConfig:
     bc_weight: float = 1.0
     # Advantage-weighted extraction moves it toward actions that earned more than V expects.
     awr_weight: float = 1.0
+    # How far the policy's losses even out the growth decision's choices (action_weights): 0
+    # weighs every decision alike (the episodes' mix: 5,122 waits to 215 germinations), 1
+    # weighs germinate and wait by the inverse of their shares. Balanced, the few
+    # germinations at the heuristic's signal are learned rather than averaged away by the
+    # waits around them: right after a long first epoch (4 germinations there in 6,250
+    # decisions) p(germinate) was 0.04-0.07 unbalanced, 0.58 balanced.
+    action_balance: float = 0.0
     # Value regression weight inside the actor's loss (V is the actor's value head).
     value_weight: float = 1.0
     # Discount per decision: ~40 decisions per episode, 0.95 credits an epoch's gain to the
@@ -67,7 +75,8 @@ class SimicConfig:
     # add synchronisation (on a shared 2-core machine 4+ threads ran ~30x slower than 1).
     torch_threads: int = 1
     reward: RewardConfig = field(default_factory=RewardConfig)
-    # Thresholds used for the plateau feature and the safety mask (the evaluation's too).
+    # Rules and thresholds of the plateau and growth-signal features and of the safety mask
+    # (the evaluation's too): episodes.episode_heuristic of the rule the episodes grew on.
     heuristic: HeuristicConfig = EPISODE_HEURISTIC
 
     def as_dict(self) -> dict:
@@ -114,6 +123,28 @@ def _forward(net: PolicyNet, batch: GraphBatch, *, nxt: bool = False) -> tuple[t
     return net(x, batch.encoding.adjacency, g)
 
 
+# The choices of the growth decision, the ones action_balance evens out.
+GROWTH_CHOICES = ("germinate", "wait")
+
+
+def action_weights(counts: dict[str, int], balance: float) -> torch.Tensor:
+    """A weight per action (ACTIONS' order). The growth decision's two choices, germinate
+    and wait, weigh (their share of those decisions) ** -balance, scaled so that those
+    decisions' mean weight is 1; every other action weighs 1 (advance, cull and fossilize
+    follow a seed's state, and weighting them up made a policy cull and re-grow a seed
+    again and again, as the episodes' exploration did)."""
+    weights = [1.0] * len(ACTIONS)
+    total = sum(counts.get(a, 0) for a in GROWTH_CHOICES)
+    if not balance or not total:
+        return torch.tensor(weights)
+    raw = [(counts[a] / total) ** -balance if a in GROWTH_CHOICES and counts.get(a) else 1.0 for a in ACTIONS]
+    mean = sum(raw[i] * counts.get(a, 0) for i, a in enumerate(ACTIONS) if a in GROWTH_CHOICES) / total
+    for i, a in enumerate(ACTIONS):
+        if a in GROWTH_CHOICES:
+            weights[i] = raw[i] / mean
+    return torch.tensor(weights)
+
+
 class SimicTrainer:
     def __init__(self, data: TensorSet, config: SimicConfig, vocabulary: BlueprintVocabulary,
                  shape: NetworkShape | None = None, initial: PolicyNet | None = None) -> None:
@@ -126,6 +157,7 @@ class SimicTrainer:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.learning_rate)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate)
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.action_weights = action_weights(data.counts, config.action_balance)
 
     def bc_loss(self, batch: GraphBatch) -> torch.Tensor:
         """Mean negative log-likelihood of the heuristic's decisions in the batch (eval mode)."""
@@ -152,7 +184,7 @@ class SimicTrainer:
         heads = _forward(self.actor, batch)
         value = heads[3]
         value_loss = expectile_loss(q_target - value, c.expectile)
-        logp = choice_log_prob(heads, batch)
+        logp = choice_log_prob(heads, batch) * self.action_weights[batch.action]
         weights = torch.exp(c.beta * (q_target - value.detach())).clamp(max=c.max_weight)
         awr = -(weights * logp).mean()
         bc = -logp[batch.imitate].mean() if batch.imitate.any() else torch.zeros(())
