@@ -32,7 +32,13 @@ from pathlib import Path
 
 from esper.cli.numbers import positive_int
 from esper.tamiyo.simic.dataset import load_dataset
-from esper.tamiyo.simic.episodes import GROWTH_RULES, LR_SCHEDULES, EpisodeConfig, collect
+from esper.tamiyo.simic.episodes import (
+    GROWTH_RULES,
+    LR_SCHEDULES,
+    EpisodeConfig,
+    collect,
+    episode_heuristic,
+)
 from esper.tamiyo.simic.evaluate import evaluate
 from esper.tamiyo.simic.train import SimicConfig, train_policy
 
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     t_collect = time.perf_counter() - t0
     dataset = load_dataset(data)
     t0 = time.perf_counter()
-    result = train_policy(dataset, SimicConfig(epochs=args.epochs))
+    result = train_policy(dataset, SimicConfig(epochs=args.epochs, heuristic=episode_heuristic(args.growth_rule)))
     t_train = time.perf_counter() - t0
     artifact = work / "policy.safetensors"
     result.save(artifact)

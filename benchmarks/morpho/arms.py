@@ -64,7 +64,7 @@ LABELS = {
     "esper-arch-restarts@esper-flops": "  the same, stopped at Esper's FLOPs",
     "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
     "static-large": "static large reference",
-    "learned": "Esper, learned policy (Simic GNN trained on digits episodes of a heuristic growing on slowdowns, under the same schedule)",
+    "learned": "Esper, learned policy (Simic GNN trained on digits episodes of a heuristic growing by the local rules, some of long epochs, under the same schedule)",
 }
 # The fixed schedule's spacings (epochs between its growth events) the "schedule" arm runs.
 # The one with the best mean validation accuracy over the seeds is the best fixed schedule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -302,7 +303,7 @@ def test_runs_of_one_model_decide_together_exactly_as_alone(config) -> None:
     rng.shuffle(contexts)
     alone, batched = (GnnPolicy(config=config, vocabulary=VOCAB) for _ in range(2))
     for policy in (alone, batched):
-        _randomise(policy.net, random.Random(2))
+        _randomise(policy.net, random.Random(4))
     expected = [_without_identity(alone.decide(ctx)) for ctx in contexts]
     for _ in range(2):
         assert [_without_identity(d) for d in batched.decide_batch(contexts)] == expected
@@ -366,11 +367,14 @@ def test_dropout_masks_are_a_function_of_the_seed_and_graph_size() -> None:
     assert _without_identity(alone) == _without_identity(again)
 
 
+PLATEAU_3 = HeuristicPolicy(HeuristicConfig(plateau_patience=3, plateau_min_delta=0.01))
+
+
 def test_the_global_pace_feature_says_how_much_learning_has_slowed() -> None:
-    from esper.tamiyo.policies.features import global_features
+    from esper.tamiyo.policies.features import PACE_FEATURE, global_features
 
     def pace_feature(history) -> float:
-        return float(global_features(context(val_history=history), 3, 0.01)[-1])
+        return float(global_features(context(val_history=history), PLATEAU_3)[PACE_FEATURE])
 
     assert pace_feature([1.0, 0.8, 0.75]) == pytest.approx(0.25)
     assert pace_feature([1.0, 0.8]) == 1.0  # no history to judge by: as fast as ever
@@ -389,12 +393,40 @@ def test_the_global_features_read_losses_on_one_scale_across_tasks() -> None:
         snap.metrics.val_accuracy = 0.9 if scale == 1 else 0.35  # accuracies are task-specific
         ctx = PolicyContext.build(snap, graph(), history=RunHistory(
             val_losses=[v * scale for v in (1.2, 0.8, 0.6)]))
-        return global_features(ctx, 3, 0.01)
+        return global_features(ctx, PLATEAU_3)
 
     digits, chars = features(1.0), features(11.5)
     np.testing.assert_allclose(digits, chars, rtol=1e-5)
     assert digits[:3] == pytest.approx([0.5 / 0.6, 0.6 / 1.2, 0.6 / 0.55 - 1], rel=1e-5)
     # Unknown (NaN, zero) losses read as "no gap, no progress, at its best".
     empty = snapshot(val_loss=float("nan"))
-    row = global_features(PolicyContext.build(empty, graph(), history=RunHistory()), 3, 0.01)
+    row = global_features(PolicyContext.build(empty, graph(), history=RunHistory()), PLATEAU_3)
     assert row[:3].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_the_growth_signal_feature_follows_the_rules_of_the_heuristic_given() -> None:
+    """The feature is 1 exactly when the given heuristic's seeds have a growth signal: a
+    plateau for any, diminishing returns for one with the slowdown rule, the first epoch's
+    pace only for one that reads it."""
+    from esper.policy.context import PolicyContext, RunHistory
+    from esper.tamiyo.policies.features import SIGNAL_FEATURE, global_features
+
+    plateau_only = HeuristicPolicy(HeuristicConfig(plateau_patience=2, plateau_min_delta=0.01))
+    slowdown = HeuristicPolicy(HeuristicConfig(plateau_patience=2, plateau_min_delta=0.01,
+                                               slowdown_ratio=0.5, slowdown_window=1))
+    first_epoch = HeuristicPolicy(dataclasses.replace(slowdown.config, seed_first_epoch_pace=True))
+
+    def signal(history: RunHistory, heuristic: HeuristicPolicy) -> float:
+        snap = snapshot(val_loss=history.val_losses[-1])
+        snap.metrics.best_val_loss = min(history.val_losses)
+        return float(global_features(PolicyContext.build(snap, graph(), history=history),
+                                     heuristic)[SIGNAL_FEATURE])
+
+    improving = RunHistory(val_losses=[1.0, 0.6])
+    assert [signal(improving, h) for h in (plateau_only, slowdown, first_epoch)] == [0.0, 0.0, 0.0]
+    slowing = RunHistory(val_losses=[1.0, 0.6, 0.55])  # gained 0.05 after 0.4: a slowdown
+    assert [signal(slowing, h) for h in (plateau_only, slowdown, first_epoch)] == [0.0, 1.0, 1.0]
+    flat = RunHistory(val_losses=[1.0, 0.6, 0.6, 0.6])
+    assert [signal(flat, h) for h in (plateau_only, slowdown, first_epoch)] == [1.0, 1.0, 1.0]
+    after_one_epoch = RunHistory(val_losses=[0.6], first_epoch_pace=0.2)
+    assert [signal(after_one_epoch, h) for h in (plateau_only, slowdown, first_epoch)] == [0.0, 0.0, 1.0]

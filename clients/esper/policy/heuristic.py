@@ -385,6 +385,12 @@ class HeuristicPolicy:
             return self._make(ctx, self._wait(), CONFIDENCE_WAIT, f"withheld {rationale!r}: {problem}")
         return decision
 
+    def growth_signal(self, ctx: PolicyContext) -> str | None:
+        """Why the seeds may grow now by this heuristic's rules (a plateau, diminishing
+        returns, the first epoch's pace), or None; whether a seed then grows depends on the
+        slots, the budget and the live seeds too. The learned policy reads it as a feature."""
+        return self._seed_signal(ctx)
+
     def stream_decision(self, ctx: PolicyContext) -> AdaptationDecision | None:
         """The widening of the residual stream this policy makes now (rule 4), or None: the
         rule a policy with no widening in its own action space (the GNN) defers to. Rules

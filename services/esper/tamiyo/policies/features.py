@@ -5,7 +5,10 @@ Node features = static (op type one-hot, log dims, log params, relative depth, h
               + health (LayerHealth of the node or its slot)
               + seed (one-hot stage, alpha, log steps in stage, log params, val-loss change,
                 non-finite flag, embargo flag).
-Global features come from TrainingMetrics, the history and the budget. The losses enter
+Global features come from TrainingMetrics, the history and the budget, and say whether the
+heuristic the policy is given sees a growth signal now (its plateau, slowdown and
+first-epoch rules, at its thresholds: the policy learns from episodes when a signal is
+worth acting on, and the signal carries over to tasks whose epochs differ). The losses enter
 as ratios (train to validation, validation to the run's first and to its best), never as
 their values: a policy trained on one task's episodes then reads another task's run (a
 character model's loss of 2.3, a digits model's of 0.2) on the same scale. Every value is
@@ -27,10 +30,12 @@ from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
+from esper.policy.heuristic import HeuristicPolicy
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
-FEATURE_SCHEMA = "tamiyo-features@3"  # @2: the global pace feature; @3: losses as ratios
+# @2: the global pace feature; @3: losses as ratios; @4: the heuristic's growth signal.
+FEATURE_SCHEMA = "tamiyo-features@4"
 
 # Op families recognised by substring of GraphNode.op_type (lower-cased); anything else is "other".
 OP_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -47,7 +52,9 @@ HEALTH_FEATURES = 10
 STAGES = len(SeedStage.values())  # index 0 (UNSPECIFIED) doubles as "no seed"
 SEED_FEATURES = STAGES + 6
 NODE_FEATURES = STATIC_FEATURES + HEALTH_FEATURES + SEED_FEATURES
-GLOBAL_FEATURES = 10
+GLOBAL_FEATURES = 11
+# Where the pace and the growth-signal features sit in the global row.
+PACE_FEATURE, SIGNAL_FEATURE = 9, 10
 # The pace feature compares one-epoch gains of the best validation loss (the window of the
 # local heuristic's slowdown rule), whatever thresholds the policy's heuristic has.
 PACE_WINDOW = 1
@@ -215,14 +222,15 @@ def _pace(val_losses) -> float:
     return 1.0 if now is None else min(max(now, 0.0), 1.0)
 
 
-def global_features(ctx: PolicyContext, patience: int, min_delta: float) -> np.ndarray:
-    """(GLOBAL_FEATURES,) from the metrics, history and budget."""
-    return _bounded(np.array(_global_row(ctx, patience, min_delta), dtype=np.float32))
+def global_features(ctx: PolicyContext, heuristic: HeuristicPolicy) -> np.ndarray:
+    """(GLOBAL_FEATURES,) from the metrics, history and budget; the plateau and the growth
+    signal at `heuristic`'s thresholds."""
+    return _bounded(np.array(_global_row(ctx, heuristic), dtype=np.float32))
 
 
-def batch_global_features(contexts: Sequence[PolicyContext], patience: int, min_delta: float) -> np.ndarray:
+def batch_global_features(contexts: Sequence[PolicyContext], heuristic: HeuristicPolicy) -> np.ndarray:
     """(B, GLOBAL_FEATURES): `global_features` of each context, bounded once for the batch."""
-    return _bounded(np.array([_global_row(ctx, patience, min_delta) for ctx in contexts], dtype=np.float32))
+    return _bounded(np.array([_global_row(ctx, heuristic) for ctx in contexts], dtype=np.float32))
 
 
 def _ratio(num: float, den: float, default: float) -> float:
@@ -232,8 +240,8 @@ def _ratio(num: float, den: float, default: float) -> float:
     return min(num / den, 4.0)
 
 
-def _global_row(ctx: PolicyContext, patience: int, min_delta: float) -> list[float]:
-    m = ctx.snapshot.metrics
+def _global_row(ctx: PolicyContext, heuristic: HeuristicPolicy) -> list[float]:
+    m, c = ctx.snapshot.metrics, heuristic.config
     limit = ctx.budget.max_added_params
     used = budgeting.params_used(ctx) / limit if limit else 0.0
     live_limit = ctx.capabilities.max_live_seeds
@@ -246,10 +254,12 @@ def _global_row(ctx: PolicyContext, patience: int, min_delta: float) -> list[flo
         _ratio(m.val_loss, first, 1.0),  # how far the run has come
         _ratio(m.val_loss, m.best_val_loss, 1.0) - 1.0,  # how far above its best
         min(m.plateau_epochs, 100) / 10.0,
-        1.0 if is_plateau(ctx.history.val_losses, patience, min_delta, m.plateau_epochs) else 0.0,
+        1.0 if is_plateau(ctx.history.val_losses, c.plateau_patience, c.plateau_min_delta,
+                          m.plateau_epochs) else 0.0,
         min(used, 1.0),
         live / live_limit if live_limit else 0.0,
         math.log10(lr) / 5.0 if math.isfinite(lr) and lr > 0 else 0.0,
         1.0 if limit and used >= 1.0 else 0.0,
         _pace(ctx.history.val_losses),
+        0.0 if heuristic.growth_signal(ctx) is None else 1.0,
     ]

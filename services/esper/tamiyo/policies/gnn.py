@@ -260,11 +260,9 @@ class GnnPolicy:
 
     def forward_passes(self, graphs: Sequence[tuple[PolicyContext, GraphEncoding]]) -> list[GraphOutputs]:
         """K MC-dropout passes for each graph, all in one forward."""
-        hc = self.heuristic.config
         starts, rows = tile_starts([enc.num_nodes for _, enc in graphs])
         x = torch.from_numpy(batch_node_features(graphs, starts, rows))  # the layout infer takes
-        g = torch.from_numpy(batch_global_features([ctx for ctx, _ in graphs], hc.plateau_patience,
-                                                   hc.plateau_min_delta))
+        g = torch.from_numpy(batch_global_features([ctx for ctx, _ in graphs], self.heuristic))
         bank = self._bank()
         keeps = bank.keeps([enc.num_nodes for _, enc in graphs]) if bank else None
         with torch.inference_mode():

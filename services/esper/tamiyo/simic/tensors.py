@@ -16,7 +16,7 @@ import torch
 
 from esper.policy import budget as budgeting
 from esper.policy.context import graph_digest
-from esper.policy.heuristic import HeuristicConfig
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.policy.safety import live_seed_limit
 from esper.tamiyo.policies.features import (
     GraphEncoding,
@@ -73,15 +73,17 @@ class TensorSet:
         return sum(len(b) for b in self.batches)
 
 
-def _features(t: Transition, state: State, enc: GraphEncoding, config: HeuristicConfig) -> tuple[np.ndarray, np.ndarray]:
+def _features(t: Transition, state: State, enc: GraphEncoding, heuristic: HeuristicPolicy
+              ) -> tuple[np.ndarray, np.ndarray]:
     ctx = t.context(state)
-    return node_features(ctx, enc), global_features(ctx, config.plateau_patience, config.plateau_min_delta)
+    return node_features(ctx, enc), global_features(ctx, heuristic)
 
 
 def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, config: HeuristicConfig) -> TensorSet:
     groups: dict[str, list[tuple]] = {}
     encodings: dict[str, GraphEncoding] = {}
     out = TensorSet([])
+    heuristic = HeuristicPolicy(config)  # the growth-signal feature's rules
     for t in transitions:
         key = graph_digest(t.episode.open.graph)
         enc = encodings.get(key) or encodings.setdefault(key, encode_graph(t.episode.open.graph))
@@ -95,9 +97,9 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
         if not is_legal(choice, mask):
             out.dropped_illegal += 1
             continue
-        x, g = _features(t, t.state, enc, config)
+        x, g = _features(t, t.state, enc, heuristic)
         if t.next_state is not None:
-            nx, ng = _features(t, t.next_state, enc, config)
+            nx, ng = _features(t, t.next_state, enc, heuristic)
         else:
             nx, ng = np.zeros_like(x), np.zeros_like(g)
         kind = t.decision.WhichOneof("action")
