@@ -16,6 +16,7 @@ from esper.policy import HeuristicConfig, HeuristicPolicy, RunHistory
 from esper.policy.context import MAX_FIRST_EPOCH_POINTS
 from esper.policy.plateau import first_epoch_pace
 from esper.tolaria.policy.local import LOCAL_HEURISTIC, LocalPolicy
+from tests.unit.test_policy_stream import SERVER_STREAM
 from tests.unit.test_tamiyo_support import context, loss_snapshot
 
 NAN = float("nan")
@@ -131,10 +132,8 @@ def test_a_stream_with_room_widens_first() -> None:
 def test_the_stream_waits_out_the_first_epoch_under_the_server_defaults() -> None:
     room = ResidualStreamState(width=32, declared_width=32, max_width=48, feature_multiple=4,
                                params_per_feature=100)
-    server = dataclasses.replace(CONFIG, stream_first_epoch_pace=False,
-                                 stream_growth_fraction=HeuristicConfig.stream_growth_fraction)
-    assert _after_first_epoch(0.1, server, stream=room).startswith("wait")
-    opted_in = dataclasses.replace(server, stream_first_epoch_pace=True)
+    assert _after_first_epoch(0.1, SERVER_STREAM, stream=room).startswith("wait")
+    opted_in = dataclasses.replace(SERVER_STREAM, stream_first_epoch_pace=True)
     said = _after_first_epoch(0.1, opted_in, stream=room)
     assert said.startswith("widen_stream") and "32 -> 40" in said, said
     assert HeuristicConfig().stream_first_epoch_pace is False
