@@ -407,7 +407,8 @@ def plot(result: dict, path: Path) -> None:
         finals = [100 * h["summary"]["arms"][a]["test_accuracy_mean"] for a in names]
         if finals:
             ax.set_ylim(min(finals) - 2.5, max(finals) + 1.0)
-        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    for ax in axes[0]:  # below the axes, laid out without them: a dozen arms would cover the points
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
