@@ -41,8 +41,9 @@ QUICK_LONG = (1, (2, 2))
 # The heuristic the policy imitates grows by the local heuristic's rules: diminishing
 # returns, and the first epoch's pace.
 GROWTH_RULE = "first-epoch"
-# Each recorded action type weighs alike in Simic's losses (SimicConfig.action_balance): the
-# germinations right after a long first epoch are few among the waits.
+# The growth decision's two choices, germinate and wait, weigh alike in Simic's losses
+# (SimicConfig.action_balance): the germinations right after a long first epoch are few
+# among the waits, and unbalanced the policy waited through them on the CNN.
 ACTION_BALANCE = 1.0
 
 
@@ -50,7 +51,7 @@ def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
     """The policy for runs under `lr_schedule`, trained on episodes of GROWTH_RULE under the
     same schedule (the name says which: "-firs", "-cos" for cosine, "-8x8" for the
     episodes of long epochs, "-h5" for their layer health sampled every 5 steps, "-bal1" for
-    the action types balanced in training)."""
+    the growth decision balanced in training)."""
     episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
     long_episodes, (long_epochs, repeats) = QUICK_LONG if quick else (LONG_EPISODES, LONG_EPOCHS)
     layout = FEATURE_SCHEMA.rpartition("@")[2]

@@ -97,8 +97,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--bc-weight", type=float, default=None, help="behaviour cloning weight (default 1)")
     p.add_argument("--awr-weight", type=float, default=None, help="IQL advantage-weighted term weight (default 1)")
     p.add_argument("--action-balance", type=float, default=None, metavar="B",
-                   help="weigh each recorded action type by its share ** -B in the losses "
-                        "(0: every decision alike, the default; 1: balanced types)")
+                   help="weigh germinate and wait by their share of those decisions ** -B in "
+                        "the losses (0: every decision alike, the default; 1: both choices alike)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", default=None, help="policy version to stamp (default gnn@simic-<digest>)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with any bad record")
