@@ -134,14 +134,14 @@ def action_weights(counts: dict[str, int], balance: float) -> torch.Tensor:
     follow a seed's state, and weighting them up made a policy cull and re-grow a seed
     again and again, as the episodes' exploration did)."""
     weights = [1.0] * len(ACTIONS)
-    total = sum(counts.get(a, 0) for a in GROWTH_CHOICES)
+    growth = {a: counts.get(a, 0) for a in GROWTH_CHOICES}
+    total = sum(growth.values())
     if not balance or not total:
         return torch.tensor(weights)
-    raw = [(counts[a] / total) ** -balance if a in GROWTH_CHOICES and counts.get(a) else 1.0 for a in ACTIONS]
-    mean = sum(raw[i] * counts.get(a, 0) for i, a in enumerate(ACTIONS) if a in GROWTH_CHOICES) / total
-    for i, a in enumerate(ACTIONS):
-        if a in GROWTH_CHOICES:
-            weights[i] = raw[i] / mean
+    raw = {a: (n / total) ** -balance if n else 1.0 for a, n in growth.items()}
+    mean = sum(raw[a] * n for a, n in growth.items()) / total
+    for a in growth:
+        weights[ACTIONS.index(a)] = raw[a] / mean
     return torch.tensor(weights)
 
 
