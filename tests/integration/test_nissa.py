@@ -131,17 +131,19 @@ async def _publish(bootstrap: str, events) -> None:
 
 async def _counts(dsn: str, run: str) -> tuple[int, int]:
     """(events of the run stored, events the run counts), both without the alert events
-    Nissa itself publishes about the run."""
+    Nissa itself publishes about the run. One statement, so one snapshot: Nissa's alerts
+    come back through the broker and are stored (and counted) while a test polls, and
+    reads from separate statements could count one that the other did not see."""
     conn = await asyncpg.connect(dsn)
     try:
-        stored = await conn.fetchval(
-            "SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind <> 'alert'", run
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind <> 'alert')"
+            " AS stored,"
+            " (SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind = 'alert') AS alerts,"
+            " (SELECT event_count FROM nissa.runs WHERE run_id = $1) AS counted",
+            run,
         )
-        alerts = await conn.fetchval(
-            "SELECT count(*) FROM nissa.events WHERE run_id = $1 AND kind = 'alert'", run
-        )
-        counted = await conn.fetchval("SELECT event_count FROM nissa.runs WHERE run_id = $1", run)
-        return stored, (counted or 0) - alerts
+        return row["stored"], (row["counted"] or 0) - row["alerts"]
     finally:
         await conn.close()
 
