@@ -18,7 +18,7 @@ from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics
 from esper.policy import NoCandidateProvider
 from esper.policy import budget as budgeting
 from esper.policy.decisions import make_decision
-from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost
 from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 from esper.tamiyo.policies.artifact import (
     PolicyArtifactError,
@@ -26,7 +26,12 @@ from esper.tamiyo.policies.artifact import (
     save_policy,
     tensors_digest,
 )
-from esper.tamiyo.policies.features import FEATURE_SCHEMA, NODE_FEATURES, encode_graph
+from esper.tamiyo.policies.features import (
+    CANDIDATE_FEATURES,
+    FEATURE_SCHEMA,
+    NODE_FEATURES,
+    encode_graph,
+)
 from esper.tamiyo.policies.gnn import GnnConfig, GnnPolicy
 from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
 from esper.tamiyo.policies.network import (
@@ -323,14 +328,18 @@ def test_batched_inference_computes_the_trained_forward() -> None:
         batched = net.infer(tile([x for x, _ in graphs])[0], [adjacency for _, adjacency in graphs], g, keeps)
         generator = torch.Generator().manual_seed(1)
         for i, (x, adjacency) in enumerate(graphs):
-            actions, slots, blueprints = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5)[:3]
+            candidates = torch.randn(len(x), len(VOCAB), CANDIDATE_FEATURES)
+            actions, slots, blueprints = net(x.unsqueeze(0), adjacency, g[i : i + 1], generator, passes=5,
+                                             candidates=candidates.unsqueeze(0))[:3]
             out = batched[i]
-            for got, expected in zip((out.actions, *out.node_logits()), (actions, slots, blueprints), strict=True):
+            for got, expected in zip((out.actions, *out.node_logits(candidates)), (actions, slots, blueprints),
+                                     strict=True):
                 assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
             for a in range(slots.shape[-1]):
                 assert torch.allclose(out.slot_logits(a), slots[..., a], atol=1e-5)
             for node in range(len(x)):
-                assert torch.allclose(out.blueprint_logits(node), blueprints[:, node], atol=1e-5)
+                assert torch.allclose(out.blueprint_logits(node, candidates[node]), blueprints[:, node], atol=1e-5)
+            assert not torch.allclose(out.blueprint_logits(0), blueprints[:, 0])  # the candidates count
 
 
 def test_batch_adjacencies_are_kept_per_batch_of_encodings_and_bounded() -> None:
@@ -430,3 +439,69 @@ def test_the_growth_signal_feature_follows_the_rules_of_the_heuristic_given() ->
     assert [signal(flat, h) for h in (plateau_only, slowdown, first_epoch)] == [1.0, 1.0, 1.0]
     after_one_epoch = RunHistory(val_losses=[0.6], first_epoch_pace=0.2)
     assert [signal(after_one_epoch, h) for h in (plateau_only, slowdown, first_epoch)] == [0.0, 0.0, 1.0]
+
+
+def _germination_context(model_flops: float = 0.0, flops: int = 0):
+    """One open slot of width 64 offered a LoRA, an MLP and a MoE kernel (each `flops`
+    forward FLOPs), the model's forward `model_flops` per example."""
+    offered = [candidate("BP-LORA", params=500), candidate("BP-MLP-GELU", params=3000, gain=0.05),
+               candidate("BP-MOE", params=200, risk=0.2)]
+    for c in offered:
+        c.kernel.stats.flops = flops
+    ctx = context(g=graph(4, slot_every=4), candidates=offered, max_risk=1.0)
+    ctx.snapshot.resources.model_flops_per_example = model_flops
+    return ctx
+
+
+def test_candidate_features_say_what_the_heuristic_ranking_says() -> None:
+    ctx = _germination_context(model_flops=4000.0, flops=1000)
+    policy = GnnPolicy(vocabulary=VOCAB)
+    enc = policy.encoding(ctx)
+    mask = policy.mask(ctx, enc)
+    assert mask.candidates.shape == (enc.num_nodes, len(VOCAB), CANDIDATE_FEATURES)
+    node = next(iter(enc.slot_node.values()))
+    legal = mask.blueprints[node].nonzero()[0]
+    assert len(legal) == 3
+    config, flops = policy.heuristic.config, ctx.snapshot.resources.model_flops_per_example
+    scores = {int(j): benefit_per_cost(mask.kernels[(node, int(j))], config, flops) for j in legal}
+    best = max(scores.values())
+    for j, score in scores.items():
+        relative, is_best, share = mask.candidates[node, j]
+        assert relative == pytest.approx(np.log(score / best), abs=1e-6)
+        assert is_best == (score == best) and share == pytest.approx(np.log1p(0.25))
+    assert sum(mask.candidates[node, :, 1]) == 1  # one best
+    unmasked = np.ones_like(mask.blueprints)
+    unmasked[node, legal] = False
+    assert not mask.candidates[unmasked].any()  # nothing where no germination is legal
+
+
+@pytest.mark.parametrize(("model_flops", "flops"), [(float("nan"), 1), (float("inf"), 1), (-1.0, 1),
+                                                     (0.0, 10**9), (1e-300, 2**64 - 1)])
+def test_candidate_features_stay_bounded_on_hostile_counts(model_flops: float, flops: int) -> None:
+    ctx = _germination_context(model_flops, flops)
+    policy = GnnPolicy(vocabulary=VOCAB)
+    features = policy.mask(ctx, policy.encoding(ctx)).candidates
+    assert np.isfinite(features).all() and np.abs(features).max() <= 10.0
+
+
+def test_the_candidate_head_picks_the_kernel_the_heuristic_ranks_best() -> None:
+    """With the node head's blueprint rows silent, the blueprint logits are the candidate
+    term alone: a head that weighs "is the best" picks the heuristic's best kernel, in a
+    decision as in the net's forward."""
+    ctx = _germination_context()
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    enc = policy.encoding(ctx)
+    mask = policy.mask(ctx, enc)
+    node = next(iter(enc.slot_node.values()))
+    with torch.no_grad():
+        policy.net.node_head.weight[4:] = 0.0
+        policy.net.node_head.bias[4:] = 0.0
+        policy.net.candidate_head.weight[:] = torch.tensor([[0.0, 20.0, 0.0]])
+    outputs = policy.forward_passes([(ctx, enc)])[0]
+    logits = outputs.blueprint_logits(node, torch.from_numpy(mask.candidates[node]))
+    best = int(np.argmax(mask.candidates[node, :, 1]))
+    assert (logits.argmax(dim=-1) == best).all()
+    flops = ctx.snapshot.resources.model_flops_per_example
+    ranked = max((mask.kernels[(node, j)] for j in mask.blueprints[node].nonzero()[0]),
+                 key=lambda c: benefit_per_cost(c, policy.heuristic.config, flops))
+    assert ranked.kernel.blueprint_ref == VOCAB.refs[best]

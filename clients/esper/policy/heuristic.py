@@ -369,7 +369,7 @@ class HeuristicPolicy:
 
     def __init__(self, config: HeuristicConfig | None = None) -> None:
         self.config = config or HeuristicConfig()
-        # What _ranking ranks with under a training-FLOPs budget (the config is frozen).
+        # What ranking() ranks with under a training-FLOPs budget (the config is frozen).
         self._budget_priced = dataclasses.replace(self.config,
                                                   flops_weight=self.config.budget_flops_weight)
 
@@ -413,7 +413,7 @@ class HeuristicPolicy:
     def _wait(self) -> WaitAction:
         return WaitAction(steps=self.config.wait_steps)
 
-    def _ranking(self, ctx: PolicyContext) -> HeuristicConfig:
+    def ranking(self, ctx: PolicyContext) -> HeuristicConfig:
         """The config kernels are ranked with: compute priced at budget_flops_weight under a
         training-FLOPs budget when flops_weight leaves it unpriced, else this policy's."""
         c = self.config
@@ -533,7 +533,7 @@ class HeuristicPolicy:
         check = budgeting.BudgetCheck(ctx, self._risk(ctx))
         best: tuple[float, SlotInfo, float, KernelCandidate] | None = None
         model_flops = ctx.snapshot.resources.model_flops_per_example
-        ranking = self._ranking(ctx)
+        ranking = self.ranking(ctx)
         for slot in slots:
             pick = self._best_candidate(ctx, slot, check, refusals, model_flops, ranking)
             if pick is None:

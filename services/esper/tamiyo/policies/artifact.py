@@ -17,7 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from esper.tamiyo.policies.errors import PolicyArtifactError
-from esper.tamiyo.policies.features import FEATURE_SCHEMA, GLOBAL_FEATURES, NODE_FEATURES
+from esper.tamiyo.policies.features import (
+    CANDIDATE_FEATURES,
+    FEATURE_SCHEMA,
+    GLOBAL_FEATURES,
+    NODE_FEATURES,
+)
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 
@@ -76,7 +81,8 @@ def _shape_from(meta: dict[str, str]) -> NetworkShape:
         shape = NetworkShape(**arch)
     except (TypeError, ValueError) as exc:
         raise PolicyArtifactError(f"bad architecture metadata: {exc}") from exc
-    if shape.node_features != NODE_FEATURES or shape.global_features != GLOBAL_FEATURES:
+    sizes = (shape.node_features, shape.global_features, shape.candidate_features)
+    if sizes != (NODE_FEATURES, GLOBAL_FEATURES, CANDIDATE_FEATURES):
         raise PolicyArtifactError("architecture feature sizes do not match this feature schema")
     if not (1 <= shape.hidden <= 1024 and 0 <= shape.layers <= 16 and 0 <= shape.dropout < 1):
         raise PolicyArtifactError(f"architecture out of range: {shape}")

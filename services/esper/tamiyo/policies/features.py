@@ -5,6 +5,12 @@ Node features = static (op type one-hot, log dims, log params, relative depth, h
               + health (LayerHealth of the node or its slot)
               + seed (one-hot stage, alpha, log steps in stage, log params, val-loss change,
                 non-finite flag, embargo flag).
+Candidate features, one row per legal (slot, blueprint) germination, say what the heuristic's
+ranking says of that kernel: its benefit per cost relative to the slot's best, whether it is
+the best, and its forward FLOPs as a share of the model's. A blueprint head that only reads
+node embeddings learns which blueprint the episodes' tasks rewarded, not why: a conv block
+that is cheap on 8x8 digits costs 12 times as much on 28x28 images, and the heuristic's
+ranking, which prices FLOPs, already sees that.
 Global features come from TrainingMetrics, the history and the budget, and say whether the
 heuristic the policy is given sees a growth signal now (its plateau, slowdown and
 first-epoch rules, at its thresholds: the policy learns from episodes when a signal is
@@ -28,14 +34,16 @@ import torch
 from esper.leyline.lifecycle import LIVE_STAGES
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
+from esper.leyline.v1.urza_pb2 import KernelCandidate
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
-from esper.policy.heuristic import HeuristicPolicy
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost, flops_share
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
-# @2: the global pace feature; @3: losses as ratios; @4: the heuristic's growth signal.
-FEATURE_SCHEMA = "tamiyo-features@4"
+# @2: the global pace feature; @3: losses as ratios; @4: the heuristic's growth signal;
+# @5: the candidate features of each legal germination.
+FEATURE_SCHEMA = "tamiyo-features@5"
 
 # Op families recognised by substring of GraphNode.op_type (lower-cased); anything else is "other".
 OP_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -53,6 +61,9 @@ STAGES = len(SeedStage.values())  # index 0 (UNSPECIFIED) doubles as "no seed"
 SEED_FEATURES = STAGES + 6
 NODE_FEATURES = STATIC_FEATURES + HEALTH_FEATURES + SEED_FEATURES
 GLOBAL_FEATURES = 11
+# Per legal germination: log of its benefit per cost over the slot's best, "is the best",
+# log1p of its FLOPs share of the model.
+CANDIDATE_FEATURES = 3
 # Where the pace and the growth-signal features sit in the global row.
 PACE_FEATURE, SIGNAL_FEATURE = 9, 10
 # The pace feature compares one-epoch gains of the best validation loss (the window of the
@@ -213,6 +224,27 @@ def _write_node_features(x: np.ndarray, ctx: PolicyContext, enc: GraphEncoding) 
             1.0 if m.non_finite_count else 0.0,
             1.0 if ctx.is_embargoed(slot_id) else 0.0,
         ]
+
+
+def candidate_features(kernels: dict[tuple[int, int], KernelCandidate], nodes: int, vocabulary: int,
+                       config: HeuristicConfig, model_flops: float) -> np.ndarray:
+    """(N, V, CANDIDATE_FEATURES) for the legal germinations `kernels` ((node, blueprint) ->
+    its kernel), 0 elsewhere; `config` is the ranking of the heuristic the policy is given."""
+    x = np.zeros((nodes, vocabulary, CANDIDATE_FEATURES), dtype=np.float32)
+    scores = {key: benefit_per_cost(kernel, config, model_flops) for key, kernel in kernels.items()}
+    best: dict[int, float] = {}
+    for (node, _), score in scores.items():
+        best[node] = max(best.get(node, score), score)
+    for (node, blueprint), score in scores.items():
+        top = best[node]
+        ratio = score / top if top > 0 and math.isfinite(top) and math.isfinite(score) else 0.0
+        share = flops_share(kernels[(node, blueprint)].kernel.stats.flops, model_flops)
+        x[node, blueprint] = [
+            math.log(ratio) if ratio > 0 else -FEATURE_CLIP,
+            1.0 if score >= top else 0.0,
+            math.log1p(share) if share is not None else 0.0,
+        ]
+    return _bounded(x)
 
 
 def _pace(val_losses) -> float:

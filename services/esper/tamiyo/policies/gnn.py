@@ -191,9 +191,9 @@ class GnnPolicy:
 
     def mask(self, ctx: PolicyContext, enc: GraphEncoding) -> SafetyMask:
         hc = self.heuristic.config
-        return build_mask(
+        return build_mask(  # kernels ranked as the heuristic ranks them in this run
             ctx, enc, self.vocabulary, budgeting.max_risk(ctx, hc.max_risk),
-            live_seed_limit(ctx, hc.max_live_seeds), hc,
+            live_seed_limit(ctx, hc.max_live_seeds), self.heuristic.ranking(ctx),
         )
 
     # -- decision ---------------------------------------------------------------------------
@@ -290,7 +290,7 @@ class GnnPolicy:
         if a != GERMINATE:
             return a, node, None, confidence, spread
         b_mask = mask.blueprints[node]
-        p_bp = _mean(_masked_softmax(outputs.blueprint_logits(node).numpy(), b_mask))
+        p_bp = _mean(_masked_softmax(outputs.blueprint_logits(node, torch.from_numpy(mask.candidates[node])).numpy(), b_mask))
         bp = _best(p_bp, b_mask)
         return a, node, bp, confidence * float(p_bp[bp]), spread
 

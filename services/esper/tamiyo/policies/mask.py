@@ -20,7 +20,7 @@ from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
 from esper.policy.heuristic import HeuristicConfig, benefit_per_cost
 from esper.policy.safety import ADVANCEABLE_STAGES
-from esper.tamiyo.policies.features import GraphEncoding
+from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GraphEncoding, candidate_features
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 
 S = SeedStage
@@ -39,6 +39,8 @@ class SafetyMask:
     slots: np.ndarray  # (SLOT_ACTIONS, N) bool
     blueprints: np.ndarray  # (N, V) bool: legal germinations
     kernels: dict[tuple[int, int], KernelCandidate] = field(default_factory=dict)
+    # (N, V, CANDIDATE_FEATURES): what the heuristic's ranking says of each legal germination
+    candidates: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, CANDIDATE_FEATURES), np.float32))
     notes: list[str] = field(default_factory=list)  # why germination is impossible, if it is
 
 
@@ -64,6 +66,8 @@ def build_mask(
     max_live: int,
     config: HeuristicConfig,
 ) -> SafetyMask:
+    """The mask of `ctx`; `config` ranks the kernels (of a blueprint, the best is offered;
+    the candidate features say how each ranks)."""
     n, v = enc.num_nodes, len(vocab)
     slots = np.zeros((SLOT_ACTIONS, n), dtype=bool)
     blueprints = np.zeros((n, v), dtype=bool)
@@ -77,6 +81,8 @@ def build_mask(
             stage = seed.stage
             slots[:, i] = _STAGE_LEGAL.get(stage) or _stage_legal(stage)
     _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
+    mask.candidates = candidate_features(mask.kernels, n, v, config,
+                                         ctx.snapshot.resources.model_flops_per_example)
     slots[GERMINATE] = blueprints.any(axis=1) if v else False
     mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)
     mask.actions[WAIT] = True

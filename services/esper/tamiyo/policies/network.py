@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv
 
-from esper.tamiyo.policies.features import GLOBAL_FEATURES, NODE_FEATURES
+from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
 from esper.tamiyo.policies.mask import ACTIONS, SLOT_ACTIONS
 
 
@@ -36,6 +36,7 @@ class NetworkShape:
 
     node_features: int = NODE_FEATURES
     global_features: int = GLOBAL_FEATURES
+    candidate_features: int = CANDIDATE_FEATURES
     vocabulary: int = 0
     # Small on purpose: inference must stay within a few ms on CPU for 100-node graphs.
     hidden: int = 32
@@ -163,6 +164,10 @@ class PolicyNet(nn.Module):
         self.action_head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, len(ACTIONS)))
         # Slot logits (one per slot action) and blueprint logits per node, in one layer.
         self.node_head = nn.Linear(2 * h, SLOT_ACTIONS + shape.vocabulary)
+        # Each legal germination's candidate features add to its blueprint logit: one
+        # weight per feature, shared by every blueprint, so what the heuristic's ranking
+        # says of a kernel means the same for blueprints the episodes rarely germinated.
+        self.candidate_head = nn.Linear(shape.candidate_features, 1, bias=False)
         self.value_head = nn.Linear(2 * h, 1)
 
     def _dropout(self, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -177,11 +182,14 @@ class PolicyNet(nn.Module):
     def forward(
         self, x: torch.Tensor, adjacency: torch.Tensor, g: torch.Tensor,
         generator: torch.Generator | None = None, passes: int = 1,
+        candidates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, N, F), g (B, G) -> action logits (B', A), slot logits (B', N, 4), blueprint
         logits (B', N, V), value (B',). A generator turns on MC-dropout outside training:
         the (deterministic) graph layers run once, then `passes` dropout samples of the
-        embeddings go through the heads together, so B' = B * passes."""
+        embeddings go through the heads together, so B' = B * passes. `candidates`
+        (B, N, V, C): the germinations' candidate features (None: no blueprint is
+        asked for, the blueprint logits lack their term)."""
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             h = h + F.relu(propagate(conv, h, adjacency))
@@ -193,10 +201,14 @@ class PolicyNet(nn.Module):
         pooled = torch.cat([c, h.max(dim=1).values], dim=-1)
         per_node = torch.cat([h, c.unsqueeze(1).expand_as(h)], dim=-1)
         node_out = self.node_head(per_node)
+        blueprints = node_out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
+        if candidates is not None:
+            term = self.candidate_head(candidates).squeeze(-1)  # (B, N, V)
+            blueprints = blueprints + term.repeat_interleave(blueprints.shape[0] // term.shape[0], dim=0)
         return (
             self.action_head(pooled),
             node_out[..., :SLOT_ACTIONS],
-            node_out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary],
+            blueprints,
             self.value_head(pooled).squeeze(-1),
         )
 
@@ -259,7 +271,8 @@ class PolicyNet(nn.Module):
         pooled[:, :k, :hidden] = c
         pooled[:, :k, hidden:] = torch.stack([rows.amax(dim=1) for rows in nodes])
         actions = self.action_head(pooled.view(-1, 2 * hidden))
-        head = (self.node_head.weight.detach(), self.node_head.bias.detach(), self.shape)
+        head = (self.node_head.weight.detach(), self.node_head.bias.detach(),
+                self.candidate_head.weight.detach()[0], self.shape)
         return [GraphOutputs(actions[i * block : i * block + k], rows, c[i], *head) for i, rows in enumerate(nodes)]
 
 
@@ -275,6 +288,7 @@ class GraphOutputs:
     context: torch.Tensor  # (K, H) graph context, dropout applied
     weight: torch.Tensor  # the node head's, detached: no autograd outside inference_mode
     bias: torch.Tensor
+    candidate_weight: torch.Tensor  # (C,) the candidate head's
     shape: NetworkShape
 
     def slot_logits(self, action: int) -> torch.Tensor:
@@ -283,19 +297,25 @@ class GraphOutputs:
         per_pass = self.context @ weight[hidden:] + self.bias[action]
         return self.nodes @ weight[:hidden] + per_pass.unsqueeze(1)
 
-    def blueprint_logits(self, node: int) -> torch.Tensor:
-        """(K, V): node `node`'s blueprint logits."""
+    def blueprint_logits(self, node: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, V): node `node`'s blueprint logits; `candidates` (V, C): its germinations'
+        candidate features."""
         rows = slice(SLOT_ACTIONS, SLOT_ACTIONS + self.shape.vocabulary)
         hidden, weight = self.shape.hidden, self.weight[rows]
-        return (F.linear(self.nodes[:, node], weight[:, :hidden])
-                + F.linear(self.context, weight[:, hidden:], self.bias[rows]))
+        logits = (F.linear(self.nodes[:, node], weight[:, :hidden])
+                  + F.linear(self.context, weight[:, hidden:], self.bias[rows]))
+        return logits if candidates is None else logits + candidates @ self.candidate_weight
 
-    def node_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every node's slot (K, N, 4) and blueprint (K, N, V) logits, as `forward` returns them."""
+    def node_logits(self, candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's slot (K, N, 4) and blueprint (K, N, V) logits, as `forward` returns
+        them; `candidates` (N, V, C)."""
         hidden, weight = self.shape.hidden, self.weight
         out = (F.linear(self.nodes, weight[:, :hidden])
                + F.linear(self.context, weight[:, hidden:], self.bias).unsqueeze(1))
-        return out[..., :SLOT_ACTIONS], out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
+        blueprints = out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
+        if candidates is not None:
+            blueprints = blueprints + candidates @ self.candidate_weight
+        return out[..., :SLOT_ACTIONS], blueprints
 
 
 class DropoutBank:

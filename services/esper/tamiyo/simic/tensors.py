@@ -45,6 +45,7 @@ class GraphBatch:
     action_mask: torch.Tensor  # (B, A) bool
     slot_mask: torch.Tensor  # (B, 4, N) bool
     blueprint_mask: torch.Tensor  # (B, N, V) bool
+    candidates: torch.Tensor  # (B, N, V, C) the legal germinations' candidate features
     action: torch.Tensor  # (B,) long
     node: torch.Tensor  # (B,) long, -1 for wait
     blueprint: torch.Tensor  # (B,) long, -1 unless germinate
@@ -57,7 +58,7 @@ class GraphBatch:
 
     def take(self, idx: torch.Tensor) -> GraphBatch:
         fields = {k: getattr(self, k)[idx] for k in (
-            "x", "g", "next_x", "next_g", "action_mask", "slot_mask", "blueprint_mask", "action", "node",
+            "x", "g", "next_x", "next_g", "action_mask", "slot_mask", "blueprint_mask", "candidates", "action", "node",
             "blueprint", "reward", "done", "imitate")}
         return GraphBatch(self.encoding, **fields)
 
@@ -93,7 +94,7 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
             continue
         ctx = t.context()
         mask = build_mask(ctx, enc, vocab, budgeting.max_risk(ctx, config.max_risk),
-                          live_seed_limit(ctx, config.max_live_seeds), config)
+                          live_seed_limit(ctx, config.max_live_seeds), heuristic.ranking(ctx))
         if not is_legal(choice, mask):
             out.dropped_illegal += 1
             continue
@@ -105,7 +106,7 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
         kind = t.decision.WhichOneof("action")
         out.counts[kind] = out.counts.get(kind, 0) + 1
         groups.setdefault(key, []).append((
-            x, g, nx, ng, mask.actions, mask.slots, mask.blueprints, choice.action, choice.node,
+            x, g, nx, ng, mask.actions, mask.slots, mask.blueprints, mask.candidates, choice.action, choice.node,
             choice.blueprint, t.reward, float(t.done), t.decision.policy_version.startswith(HEURISTIC_PREFIX),
         ))
     for key, rows in groups.items():
@@ -114,8 +115,9 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
             encodings[key],
             *(torch.from_numpy(np.stack(c)).float() for c in cols[:4]),
             *(torch.from_numpy(np.stack(c)).bool() for c in cols[4:7]),
-            *(torch.tensor(c, dtype=torch.long) for c in cols[7:10]),
-            torch.tensor(cols[10], dtype=torch.float32), torch.tensor(cols[11], dtype=torch.float32),
-            torch.tensor(cols[12], dtype=torch.bool),
+            torch.from_numpy(np.stack(cols[7])),
+            *(torch.tensor(c, dtype=torch.long) for c in cols[8:11]),
+            torch.tensor(cols[11], dtype=torch.float32), torch.tensor(cols[12], dtype=torch.float32),
+            torch.tensor(cols[13], dtype=torch.bool),
         ))
     return out

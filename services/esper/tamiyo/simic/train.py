@@ -119,8 +119,9 @@ def _batches(data: TensorSet, size: int, gen: torch.Generator) -> list[GraphBatc
 
 
 def _forward(net: PolicyNet, batch: GraphBatch, *, nxt: bool = False) -> tuple[torch.Tensor, ...]:
-    x, g = (batch.next_x, batch.next_g) if nxt else (batch.x, batch.g)
-    return net(x, batch.encoding.adjacency, g)
+    if nxt:  # only the value head is read at the next state
+        return net(batch.next_x, batch.encoding.adjacency, batch.next_g)
+    return net(batch.x, batch.encoding.adjacency, batch.g, candidates=batch.candidates)
 
 
 # The choices of the growth decision, the ones action_balance evens out.
