@@ -18,7 +18,8 @@ from esper.leyline.v1.signals_pb2 import ResidualStreamState, TrainingMetrics
 from esper.policy import NoCandidateProvider
 from esper.policy import budget as budgeting
 from esper.policy.decisions import make_decision
-from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost
+from esper.policy.health import health_score
+from esper.policy.heuristic import HEALTH_WEIGHT, HeuristicConfig, HeuristicPolicy, benefit_per_cost
 from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit, violation
 from esper.tamiyo.policies.artifact import (
     PolicyArtifactError,
@@ -336,7 +337,7 @@ def test_batched_inference_computes_the_trained_forward() -> None:
                                      strict=True):
                 assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
             for a in range(slots.shape[-1]):
-                assert torch.allclose(out.slot_logits(a), slots[..., a], atol=1e-5)
+                assert torch.allclose(out.slot_logits(a, candidates), slots[..., a], atol=1e-5)
             for node in range(len(x)):
                 assert torch.allclose(out.blueprint_logits(node, candidates[node]), blueprints[:, node], atol=1e-5)
             assert not torch.allclose(out.blueprint_logits(0), blueprints[:, 0])  # the candidates count
@@ -441,38 +442,46 @@ def test_the_growth_signal_feature_follows_the_rules_of_the_heuristic_given() ->
     assert [signal(after_one_epoch, h) for h in (plateau_only, slowdown, first_epoch)] == [0.0, 0.0, 1.0]
 
 
-def _germination_context(model_flops: float = 0.0, flops: int = 0):
-    """One open slot of width 64 offered a LoRA, an MLP and a MoE kernel (each `flops`
-    forward FLOPs), the model's forward `model_flops` per example."""
+def _germination_context(model_flops: float = 0.0, flops: int = 0, slots: int = 1):
+    """`slots` open slots of width 64, each offered a LoRA, an MLP and a MoE kernel (each
+    `flops` forward FLOPs), the model's forward `model_flops` per example."""
     offered = [candidate("BP-LORA", params=500), candidate("BP-MLP-GELU", params=3000, gain=0.05),
                candidate("BP-MOE", params=200, risk=0.2)]
     for c in offered:
         c.kernel.stats.flops = flops
-    ctx = context(g=graph(4, slot_every=4), candidates=offered, max_risk=1.0)
+    ctx = context(g=graph(4 * slots, slot_every=4), candidates=offered, max_risk=1.0)
     ctx.snapshot.resources.model_flops_per_example = model_flops
     return ctx
 
 
 def test_candidate_features_say_what_the_heuristic_ranking_says() -> None:
-    ctx = _germination_context(model_flops=4000.0, flops=1000)
+    """Per legal germination: legal, its value (benefit per cost, raised where the slot is
+    unhealthy) over the best of all, is-that-best, its benefit per cost over its slot's
+    best, its FLOPs share; 0 where no germination is legal."""
+    ctx = _germination_context(model_flops=4000.0, flops=1000, slots=2)
+    ctx.snapshot.layers.append(health(ctx.graph.slots[1].slot_id, dead=0.8))  # the sick slot
     policy = GnnPolicy(vocabulary=VOCAB)
     enc = policy.encoding(ctx)
     mask = policy.mask(ctx, enc)
     assert mask.candidates.shape == (enc.num_nodes, len(VOCAB), CANDIDATE_FEATURES)
-    node = next(iter(enc.slot_node.values()))
-    legal = mask.blueprints[node].nonzero()[0]
-    assert len(legal) == 3
     config, flops = policy.heuristic.config, ctx.snapshot.resources.model_flops_per_example
-    scores = {int(j): benefit_per_cost(mask.kernels[(node, int(j))], config, flops) for j in legal}
-    best = max(scores.values())
-    for j, score in scores.items():
-        relative, is_best, share = mask.candidates[node, j]
-        assert relative == pytest.approx(np.log(score / best), abs=1e-6)
-        assert is_best == (score == best) and share == pytest.approx(np.log1p(0.25))
-    assert sum(mask.candidates[node, :, 1]) == 1  # one best
-    unmasked = np.ones_like(mask.blueprints)
-    unmasked[node, legal] = False
-    assert not mask.candidates[unmasked].any()  # nothing where no germination is legal
+    sick = enc.slot_node[ctx.graph.slots[1].slot_id]
+    values, scores = {}, {}
+    for (node, j), kernel in mask.kernels.items():
+        scores[node, j] = benefit_per_cost(kernel, config, flops)
+        values[node, j] = scores[node, j] * (1.0 + HEALTH_WEIGHT * (1.0 - health_score(ctx.health_of(
+            next(s for s in ctx.graph.slots if enc.slot_node[s.slot_id] == node)))))
+    assert len(values) == 6
+    best = max(values.values())
+    for (node, j), value in values.items():
+        legal, relative, is_best, in_slot, share = mask.candidates[node, j]
+        slot_best = max(score for (n, _), score in scores.items() if n == node)
+        assert legal == 1 and relative == pytest.approx(np.log(value / best), abs=1e-6)
+        assert in_slot == pytest.approx(np.log(scores[node, j] / slot_best), abs=1e-6)
+        assert is_best == (value == best) and share == pytest.approx(np.log1p(0.25))
+    assert mask.candidates[..., 2].sum() == 1 and mask.candidates[sick, :, 2].sum() == 1  # the sick slot's
+    unmasked = ~mask.blueprints
+    assert not mask.candidates[unmasked].any()
 
 
 @pytest.mark.parametrize(("model_flops", "flops"), [(float("nan"), 1), (float("inf"), 1), (-1.0, 1),
@@ -484,24 +493,29 @@ def test_candidate_features_stay_bounded_on_hostile_counts(model_flops: float, f
     assert np.isfinite(features).all() and np.abs(features).max() <= 10.0
 
 
-def test_the_candidate_head_picks_the_kernel_the_heuristic_ranks_best() -> None:
-    """With the node head's blueprint rows silent, the blueprint logits are the candidate
-    term alone: a head that weighs "is the best" picks the heuristic's best kernel, in a
-    decision as in the net's forward."""
-    ctx = _germination_context()
+def test_the_candidate_head_picks_the_germination_the_heuristic_ranks_best() -> None:
+    """With the node head's germinate and blueprint outputs silent, their logits are the
+    candidate terms alone: a head that weighs "is the best" germinates where the heuristic
+    would (the unhealthy slot), with the kernel it would pick."""
+    ctx = _germination_context(slots=2)
+    ctx.snapshot.layers.append(health(ctx.graph.slots[1].slot_id, dead=0.8))
     policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
     enc = policy.encoding(ctx)
     mask = policy.mask(ctx, enc)
-    node = next(iter(enc.slot_node.values()))
     with torch.no_grad():
+        policy.net.node_head.weight[GERMINATE] = 0.0
+        policy.net.node_head.bias[GERMINATE] = 0.0
         policy.net.node_head.weight[4:] = 0.0
         policy.net.node_head.bias[4:] = 0.0
-        policy.net.candidate_head.weight[:] = torch.tensor([[0.0, 20.0, 0.0]])
+        policy.net.candidate_head.weight[:] = torch.tensor([[0.0, 0.0, 20.0, 0.0, 0.0]])
     outputs = policy.forward_passes([(ctx, enc)])[0]
-    logits = outputs.blueprint_logits(node, torch.from_numpy(mask.candidates[node]))
-    best = int(np.argmax(mask.candidates[node, :, 1]))
-    assert (logits.argmax(dim=-1) == best).all()
-    flops = ctx.snapshot.resources.model_flops_per_example
-    ranked = max((mask.kernels[(node, j)] for j in mask.blueprints[node].nonzero()[0]),
-                 key=lambda c: benefit_per_cost(c, policy.heuristic.config, flops))
-    assert ranked.kernel.blueprint_ref == VOCAB.refs[best]
+    candidates = torch.from_numpy(mask.candidates)
+    node = int(outputs.slot_logits(GERMINATE, candidates).mean(0).masked_fill(
+        ~torch.from_numpy(mask.slots[GERMINATE]), -1e9).argmax())
+    assert node == enc.slot_node[ctx.graph.slots[1].slot_id]
+    logits = outputs.blueprint_logits(node, candidates[node])
+    assert (logits.argmax(dim=-1) == int(np.argmax(mask.candidates[node, :, 2]))).all()
+    heuristic = policy.heuristic.decide(ctx)
+    assert heuristic.WhichOneof("action") == "germinate"
+    assert heuristic.germinate.slot_id == ctx.graph.slots[1].slot_id
+    assert heuristic.germinate.blueprint_ref == VOCAB.refs[int(logits.mean(0).argmax())]

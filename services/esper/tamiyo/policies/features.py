@@ -6,11 +6,13 @@ Node features = static (op type one-hot, log dims, log params, relative depth, h
               + seed (one-hot stage, alpha, log steps in stage, log params, val-loss change,
                 non-finite flag, embargo flag).
 Candidate features, one row per legal (slot, blueprint) germination, say what the heuristic's
-ranking says of that kernel: its benefit per cost relative to the slot's best, whether it is
-the best, and its forward FLOPs as a share of the model's. A blueprint head that only reads
-node embeddings learns which blueprint the episodes' tasks rewarded, not why: a conv block
-that is cheap on 8x8 digits costs 12 times as much on 28x28 images, and the heuristic's
-ranking, which prices FLOPs, already sees that.
+ranking says of that kernel: its germination value (benefit per cost, raised where the slot
+is unhealthy: the heuristic's choice of slot and kernel) relative to the best of every legal
+germination, whether it is that best, its benefit per cost relative to the slot's best, and
+its forward FLOPs as a share of the model's. Heads that only read node embeddings learn which
+slot and blueprint the episodes' task rewarded, not why, and on another task's graph they
+pick by embeddings they never saw (on the Fashion-MNIST CNN: the second conv first, where
+the heuristic grows the first, and so a cheaper block on both).
 Global features come from TrainingMetrics, the history and the budget, and say whether the
 heuristic the policy is given sees a growth signal now (its plateau, slowdown and
 first-epoch rules, at its thresholds: the policy learns from episodes when a signal is
@@ -37,7 +39,13 @@ from esper.leyline.v1.signals_pb2 import LayerHealth, ModelGraph
 from esper.leyline.v1.urza_pb2 import KernelCandidate
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
-from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost, flops_share
+from esper.policy.heuristic import (
+    HEALTH_WEIGHT,
+    HeuristicConfig,
+    HeuristicPolicy,
+    benefit_per_cost,
+    flops_share,
+)
 from esper.policy.plateau import is_plateau, pace
 
 # Bumped whenever the layout below changes; saved with the weights and checked on load.
@@ -61,9 +69,11 @@ STAGES = len(SeedStage.values())  # index 0 (UNSPECIFIED) doubles as "no seed"
 SEED_FEATURES = STAGES + 6
 NODE_FEATURES = STATIC_FEATURES + HEALTH_FEATURES + SEED_FEATURES
 GLOBAL_FEATURES = 11
-# Per legal germination: log of its benefit per cost over the slot's best, "is the best",
-# log1p of its FLOPs share of the model.
-CANDIDATE_FEATURES = 3
+# Per legal germination: legal (1), log of its germination value over the best of all,
+# "is that best", log of its benefit per cost over its slot's best, log1p of its FLOPs share
+# of the model. Illegal ones are all 0.
+CANDIDATE_FEATURES = 5
+LEGAL_FEATURE = 0
 # Where the pace and the growth-signal features sit in the global row.
 PACE_FEATURE, SIGNAL_FEATURE = 9, 10
 # The pace feature compares one-epoch gains of the best validation loss (the window of the
@@ -226,25 +236,37 @@ def _write_node_features(x: np.ndarray, ctx: PolicyContext, enc: GraphEncoding) 
         ]
 
 
-def candidate_features(kernels: dict[tuple[int, int], KernelCandidate], nodes: int, vocabulary: int,
-                       config: HeuristicConfig, model_flops: float) -> np.ndarray:
+def candidate_features(kernels: dict[tuple[int, int], KernelCandidate], health: dict[int, float],
+                       nodes: int, vocabulary: int, config: HeuristicConfig, model_flops: float) -> np.ndarray:
     """(N, V, CANDIDATE_FEATURES) for the legal germinations `kernels` ((node, blueprint) ->
-    its kernel), 0 elsewhere; `config` is the ranking of the heuristic the policy is given."""
+    its kernel), 0 elsewhere. `health`: each slot node's health score (heuristic's
+    health_score), `config`: the ranking of the heuristic the policy is given."""
     x = np.zeros((nodes, vocabulary, CANDIDATE_FEATURES), dtype=np.float32)
     scores = {key: benefit_per_cost(kernel, config, model_flops) for key, kernel in kernels.items()}
-    best: dict[int, float] = {}
+    values = {(node, bp): score * (1.0 + HEALTH_WEIGHT * (1.0 - health.get(node, 1.0)))
+              for (node, bp), score in scores.items()}
+    best_value = max(values.values(), default=0.0)
+    slot_best: dict[int, float] = {}
     for (node, _), score in scores.items():
-        best[node] = max(best.get(node, score), score)
+        slot_best[node] = max(slot_best.get(node, score), score)
     for (node, blueprint), score in scores.items():
-        top = best[node]
-        ratio = score / top if top > 0 and math.isfinite(top) and math.isfinite(score) else 0.0
+        value = values[(node, blueprint)]
         share = flops_share(kernels[(node, blueprint)].kernel.stats.flops, model_flops)
         x[node, blueprint] = [
-            math.log(ratio) if ratio > 0 else -FEATURE_CLIP,
-            1.0 if score >= top else 0.0,
+            1.0,
+            _log_ratio(value, best_value),
+            1.0 if value >= best_value else 0.0,
+            _log_ratio(score, slot_best[node]),
             math.log1p(share) if share is not None else 0.0,
         ]
     return _bounded(x)
+
+
+def _log_ratio(value: float, best: float) -> float:
+    """log(value / best) for finite positive values, -FEATURE_CLIP (far below) otherwise."""
+    if not (best > 0 and math.isfinite(best) and value > 0 and math.isfinite(value)):
+        return -FEATURE_CLIP
+    return math.log(value / best)
 
 
 def _pace(val_losses) -> float:

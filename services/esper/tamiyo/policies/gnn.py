@@ -125,7 +125,8 @@ def _choose_slots(masks: Sequence[SafetyMask], outputs: Sequence[GraphOutputs],
     slots: list[tuple[int, float] | None] = [None] * len(actions)
     for members in by_size.values():
         legal = np.array([masks[b].slots[actions[b]] for b in members])  # (G, N)
-        logits = np.array([outputs[b].slot_logits(actions[b]).numpy() for b in members])  # (G, K, N)
+        logits = np.array([outputs[b].slot_logits(actions[b], torch.from_numpy(masks[b].candidates)).numpy()
+                           for b in members])  # (G, K, N)
         p_slot = _mean(_masked_softmax(logits, legal[:, None, :]), axis=1)  # (G, N)
         best = np.argmax(np.where(legal, p_slot, np.float32(-1.0)), axis=-1)  # the first on a tie
         for b, node, p in zip(members, best.tolist(), p_slot[np.arange(len(members)), best].tolist()):

@@ -18,6 +18,7 @@ from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.urza_pb2 import KernelCandidate
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
+from esper.policy.health import health_score
 from esper.policy.heuristic import HeuristicConfig, benefit_per_cost
 from esper.policy.safety import ADVANCEABLE_STAGES
 from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GraphEncoding, candidate_features
@@ -81,7 +82,9 @@ def build_mask(
             stage = seed.stage
             slots[:, i] = _STAGE_LEGAL.get(stage) or _stage_legal(stage)
     _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
-    mask.candidates = candidate_features(mask.kernels, n, v, config,
+    health = {i: health_score(ctx.health_of(slot)) for slot in ctx.graph.slots
+              if (i := enc.slot_node.get(slot.slot_id)) is not None and mask.blueprints[i].any()}
+    mask.candidates = candidate_features(mask.kernels, health, n, v, config,
                                          ctx.snapshot.resources.model_flops_per_example)
     slots[GERMINATE] = blueprints.any(axis=1) if v else False
     mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)

@@ -26,8 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv
 
-from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
-from esper.tamiyo.policies.mask import ACTIONS, SLOT_ACTIONS
+from esper.tamiyo.policies.features import (
+    CANDIDATE_FEATURES,
+    GLOBAL_FEATURES,
+    LEGAL_FEATURE,
+    NODE_FEATURES,
+)
+from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, SLOT_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,10 @@ class PolicyNet(nn.Module):
         self.action_head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, len(ACTIONS)))
         # Slot logits (one per slot action) and blueprint logits per node, in one layer.
         self.node_head = nn.Linear(2 * h, SLOT_ACTIONS + shape.vocabulary)
-        # Each legal germination's candidate features add to its blueprint logit: one
-        # weight per feature, shared by every blueprint, so what the heuristic's ranking
-        # says of a kernel means the same for blueprints the episodes rarely germinated.
+        # Each legal germination's candidate features add to its blueprint logit, and its
+        # slot's best such term to the slot's germinate logit: one weight per feature,
+        # shared by every slot and blueprint, so what the heuristic's ranking says of a
+        # germination means the same on graphs and blueprints the episodes rarely showed.
         self.candidate_head = nn.Linear(shape.candidate_features, 1, bias=False)
         self.value_head = nn.Linear(2 * h, 1)
 
@@ -201,13 +207,18 @@ class PolicyNet(nn.Module):
         pooled = torch.cat([c, h.max(dim=1).values], dim=-1)
         per_node = torch.cat([h, c.unsqueeze(1).expand_as(h)], dim=-1)
         node_out = self.node_head(per_node)
+        slots = node_out[..., :SLOT_ACTIONS]
         blueprints = node_out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
         if candidates is not None:
             term = self.candidate_head(candidates).squeeze(-1)  # (B, N, V)
-            blueprints = blueprints + term.repeat_interleave(blueprints.shape[0] // term.shape[0], dim=0)
+            repeats = blueprints.shape[0] // term.shape[0]
+            blueprints = blueprints + term.repeat_interleave(repeats, dim=0)
+            germinate = slot_candidate_term(term, candidates).repeat_interleave(repeats, dim=0)
+            slots = torch.cat([slots[..., :GERMINATE], slots[..., GERMINATE : GERMINATE + 1]
+                               + germinate.unsqueeze(-1), slots[..., GERMINATE + 1 :]], dim=-1)
         return (
             self.action_head(pooled),
-            node_out[..., :SLOT_ACTIONS],
+            slots,
             blueprints,
             self.value_head(pooled).squeeze(-1),
         )
@@ -276,6 +287,14 @@ class PolicyNet(nn.Module):
         return [GraphOutputs(actions[i * block : i * block + k], rows, c[i], *head) for i, rows in enumerate(nodes)]
 
 
+def slot_candidate_term(term: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(..., N): each node's best candidate term `term` (..., N, V) over its legal
+    germinations (LEGAL_FEATURE of `candidates`), 0 for a node with none."""
+    legal = candidates[..., LEGAL_FEATURE] > 0
+    best = term.masked_fill(~legal, float("-inf")).amax(dim=-1)
+    return torch.where(legal.any(dim=-1), best, torch.zeros_like(best))
+
+
 @dataclass(frozen=True)
 class GraphOutputs:
     """One graph's K passes after the shared layers. The node head on [node, context] is
@@ -291,11 +310,15 @@ class GraphOutputs:
     candidate_weight: torch.Tensor  # (C,) the candidate head's
     shape: NetworkShape
 
-    def slot_logits(self, action: int) -> torch.Tensor:
-        """(K, N): slot action `action`'s logit of every node."""
+    def slot_logits(self, action: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, N): slot action `action`'s logit of every node; `candidates` (N, V, C): the
+        germinations' candidate features (germinate's logits add their best term)."""
         hidden, weight = self.shape.hidden, self.weight[action]
         per_pass = self.context @ weight[hidden:] + self.bias[action]
-        return self.nodes @ weight[:hidden] + per_pass.unsqueeze(1)
+        logits = self.nodes @ weight[:hidden] + per_pass.unsqueeze(1)
+        if candidates is None or action != GERMINATE:
+            return logits
+        return logits + slot_candidate_term(candidates @ self.candidate_weight, candidates)
 
     def blueprint_logits(self, node: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """(K, V): node `node`'s blueprint logits; `candidates` (V, C): its germinations'
@@ -312,10 +335,13 @@ class GraphOutputs:
         hidden, weight = self.shape.hidden, self.weight
         out = (F.linear(self.nodes, weight[:, :hidden])
                + F.linear(self.context, weight[:, hidden:], self.bias).unsqueeze(1))
-        blueprints = out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
+        slots, blueprints = out[..., :SLOT_ACTIONS], out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
         if candidates is not None:
-            blueprints = blueprints + candidates @ self.candidate_weight
-        return out[..., :SLOT_ACTIONS], blueprints
+            term = candidates @ self.candidate_weight
+            blueprints = blueprints + term
+            germinate = slots[..., GERMINATE] + slot_candidate_term(term, candidates)
+            slots = torch.cat([slots[..., :GERMINATE], germinate.unsqueeze(-1), slots[..., GERMINATE + 1 :]], dim=-1)
+        return slots, blueprints
 
 
 class DropoutBank:
