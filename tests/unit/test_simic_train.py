@@ -44,6 +44,21 @@ def test_tensors_cover_the_recorded_actions(tensors) -> None:
     assert batch.imitate.any() and not batch.imitate.all()  # heuristic and exploration decisions
 
 
+def test_tensors_carry_each_state_s_candidate_features(tensors) -> None:
+    """What Simic trains the candidate head on is the mask's candidate features of each
+    state: set exactly where a germination is legal, bounded, and not all alike."""
+    from esper.tamiyo.policies.features import CANDIDATE_FEATURES, LEGAL_FEATURE
+
+    (batch,) = tensors.batches
+    n, v = batch.blueprint_mask.shape[1:]
+    assert batch.candidates.shape == (len(batch), n, v, CANDIDATE_FEATURES)
+    assert torch.equal(batch.candidates[..., LEGAL_FEATURE] > 0, batch.blueprint_mask)
+    assert not batch.candidates[~batch.blueprint_mask].any()
+    assert torch.isfinite(batch.candidates).all() and batch.candidates.abs().max() <= 10.0
+    legal = batch.candidates[batch.blueprint_mask]
+    assert legal.std(dim=0)[1:].gt(0).any()  # the ranking separates the legal germinations
+
+
 def test_a_few_steps_reduce_the_bc_loss(tensors) -> None:
     config = dataclasses.replace(FAST, awr_weight=0.0, value_weight=0.0)
     trainer = SimicTrainer(tensors, config, default_vocabulary(), SMALL)

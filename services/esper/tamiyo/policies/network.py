@@ -1,4 +1,7 @@
-"""The learned policy's network: GCN layers over the host graph, four heads.
+"""The learned policy's network: GCN layers over the host graph, four heads (action, node:
+slot actions and blueprints, value), and a candidate head that adds what the heuristic's
+ranking says of each legal germination (`features.candidate_features`) to its blueprint
+logit and its slot's germinate logit.
 
 K MC-dropout passes are one batched forward: node features (K, N, F) share one graph. The
 GCN propagation is GCNConv's (normalize=False, weights precomputed by

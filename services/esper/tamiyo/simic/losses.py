@@ -45,7 +45,8 @@ def choice_log_prob(heads: tuple[torch.Tensor, ...], batch: GraphBatch) -> torch
 
 def critic_value(heads: tuple[torch.Tensor, ...], batch: GraphBatch) -> torch.Tensor:
     """Q(s, a) read off a critic net with the policy's architecture: the action head scores the
-    action type, the node head the (slot, action) and (slot, blueprint) pairs; Q is their sum."""
+    action type, the node head the (slot, action) and (slot, blueprint) pairs (with the
+    candidate head's terms); Q is their sum."""
     action_q, slot_q, bp_q, _ = heads
     rows = _rows(len(batch))
     q = action_q[rows, batch.action]
