@@ -291,7 +291,8 @@ class GnnPolicy:
         if a != GERMINATE:
             return a, node, None, confidence, spread
         b_mask = mask.blueprints[node]
-        p_bp = _mean(_masked_softmax(outputs.blueprint_logits(node, torch.from_numpy(mask.candidates[node])).numpy(), b_mask))
+        logits = outputs.blueprint_logits(node, torch.from_numpy(mask.candidates[node]))
+        p_bp = _mean(_masked_softmax(logits.numpy(), b_mask))
         bp = _best(p_bp, b_mask)
         return a, node, bp, confidence * float(p_bp[bp]), spread
 

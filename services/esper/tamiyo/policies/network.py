@@ -197,8 +197,8 @@ class PolicyNet(nn.Module):
         logits (B', N, V), value (B',). A generator turns on MC-dropout outside training:
         the (deterministic) graph layers run once, then `passes` dropout samples of the
         embeddings go through the heads together, so B' = B * passes. `candidates`
-        (B, N, V, C): the germinations' candidate features (None: no blueprint is
-        asked for, the blueprint logits lack their term)."""
+        (B, N, V, C): the germinations' candidate features (None: the germinate and
+        blueprint logits lack their terms; a forward for the value head alone)."""
         h = F.relu(self.node_in(x))
         for conv in self.convs:
             h = h + F.relu(propagate(conv, h, adjacency))
@@ -213,12 +213,10 @@ class PolicyNet(nn.Module):
         slots = node_out[..., :SLOT_ACTIONS]
         blueprints = node_out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
         if candidates is not None:
-            term = self.candidate_head(candidates).squeeze(-1)  # (B, N, V)
-            repeats = blueprints.shape[0] // term.shape[0]
-            blueprints = blueprints + term.repeat_interleave(repeats, dim=0)
-            germinate = slot_candidate_term(term, candidates).repeat_interleave(repeats, dim=0)
-            slots = torch.cat([slots[..., :GERMINATE], slots[..., GERMINATE : GERMINATE + 1]
-                               + germinate.unsqueeze(-1), slots[..., GERMINATE + 1 :]], dim=-1)
+            repeats = blueprints.shape[0] // candidates.shape[0]  # the MC-dropout passes
+            candidates = candidates.repeat_interleave(repeats, dim=0) if repeats > 1 else candidates
+            slots, blueprints = with_candidate_terms(
+                slots, blueprints, self.candidate_head(candidates).squeeze(-1), candidates)
         return (
             self.action_head(pooled),
             slots,
@@ -298,6 +296,16 @@ def slot_candidate_term(term: torch.Tensor, candidates: torch.Tensor) -> torch.T
     return torch.where(legal.any(dim=-1), best, torch.zeros_like(best))
 
 
+def with_candidate_terms(slots: torch.Tensor, blueprints: torch.Tensor, term: torch.Tensor,
+                         candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot logits (..., N, 4) and blueprint logits (..., N, V) with the candidate terms
+    `term` (..., N, V) of `candidates` added: each germination's to its blueprint's logit,
+    its node's best to the node's germinate logit."""
+    germinate = slots[..., GERMINATE] + slot_candidate_term(term, candidates)
+    slots = torch.cat([slots[..., :GERMINATE], germinate.unsqueeze(-1), slots[..., GERMINATE + 1 :]], dim=-1)
+    return slots, blueprints + term
+
+
 @dataclass(frozen=True)
 class GraphOutputs:
     """One graph's K passes after the shared layers. The node head on [node, context] is
@@ -339,12 +347,9 @@ class GraphOutputs:
         out = (F.linear(self.nodes, weight[:, :hidden])
                + F.linear(self.context, weight[:, hidden:], self.bias).unsqueeze(1))
         slots, blueprints = out[..., :SLOT_ACTIONS], out[..., SLOT_ACTIONS : SLOT_ACTIONS + self.shape.vocabulary]
-        if candidates is not None:
-            term = candidates @ self.candidate_weight
-            blueprints = blueprints + term
-            germinate = slots[..., GERMINATE] + slot_candidate_term(term, candidates)
-            slots = torch.cat([slots[..., :GERMINATE], germinate.unsqueeze(-1), slots[..., GERMINATE + 1 :]], dim=-1)
-        return slots, blueprints
+        if candidates is None:
+            return slots, blueprints
+        return with_candidate_terms(slots, blueprints, candidates @ self.candidate_weight, candidates)
 
 
 class DropoutBank:
