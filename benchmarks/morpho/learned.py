@@ -45,19 +45,25 @@ GROWTH_RULE = "first-epoch"
 # (SimicConfig.action_balance): the germinations right after a long first epoch are few
 # among the waits, and unbalanced the policy waited through them on the CNN.
 ACTION_BALANCE = 1.0
+# The heuristic's germinations are also cloned by the candidate features alone
+# (SimicConfig.candidate_bc_weight): on the char host the node embeddings' blueprint logits
+# chose IA3 over the RMSNorm seed the candidate features ranked best (by 1.0 in logit).
+CANDIDATE_BC = 1.0
 
 
 def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
     """The policy for runs under `lr_schedule`, trained on episodes of GROWTH_RULE under the
     same schedule (the name says which: "-firs", "-cos" for cosine, "-8x8" for the
     episodes of long epochs, "-h5" for their layer health sampled every 5 steps, "-bal1" for
-    the growth decision balanced in training)."""
+    the growth decision balanced in training, "-cbc1" for the germinations cloned by the
+    candidate features)."""
     episodes, epochs, simic = QUICK if quick else (EPISODES, EPISODE_EPOCHS, SIMIC_EPOCHS)
     long_episodes, (long_epochs, repeats) = QUICK_LONG if quick else (LONG_EPISODES, LONG_EPOCHS)
     layout = FEATURE_SCHEMA.rpartition("@")[2]
     schedule = "" if lr_schedule == "constant" else "-cos"
     health = f"-h{EpisodeConfig().health_activation_every}"  # episodes' health cadence (steps)
     balance = f"-bal{ACTION_BALANCE:g}" if ACTION_BALANCE else ""
+    balance += f"-cbc{CANDIDATE_BC:g}" if CANDIDATE_BC else ""
     path = work_dir / (f"simic-digits-{episodes}ep-{epochs}e-{long_episodes}ep-{long_epochs}x{repeats}e-"
                        f"{simic}t-f{layout}-{GROWTH_RULE[:4]}{schedule}{health}{balance}.safetensors")
     if not path.exists():
@@ -68,7 +74,8 @@ def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
                 epochs=long_epochs, epoch_repeats=repeats, lr_schedule=lr_schedule,
                 growth_rule=GROWTH_RULE))
             result = train_policy(load_dataset(Path(tmp)), SimicConfig(
-                epochs=simic, heuristic=episode_heuristic(GROWTH_RULE), action_balance=ACTION_BALANCE))
+                epochs=simic, heuristic=episode_heuristic(GROWTH_RULE), action_balance=ACTION_BALANCE,
+                candidate_bc_weight=CANDIDATE_BC))
             result.save(path)
     return path
 

@@ -18,6 +18,8 @@ from tests.unit.test_simic_dataset import synthetic_episode
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--awr-weight", "nan"], "--awr-weight"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--action-balance", "-0.5"],
      "--action-balance"),
+    (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--candidate-bc-weight", "-1"],
+     "--candidate-bc-weight"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/p.safetensors", "--action-balance", "inf"],
      "--action-balance"),
     (["tamiyo", "train", "--data", "{tmp}", "--out", "{tmp}/nodir/p.safetensors"], "does not exist"),

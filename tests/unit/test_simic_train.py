@@ -158,3 +158,26 @@ def test_artifact_round_trip_into_gnn_policy(dataset, tmp_path) -> None:
     assert policy.decide(ctx).WhichOneof("action") is not None
     with pytest.raises(PolicyArtifactError, match="vocabulary"):
         load_policy(path, expected_vocabulary=BlueprintVocabulary(("BP-X@1.0.0",)))
+
+
+def test_candidate_cloning_makes_the_candidate_terms_explain_the_heuristic_s_germinations(tensors) -> None:
+    """candidate_bc_weight trains the candidate head to explain the heuristic's germinations
+    (slot and blueprint) alone: their likelihood under the candidate terms rises well above
+    what training without it leaves."""
+    from esper.tamiyo.policies.mask import GERMINATE
+    from esper.tamiyo.simic.losses import candidate_log_prob
+
+    (batch,) = tensors.batches
+    rows = batch.imitate & (batch.action == GERMINATE)
+    assert rows.any()
+
+    def likelihood(weight: float) -> float:
+        config = dataclasses.replace(FAST, epochs=40, awr_weight=0.0, value_weight=0.0,
+                                     candidate_bc_weight=weight)
+        trainer = SimicTrainer(tensors, config, default_vocabulary(), SMALL)
+        trainer.run()
+        with torch.no_grad():
+            term = trainer.actor.candidate_head(batch.candidates).squeeze(-1)
+            return float(candidate_log_prob(term, batch)[rows].exp().mean())
+
+    assert likelihood(1.0) > likelihood(0.0) + 0.05  # measured: 0.40 against 0.32

@@ -99,6 +99,9 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--action-balance", type=float, default=None, metavar="B",
                    help="weigh germinate and wait by their share of those decisions ** -B in "
                         "the losses (0: every decision alike, the default; 1: both choices alike)")
+    p.add_argument("--candidate-bc-weight", type=float, default=None, metavar="W",
+                   help="weight of cloning the heuristic's germinations (slot and blueprint) by "
+                        "the candidate features alone (0: off, the default)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--version", default=None, help="policy version to stamp (default gnn@simic-<digest>)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with any bad record")
@@ -213,10 +216,12 @@ def run_train(args: argparse.Namespace) -> int:
     _weight("--bc-weight", args.bc_weight)
     _weight("--awr-weight", args.awr_weight)
     _weight("--action-balance", args.action_balance)
+    _weight("--candidate-bc-weight", args.candidate_bc_weight)
     out = _writable_file(args.out, "--out")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("bc_weight", args.bc_weight),
                                    ("awr_weight", args.awr_weight), ("action_balance", args.action_balance),
-                                   ("seed", args.seed)) if v is not None}
+                                   ("candidate_bc_weight", args.candidate_bc_weight), ("seed", args.seed))
+                 if v is not None}
     config = dataclasses.replace(SimicConfig(), heuristic=episode_heuristic(args.growth_rule), **overrides)
     dataset = _load(args)
     for message in dataset.problems.messages:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from esper.tamiyo.policies.mask import GERMINATE, WAIT
+from esper.tamiyo.policies.network import slot_candidate_term
 from esper.tamiyo.simic.tensors import GraphBatch
 
 MASKED_LOGIT = -1e9
@@ -41,6 +42,20 @@ def choice_log_prob(heads: tuple[torch.Tensor, ...], batch: GraphBatch) -> torch
         bp_lp = masked_log_softmax(bp_logits[rows, node], batch.blueprint_mask[rows, node])[rows, bp]
         logp = logp + torch.where(germ, bp_lp, torch.zeros_like(bp_lp))
     return logp
+
+
+def candidate_log_prob(term: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
+    """log pi(slot | germinate) + log pi(blueprint | slot) of each recorded germination under
+    the candidate terms alone (`term` (B, N, V): the candidate head on batch.candidates), each
+    under its mask; 0 for the other decisions. What the transferable features say of a
+    germination, without the node embeddings' part."""
+    rows = _rows(len(batch))
+    node, bp = batch.node.clamp(min=0), batch.blueprint.clamp(min=0)
+    slots = slot_candidate_term(term, batch.candidates)
+    slot_lp = masked_log_softmax(slots, batch.slot_mask[:, GERMINATE])[rows, node]
+    bp_lp = masked_log_softmax(term[rows, node], batch.blueprint_mask[rows, node])[rows, bp]
+    germ = batch.action == GERMINATE
+    return torch.where(germ, slot_lp + bp_lp, torch.zeros_like(slot_lp))
 
 
 def critic_value(heads: tuple[torch.Tensor, ...], batch: GraphBatch) -> torch.Tensor:

@@ -6,6 +6,7 @@ Per minibatch of recorded transitions (features and safety masks rebuilt as at i
     value   V(s)    <- expectile_tau of Q_target(s,a) - V(s)              (the policy's value head)
     actor   - bc_weight  * mean_{heuristic decisions} log pi(a|s)
             - awr_weight * mean_all min(exp(beta * (Q_target - V)), max_weight) * log pi(a|s)
+            - candidate_bc_weight * mean_{heuristic germinations} log pi_candidates(slot, bp|s)
 
 pi(a|s) is the product of the action, slot and blueprint heads, each a softmax with illegal
 entries masked out. The critic is a second PolicyNet used only here; the actor (with its value
@@ -25,12 +26,17 @@ import torch
 from esper.policy.heuristic import HeuristicConfig
 from esper.tamiyo.policies.artifact import save_policy, tensors_digest
 from esper.tamiyo.policies.gnn import POLICY_NAME
-from esper.tamiyo.policies.mask import ACTIONS
+from esper.tamiyo.policies.mask import ACTIONS, GERMINATE
 from esper.tamiyo.policies.network import NetworkShape, PolicyNet
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.dataset import Dataset
 from esper.tamiyo.simic.episodes import EPISODE_HEURISTIC
-from esper.tamiyo.simic.losses import choice_log_prob, critic_value, expectile_loss
+from esper.tamiyo.simic.losses import (
+    candidate_log_prob,
+    choice_log_prob,
+    critic_value,
+    expectile_loss,
+)
 from esper.tamiyo.simic.reward import RewardConfig
 from esper.tamiyo.simic.tensors import GraphBatch, TensorSet, build_tensors
 
@@ -55,6 +61,11 @@ class SimicConfig:
     # waits around them: right after a long first epoch (4 germinations there in 6,250
     # decisions) p(germinate) was 0.04-0.07 unbalanced, 0.58 balanced.
     action_balance: float = 0.0
+    # Behaviour cloning of the heuristic's germinations (slot and blueprint) by the candidate
+    # terms alone (losses.candidate_log_prob). Without it the node embeddings, which learn
+    # which slot and block paid on the episodes' task, carry most of those choices and decide
+    # them on another task's graph; the candidate features mean the same there. 0: off.
+    candidate_bc_weight: float = 0.0
     # Value regression weight inside the actor's loss (V is the actor's value head).
     value_weight: float = 1.0
     # Discount per decision: ~40 decisions per episode, 0.95 credits an epoch's gain to the
@@ -169,6 +180,15 @@ class SimicTrainer:
         self.actor.train(was)
         return -logp[batch.imitate].mean() if batch.imitate.any() else torch.tensor(0.0)
 
+    def candidate_bc_loss(self, batch: GraphBatch) -> torch.Tensor:
+        """Mean negative log-likelihood of the heuristic's germinations under the actor's
+        candidate terms alone."""
+        rows = batch.imitate & (batch.action == GERMINATE)
+        if not rows.any():
+            return torch.zeros(())
+        term = self.actor.candidate_head(batch.candidates).squeeze(-1)
+        return -candidate_log_prob(term, batch)[rows].mean()
+
     def step(self, batch: GraphBatch) -> tuple[float, float, float, float]:
         c = self.config
         with torch.no_grad():
@@ -190,6 +210,8 @@ class SimicTrainer:
         awr = -(weights * logp).mean()
         bc = -logp[batch.imitate].mean() if batch.imitate.any() else torch.zeros(())
         loss = c.bc_weight * bc + c.awr_weight * awr + c.value_weight * value_loss
+        if c.candidate_bc_weight:
+            loss = loss + c.candidate_bc_weight * self.candidate_bc_loss(batch)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
