@@ -519,3 +519,25 @@ def test_the_candidate_head_picks_the_germination_the_heuristic_ranks_best() -> 
     assert heuristic.WhichOneof("action") == "germinate"
     assert heuristic.germinate.slot_id == ctx.graph.slots[1].slot_id
     assert heuristic.germinate.blueprint_ref == VOCAB.refs[int(logits.mean(0).argmax())]
+
+
+def test_no_germination_while_the_stream_rule_holds_growth() -> None:
+    """The learned policy widens the stream by its heuristic's rule, and germinates by it:
+    while the stream widened after the latest validation, no germination is legal (a seed
+    then would keep the stream from widening again while it lives), whatever its net
+    prefers; once a validation saw the widening, germination is legal again."""
+    ctx = _germination_context()
+    ctx.snapshot.stream.CopyFrom(ResidualStreamState(
+        width=40, declared_width=32, max_width=40, feature_multiple=4, params_per_feature=10,
+        widenings=1, last_widened_epoch=3))
+    ctx.history.last_epoch = 3
+    policy = GnnPolicy(config=ALWAYS, vocabulary=VOCAB)
+    with torch.no_grad():  # a net that germinates whenever it may
+        policy.net.action_head[-1].bias[:] = torch.tensor([50.0, 0.0, 0.0, 0.0, 0.0])
+    mask = policy.mask(ctx, policy.encoding(ctx))
+    assert not mask.actions[GERMINATE] and not mask.blueprints.any() and not mask.kernels
+    assert not mask.candidates.any() and any("widened at epoch 3" in n for n in mask.notes)
+    assert policy.decide(ctx).WhichOneof("action") != "germinate"
+    ctx.history.last_epoch = 4
+    assert policy.mask(ctx, policy.encoding(ctx)).actions[GERMINATE]
+    assert policy.decide(ctx).WhichOneof("action") == "germinate"

@@ -559,7 +559,7 @@ class HeuristicPolicy:
         stream_pace_from_start and stream_first_epoch_pace), else None: then seeds are
         considered."""
         features = stream_widening(ctx, self.config.stream_growth_fraction)
-        if not features or self._stream_hold(ctx):
+        if not features or self.stream_hold(ctx):
             return None
         start = ctx.history.start_loss if self.config.stream_pace_from_start else math.nan
         trigger = self._signal(ctx, start)
@@ -585,11 +585,12 @@ class HeuristicPolicy:
                 (", paced from the run's start loss)" if math.isfinite(start_loss) else ")")
         return None
 
-    def _stream_hold(self, ctx: PolicyContext) -> str | None:
+    def stream_hold(self, ctx: PolicyContext) -> str | None:
         """Why growth of any kind waits on the stream's last widening, or None: the stream
         widened after the latest validation (growth on new evidence only, else the signal
         that widened it widens it again at the next safe point), or it is settling (see
-        _stream_settling)."""
+        _stream_settling). The learned policy, which widens by this rule, germinates by it
+        too: not while it holds."""
         stream = ctx.snapshot.stream
         if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch:
             return (f"the residual stream widened at epoch {stream.last_widened_epoch}; "
@@ -667,7 +668,7 @@ class HeuristicPolicy:
         if no_signal and not (c.eager_flops_fraction > 0
                               and len(ctx.history.val_losses) >= c.eager_after_epochs):
             return no_signal
-        hold = self._stream_hold(ctx)
+        hold = self.stream_hold(ctx)
         if hold:
             return f"{but}{hold}"
         last = max((s.germinated_at_step for s in ctx.seeds.values() if s.seed_id), default=None)

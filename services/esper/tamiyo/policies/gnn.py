@@ -42,7 +42,7 @@ from esper.tamiyo.policies.features import (
     batch_node_features,
     encode_graph,
 )
-from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, build_mask
+from esper.tamiyo.policies.mask import ACTIONS, GERMINATE, WAIT, SafetyMask, policy_mask
 from esper.tamiyo.policies.network import (
     DropoutBank,
     GraphOutputs,
@@ -191,11 +191,7 @@ class GnnPolicy:
         return enc
 
     def mask(self, ctx: PolicyContext, enc: GraphEncoding) -> SafetyMask:
-        hc = self.heuristic.config
-        return build_mask(  # kernels ranked as the heuristic ranks them in this run
-            ctx, enc, self.vocabulary, budgeting.max_risk(ctx, hc.max_risk),
-            live_seed_limit(ctx, hc.max_live_seeds), self.heuristic.ranking(ctx),
-        )
+        return policy_mask(ctx, enc, self.vocabulary, self.heuristic)
 
     # -- decision ---------------------------------------------------------------------------
 

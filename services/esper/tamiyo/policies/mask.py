@@ -19,8 +19,8 @@ from esper.leyline.v1.urza_pb2 import KernelCandidate
 from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
 from esper.policy.health import health_score
-from esper.policy.heuristic import HeuristicConfig, benefit_per_cost
-from esper.policy.safety import ADVANCEABLE_STAGES
+from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost
+from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit
 from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GraphEncoding, candidate_features
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 
@@ -90,6 +90,33 @@ def build_mask(
     mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)
     mask.actions[WAIT] = True
     return mask
+
+
+def policy_mask(ctx: PolicyContext, enc: GraphEncoding, vocab: BlueprintVocabulary,
+                heuristic: HeuristicPolicy) -> SafetyMask:
+    """The learned policy's mask under `heuristic`, the policy it is given: its risk and
+    live-seed limits, its ranking of kernels in this run, and no germination while its
+    residual-stream rule holds growth (the learned policy widens the stream by that rule,
+    so the stream's phase is the rule's: a seed germinated then keeps the stream from
+    widening again while it lives)."""
+    c = heuristic.config
+    mask = build_mask(ctx, enc, vocab, budgeting.max_risk(ctx, c.max_risk),
+                      live_seed_limit(ctx, c.max_live_seeds), heuristic.ranking(ctx))
+    hold = heuristic.stream_hold(ctx)
+    if hold:
+        forbid_germination(mask, hold)
+    return mask
+
+
+def forbid_germination(mask: SafetyMask, why: str) -> None:
+    """No germination is legal in `mask` (the residual stream's rule holds growth: see
+    HeuristicPolicy.stream_hold); `why` goes into its notes."""
+    mask.blueprints[:] = False
+    mask.kernels.clear()
+    mask.candidates[:] = 0.0
+    mask.slots[GERMINATE] = False
+    mask.actions[GERMINATE] = False
+    mask.notes.append(f"no germination: {why}")
 
 
 def _mask_germination(

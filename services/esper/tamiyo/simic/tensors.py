@@ -1,7 +1,7 @@
 """Transitions as tensors for the GNN: features, safety masks and targets, grouped by graph.
 
 The features and masks are the ones the learned policy computes at inference
-(`features.node_features`, `features.global_features`, `mask.build_mask`) from the same
+(`features.node_features`, `features.global_features`, `mask.policy_mask`) from the same
 PolicyContext, so what Simic trains on is exactly what GnnPolicy sees. A recorded action the
 rebuilt mask forbids (or that the vocabulary cannot express) is dropped from the targets and
 counted.
@@ -14,17 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from esper.policy import budget as budgeting
 from esper.policy.context import graph_digest
 from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
-from esper.policy.safety import live_seed_limit
 from esper.tamiyo.policies.features import (
     GraphEncoding,
     encode_graph,
     global_features,
     node_features,
 )
-from esper.tamiyo.policies.mask import build_mask
+from esper.tamiyo.policies.mask import policy_mask
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 from esper.tamiyo.simic.actions import indices, is_legal
 from esper.tamiyo.simic.dataset import State, Transition
@@ -93,8 +91,7 @@ def build_tensors(transitions: list[Transition], vocab: BlueprintVocabulary, con
             out.dropped_unexpressible += 1
             continue
         ctx = t.context()
-        mask = build_mask(ctx, enc, vocab, budgeting.max_risk(ctx, config.max_risk),
-                          live_seed_limit(ctx, config.max_live_seeds), heuristic.ranking(ctx))
+        mask = policy_mask(ctx, enc, vocab, heuristic)
         if not is_legal(choice, mask):
             out.dropped_illegal += 1
             continue
