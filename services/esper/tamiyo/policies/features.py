@@ -41,9 +41,7 @@ from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
 from esper.policy.heuristic import (
     HEALTH_WEIGHT,
-    HeuristicConfig,
     HeuristicPolicy,
-    benefit_per_cost,
     flops_share,
 )
 from esper.policy.plateau import is_plateau, pace
@@ -236,13 +234,12 @@ def _write_node_features(x: np.ndarray, ctx: PolicyContext, enc: GraphEncoding) 
         ]
 
 
-def candidate_features(kernels: dict[tuple[int, int], KernelCandidate], health: dict[int, float],
-                       nodes: int, vocabulary: int, config: HeuristicConfig, model_flops: float) -> np.ndarray:
+def candidate_features(kernels: dict[tuple[int, int], KernelCandidate], scores: dict[tuple[int, int], float],
+                       health: dict[int, float], nodes: int, vocabulary: int, model_flops: float) -> np.ndarray:
     """(N, V, CANDIDATE_FEATURES) for the legal germinations `kernels` ((node, blueprint) ->
-    its kernel), 0 elsewhere. `health`: each slot node's health score (heuristic's
-    health_score), `config`: the ranking of the heuristic the policy is given."""
+    its kernel), 0 elsewhere. `scores`: each one's benefit per cost under the ranking of the
+    heuristic the policy is given; `health`: each slot node's health score (health_score)."""
     x = np.zeros((nodes, vocabulary, CANDIDATE_FEATURES), dtype=np.float32)
-    scores = {key: benefit_per_cost(kernel, config, model_flops) for key, kernel in kernels.items()}
     values = {(node, bp): score * (1.0 + HEALTH_WEIGHT * (1.0 - health.get(node, 1.0)))
               for (node, bp), score in scores.items()}
     best_value = max(values.values(), default=0.0)

@@ -81,10 +81,10 @@ def build_mask(
         if i is not None:
             stage = seed.stage
             slots[:, i] = _STAGE_LEGAL.get(stage) or _stage_legal(stage)
-    _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
+    scores = _mask_germination(ctx, enc, vocab, risk_limit, max_live, config, mask)
     health = {i: health_score(ctx.health_of(slot)) for slot in ctx.graph.slots
               if (i := enc.slot_node.get(slot.slot_id)) is not None and mask.blueprints[i].any()}
-    mask.candidates = candidate_features(mask.kernels, health, n, v, config,
+    mask.candidates = candidate_features(mask.kernels, scores, health, n, v,
                                          ctx.snapshot.resources.model_flops_per_example)
     slots[GERMINATE] = blueprints.any(axis=1) if v else False
     mask.actions[:SLOT_ACTIONS] = slots.any(axis=1)
@@ -127,13 +127,16 @@ def _mask_germination(
     max_live: int,
     config: HeuristicConfig,
     mask: SafetyMask,
-) -> None:
+) -> dict[tuple[int, int], float]:
+    """Fills the mask's legal germinations, each blueprint's best kernel per slot; returns
+    those kernels' benefit per cost under `config`."""
+    scores: dict[tuple[int, int], float] = {}
     if max_live and ctx.live_seed_count() >= max_live:
         mask.notes.append(f"{ctx.live_seed_count()} live seeds, limit {max_live}")
-        return
+        return scores
     if ctx.candidates.unavailable_reason:
         mask.notes.append(f"no germination: {ctx.candidates.unavailable_reason}")
-        return
+        return scores
     check = budgeting.BudgetCheck(ctx, risk_limit)
     flops = ctx.snapshot.resources.model_flops_per_example
     for slot in ctx.graph.slots:
@@ -145,9 +148,11 @@ def _mask_germination(
             j = vocab.index(candidate.kernel.blueprint_ref or budgeting.blueprint_ref(candidate.blueprint))
             if j is None:
                 continue
-            best = mask.kernels.get((i, j))
-            if best is None or benefit_per_cost(candidate, config, flops) > benefit_per_cost(best, config, flops):
+            score = benefit_per_cost(candidate, config, flops)
+            if (i, j) not in scores or score > scores[(i, j)]:
+                scores[(i, j)] = score
                 mask.kernels[(i, j)] = candidate
                 mask.blueprints[i, j] = True
     if not mask.kernels:
         mask.notes.append("no affordable kernel in the vocabulary is offered for any open slot")
+    return scores
