@@ -541,3 +541,22 @@ def test_no_germination_while_the_stream_rule_holds_growth() -> None:
     ctx.history.last_epoch = 4
     assert policy.mask(ctx, policy.encoding(ctx)).actions[GERMINATE]
     assert policy.decide(ctx).WhichOneof("action") == "germinate"
+
+
+def test_exploration_tries_only_what_the_learned_policy_could_choose() -> None:
+    """Simic's exploring heuristic builds its random choices on the learned policy's own mask:
+    while the stream's rule holds growth, no exploring decision germinates; after a
+    validation saw the widening, exploration germinates again."""
+    from esper.tamiyo.simic.episodes import ExploringHeuristic
+
+    ctx = _germination_context()
+    ctx.snapshot.stream.CopyFrom(ResidualStreamState(
+        width=40, declared_width=32, max_width=40, feature_multiple=4, params_per_feature=10,
+        widenings=1, last_widened_epoch=3))
+    ctx.history.last_epoch = 3
+    explore = ExploringHeuristic(GnnPolicy(config=ALWAYS, vocabulary=VOCAB).heuristic.config,
+                                 epsilon=1.0, rng=random.Random(0), vocabulary=VOCAB)
+    held = [explore.decide(ctx).WhichOneof("action") for _ in range(40)]
+    assert "germinate" not in held
+    ctx.history.last_epoch = 4
+    assert "germinate" in [explore.decide(ctx).WhichOneof("action") for _ in range(40)]

@@ -38,7 +38,7 @@ from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.policy.safety import live_seed_limit, violation
 from esper.tamiyo.policies.features import encode_graph
-from esper.tamiyo.policies.mask import build_mask
+from esper.tamiyo.policies.mask import policy_mask
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
 from esper.tamiyo.simic.actions import decision_for, random_choice
 from esper.tamiyo.simic.dataset import Episode
@@ -166,7 +166,9 @@ class ExploringHeuristic:
             enc = self._encodings[key] = encode_graph(ctx.graph)
         c = self.heuristic.config
         risk, live = budgeting.max_risk(ctx, c.max_risk), live_seed_limit(ctx, c.max_live_seeds)
-        mask = build_mask(ctx, enc, self.vocabulary, risk, live, c)  # type: ignore[arg-type]
+        # The learned policy's own mask (its ranking under a FLOPs budget, the stream's
+        # hold): exploration tries only what the policy it trains could choose.
+        mask = policy_mask(ctx, enc, self.vocabulary, self.heuristic)  # type: ignore[arg-type]
         choice = random_choice(mask, self.rng)
         decision = decision_for(ctx, enc, mask, choice, self.vocabulary, c,  # type: ignore[arg-type]
                                 policy_version=EXPLORE_VERSION, confidence=0.0,
