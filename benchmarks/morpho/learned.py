@@ -45,12 +45,11 @@ GROWTH_RULE = "first-epoch"
 # (SimicConfig.action_balance): the germinations right after a long first epoch are few
 # among the waits, and unbalanced the policy waited through them on the CNN.
 ACTION_BALANCE = 1.0
-# Cloning the heuristic's germinations by the candidate features alone as well
-# (SimicConfig.candidate_bc_weight) is off: at 1 the policy chose the RMSNorm seed the
-# candidate features rank best on the char host, but in one seed of two measured it grew
-# seeds during the stream's widenings (before germination waited on the stream's rule)
-# and lost 1.36 pp; not yet measured since.
-CANDIDATE_BC = 0.0
+# The heuristic's germinations are also cloned by the candidate features alone
+# (SimicConfig.candidate_bc_weight): with it the policy takes every germination itself on the
+# CNN (without it, its heuristic fallback took one in 2 seeds of 5) and chooses the RMSNorm
+# seed the candidate features rank best on the char host (without it, IA3: -0.02 pp, 2/3).
+CANDIDATE_BC = 1.0
 
 
 def policy_file(work_dir: Path, quick: bool, lr_schedule: str) -> Path:
