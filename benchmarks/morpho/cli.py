@@ -398,10 +398,11 @@ def esper_heuristic(cfg: dict) -> dict:
     return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {})}
 
 
-def _acting_heuristics(ours: dict, theirs: dict) -> tuple[dict, dict]:
-    """Both results' heuristics, less the stream_* settings when neither ran a host with a
-    residual stream (they decide nothing there: an MLP's runs are the same under any)."""
-    mine, other = esper_heuristic(ours), esper_heuristic(theirs)
+def _acting_heuristics(ours: dict, theirs: dict, of=esper_heuristic) -> tuple[dict, dict]:
+    """Both results' heuristics (`of`: the esper arms', or heuristic_defaults), less the
+    stream_* settings when neither ran a host with a residual stream (they decide nothing
+    there: an MLP's runs are the same under any)."""
+    mine, other = of(ours), of(theirs)
     hosts = [cfg.get("hosts") for cfg in (ours, theirs)]
     if all(hosts) and not STREAM_HOSTS & {h for hs in hosts for h in hs}:
         mine, other = ({k: v for k, v in h.items() if not k.startswith("stream_")} for h in (mine, other))
@@ -567,8 +568,8 @@ def _defaults_mismatch(result: dict, other: dict) -> str | None:
     arms = sorted({arm for h in other["hosts"].values() for arm in h["runs"] if follows_defaults(arm)})
     if not arms:
         return None
-    problem = _heuristic_mismatch(heuristic_defaults(result["config"]),
-                                  heuristic_defaults(other["config"]))
+    problem = _heuristic_mismatch(*_acting_heuristics(result["config"], other["config"],
+                                                      of=heuristic_defaults))
     return problem and f"{problem} in the local heuristic's defaults, which its " \
         f"{', '.join(arms)} runs follow"
 

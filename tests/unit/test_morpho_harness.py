@@ -271,6 +271,17 @@ def test_runs_that_follow_the_heuristics_defaults_join_only_a_result_of_the_same
         problem = merge(result(["static-small"], **today), result(["esper", arm], **opted_in))
         assert problem == ("config heuristic differs: seed_first_epoch_pace true vs false in the "
                            f"local heuristic's defaults, which its {arm} runs follow"), problem
+    # The stream's defaults decide nothing on a host without a residual stream.
+    earlier = {"heuristic": {}, "heuristic_defaults": {
+        **dataclasses.asdict(LOCAL_HEURISTIC), "stream_growth_fraction": 0.25}}
+    assert merge(result(["esper", "schedule-every-1"], **earlier), result(["learned"], **today)) is None
+    on_char = result(["esper", "schedule-every-1"], **earlier)
+    on_char["config"]["hosts"] = ["char"]
+    on_char["hosts"] = {"char": on_char["hosts"].pop("cnn")}
+    learned = result(["learned"], **today)
+    learned["config"]["hosts"] = ["char"]
+    learned["hosts"] = {"char": learned["hosts"].pop("cnn")}
+    assert "stream_growth_fraction 0.25 vs 0.125" in merge(on_char, learned)
 
 
 
