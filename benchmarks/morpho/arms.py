@@ -81,6 +81,8 @@ RANDOM_TIME_FRACTION = 0.7
 # Slots per layer of the esper-stack arm: deeper than the parameter budget can fill, so the
 # budget and the policy end growth.
 STACK_DEPTH = 3
+# Kasmina's default room for growth: seed parameters up to the host's own count.
+SEED_PARAM_FRACTION = KasminaConfig().max_seed_param_fraction
 
 
 class NotAvailable(Exception):
@@ -105,6 +107,9 @@ class Context:
     slot_depth: int = 1
     # KasminaConfig.seed_init of every grown arm (how a new seed's entry layer starts).
     seed_init: str = "default"
+    # KasminaConfig.max_seed_param_fraction of every grown arm: how much growth may add,
+    # as a share of the host's parameters (the replays of Esper's growth need its room).
+    seed_param_fraction: float = SEED_PARAM_FRACTION
     # TolariaConfig.seed_lr of every grown arm (the rate a new seed's group starts at).
     seed_lr: str = "follow"
     # Every grown arm may also draw the opt-in width blueprint (Esper and the random growth
@@ -244,8 +249,10 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     optimizer = _adam(model, ctx.learning_rate)
     if blueprints is None and ctx.width_growth:
         blueprints = growth_blueprints()
-    if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"):
-        kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init)
+    if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"
+                           or ctx.seed_param_fraction != SEED_PARAM_FRACTION):
+        kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init,
+                                max_seed_param_fraction=ctx.seed_param_fraction)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False, seed_lr=ctx.seed_lr)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
                                    config=config, blueprints=blueprints, kasmina=kasmina,
@@ -349,8 +356,8 @@ def run_esper_stack(ctx: Context) -> dict:
     """Esper (at its defaults, or priced at --flops-weight) with seeds that stack
     (KasminaConfig.slot_depth=STACK_DEPTH): the policy and the parameter budget, not one
     slot per layer, end growth."""
-    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(slot_depth=STACK_DEPTH,
-                                                                seed_init=ctx.seed_init),
+    record, _ = _grown(ctx, _esper_policy(ctx), kasmina=KasminaConfig(
+        slot_depth=STACK_DEPTH, seed_init=ctx.seed_init, max_seed_param_fraction=ctx.seed_param_fraction),
                        budget=_esper_budget(ctx))
     return record
 

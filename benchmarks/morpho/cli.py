@@ -27,6 +27,7 @@ from . import report, text
 from .arms import (
     ARMS,
     SCHEDULE_SPACINGS,
+    SEED_PARAM_FRACTION,
     Context,
     NotAvailable,
     follows_defaults,
@@ -100,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-depth", type=_depth, default=1, metavar="N",
                    help="seeds that stack: KasminaConfig.slot_depth of every grown arm (Esper, "
                         "random growth, the fixed schedule; default 1, one seed per slot)")
+    p.add_argument("--seed-param-fraction", type=_seed_param_fraction, default=SEED_PARAM_FRACTION,
+                   metavar="F",
+                   help="KasminaConfig.max_seed_param_fraction of every grown arm: growth may "
+                        f"add up to F times the host's parameters (default {SEED_PARAM_FRACTION:g})")
     p.add_argument("--seed-init", choices=SEED_INITS, default="default",
                    help="KasminaConfig.seed_init of every grown arm: 'bottleneck' starts a "
                         "seed's entry units along the slot's bottleneck statistic (default: "
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seed_base": SEED_BASE, "lr_schedule": args.lr_schedule,
                          "learning_rate": args.learning_rate,
                          "flops_weight": args.flops_weight, "slot_depth": args.slot_depth,
+                         "seed_param_fraction": args.seed_param_fraction,
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "width_growth": args.width_growth, "heuristic": args.heuristic,
                          "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC),
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                           quick=args.quick, work_dir=out, lr_schedule=args.lr_schedule,
                           learning_rate=args.learning_rate,
                           flops_weight=args.flops_weight, slot_depth=args.slot_depth,
+                          seed_param_fraction=args.seed_param_fraction,
                           seed_init=args.seed_init, seed_lr=args.seed_lr,
                           width_growth=args.width_growth, heuristic=args.heuristic,
                           training_flops_budget=args.training_flops_budget,
@@ -466,6 +473,14 @@ def _spacings(text: str) -> tuple[int, ...]:
     if not items:
         raise argparse.ArgumentTypeError(f"must be one or more epoch counts, e.g. 1,2,3; got {text!r}")
     return tuple(sorted({positive_int(t) for t in items}))
+
+
+def _seed_param_fraction(text: str) -> float:
+    """A growth room as KasminaConfig accepts it (its check, its message)."""
+    try:
+        return KasminaConfig(max_seed_param_fraction=float(text)).max_seed_param_fraction
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _depth(text: str) -> int:

@@ -20,7 +20,7 @@ AT_ESPER = "@esper-flops"
 # runs of Esper under other settings are another Esper, whose table would be mislabelled
 # (its row says the settings that are not these), and the controls that follow Esper's
 # run follow the run they were given (cli.config_mismatch).
-ESPER_SETTINGS = {"flops_weight": None, "slot_depth": 1, "seed_init": "default",
+ESPER_SETTINGS = {"flops_weight": None, "slot_depth": 1, "seed_param_fraction": 1.0, "seed_init": "default",
                   "seed_lr": "follow", "width_growth": False, "heuristic": None,
                   "training_flops_budget": None, "budget_flops_weight": None}
 
@@ -235,6 +235,8 @@ def _esper_settings(cfg: dict) -> list[str]:
     settings = []
     if esper_setting(cfg, "slot_depth") > 1:
         settings.append(f"seeds that stack (slot_depth {cfg['slot_depth']})")
+    if esper_setting(cfg, "seed_param_fraction") != ESPER_SETTINGS["seed_param_fraction"]:
+        settings.append(f"growth up to {cfg['seed_param_fraction']:g}x the host's parameters")
     if esper_setting(cfg, "seed_init") != ESPER_SETTINGS["seed_init"]:
         settings.append(f"seeds initialised from the {cfg['seed_init']} statistic")
     if esper_setting(cfg, "width_growth"):

@@ -150,3 +150,9 @@ def test_the_policy_sees_a_stacked_slot_open_only_on_a_fossil():
         "slot 0@2 opens once slot 0 below it has fossilized"
     ctx = _ctx(model, {"0": S.SEED_STAGE_FOSSILIZED, "2": S.SEED_STAGE_FOSSILIZED})
     assert [s.slot_id for s in ctx.open_slots()] == ["0@2", "2@2"]
+
+
+@pytest.mark.parametrize("fraction", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_growth_room_outside_its_range_is_refused(fraction):
+    with pytest.raises(ValueError, match="max_seed_param_fraction"):
+        KasminaConfig(max_seed_param_fraction=fraction)

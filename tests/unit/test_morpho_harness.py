@@ -594,6 +594,32 @@ def test_seed_init_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
         assert morph.cfg.seed_init == init
 
 
+def test_seed_param_fraction_is_checked_and_reaches_every_grown_arm(one_thread) -> None:
+    """--seed-param-fraction F: Kasmina's room for growth (seed parameters up to F times the
+    host's) in every grown arm and in the budget its policy is sent; Kasmina's own check."""
+    from morpho.arms import Context, _grown
+    from morpho.cli import config_mismatch, parser
+    from morpho.data import Splits
+
+    assert parser().parse_args(["--seed-param-fraction", "2"]).seed_param_fraction == 2.0
+    assert parser().parse_args([]).seed_param_fraction == 1.0
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--seed-param-fraction", bad])
+    g = torch.Generator().manual_seed(0)
+    data = Splits(torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
+                  batch_size=4)
+    for fraction in (1.0, 2.5):
+        ctx = Context(host="mlp", seed=7, epochs=1, data=data, seed_param_fraction=fraction)
+        _, morph = _grown(ctx, "local")
+        assert morph.cfg.max_seed_param_fraction == fraction
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    assert "seed_param_fraction differs" in config_mismatch(base, {**base, "seed_param_fraction": 2.0})
+    assert config_mismatch(base, {**base, "seed_param_fraction": 1.0}) is None
+
+
 def test_width_growth_is_checked_and_reaches_every_grown_arm(one_thread, monkeypatch) -> None:
     from morpho.arms import Context, _grown
     from morpho.cli import main, parser

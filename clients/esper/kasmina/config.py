@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Culled slots cool down this long before they may germinate again, when the cull
@@ -80,6 +81,10 @@ class KasminaConfig:
     seed_init: str = "default"
 
     def __post_init__(self) -> None:
+        fraction = self.max_seed_param_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not math.isfinite(fraction) or fraction <= 0:
+            raise ValueError(f"max_seed_param_fraction: {fraction!r} is not a finite number > 0")
         if self.seed_init not in SEED_INITS:
             raise ValueError(f"seed_init: {self.seed_init!r} is not one of {', '.join(SEED_INITS)}")
         depth = self.slot_depth
