@@ -13,6 +13,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 # How long close() waits for the loop's pending work to finish.
 CLOSE_TIMEOUT_S = 5.0
+# How long close() keeps the loop running after its cleanup: a closed channel's last
+# events (its calls' and connectivity watches' completions) still come from gRPC's poller
+# thread, and one delivered to a closed loop is logged as "Event loop is closed" by
+# whichever loop runs the poller's callback, possibly another part of the program's.
+DRAIN_S = 0.1
 
 
 class LoopThread:
@@ -44,6 +49,7 @@ class LoopThread:
                 self.run(cleanup, CLOSE_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+            self.run(asyncio.sleep(DRAIN_S), CLOSE_TIMEOUT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CLOSE_TIMEOUT_S)
         if not self._thread.is_alive():
