@@ -249,10 +249,9 @@ def _grown(ctx: Context, policy, blueprints: list[str] | None = None,
     optimizer = _adam(model, ctx.learning_rate)
     if blueprints is None and ctx.width_growth:
         blueprints = growth_blueprints()
-    if kasmina is None and (ctx.slot_depth != 1 or ctx.seed_init != "default"
-                           or ctx.seed_param_fraction != SEED_PARAM_FRACTION):
-        kasmina = KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init,
-                                max_seed_param_fraction=ctx.seed_param_fraction)
+    # The run's Kasmina settings (at their defaults, Kasmina's own: wrap's KasminaConfig()).
+    kasmina = kasmina or KasminaConfig(slot_depth=ctx.slot_depth, seed_init=ctx.seed_init,
+                                       max_seed_param_fraction=ctx.seed_param_fraction)
     config = TolariaConfig(run_id=f"morpho-{ctx.host}-{ctx.seed}", progress=False, seed_lr=ctx.seed_lr)
     session = esper.tolaria.attach(model, optimizer, policy=policy, example_input=ctx.example,
                                    config=config, blueprints=blueprints, kasmina=kasmina,
