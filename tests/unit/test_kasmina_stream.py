@@ -225,3 +225,29 @@ def test_a_germination_after_a_widening_uses_the_slots_new_width() -> None:
     assert replay.acks["g"].status == AckStatus.ACK_STATUS_APPLIED, replay.acks["g"].reason
     ack = session.applier.apply(_decision("w2", widen_stream=WidenStreamAction(features=2)))
     assert ack.status == AckStatus.ACK_STATUS_REJECTED  # a seed sized to the stream is on it
+
+
+def test_the_stream_widens_beside_the_seeds_room_not_inside_it() -> None:
+    """The budget a session sends its policy is the seeds' room plus all the declared stream
+    may add up to its limit: widened to its limit, the stream leaves the seeds their whole
+    room (counted against the room alone, the char host's default widenings left no room
+    for any seed but a norm)."""
+    from esper.policy.budget import params_left
+    from esper.policy.context import PolicyContext
+
+    host, optimizer, session, _ = _session([])
+    stream = session.model.stream
+    host_params = sum(p.numel() for p in host.parameters())
+    allowance = stream.growth_params()
+    assert allowance > 0
+    room = int(session.model.cfg.max_seed_param_fraction * host_params)
+    assert session.open_message.budget.max_added_params == room + allowance
+    session.model.widen_stream(2)
+    assert stream.growth_params() == allowance  # widened part-way: the same total
+    session.model.widen_stream(stream.max_width - stream.width)
+    assert stream.params_added == allowance == stream.growth_params()
+    ctx = PolicyContext.build(session._snapshot(epoch_end=False), session.model.model_graph(),
+                              budget=session.budget)
+    assert params_left(ctx) == room
+    session.close()
+

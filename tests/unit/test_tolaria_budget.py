@@ -1,4 +1,5 @@
-"""The budget a session sends its policy includes Kasmina's seed-parameter cap."""
+"""The budget a session sends its policy includes Kasmina's seed-parameter cap (and, for a
+host that declares its residual stream, what the stream may add)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def test_caller_budget_is_tightened_never_loosened() -> None:
     assert runtime_budget(ResourceBudget(max_added_params=300), 1000, 0.5).max_added_params == 300
     out = runtime_budget(ResourceBudget(max_added_params=900, max_risk=0.2), 1000, 0.5)
     assert out.max_added_params == 500 and abs(out.max_risk - 0.2) < 1e-9
+
+
+def test_the_stream_allowance_is_added_to_the_seeds_room() -> None:
+    assert runtime_budget(None, 1000, 0.5, stream_params=700).max_added_params == 1200
+    assert runtime_budget(ResourceBudget(max_added_params=900), 1000, 0.5, 700).max_added_params == 900
 
 
 def test_session_open_carries_the_runtime_budget() -> None:

@@ -62,7 +62,8 @@ class KasminaConfig:
     # Budget: parameters all live and fossilized seeds may add, as a fraction of the host's.
     # 1.0 lets growth double the host: a width seed costs about half the host when it widens
     # the host's largest layer by half, so at 0.5 one widening would spend the whole budget
-    # and the budget, not the policy, would end growth.
+    # and the budget, not the policy, would end growth. A host's declared residual stream
+    # widens within its own limit (ResidualStream.max_width), on top of this room.
     max_seed_param_fraction: float = 1.0
     # Default embargo after a cull (see DEFAULT_EMBARGO_STEPS).
     default_embargo_steps: int = DEFAULT_EMBARGO_STEPS

@@ -125,15 +125,28 @@ class StreamSite:
 
     def params_per_feature(self) -> int:
         """Trainable parameters one more feature adds at the current width (a widening by
-        the feature multiple, counted on modules of both widths built on the meta device)."""
+        the feature multiple)."""
         if self._per_feature is not None and self._per_feature[0] == self.width:
             return self._per_feature[1]  # (a snapshot reads it at every safe point)
         k = self.feature_multiple
-        wide = {n: _fresh(self._role(n), m, self.width, k, torch.device("meta"))
+        per_feature = self._added_by(k) // k
+        self._per_feature = (self.width, per_feature)
+        return per_feature
+
+    def growth_params(self) -> int:
+        """Trainable parameters the stream adds in all growing from its declared width to
+        its limit: its widenings so far and what reaching max_width would add (the count
+        depends on the width, not on the steps taken to it)."""
+        return self.params_added + self._added_by(self.max_width - self.width)
+
+    def _added_by(self, features: int) -> int:
+        """Trainable parameters a widening by `features` would add now (modules of the new
+        width built on the meta device, counted against the current ones)."""
+        if features == 0:
+            return 0
+        wide = {n: _fresh(self._role(n), m, self.width, features, torch.device("meta"))
                 for n, m in self.modules.items()}
-        grown = sum(_count(wide[n]) - _count(m) for n, m in self.modules.items())
-        self._per_feature = (self.width, grown // k)
-        return grown // k
+        return sum(_count(wide[n]) - _count(m) for n, m in self.modules.items())
 
     def refusal(self, features: int) -> str | None:
         """Why a widening by `features` is refused, or None."""
