@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seed_init": args.seed_init, "seed_lr": args.seed_lr,
                          "width_growth": args.width_growth, "heuristic": args.heuristic,
                          "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC),
+                         "stream_room": STREAM_ROOM,
                          "training_flops_budget": args.training_flops_budget,
                          "budget_flops_weight": args.budget_flops_weight,
                          "schedule_every": list(args.schedule_every),
@@ -375,7 +376,9 @@ def config_mismatch(ours: dict, theirs: dict, esper_settings: bool = True) -> st
     settings = report.ESPER_SETTINGS.items() if esper_settings else ()
     for key, default in (("epochs", None), ("quick", None), ("data", None), ("seed_base", None),
                          ("lr_schedule", "constant"), ("learning_rate", LEARNING_RATE),
-                         *settings):
+                         ("stream_room", EARLIER_STREAM_ROOM), *settings):
+        if key == "stream_room" and not _ran_stream(ours, theirs):
+            continue  # decides nothing on a host without a residual stream
         if key == "heuristic":
             problem = _heuristic_mismatch(*_acting_heuristics(ours, theirs))
             if problem:
@@ -386,6 +389,12 @@ def config_mismatch(ours: dict, theirs: dict, esper_settings: bool = True) -> st
             return f"config {key} differs: {mine} vs {other}"
     return None
 
+
+# How a host's residual stream and the seeds share Kasmina's room for growth
+# (esper.tolaria.budget): since 2026-12-07 the stream widens beside the seeds' room;
+# results from before recorded nothing and ran with the stream's widenings inside it.
+STREAM_ROOM = "beside"
+EARLIER_STREAM_ROOM = "inside"
 
 # Where the local heuristic's defaults differed, before results recorded them in full
 # ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in.
@@ -410,10 +419,15 @@ def _acting_heuristics(ours: dict, theirs: dict, of=esper_heuristic) -> tuple[di
     stream_* settings when neither ran a host with a residual stream (they decide nothing
     there: an MLP's runs are the same under any)."""
     mine, other = of(ours), of(theirs)
-    hosts = [cfg.get("hosts") for cfg in (ours, theirs)]
-    if all(hosts) and not STREAM_HOSTS & {h for hs in hosts for h in hs}:
+    if not _ran_stream(ours, theirs):
         mine, other = ({k: v for k, v in h.items() if not k.startswith("stream_")} for h in (mine, other))
     return mine, other
+
+
+def _ran_stream(ours: dict, theirs: dict) -> bool:
+    """Whether either result ran a host with a residual stream (or does not say its hosts)."""
+    hosts = [cfg.get("hosts") for cfg in (ours, theirs)]
+    return not all(hosts) or bool(STREAM_HOSTS & {h for hs in hosts for h in hs})
 
 
 def _heuristic_mismatch(mine: dict, other: dict) -> str | None:

@@ -438,6 +438,21 @@ def test_stream_settings_separate_results_only_where_a_host_has_a_stream() -> No
     assert "slowdown_ratio" in config_mismatch({**today, "hosts": ["mlp"]}, slower)
 
 
+def test_results_from_before_the_stream_left_the_seeds_their_room_join_only_without_a_stream() -> None:
+    """Since the stream widens beside the seeds' room (esper.tolaria.budget), a char run
+    grows other seeds than one from before (which recorded no stream_room): they are not
+    one experiment; image hosts' runs are the same under either and join."""
+    from morpho.cli import STREAM_ROOM, config_mismatch
+
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    today = {**base, "stream_room": STREAM_ROOM}
+    assert "config stream_room differs: beside vs inside" in config_mismatch(
+        {**today, "hosts": ["char"]}, {**base, "hosts": ["char"]})
+    assert "stream_room" in config_mismatch({**today, "hosts": ["mlp"]}, {**base, "hosts": ["char"]})
+    assert config_mismatch({**today, "hosts": ["mlp"]}, {**base, "hosts": ["mlp", "cnn"]}) is None
+    assert config_mismatch({**today, "hosts": ["char"]}, {**today, "hosts": ["char"]}) is None
+
+
 def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:
     def run(seed: int, points: list[tuple[float, float]]) -> dict:
         return {"seed": seed, "curve": [{"flops": f, "test_accuracy": a} for f, a in points]}
