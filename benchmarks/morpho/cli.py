@@ -399,12 +399,15 @@ EARLIER_STREAM_ROOM = "inside"
 # Where the local heuristic's defaults differed, before results recorded them in full
 # ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in.
 EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False}
+# Fields added to the local heuristic since results began recording its defaults, at what
+# the runs before them did (any other field added since counts at today's default).
+ADDED_HEURISTIC_FIELDS = {"stream_hold_at_limit": True}
 
 
 def heuristic_defaults(cfg: dict) -> dict:
     """The local heuristic's defaults a result ran with: those it recorded, or those of
-    before they were recorded (a field added since counts at today's default)."""
-    return {**dataclasses.asdict(LOCAL_HEURISTIC),
+    before they were recorded."""
+    return {**dataclasses.asdict(LOCAL_HEURISTIC), **ADDED_HEURISTIC_FIELDS,
             **(cfg.get("heuristic_defaults") or EARLIER_HEURISTIC_DEFAULTS)}
 
 

@@ -401,7 +401,8 @@ def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_
 
     from esper.tolaria import LOCAL_HEURISTIC
 
-    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3}
+    # (an image host: the stream's settings, one of them added since, decide nothing there)
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3, "hosts": ["mlp"]}
     today = {**base, "heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
     assert esper_heuristic(today) == dataclasses.asdict(LOCAL_HEURISTIC)
     assert esper_heuristic(base)["seed_first_epoch_pace"] is False  # before it was recorded
@@ -451,6 +452,22 @@ def test_results_from_before_the_stream_left_the_seeds_their_room_join_only_with
     assert "stream_room" in config_mismatch({**today, "hosts": ["mlp"]}, {**base, "hosts": ["char"]})
     assert config_mismatch({**today, "hosts": ["mlp"]}, {**base, "hosts": ["mlp", "cnn"]}) is None
     assert config_mismatch({**today, "hosts": ["char"]}, {**today, "hosts": ["char"]}) is None
+
+
+def test_a_result_from_before_a_heuristic_field_counts_at_what_its_runs_did() -> None:
+    """stream_hold_at_limit came after results recorded the defaults: one recorded without
+    it held seeds after the stream's last widening (True); today's local default is False."""
+    import dataclasses
+
+    from morpho.cli import heuristic_defaults
+
+    from esper.tolaria import LOCAL_HEURISTIC
+
+    before = {k: v for k, v in dataclasses.asdict(LOCAL_HEURISTIC).items() if k != "stream_hold_at_limit"}
+    assert heuristic_defaults({"heuristic_defaults": before})["stream_hold_at_limit"] is True
+    assert heuristic_defaults({})["stream_hold_at_limit"] is True
+    today = {"heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
+    assert heuristic_defaults(today)["stream_hold_at_limit"] is False
 
 
 def test_growth_headroom_compares_the_small_host_to_the_final_architecture_at_equal_flops() -> None:

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from esper.leyline.v1.common_pb2 import SlotKind, SlotShape
-from esper.leyline.v1.control_pb2 import WidenStreamAction
+from esper.leyline.v1.control_pb2 import AdaptationDecision, WidenStreamAction
 from esper.leyline.v1.lifecycle_pb2 import SeedStage
 from esper.leyline.v1.signals_pb2 import ResidualStreamState
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget
@@ -244,3 +244,23 @@ def test_the_wait_ends_at_the_streams_limit_and_can_be_turned_off() -> None:
     assert _after_widening(slower, config=off).WhichOneof("action") == "widen_stream"
     local = _after_widening(slower, config=LOCAL_HEURISTIC)  # the local defaults: no wait
     assert local.WhichOneof("action") == "widen_stream" and local.widen_stream.features == 4
+
+
+def test_at_the_streams_limit_seeds_need_not_wait_for_a_validation_after_the_last_widening() -> None:
+    """stream_hold_at_limit=False: once the widening that brought the stream to its limit
+    is made, seeds grow on the signal from before it; short of the limit the hold stays."""
+    def after_widening(width: int, config) -> AdaptationDecision:
+        widened = _stream(width=width)
+        widened.widenings, widened.last_widened_epoch = 1, 5
+        ctx = _ctx(widened)
+        ctx.history.last_epoch = 5  # the validation that triggered the widening
+        return HeuristicPolicy(config).decide(ctx)
+
+    eager = dataclasses.replace(policy.config, stream_hold_at_limit=False)
+    d = after_widening(48, eager)
+    assert d.WhichOneof("action") == "germinate", d.rationale
+    held = after_widening(48, policy.config)
+    assert held.WhichOneof("action") == "wait" and "widened at epoch 5" in held.rationale
+    short = after_widening(40, eager)
+    assert short.WhichOneof("action") == "wait" and "widened at epoch 5" in short.rationale
+    assert not LOCAL_HEURISTIC.stream_hold_at_limit  # the local defaults grow seeds at once

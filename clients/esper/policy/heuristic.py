@@ -257,6 +257,12 @@ class HeuristicConfig:
     # the quarter-width widenings after epochs 2 and 4 (our reading: a smaller widening
     # leaves less to fit at once, so the stream can start growing sooner).
     stream_first_epoch_pace: bool = False
+    # After a widening, growth waits for a validation after it (stream_hold), so that the
+    # signal that widened the stream does not widen it again at the next safe point and
+    # growth follows the widening's own effect. False: not after the widening that brought
+    # the stream to its limit, where no widening can follow; seeds then grow on the signal
+    # that came before it, from the next safe point.
+    stream_hold_at_limit: bool = True
 
 
 def capacity_factor(candidate: KernelCandidate) -> float:
@@ -592,7 +598,9 @@ class HeuristicPolicy:
         _stream_settling). The learned policy, which widens by this rule, germinates by it
         too: not while it holds."""
         stream = ctx.snapshot.stream
-        if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch:
+        at_limit = stream.width >= stream.max_width
+        if stream.widenings and ctx.history.last_epoch <= stream.last_widened_epoch \
+                and (self.config.stream_hold_at_limit or not at_limit):
             return (f"the residual stream widened at epoch {stream.last_widened_epoch}; "
                     "growth waits for a validation after it")
         return self._stream_settling(ctx)
