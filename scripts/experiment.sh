@@ -25,10 +25,11 @@ table() {  # host -> "name arms"
         *) echo "HOSTS: unknown host '$1' (mlp, cnn, char)" >&2; return 2 ;;
     esac
 }
-merge_pieces() {  # name: every <name>-seeds*.json into <name>.json, the first as the base
-    local name=$1 pieces=("$results/$1"-seeds*.json)
+merge_pieces() {  # name: every <name>-seedsA-B.json into <name>.json, the first as the base
+    # (-seeds[0-9]*: a piece's name, not another table's such as <name>-seeds-only)
+    local name=$1 pieces=("$results/$1"-seeds[0-9]*-[0-9]*.json)
     if [[ ! -e ${pieces[0]} ]]; then
-        echo "MERGE=1: no pieces $results/$name-seeds*.json (run them with PIECE=A-B)" >&2
+        echo "MERGE=1: no pieces $results/$name-seedsA-B.json (run them with PIECE=A-B)" >&2
         return 2
     fi
     # Put together under a scratch name: a piece that does not merge leaves the table as it was.
