@@ -235,19 +235,20 @@ def test_the_stream_widens_beside_the_seeds_room_not_inside_it() -> None:
     from esper.policy.budget import params_left
     from esper.policy.context import PolicyContext
 
-    host, optimizer, session, _ = _session([])
-    stream = session.model.stream
-    host_params = sum(p.numel() for p in host.parameters())
-    allowance = stream.growth_params()
-    assert allowance > 0
-    room = int(session.model.cfg.max_seed_param_fraction * host_params)
-    assert session.open_message.budget.max_added_params == room + allowance
-    session.model.widen_stream(2)
-    assert stream.growth_params() == allowance  # widened part-way: the same total
-    session.model.widen_stream(stream.max_width - stream.width)
-    assert stream.params_added == allowance == stream.growth_params()
-    ctx = PolicyContext.build(session._snapshot(epoch_end=False), session.model.model_graph(),
-                              budget=session.budget)
-    assert params_left(ctx) == room
-    session.close()
-
+    host, _, session, _ = _session([])
+    try:
+        stream = session.model.stream
+        host_params = sum(p.numel() for p in host.parameters())
+        allowance = stream.growth_params()
+        assert allowance > 0
+        room = int(session.model.cfg.max_seed_param_fraction * host_params)
+        assert session.open_message.budget.max_added_params == room + allowance
+        session.model.widen_stream(2)
+        assert stream.growth_params() == allowance  # widened part-way: the same total
+        session.model.widen_stream(stream.max_width - stream.width)
+        assert stream.params_added == allowance == stream.growth_params()
+        ctx = PolicyContext.build(session._snapshot(epoch_end=False), session.model.model_graph(),
+                                  budget=session.budget)
+        assert params_left(ctx) == room
+    finally:
+        session.close()
