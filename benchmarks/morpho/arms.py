@@ -40,13 +40,17 @@ ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-late-slowd
         "esper-plateau-only", "random",
         "schedule", "static-final-size", "esper-arch-static", "esper-arch-restarts", "gromo",
         "static-large", "learned")
-# Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed. At a
-# constant learning rate, where its run crossed that budget; under a decaying schedule (where
+# Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed
+# (GroMo's: see LONGER). At a constant learning rate, where its run crossed that budget; under a decaying schedule (where
 # a run cut short has not annealed), a second run of the same model and initialisation whose
 # schedule ends at that budget.
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
            "esper-arch-static@esper-flops": "esper-arch-static",
-           "esper-arch-restarts@esper-flops": "esper-arch-restarts"}
+           "esper-arch-restarts@esper-flops": "esper-arch-restarts",
+           "gromo@esper-flops": "gromo"}
+# The FLOP-matched rows whose second run is longer, not shorter: GroMo's tutorial run spends
+# less than Esper, so it runs again for as many epochs as reach Esper's FLOPs.
+LONGER = {"gromo@esper-flops"}
 LABELS = {
     "static-small": "static small host",
     "esper": "Esper, heuristic at defaults",
@@ -63,6 +67,7 @@ LABELS = {
     "esper-arch-restarts": "Esper's final architecture trained static, Adam's moments restarted where Esper widened its stream",
     "esper-arch-restarts@esper-flops": "  the same, stopped at Esper's FLOPs",
     "gromo": "GroMo 0.1.0 (tutorial procedure), grown to about Esper's size",
+    "gromo@esper-flops": "  the same procedure run for more epochs, to at least Esper's FLOPs",
     "static-large": "static large reference",
     "learned": "Esper, learned policy (Simic GNN trained on digits episodes of a heuristic growing by the local rules, some of long epochs, under the same schedule)",
 }

@@ -903,6 +903,45 @@ def test_the_best_schedule_is_also_compared_at_esper_flops_when_it_spent_more() 
     assert report.label_of("schedule-every-1@esper-flops", {"lr_schedule": "cosine"}) == report.FITTED_LABEL
 
 
+def test_gromo_is_judged_at_esper_flops_by_its_longer_run_when_its_tutorial_run_spent_less() -> None:
+    def longer(row: dict, test: float, flops: float) -> dict:
+        row["milestones"] = {"esper-flops": {"test_accuracy": test, "flops": flops, "longer_run": True}}
+        return row
+
+    def gromo_target(runs: dict) -> tuple[str, bool]:
+        measured = {label: (text, ok) for label, text, ok in report.targets(report.summarise(runs))}
+        return measured["Esper ≥ GroMo at ≤ GroMo's FLOPs"]
+
+    esper = [_row(s, 0.80, 0.80, flops=200.0) for s in (1, 2)]
+    tutorial = [_row(s, 0.78, 0.78, flops=80.0) for s in (1, 2)]
+    # a result from before the longer run: Esper spent more than GroMo, so not met
+    text, ok = gromo_target({"esper": esper, "gromo": tutorial})
+    assert not ok and "250% of its tutorial run's FLOPs" in text
+    # given Esper's FLOPs GroMo reaches 0.79: Esper is still ahead, at 95% of them
+    runs = {"esper": esper, "gromo": [longer(r, 0.79, 210.0) for r in tutorial]}
+    text, ok = gromo_target(runs)
+    assert ok and text.startswith("+1.00 pp, wins/losses 2/0") and "95% of its run for more epochs" in text
+    # ... and where the longer run overtakes Esper, not met
+    runs = {"esper": esper, "gromo": [longer(_row(s, 0.78, 0.78, flops=80.0), 0.81, 210.0) for s in (1, 2)]}
+    assert gromo_target(runs)[1] is False
+    summary = report.summarise(runs)
+    assert report.table_arms(summary, {}) == ["esper", "gromo", "gromo@esper-flops"]
+    assert "more epochs" in report.label_of("gromo@esper-flops", {"lr_schedule": "cosine"})
+    # where Esper spent less than GroMo's tutorial run, that run decides
+    text, ok = gromo_target({"esper": esper, "gromo": [_row(s, 0.79, 0.79, flops=400.0) for s in (1, 2)]})
+    assert ok and "50% of its tutorial run's FLOPs" in text
+
+
+def test_gromo_runs_longer_by_the_epochs_that_reach_esper_flops() -> None:
+    from morpho.gromo_arm import longer_epochs
+
+    # 20 epochs cost 756 of which 56 are growth passes (35 an epoch): 1,847 needs 52 epochs
+    flops = {"total": 756.0, "extra": 56.0}
+    assert longer_epochs(flops, 1847.0, 20) == 52
+    assert 52 * 35 + 56 >= 1847 > 51 * 35 + 56
+    assert longer_epochs(flops, 757.0, 20) == 21  # at least one more epoch than the tutorial's
+
+
 def test_seed_and_epoch_counts_are_checked_by_the_parser() -> None:
     from morpho.cli import parser
 
