@@ -158,7 +158,7 @@ def _gromo_target(arms: dict, pair: dict) -> tuple[str, str, bool]:
     run = "its tutorial run" if arm == "gromo" else "its run for more epochs"
     ok = p["esper_minus_arm_pp_mean"] >= 0 and p["esper_flops_over_arm"] <= 1 and share <= 1
     return (label, f"{p['esper_minus_arm_pp_mean']:+.2f} pp, wins/losses {p['esper_wins']}/"
-                   f"{p['esper_losses']}, at {100 * share:.0f}% of {run}'s FLOPs", ok)
+                   f"{p['esper_losses']}, at {100 * share:.0f}% of the FLOPs of {run}", ok)
 
 
 def searched(chosen: dict | None) -> bool:

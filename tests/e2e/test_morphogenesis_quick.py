@@ -99,6 +99,33 @@ def test_jobs_split_the_seeds_and_merge_into_what_one_process_writes(tmp_path: P
             [(r["seed"], r["test_accuracy"], r["flops"]["total"]) for r in runs_two[arm]], arm
 
 
+@pytest.mark.skipif(not (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="needs the dataset-fashion-mnist package (scripts/bootstrap.sh)")
+def test_gromo_runs_again_for_longer_where_esper_spent_more(tmp_path: Path) -> None:
+    """Given an Esper run that spent twice its FLOPs, GroMo's arm runs its procedure a second
+    time for more epochs, to at least those FLOPs, and the GroMo target is judged on it."""
+    def run(*args: str) -> dict:
+        done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--hosts", "mlp",
+                               "--out-dir", str(tmp_path), *args],
+                              capture_output=True, text=True, timeout=230, cwd=ROOT)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads((tmp_path / f"{args[-1]}.json").read_text())
+
+    first = run("--arms", "esper,gromo", "--name", "first")
+    esper = first["hosts"]["mlp"]["runs"]["esper"][0]
+    # as if Esper had grown something costly (in --quick GroMo's statistics passes dominate)
+    esper["flops"]["total"] = 2 * first["hosts"]["mlp"]["runs"]["gromo"][0]["flops"]["total"]
+    (tmp_path / "costly.json").write_text(json.dumps(first))
+    result = run("--arms", "esper,gromo", "--esper-from", str(tmp_path / "costly.json"), "--name", "second")
+    gromo = result["hosts"]["mlp"]["runs"]["gromo"][0]
+    longer = gromo["milestones"]["esper-flops"]
+    assert gromo["flops"]["total"] < esper["flops"]["total"] <= longer["flops"]
+    assert longer["reached"] and longer["epoch"] > result["config"]["epochs"] and longer["growths"]
+    assert "gromo@esper-flops" in result["hosts"]["mlp"]["summary"]["arms"]
+    table = (tmp_path / "second.md").read_text()
+    assert "the same procedure run for more epochs" in table and "of the FLOPs of its run for more epochs" in table
+
+
 def _experiment(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts" / "experiment.sh")], capture_output=True,
                           text=True, timeout=120, cwd=ROOT,
