@@ -386,7 +386,7 @@ class HeuristicPolicy:
     def decide(self, ctx: PolicyContext) -> AdaptationDecision:
         action, confidence, rationale = self._choose(ctx)
         decision = self._make(ctx, action, confidence, rationale)
-        problem = violation(decision, ctx, self._risk(ctx), self._max_live(ctx))
+        problem = violation(decision, ctx, *self.limits(ctx))
         if problem:
             return self._make(ctx, self._wait(), CONFIDENCE_WAIT, f"withheld {rationale!r}: {problem}")
         return decision
@@ -406,7 +406,7 @@ class HeuristicPolicy:
         if chosen is None:
             return None
         decision = self._make(ctx, *chosen)
-        return None if violation(decision, ctx, self._risk(ctx), self._max_live(ctx)) else decision
+        return None if violation(decision, ctx, *self.limits(ctx)) else decision
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -426,6 +426,12 @@ class HeuristicPolicy:
         if c.flops_weight > 0 or c.budget_flops_weight <= 0 or ctx.budget.max_training_flops <= 0:
             return c
         return self._budget_priced
+
+    def limits(self, ctx: PolicyContext) -> tuple[float, int]:
+        """(risk limit, live-seed limit) this policy holds decisions to in `ctx`: the ones
+        a policy that falls back on it (the learned policy, Simic's exploration) checks
+        its own decisions against."""
+        return self._risk(ctx), self._max_live(ctx)
 
     def _risk(self, ctx: PolicyContext) -> float:
         return budgeting.max_risk(ctx, self.config.max_risk)

@@ -30,11 +30,10 @@ from esper.leyline.v1.control_pb2 import (
     WaitAction,
 )
 from esper.leyline.v1.lifecycle_pb2 import SeedState
-from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.decisions import Action, make_decision
 from esper.policy.heuristic import HeuristicPolicy, blend_schedule
-from esper.policy.safety import live_seed_limit, violation
+from esper.policy.safety import violation
 from esper.tamiyo.policies.artifact import PolicyArtifact, load_policy
 from esper.tamiyo.policies.features import (
     GraphEncoding,
@@ -236,8 +235,7 @@ class GnnPolicy:
             confidence=confidence, uncertainty=uncertainty,
             rationale=f"{rationale} (p={confidence:.2f}, mc-std={uncertainty:.2f})",
         )
-        problem = violation(decision, ctx, budgeting.max_risk(ctx, self.heuristic.config.max_risk),
-                            live_seed_limit(ctx, self.heuristic.config.max_live_seeds))
+        problem = violation(decision, ctx, *self.heuristic.limits(ctx))
         return self._fallback(ctx, f"safety check refused it: {problem}") if problem else decision
 
     def _stream_widening(self, ctx: PolicyContext) -> AdaptationDecision | None:

@@ -20,7 +20,7 @@ from esper.policy import budget as budgeting
 from esper.policy.context import PolicyContext
 from esper.policy.health import health_score
 from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy, benefit_per_cost
-from esper.policy.safety import ADVANCEABLE_STAGES, live_seed_limit
+from esper.policy.safety import ADVANCEABLE_STAGES
 from esper.tamiyo.policies.features import CANDIDATE_FEATURES, GraphEncoding, candidate_features
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary
 
@@ -99,9 +99,7 @@ def policy_mask(ctx: PolicyContext, enc: GraphEncoding, vocab: BlueprintVocabula
     residual-stream rule holds growth (the learned policy widens the stream by that rule,
     so the stream's phase is the rule's: a seed germinated then keeps the stream from
     widening again while it lives)."""
-    c = heuristic.config
-    mask = build_mask(ctx, enc, vocab, budgeting.max_risk(ctx, c.max_risk),
-                      live_seed_limit(ctx, c.max_live_seeds), heuristic.ranking(ctx))
+    mask = build_mask(ctx, enc, vocab, *heuristic.limits(ctx), heuristic.ranking(ctx))
     hold = heuristic.stream_hold(ctx)
     if hold:
         forbid_germination(mask, hold)

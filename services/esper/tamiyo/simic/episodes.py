@@ -32,11 +32,10 @@ from esper.leyline.v1.control_pb2 import AdaptationDecision
 from esper.leyline.v1.tamiyo_pb2 import ResourceBudget, SessionOpen
 from esper.leyline.v1.telemetry_pb2 import TelemetryEvent
 from esper.leyline.v1.urza_pb2 import KernelCandidate
-from esper.policy import budget as budgeting
 from esper.policy.base import Policy
 from esper.policy.context import PolicyContext, graph_digest
 from esper.policy.heuristic import HeuristicConfig, HeuristicPolicy
-from esper.policy.safety import live_seed_limit, violation
+from esper.policy.safety import violation
 from esper.tamiyo.policies.features import encode_graph
 from esper.tamiyo.policies.mask import policy_mask
 from esper.tamiyo.policies.vocabulary import BlueprintVocabulary, default_vocabulary
@@ -165,7 +164,6 @@ class ExploringHeuristic:
         if enc is None:  # encoded once per graph, not on every exploring decision
             enc = self._encodings[key] = encode_graph(ctx.graph)
         c = self.heuristic.config
-        risk, live = budgeting.max_risk(ctx, c.max_risk), live_seed_limit(ctx, c.max_live_seeds)
         # The learned policy's own mask (its ranking under a FLOPs budget, the stream's
         # hold): exploration tries only what the policy it trains could choose.
         mask = policy_mask(ctx, enc, self.vocabulary, self.heuristic)  # type: ignore[arg-type]
@@ -173,7 +171,7 @@ class ExploringHeuristic:
         decision = decision_for(ctx, enc, mask, choice, self.vocabulary, c,  # type: ignore[arg-type]
                                 policy_version=EXPLORE_VERSION, confidence=0.0,
                                 rationale=f"epsilon-exploration (epsilon={self.epsilon:.2f})")
-        return self.heuristic.decide(ctx) if violation(decision, ctx, risk, live) else decision
+        return self.heuristic.decide(ctx) if violation(decision, ctx, *self.heuristic.limits(ctx)) else decision
 
 
 class RecordingPolicy:
