@@ -252,3 +252,34 @@ def test_the_stream_widens_beside_the_seeds_room_not_inside_it() -> None:
         assert params_left(ctx) == room
     finally:
         session.close()
+
+
+def test_kasmina_counts_the_seeds_room_against_the_host_at_its_declared_width() -> None:
+    """The same rule as the policy's budget: a widened stream does not enlarge the seeds'
+    room, so a seed that fits a share of the widened host but not of the declared one is
+    refused by Kasmina itself, naming the rule."""
+    import dataclasses
+
+    from esper.kasmina import BlueprintSeedBuilder
+
+    def germinate(morph, did: str):
+        return DecisionApplier(morph, BlueprintSeedBuilder()).apply(_decision(did, germinate=GerminateAction(
+            slot_id="norm", blueprint_ref="BP-IA3@1.0.0")))
+
+    _, morph = _wrapped()
+    declared = morph.declared_host_params()
+    assert declared == morph.host_param_count()
+    morph.widen_stream(morph.stream.max_width - morph.stream.width)
+    assert morph.declared_host_params() == declared < morph.host_param_count()
+    trial = copy.deepcopy(morph)
+    trial.cfg = dataclasses.replace(trial.cfg, max_seed_param_fraction=100.0)
+    assert germinate(trial, "trial").status == AckStatus.ACK_STATUS_APPLIED
+    size = trial.seed_param_count()
+    # room for the seed against the widened host, not against the declared one
+    morph.cfg = dataclasses.replace(morph.cfg, max_seed_param_fraction=(size + 1) / morph.host_param_count())
+    ack = germinate(morph, "g")
+    assert ack.status == AckStatus.ACK_STATUS_REJECTED and "at its declared stream width" in ack.reason
+    assert f"of the host's {declared} parameters" in ack.reason
+    morph.cfg = dataclasses.replace(morph.cfg, max_seed_param_fraction=(size + 0.5) / declared)
+    assert germinate(morph, "g2").status == AckStatus.ACK_STATUS_APPLIED
+

@@ -131,11 +131,13 @@ class DecisionApplier:
             except ValueError as exc:
                 raise Rejected(f"{g.blueprint_ref} in {slot.slot_id}: {exc}") from exc
         added = sum(p.numel() for p in seed.parameters() if p.requires_grad)
-        limit = cfg.max_seed_param_fraction * self.model.host_param_count()
+        host = self.model.declared_host_params()
+        limit = cfg.max_seed_param_fraction * host
         if self.model.seed_param_count() + added > limit:
             raise Rejected(f"budget: seed params {self.model.seed_param_count()} + {added} "
                            f"> {limit:.0f} (max_seed_param_fraction "
-                           f"{cfg.max_seed_param_fraction})")
+                           f"{cfg.max_seed_param_fraction} of the host's {host} parameters"
+                           f"{' at its declared stream width' if self.model.stream else ''})")
         result = slot.germinate(
             seed, step=self.model.global_step, blueprint_ref=g.blueprint_ref,
             kernel_id=g.kernel_id, kernel_digest=g.kernel_sha256.lower(), schedule=g.schedule,

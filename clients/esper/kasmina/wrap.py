@@ -258,6 +258,13 @@ class MorphableModel(nn.Module):
     def host_param_count(self) -> int:
         return sum(p.numel() for p in self.host.parameters())
 
+    def declared_host_params(self) -> int:
+        """The host's parameters with its residual stream at the width it declared: what the
+        seeds' room is a share of (`KasminaConfig.max_seed_param_fraction`). A widened
+        stream grows beside that room, up to its own limit, not into it (the session's
+        budget says the same to the policy: esper.tolaria.budget)."""
+        return self.host_param_count() - (self.stream.params_added if self.stream else 0)
+
     def model_graph(self) -> ModelGraph:
         from esper.kasmina.graph import build_model_graph
 

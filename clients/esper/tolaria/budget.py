@@ -2,7 +2,8 @@
 what Kasmina will actually accept in this process.
 
 Kasmina refuses a germination whose seed parameters would exceed
-`KasminaConfig.max_seed_param_fraction` of the host's parameters. A policy that does not
+`KasminaConfig.max_seed_param_fraction` of the host's parameters at its declared stream
+width (`MorphableModel.declared_host_params`: one rule, here and in Kasmina). A policy that does not
 know that limit keeps proposing the same oversized seed, which Kasmina keeps rejecting, and
 the run never grows (measured: on the narrow digits host every germination of the local
 heuristic was refused for a whole run). Sending the limit as `max_added_params` lets the

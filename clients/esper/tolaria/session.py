@@ -123,9 +123,8 @@ class TolariaSession:
             for source in (self.policy, self.fallback))
         self.graph = model.model_graph()
         stream = model.stream
-        self.budget = runtime_budget(
-            budget, self.host_params_at_start - (stream.params_added if stream else 0),
-            model.cfg.max_seed_param_fraction, stream.growth_params() if stream else 0)
+        self.budget = runtime_budget(budget, model.declared_host_params(), model.cfg.max_seed_param_fraction,
+                                     stream.growth_params() if stream else 0)
         model.transition_listeners.append(self._on_transition)
         self.open_message: SessionOpen | None = None
 
