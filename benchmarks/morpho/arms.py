@@ -145,8 +145,9 @@ def _adam(model: torch.nn.Module, lr: float = LEARNING_RATE) -> torch.optim.Opti
 
 
 def _static(ctx: Context, model: torch.nn.Module, milestones: dict | None = None,
-            max_steps: int | None = None, restarts: tuple[int, ...] = ()) -> dict:
-    return train(model, _adam(model, ctx.learning_rate), ctx.data, seed=ctx.seed, epochs=ctx.epochs,
+            max_steps: int | None = None, restarts: tuple[int, ...] = (),
+            epochs: int | None = None) -> dict:
+    return train(model, _adam(model, ctx.learning_rate), ctx.data, seed=ctx.seed, epochs=epochs or ctx.epochs,
                  meter=FlopMeter(), milestones=milestones, lr_schedule=ctx.lr_schedule,
                  max_steps=max_steps, restarts=restarts)
 
@@ -164,20 +165,26 @@ def _static_with_matched(ctx: Context, build: Callable[[], torch.nn.Module],
     if ctx.lr_schedule == "constant":
         return _static(ctx, build(), _matched(ctx), restarts=restarts)
     record = _static(ctx, build(), restarts=restarts)
-    steps = fitted_steps(record, ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch, ctx.epochs)
+    budget, per_epoch = ctx.esper()["flops"]["total"], ctx.data.steps_per_epoch
+    steps = fitted_steps(record, budget, per_epoch, ctx.epochs)
+    if steps is None:  # a cheaper model than Esper's: given Esper's compute, it trains longer
+        steps = longer_steps(record, budget, per_epoch, ctx.epochs)
 
     def rerun(max_steps: int) -> dict:
         torch.manual_seed(ctx.seed)
-        return _static(ctx, build(), max_steps=max_steps, restarts=restarts)
+        return _static(ctx, build(), max_steps=max_steps, restarts=restarts,
+                       epochs=max(ctx.epochs, math.ceil(max_steps / per_epoch)))
     return _with_fitted_run(ctx, record, steps, rerun)
 
 
 def _with_fitted_run(ctx: Context, record: dict, steps: int | None,
                      rerun: Callable[[int], dict]) -> dict:
     """`record` with its point at Esper's FLOPs in record["milestones"]["esper-flops"]: a
-    second run of `steps` steps (`rerun`), whose learning rate anneals within them, or the
-    full run itself when it spent no more than Esper (`steps` None)."""
-    if steps is None:  # Esper spent at least this run's FLOPs: its end is the matched point
+    second run of `steps` steps (`rerun`: fewer steps than the full run's where it spent
+    more than Esper, more where it spent less), whose learning rate anneals within them;
+    or the full run itself (`steps` None: a schedule's run that spent no more than Esper,
+    or a static run within a step of Esper's FLOPs)."""
+    if steps is None:  # this run spent Esper's FLOPs to within a step: its end is the matched point
         record["milestones"] = {"esper-flops": {
             "test_accuracy": record["test_accuracy"], "flops": record["flops"]["total"],
             "epoch": float(ctx.epochs), "reached": False}}
@@ -202,6 +209,20 @@ def fitted_steps(record: dict, budget: float, steps_per_epoch: int, epochs: int)
     while steps > 1 and steps * per_step + math.ceil(steps / steps_per_epoch) * per_validation > budget:
         steps -= 1
     return steps
+
+
+def longer_steps(record: dict, budget: float, steps_per_epoch: int, epochs: int) -> int | None:
+    """Training steps of a longer run (more epochs, the same costs per step and per
+    validation pass as the full run's) whose FLOPs come closest to `budget` without
+    exceeding it: a static control that spends less than Esper is given Esper's compute,
+    not compared at its own. None when no step more fits."""
+    per_step = record["flops"]["train"] / (epochs * steps_per_epoch)
+    per_validation = record["flops"]["validation"] / epochs
+    steps = math.floor(budget / per_step)
+    while steps > epochs * steps_per_epoch and \
+            steps * per_step + math.ceil(steps / steps_per_epoch) * per_validation > budget:
+        steps -= 1
+    return steps if steps > epochs * steps_per_epoch else None
 
 
 def fitted_steps_grown(record: dict, budget: float, steps_per_epoch: int) -> int | None:

@@ -903,6 +903,19 @@ def test_the_best_schedule_is_also_compared_at_esper_flops_when_it_spent_more() 
     assert report.label_of("schedule-every-1@esper-flops", {"lr_schedule": "cosine"}) == report.FITTED_LABEL
 
 
+def test_a_static_control_cheaper_than_esper_is_given_esper_flops_by_a_longer_run() -> None:
+    from morpho.arms import longer_steps
+
+    # 10 epochs of 10 steps: a step costs 9, a validation pass 10 (1,000 in all)
+    record = {"flops": {"total": 1000.0, "train": 900.0, "validation": 100.0}}
+    steps = longer_steps(record, 2000.0, 10, 10)
+    assert steps * 9 + math.ceil(steps / 10) * 10 <= 2000 < (steps + 1) * 9 + math.ceil((steps + 1) / 10) * 10
+    assert steps == 200  # 20 epochs: 1,800 + 200
+    assert longer_steps(record, 1005.0, 10, 10) is None  # no step more fits
+    assert longer_steps(record, 1009.0, 10, 10) is None  # one more step needs a validation pass too
+    assert longer_steps(record, 1019.0, 10, 10) == 101
+
+
 def test_gromo_is_judged_at_esper_flops_by_its_longer_run_when_its_tutorial_run_spent_less() -> None:
     def longer(row: dict, test: float, flops: float) -> dict:
         row["milestones"] = {"esper-flops": {"test_accuracy": test, "flops": flops, "longer_run": True}}
