@@ -40,16 +40,17 @@ ARMS = ("static-small", "esper", "esper-width", "esper-stack", "esper-late-slowd
         "esper-plateau-only", "random",
         "schedule", "static-final-size", "esper-arch-static", "esper-arch-restarts", "gromo",
         "static-large", "learned")
-# Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed
-# (GroMo's: see LONGER). At a constant learning rate, where its run crossed that budget; under a decaying schedule (where
+# Rows derived from another arm: its test accuracy at Esper's total FLOPs for the seed. At a
+# constant learning rate, where its run crossed that budget; under a decaying schedule (where
 # a run cut short has not annealed), a second run of the same model and initialisation whose
-# schedule ends at that budget.
+# schedule ends at that budget: shorter than its full run where that spent more than Esper,
+# longer where it spent less (GroMo's: see LONGER).
 MATCHED = {"static-final-size@esper-flops": "static-final-size",
            "esper-arch-static@esper-flops": "esper-arch-static",
            "esper-arch-restarts@esper-flops": "esper-arch-restarts",
            "gromo@esper-flops": "gromo"}
-# The FLOP-matched rows whose second run is longer, not shorter: GroMo's tutorial run spends
-# less than Esper, so it runs again for as many epochs as reach Esper's FLOPs.
+# The FLOP-matched rows whose second run spends at least Esper's FLOPs, not at most: GroMo's
+# procedure grows at whole epochs, so it runs again for as many epochs as reach them.
 LONGER = {"gromo@esper-flops"}
 LABELS = {
     "static-small": "static small host",
