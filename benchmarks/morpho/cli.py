@@ -379,6 +379,8 @@ def config_mismatch(ours: dict, theirs: dict, esper_settings: bool = True) -> st
                          ("stream_room", EARLIER_STREAM_ROOM), *settings):
         if key == "stream_room" and not _ran_stream(ours, theirs):
             continue  # decides nothing on a host without a residual stream
+        if key in HEURISTIC_OPTIONS:
+            continue  # compared with the heuristic, as the value the arms ran with
         if key == "heuristic":
             problem = _heuristic_mismatch(*_acting_heuristics(ours, theirs))
             if problem:
@@ -397,8 +399,13 @@ STREAM_ROOM = "beside"
 EARLIER_STREAM_ROOM = "inside"
 
 # Where the local heuristic's defaults differed, before results recorded them in full
-# ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in.
-EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False}
+# ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in, and
+# compute was unpriced.
+EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False, "flops_weight": 0.0}
+# The esper arms' heuristic fields that have options of their own (--flops-weight, ...):
+# compared as part of the heuristic the arms ran with, so that a run at a field's default
+# and one that set it to that value by option are one Esper.
+HEURISTIC_OPTIONS = ("flops_weight", "budget_flops_weight")
 # Fields added to the local heuristic since results began recording its defaults, at what
 # the runs before them did (any other field added since counts at today's default).
 ADDED_HEURISTIC_FIELDS = {"stream_hold_at_limit": True}
@@ -413,8 +420,9 @@ def heuristic_defaults(cfg: dict) -> dict:
 
 def esper_heuristic(cfg: dict) -> dict:
     """Every field of the local heuristic that a result's esper arms ran with: its defaults
-    with its --heuristic changes."""
-    return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {})}
+    with its --heuristic changes and the fields set by options of their own."""
+    options = {key: cfg[key] for key in HEURISTIC_OPTIONS if cfg.get(key) is not None}
+    return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {}), **options}
 
 
 def _acting_heuristics(ours: dict, theirs: dict, of=esper_heuristic) -> tuple[dict, dict]:

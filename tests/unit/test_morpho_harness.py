@@ -265,12 +265,14 @@ def test_runs_that_follow_the_heuristics_defaults_join_only_a_result_of_the_same
                                   "summary": {}}}}
 
     today = {"heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
-    opted_in = {"heuristic": {"seed_first_epoch_pace": True}}  # before the defaults were recorded
+    # before the defaults were recorded (and compute was priced by option only)
+    opted_in = {"heuristic": {"seed_first_epoch_pace": True}, "flops_weight": 0.5}
     assert merge(result(["static-small"], **today), result(["esper", "esper-arch-static"], **opted_in)) is None
     for arm in ("learned", "random", "schedule-every-1", "esper-plateau-only"):
         problem = merge(result(["static-small"], **today), result(["esper", arm], **opted_in))
-        assert problem == ("config heuristic differs: seed_first_epoch_pace true vs false in the "
-                           f"local heuristic's defaults, which its {arm} runs follow"), problem
+        assert problem == ("config heuristic differs: flops_weight 0.5 vs 0.0, seed_first_epoch_pace "
+                           f"true vs false in the local heuristic's defaults, which its {arm} runs "
+                           "follow"), problem
     # The stream's defaults decide nothing on a host without a residual stream.
     earlier = {"heuristic": {}, "heuristic_defaults": {
         **dataclasses.asdict(LOCAL_HEURISTIC), "stream_growth_fraction": 0.25}}
@@ -387,7 +389,7 @@ def test_results_of_esper_under_other_settings_do_not_mix() -> None:
     assert config_mismatch({**base, "heuristic": None}, {**base, "heuristic": {}}) is None
     assert "slot_depth differs" in config_mismatch(base, {**base, "slot_depth": 3})
     assert config_mismatch(base, {**base, "slot_depth": 1, "width_growth": False}) is None
-    assert "flops_weight differs" in config_mismatch(base, {**base, "flops_weight": 0.5})
+    assert "flops_weight 0.0 vs 0.5" in config_mismatch(base, {**base, "flops_weight": 0.5})
 
 
 def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_for() -> None:
@@ -406,9 +408,10 @@ def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_
     today = {**base, "heuristic": {}, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
     assert esper_heuristic(today) == dataclasses.asdict(LOCAL_HEURISTIC)
     assert esper_heuristic(base)["seed_first_epoch_pace"] is False  # before it was recorded
-    opted_in = {**base, "heuristic": {"seed_first_epoch_pace": True}}  # then the opt-in
+    # then the opt-ins (compute was priced by option, before it was by default)
+    opted_in = {**base, "heuristic": {"seed_first_epoch_pace": True}, "flops_weight": 0.5}
     assert config_mismatch(today, opted_in) is None
-    problem = config_mismatch(today, base)
+    problem = config_mismatch(today, {**base, "flops_weight": 0.5})
     assert problem == "config heuristic differs: seed_first_epoch_pace true vs false"
     older = {**today, "heuristic_defaults": {**today["heuristic_defaults"], "slowdown_ratio": 0.25}}
     assert "slowdown_ratio 0.5 vs 0.25" in config_mismatch(today, older)
@@ -416,6 +419,26 @@ def test_results_compare_the_heuristic_they_ran_with_not_the_changes_they_asked_
     fewer = {**today, "heuristic_defaults": {k: v for k, v in today["heuristic_defaults"].items()
                                              if k != "eager_after_epochs"}}
     assert config_mismatch(today, fewer) is None
+
+
+def test_a_heuristic_field_set_by_option_is_one_esper_with_that_field_by_default() -> None:
+    """--flops-weight 0.5 under unpriced defaults ran the Esper that today's priced
+    defaults run: the two join; the unpriced defaults' runs do not join today's."""
+    import dataclasses
+
+    from morpho.cli import config_mismatch, esper_heuristic
+
+    from esper.tolaria import LOCAL_HEURISTIC
+
+    base = {"epochs": 20, "quick": False, "data": {"f": 1}, "seed_base": 3, "hosts": ["cnn"],
+            "heuristic": {}}
+    today = {**base, "heuristic_defaults": dataclasses.asdict(LOCAL_HEURISTIC)}
+    unpriced = {**base, "heuristic_defaults": {**today["heuristic_defaults"], "flops_weight": 0.0}}
+    assert esper_heuristic(today)["flops_weight"] == 0.5
+    assert config_mismatch(today, {**unpriced, "flops_weight": 0.5}) is None
+    assert config_mismatch(today, unpriced) == "config heuristic differs: flops_weight 0.5 vs 0.0"
+    assert "flops_weight 0.5 vs 0.25" in config_mismatch(today, {**today, "flops_weight": 0.25})
+    assert config_mismatch(unpriced, {**unpriced, "heuristic": {"flops_weight": 0.0}}) is None
 
 
 def test_stream_settings_separate_results_only_where_a_host_has_a_stream() -> None:
