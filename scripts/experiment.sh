@@ -3,8 +3,8 @@
 # benchmarks/results/ (5 seeds, 20 epochs, cosine learning rate; the seeds split over
 # $JOBS processes, one per core). HOSTS picks the hosts (default: mlp cnn char); on the
 # 2-core development machine the MLP's table takes about 12 minutes, the character
-# model's about 2 h 15 min and the CNN's about 3 hours (both measured in pieces: the CNN's
-# second process runs three seeds, ~58 min each; README "Does growth pay?").
+# model's about 2 h 15 min and the CNN's about 2 hours (both measured in pieces, two
+# processes side by side: a CNN seed's arms ~50 min; README "Does growth pay?").
 #
 # A table too long for one sitting runs in pieces: PIECE=A-B runs seeds A..B only, into
 # <table>-seedsA-B.{json,md,png}; once every seed has run, MERGE=1 puts the host's pieces

@@ -146,9 +146,10 @@ class HeuristicConfig:
     # host's; growth beats its own final architecture at matched FLOPs (4/1) but loses to
     # the static model of its size and to GroMo's procedure, each given the same compute
     # as more epochs (-0.61 and -0.80 pp, 1/4 each). At 0.5 the convs get SE blocks, the
-    # run costs 1.03x the host's, beats GroMo at 68% of its FLOPs and the static model of
-    # its size at its FLOPs, and ties its own final architecture trained from the start
-    # (cheap seeds grown at once save no compute for growth to exploit). The MLP and
+    # run costs 1.03x the host's, beats GroMo at 68% of its FLOPs (4/1) and the static
+    # model of its size at its FLOPs (5/0), but not its own final architecture trained
+    # from the start (-0.26 pp, 2/3: cheap seeds grown at once save no compute for growth
+    # to exploit). The MLP and
     # transformer hosts grow the same seeds at 0.5 as unpriced, to the bit; at 1.0
     # near-ties between residual blocks tip over.
     flops_weight: float = 0.0
