@@ -149,9 +149,8 @@ class HeuristicConfig:
     # run costs 1.03x the host's, beats GroMo at 68% of its FLOPs (4/1) and the static
     # model of its size at its FLOPs (5/0), but not its own final architecture trained
     # from the start (-0.26 pp, 2/3: cheap seeds grown at once save no compute for growth
-    # to exploit). The MLP and
-    # transformer hosts grow the same seeds at 0.5 as unpriced, to the bit; at 1.0
-    # near-ties between residual blocks tip over.
+    # to exploit). The MLP and transformer hosts grow the same seeds at 0.5 as unpriced,
+    # to the bit; at 1.0 near-ties between residual blocks tip over.
     flops_weight: float = 0.0
     # The price of compute when the run has a training-FLOPs budget
     # (ResourceBudget.max_training_flops) and flops_weight leaves compute unpriced (0): a
