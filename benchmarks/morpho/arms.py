@@ -339,13 +339,16 @@ def _fossil(morph, state) -> dict:
     return record
 
 
+# The esper arms' HeuristicConfig fields that have options of their own (--flops-weight,
+# --budget-flops-weight), each a Context field of the same name (None: the default).
+HEURISTIC_OPTIONS = ("flops_weight", "budget_flops_weight")
+
+
 def _esper_policy(ctx: Context) -> str | LocalPolicy:
     """The esper arms' policy: the local heuristic at its defaults, or with compute priced
     at --flops-weight (or under a budget at --budget-flops-weight), or other fields
     changed by --heuristic."""
-    changes = {name: value for name, value in (("flops_weight", ctx.flops_weight),
-                                               ("budget_flops_weight", ctx.budget_flops_weight))
-               if value is not None}
+    changes = {name: getattr(ctx, name) for name in HEURISTIC_OPTIONS if getattr(ctx, name) is not None}
     changes.update(ctx.heuristic)
     if not changes:
         return "local"

@@ -26,6 +26,7 @@ from . import data as data_mod
 from . import report, text
 from .arms import (
     ARMS,
+    HEURISTIC_OPTIONS,
     SCHEDULE_SPACINGS,
     SEED_PARAM_FRACTION,
     Context,
@@ -82,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
                         "Esper's FLOPs)")
     p.add_argument("--flops-weight", type=_weight, default=None, metavar="W",
                    help="the esper and esper-stack arms' HeuristicConfig.flops_weight (default: the local "
-                        "heuristic's, 0: compute unpriced); the arms that follow Esper's run "
+                        "heuristic's, 0.5; 0: compute unpriced); the arms that follow Esper's run "
                         "follow whatever it grew")
     p.add_argument("--training-flops-budget", type=_gflops, default=None, metavar="GFLOPS",
                    help="the esper and esper-stack arms' ResourceBudget.max_training_flops, in "
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.width_growth and args.slot_depth > 1:  # a stacked slot offers no widening
         p.error("--width-growth and --slot-depth > 1 do not combine yet (no stacked slot widens)")
     args.heuristic = dict(args.heuristic)
-    for key in ("flops_weight", "budget_flops_weight"):
+    for key in HEURISTIC_OPTIONS:
         if key in args.heuristic and getattr(args, key) is not None:
             p.error(f"--heuristic {key}=... and --{key.replace('_', '-')}: give it once")
     count_every_pass()
@@ -402,10 +403,6 @@ EARLIER_STREAM_ROOM = "inside"
 # ("heuristic_defaults"), from today's: the seeds' first-epoch signal was opt-in, and
 # compute was unpriced.
 EARLIER_HEURISTIC_DEFAULTS = {"seed_first_epoch_pace": False, "flops_weight": 0.0}
-# The esper arms' heuristic fields that have options of their own (--flops-weight, ...):
-# compared as part of the heuristic the arms ran with, so that a run at a field's default
-# and one that set it to that value by option are one Esper.
-HEURISTIC_OPTIONS = ("flops_weight", "budget_flops_weight")
 # Fields added to the local heuristic since results began recording its defaults, at what
 # the runs before them did (any other field added since counts at today's default).
 ADDED_HEURISTIC_FIELDS = {"stream_hold_at_limit": True}
@@ -420,7 +417,9 @@ def heuristic_defaults(cfg: dict) -> dict:
 
 def esper_heuristic(cfg: dict) -> dict:
     """Every field of the local heuristic that a result's esper arms ran with: its defaults
-    with its --heuristic changes and the fields set by options of their own."""
+    with its --heuristic changes and the fields set by options of their own
+    (HEURISTIC_OPTIONS), so that a run at a field's default and one that set it to that
+    value by option are one Esper."""
     options = {key: cfg[key] for key in HEURISTIC_OPTIONS if cfg.get(key) is not None}
     return {**heuristic_defaults(cfg), **(cfg.get("heuristic") or {}), **options}
 

@@ -260,8 +260,9 @@ def _policy_settings(cfg: dict) -> list[str]:
     """What the esper and esper-stack arms' policy and budget ran with other than the
     defaults (--flops-weight, --heuristic, --training-flops-budget, --budget-flops-weight)."""
     settings = []
-    if esper_setting(cfg, "flops_weight") is not None:
-        settings.append(f"compute priced (flops_weight {cfg['flops_weight']})")
+    weight = esper_setting(cfg, "flops_weight")
+    if weight is not None:  # 0: the unpriced defaults of before 2026-12-07, asked for
+        settings.append(f"compute {'priced' if weight else 'unpriced'} (flops_weight {weight})")
     heuristic = esper_setting(cfg, "heuristic") or {}
     settings += [f"{key}={json.dumps(value)}" for key, value in heuristic.items()]
     if esper_setting(cfg, "training_flops_budget") is not None:

@@ -746,6 +746,8 @@ def test_the_esper_row_says_what_it_ran_with() -> None:
         "Esper, heuristic, seeds that stack (slot_depth 3)"
     assert report.label_of("esper", {"slot_depth": 3, "flops_weight": 0.5}) == \
         "Esper, heuristic, seeds that stack (slot_depth 3), compute priced (flops_weight 0.5)"
+    assert report.label_of("esper", {"slot_depth": 1, "flops_weight": 0.0}) == \
+        "Esper, heuristic, compute unpriced (flops_weight 0.0)"
     assert report.label_of("esper", {"seed_init": "bottleneck"}) == \
         "Esper, heuristic, seeds initialised from the bottleneck statistic"
     assert report.label_of("random", {"slot_depth": 3}) == report.LABELS["random"]
